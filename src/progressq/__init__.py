@@ -1,0 +1,52 @@
+"""progressq: background tasks whose progress streams live to exactly the client that started them.
+
+Importing ``progressq`` imports no web framework and no Redis client; adapters live in
+``progressq.starlette`` and ``progressq.litestar``, backends in ``progressq.backends``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from progressq._context import TaskContext
+from progressq._worker import TaskPolicy
+from progressq.backends.memory import MemoryBackend
+from progressq.contracts import Backend, ClientRegistry, Event, Processor, TaskQueue, TaskRecord
+from progressq.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ForbiddenIdentity,
+    ProgressQError,
+    QueueFull,
+    TaskAlreadyFinished,
+    TaskNotFound,
+    UnknownTaskKind,
+)
+from progressq.hub import Hub
+from progressq.identity import IdentityAuthority
+
+try:
+    __version__ = version("progressq")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = (
+    "Backend",
+    "BackendUnavailable",
+    "ClientRegistry",
+    "ConfigurationError",
+    "Event",
+    "ForbiddenIdentity",
+    "Hub",
+    "IdentityAuthority",
+    "MemoryBackend",
+    "Processor",
+    "ProgressQError",
+    "QueueFull",
+    "TaskAlreadyFinished",
+    "TaskContext",
+    "TaskNotFound",
+    "TaskPolicy",
+    "TaskQueue",
+    "TaskRecord",
+    "UnknownTaskKind",
+    "__version__",
+)

@@ -1,0 +1,136 @@
+"""What a task handler gets: its task's data and a cheap, rate-limited ``report``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from progressq.contracts import TaskRecord
+
+__all__ = ("TaskContext",)
+
+logger = logging.getLogger("progressq.worker")
+
+_MAX_MESSAGE_LENGTH = 1000
+
+
+class TaskContext:
+    """Handed to a task handler: the task's data and progress reporting.
+
+    ``await ctx.report(percent, message)`` may be called as often as the handler likes:
+    at most one progress event per task per ``interval`` is emitted, always carrying the
+    latest values, and the last report is never lost. Progress never goes backwards
+    within an attempt (a lower percent keeps the higher one). Cancellation (by the owner,
+    a timeout or shutdown) arrives as an ordinary anyio cancellation at the handler's
+    next ``await``.
+    """
+
+    def __init__(
+        self,
+        record: TaskRecord,
+        *,
+        commit: Callable[[TaskRecord], Awaitable[bool]],
+        interval: float,
+        spawn: TaskGroup,
+    ) -> None:
+        self._record = record
+        self._commit = commit
+        self._interval = interval
+        self._spawn = spawn
+        self._percent = record.progress
+        self._message = record.message
+        self._dirty = False
+        self._closed = False
+        self._flush_scheduled = False
+        self._next_emit = -math.inf
+        self._lock = anyio.Lock()
+
+    @property
+    def task_id(self) -> str:
+        return self._record.id
+
+    @property
+    def kind(self) -> str:
+        return self._record.kind
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def owner(self) -> str:
+        return self._record.owner
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self._record.payload
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first run, 2 on the first retry, and so on."""
+        return self._record.attempt
+
+    @property
+    def progress(self) -> float:
+        """The latest reported percent."""
+        return self._percent
+
+    async def report(self, percent: float, message: str | None = None) -> None:
+        """Report progress (0–100) and optionally a short message.
+
+        Raises:
+            ValueError: ``percent`` is not a number from 0 to 100.
+        """
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
+        if self._closed:
+            return
+        if percent > self._percent:
+            self._percent = float(percent)
+        if message is not None:
+            self._message = str(message)[:_MAX_MESSAGE_LENGTH]
+        self._dirty = True
+        if anyio.current_time() >= self._next_emit:
+            await self._emit()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._spawn.start_soon(self._flush_when_due)
+
+    async def _flush_when_due(self) -> None:
+        try:
+            await anyio.sleep_until(self._next_emit)
+        finally:
+            self._flush_scheduled = False
+        await self._emit()
+
+    async def _emit(self) -> None:
+        async with self._lock:
+            if not self._dirty or self._closed:
+                return
+            self._dirty = False
+            self._next_emit = anyio.current_time() + self._interval
+            record = self._record.evolve(progress=self._percent, message=self._message)
+            try:
+                committed = await self._commit(record)
+            except Exception:
+                # Progress is best effort: the next report or the terminal state repairs it.
+                logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+                self._dirty = True
+                return
+            if committed:
+                self._record = record
+            else:
+                self._closed = True  # our lease was taken over: write nothing more
+
+    async def close(self) -> TaskRecord:
+        """Stop reporting; the latest record with the latest reported values."""
+        async with self._lock:
+            self._closed = True
+            if self._dirty:
+                return self._record.evolve(progress=self._percent, message=self._message)
+            return self._record

@@ -1,0 +1,206 @@
+"""The worker pool: leases tasks, runs them under policy, turns every outcome into state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from progressq._context import TaskContext
+from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
+
+__all__ = ("TaskPolicy", "WorkerPool")
+
+logger = logging.getLogger("progressq.worker")
+
+_MAX_ERROR_LENGTH = 1000
+_MAX_RESULT_BYTES = 16 * 1024
+
+
+class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How one kind of task runs.
+
+    Attributes:
+        timeout: seconds an attempt may run before it is cancelled; ``None`` for no limit.
+        max_attempts: attempts before a failing task is ``failed`` (1 = no retry).
+    """
+
+    timeout: float | None = 300.0
+    max_attempts: int = 1
+
+
+class WorkerPool:
+    """Runs at most ``concurrency`` tasks at once in the caller's task group."""
+
+    def __init__(
+        self,
+        *,
+        queue: TaskQueue,
+        processor: Processor,
+        policy_for: Callable[[str], TaskPolicy],
+        publish: Callable[[TaskRecord], Awaitable[None]],
+        concurrency: int,
+        progress_interval: float,
+        shutdown_grace: float,
+    ) -> None:
+        self._queue = queue
+        self._processor = processor
+        self._policy_for = policy_for
+        self._publish = publish
+        self._concurrency = concurrency
+        self._progress_interval = progress_interval
+        self._shutdown_grace = shutdown_grace
+        self._intake = anyio.CancelScope()
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._scopes)
+
+    def stop(self) -> None:
+        """Take no new task; running ones get ``shutdown_grace`` seconds, then are handed back."""
+        self._intake.cancel()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        limiter = anyio.CapacityLimiter(self._concurrency)
+        async with anyio.create_task_group() as runs:
+            runs.start_soon(self._watch_cancellations)
+            task_status.started()
+            with self._intake:
+                while True:
+                    slot = object()
+                    await limiter.acquire_on_behalf_of(slot)
+                    try:
+                        lease = await self._queue.lease()
+                    except BaseException:
+                        limiter.release_on_behalf_of(slot)
+                        raise
+                    self._start(runs, lease, limiter, slot)
+            with anyio.move_on_after(self._shutdown_grace):
+                await self._idle.wait()
+            runs.cancel_scope.cancel()
+
+    def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
+        scope = anyio.CancelScope()
+        self._scopes[lease.record.id] = scope
+        if len(self._scopes) == 1:
+            self._idle = anyio.Event()
+        runs.start_soon(self._run_one, runs, lease, scope, limiter, slot)
+
+    async def _run_one(
+        self,
+        runs: anyio.abc.TaskGroup,
+        lease: Lease,
+        scope: anyio.CancelScope,
+        limiter: anyio.CapacityLimiter,
+        slot: object,
+    ) -> None:
+        try:
+            await self._attempt(runs, lease, scope)
+        except Exception:
+            # A backend error while recording the outcome: the worker lives on; with a
+            # durable backend the lease expires and the task runs again.
+            logger.exception("task %s: could not record its outcome", lease.record.id)
+        finally:
+            del self._scopes[lease.record.id]
+            if not self._scopes:
+                self._idle.set()
+            limiter.release_on_behalf_of(slot)
+
+    async def _attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> None:
+        record = lease.record
+        if record.cancel_requested:  # asked to cancel while its last worker died
+            await self._finish(lease, record.evolve(status="cancelled", finished_at=utc_now(), message="cancelled"))
+            return
+        running = record.evolve(
+            status="running", started_at=utc_now(), finished_at=None, progress=0.0, message="started", error=None
+        )
+        if not await self._commit(lease, running):
+            return
+        policy = self._policy_for(record.kind)
+        ctx = TaskContext(
+            running, commit=lambda r: self._commit(lease, r), interval=self._progress_interval, spawn=runs
+        )
+        result: Any = None
+        error: str | None = None
+        try:
+            with scope:
+                with anyio.move_on_after(policy.timeout) as deadline:
+                    result = await self._processor(running, ctx)
+                if deadline.cancelled_caught:
+                    error = f"timed out after {policy.timeout:g} s"
+        except Exception as exc:
+            logger.exception("task %s (%s) raised", record.id, record.kind)
+            error = _describe(exc)
+        except BaseException:
+            # Shutdown ran out of grace (or the process is going down): hand the task back.
+            with anyio.CancelScope(shield=True):
+                latest = await ctx.close()
+                await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
+            raise
+        latest = await ctx.close()
+        now = utc_now()
+        if scope.cancelled_caught:
+            await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
+        elif error is not None and latest.attempt < policy.max_attempts:
+            await self._requeue(lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error))
+        elif error is not None:
+            await self._finish(lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed"))
+        else:
+            await self._finish(
+                lease,
+                latest.evolve(
+                    status="completed", finished_at=now, progress=100.0, message="completed", result=_summary(result)
+                ),
+            )
+
+    async def _finish(self, lease: Lease, record: TaskRecord) -> None:
+        if await self._commit(lease, record):
+            await self._queue.finish(lease)
+
+    async def _requeue(self, lease: Lease, record: TaskRecord) -> None:
+        # Saved and published before it is handed back, so that no other worker's
+        # "running" can reach the client ahead of this "queued".
+        if await self._commit(lease, record):
+            await self._queue.release(lease, record)
+
+    async def _commit(self, lease: Lease, record: TaskRecord) -> bool:
+        """Store ``record`` if the lease still holds, then send it to its owner."""
+        if not await self._queue.save(lease, record):
+            logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
+            return False
+        await self._publish(record)
+        return True
+
+    async def _watch_cancellations(self) -> None:
+        while True:
+            try:
+                async for task_id in self._queue.watch_cancellations():
+                    scope = self._scopes.get(task_id)
+                    if scope is not None:
+                        scope.cancel()
+            except Exception:
+                logger.warning("cancellation watch interrupted; retrying", exc_info=True)
+                await anyio.sleep(1.0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:_MAX_ERROR_LENGTH]
+
+
+def _summary(result: Any) -> Any:
+    """The result as clients will see it: JSON-able and small, else its text."""
+    if result is None:
+        return None
+    try:
+        if len(msgspec.json.encode(result)) <= _MAX_RESULT_BYTES:
+            return result
+    except (TypeError, msgspec.EncodeError):
+        pass
+    return repr(result)[:_MAX_ERROR_LENGTH]

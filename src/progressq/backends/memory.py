@@ -1,0 +1,300 @@
+"""The in-memory backend: one process, no dependencies, bounded everywhere.
+
+The queue is an anyio memory object stream (the analogue of ``System.Threading.Channels``)
+with an admission limit; the registry keeps per-identity sequences and ring buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
+
+from progressq.contracts import (
+    CancelOutcome,
+    Event,
+    EventSink,
+    Lease,
+    QueueStatistics,
+    RegistryStatistics,
+    TaskRecord,
+    utc_now,
+)
+from progressq.errors import ConfigurationError, QueueFull
+from progressq.messages import EventType
+
+__all__ = ("MemoryBackend", "MemoryClientRegistry", "MemoryTaskQueue")
+
+
+class MemoryTaskQueue:
+    """Tasks and their records in this process.
+
+    Args:
+        capacity: most tasks waiting at once; ``enqueue`` raises ``QueueFull`` beyond it.
+        retention: how many finished tasks are kept for listing (oldest forgotten first).
+    """
+
+    def __init__(self, *, capacity: int = 10_000, retention: int = 10_000) -> None:
+        if capacity < 1 or retention < 0:
+            raise ConfigurationError("capacity must be >= 1 and retention >= 0")
+        self._capacity = capacity
+        self._retention = retention
+        # Unbounded stream: admission is counted here so that a task handed back by a
+        # stopping worker can always be requeued, even when new work is refused.
+        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self._records: dict[str, TaskRecord] = {}
+        self._by_owner: dict[str, dict[str, None]] = {}
+        self._finished: deque[str] = deque()
+        self._queued = 0
+        self._running: set[str] = set()
+        self._watchers: set[MemoryObjectSendStream[str]] = set()
+
+    async def enqueue(self, record: TaskRecord) -> None:
+        if self._queued >= self._capacity:
+            raise QueueFull(retry_after=1.0)
+        self._store(record)
+        self._by_owner.setdefault(record.owner, {})[record.id] = None
+        self._queued += 1
+        self._send.send_nowait(record.id)
+
+    async def lease(self) -> Lease:
+        while True:
+            task_id = await self._receive.receive()
+            record = self._records.get(task_id)
+            if record is None or record.status != "queued":
+                continue  # cancelled while waiting, or forgotten
+            self._queued -= 1
+            leased = record.evolve(attempt=record.attempt + 1)
+            self._records[task_id] = leased
+            self._running.add(task_id)
+            return Lease(leased, str(leased.attempt))
+
+    async def save(self, lease: Lease, record: TaskRecord) -> bool:
+        current = self._holds(lease)
+        if current is None:
+            return False
+        if current.cancel_requested and not record.cancel_requested:
+            record = msgspec.structs.replace(record, cancel_requested=True)
+        self._store(record)
+        if record.finished:
+            self._running.discard(record.id)
+        return True
+
+    async def extend(self, lease: Lease) -> bool:
+        return self._holds(lease) is not None
+
+    async def finish(self, lease: Lease) -> None:
+        self._running.discard(lease.record.id)
+
+    async def release(self, lease: Lease, record: TaskRecord) -> bool:
+        if self._holds(lease) is None:
+            return False
+        self._records[record.id] = record
+        self._running.discard(record.id)
+        self._queued += 1
+        self._send.send_nowait(record.id)
+        return True
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return self._records.get(task_id)
+
+    async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
+        ids = self._by_owner.get(owner, {})
+        return [self._records[task_id] for task_id in reversed(ids)]
+
+    async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
+        record = self._records.get(task_id)
+        if record is None or record.owner != owner:
+            return None
+        if record.finished:
+            return CancelOutcome("finished", record)
+        if record.status == "queued":
+            cancelled = record.evolve(
+                status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
+            )
+            self._queued -= 1
+            self._store(cancelled)
+            return CancelOutcome("cancelled", cancelled)
+        # Running: the flag is invisible to clients, so the revision stays.
+        flagged = msgspec.structs.replace(record, cancel_requested=True)
+        self._records[task_id] = flagged
+        for watcher in list(self._watchers):
+            watcher.send_nowait(task_id)
+        return CancelOutcome("requested", flagged)
+
+    async def watch_cancellations(self) -> AsyncIterator[str]:
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        self._watchers.add(send)
+        try:
+            async with receive:
+                async for task_id in receive:
+                    yield task_id
+        finally:
+            self._watchers.discard(send)
+            send.close()
+
+    async def statistics(self) -> QueueStatistics:
+        return QueueStatistics(queued=self._queued, running=len(self._running))
+
+    def close(self) -> None:
+        self._send.close()
+        self._receive.close()
+
+    def _holds(self, lease: Lease) -> TaskRecord | None:
+        """The stored record if ``lease`` is still the current, unfinished attempt."""
+        current = self._records.get(lease.record.id)
+        if current is None or current.attempt != lease.record.attempt or current.finished:
+            return None
+        return current
+
+    def _store(self, record: TaskRecord) -> None:
+        self._records[record.id] = record
+        if record.finished:
+            self._finished.append(record.id)
+            while len(self._finished) > self._retention:
+                self._forget(self._finished.popleft())
+
+    def _forget(self, task_id: str) -> None:
+        record = self._records.pop(task_id, None)
+        if record is None:
+            return
+        owned = self._by_owner.get(record.owner)
+        if owned is not None:
+            owned.pop(task_id, None)
+            if not owned:
+                del self._by_owner[record.owner]
+
+
+class _IdentityState:
+    __slots__ = ("history", "seq", "sinks")
+
+    def __init__(self, history_size: int) -> None:
+        self.seq = 0
+        self.history: deque[Event] = deque(maxlen=history_size)
+        self.sinks: set[EventSink] = set()
+
+
+class MemoryClientRegistry:
+    """Per-identity sequence, bounded history and live delivery inside one process.
+
+    Args:
+        history_size: events kept per identity for resuming.
+        max_identities: identities remembered; the least recently active ones without a
+            connection are forgotten first (their ``seq`` then starts again at 1, and a
+            resume from before answers with a snapshot).
+    """
+
+    def __init__(self, *, history_size: int = 1000, max_identities: int = 100_000) -> None:
+        if history_size < 1 or max_identities < 1:
+            raise ConfigurationError("history_size and max_identities must be >= 1")
+        self._history_size = history_size
+        self._max_identities = max_identities
+        self._states: OrderedDict[str, _IdentityState] = OrderedDict()
+        self._connections = 0
+        self._connected_identities = 0
+
+    async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
+        state = self._states.get(identity)
+        if state is None:
+            state = self._states[identity] = _IdentityState(self._history_size)
+            self._forget_idle()
+        else:
+            self._states.move_to_end(identity)
+        state.seq += 1
+        event = Event(state.seq, kind, task_id, revision, task_json)
+        state.history.append(event)
+        for sink in tuple(state.sinks):
+            sink.deliver(event)
+        return event
+
+    async def attach(self, identity: str, sink: EventSink) -> None:
+        state = self._states.get(identity)
+        if state is None:
+            state = self._states[identity] = _IdentityState(self._history_size)
+            self._forget_idle()
+        if not state.sinks:
+            self._connected_identities += 1
+        if sink not in state.sinks:
+            state.sinks.add(sink)
+            self._connections += 1
+
+    async def detach(self, identity: str, sink: EventSink) -> None:
+        state = self._states.get(identity)
+        if state is None or sink not in state.sinks:
+            return
+        state.sinks.discard(sink)
+        self._connections -= 1
+        if not state.sinks:
+            self._connected_identities -= 1
+
+    async def current_seq(self, identity: str) -> int:
+        state = self._states.get(identity)
+        return 0 if state is None else state.seq
+
+    async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
+        state = self._states.get(identity)
+        current = 0 if state is None else state.seq
+        if seq > current:
+            return None  # the client knows of events this registry does not
+        if seq == current:
+            return []
+        assert state is not None  # current > 0
+        first = state.history[0].seq
+        if first > seq + 1:
+            return None
+        return list(state.history)[seq + 1 - first :]
+
+    def statistics(self) -> RegistryStatistics:
+        return RegistryStatistics(connections=self._connections, clients=self._connected_identities)
+
+    def _forget_idle(self) -> None:
+        excess = len(self._states) - self._max_identities
+        if excess <= 0:
+            return
+        idle: list[str] = []
+        for identity, state in self._states.items():  # least recently active first
+            if not state.sinks:
+                idle.append(identity)
+                if len(idle) == excess:
+                    break
+        for identity in idle:
+            del self._states[identity]
+
+
+class MemoryBackend:
+    """Queue and registry for one process. ``async with MemoryBackend() as backend``."""
+
+    def __init__(
+        self,
+        *,
+        capacity: int = 10_000,
+        retention: int = 10_000,
+        history_size: int = 1000,
+        max_identities: int = 100_000,
+    ) -> None:
+        self._queue = MemoryTaskQueue(capacity=capacity, retention=retention)
+        self._registry = MemoryClientRegistry(history_size=history_size, max_identities=max_identities)
+
+    @property
+    def queue(self) -> MemoryTaskQueue:
+        return self._queue
+
+    @property
+    def registry(self) -> MemoryClientRegistry:
+        return self._registry
+
+    async def ping(self) -> bool:
+        return True
+
+    async def __aenter__(self) -> MemoryBackend:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._queue.close()

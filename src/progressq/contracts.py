@@ -1,0 +1,234 @@
+"""The three contracts a backend or an application plugs in, and the records they move.
+
+Backends implement these protocols structurally (no inheritance). The engine owns policy
+(identity, sequencing, coalescing, retries); backends move records and bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode, frame_event
+
+__all__ = (
+    "Backend",
+    "CancelOutcome",
+    "ClientRegistry",
+    "Event",
+    "EventSink",
+    "Lease",
+    "Processor",
+    "QueueStatistics",
+    "RegistryStatistics",
+    "TaskQueue",
+    "TaskRecord",
+    "utc_now",
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored state of one task. Immutable: changes make a new record (``evolve``).
+
+    ``attempt`` is the lease generation: a backend bumps it when it hands the task to a
+    worker, and refuses writes carrying an older one (fencing). ``revision`` counts saved
+    changes, so two views of one task can be ordered.
+    """
+
+    id: str
+    kind: str
+    name: str
+    owner: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    status: TaskStatus = "queued"
+    progress: float = 0.0
+    message: str = ""
+    created_at: datetime = msgspec.field(default_factory=utc_now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempt: int = 0
+    revision: int = 1
+    error: str | None = None
+    result: Any = None
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def evolve(self, **changes: Any) -> TaskRecord:
+        """A copy with ``changes`` applied and the revision bumped."""
+        return msgspec.structs.replace(self, revision=self.revision + 1, **changes)
+
+    def view(self) -> TaskView:
+        return TaskView(
+            id=self.id,
+            name=self.name,
+            status=self.status,
+            progress=self.progress,
+            message=self.message,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            attempt=self.attempt,
+            error=self.error if self.error is not None else msgspec.UNSET,
+            result=self.result if self.result is not None else msgspec.UNSET,
+        )
+
+    def view_json(self) -> bytes:
+        return encode(self.view())
+
+
+class Event:
+    """One event of an identity's sequence: what a backend stores and delivers.
+
+    ``frame`` (the exact WebSocket text) is built on first use and shared by every
+    connection that receives this object, so an event is framed once per process.
+    """
+
+    __slots__ = ("_frame", "kind", "revision", "seq", "task_id", "task_json")
+
+    def __init__(self, seq: int, kind: EventType, task_id: str, revision: int, task_json: bytes) -> None:
+        self.seq = seq
+        self.kind: EventType = kind
+        self.task_id = task_id
+        self.revision = revision
+        self.task_json = task_json
+        self._frame: str | None = None
+
+    @property
+    def frame(self) -> str:
+        if self._frame is None:
+            self._frame = frame_event(self.kind, self.seq, self.task_json).decode()
+        return self._frame
+
+    def __repr__(self) -> str:
+        return f"Event(seq={self.seq}, kind={self.kind!r}, task_id={self.task_id!r}, revision={self.revision})"
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """A task handed to one worker. ``token`` is backend-specific (e.g. a stream entry id)."""
+
+    record: TaskRecord
+    token: str
+
+
+class CancelOutcome(msgspec.Struct, frozen=True):
+    """What ``TaskQueue.request_cancel`` did.
+
+    ``cancelled``: it was queued and is now cancelled (``record`` is the terminal record);
+    ``requested``: it is running, its worker was told; ``finished``: too late.
+    """
+
+    result: Literal["cancelled", "requested", "finished"]
+    record: TaskRecord
+
+
+class QueueStatistics(msgspec.Struct, frozen=True):
+    queued: int
+    running: int
+
+
+class RegistryStatistics(msgspec.Struct, frozen=True):
+    connections: int
+    clients: int
+
+
+@runtime_checkable
+class TaskQueue(Protocol):
+    """Hands tasks to workers and stores their records."""
+
+    async def enqueue(self, record: TaskRecord) -> None:
+        """Store and queue a new task. Raises ``QueueFull`` when at capacity."""
+
+    async def lease(self) -> Lease:
+        """Wait for the next runnable task; its ``attempt`` is already bumped."""
+
+    async def save(self, lease: Lease, record: TaskRecord) -> bool:
+        """Store ``record`` if ``lease`` still holds the task. False: fenced out."""
+
+    async def extend(self, lease: Lease) -> bool:
+        """Keep the lease alive (a heartbeat). False: the lease was lost."""
+
+    async def finish(self, lease: Lease) -> None:
+        """Acknowledge a task whose terminal record was saved."""
+
+    async def release(self, lease: Lease, record: TaskRecord) -> bool:
+        """Save ``record`` (status ``queued``) and hand the task back for another attempt."""
+
+    async def get(self, task_id: str) -> TaskRecord | None: ...
+
+    async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
+        """The owner's tasks, newest first."""
+
+    async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
+        """Cancel atomically; None when no such task belongs to ``owner``."""
+
+    def watch_cancellations(self) -> AsyncIterator[str]:
+        """Ids of running tasks whose owner asked to cancel, as they are asked."""
+
+    async def statistics(self) -> QueueStatistics: ...
+
+
+class EventSink(Protocol):
+    """Where a registry delivers an identity's live events for one connection."""
+
+    def deliver(self, event: Event) -> None:
+        """Take one event without blocking (buffer, merge or flag an overflow)."""
+
+
+@runtime_checkable
+class ClientRegistry(Protocol):
+    """Who is connected, per-identity sequencing, history and delivery."""
+
+    async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
+        """Give the event the identity's next ``seq``, keep it in history, deliver it live."""
+
+    async def attach(self, identity: str, sink: EventSink) -> None:
+        """Deliver the identity's events to ``sink`` from now on (every process)."""
+
+    async def detach(self, identity: str, sink: EventSink) -> None: ...
+
+    async def current_seq(self, identity: str) -> int:
+        """The last ``seq`` given to the identity (0 if none)."""
+
+    async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
+        """Every event after ``seq``, in order; None if history no longer holds them all."""
+
+    def statistics(self) -> RegistryStatistics:
+        """Connections and identities attached in this process."""
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """Runs one task. The everyday one is the hub's registry of ``@hub.task`` handlers."""
+
+    async def __call__(self, task: TaskRecord, ctx: Any) -> Any: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A bundle of a queue and a registry, opened and closed as one async resource."""
+
+    @property
+    def queue(self) -> TaskQueue: ...
+
+    @property
+    def registry(self) -> ClientRegistry: ...
+
+    async def ping(self) -> bool:
+        """True when the backend answers."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...

@@ -1,0 +1,226 @@
+"""The Hub: what an application creates once, registers task handlers on and opens."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+
+from progressq._context import TaskContext
+from progressq._worker import TaskPolicy, WorkerPool
+from progressq.contracts import Backend, ClientRegistry, TaskQueue, TaskRecord
+from progressq.errors import ConfigurationError, TaskAlreadyFinished, TaskNotFound, UnknownTaskKind
+from progressq.identity import IdentityAuthority
+
+__all__ = ("Handler", "Hub")
+
+Handler = Callable[[TaskContext], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+_MAX_NAME_LENGTH = 200
+
+
+class _HandlerRegistry:
+    """The everyday ``Processor``: a registry of decorated async functions."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, tuple[Handler, TaskPolicy]] = {}
+
+    async def __call__(self, task: TaskRecord, ctx: TaskContext) -> Any:
+        handler, _ = self.handlers[task.kind]
+        return await handler(ctx)
+
+    def policy_for(self, kind: str) -> TaskPolicy:
+        entry = self.handlers.get(kind)
+        return entry[1] if entry is not None else TaskPolicy()
+
+
+class Hub:
+    """Task handlers, workers and delivery, on one backend.
+
+    Create one per application, register handlers with :meth:`task`, and open it for the
+    application's lifetime (the adapters do that in the app's lifespan)::
+
+        hub = Hub(MemoryBackend(), secret=os.environ["PROGRESSQ_SECRET"])
+
+        @hub.task("resize")
+        async def resize(ctx: TaskContext) -> dict[str, int]:
+            for step in range(10):
+                await ctx.report(step * 10, f"step {step}")
+            return {"width": 640}
+
+        async with hub:
+            await hub.submit("resize", owner=client_id, name="holiday.jpg")
+
+    Args:
+        backend: where tasks and events live; a ``MemoryBackend()`` when omitted.
+        secret: signs identity ids (see :class:`IdentityAuthority`).
+        previous_secrets: older secrets still accepted while rotating.
+        identity_max_age: seconds an identity id stays valid; ``None`` for no expiry.
+        concurrency: tasks this process runs at once; 0 for a process that only serves
+            clients (workers run elsewhere).
+        progress_interval: least seconds between two progress events of one task.
+        shutdown_grace: seconds running tasks get to finish when the hub closes.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        secret: str | bytes | None = None,
+        previous_secrets: Sequence[str | bytes] = (),
+        identity_max_age: float | None = None,
+        concurrency: int = 8,
+        progress_interval: float = 0.05,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        if concurrency < 0 or progress_interval < 0 or shutdown_grace < 0:
+            raise ConfigurationError("concurrency, progress_interval and shutdown_grace must be >= 0")
+        if backend is None:
+            from progressq.backends.memory import MemoryBackend
+
+            backend = MemoryBackend()
+        self.backend: Backend = backend
+        self.identities = IdentityAuthority(secret, previous_secrets=previous_secrets, max_age=identity_max_age)
+        self.concurrency = concurrency
+        self.progress_interval = progress_interval
+        self.shutdown_grace = shutdown_grace
+        self._handlers = _HandlerRegistry()
+        self._pool: WorkerPool | None = None
+        self._stack: AsyncExitStack | None = None
+
+    @property
+    def queue(self) -> TaskQueue:
+        return self.backend.queue
+
+    @property
+    def registry(self) -> ClientRegistry:
+        return self.backend.registry
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The task kinds with a registered handler."""
+        return tuple(self._handlers.handlers)
+
+    def task(
+        self, kind: str | None = None, *, timeout: float | None = 300.0, max_attempts: int = 1
+    ) -> Callable[[H], H]:
+        """Register an async function ``handler(ctx)`` as the handler of ``kind``.
+
+        Args:
+            kind: the name tasks are submitted under; the function's name when omitted.
+            timeout: seconds an attempt may run; ``None`` for no limit.
+            max_attempts: attempts before a failing task ends ``failed``.
+        """
+        if max_attempts < 1 or (timeout is not None and timeout <= 0):
+            raise ConfigurationError("max_attempts must be >= 1 and timeout > 0")
+        policy = TaskPolicy(timeout=timeout, max_attempts=max_attempts)
+
+        def register(handler: H) -> H:
+            name = kind or handler.__name__
+            if name in self._handlers.handlers:
+                raise ConfigurationError(f"a handler for task kind {name!r} is already registered")
+            self._handlers.handlers[name] = (handler, policy)
+            return handler
+
+        return register
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Hub:
+        if self._stack is not None:
+            raise ConfigurationError("this hub is already open")
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.backend)
+            if self.concurrency:
+                group = await stack.enter_async_context(anyio.create_task_group())
+                self._pool = WorkerPool(
+                    queue=self.queue,
+                    processor=self._handlers,
+                    policy_for=self._handlers.policy_for,
+                    publish=self._publish_change,
+                    concurrency=self.concurrency,
+                    progress_interval=self.progress_interval,
+                    shutdown_grace=self.shutdown_grace,
+                )
+                await group.start(self._pool.run)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if self._pool is not None:
+            self._pool.stop()
+        self._pool = None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    # --- operations ----------------------------------------------------------------------
+
+    async def submit(
+        self, kind: str, *, owner: str, name: str | None = None, payload: dict[str, Any] | None = None
+    ) -> TaskRecord:
+        """Queue a task of ``kind`` for ``owner`` and tell the owner's connections.
+
+        Raises:
+            UnknownTaskKind: no handler is registered for ``kind``.
+            QueueFull: the backend is at capacity; nothing was queued.
+            ValueError: ``name`` is empty or longer than 200 characters.
+        """
+        if kind not in self._handlers.handlers:
+            raise UnknownTaskKind(f"no handler is registered for task kind {kind!r}")
+        display = (name if name is not None else kind).strip()
+        if not 1 <= len(display) <= _MAX_NAME_LENGTH:
+            raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
+        record = TaskRecord(
+            id=secrets.token_urlsafe(12), kind=kind, name=display, owner=owner, payload=dict(payload or {})
+        )
+        msgspec.json.encode(record.payload)  # fail here, not in a worker, on a payload that cannot travel
+        await self.queue.enqueue(record)
+        await self.registry.publish(owner, "taskQueued", record.id, record.revision, record.view_json())
+        return record
+
+    async def get(self, task_id: str, *, owner: str) -> TaskRecord:
+        """One of ``owner``'s tasks. Raises ``TaskNotFound`` for any other id."""
+        record = await self.queue.get(task_id)
+        if record is None or record.owner != owner:
+            raise TaskNotFound(task_id)
+        return record
+
+    async def list(self, *, owner: str) -> Sequence[TaskRecord]:
+        """``owner``'s tasks, newest first."""
+        return await self.queue.list_by_owner(owner)
+
+    async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
+        """Cancel one of ``owner``'s tasks: a queued one never starts, a running one is cancelled.
+
+        Raises:
+            TaskNotFound: no such task belongs to ``owner``.
+            TaskAlreadyFinished: it already reached a terminal state.
+        """
+        outcome = await self.queue.request_cancel(task_id, owner)
+        if outcome is None:
+            raise TaskNotFound(task_id)
+        if outcome.result == "finished":
+            raise TaskAlreadyFinished(task_id)
+        if outcome.result == "cancelled":
+            await self._publish_change(outcome.record)
+        return outcome.record
+
+    async def healthy(self) -> bool:
+        """True when the backend answers."""
+        try:
+            with anyio.fail_after(2.0):
+                return await self.backend.ping()
+        except Exception:
+            return False
+
+    async def _publish_change(self, record: TaskRecord) -> None:
+        await self.registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())

@@ -1,0 +1,186 @@
+"""Every message of the wire contract (PROTOCOL.md) as a msgspec struct.
+
+Server messages share one tagged base (``type`` field), field names are camelCase on the
+wire. Events (``taskQueued``/``taskProgress``) are framed by :func:`frame_event` from the
+task view's bytes, which are encoded once per change and reused for every connection.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = (
+    "CancelRequest",
+    "ClientMessage",
+    "ConnectionMessage",
+    "ErrorBody",
+    "ErrorDetail",
+    "ErrorMessage",
+    "EventType",
+    "PingRequest",
+    "PongMessage",
+    "ResumeRequest",
+    "ServerMessage",
+    "SnapshotMessage",
+    "StartTaskRequest",
+    "StartedTask",
+    "TaskProgressMessage",
+    "TaskQueuedMessage",
+    "TaskStatus",
+    "TaskView",
+    "TERMINAL_STATUSES",
+    "decode_client_message",
+    "encode",
+    "frame_event",
+)
+
+TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+EventType = Literal["taskQueued", "taskProgress"]
+
+
+class TaskView(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    """What a client sees of one task."""
+
+    id: str
+    name: str
+    status: TaskStatus
+    progress: float
+    message: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempt: int
+    error: str | msgspec.UnsetType = msgspec.UNSET
+    result: Any | msgspec.UnsetType = msgspec.UNSET
+
+
+class StartedTask(TaskView, kw_only=True):
+    """Answer to ``POST /api/task/start``: the task view plus the owner's identity id."""
+
+    client_id: str
+
+
+# --- server → client ------------------------------------------------------------------
+
+
+class ServerMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True):
+    """Base of every message the server sends on a WebSocket."""
+
+
+class ConnectionMessage(ServerMessage, tag="connection", kw_only=True):
+    """First message of every connection, and the answer to a ``resume``.
+
+    ``recovered`` is set only when answering a resume: ``true`` means the missed events
+    follow, ``false`` means a snapshot follows.
+    """
+
+    socket_id: str
+    client_id: str
+    server_time: datetime
+    token: str | msgspec.UnsetType = msgspec.UNSET
+    recovered: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class SnapshotMessage(ServerMessage, tag="snapshot", kw_only=True):
+    """All tasks of the identity, and the identity's sequence number they are current at."""
+
+    tasks: list[TaskView]
+    seq: int
+    recovered: bool = False
+
+
+class TaskQueuedMessage(ServerMessage, tag="taskQueued", kw_only=True):
+    seq: int
+    task: TaskView
+
+
+class TaskProgressMessage(ServerMessage, tag="taskProgress", kw_only=True):
+    seq: int
+    task: TaskView
+
+
+class PongMessage(ServerMessage, tag="pong", kw_only=True):
+    server_time: datetime
+
+
+class ErrorMessage(ServerMessage, tag="error", kw_only=True):
+    code: str
+    message: str
+
+
+# --- client → server ------------------------------------------------------------------
+
+
+class PingRequest(msgspec.Struct, tag_field="type", tag="ping", rename="camel"):
+    pass
+
+
+class ResumeRequest(msgspec.Struct, tag_field="type", tag="resume", rename="camel", kw_only=True):
+    client_id: Annotated[str, msgspec.Meta(max_length=256)]
+    token: str | None = None
+    last_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class CancelRequest(msgspec.Struct, tag_field="type", tag="cancel", rename="camel", kw_only=True):
+    task_id: Annotated[str, msgspec.Meta(max_length=256)]
+
+
+ClientMessage = PingRequest | ResumeRequest | CancelRequest
+
+# --- HTTP bodies ----------------------------------------------------------------------
+
+
+class StartTaskRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/task/start``. ``name`` is trimmed and checked by the transport."""
+
+    name: str
+    duration: Annotated[int, msgspec.Meta(ge=1000, le=30000)]
+    client_id: str | None = None
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True, kw_only=True):
+    code: str
+    message: str
+    field: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class ErrorBody(msgspec.Struct):
+    """Every HTTP error answer: ``{"error": {"code", "message", "field"?}}``."""
+
+    error: ErrorDetail
+
+
+# --- codecs, built once ---------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+def encode(value: object) -> bytes:
+    """Encode any message or view as JSON bytes."""
+    return _encoder.encode(value)
+
+
+def decode_client_message(data: str | bytes) -> ClientMessage:
+    """Decode one client frame. Raises ``msgspec.DecodeError`` or ``msgspec.ValidationError``."""
+    message: ClientMessage = _client_decoder.decode(data)
+    return message
+
+
+_EVENT_PREFIX: dict[str, bytes] = {
+    "taskQueued": b'{"type":"taskQueued","seq":',
+    "taskProgress": b'{"type":"taskProgress","seq":',
+}
+
+
+def frame_event(kind: EventType, seq: int, task_json: bytes) -> bytes:
+    """Frame an event around a task view that is already encoded.
+
+    Equivalent to encoding ``TaskQueuedMessage``/``TaskProgressMessage`` (a test proves it),
+    without decoding or re-encoding the task view.
+    """
+    return b"".join((_EVENT_PREFIX[kind], str(seq).encode(), b',"task":', task_json, b"}"))
