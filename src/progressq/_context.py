@@ -81,7 +81,7 @@ class TaskContext:
         return self._percent
 
     async def report(self, percent: float, message: str | None = None) -> None:
-        """Report progress (0–100) and optionally a short message.
+        """Report progress (0 to 100) and optionally a short message.
 
         Raises:
             ValueError: ``percent`` is not a number from 0 to 100.
