@@ -1,0 +1,35 @@
+"""Framework-free transports: the HTTP routes and the WebSocket session of PROTOCOL.md.
+
+Adapters (``progressq.starlette``, ``progressq.litestar``) translate their framework's
+requests into these and nothing more.
+"""
+
+from progressq.transport._settings import Identify, RequestInfo, TransportSettings
+from progressq.transport.http import ENDPOINTS, BodyTooLarge, HttpApi, Response, read_body
+from progressq.transport.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    PeerGone,
+    WebSocketPeer,
+    WebSocketSession,
+)
+
+__all__ = (
+    "CLOSE_GOING_AWAY",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOO_BIG",
+    "ENDPOINTS",
+    "BodyTooLarge",
+    "HttpApi",
+    "Identify",
+    "PeerGone",
+    "RequestInfo",
+    "Response",
+    "TransportSettings",
+    "WebSocketPeer",
+    "WebSocketSession",
+    "read_body",
+)

@@ -1,0 +1,66 @@
+"""Transport settings and the framework-free view of a request."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ("Identify", "RequestInfo", "TransportSettings")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the transport needs of an HTTP request or WebSocket handshake.
+
+    Attributes:
+        headers: the request headers; lookups use lower-case names.
+        client: the peer's address, when known.
+        raw: the framework's own request or websocket object, for ``identify`` hooks that
+            read a session or a logged-in user.
+    """
+
+    headers: Mapping[str, str]
+    client: str | None = None
+    raw: Any = None
+
+
+Identify = Callable[[RequestInfo], Awaitable[str | None]]
+"""An app's hook that names the caller's identity (its logged-in user, its session), or None.
+
+An id the hook returns is trusted as presented: a client presenting it is accepted, and a
+client presenting nothing gets it as its identity instead of a freshly minted one.
+"""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TransportSettings:
+    """Limits and hooks shared by every adapter.
+
+    Attributes:
+        start_task: the task kind ``POST /api/task/start`` submits; the hub's only
+            registered kind when omitted.
+        identify: see :data:`Identify`.
+        allowed_origins: origins (``https://app.example``) allowed to open a WebSocket or
+            event stream besides the server's own origin; ``"*"`` allows any.
+        max_body_bytes: largest HTTP request body (413 beyond).
+        max_frame_bytes: largest WebSocket frame from a client (close 1009 beyond).
+        messages_per_second: sustained client messages allowed per connection.
+        message_burst: client messages allowed at once before the rate applies (close 1008
+            beyond).
+        outbox_size: messages queued for one connection before it counts as too slow
+            (close 1013; the client resumes from history).
+        send_timeout: seconds one send may take before the connection is dropped.
+        include_index: serve ``GET /`` with the API description.
+    """
+
+    start_task: str | None = None
+    identify: Identify | None = None
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024
+    max_frame_bytes: int = 64 * 1024
+    messages_per_second: float = 20.0
+    message_burst: int = 40
+    outbox_size: int = 1024
+    send_timeout: float = 10.0
+    include_index: bool = True
