@@ -1,0 +1,467 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import {
+	backoffDelay,
+	isNewerTask,
+	ProgressQClient,
+	ProgressQHttpError,
+	type ClientOptions,
+	type ConnectionState,
+	type KeyValueStorage,
+	type SocketLike,
+	type TaskView
+} from './progressq-client';
+
+// --- fakes -------------------------------------------------------------------------------
+
+class FakeSocket implements SocketLike {
+	static instances: FakeSocket[] = [];
+	readyState = 0;
+	onopen: ((ev: unknown) => void) | null = null;
+	onmessage: ((ev: { data: unknown }) => void) | null = null;
+	onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+	onerror: ((ev: unknown) => void) | null = null;
+	sent: unknown[] = [];
+	closedWith: number | null = null;
+
+	constructor(readonly url: string) {
+		FakeSocket.instances.push(this);
+	}
+
+	static get last(): FakeSocket {
+		const socket = FakeSocket.instances.at(-1);
+		if (!socket) throw new Error('no socket made');
+		return socket;
+	}
+
+	send(data: string): void {
+		if (this.readyState !== 1) throw new Error('send on a socket that is not open');
+		this.sent.push(JSON.parse(data));
+	}
+
+	close(code = 1000): void {
+		this.closedWith = code;
+		this.readyState = 3;
+	}
+
+	// server side
+	open(): void {
+		this.readyState = 1;
+		this.onopen?.({});
+	}
+
+	receive(message: unknown): void {
+		this.onmessage?.({ data: JSON.stringify(message) });
+	}
+
+	drop(code = 1006, reason = ''): void {
+		this.readyState = 3;
+		this.onclose?.({ code, reason });
+	}
+}
+
+class MemoryStorage implements KeyValueStorage {
+	values = new Map<string, string>();
+	getItem(key: string): string | null {
+		return this.values.get(key) ?? null;
+	}
+	setItem(key: string, value: string): void {
+		this.values.set(key, value);
+	}
+	removeItem(key: string): void {
+		this.values.delete(key);
+	}
+}
+
+function task(id: string, overrides: Partial<TaskView> = {}): TaskView {
+	return {
+		id,
+		name: `task ${id}`,
+		status: 'running',
+		progress: 0,
+		message: '',
+		createdAt: '2026-01-01T00:00:00Z',
+		startedAt: null,
+		finishedAt: null,
+		attempt: 1,
+		...overrides
+	};
+}
+
+function greeting(id: string, extra: Record<string, unknown> = {}) {
+	return { type: 'connection', socketId: id, clientId: id, serverTime: '2026-01-01T00:00:00Z', ...extra };
+}
+
+function makeClient(options: Partial<ClientOptions> = {}) {
+	const states: ConnectionState[] = [];
+	const client = new ProgressQClient({
+		url: 'ws://test/ws',
+		socketFactory: (url) => new FakeSocket(url),
+		random: () => 0.5,
+		heartbeatMs: 0,
+		...options
+	});
+	client.on('status', (s) => states.push(s.state));
+	return { client, states };
+}
+
+beforeEach(() => {
+	FakeSocket.instances = [];
+	vi.useFakeTimers();
+});
+
+afterEach(() => {
+	vi.useRealTimers();
+});
+
+// --- backoff ----------------------------------------------------------------------------
+
+describe('backoffDelay', () => {
+	it('grows exponentially and stops at the cap', () => {
+		const top = () => 0.999999;
+		const options = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 };
+		expect([1, 2, 3, 4, 5, 6].map((n) => backoffDelay(n, options, top))).toEqual([100, 200, 400, 800, 1000, 1000]);
+	});
+
+	it('jitters between half the base and the base', () => {
+		const options = { initialMs: 1000, maxMs: 60000, factor: 2, jitter: 0.5 };
+		expect(backoffDelay(3, options, () => 0)).toBe(2000);
+		expect(backoffDelay(3, options, () => 0.5)).toBe(3000);
+		expect(backoffDelay(3, options, () => 0.999999)).toBe(4000);
+	});
+
+	it('with no jitter is deterministic', () => {
+		expect(backoffDelay(2, { initialMs: 300, jitter: 0 }, () => 0.123)).toBe(600);
+	});
+});
+
+// --- reconnect --------------------------------------------------------------------------
+
+describe('reconnect', () => {
+	it('reconnects after a drop with growing, jittered delays and resets after success', () => {
+		const { client, states } = makeClient({ backoff: { initialMs: 100, maxMs: 10000, factor: 2, jitter: 0.5 } });
+		client.connect();
+		expect(states).toEqual(['connecting']);
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('a'));
+		expect(client.state).toBe('connected');
+
+		FakeSocket.last.drop();
+		expect(client.state).toBe('reconnecting');
+		expect(FakeSocket.instances).toHaveLength(1);
+		// attempt 1: base 100, random 0.5 → 75 ms
+		vi.advanceTimersByTime(74);
+		expect(FakeSocket.instances).toHaveLength(1);
+		vi.advanceTimersByTime(1);
+		expect(FakeSocket.instances).toHaveLength(2);
+
+		// the server is still down: attempt 2 → 150 ms, attempt 3 → 300 ms
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(149);
+		expect(FakeSocket.instances).toHaveLength(2);
+		vi.advanceTimersByTime(1);
+		expect(FakeSocket.instances).toHaveLength(3);
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(299);
+		expect(FakeSocket.instances).toHaveLength(3);
+		vi.advanceTimersByTime(1);
+		expect(FakeSocket.instances).toHaveLength(4);
+
+		// back up: a good connection resets the backoff
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('b', { clientId: 'a', recovered: true }));
+		expect(client.state).toBe('connected');
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(75);
+		expect(FakeSocket.instances).toHaveLength(5);
+	});
+
+	it('uses the random source for jitter', () => {
+		const delays: number[] = [];
+		for (const r of [0, 0.999999]) {
+			FakeSocket.instances = [];
+			const { client } = makeClient({ random: () => r, backoff: { initialMs: 1000, jitter: 0.5 } });
+			client.connect();
+			FakeSocket.last.drop();
+			let waited = 0;
+			while (FakeSocket.instances.length === 1 && waited < 5000) {
+				vi.advanceTimersByTime(10);
+				waited += 10;
+			}
+			delays.push(waited);
+			client.close();
+		}
+		expect(delays).toEqual([500, 1000]);
+	});
+
+	it('gives up after maxAttempts and reports disconnected', () => {
+		const { client } = makeClient({ maxAttempts: 2, backoff: { initialMs: 10, jitter: 0 } });
+		client.connect();
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(10);
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(20);
+		expect(FakeSocket.instances).toHaveLength(3);
+		FakeSocket.last.drop();
+		expect(client.state).toBe('disconnected');
+		vi.advanceTimersByTime(100000);
+		expect(FakeSocket.instances).toHaveLength(3);
+	});
+
+	it('close() stops reconnecting', () => {
+		const { client, states } = makeClient();
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('a'));
+		const socket = FakeSocket.last;
+		client.close();
+		expect(socket.closedWith).toBe(1000);
+		expect(states.at(-1)).toBe('disconnected');
+		vi.advanceTimersByTime(100000);
+		expect(FakeSocket.instances).toHaveLength(1);
+	});
+
+	it('reconnectNow() skips the wait', () => {
+		const { client } = makeClient({ backoff: { initialMs: 5000, jitter: 0 } });
+		client.connect();
+		FakeSocket.last.drop();
+		expect(FakeSocket.instances).toHaveLength(1);
+		client.reconnectNow();
+		expect(FakeSocket.instances).toHaveLength(2);
+		expect(client.state).toBe('reconnecting');
+	});
+
+	it('a heartbeat that goes unanswered closes the socket and reconnects', async () => {
+		const { client } = makeClient({ heartbeatMs: 1000, pingTimeoutMs: 500, backoff: { initialMs: 100, jitter: 0 } });
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('a'));
+		vi.advanceTimersByTime(1000);
+		expect(FakeSocket.last.sent).toContainEqual({ type: 'ping' });
+		await vi.advanceTimersByTimeAsync(500);
+		expect(FakeSocket.instances[0]?.closedWith).toBe(4000);
+		expect(client.state).toBe('reconnecting');
+		vi.advanceTimersByTime(100);
+		expect(FakeSocket.instances).toHaveLength(2);
+	});
+});
+
+// --- identity, resume, seq --------------------------------------------------------------
+
+describe('resume', () => {
+	it('adopts the identity of a first connection and stores it', () => {
+		const storage = new MemoryStorage();
+		const { client } = makeClient({ storage });
+		client.connect();
+		FakeSocket.last.open();
+		expect(FakeSocket.last.sent).toEqual([]); // nothing to resume
+		FakeSocket.last.receive(greeting('id-1', { token: 'tok' }));
+		FakeSocket.last.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
+		expect(client.clientId).toBe('id-1');
+		expect(client.socketId).toBe('id-1');
+		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toEqual({
+			clientId: 'id-1',
+			token: 'tok',
+			lastSeq: 0
+		});
+	});
+
+	it('tracks seq, ignores duplicates, and resumes with lastSeq after a drop', () => {
+		const storage = new MemoryStorage();
+		const { client } = makeClient({ storage, backoff: { initialMs: 10, jitter: 0 } });
+		const identities: unknown[] = [];
+		client.on('identity', (i) => identities.push(i));
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('me', { token: 'tok' }));
+		FakeSocket.last.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
+		FakeSocket.last.receive({ type: 'taskQueued', seq: 1, task: task('t1', { status: 'queued' }) });
+		FakeSocket.last.receive({ type: 'taskProgress', seq: 2, task: task('t1', { progress: 40 }) });
+		FakeSocket.last.receive({ type: 'taskProgress', seq: 2, task: task('t1', { progress: 40 }) });
+		expect(client.lastSeq).toBe(2);
+		expect(client.tasks.map((t) => t.progress)).toEqual([40]);
+
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(10);
+		const second = FakeSocket.last;
+		second.open();
+		expect(second.sent).toEqual([{ type: 'resume', clientId: 'me', token: 'tok', lastSeq: 2 }]);
+
+		// greeting of the new socket (fresh throwaway identity) and its snapshot: ignored
+		second.receive(greeting('sock-2'));
+		second.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
+		expect(client.clientId).toBe('me');
+		expect(client.tasks).toHaveLength(1);
+		expect(client.state).not.toBe('connected');
+
+		// the answer to the resume, then the missed events
+		second.receive({ ...greeting('sock-2'), clientId: 'me', recovered: true });
+		expect(client.state).toBe('connected');
+		expect(client.socketId).toBe('sock-2');
+		expect(client.clientId).toBe('me');
+		second.receive({ type: 'taskProgress', seq: 2, task: task('t1', { progress: 40 }) }); // overlap
+		second.receive({ type: 'taskProgress', seq: 3, task: task('t1', { progress: 90 }) });
+		second.receive({ type: 'taskProgress', seq: 4, task: task('t1', { progress: 100, status: 'completed' }) });
+		expect(client.lastSeq).toBe(4);
+		expect(client.tasks[0]?.status).toBe('completed');
+		expect(identities.at(-1)).toMatchObject({ socketId: 'sock-2', clientId: 'me', resumed: true, recovered: true });
+		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toMatchObject({ clientId: 'me', lastSeq: 4 });
+	});
+
+	it('replaces the list with the snapshot when the server could not recover', () => {
+		const { client } = makeClient({ backoff: { initialMs: 10, jitter: 0 } });
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('me'));
+		FakeSocket.last.receive({ type: 'taskQueued', seq: 1, task: task('old') });
+		FakeSocket.last.drop();
+		vi.advanceTimersByTime(10);
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('s2'));
+		FakeSocket.last.receive({ ...greeting('s2'), clientId: 'me', recovered: false });
+		FakeSocket.last.receive({ type: 'snapshot', tasks: [task('t7', { progress: 70 })], seq: 12, recovered: false });
+		expect(client.tasks.map((t) => t.id)).toEqual(['t7']);
+		expect(client.lastSeq).toBe(12);
+		FakeSocket.last.receive({ type: 'taskProgress', seq: 13, task: task('t7', { progress: 80 }) });
+		expect(client.tasks[0]?.progress).toBe(80);
+	});
+
+	it('resumes a stored identity on the first connection of a new page', () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5 }));
+		const { client } = makeClient({ storage });
+		expect(client.clientId).toBe('kept');
+		client.connect();
+		FakeSocket.last.open();
+		expect(FakeSocket.last.sent).toEqual([{ type: 'resume', clientId: 'kept', lastSeq: 5 }]);
+	});
+
+	it('takes a new identity when the server refuses the stored one (close 1008)', () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'forged', lastSeq: 5 }));
+		const { client } = makeClient({ storage, backoff: { initialMs: 5000, jitter: 0 } });
+		const identities: unknown[] = [];
+		client.on('identity', (i) => identities.push(i));
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('s1'));
+		FakeSocket.last.drop(1008, 'unknown identity');
+		// retried at once, without a resume this time
+		vi.advanceTimersByTime(0);
+		expect(FakeSocket.instances).toHaveLength(2);
+		FakeSocket.last.open();
+		expect(FakeSocket.last.sent).toEqual([]);
+		FakeSocket.last.receive(greeting('fresh'));
+		expect(client.clientId).toBe('fresh');
+		expect(client.lastSeq).toBe(0);
+		expect(identities.at(-1)).toMatchObject({ clientId: 'fresh', resumed: false, replaced: true });
+		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toEqual({ clientId: 'fresh', lastSeq: 0 });
+	});
+
+	it('ignores garbage frames and storage it cannot read', () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', '{not json');
+		const { client } = makeClient({ storage });
+		const warnings: string[] = [];
+		client.on('warning', (w) => warnings.push(w));
+		expect(client.clientId).toBeNull();
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.onmessage?.({ data: 'nonsense' });
+		FakeSocket.last.receive({ type: 'surprise' });
+		expect(warnings).toHaveLength(2);
+	});
+});
+
+describe('isNewerTask', () => {
+	it('orders by attempt, then status, then progress', () => {
+		expect(isNewerTask(task('x', { progress: 50 }), task('x', { progress: 40 }))).toBe(true);
+		expect(isNewerTask(task('x', { progress: 30 }), task('x', { progress: 40 }))).toBe(false);
+		expect(isNewerTask(task('x', { status: 'queued' }), task('x', { status: 'running' }))).toBe(false);
+		expect(isNewerTask(task('x', { status: 'completed', progress: 100 }), task('x', { progress: 99 }))).toBe(true);
+		expect(isNewerTask(task('x', { attempt: 2, status: 'queued' }), task('x', { status: 'failed' }))).toBe(true);
+	});
+});
+
+// --- ping and HTTP ----------------------------------------------------------------------
+
+describe('ping', () => {
+	it('resolves with the round-trip time', async () => {
+		let clock = 1000;
+		const { client } = makeClient({ now: () => clock });
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('a'));
+		const rtt = client.ping();
+		expect(FakeSocket.last.sent).toEqual([{ type: 'ping' }]);
+		clock += 42;
+		FakeSocket.last.receive({ type: 'pong', serverTime: '2026-01-01T00:00:00Z' });
+		await expect(rtt).resolves.toBe(42);
+	});
+
+	it('fails when not connected, on timeout and on a drop', async () => {
+		const { client } = makeClient({ pingTimeoutMs: 100 });
+		await expect(client.ping()).rejects.toThrow('not connected');
+		client.connect();
+		FakeSocket.last.open();
+		const late = client.ping();
+		vi.advanceTimersByTime(100);
+		await expect(late).rejects.toThrow('timed out');
+		const dropped = client.ping();
+		FakeSocket.last.drop();
+		await expect(dropped).rejects.toThrow('connection lost');
+	});
+});
+
+describe('HTTP', () => {
+	function fakeFetch(status: number, body: unknown) {
+		return vi.fn(async (_url: string, _init?: RequestInit) => new Response(JSON.stringify(body), { status }));
+	}
+
+	it('start() sends X-Client-Id of the confirmed identity and shows the task', async () => {
+		const fetch = fakeFetch(202, { ...task('t1', { status: 'queued' }), clientId: 'me' });
+		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });
+		client.connect();
+		FakeSocket.last.open();
+		const started = client.start('hello', 5000);
+		FakeSocket.last.receive(greeting('me')); // start waits for the identity
+		await expect(started).resolves.toMatchObject({ id: 't1', clientId: 'me' });
+		const [url, init] = fetch.mock.calls[0] ?? [];
+		expect(url).toBe('/api/task/start');
+		expect(init?.method).toBe('POST');
+		expect((init?.headers as Record<string, string>)['X-Client-Id']).toBe('me');
+		expect(JSON.parse(String(init?.body))).toEqual({ name: 'hello', duration: 5000 });
+		expect(client.tasks.map((t) => t.id)).toEqual(['t1']);
+		expect(client.tasks[0]).not.toHaveProperty('clientId');
+	});
+
+	it('cancel() posts to the task and turns errors into ProgressQHttpError', async () => {
+		const fetch = fakeFetch(409, { error: { code: 'already_finished', message: 'task already finished' } });
+		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('me'));
+		const error = await client.cancel('t/1').catch((e: unknown) => e);
+		expect(error).toBeInstanceOf(ProgressQHttpError);
+		expect(error).toMatchObject({ status: 409, code: 'already_finished', message: 'task already finished' });
+		expect(fetch.mock.calls[0]?.[0]).toBe('/api/task/t%2F1/cancel');
+	});
+
+	it('list() merges without going backwards', async () => {
+		const fetch = fakeFetch(200, [task('t1', { progress: 10 }), task('t2', { progress: 5 })]);
+		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('me'));
+		FakeSocket.last.receive({ type: 'taskProgress', seq: 1, task: task('t1', { progress: 60 }) });
+		await client.list();
+		expect(Object.fromEntries(client.tasks.map((t) => [t.id, t.progress]))).toEqual({ t1: 60, t2: 5 });
+	});
+
+	it('fails when no identity arrives in time', async () => {
+		const { client } = makeClient({ identityTimeoutMs: 50 });
+		client.connect();
+		const started = client.start('x', 1000);
+		vi.advanceTimersByTime(50);
+		await expect(started).rejects.toThrow('no identity');
+	});
+});

@@ -1,0 +1,837 @@
+/**
+ * progressq browser client — one file, no dependencies beyond the browser.
+ *
+ * Copy it into any app that talks to a progressq server. It speaks the wire contract
+ * (PROTOCOL.md): it connects to the WebSocket, takes its identity back after every
+ * reconnect (`resume` with the last `seq` it saw), reconnects by itself with exponential
+ * backoff and jitter, keeps the identity's task list current, and starts, cancels and
+ * lists tasks over HTTP.
+ *
+ * ```ts
+ * const client = new ProgressQClient({ storage: sessionStorage });
+ * client.on('tasks', (tasks) => render(tasks));
+ * client.on('status', (s) => showStatus(s.state));
+ * client.connect();
+ * await client.start('resize photos', 5000);
+ * ```
+ */
+
+// --- wire types (PROTOCOL.md) ----------------------------------------------------------
+
+export type TaskStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'cancelled']);
+
+/** What a client sees of one task. Timestamps are ISO 8601 UTC. */
+export interface TaskView {
+	id: string;
+	name: string;
+	status: TaskStatus;
+	/** 0–100, never decreasing within an attempt. */
+	progress: number;
+	message: string;
+	createdAt: string;
+	startedAt: string | null;
+	finishedAt: string | null;
+	attempt: number;
+	error?: string;
+	result?: unknown;
+}
+
+/** Answer to `POST /api/task/start`: the task view plus its owner's identity. */
+export interface StartedTask extends TaskView {
+	clientId: string;
+}
+
+export interface ConnectionMessage {
+	type: 'connection';
+	/** This connection. */
+	socketId: string;
+	/** The identity whose events this connection carries. */
+	clientId: string;
+	/** Present where the identity needs it to be presented again on resume. */
+	token?: string;
+	serverTime: string;
+	/** Only on the answer to a resume: true → missed events follow; false → a snapshot follows. */
+	recovered?: boolean;
+}
+
+export interface SnapshotMessage {
+	type: 'snapshot';
+	tasks: TaskView[];
+	seq: number;
+	recovered: boolean;
+}
+
+export interface TaskQueuedMessage {
+	type: 'taskQueued';
+	seq: number;
+	task: TaskView;
+}
+
+export interface TaskProgressMessage {
+	type: 'taskProgress';
+	seq: number;
+	task: TaskView;
+}
+
+export interface PongMessage {
+	type: 'pong';
+	serverTime: string;
+}
+
+export interface ErrorMessage {
+	type: 'error';
+	code: string;
+	message: string;
+}
+
+export type ServerMessage =
+	| ConnectionMessage
+	| SnapshotMessage
+	| TaskQueuedMessage
+	| TaskProgressMessage
+	| PongMessage
+	| ErrorMessage;
+
+export interface PingRequest {
+	type: 'ping';
+}
+
+export interface ResumeRequest {
+	type: 'resume';
+	clientId: string;
+	token?: string;
+	lastSeq?: number;
+}
+
+export interface CancelRequest {
+	type: 'cancel';
+	taskId: string;
+}
+
+export type ClientMessage = PingRequest | ResumeRequest | CancelRequest;
+
+/** Body of every HTTP error answer. */
+export interface ErrorBody {
+	error: { code: string; message: string; field?: string };
+}
+
+// --- client-side types --------------------------------------------------------------
+
+/**
+ * - `idle`: not started yet;
+ * - `connecting`: the first connection is being made;
+ * - `connected`: the socket is open and the identity is known;
+ * - `reconnecting`: the connection was lost, a new one is scheduled or being made;
+ * - `disconnected`: closed on purpose (`close()`), or retries ran out.
+ */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'disconnected';
+
+export interface StatusEvent {
+	state: ConnectionState;
+	/** Consecutive failed attempts since the last good connection. */
+	attempt: number;
+	/** When `reconnecting` and waiting: epoch ms of the next attempt. */
+	nextAttemptAt: number | null;
+	/** Why the last connection ended, when it did. */
+	closeCode: number | null;
+	closeReason: string;
+}
+
+export interface IdentityEvent {
+	socketId: string;
+	clientId: string;
+	/** True when this connection took an earlier identity back (`resume`). */
+	resumed: boolean;
+	/** The server's answer to the resume: missed events replayed (true) or snapshot (false). */
+	recovered: boolean | null;
+	/** True when a stored identity was refused and a new one was taken instead. */
+	replaced: boolean;
+}
+
+export interface ClientEvents {
+	status: StatusEvent;
+	identity: IdentityEvent;
+	/** The identity's tasks, newest first, after every change. */
+	tasks: TaskView[];
+	/** Every message from the server, after the client has applied it. */
+	message: ServerMessage;
+	/** Something went wrong that the app may want to show (bad frame, seq gap, ...). */
+	warning: string;
+}
+
+export type Listener<T> = (value: T) => void;
+
+/** What is kept between page loads (in `sessionStorage`, so: per tab). */
+export interface StoredIdentity {
+	clientId: string;
+	token?: string;
+	lastSeq: number;
+}
+
+/** The parts of `Storage` the client uses. */
+export interface KeyValueStorage {
+	getItem(key: string): string | null;
+	setItem(key: string, value: string): void;
+	removeItem(key: string): void;
+}
+
+/** The parts of a WebSocket the client uses; the browser's `WebSocket` fits. */
+export interface SocketLike {
+	readonly readyState: number;
+	onopen: ((ev: unknown) => void) | null;
+	onmessage: ((ev: { data: unknown }) => void) | null;
+	onclose: ((ev: { code: number; reason: string; wasClean?: boolean }) => void) | null;
+	onerror: ((ev: unknown) => void) | null;
+	send(data: string): void;
+	close(code?: number, reason?: string): void;
+}
+
+export type SocketFactory = (url: string) => SocketLike;
+
+export interface BackoffOptions {
+	/** Delay before the first retry, ms. Default 500. */
+	initialMs?: number;
+	/** Upper bound of the delay, ms. Default 15000. */
+	maxMs?: number;
+	/** Growth per failed attempt. Default 2. */
+	factor?: number;
+	/** Share of the delay that is random, 0–1. Default 0.5 ("equal jitter"). */
+	jitter?: number;
+}
+
+export interface ClientOptions {
+	/** WebSocket URL. Default: `/ws` on the page's origin (ws: or wss:). */
+	url?: string;
+	/** Prefix of HTTP paths. Default: '' (same origin). */
+	baseUrl?: string;
+	/** Makes a socket. Default: `new WebSocket(url)`. */
+	socketFactory?: SocketFactory;
+	/** Default: the global `fetch`. */
+	fetch?: typeof fetch;
+	/** Where the identity is kept across page loads. Default: none (nothing kept). */
+	storage?: KeyValueStorage | null;
+	/** Key in `storage`. Default 'progressq.identity'. */
+	storageKey?: string;
+	backoff?: BackoffOptions;
+	/** Attempts after which the client gives up and goes `disconnected`. Default: never. */
+	maxAttempts?: number;
+	/** A ping every so many ms detects a dead connection; 0 turns it off. Default 25000. */
+	heartbeatMs?: number;
+	/** A ping not answered within this many ms fails (and a heartbeat closes the socket). Default 10000. */
+	pingTimeoutMs?: number;
+	/** How long `start`/`cancel`/`list` wait for an identity before failing, ms. Default 10000. */
+	identityTimeoutMs?: number;
+	/** Source of randomness for jitter, [0, 1). Default Math.random. */
+	random?: () => number;
+	/** Monotonic clock for round-trip times, ms. Default performance.now. */
+	now?: () => number;
+}
+
+/** An HTTP call answered with an error; `code`/`field` come from the server's error body. */
+export class ProgressQHttpError extends Error {
+	readonly status: number;
+	readonly code: string;
+	readonly field: string | undefined;
+
+	constructor(status: number, code: string, message: string, field?: string) {
+		super(message);
+		this.name = 'ProgressQHttpError';
+		this.status = status;
+		this.code = code;
+		this.field = field;
+	}
+}
+
+// --- pure helpers (exported for tests and for apps) -------------------------------------
+
+const DEFAULT_BACKOFF: Required<BackoffOptions> = { initialMs: 500, maxMs: 15000, factor: 2, jitter: 0.5 };
+
+/**
+ * Delay before retry number `attempt` (1-based): exponential, capped, with jitter.
+ * With `jitter` j the delay lies in `[base·(1−j), base]`, so retries never bunch up
+ * and never come sooner than half the base delay (with the default j = 0.5).
+ */
+export function backoffDelay(attempt: number, options: BackoffOptions = {}, random: () => number = Math.random): number {
+	const { initialMs, maxMs, factor, jitter } = { ...DEFAULT_BACKOFF, ...options };
+	const exponent = Math.max(0, attempt - 1);
+	const base = Math.min(maxMs, initialMs * Math.pow(factor, exponent));
+	const j = Math.min(1, Math.max(0, jitter));
+	return Math.round(base * (1 - j) + base * j * random());
+}
+
+const STATUS_RANK: Record<TaskStatus, number> = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+
+/** True when `incoming` is a later state of the task than `current`. */
+export function isNewerTask(incoming: TaskView, current: TaskView | undefined): boolean {
+	if (current === undefined) return true;
+	if (incoming.attempt !== current.attempt) return incoming.attempt > current.attempt;
+	const rank = STATUS_RANK[incoming.status] - STATUS_RANK[current.status];
+	if (rank !== 0) return rank > 0;
+	return incoming.progress >= current.progress;
+}
+
+export function isTerminal(status: TaskStatus): boolean {
+	return TERMINAL_STATUSES.has(status);
+}
+
+/** The default WebSocket URL for a page served by the progressq server (or a proxy). */
+export function defaultSocketUrl(location: { protocol: string; host: string }, path = '/ws'): string {
+	return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
+}
+
+function parseServerMessage(data: unknown): ServerMessage | null {
+	if (typeof data !== 'string') return null;
+	let value: unknown;
+	try {
+		value = JSON.parse(data);
+	} catch {
+		return null;
+	}
+	if (typeof value !== 'object' || value === null) return null;
+	const type = (value as { type?: unknown }).type;
+	switch (type) {
+		case 'connection':
+		case 'snapshot':
+		case 'taskQueued':
+		case 'taskProgress':
+		case 'pong':
+		case 'error':
+			return value as ServerMessage;
+		default:
+			return null;
+	}
+}
+
+const OPEN = 1;
+
+// --- the client -------------------------------------------------------------------------
+
+interface PendingPing {
+	sentAt: number;
+	resolve: (rtt: number) => void;
+	reject: (error: Error) => void;
+	timer: ReturnType<typeof setTimeout>;
+}
+
+export class ProgressQClient {
+	private readonly options: ClientOptions;
+	private readonly listeners: { [K in keyof ClientEvents]: Set<Listener<ClientEvents[K]>> } = {
+		status: new Set(),
+		identity: new Set(),
+		tasks: new Set(),
+		message: new Set(),
+		warning: new Set()
+	};
+
+	private socket: SocketLike | null = null;
+	private retryTimer: ReturnType<typeof setTimeout> | null = null;
+	private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
+	private pings: PendingPing[] = [];
+	private identityWaiters: Array<() => void> = [];
+
+	private _state: ConnectionState = 'idle';
+	private _attempt = 0;
+	private _nextAttemptAt: number | null = null;
+	private _closeCode: number | null = null;
+	private _closeReason = '';
+	private _socketId: string | null = null;
+	private _identity: StoredIdentity | null = null;
+	/** A resume was sent on this socket and not answered yet. */
+	private resumePending = false;
+	/** The identity currently claimed by the open socket is confirmed by the server. */
+	private confirmed = false;
+	/** The last resume was refused: the next connection takes a fresh identity. */
+	private replacing = false;
+	private readonly tasksById = new Map<string, TaskView>();
+
+	constructor(options: ClientOptions = {}) {
+		this.options = options;
+		this._identity = this.loadIdentity();
+	}
+
+	// --- state ---
+
+	get state(): ConnectionState {
+		return this._state;
+	}
+
+	/** This connection's id (changes on every connection). */
+	get socketId(): string | null {
+		return this._socketId;
+	}
+
+	/** The identity's id (kept across reconnects and, with storage, page loads). */
+	get clientId(): string | null {
+		return this._identity?.clientId ?? null;
+	}
+
+	/** The identity's sequence number of the last event applied. */
+	get lastSeq(): number {
+		return this._identity?.lastSeq ?? 0;
+	}
+
+	/** The identity's tasks, newest first. */
+	get tasks(): TaskView[] {
+		return [...this.tasksById.values()].sort(
+			(a, b) => b.createdAt.localeCompare(a.createdAt) || b.id.localeCompare(a.id)
+		);
+	}
+
+	on<K extends keyof ClientEvents>(event: K, listener: Listener<ClientEvents[K]>): () => void {
+		this.listeners[event].add(listener);
+		return () => this.listeners[event].delete(listener);
+	}
+
+	// --- connection ---
+
+	/** Opens the connection (and keeps it open until `close()`). */
+	connect(): void {
+		if (this.socket !== null || this.retryTimer !== null) return;
+		this._attempt = 0;
+		this.open('connecting');
+	}
+
+	/** Closes the connection for good; no reconnect follows. */
+	close(): void {
+		this.clearRetry();
+		this.stopHeartbeat();
+		const socket = this.socket;
+		this.socket = null;
+		if (socket !== null) {
+			this.detach(socket);
+			try {
+				socket.close(1000, 'client closed');
+			} catch {
+				// already closed
+			}
+		}
+		this.failPings(new Error('connection closed'));
+		this.setState('disconnected');
+	}
+
+	/** Skips the wait of a scheduled reconnect (e.g. when the browser comes back online). */
+	reconnectNow(): void {
+		if (this.retryTimer === null) return;
+		this.clearRetry();
+		this.open('reconnecting');
+	}
+
+	/** Forgets the stored identity; the next connection takes a new one. */
+	forgetIdentity(): void {
+		this._identity = null;
+		this.tasksById.clear();
+		this.options.storage?.removeItem(this.storageKey);
+		this.emit('tasks', this.tasks);
+	}
+
+	/** Pings the server; resolves with the round-trip time in ms. */
+	ping(): Promise<number> {
+		const socket = this.socket;
+		if (socket === null || socket.readyState !== OPEN) {
+			return Promise.reject(new Error('not connected'));
+		}
+		const now = this.now();
+		return new Promise<number>((resolve, reject) => {
+			const timer = setTimeout(() => {
+				this.pings = this.pings.filter((p) => p !== pending);
+				reject(new Error('ping timed out'));
+			}, this.options.pingTimeoutMs ?? 10000);
+			const pending: PendingPing = { sentAt: now, resolve, reject, timer };
+			this.pings.push(pending);
+			this.send({ type: 'ping' });
+		});
+	}
+
+	// --- HTTP ---
+
+	/** Starts a task owned by this identity. */
+	async start(name: string, duration: number): Promise<StartedTask> {
+		const task = await this.request<StartedTask>('POST', '/api/task/start', { name, duration });
+		// The socket usually delivers `taskQueued` first; if not, show the task now.
+		if (!this.tasksById.has(task.id)) {
+			const { clientId: _owner, ...view } = task;
+			this.upsert(view as TaskView);
+		}
+		return task;
+	}
+
+	/** Cancels a task of this identity. */
+	async cancel(taskId: string): Promise<TaskView | null> {
+		const answer = await this.request<TaskView | null>('POST', `/api/task/${encodeURIComponent(taskId)}/cancel`);
+		if (answer !== null && typeof answer === 'object' && 'id' in answer && 'status' in answer) {
+			this.upsert(answer);
+		}
+		return answer;
+	}
+
+	/** Fetches the identity's tasks over HTTP and merges them into the list. */
+	async list(): Promise<TaskView[]> {
+		const answer = await this.request<TaskView[] | { tasks: TaskView[] }>('GET', '/api/tasks');
+		const tasks = Array.isArray(answer) ? answer : answer.tasks;
+		let changed = false;
+		for (const task of tasks) {
+			if (isNewerTask(task, this.tasksById.get(task.id))) {
+				this.tasksById.set(task.id, task);
+				changed = true;
+			}
+		}
+		if (changed) this.emit('tasks', this.tasks);
+		return tasks;
+	}
+
+	// --- internals: sockets ---
+
+	private get storageKey(): string {
+		return this.options.storageKey ?? 'progressq.identity';
+	}
+
+	private now(): number {
+		if (this.options.now) return this.options.now();
+		return typeof performance !== 'undefined' ? performance.now() : Date.now();
+	}
+
+	private url(): string {
+		if (this.options.url) return this.options.url;
+		if (typeof location === 'undefined') throw new Error('no url given and no page location');
+		return defaultSocketUrl(location);
+	}
+
+	private makeSocket(url: string): SocketLike {
+		if (this.options.socketFactory) return this.options.socketFactory(url);
+		return new WebSocket(url) as unknown as SocketLike;
+	}
+
+	private open(state: 'connecting' | 'reconnecting'): void {
+		this._nextAttemptAt = null;
+		this.setState(state);
+		let socket: SocketLike;
+		try {
+			socket = this.makeSocket(this.url());
+		} catch {
+			this.scheduleReconnect();
+			return;
+		}
+		this.socket = socket;
+		this._socketId = null;
+		this.confirmed = false;
+		this.resumePending = false;
+		socket.onopen = () => this.handleOpen(socket);
+		socket.onmessage = (ev) => this.handleMessage(socket, ev.data);
+		socket.onclose = (ev) => this.handleClose(socket, ev.code, ev.reason);
+		socket.onerror = () => {
+			// a close event always follows; nothing to do here
+		};
+	}
+
+	private detach(socket: SocketLike): void {
+		socket.onopen = null;
+		socket.onmessage = null;
+		socket.onclose = null;
+		socket.onerror = null;
+	}
+
+	private handleOpen(socket: SocketLike): void {
+		if (socket !== this.socket) return;
+		const identity = this._identity;
+		if (identity !== null && !this.replacing) {
+			const resume: ResumeRequest = { type: 'resume', clientId: identity.clientId, lastSeq: identity.lastSeq };
+			if (identity.token !== undefined) resume.token = identity.token;
+			this.resumePending = true;
+			this.send(resume);
+		}
+		this.startHeartbeat();
+	}
+
+	private handleClose(socket: SocketLike, code: number, reason: string): void {
+		if (socket !== this.socket) return;
+		this.detach(socket);
+		this.socket = null;
+		this.stopHeartbeat();
+		this.failPings(new Error('connection lost'));
+		this._closeCode = code;
+		this._closeReason = reason;
+		if (this.resumePending && code === 1008) {
+			// The server refused the identity (not issued by it, expired, forged):
+			// take a new one on the next connection instead of retrying forever.
+			this.replacing = true;
+			this._attempt = 0;
+			this.emit('warning', `the server refused identity ${this._identity?.clientId ?? ''}; taking a new one`);
+		}
+		this.resumePending = false;
+		this.confirmed = false;
+		this.scheduleReconnect();
+	}
+
+	private scheduleReconnect(): void {
+		this._attempt += 1;
+		const maxAttempts = this.options.maxAttempts ?? Infinity;
+		if (this._attempt > maxAttempts) {
+			this._nextAttemptAt = null;
+			this.setState('disconnected');
+			return;
+		}
+		const delay = this.replacing && this._attempt === 1
+			? 0
+			: backoffDelay(this._attempt, this.options.backoff, this.options.random ?? Math.random);
+		this._nextAttemptAt = Date.now() + delay;
+		this.setState('reconnecting');
+		this.retryTimer = setTimeout(() => {
+			this.retryTimer = null;
+			this.open('reconnecting');
+		}, delay);
+	}
+
+	private clearRetry(): void {
+		if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+		this.retryTimer = null;
+		this._nextAttemptAt = null;
+	}
+
+	private startHeartbeat(): void {
+		this.stopHeartbeat();
+		const every = this.options.heartbeatMs ?? 25000;
+		if (every <= 0) return;
+		this.heartbeatTimer = setInterval(() => {
+			const socket = this.socket;
+			this.ping().catch(() => {
+				// No answer: the connection is dead even if the browser has not noticed.
+				if (socket !== null && socket === this.socket) {
+					try {
+						socket.close(4000, 'heartbeat timed out');
+					} catch {
+						// ignore
+					}
+					this.handleClose(socket, 4000, 'heartbeat timed out');
+				}
+			});
+		}, every);
+	}
+
+	private stopHeartbeat(): void {
+		if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
+		this.heartbeatTimer = null;
+	}
+
+	private failPings(error: Error): void {
+		const pings = this.pings;
+		this.pings = [];
+		for (const ping of pings) {
+			clearTimeout(ping.timer);
+			ping.reject(error);
+		}
+	}
+
+	private send(message: ClientMessage): void {
+		const socket = this.socket;
+		if (socket === null || socket.readyState !== OPEN) return;
+		socket.send(JSON.stringify(message));
+	}
+
+	// --- internals: messages ---
+
+	private handleMessage(socket: SocketLike, data: unknown): void {
+		if (socket !== this.socket) return;
+		const message = parseServerMessage(data);
+		if (message === null) {
+			this.emit('warning', 'ignored a frame that is not a known server message');
+			return;
+		}
+		switch (message.type) {
+			case 'connection':
+				this.onConnection(message);
+				break;
+			case 'snapshot':
+				if (this.resumePending) break; // belongs to the throwaway identity of this socket
+				this.replaceTasks(message.tasks, message.seq);
+				break;
+			case 'taskQueued':
+			case 'taskProgress':
+				if (this.resumePending) break;
+				this.onEvent(message.seq, message.task);
+				break;
+			case 'pong':
+				this.onPong();
+				break;
+			case 'error':
+				this.emit('warning', `server: ${message.code}: ${message.message}`);
+				break;
+		}
+		this.emit('message', message);
+	}
+
+	private onConnection(message: ConnectionMessage): void {
+		this._socketId = message.socketId;
+		const answersResume = message.recovered !== undefined;
+		if (this.resumePending && !answersResume) {
+			// The greeting of a new socket; our resume is on its way. Keep the stored identity.
+			return;
+		}
+		const previous = this._identity;
+		const resumed = answersResume && previous !== null && message.clientId === previous.clientId;
+		const replaced = this.replacing;
+		if (!resumed) {
+			// A new identity: nothing of an older one applies to it.
+			if (previous !== null && previous.clientId !== message.clientId) this.tasksById.clear();
+			this._identity = { clientId: message.clientId, lastSeq: 0 };
+			if (message.token !== undefined) this._identity.token = message.token;
+			this.emit('tasks', this.tasks);
+		} else if (message.token !== undefined && previous !== null) {
+			previous.token = message.token;
+		}
+		this.resumePending = false;
+		this.replacing = false;
+		this.confirmed = true;
+		this._attempt = 0;
+		this.saveIdentity();
+		this.setState('connected');
+		this.emit('identity', {
+			socketId: message.socketId,
+			clientId: message.clientId,
+			resumed,
+			recovered: answersResume ? (message.recovered ?? null) : null,
+			replaced
+		});
+		const waiters = this.identityWaiters;
+		this.identityWaiters = [];
+		for (const wake of waiters) wake();
+	}
+
+	private onEvent(seq: number, task: TaskView): void {
+		const identity = this._identity;
+		if (identity === null) return;
+		if (seq <= identity.lastSeq) return; // already applied (a replay overlapping what we had)
+		if (seq > identity.lastSeq + 1 && identity.lastSeq > 0) {
+			this.emit('warning', `missed events ${identity.lastSeq + 1}–${seq - 1}; refreshing the task list`);
+			this.list().catch(() => undefined);
+		}
+		identity.lastSeq = seq;
+		this.saveIdentity();
+		this.upsert(task, true);
+	}
+
+	private onPong(): void {
+		const ping = this.pings.shift();
+		if (ping === undefined) return;
+		clearTimeout(ping.timer);
+		ping.resolve(Math.max(0, this.now() - ping.sentAt));
+	}
+
+	private replaceTasks(tasks: TaskView[], seq: number): void {
+		this.tasksById.clear();
+		for (const task of tasks) this.tasksById.set(task.id, task);
+		if (this._identity !== null) {
+			this._identity.lastSeq = seq;
+			this.saveIdentity();
+		}
+		this.emit('tasks', this.tasks);
+	}
+
+	/** Events arrive in order and always win; other sources only if they are newer. */
+	private upsert(task: TaskView, fromEvent = false): void {
+		if (!fromEvent && !isNewerTask(task, this.tasksById.get(task.id))) return;
+		this.tasksById.set(task.id, task);
+		this.emit('tasks', this.tasks);
+	}
+
+	// --- internals: identity ---
+
+	private loadIdentity(): StoredIdentity | null {
+		const storage = this.options.storage;
+		if (!storage) return null;
+		try {
+			const raw = storage.getItem(this.storageKey);
+			if (raw === null) return null;
+			const value = JSON.parse(raw) as Partial<StoredIdentity>;
+			if (typeof value.clientId !== 'string' || value.clientId === '') return null;
+			const identity: StoredIdentity = {
+				clientId: value.clientId,
+				lastSeq: typeof value.lastSeq === 'number' && value.lastSeq >= 0 ? Math.floor(value.lastSeq) : 0
+			};
+			if (typeof value.token === 'string') identity.token = value.token;
+			return identity;
+		} catch {
+			return null;
+		}
+	}
+
+	private saveIdentity(): void {
+		const storage = this.options.storage;
+		if (!storage || this._identity === null) return;
+		try {
+			storage.setItem(this.storageKey, JSON.stringify(this._identity));
+		} catch {
+			// storage full or forbidden: the identity just won't survive a reload
+		}
+	}
+
+	private async identity(): Promise<string> {
+		if (this.confirmed && this._identity !== null) return this._identity.clientId;
+		await new Promise<void>((resolve, reject) => {
+			const timer = setTimeout(() => {
+				this.identityWaiters = this.identityWaiters.filter((w) => w !== wake);
+				reject(new Error('not connected: no identity yet'));
+			}, this.options.identityTimeoutMs ?? 10000);
+			const wake = () => {
+				clearTimeout(timer);
+				resolve();
+			};
+			this.identityWaiters.push(wake);
+		});
+		if (this._identity === null) throw new Error('not connected: no identity yet');
+		return this._identity.clientId;
+	}
+
+	private async request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+		const clientId = await this.identity();
+		const doFetch = this.options.fetch ?? fetch;
+		const headers: Record<string, string> = { Accept: 'application/json', 'X-Client-Id': clientId };
+		const init: RequestInit = { method, headers };
+		if (body !== undefined) {
+			headers['Content-Type'] = 'application/json';
+			init.body = JSON.stringify(body);
+		}
+		const response = await doFetch(`${this.options.baseUrl ?? ''}${path}`, init);
+		const text = await response.text();
+		let value: unknown = null;
+		if (text !== '') {
+			try {
+				value = JSON.parse(text);
+			} catch {
+				value = null;
+			}
+		}
+		if (!response.ok) {
+			const error = (value as Partial<ErrorBody> | null)?.error;
+			throw new ProgressQHttpError(
+				response.status,
+				error?.code ?? `http_${response.status}`,
+				error?.message ?? (response.statusText || `HTTP ${response.status}`),
+				error?.field
+			);
+		}
+		return value as T;
+	}
+
+	private setState(state: ConnectionState): void {
+		this._state = state;
+		this.emit('status', {
+			state,
+			attempt: this._attempt,
+			nextAttemptAt: this._nextAttemptAt,
+			closeCode: this._closeCode,
+			closeReason: this._closeReason
+		});
+	}
+
+	private emit<K extends keyof ClientEvents>(event: K, value: ClientEvents[K]): void {
+		for (const listener of [...this.listeners[event]]) {
+			try {
+				listener(value);
+			} catch (error) {
+				console.error(`progressq: a '${event}' listener threw`, error);
+			}
+		}
+	}
+}
