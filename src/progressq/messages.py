@@ -90,7 +90,7 @@ class SnapshotMessage(ServerMessage, tag="snapshot", kw_only=True):
 
     tasks: list[TaskView]
     seq: int
-    recovered: bool = False
+    recovered: bool
 
 
 class TaskQueuedMessage(ServerMessage, tag="taskQueued", kw_only=True):

@@ -1,0 +1,90 @@
+"""Test apps: a hub with fast, controllable tasks, mounted by each adapter, served for real."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import uvicorn
+
+from progressq import Hub, MemoryBackend, TaskContext
+from progressq.transport import TransportSettings
+
+TIME_SCALE = 0.05  # a 1000 ms demo task runs 50 ms here
+SECRET = "test-secret-0123456789abcdef"
+FRAMEWORKS = ("starlette",)
+
+
+def make_hub(**hub_options: Any) -> Hub:
+    backend = hub_options.pop("backend", None) or MemoryBackend(history_size=hub_options.pop("history_size", 1000))
+    hub = Hub(backend, secret=SECRET, progress_interval=0.01, shutdown_grace=1.0, **hub_options)
+
+    @hub.task("demo", timeout=30)
+    async def demo(ctx: TaskContext) -> dict[str, int]:
+        """Like the demo's task, faster; ``fail`` fails halfway, ``block`` waits to be cancelled."""
+        steps = 10
+        for step in range(1, steps + 1):
+            if "block" in ctx.name and step == 2:
+                await anyio.sleep_forever()
+            await anyio.sleep(ctx.payload["duration"] / 1000 * TIME_SCALE / steps)
+            if "fail" in ctx.name and step == steps // 2:
+                raise RuntimeError(f"{ctx.name} failed on purpose")
+            await ctx.report(step * 100 / steps, f"step {step}")
+        return {"steps": steps}
+
+    return hub
+
+
+def build_app(framework: str, hub: Hub, settings: TransportSettings) -> Any:
+    if framework == "starlette":
+        from progressq.starlette import create_app
+
+        return create_app(hub, settings)
+    if framework == "litestar":
+        from progressq.litestar import create_app as create_litestar_app  # type: ignore[import-not-found,unused-ignore]
+
+        return create_litestar_app(hub, settings)
+    raise ValueError(framework)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RunningServer:
+    def __init__(self, hub: Hub, port: int) -> None:
+        self.hub = hub
+        self.port = port
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}/ws"
+
+
+@contextlib.contextmanager
+def serve(app: Any, hub: Hub) -> Iterator[RunningServer]:
+    """Serve ``app`` with a real uvicorn on a free port, in a thread."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(hub, port)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+ServerFactory = Callable[..., contextlib.AbstractContextManager[RunningServer]]

@@ -1,0 +1,71 @@
+"""A client written from PROTOCOL.md alone: a WebSocket that reads JSON messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+Message = dict[str, Any]
+
+
+class WsClient:
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.received: list[Message] = []
+        self.client_id = ""
+        self.socket_id = ""
+
+    @classmethod
+    async def open(cls, url: str, **options: Any) -> WsClient:
+        client = cls(await connect(url, **options))
+        hello = await client.next()
+        assert hello["type"] == "connection", hello
+        client.client_id, client.socket_id = hello["clientId"], hello["socketId"]
+        return client
+
+    async def next(self, timeout: float = 5.0) -> Message:
+        with anyio.fail_after(timeout):
+            message: Message = json.loads(await self.connection.recv())
+        self.received.append(message)
+        return message
+
+    async def until(self, predicate: Callable[[Message], bool], timeout: float = 10.0) -> list[Message]:
+        """Messages up to and including the first that satisfies ``predicate``."""
+        seen: list[Message] = []
+        with anyio.fail_after(timeout):
+            while True:
+                message = await self.next(timeout)
+                seen.append(message)
+                if predicate(message):
+                    return seen
+
+    async def send(self, message: Message | str) -> None:
+        await self.connection.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def __aenter__(self) -> WsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def terminal(task_id: str) -> Callable[[Message], bool]:
+    def done(message: Message) -> bool:
+        task = message.get("task") or {}
+        return task.get("id") == task_id and task.get("status") in {"completed", "failed", "cancelled"}
+
+    return done
+
+
+async def start_task(
+    http: httpx.AsyncClient, name: str = "job", duration: int = 1000, **headers: str
+) -> httpx.Response:
+    return await http.post("/api/task/start", json={"name": name, "duration": duration}, headers=headers)
