@@ -51,7 +51,8 @@ async def test_single_task_runs_to_completed(server: RunningServer, http: httpx.
     assert final["status"] == "completed"
     assert final["progress"] == 100
     assert final["result"] == {"steps": 10}
-    assert final["startedAt"] is not None and final["finishedAt"] is not None
+    assert final["startedAt"] is not None
+    assert final["finishedAt"] is not None
     assert final["attempt"] == 1
     statuses = [m["task"]["status"] for m in messages]
     assert statuses.index("running") < statuses.index("completed")
