@@ -73,12 +73,20 @@ def serve(app: Any, hub: Hub) -> Iterator[RunningServer]:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # startup failures end the thread with SystemExit
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
+            raise RuntimeError(f"the test server did not start: {failures!r}")
         time.sleep(0.01)
     try:
         yield RunningServer(hub, port)

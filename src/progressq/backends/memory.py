@@ -13,7 +13,7 @@ from types import TracebackType
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from progressq.contracts import (
     CancelOutcome,
@@ -46,7 +46,7 @@ class MemoryTaskQueue:
         self._retention = retention
         # Unbounded stream: admission is counted here so that a task handed back by a
         # stopping worker can always be requeued, even when new work is refused.
-        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self._streams: tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]] | None = None
         self._records: dict[str, TaskRecord] = {}
         self._by_owner: dict[str, dict[str, None]] = {}
         self._finished: deque[str] = deque()
@@ -60,11 +60,11 @@ class MemoryTaskQueue:
         self._store(record)
         self._by_owner.setdefault(record.owner, {})[record.id] = None
         self._queued += 1
-        self._send.send_nowait(record.id)
+        self._stream()[0].send_nowait(record.id)
 
     async def lease(self) -> Lease:
         while True:
-            task_id = await self._receive.receive()
+            task_id = await self._stream()[1].receive()
             record = self._records.get(task_id)
             if record is None or record.status != "queued":
                 continue  # cancelled while waiting, or forgotten
@@ -97,7 +97,7 @@ class MemoryTaskQueue:
         self._records[record.id] = record
         self._running.discard(record.id)
         self._queued += 1
-        self._send.send_nowait(record.id)
+        self._stream()[0].send_nowait(record.id)
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -142,8 +142,16 @@ class MemoryTaskQueue:
         return QueueStatistics(queued=self._queued, running=len(self._running))
 
     def close(self) -> None:
-        self._send.close()
-        self._receive.close()
+        if self._streams is not None:
+            for stream in self._streams:
+                stream.close()
+            self._streams = None
+
+    def _stream(self) -> tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]]:
+        # Made on first use, so a queue that is never used leaves nothing unclosed.
+        if self._streams is None:
+            self._streams = anyio.create_memory_object_stream[str](math.inf)
+        return self._streams
 
     def _holds(self, lease: Lease) -> TaskRecord | None:
         """The stored record if ``lease`` is still the current, unfinished attempt."""
