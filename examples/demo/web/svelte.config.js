@@ -10,7 +10,9 @@ const config = {
 	kit: {
 		// The page is prerendered into build/ and served by the Python demo server.
 		adapter: adapter({ pages: 'build', assets: 'build', fallback: undefined, strict: true }),
-		prerender: { entries: ['*'] }
+		prerender: { entries: ['*'] },
+		// CSS goes inline into the prerendered HTML: styled from the first paint.
+		inlineStyleThreshold: 64 * 1024
 	}
 };
 

@@ -261,7 +261,8 @@ describe('resume', () => {
 		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toEqual({
 			clientId: 'id-1',
 			token: 'tok',
-			lastSeq: 0
+			lastSeq: 0,
+			tasks: []
 		});
 	});
 
@@ -325,14 +326,39 @@ describe('resume', () => {
 		expect(client.tasks[0]?.progress).toBe(80);
 	});
 
-	it('resumes a stored identity on the first connection of a new page', () => {
+	it('after a reload shows the stored tasks at once and resumes after lastSeq', () => {
 		const storage = new MemoryStorage();
-		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5 }));
+		const stored = { clientId: 'kept', lastSeq: 5, tasks: [task('t1', { progress: 35 })] };
+		storage.setItem('progressq.identity', JSON.stringify(stored));
 		const { client } = makeClient({ storage });
 		expect(client.clientId).toBe('kept');
+		expect(client.synced).toBe(true);
+		expect(client.tasks.map((t) => [t.id, t.progress])).toEqual([['t1', 35]]);
 		client.connect();
 		FakeSocket.last.open();
 		expect(FakeSocket.last.sent).toEqual([{ type: 'resume', clientId: 'kept', lastSeq: 5 }]);
+		FakeSocket.last.receive({ ...greeting('s9'), clientId: 'kept', recovered: true });
+		FakeSocket.last.receive({ type: 'taskProgress', seq: 6, task: task('t1', { progress: 40 }) });
+		expect(client.tasks[0]?.progress).toBe(40);
+		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toMatchObject({
+			lastSeq: 6,
+			tasks: [{ id: 't1', progress: 40 }]
+		});
+	});
+
+	it('asks for a snapshot when it has the identity but not the task list', () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5 }));
+		const { client } = makeClient({ storage });
+		expect(client.synced).toBe(false);
+		client.connect();
+		FakeSocket.last.open();
+		expect(FakeSocket.last.sent).toEqual([{ type: 'resume', clientId: 'kept' }]);
+		FakeSocket.last.receive({ ...greeting('s9'), clientId: 'kept', recovered: false });
+		FakeSocket.last.receive({ type: 'snapshot', tasks: [task('t1', { progress: 50 })], seq: 9, recovered: false });
+		expect(client.synced).toBe(true);
+		expect(client.lastSeq).toBe(9);
+		expect(client.tasks).toHaveLength(1);
 	});
 
 	it('takes a new identity when the server refuses the stored one (close 1008)', () => {

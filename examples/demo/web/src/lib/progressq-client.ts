@@ -163,11 +163,16 @@ export interface ClientEvents {
 
 export type Listener<T> = (value: T) => void;
 
-/** What is kept between page loads (in `sessionStorage`, so: per tab). */
+/**
+ * What is kept between page loads (in `sessionStorage`, so: per tab). `tasks` is the task
+ * list as of `lastSeq`, so that a reloaded page shows it at once and a resume with
+ * `lastSeq` only has to bring what came after.
+ */
 export interface StoredIdentity {
 	clientId: string;
 	token?: string;
 	lastSeq: number;
+	tasks?: TaskView[];
 }
 
 /** The parts of `Storage` the client uses. */
@@ -214,6 +219,11 @@ export interface ClientOptions {
 	storage?: KeyValueStorage | null;
 	/** Key in `storage`. Default 'progressq.identity'. */
 	storageKey?: string;
+	/**
+	 * Keep the task list in `storage` too (default true). Without it a reloaded page resumes
+	 * without `lastSeq` and gets a snapshot instead of the missed events.
+	 */
+	persistTasks?: boolean;
 	backoff?: BackoffOptions;
 	/** Attempts after which the client gives up and goes `disconnected`. Default: never. */
 	maxAttempts?: number;
@@ -305,6 +315,7 @@ function parseServerMessage(data: unknown): ServerMessage | null {
 }
 
 const OPEN = 1;
+const MAX_STORED_TASKS = 200;
 
 // --- the client -------------------------------------------------------------------------
 
@@ -344,6 +355,8 @@ export class ProgressQClient {
 	private confirmed = false;
 	/** The last resume was refused: the next connection takes a fresh identity. */
 	private replacing = false;
+	/** The task list is complete as of `lastSeq` (so a resume may ask for what came after only). */
+	private _synced = false;
 	private readonly tasksById = new Map<string, TaskView>();
 
 	constructor(options: ClientOptions = {}) {
@@ -370,6 +383,11 @@ export class ProgressQClient {
 	/** The identity's sequence number of the last event applied. */
 	get lastSeq(): number {
 		return this._identity?.lastSeq ?? 0;
+	}
+
+	/** True once the task list is known to be complete (a snapshot, or restored from storage). */
+	get synced(): boolean {
+		return this._synced;
 	}
 
 	/** The identity's tasks, newest first. */
@@ -421,6 +439,7 @@ export class ProgressQClient {
 	/** Forgets the stored identity; the next connection takes a new one. */
 	forgetIdentity(): void {
 		this._identity = null;
+		this._synced = false;
 		this.tasksById.clear();
 		this.options.storage?.removeItem(this.storageKey);
 		this.emit('tasks', this.tasks);
@@ -536,7 +555,9 @@ export class ProgressQClient {
 		if (socket !== this.socket) return;
 		const identity = this._identity;
 		if (identity !== null && !this.replacing) {
-			const resume: ResumeRequest = { type: 'resume', clientId: identity.clientId, lastSeq: identity.lastSeq };
+			// Without a complete list, ask for a snapshot rather than for what came after lastSeq.
+			const resume: ResumeRequest = { type: 'resume', clientId: identity.clientId };
+			if (this._synced) resume.lastSeq = identity.lastSeq;
 			if (identity.token !== undefined) resume.token = identity.token;
 			this.resumePending = true;
 			this.send(resume);
@@ -675,6 +696,7 @@ export class ProgressQClient {
 			// A new identity: nothing of an older one applies to it.
 			if (previous !== null && previous.clientId !== message.clientId) this.tasksById.clear();
 			this._identity = { clientId: message.clientId, lastSeq: 0 };
+			this._synced = false; // until its snapshot
 			if (message.token !== undefined) this._identity.token = message.token;
 			this.emit('tasks', this.tasks);
 		} else if (message.token !== undefined && previous !== null) {
@@ -707,8 +729,8 @@ export class ProgressQClient {
 			this.list().catch(() => undefined);
 		}
 		identity.lastSeq = seq;
-		this.saveIdentity();
 		this.upsert(task, true);
+		this.saveIdentity();
 	}
 
 	private onPong(): void {
@@ -721,6 +743,7 @@ export class ProgressQClient {
 	private replaceTasks(tasks: TaskView[], seq: number): void {
 		this.tasksById.clear();
 		for (const task of tasks) this.tasksById.set(task.id, task);
+		this._synced = true;
 		if (this._identity !== null) {
 			this._identity.lastSeq = seq;
 			this.saveIdentity();
@@ -732,6 +755,7 @@ export class ProgressQClient {
 	private upsert(task: TaskView, fromEvent = false): void {
 		if (!fromEvent && !isNewerTask(task, this.tasksById.get(task.id))) return;
 		this.tasksById.set(task.id, task);
+		if (!fromEvent) this.saveIdentity();
 		this.emit('tasks', this.tasks);
 	}
 
@@ -750,6 +774,12 @@ export class ProgressQClient {
 				lastSeq: typeof value.lastSeq === 'number' && value.lastSeq >= 0 ? Math.floor(value.lastSeq) : 0
 			};
 			if (typeof value.token === 'string') identity.token = value.token;
+			if (Array.isArray(value.tasks) && this.options.persistTasks !== false) {
+				for (const task of value.tasks) {
+					if (task && typeof task.id === 'string' && typeof task.status === 'string') this.tasksById.set(task.id, task);
+				}
+				this._synced = true;
+			}
 			return identity;
 		} catch {
 			return null;
@@ -759,8 +789,12 @@ export class ProgressQClient {
 	private saveIdentity(): void {
 		const storage = this.options.storage;
 		if (!storage || this._identity === null) return;
+		const stored: StoredIdentity = { ...this._identity };
+		if (this.options.persistTasks !== false && this._synced) {
+			stored.tasks = this.tasks.slice(0, MAX_STORED_TASKS);
+		}
 		try {
-			storage.setItem(this.storageKey, JSON.stringify(this._identity));
+			storage.setItem(this.storageKey, JSON.stringify(stored));
 		} catch {
 			// storage full or forbidden: the identity just won't survive a reload
 		}
