@@ -71,9 +71,12 @@ async def read_body(chunks: AsyncIterable[bytes], *, limit: int, content_length:
     return bytes(body)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> Response:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    """The documented error answer: ``{"error": {"code", "message", "field"?}}``."""
     detail = ErrorDetail(code=code, message=message, field=field if field is not None else msgspec.UNSET)
-    return Response(status, encode(ErrorBody(detail)), dict(headers))
+    return Response(status, encode(ErrorBody(detail)), headers or {})
 
 
 def _json(status: int, value: Any) -> Response:
@@ -92,7 +95,10 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
             return error_response(404, "not_found", "no such task")
         except QueueFull as exc:
             return error_response(
-                503, "queue_full", "the task queue is full; try again later", retry_after=f"{exc.retry_after:.0f}"
+                503,
+                "queue_full",
+                "the task queue is full; try again later",
+                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
             )
         except (BackendUnavailable, OSError):
             logger.warning("backend unavailable", exc_info=True)
