@@ -1,0 +1,29 @@
+-- Cancel a task for its owner: a queued one becomes cancelled, a leased one is flagged and
+-- its worker told.
+-- KEYS: 1 task hash, 2 counters, 3 owner index
+-- ARGV: 1 owner, 2 expected revision, 3 cancelled record, 4 its revision, 5 retention (s),
+--       6 cancel channel, 7 task id
+-- Returns 0 not theirs, 1 cancelled, 2 requested, 3 already finished, 4 changed meanwhile.
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'rev')
+if h[1] ~= ARGV[1] then
+  return 0
+end
+if h[2] == 'done' then
+  return 3
+end
+if h[2] == 'leased' then
+  redis.call('HSET', KEYS[1], 'cancel', 1)
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+  return 2
+end
+if h[3] ~= ARGV[2] then
+  return 4
+end
+redis.call('HSET', KEYS[1], 'data', ARGV[3], 'rev', ARGV[4], 'status', 'cancelled', 'state', 'done', 'cancel', 1)
+redis.call('HINCRBY', KEYS[2], 'queued', -1)
+local retention = tonumber(ARGV[5])
+redis.call('EXPIRE', KEYS[1], retention)
+if redis.call('TTL', KEYS[3]) < retention then
+  redis.call('EXPIRE', KEYS[3], retention)
+end
+return 1
