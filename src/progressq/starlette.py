@@ -16,63 +16,34 @@ from typing import Any
 
 try:
     from starlette.applications import Starlette
-    from starlette.requests import HTTPConnection, Request
+    from starlette.requests import Request
     from starlette.responses import Response as StarletteResponse
     from starlette.routing import BaseRoute, Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('progressq.starlette needs Starlette: pip install "progressq[starlette]"') from exc
 
+from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
 from progressq.transport import (
-    BodyTooLarge,
+    AsgiWebSocketPeer,
     HttpApi,
-    PeerGone,
-    RequestInfo,
     Response,
     TransportSettings,
     WebSocketSession,
-    read_body,
+    request_info,
 )
-from progressq.transport.http import error_response
+from progressq.transport.http import forbidden_response
 
 __all__ = ("create_app", "mount", "routes")
-
-
-def _info(connection: HTTPConnection) -> RequestInfo:
-    client = connection.client
-    return RequestInfo(headers=connection.headers, client=client.host if client else None, raw=connection)
 
 
 def _reply(response: Response) -> StarletteResponse:
     return StarletteResponse(response.body, response.status, response.headers, media_type=response.media_type)
 
 
-class _StarlettePeer:
-    def __init__(self, websocket: WebSocket) -> None:
-        self._websocket = websocket
-
-    async def accept(self) -> None:
-        await self._websocket.accept()
-
-    async def receive(self) -> str | bytes:
-        message = await self._websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            raise PeerGone
-        text: str | None = message.get("text")
-        return text if text is not None else message.get("bytes") or b""
-
-    async def send(self, text: str) -> None:
-        try:
-            await self._websocket.send_text(text)
-        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-            raise PeerGone from exc
-
-    async def close(self, code: int, reason: str = "") -> None:
-        try:
-            await self._websocket.close(code, reason)
-        except (RuntimeError, OSError) as exc:
-            raise PeerGone from exc
+async def _forbidden(request: Request, exc: Exception) -> StarletteResponse:
+    return _reply(forbidden_response())
 
 
 def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRoute]:
@@ -82,28 +53,20 @@ def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRout
     api = HttpApi(hub, settings)
     session = WebSocketSession(hub, settings)
 
-    def endpoint(
-        call: Callable[..., Any], *, with_request: bool = True, with_body: bool = False
-    ) -> Callable[[Request], Any]:
+    def endpoint(call: Callable[..., Any], *, with_request: bool = True) -> Callable[[Request], Any]:
         async def handle(request: Request) -> StarletteResponse:
-            args: list[Any] = [_info(request)] if with_request else []
-            if with_body:
-                try:
-                    body = await read_body(
-                        request.stream(),
-                        limit=settings.max_body_bytes,
-                        content_length=request.headers.get("content-length"),
-                    )
-                except BodyTooLarge:
-                    return _reply(error_response(413, "body_too_large", "the request body is too large"))
-                args.append(body)
+            args: list[Any] = [request_info(request)] if with_request else []
             args.extend(request.path_params.values())
             return _reply(await call(*args))
 
         return handle
 
+    async def start(request: Request) -> StarletteResponse:
+        return _reply(await api.start_streamed(request_info(request), request.stream()))
+
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await session.serve(_StarlettePeer(websocket), _info(websocket))
+        peer = AsgiWebSocketPeer(websocket.receive, websocket.send, gone=(WebSocketDisconnect,))
+        await session.serve(peer, request_info(websocket))
 
     result: list[BaseRoute] = []
     if settings.include_index:
@@ -111,7 +74,7 @@ def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRout
     result += [
         Route("/health", endpoint(api.health, with_request=False), methods=["GET"], name="progressq:health"),
         Route("/api/task/status", endpoint(api.status, with_request=False), methods=["GET"], name="progressq:status"),
-        Route("/api/task/start", endpoint(api.start, with_body=True), methods=["POST"], name="progressq:start"),
+        Route("/api/task/start", start, methods=["POST"], name="progressq:start"),
         Route("/api/tasks", endpoint(api.list_tasks), methods=["GET"], name="progressq:tasks"),
         Route("/api/task/{task_id}", endpoint(api.get_task), methods=["GET"], name="progressq:task"),
         Route("/api/task/{task_id}/cancel", endpoint(api.cancel_task), methods=["POST"], name="progressq:cancel"),
@@ -128,6 +91,7 @@ def mount(app: Starlette, hub: Hub, settings: TransportSettings | None = None) -
     """
     settings = settings or TransportSettings()
     app.router.routes.extend(routes(hub, settings))
+    app.exception_handlers.setdefault(ForbiddenIdentity, _forbidden)  # raised by an app route's Caller
     api = HttpApi(hub, settings)
     original = app.router.lifespan_context
 

@@ -4,6 +4,7 @@ Adapters (``progressq.starlette``, ``progressq.litestar``) translate their frame
 requests into these and nothing more.
 """
 
+from progressq.transport._adapters import AsgiWebSocketPeer, Caller, request_info
 from progressq.transport._settings import Identify, RequestInfo, TransportSettings
 from progressq.transport.http import ENDPOINTS, BodyTooLarge, HttpApi, Response, read_body
 from progressq.transport.websocket import (
@@ -22,7 +23,9 @@ __all__ = (
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
     "ENDPOINTS",
+    "AsgiWebSocketPeer",
     "BodyTooLarge",
+    "Caller",
     "HttpApi",
     "Identify",
     "PeerGone",
@@ -32,4 +35,5 @@ __all__ = (
     "WebSocketPeer",
     "WebSocketSession",
     "read_body",
+    "request_info",
 )

@@ -28,7 +28,7 @@ from progressq.messages import ErrorBody, ErrorDetail, StartedTask, StartTaskReq
 from progressq.transport._identity import IdentityResolver
 from progressq.transport._settings import RequestInfo, TransportSettings
 
-__all__ = ("ENDPOINTS", "BodyTooLarge", "HttpApi", "Response", "read_body")
+__all__ = ("ENDPOINTS", "BodyTooLarge", "HttpApi", "Response", "error_response", "forbidden_response", "read_body")
 
 logger = logging.getLogger("progressq.transport")
 
@@ -79,6 +79,11 @@ def error_response(
     return Response(status, encode(ErrorBody(detail)), headers or {})
 
 
+def forbidden_response() -> Response:
+    """The answer to a request presenting an id this server did not issue (or vouch for)."""
+    return error_response(403, "forbidden_identity", "this client id was not issued by this server")
+
+
 def _json(status: int, value: Any) -> Response:
     return Response(status, encode(value))
 
@@ -90,7 +95,7 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
         try:
             return await method(*args, **kwargs)
         except ForbiddenIdentity:
-            return error_response(403, "forbidden_identity", "this client id was not issued by this server")
+            return forbidden_response()
         except TaskNotFound:
             return error_response(404, "not_found", "no such task")
         except QueueFull as exc:
@@ -175,6 +180,16 @@ class HttpApi:
         view = record.view()
         started = StartedTask(**{f: getattr(view, f) for f in view.__struct_fields__}, client_id=owner)
         return _json(202, started)
+
+    async def start_streamed(self, request: RequestInfo, chunks: AsyncIterable[bytes]) -> Response:
+        """:meth:`start`, reading the body from ``chunks`` within ``max_body_bytes`` (413 beyond)."""
+        try:
+            body = await read_body(
+                chunks, limit=self.settings.max_body_bytes, content_length=request.headers.get("content-length")
+            )
+        except BodyTooLarge:
+            return error_response(413, "body_too_large", "the request body is too large")
+        return await self.start(request, body)
 
     @_guarded
     async def list_tasks(self, request: RequestInfo) -> Response:
