@@ -10,18 +10,22 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from progressq.contracts import (
+    Backend,
     CancelOutcome,
+    ClientRegistry,
     Event,
     EventSink,
     Lease,
     QueueStatistics,
     RegistryStatistics,
+    TaskQueue,
     TaskRecord,
     utc_now,
 )
@@ -306,3 +310,9 @@ class MemoryBackend:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._queue.close()
+
+
+if TYPE_CHECKING:  # mypy proves that the memory backend satisfies the contracts
+    _queue: TaskQueue = MemoryTaskQueue()
+    _registry: ClientRegistry = MemoryClientRegistry()
+    _backend: Backend = MemoryBackend()

@@ -1,0 +1,39 @@
+# Shared by scripts/demo and scripts/test: a venv with the project installed, and the page.
+# Sourced, not run. Idempotent: a second run reuses what the first installed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+WEB="$ROOT/examples/demo/web"
+
+ensure_venv() {  # $1: the extras to install, e.g. "demo" or "dev"
+    if [ ! -x "$PY" ]; then
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed-$1"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        "$PY" -m pip install --quiet --upgrade pip
+        "$PY" -m pip install --quiet -e "$ROOT[$1]"
+        touch "$stamp"
+    fi
+}
+
+page_is_stale() {
+    [ ! -f "$WEB/build/index.html" ] && return 0
+    [ -n "$(find "$WEB/src" "$WEB/static" "$WEB/package.json" "$WEB/svelte.config.js" "$WEB/vite.config.ts" \
+        -newer "$WEB/build/index.html" 2>/dev/null | head -1)" ]
+}
+
+ensure_node_modules() {
+    if [ ! -d "$WEB/node_modules" ] || [ "$WEB/package-lock.json" -nt "$WEB/node_modules/.package-lock.json" ]; then
+        (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
+build_page() {  # builds the page when it is missing or older than its sources
+    [ -f "$WEB/package.json" ] || return 0
+    if page_is_stale; then
+        ensure_node_modules
+        (cd "$WEB" && npm run build --silent)
+    fi
+}
