@@ -167,7 +167,10 @@ def encode(value: object) -> bytes:
 
 def decode_client_message(data: str | bytes) -> ClientMessage:
     """Decode one client frame. Raises ``msgspec.DecodeError`` or ``msgspec.ValidationError``."""
-    message: ClientMessage = _client_decoder.decode(data)
+    try:
+        message: ClientMessage = _client_decoder.decode(data)
+    except UnicodeEncodeError:  # a str holding lone surrogates is not UTF-8 text
+        raise msgspec.DecodeError("frame is not valid UTF-8 text") from None
     return message
 
 
