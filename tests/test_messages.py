@@ -1,0 +1,348 @@
+"""Every wire message round-trips, is camelCase and tagged; client input never escapes msgspec errors."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from progressq.messages import (
+    CancelRequest,
+    ConnectionMessage,
+    ErrorBody,
+    ErrorDetail,
+    ErrorMessage,
+    PingRequest,
+    PongMessage,
+    ResumeRequest,
+    SnapshotMessage,
+    StartedTask,
+    StartTaskRequest,
+    TaskProgressMessage,
+    TaskQueuedMessage,
+    TaskView,
+    decode_client_message,
+    encode,
+    frame_event,
+)
+
+ServerUnion = ConnectionMessage | SnapshotMessage | TaskQueuedMessage | TaskProgressMessage | PongMessage | ErrorMessage
+ClientUnion = PingRequest | ResumeRequest | CancelRequest
+
+_server_decoder = msgspec.json.Decoder(ServerUnion)
+_CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
+
+# --- strategies -------------------------------------------------------------------------
+
+# JSON text cannot carry lone surrogates; everything else is fair game.
+texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+ids = st.text(st.characters(exclude_categories=("Cs",)), max_size=256)
+seqs = st.integers(min_value=0, max_value=2**63 - 1)
+moments = st.datetimes(
+    min_value=datetime(1970, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.just(UTC),
+)
+json_values: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+statuses = st.sampled_from(["queued", "running", "completed", "failed", "cancelled"])
+
+
+@st.composite
+def task_views(draw: st.DrawFn, cls: type[TaskView] = TaskView, **extra: Any) -> TaskView:
+    fields: dict[str, Any] = {
+        "id": draw(texts),
+        "name": draw(texts),
+        "status": draw(statuses),
+        "progress": draw(st.floats(min_value=0, max_value=100)),
+        "message": draw(texts),
+        "created_at": draw(moments),
+        "started_at": draw(st.none() | moments),
+        "finished_at": draw(st.none() | moments),
+        "attempt": draw(st.integers(min_value=0, max_value=1000)),
+    }
+    if draw(st.booleans()):
+        fields["error"] = draw(texts)
+    if draw(st.booleans()):
+        fields["result"] = draw(json_values)
+    fields.update({key: draw(strategy) for key, strategy in extra.items()})
+    return cls(**fields)
+
+
+server_messages = st.one_of(
+    st.builds(
+        ConnectionMessage,
+        socket_id=texts,
+        client_id=texts,
+        server_time=moments,
+        token=st.just(msgspec.UNSET) | texts,
+        recovered=st.just(msgspec.UNSET) | st.booleans(),
+    ),
+    st.builds(SnapshotMessage, tasks=st.lists(task_views(), max_size=3), seq=seqs, recovered=st.booleans()),
+    st.builds(TaskQueuedMessage, seq=seqs, task=task_views()),
+    st.builds(TaskProgressMessage, seq=seqs, task=task_views()),
+    st.builds(PongMessage, server_time=moments),
+    st.builds(ErrorMessage, code=texts, message=texts),
+)
+client_messages = st.one_of(
+    st.builds(PingRequest),
+    st.builds(
+        ResumeRequest,
+        client_id=ids,
+        token=st.none() | texts,
+        last_seq=st.none() | seqs,
+    ),
+    st.builds(CancelRequest, task_id=ids),
+)
+
+# The wire names PROTOCOL.md promises, per message type (required, optional).
+SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    "connection": ({"type", "socketId", "clientId", "serverTime"}, {"token", "recovered"}),
+    "snapshot": ({"type", "tasks", "seq", "recovered"}, set()),
+    "taskQueued": ({"type", "seq", "task"}, set()),
+    "taskProgress": ({"type", "seq", "task"}, set()),
+    "pong": ({"type", "serverTime"}, set()),
+    "error": ({"type", "code", "message"}, set()),
+}
+VIEW_REQUIRED = {"id", "name", "status", "progress", "message", "createdAt", "startedAt", "finishedAt", "attempt"}
+VIEW_OPTIONAL = {"error", "result"}
+
+
+def assert_view_json(raw: dict[str, Any], view: TaskView) -> None:
+    assert VIEW_REQUIRED <= raw.keys() <= VIEW_REQUIRED | VIEW_OPTIONAL | {"clientId"}
+    assert ("error" in raw) == (view.error is not msgspec.UNSET)
+    assert ("result" in raw) == (view.result is not msgspec.UNSET)
+    for stamp in ("createdAt", "startedAt", "finishedAt"):
+        if raw[stamp] is not None:
+            assert raw[stamp].endswith("Z")  # ISO 8601 UTC
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(server_messages)
+def test_server_messages_round_trip_tagged_and_camel_case(message: Any) -> None:
+    data = encode(message)
+    assert _server_decoder.decode(data) == message
+    raw = msgspec.json.decode(data)
+    required, optional = SERVER_FIELDS[raw["type"]]
+    assert raw["type"] == type(message).__struct_config__.tag
+    assert required <= raw.keys() <= required | optional
+    assert all(_CAMEL.match(key) for key in raw)
+    if "task" in raw:
+        assert_view_json(raw["task"], message.task)
+    if "tasks" in raw:
+        for item, view in zip(raw["tasks"], message.tasks, strict=True):
+            assert_view_json(item, view)
+
+
+@settings(max_examples=150)
+@given(client_messages)
+def test_client_messages_round_trip_through_the_client_decoder(message: Any) -> None:
+    data = encode(message)
+    assert decode_client_message(data) == message
+    assert decode_client_message(data.decode()) == message
+    raw = msgspec.json.decode(data)
+    assert raw["type"] == type(message).__struct_config__.tag
+    expected = {PingRequest: {"type"}, ResumeRequest: {"type", "clientId", "token", "lastSeq"}}
+    assert set(raw) == expected.get(type(message), {"type", "taskId"})
+
+
+@settings(max_examples=100)
+@given(task_views())
+def test_task_view_round_trips_with_and_without_error_and_result(view: TaskView) -> None:
+    data = encode(view)
+    assert msgspec.json.decode(data, type=TaskView) == view
+    assert_view_json(msgspec.json.decode(data), view)
+
+
+def test_task_view_omits_error_and_result_only_when_unset() -> None:
+    base: dict[str, Any] = {
+        "id": "t",
+        "name": "n",
+        "status": "failed",
+        "progress": 50.0,
+        "message": "m",
+        "created_at": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "started_at": None,
+        "finished_at": None,
+        "attempt": 1,
+    }
+    bare = msgspec.json.decode(encode(TaskView(**base)))
+    assert set(bare) == VIEW_REQUIRED
+    assert bare["createdAt"] == "2024-01-02T03:04:05Z"
+    full = msgspec.json.decode(encode(TaskView(**base, error="ValueError: x", result={"a": [1]})))
+    assert full["error"] == "ValueError: x"
+    assert full["result"] == {"a": [1]}
+
+
+@settings(max_examples=100)
+@given(task_views(StartedTask, client_id=texts))
+def test_started_task_round_trips_with_client_id(view: StartedTask) -> None:
+    data = encode(view)
+    assert msgspec.json.decode(data, type=StartedTask) == view
+    raw = msgspec.json.decode(data)
+    assert raw["clientId"] == view.client_id
+    assert_view_json(raw, view)
+
+
+@settings(max_examples=100)
+@given(
+    st.builds(
+        StartTaskRequest,
+        name=texts,
+        duration=st.integers(min_value=1000, max_value=30000),
+        client_id=st.none() | texts,
+    )
+)
+def test_start_task_request_round_trips(request: StartTaskRequest) -> None:
+    data = encode(request)
+    assert msgspec.json.decode(data, type=StartTaskRequest) == request
+    assert set(msgspec.json.decode(data)) == {"name", "duration", "clientId"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name":"a","duration":999}',
+        b'{"name":"a","duration":30001}',
+        b'{"name":"a","duration":"1000"}',
+        b'{"name":"a","duration":1000.5}',
+        b'{"name":"a","duration":1000,"extra":1}',
+        b'{"name":"a","duration":1000,"client_id":"x"}',
+        b'{"duration":1000}',
+        b'{"name":1,"duration":1000}',
+        b"[]",
+    ],
+)
+def test_start_task_request_refuses_bad_bodies(body: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(body, type=StartTaskRequest)
+
+
+def test_error_body_shape() -> None:
+    body = msgspec.json.decode(encode(ErrorBody(ErrorDetail(code="invalid", message="m", field="name"))))
+    assert body == {"error": {"code": "invalid", "message": "m", "field": "name"}}
+    assert msgspec.json.decode(encode(ErrorBody(ErrorDetail(code="c", message="m")))) == {
+        "error": {"code": "c", "message": "m"}
+    }
+
+
+# --- frame_event ------------------------------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(st.sampled_from(["taskQueued", "taskProgress"]), seqs, task_views())
+def test_frame_event_equals_encoding_the_message(kind: Any, seq: int, view: TaskView) -> None:
+    cls = TaskQueuedMessage if kind == "taskQueued" else TaskProgressMessage
+    framed = frame_event(kind, seq, encode(view))
+    assert framed == encode(cls(seq=seq, task=view))
+    assert _server_decoder.decode(framed) == cls(seq=seq, task=view)
+
+
+# --- client input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"type":"resume","clientId":5}',
+        b'{"type":"resume"}',
+        b'{"type":"resume","clientId":"a","lastSeq":-1}',
+        b'{"type":"resume","clientId":"a","lastSeq":"3"}',
+        b'{"type":"resume","clientId":"a","lastSeq":1.5}',
+        b'{"type":"resume","clientId":"a","lastSeq":true}',
+        b'{"type":"resume","clientId":"a","token":7}',
+        b'{"type":"cancel"}',
+        b'{"type":"cancel","taskId":null}',
+        b'{"type":"cancel","taskId":["x"]}',
+        b'{"type":"subscribe"}',
+        b'{"type":"Ping"}',
+        b'{"type":1}',
+        b'{"type":null}',
+        b'{"kind":"ping"}',
+        b"{}",
+        b"[]",
+        b'"ping"',
+        b"null",
+        b"17",
+    ],
+)
+def test_decode_client_message_refuses_wrong_shapes(frame: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        decode_client_message(frame)
+
+
+@pytest.mark.parametrize("field", ["clientId", "taskId"])
+def test_decode_client_message_refuses_oversized_ids(field: str) -> None:
+    kind = "resume" if field == "clientId" else "cancel"
+    ok = msgspec.json.encode({"type": kind, field: "x" * 256})
+    assert decode_client_message(ok)
+    with pytest.raises(msgspec.ValidationError):
+        decode_client_message(msgspec.json.encode({"type": kind, field: "x" * 257}))
+
+
+@pytest.mark.parametrize("frame", [b"", b"ping", b"{", b'{"type":"ping"', b"\xff\xfe", "{\ud800}", "\udcff"])
+def test_decode_client_message_refuses_malformed_input(frame: str | bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_client_message(frame)
+
+
+def _check_decodes_or_refuses(frame: str | bytes) -> None:
+    try:
+        message = decode_client_message(frame)
+    except msgspec.DecodeError:  # ValidationError is a DecodeError
+        return
+    assert isinstance(message, ClientUnion)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_decode_client_message_fuzz_raw(frame: str | bytes) -> None:
+    _check_decodes_or_refuses(frame)
+
+
+_tags = st.sampled_from(["ping", "resume", "cancel", "pong", "snapshot", ""]) | texts
+_fields = st.sampled_from(["type", "clientId", "taskId", "lastSeq", "token", "client_id"]) | texts
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(_fields, json_values, max_size=5) | json_values,
+    _tags,
+    st.booleans(),
+)
+def test_decode_client_message_fuzz_json(value: Any, tag: str, tagged: bool) -> None:
+    if tagged and isinstance(value, dict):
+        value = {**value, "type": tag}
+    frame = msgspec.json.encode(value)
+    _check_decodes_or_refuses(frame)
+    _check_decodes_or_refuses(frame.decode())
+
+
+@settings(max_examples=100)
+@given(ids, st.none() | st.integers(min_value=-(2**70), max_value=2**70))
+def test_resume_last_seq_is_never_negative(client_id: str, last_seq: int | None) -> None:
+    frame = msgspec.json.encode({"type": "resume", "clientId": client_id, "lastSeq": last_seq})
+    try:
+        message = decode_client_message(frame)
+    except msgspec.ValidationError:
+        assert last_seq is not None
+        assert last_seq < 0
+        return
+    assert isinstance(message, ResumeRequest)
+    assert message.last_seq == last_seq
+    assert message.last_seq is None or message.last_seq >= 0
