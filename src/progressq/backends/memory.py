@@ -117,7 +117,7 @@ class MemoryTaskQueue:
             return None
         if record.finished:
             return CancelOutcome("finished", record)
-        if record.status == "queued":
+        if record.status == "queued" and task_id not in self._running:  # leased ones are their worker's
             cancelled = record.evolve(
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )

@@ -1,0 +1,50 @@
+"""The backend conformance suite (progressq.testing) on the memory and the Redis backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from progressq.backends.memory import MemoryBackend
+from progressq.backends.redis import RedisBackend
+from progressq.testing import BackendConformance, BackendFactory
+from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+
+
+class TestMemoryBackend(BackendConformance):
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def make_backend(self) -> BackendFactory:
+        def make(*, capacity: int | None = None, history_size: int | None = None) -> MemoryBackend:
+            options: dict[str, Any] = {}
+            if capacity is not None:
+                options["capacity"] = capacity
+            if history_size is not None:
+                options["history_size"] = history_size
+            return MemoryBackend(**options)
+
+        return make
+
+
+@pytest.mark.redis
+class TestRedisBackend(BackendConformance):
+    shared_state = True
+
+    @pytest.fixture
+    def make_backend(self) -> Iterator[BackendFactory]:
+        require_redis()
+        prefix = new_prefix("conformance")
+
+        def make(*, capacity: int | None = None, history_size: int | None = None) -> RedisBackend:
+            options: dict[str, Any] = {"capacity": capacity}
+            if history_size is not None:
+                options["history_size"] = history_size
+            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
+
+        yield make
+        delete_prefix(prefix)
