@@ -1,0 +1,189 @@
+"""Browser tests: Debian's Chromium, driven by Playwright, against the real demo server.
+
+The demo server runs as a subprocess (``examples/demo/server.py``) serving the built page
+(``examples/demo/web/build``). The page is built first when it is missing or older than its
+sources. Outside CI, a machine without Chromium or Node skips these tests; in CI (``CI`` set)
+they fail instead, so a missing install step can't hide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ROOT / "examples" / "demo" / "web"
+BUILD_INDEX = WEB / "build" / "index.html"
+SERVER = ROOT / "examples" / "demo" / "server.py"
+SCREENSHOT = ROOT / "docs" / "assets" / "demo.png"
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.browser
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _page_sources() -> Iterator[Path]:
+    for folder in ("src", "static"):
+        yield from (p for p in (WEB / folder).rglob("*") if p.is_file())
+    for name in ("package.json", "package-lock.json", "svelte.config.js", "vite.config.ts", "tsconfig.json"):
+        yield WEB / name
+
+
+def _page_is_stale() -> bool:
+    if not BUILD_INDEX.exists():
+        return True
+    built = BUILD_INDEX.stat().st_mtime
+    return any(p.stat().st_mtime > built for p in _page_sources() if p.exists())
+
+
+@pytest.fixture(scope="session")
+def built_page() -> Path:
+    """The page's build, made (``npm ci`` if needed, ``npm run build``) when missing or stale."""
+    if _page_is_stale():
+        npm = shutil.which("npm")
+        if npm is None:
+            _unavailable("the demo page is not built and npm is not installed")
+            raise AssertionError("unreachable")
+        if not (WEB / "node_modules").is_dir():
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True)
+        subprocess.run([npm, "run", "build"], cwd=WEB, check=True)
+    assert BUILD_INDEX.exists()
+    return BUILD_INDEX.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class DemoServer:
+    """``examples/demo/server.py`` as a subprocess on a fixed port; can be stopped and started again."""
+
+    def __init__(self, port: int, log_dir: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._log_dir = log_dir
+        self._process: subprocess.Popen[bytes] | None = None
+        self._runs = 0
+
+    def start(self, timeout: float = 30.0) -> None:
+        assert self._process is None, "already running"
+        self._runs += 1
+        log = (self._log_dir / f"server-{self._runs}.log").open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("PROGRESSQ_SECRET", None)  # like a newcomer's first run: ids die with the process
+        command = [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--framework", "starlette", "--backend", "memory", "--log-level", "warning"]
+        self._process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the demo server exited with {self._process.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the demo server did not answer /health in {timeout} s: {self.log()}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server: ``kill`` as a crash would, else gracefully (then killed if it hangs)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self._log_dir.glob("server-*.log")))
+
+
+@pytest.fixture
+def demo_server(built_page: Path, tmp_path: Path) -> Iterator[DemoServer]:
+    server = DemoServer(free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        _unavailable("Chromium is not installed (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+        raise
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Any, demo_server: DemoServer) -> Iterator[Any]:
+    """Opens the demo page in a fresh browser context (a new tab with its own sessionStorage)."""
+    contexts: list[Any] = []
+
+    def open_page(width: int = 1280, height: int = 900) -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.page_errors = errors
+        page.goto(demo_server.url + "/")
+        return page
+
+    yield open_page
+    for context in contexts:
+        with contextlib.suppress(Exception):
+            context.close()
+
+
+@pytest.fixture
+def page(new_page: Any) -> Any:
+    return new_page()
