@@ -891,7 +891,13 @@ class RedisBackend:
         ``lease_timeout``, ...).
         """
         try:
-            client = Redis.from_url(url, decode_responses=False)
+            client = Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=5.0,
+                socket_timeout=15.0,  # above the longest blocking read (1 s)
+                health_check_interval=10,
+            )
         except ValueError as exc:
             raise ConfigurationError(f"not a Redis URL: {_redacted(url)!r} ({exc})") from exc
         backend = cls(client, prefix=prefix, close_client=True, **options)
