@@ -97,7 +97,11 @@ class TaskContext:
         self._dirty = True
         if anyio.current_time() >= self._next_emit:
             await self._emit()
-        elif not self._flush_scheduled:
+        else:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             self._spawn.start_soon(self._flush_when_due)
 
@@ -111,6 +115,11 @@ class TaskContext:
     async def _emit(self) -> None:
         async with self._lock:
             if not self._dirty or self._closed:
+                return
+            if anyio.current_time() < self._next_emit:
+                # Another emission (a report's or the flush's) went out while this one
+                # waited: the latest values go out when the interval has passed.
+                self._schedule_flush()
                 return
             self._dirty = False
             self._next_emit = anyio.current_time() + self._interval
