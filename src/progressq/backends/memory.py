@@ -214,7 +214,7 @@ class MemoryClientRegistry:
         state = self._states.get(identity)
         if state is None:
             state = self._states[identity] = _IdentityState(self._history_size)
-            self._forget_idle()
+            self._forget_idle(keep=identity)
         else:
             self._states.move_to_end(identity)
         state.seq += 1
@@ -228,7 +228,7 @@ class MemoryClientRegistry:
         state = self._states.get(identity)
         if state is None:
             state = self._states[identity] = _IdentityState(self._history_size)
-            self._forget_idle()
+            self._forget_idle(keep=identity)
         if not state.sinks:
             self._connected_identities += 1
         if sink not in state.sinks:
@@ -264,13 +264,14 @@ class MemoryClientRegistry:
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(connections=self._connections, clients=self._connected_identities)
 
-    def _forget_idle(self) -> None:
+    def _forget_idle(self, keep: str) -> None:
+        """Forget idle identities beyond the bound, never ``keep`` (the one being created)."""
         excess = len(self._states) - self._max_identities
         if excess <= 0:
             return
         idle: list[str] = []
         for identity, state in self._states.items():  # least recently active first
-            if not state.sinks:
+            if not state.sinks and identity != keep:
                 idle.append(identity)
                 if len(idle) == excess:
                     break
