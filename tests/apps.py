@@ -17,7 +17,7 @@ from progressq.transport import TransportSettings
 
 TIME_SCALE = 0.05  # a 1000 ms demo task runs 50 ms here
 SECRET = "test-secret-0123456789abcdef"
-FRAMEWORKS = ("starlette",)
+FRAMEWORKS = ("starlette", "litestar")
 
 
 def make_hub(**hub_options: Any) -> Hub:

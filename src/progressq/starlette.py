@@ -25,14 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
-from progressq.transport import (
-    AsgiWebSocketPeer,
-    HttpApi,
-    Response,
-    TransportSettings,
-    WebSocketSession,
-    request_info,
-)
+from progressq.transport import Endpoints, Response, TransportSettings
 from progressq.transport.http import forbidden_response
 
 __all__ = ("create_app", "mount", "routes")
@@ -49,27 +42,28 @@ async def _forbidden(request: Request, exc: Exception) -> StarletteResponse:
 def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRoute]:
     """The routes of PROTOCOL.md for ``hub``. Mount them and open the hub in the lifespan
     yourself, or use :func:`mount`, which does both."""
-    settings = settings or TransportSettings()
-    api = HttpApi(hub, settings)
-    session = WebSocketSession(hub, settings)
+    return _routes(Endpoints(hub, settings))
+
+
+def _routes(endpoints: Endpoints) -> list[BaseRoute]:
+    api = endpoints.api
 
     def endpoint(call: Callable[..., Any], *, with_request: bool = True) -> Callable[[Request], Any]:
         async def handle(request: Request) -> StarletteResponse:
-            args: list[Any] = [request_info(request)] if with_request else []
+            args: list[Any] = [endpoints.info(request)] if with_request else []
             args.extend(request.path_params.values())
             return _reply(await call(*args))
 
         return handle
 
     async def start(request: Request) -> StarletteResponse:
-        return _reply(await api.start_streamed(request_info(request), request.stream()))
+        return _reply(await endpoints.start(request, request.receive))
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        peer = AsgiWebSocketPeer(websocket.receive, websocket.send, gone=(WebSocketDisconnect,))
-        await session.serve(peer, request_info(websocket))
+        await endpoints.serve(websocket, websocket.receive, websocket.send, gone=(WebSocketDisconnect,))
 
     result: list[BaseRoute] = []
-    if settings.include_index:
+    if endpoints.settings.include_index:
         result.append(Route("/", endpoint(api.index, with_request=False), methods=["GET"], name="progressq:index"))
     result += [
         Route("/health", endpoint(api.health, with_request=False), methods=["GET"], name="progressq:health"),
@@ -83,25 +77,28 @@ def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRout
     return result
 
 
-def mount(app: Starlette, hub: Hub, settings: TransportSettings | None = None) -> None:
+def mount(app: Starlette, hub: Hub, settings: TransportSettings | None = None) -> Endpoints:
     """Add progressq's routes to ``app`` and open ``hub`` for the app's lifetime.
 
     The app's own routes, middleware, exception handlers and lifespan are kept; the hub
     opens before the app's own lifespan starts and closes after it ends.
+
+    Returns:
+        The endpoints; ``endpoints.caller(request)`` names the caller of one of the app's
+        own requests, to submit a task for them.
     """
-    settings = settings or TransportSettings()
-    app.router.routes.extend(routes(hub, settings))
+    endpoints = Endpoints(hub, settings)
+    app.router.routes.extend(_routes(endpoints))
     app.exception_handlers.setdefault(ForbiddenIdentity, _forbidden)  # raised by an app route's Caller
-    api = HttpApi(hub, settings)
     original = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(instance: Any) -> AsyncIterator[Any]:
-        api.start_kind()  # fail at startup, not on the first request, when misconfigured
-        async with hub, original(instance) as state:
+        async with endpoints.running(), original(instance) as state:
             yield state
 
     app.router.lifespan_context = lifespan
+    return endpoints
 
 
 def create_app(hub: Hub, settings: TransportSettings | None = None, *, debug: bool = False) -> Starlette:

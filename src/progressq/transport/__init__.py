@@ -4,7 +4,7 @@ Adapters (``progressq.starlette``, ``progressq.litestar``) translate their frame
 requests into these and nothing more.
 """
 
-from progressq.transport._adapters import AsgiWebSocketPeer, Caller, request_info
+from progressq.transport._adapters import AsgiWebSocketPeer, Caller, Endpoints, asgi_body, request_info
 from progressq.transport._settings import Identify, RequestInfo, TransportSettings
 from progressq.transport.http import ENDPOINTS, BodyTooLarge, HttpApi, Response, read_body
 from progressq.transport.websocket import (
@@ -26,6 +26,7 @@ __all__ = (
     "AsgiWebSocketPeer",
     "BodyTooLarge",
     "Caller",
+    "Endpoints",
     "HttpApi",
     "Identify",
     "PeerGone",
@@ -34,6 +35,7 @@ __all__ = (
     "TransportSettings",
     "WebSocketPeer",
     "WebSocketSession",
+    "asgi_body",
     "read_body",
     "request_info",
 )

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from progressq.hub import Hub
 from progressq.transport._identity import IdentityResolver
 from progressq.transport._settings import RequestInfo, TransportSettings
-from progressq.transport.websocket import PeerGone
+from progressq.transport.http import HttpApi, Response
+from progressq.transport.websocket import PeerGone, WebSocketSession
 
-__all__ = ("AsgiWebSocketPeer", "Caller", "request_info")
+__all__ = ("AsgiWebSocketPeer", "Caller", "Endpoints", "asgi_body", "request_info")
+
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+"""An ASGI ``receive``."""
+Send = Callable[[Any], Awaitable[None]]
+"""An ASGI ``send``."""
 
 
 class _Address(Protocol):
@@ -34,6 +41,24 @@ def request_info(connection: Connection) -> RequestInfo:
     return RequestInfo(headers=connection.headers, client=client.host if client else None, raw=connection)
 
 
+async def asgi_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The body of an ASGI HTTP request, chunk by chunk, straight from its ``receive``.
+
+    Read this way, the body meets only progressq's own size limit, not the framework's.
+
+    Raises:
+        PeerGone: the client disconnected before the body ended.
+    """
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise PeerGone
+        if chunk := message.get("body"):
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
 class AsgiWebSocketPeer:
     """A :class:`~progressq.transport.WebSocketPeer` over ASGI websocket messages.
 
@@ -45,8 +70,8 @@ class AsgiWebSocketPeer:
 
     def __init__(
         self,
-        receive: Callable[[], Awaitable[Mapping[str, Any]]],
-        send: Callable[[Any], Awaitable[None]],
+        receive: Receive,
+        send: Send,
         gone: tuple[type[Exception], ...] = (),
     ) -> None:
         self._receive = receive
@@ -116,3 +141,45 @@ class Caller:
             ForbiddenIdentity: the request presents an id this server did not issue.
         """
         return await self._resolver.caller_or_new(self.request)
+
+
+class Endpoints:
+    """PROTOCOL.md for one hub, as an adapter on an ASGI framework calls it.
+
+    An adapter routes each path to :attr:`api` (``info(request)`` gives the request view),
+    ``POST /api/task/start`` to :meth:`start` and ``/ws`` to :meth:`serve`, and runs
+    :meth:`running` in the app's lifespan.
+
+    Args:
+        hub: the hub to serve.
+        settings: limits and hooks; the defaults when omitted.
+    """
+
+    def __init__(self, hub: Hub, settings: TransportSettings | None = None) -> None:
+        self.hub = hub
+        self.settings = settings or TransportSettings()
+        self.api = HttpApi(hub, self.settings)
+        self.session = WebSocketSession(hub, self.settings)
+
+    info = staticmethod(request_info)
+
+    async def start(self, request: Connection, receive: Receive) -> Response:
+        """``POST /api/task/start``, reading the body from the request's ASGI ``receive``."""
+        return await self.api.start_streamed(request_info(request), asgi_body(receive))
+
+    async def serve(
+        self, websocket: Connection, receive: Receive, send: Send, gone: tuple[type[Exception], ...] = ()
+    ) -> None:
+        """``/ws``: one connection, over the framework's websocket ``receive``/``send``."""
+        await self.session.serve(AsgiWebSocketPeer(receive, send, gone), request_info(websocket))
+
+    def caller(self, request: Connection) -> Caller:
+        """The :class:`Caller` of one of the app's own requests."""
+        return Caller(self.hub, self.settings, request_info(request))
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The hub, open; checked first, so that a misconfigured app fails at startup."""
+        self.api.start_kind()
+        async with self.hub:
+            yield
