@@ -88,8 +88,8 @@ class ConnectionMessage(ServerMessage, tag="connection", kw_only=True):
 class SnapshotMessage(ServerMessage, tag="snapshot", kw_only=True):
     """All tasks of the identity, and the identity's sequence number they are current at."""
 
+    seq: int  # first after the tag, like an event's, so a stream can read it without decoding
     tasks: list[TaskView]
-    seq: int
     recovered: bool
 
 

@@ -1,35 +1,25 @@
 """The WebSocket half of the wire contract, over a four-method socket interface.
 
 Adapters wrap their framework's websocket in a :class:`WebSocketPeer`; everything else —
-identity, snapshot, resume, ping, cancel, limits, slow clients — happens here, once.
+identity, snapshot, resume, ping, cancel, limits, slow clients — happens in
+:class:`~progressq.transport._connection.Connection`, shared with the event stream.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Protocol
 
-import anyio
-import msgspec
-
-from progressq.contracts import utc_now
-from progressq.errors import BackendUnavailable, TaskAlreadyFinished, TaskNotFound
 from progressq.hub import Hub
-from progressq.messages import (
-    CancelRequest,
-    ConnectionMessage,
-    ErrorMessage,
-    PingRequest,
-    PongMessage,
-    ResumeRequest,
-    ServerMessage,
-    SnapshotMessage,
-    decode_client_message,
-    encode,
+from progressq.transport._connection import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    Connection,
+    PeerGone,
 )
+from progressq.transport._connection import Peer as WebSocketPeer
 from progressq.transport._identity import IdentityResolver, origin_allowed
-from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
 from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = (
@@ -43,58 +33,6 @@ __all__ = (
 )
 
 logger = logging.getLogger("progressq.transport")
-
-CLOSE_GOING_AWAY = 1001
-"""The server is shutting down."""
-CLOSE_POLICY_VIOLATION = 1008
-"""A forged or unknown client id, a refused origin, or too many messages too fast."""
-CLOSE_TOO_BIG = 1009
-"""A client frame over ``max_frame_bytes``."""
-CLOSE_SLOW_CONSUMER = 1013
-"""The client did not keep up; reconnect and resume with ``lastSeq``."""
-
-
-class PeerGone(Exception):
-    """The client went away (closed, or the connection broke)."""
-
-
-class WebSocketPeer(Protocol):
-    """The four things the session needs of a framework's websocket."""
-
-    async def accept(self) -> None: ...
-
-    async def receive(self) -> str | bytes:
-        """The next client frame. Raises ``PeerGone`` when the client has gone."""
-
-    async def send(self, text: str) -> None:
-        """Send one text frame. Raises ``PeerGone`` when the client has gone."""
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close (or, before ``accept``, refuse) the connection."""
-
-
-class _Close(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class _TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = anyio.current_time()
-
-    def take(self) -> bool:
-        now = anyio.current_time()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 class WebSocketSession:
@@ -112,138 +50,6 @@ class WebSocketSession:
             await peer.close(CLOSE_POLICY_VIOLATION, "origin not allowed")
             return
         await peer.accept()
-        connection = _Connection(self, peer, request)
-        await connection.run()
-
-
-class _Connection:
-    def __init__(self, session: WebSocketSession, peer: WebSocketPeer, request: RequestInfo) -> None:
-        self._hub = session.hub
-        self._settings = session.settings
-        self._identities = session.identities
-        self._peer = peer
-        self._request = request
-        self._outbox = Outbox(session.settings.outbox_size)
-        self._bucket = _TokenBucket(session.settings.messages_per_second, session.settings.message_burst)
-        self._socket_id = self._hub.identities.mint()
-        self._identity = self._socket_id
-        self._sink: IdentitySink | None = None
-
-    async def run(self) -> None:
-        close: _Close | None = None
-        try:
-            vouched = await self._identities.vouched(self._request)
-            self._identity = vouched or self._socket_id
-            self._send(self._connection_message())
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._write, group.cancel_scope)
-                await self._follow(self._identity, last_seq=None)
-                await self._read()
-                group.cancel_scope.cancel()
-        except* _Close as closing:
-            close = closing.exceptions[0]  # type: ignore[assignment]
-        except* (PeerGone, BackendUnavailable, OSError):
-            pass
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._unfollow()
-                if close is not None:
-                    with anyio.move_on_after(1.0):
-                        with contextlib.suppress(PeerGone):
-                            await self._peer.close(close.code, close.reason)
-
-    # --- sending -------------------------------------------------------------------------
-
-    def _send(self, message: ServerMessage) -> None:
-        self._outbox.put(encode(message).decode())
-
-    async def _write(self, scope: anyio.CancelScope) -> None:
-        try:
-            while True:
-                for text in await self._outbox.next_batch():
-                    with anyio.fail_after(self._settings.send_timeout):
-                        await self._peer.send(text)
-        except SlowConsumer:
-            raise _Close(CLOSE_SLOW_CONSUMER, "too slow; resume with lastSeq") from None
-        except TimeoutError:
-            raise PeerGone from None
-
-    def _connection_message(self, recovered: bool | None = None) -> ConnectionMessage:
-        return ConnectionMessage(
-            socket_id=self._socket_id,
-            client_id=self._identity,
-            server_time=utc_now(),
-            recovered=msgspec.UNSET if recovered is None else recovered,
-        )
-
-    # --- following an identity -------------------------------------------------------------
-
-    async def _follow(self, identity: str, last_seq: int | None, resumed: bool = False) -> None:
-        """Deliver ``identity``'s events from now on: replayed after ``last_seq``, else a snapshot."""
-        registry = self._hub.registry
-        sink = IdentitySink(self._outbox)
-        self._identity, self._sink = identity, sink
-        await registry.attach(identity, sink)
-        if last_seq is not None:
-            missed = await registry.events_after(identity, last_seq)
-            if missed is not None:
-                self._send(self._connection_message(recovered=True))
-                sink.go_live(last_seq, list(missed), {})
-                return
-        if resumed:
-            self._send(self._connection_message(recovered=False))
-        # The sequence number is read before the tasks, so the snapshot is at least as new
-        # as ``seq``; the sink repairs live events that are older than the snapshot.
-        seq = await registry.current_seq(identity)
-        records = await self._hub.list(owner=identity)
-        views = [record.view() for record in records]
-        self._send(SnapshotMessage(tasks=views, seq=seq, recovered=False))
-        sink.go_live(seq, [], {r.id: (r.revision, encode(v)) for r, v in zip(records, views, strict=True)})
-
-    async def _unfollow(self) -> None:
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.active = False
-            try:
-                await self._hub.registry.detach(self._identity, sink)
-            except Exception:
-                logger.warning("could not detach a connection", exc_info=True)
-
-    # --- receiving -----------------------------------------------------------------------
-
-    async def _read(self) -> None:
-        while True:
-            frame = await self._peer.receive()
-            size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
-            if size > self._settings.max_frame_bytes:
-                raise _Close(CLOSE_TOO_BIG, "frame too large")
-            if not self._bucket.take():
-                logger.info("closing a connection of %s: message rate exceeded", self._request.client)
-                raise _Close(CLOSE_POLICY_VIOLATION, "too many messages")
-            if frame in ("ping", b"ping"):
-                self._send(PongMessage(server_time=utc_now()))
-                continue
-            try:
-                message = decode_client_message(frame)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._send(ErrorMessage(code="invalid_message", message=str(exc)[:200]))
-                continue
-            await self._handle(message)
-
-    async def _handle(self, message: PingRequest | ResumeRequest | CancelRequest) -> None:
-        match message:
-            case PingRequest():
-                self._send(PongMessage(server_time=utc_now()))
-            case ResumeRequest(client_id=client_id, last_seq=last_seq):
-                if not await self._identities.accepts(self._request, client_id):
-                    raise _Close(CLOSE_POLICY_VIOLATION, "unknown client id")
-                await self._unfollow()
-                self._outbox.clear()  # events of the identity just left
-                await self._follow(client_id, last_seq, resumed=True)
-            case CancelRequest(task_id=task_id):
-                try:
-                    await self._hub.cancel(task_id, owner=self._identity)
-                except TaskNotFound:
-                    self._send(ErrorMessage(code="not_found", message="no such task"))
-                except TaskAlreadyFinished:
-                    self._send(ErrorMessage(code="already_finished", message="the task has already finished"))
+        socket_id = self.hub.identities.mint()
+        connection = Connection(self.hub, self.settings, self.identities, peer, request, socket_id)
+        await connection.run(await self.identities.vouched(request) or socket_id)

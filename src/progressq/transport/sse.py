@@ -1,0 +1,163 @@
+"""The event-stream (SSE) transport: the WebSocket's events over ``GET /api/events``.
+
+For clients behind proxies that drop WebSockets. The same messages as the WebSocket, as
+``event: <type>``, ``id: <seq>`` (events and snapshots) and ``data: <json>``; a browser's
+``EventSource`` reconnects by itself and sends ``Last-Event-ID``, which resumes exactly
+like a WebSocket ``resume`` with ``lastSeq``. Identification is the HTTP routes' (headers),
+plus a ``clientId`` query parameter because ``EventSource`` cannot set headers.
+
+It is a plain ASGI app, so each adapter only mounts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+
+from progressq.errors import ForbiddenIdentity
+from progressq.hub import Hub
+from progressq.transport._connection import Connection, PeerGone
+from progressq.transport._identity import IdentityResolver, origin_allowed
+from progressq.transport._settings import RequestInfo, TransportSettings
+from progressq.transport.http import Response, error_response, forbidden_response
+
+__all__ = ("EventStreamSession",)
+
+logger = logging.getLogger("progressq.transport")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),  # proxies must not buffer a live stream
+]
+
+
+def sse_frame(text: str) -> bytes:
+    """One message as an SSE event. ``text`` is a server message as encoded by progressq:
+    ``{"type":"<type>"`` first, and ``"seq":N`` next where the message has one."""
+    end = text.index('"', 9)
+    frame = f"event: {text[9:end]}\n"
+    if text.startswith(',"seq":', end + 1):
+        start = end + 8
+        stop = start
+        while text[stop].isdigit():
+            stop += 1
+        frame += f"id: {text[start:stop]}\n"
+    return f"{frame}data: {text}\n\n".encode()
+
+
+class _EventStreamPeer:
+    """A :class:`Peer` over an ASGI HTTP response that stays open."""
+
+    def __init__(self, receive: Receive, send: Send, keepalive: float) -> None:
+        self._receive = receive
+        self._send = send
+        self._keepalive = keepalive
+        self._lock = anyio.Lock()  # the writer and the keep-alive both send
+        self._ended = False
+
+    async def accept(self) -> None:
+        await self._deliver({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await self._chunk(b"retry: 2000\n\n")
+
+    async def receive(self) -> str | bytes:
+        # A client cannot speak on an event stream: wait for it to leave, keeping it alive.
+        while True:
+            with anyio.move_on_after(self._keepalive):
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    raise PeerGone
+                continue
+            await self._chunk(b": keep-alive\n\n")
+
+    async def send(self, text: str) -> None:
+        await self._chunk(sse_frame(text))
+
+    async def close(self, code: int, reason: str = "") -> None:
+        # An event stream has no close code: it ends, and the client reconnects with
+        # Last-Event-ID (an EventSource does so by itself).
+        if not self._ended:
+            self._ended = True
+            await self._deliver({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _chunk(self, data: bytes) -> None:
+        await self._deliver({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _deliver(self, message: MutableMapping[str, Any]) -> None:
+        async with self._lock:
+            try:
+                await self._send(message)
+            except (OSError, RuntimeError) as exc:
+                raise PeerGone from exc
+
+
+def request_from_scope(scope: Scope) -> RequestInfo:
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    client = scope.get("client")
+    return RequestInfo(headers=headers, client=client[0] if client else None, raw=scope)
+
+
+class EventStreamSession:
+    """Serves ``GET /api/events`` for one hub, as an ASGI app.
+
+    Args:
+        keepalive: seconds between keep-alive comments on an idle stream.
+    """
+
+    def __init__(self, hub: Hub, settings: TransportSettings, *, keepalive: float = 15.0) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.keepalive = keepalive
+        self.identities = IdentityResolver(hub.identities, settings.identify)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = request_from_scope(scope)
+        refusal = await self._refusal(scope, request)
+        if isinstance(refusal, Response):
+            await _reply(send, refusal)
+            return
+        identity, last_seq = refusal
+        peer = _EventStreamPeer(receive, send, self.keepalive)
+        socket_id = self.hub.identities.mint()
+        connection = Connection(self.hub, self.settings, self.identities, peer, request, socket_id)
+        try:
+            await peer.accept()
+        except PeerGone:
+            return
+        await connection.run(identity or socket_id, last_seq)
+        # ``run`` ends when the client left or broke a rule; end the response either way.
+        with contextlib.suppress(PeerGone):
+            await peer.close(1000)
+
+    async def _refusal(self, scope: Scope, request: RequestInfo) -> Response | tuple[str | None, int | None]:
+        if scope.get("method", "GET") != "GET":
+            return error_response(405, "method_not_allowed", "use GET", headers={"Allow": "GET"})
+        if not origin_allowed(request, self.settings):
+            logger.info("refused an event stream from origin %r", request.headers.get("origin"))
+            return error_response(403, "origin_not_allowed", "this origin may not open an event stream")
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            identity = await self.identities.caller(request, (query.get("clientId") or [None])[0])
+        except ForbiddenIdentity:
+            return forbidden_response()
+        last = request.headers.get("last-event-id") or (query.get("lastEventId") or [None])[0]
+        last_seq = int(last) if last is not None and last.isdigit() and len(last) < 19 else None
+        if identity is None and last_seq is not None:
+            last_seq = None  # a new identity has nothing to resume
+        return identity, last_seq
+
+
+async def _reply(send: Send, response: Response) -> None:
+    headers = [(b"content-type", response.media_type.encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
