@@ -96,8 +96,11 @@ class MemoryTaskQueue:
         self._running.discard(lease.record.id)
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
-        if self._holds(lease) is None:
+        current = self._holds(lease)
+        if current is None:
             return False
+        if current.cancel_requested and not record.cancel_requested:  # asked while it ran: keep it
+            record = msgspec.structs.replace(record, cancel_requested=True)
         self._records[record.id] = record
         self._running.discard(record.id)
         self._queued += 1
