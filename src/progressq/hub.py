@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -59,8 +60,10 @@ class Hub:
 
     Args:
         backend: where tasks and events live; a ``MemoryBackend()`` when omitted.
-        secret: signs identity ids (see :class:`IdentityAuthority`).
-        previous_secrets: older secrets still accepted while rotating.
+        secret: signs identity ids (see :class:`IdentityAuthority`); when omitted, the
+            ``PROGRESSQ_SECRET`` environment variable, else a random secret (with a warning).
+        previous_secrets: older secrets still accepted while rotating; when omitted, the
+            comma-separated ``PROGRESSQ_PREVIOUS_SECRETS`` environment variable.
         identity_max_age: seconds an identity id stays valid; ``None`` for no expiry.
         concurrency: tasks this process runs at once; 0 for a process that only serves
             clients (workers run elsewhere).
@@ -86,6 +89,10 @@ class Hub:
 
             backend = MemoryBackend()
         self.backend: Backend = backend
+        if secret is None:
+            secret = os.environ.get("PROGRESSQ_SECRET") or None
+        if not previous_secrets:
+            previous_secrets = [s for s in os.environ.get("PROGRESSQ_PREVIOUS_SECRETS", "").split(",") if s]
         self.identities = IdentityAuthority(secret, previous_secrets=previous_secrets, max_age=identity_max_age)
         self.concurrency = concurrency
         self.progress_interval = progress_interval
