@@ -1,0 +1,793 @@
+"""The engine on the memory backend, on asyncio and trio: what one owner's connections see."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from progressq import Event, Hub, MemoryBackend, TaskContext, TaskRecord
+from progressq.backends.memory import MemoryClientRegistry
+from progressq.errors import QueueFull, TaskAlreadyFinished, TaskNotFound, UnknownTaskKind
+from progressq.messages import TaskView
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "engine-test-secret-0123456789"
+OWNER = "owner-a"
+OTHER = "owner-b"
+
+
+class RecordingSink:
+    """A fake connection: records every event delivered to it, with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.times: list[float] = []
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+        self.times.append(anyio.current_time())
+
+    def views(self, task_id: str | None = None) -> list[TaskView]:
+        views = [msgspec.json.decode(e.task_json, type=TaskView) for e in self.events]
+        return [v for v in views if task_id is None or v.id == task_id]
+
+    def statuses(self, task_id: str) -> list[str]:
+        return [v.status for v in self.views(task_id)]
+
+    def last(self, task_id: str) -> TaskView | None:
+        views = self.views(task_id)
+        return views[-1] if views else None
+
+    def has_status(self, task_id: str, status: str) -> bool:
+        return status in self.statuses(task_id)
+
+
+def make_hub(*, backend: MemoryBackend | None = None, **options: Any) -> Hub:
+    options.setdefault("progress_interval", 0.0)
+    options.setdefault("shutdown_grace", 1.0)
+    return Hub(backend or MemoryBackend(), secret=SECRET, **options)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - polls state that has no event of its own
+            await anyio.sleep(0.002)
+
+
+async def attach(hub: Hub, owner: str = OWNER) -> RecordingSink:
+    sink = RecordingSink()
+    await hub.registry.attach(owner, sink)
+    return sink
+
+
+# --- life of a task -----------------------------------------------------------------------
+
+
+async def test_events_go_queued_running_progress_completed_with_gapless_seq() -> None:
+    hub = make_hub()
+
+    @hub.task("resize")
+    async def resize(ctx: TaskContext) -> dict[str, int]:
+        assert ctx.payload == {"width": 640}
+        assert (ctx.kind, ctx.name, ctx.owner, ctx.attempt) == ("resize", "holiday.jpg", OWNER, 1)
+        await ctx.report(25, "quarter")
+        await ctx.report(50, "half")
+        return {"width": 640}
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("resize", owner=OWNER, name="  holiday.jpg ", payload={"width": 640})
+        assert record.name == "holiday.jpg"
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+
+    assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
+    assert [e.kind for e in sink.events] == ["taskQueued"] + ["taskProgress"] * (len(sink.events) - 1)
+    views = sink.views(record.id)
+    assert [(v.status, v.progress, v.message) for v in views] == [
+        ("queued", 0.0, ""),
+        ("running", 0.0, "started"),
+        ("running", 25.0, "quarter"),
+        ("running", 50.0, "half"),
+        ("completed", 100.0, "completed"),
+    ]
+    final = views[-1]
+    assert final.result == {"width": 640}
+    assert final.error is msgspec.UNSET
+    assert final.attempt == 1
+    assert final.started_at is not None
+    assert final.finished_at is not None
+    assert final.created_at <= final.started_at <= final.finished_at
+    assert sink.events[-1].revision > sink.events[0].revision
+    stored = await hub.get(record.id, owner=OWNER)
+    assert stored.view() == final
+
+
+async def test_seq_is_per_identity_and_shared_by_its_connections() -> None:
+    hub = make_hub(concurrency=0)
+    hub.task("noop")(_noop)
+    async with hub:
+        first, second, other = await attach(hub), await attach(hub), await attach(hub, OTHER)
+        for _ in range(3):
+            await hub.submit("noop", owner=OWNER)
+        await hub.submit("noop", owner=OTHER)
+    assert [e.seq for e in first.events] == [1, 2, 3]
+    assert [e.frame for e in first.events] == [e.frame for e in second.events]
+    assert first.events[0] is second.events[0]  # one event object, framed once, for every connection
+    assert [e.seq for e in other.events] == [1]
+    assert {v.id for v in other.views()}.isdisjoint({v.id for v in first.views()})
+
+
+async def _noop(ctx: TaskContext) -> None:
+    return None
+
+
+async def test_submit_validates_its_input_and_stores_nothing_on_refusal() -> None:
+    hub = make_hub(concurrency=0)
+    hub.task("noop")(_noop)
+    async with hub:
+        sink = await attach(hub)
+        with pytest.raises(UnknownTaskKind):
+            await hub.submit("nope", owner=OWNER)
+        for name in ("", "   ", "x" * 201):
+            with pytest.raises(ValueError, match="name"):
+                await hub.submit("noop", owner=OWNER, name=name)
+        with pytest.raises((TypeError, msgspec.EncodeError)):
+            await hub.submit("noop", owner=OWNER, payload={"when": object()})
+        assert await hub.list(owner=OWNER) == []
+        assert sink.events == []
+        assert await hub.registry.current_seq(OWNER) == 0
+        assert (await hub.queue.statistics()).queued == 0
+        ok = await hub.submit("noop", owner=OWNER, name="x" * 200)
+        assert ok.name == "x" * 200
+
+
+# --- progress reporting ---------------------------------------------------------------------
+
+
+async def test_tight_loop_is_rate_limited_and_keeps_the_last_value() -> None:
+    interval = 0.05
+    hub = make_hub(progress_interval=interval)
+    steps = 3000
+    span: dict[str, float] = {}
+
+    @hub.task("busy")
+    async def busy(ctx: TaskContext) -> None:
+        span["start"] = anyio.current_time()
+        for step in range(1, steps + 1):
+            await ctx.report(step * 100 / steps * 0.99, f"step {step}")
+            if step % 25 == 0:
+                await anyio.sleep(0.001)
+        span["end"] = anyio.current_time()
+        await anyio.sleep(interval * 4)  # nothing more is reported; the pending value must still go out
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("busy", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+
+    progress = [
+        (time, view)
+        for time, view in zip(sink.times, sink.views(), strict=True)
+        if view.status == "running" and view.message.startswith("step")
+    ]
+    elapsed = span["end"] - span["start"]
+    # At most one event per interval over the loop, plus the trailing flush.
+    assert 1 <= len(progress) <= elapsed / interval + 2
+    for (earlier, _), (later, _) in itertools.pairwise(progress):
+        assert later - earlier >= interval * 0.5
+    last = progress[-1][1]
+    assert last.message == f"step {steps}"
+    assert last.progress == pytest.approx(99.0)
+
+
+async def test_the_pending_report_is_sent_without_another_report() -> None:
+    hub = make_hub(progress_interval=0.1)
+    release = anyio.Event()
+
+    @hub.task("pause")
+    async def pause(ctx: TaskContext) -> None:
+        await ctx.report(10, "first")
+        await ctx.report(20, "pending")  # within the interval: held, then flushed
+        await release.wait()
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("pause", owner=OWNER)
+        await wait_until(lambda: any(v.message == "pending" for v in sink.views(record.id)))
+        release.set()
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    messages = [v.message for v in sink.views(record.id) if v.status == "running"]
+    assert messages == ["started", "first", "pending"]
+    assert [v.progress for v in sink.views(record.id) if v.message == "pending"] == [20.0]
+
+
+async def test_the_last_report_survives_an_immediate_failure() -> None:
+    hub = make_hub(progress_interval=60.0)
+
+    @hub.task("crash")
+    async def crash(ctx: TaskContext) -> None:
+        await ctx.report(10, "first")
+        await ctx.report(42.5, "almost")  # rate-limited, never flushed before the failure
+        raise RuntimeError("boom")
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("crash", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "failed"))
+    final = sink.last(record.id)
+    assert final is not None
+    assert final.progress == 42.5
+    assert final.error == "RuntimeError: boom"
+
+
+async def test_progress_never_decreases_within_an_attempt() -> None:
+    hub = make_hub()
+    seen: list[float] = []
+
+    @hub.task("wobble")
+    async def wobble(ctx: TaskContext) -> None:
+        for percent in (10, 50, 30, 50, 49.9, 70, 0, 65):
+            await ctx.report(percent, f"at {percent}")
+            seen.append(ctx.progress)
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("wobble", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    assert seen == [10, 50, 50, 50, 50, 70, 70, 70]
+    running = [v for v in sink.views(record.id) if v.status == "running"]
+    assert [v.progress for v in running] == sorted(v.progress for v in running)
+    # A lower report keeps the higher percent but does carry its message.
+    assert (running[3].progress, running[3].message) == (50.0, "at 30")
+
+
+async def test_report_refuses_a_bad_percent() -> None:
+    hub = make_hub()
+    outcomes: dict[str, str] = {}
+    bad: list[Any] = [-0.1, 100.01, math.nan, math.inf, -math.inf, True, "50", None]
+
+    @hub.task("checker")
+    async def checker(ctx: TaskContext) -> None:
+        for value in bad:
+            try:
+                await ctx.report(value)
+            except ValueError:
+                outcomes[repr(value)] = "refused"
+            else:
+                outcomes[repr(value)] = "accepted"
+        for value in (0, 0.0, 50, 100, 100.0):
+            await ctx.report(value)
+            outcomes[repr(value)] = "accepted"
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("checker", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    assert {repr(v): "refused" for v in bad}.items() <= outcomes.items()
+    assert [outcomes[k] for k in ("0", "0.0", "50", "100", "100.0")] == ["accepted"] * 5
+
+
+async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that emitted on its own moves the deadline; a flush already waiting must honour it."""
+    interval = 0.05
+    committed: list[tuple[float, float]] = []
+    gate = anyio.Event()
+    real_sleep_until = anyio.sleep_until
+
+    async def late_sleep_until(deadline: float) -> None:
+        await real_sleep_until(deadline)
+        await gate.wait()  # the flush task is slow to get going after its deadline
+
+    monkeypatch.setattr(anyio, "sleep_until", late_sleep_until)
+
+    async def commit(record: TaskRecord) -> bool:
+        committed.append((anyio.current_time(), record.progress))
+        return True
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            ctx = TaskContext(start, commit=commit, interval=interval, spawn=group)
+            await ctx.report(1)  # emitted at once
+            await ctx.report(2)  # within the interval: a flush is scheduled for the deadline
+            await anyio.sleep(interval * 1.5)
+            await ctx.report(3)  # due: emitted by the report itself, the flush has not run yet
+            await ctx.report(4)  # within the new interval
+            assert [p for _, p in committed] == [1, 3]
+            gate.set()  # the flush runs now: too early for another event
+            await wait_until(lambda: len(committed) == 3)
+            assert (await ctx.close()).progress == 4
+    assert [p for _, p in committed] == [1, 3, 4]
+    assert committed[2][0] - committed[1][0] >= interval * 0.9
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=100), st.none() | st.text(max_size=5)),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from(["asyncio", "trio"]),
+)
+def test_each_emitted_progress_is_the_running_maximum(reports: list[tuple[float, str | None]], backend: str) -> None:
+    """With no rate limit every report emits: its percent is the maximum so far, its message the latest."""
+
+    async def main() -> list[TaskRecord]:
+        committed: list[TaskRecord] = []
+
+        async def commit(record: TaskRecord) -> bool:
+            committed.append(record)
+            return True
+
+        start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1, message="started")
+        async with anyio.create_task_group() as group:
+            ctx = TaskContext(start, commit=commit, interval=0.0, spawn=group)
+            for percent, message in reports:
+                await ctx.report(percent, message)
+            final = await ctx.close()
+            await ctx.report(100, "after close")  # ignored
+        committed.append(final)
+        return committed
+
+    committed = anyio.run(main, backend=backend)
+    assert len(committed) == len(reports) + 1
+    best, message = 0.0, "started"
+    for record, (percent, new_message) in zip(committed, reports, strict=False):
+        best = max(best, percent)
+        message = new_message if new_message is not None else message
+        assert (record.progress, record.message) == (best, message)
+    assert committed[-1].progress == best
+    revisions = [r.revision for r in committed[:-1]]
+    assert revisions == sorted(set(revisions))
+
+
+# --- failures, timeouts, retries ------------------------------------------------------------
+
+
+async def test_a_raising_handler_fails_readably_and_the_worker_lives_on() -> None:
+    hub = make_hub(concurrency=1)
+
+    @hub.task("bad")
+    async def bad(ctx: TaskContext) -> None:
+        await ctx.report(30, "working")
+        raise ValueError("the input was odd")
+
+    @hub.task("quiet")
+    async def quiet(ctx: TaskContext) -> None:
+        raise KeyError
+
+    @hub.task("long")
+    async def long(ctx: TaskContext) -> None:
+        raise RuntimeError("x" * 5000)
+
+    hub.task("good")(_noop)
+
+    async with hub:
+        sink = await attach(hub)
+        failing = [await hub.submit(kind, owner=OWNER) for kind in ("bad", "quiet", "long")]
+        good = await hub.submit("good", owner=OWNER)
+        await wait_until(lambda: sink.has_status(good.id, "completed"))
+        assert (await hub.queue.statistics()).running == 0
+    errors = []
+    for record in failing:
+        final = sink.last(record.id)
+        assert final is not None
+        assert (final.status, final.message) == ("failed", "failed")
+        assert final.finished_at is not None
+        errors.append(final.error)
+    assert errors[0] == "ValueError: the input was odd"
+    assert errors[1] == "KeyError"
+    assert isinstance(errors[2], str)
+    assert errors[2].startswith("RuntimeError: xxx")
+    assert len(errors[2]) <= 1000
+    assert sink.last(failing[0].id).progress == 30.0  # type: ignore[union-attr]
+
+
+async def test_a_kind_timeout_fails_the_task() -> None:
+    hub = make_hub()
+    saw: list[str] = []
+
+    @hub.task("slow", timeout=0.05)
+    async def slow(ctx: TaskContext) -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            saw.append("cancelled")
+            raise
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("slow", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "failed"))
+    final = sink.last(record.id)
+    assert final is not None
+    assert final.error == "timed out after 0.05 s"
+    assert saw == ["cancelled"]
+
+
+async def test_max_attempts_retries_and_the_client_sees_queued_again() -> None:
+    hub = make_hub()
+    attempts: list[int] = []
+
+    @hub.task("flaky", max_attempts=2)
+    async def flaky(ctx: TaskContext) -> str:
+        attempts.append(ctx.attempt)
+        await ctx.report(60, "first try")
+        if ctx.attempt == 1:
+            raise ConnectionError("network blip")
+        return "ok"
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("flaky", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    assert attempts == [1, 2]
+    views = sink.views(record.id)
+    assert [(v.status, v.attempt) for v in views] == [
+        ("queued", 0),
+        ("running", 1),
+        ("running", 1),
+        ("queued", 1),
+        ("running", 2),
+        ("running", 2),
+        ("completed", 2),
+    ]
+    requeued = views[3]
+    assert requeued.error == "ConnectionError: network blip"
+    assert "retrying" in requeued.message
+    # A new attempt starts from zero and without the old error.
+    assert (views[4].progress, views[4].error) == (0.0, msgspec.UNSET)
+    assert views[-1].result == "ok"
+    assert views[-1].error is msgspec.UNSET
+
+
+async def test_retries_stop_after_max_attempts() -> None:
+    hub = make_hub()
+    attempts: list[int] = []
+
+    @hub.task("doomed", max_attempts=3)
+    async def doomed(ctx: TaskContext) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError(f"attempt {ctx.attempt}")
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("doomed", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "failed"))
+        final = sink.last(record.id)
+    assert attempts == [1, 2, 3]
+    assert final is not None
+    assert (final.attempt, final.error) == (3, "RuntimeError: attempt 3")
+
+
+# --- cancellation -------------------------------------------------------------------------
+
+
+async def test_cancel_a_queued_task_it_never_starts() -> None:
+    hub = make_hub(concurrency=1)
+    gate = anyio.Event()
+    started: list[str] = []
+
+    @hub.task("step")
+    async def step(ctx: TaskContext) -> None:
+        started.append(ctx.name)
+        if ctx.name == "blocker":
+            await gate.wait()
+
+    async with hub:
+        sink = await attach(hub)
+        blocker = await hub.submit("step", owner=OWNER, name="blocker")
+        await wait_until(lambda: started == ["blocker"])
+        waiting = await hub.submit("step", owner=OWNER, name="waiting")
+        cancelled = await hub.cancel(waiting.id, owner=OWNER)
+        assert cancelled.status == "cancelled"
+        assert (await hub.queue.statistics()).queued == 0
+        gate.set()
+        probe = await hub.submit("step", owner=OWNER, name="probe")
+        await wait_until(lambda: sink.has_status(probe.id, "completed"))
+        assert sink.has_status(blocker.id, "completed")
+    assert started == ["blocker", "probe"]
+    assert sink.statuses(waiting.id) == ["queued", "cancelled"]
+    final = sink.last(waiting.id)
+    assert final is not None
+    assert final.finished_at is not None
+    assert final.started_at is None
+
+
+async def test_cancel_a_running_task_it_sees_an_anyio_cancellation() -> None:
+    hub = make_hub()
+    running = anyio.Event()
+    saw: list[str] = []
+
+    @hub.task("endless")
+    async def endless(ctx: TaskContext) -> None:
+        await ctx.report(5, "going")
+        running.set()
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            saw.append("cancelled")
+            raise
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("endless", owner=OWNER)
+        with anyio.fail_after(10):
+            await running.wait()
+        answer = await hub.cancel(record.id, owner=OWNER)
+        assert answer.status == "running"  # requested; the worker finishes it
+        await wait_until(lambda: sink.has_status(record.id, "cancelled"))
+        assert (await hub.queue.statistics()).running == 0
+    assert saw == ["cancelled"]
+    final = sink.last(record.id)
+    assert final is not None
+    assert (final.status, final.message, final.progress) == ("cancelled", "cancelled", 5.0)
+    assert final.error is msgspec.UNSET
+
+
+async def test_a_cancel_requested_before_a_retry_is_not_lost() -> None:
+    hub = make_hub()
+    attempts: list[int] = []
+
+    @hub.task("flaky", max_attempts=2)
+    async def flaky(ctx: TaskContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            # The owner cancels, and the attempt fails before the cancellation reaches it.
+            await hub.cancel(ctx.task_id, owner=ctx.owner)
+            raise RuntimeError("failed anyway")
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("flaky", owner=OWNER)
+        await wait_until(lambda: (sink.last(record.id) or record.view()).status in {"cancelled", "completed"})
+    assert attempts == [1]
+    assert sink.statuses(record.id)[-1] == "cancelled"
+
+
+async def test_cancel_someone_elses_task_is_not_found() -> None:
+    hub = make_hub(concurrency=0)
+    hub.task("noop")(_noop)
+    async with hub:
+        record = await hub.submit("noop", owner=OWNER)
+        with pytest.raises(TaskNotFound):
+            await hub.cancel(record.id, owner=OTHER)
+        with pytest.raises(TaskNotFound):
+            await hub.cancel("no-such-task", owner=OWNER)
+        with pytest.raises(TaskNotFound):
+            await hub.get(record.id, owner=OTHER)
+        assert (await hub.get(record.id, owner=OWNER)).status == "queued"
+        assert await hub.list(owner=OTHER) == []
+
+
+async def test_cancel_a_finished_task_is_already_finished() -> None:
+    hub = make_hub()
+    hub.task("noop")(_noop)
+    async with hub:
+        sink = await attach(hub)
+        done = await hub.submit("noop", owner=OWNER)
+        await wait_until(lambda: sink.has_status(done.id, "completed"))
+        with pytest.raises(TaskAlreadyFinished):
+            await hub.cancel(done.id, owner=OWNER)
+    hub2 = make_hub(concurrency=0)
+    hub2.task("noop")(_noop)
+    async with hub2:
+        queued = await hub2.submit("noop", owner=OWNER)
+        await hub2.cancel(queued.id, owner=OWNER)
+        with pytest.raises(TaskAlreadyFinished):
+            await hub2.cancel(queued.id, owner=OWNER)
+
+
+# --- concurrency and shutdown ---------------------------------------------------------------
+
+
+async def test_the_concurrency_limit_is_respected() -> None:
+    limit = 3
+    hub = make_hub(concurrency=limit)
+    current = peak = 0
+
+    @hub.task("work")
+    async def work(ctx: TaskContext) -> None:
+        nonlocal current, peak
+        current += 1
+        peak = max(peak, current)
+        try:
+            await anyio.sleep(0.02)
+        finally:
+            current -= 1
+
+    async with hub:
+        sink = await attach(hub)
+        records = [await hub.submit("work", owner=OWNER) for _ in range(12)]
+        await wait_until(lambda: all(sink.has_status(r.id, "completed") for r in records))
+    assert peak == limit
+
+
+async def test_graceful_shutdown_lets_a_running_task_finish() -> None:
+    hub = make_hub(concurrency=1, shutdown_grace=10.0)
+    started: list[str] = []
+
+    @hub.task("short")
+    async def short(ctx: TaskContext) -> str:
+        started.append(ctx.name)
+        await anyio.sleep(0.1)
+        return "done"
+
+    with anyio.fail_after(10):
+        async with hub:
+            sink = await attach(hub)
+            running = await hub.submit("short", owner=OWNER, name="running")
+            await wait_until(lambda: sink.has_status(running.id, "running"))
+            waiting = await hub.submit("short", owner=OWNER, name="waiting")
+    assert started == ["running"]  # no new task is taken once shutdown begins
+    assert (await hub.queue.get(running.id)).status == "completed"  # type: ignore[union-attr]
+    assert (await hub.queue.get(waiting.id)).status == "queued"  # type: ignore[union-attr]
+
+
+async def test_a_task_exceeding_the_grace_is_handed_back() -> None:
+    hub = make_hub(shutdown_grace=0.05)
+    saw: list[str] = []
+
+    @hub.task("endless")
+    async def endless(ctx: TaskContext) -> None:
+        await ctx.report(40, "deep in")
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            saw.append("cancelled")
+            raise
+
+    with anyio.fail_after(10):
+        async with hub:
+            sink = await attach(hub)
+            record = await hub.submit("endless", owner=OWNER)
+            await wait_until(lambda: any(v.message == "deep in" for v in sink.views(record.id)))
+    assert saw == ["cancelled"]
+    stored = await hub.queue.get(record.id)
+    assert stored is not None
+    assert stored.status == "queued"
+    assert stored.finished_at is None
+    stats = await hub.queue.statistics()
+    assert (stats.queued, stats.running) == (1, 0)
+    last = sink.last(record.id)
+    assert last is not None
+    assert last.status == "queued"
+    assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
+
+
+# --- bounds -------------------------------------------------------------------------------
+
+
+async def test_a_full_queue_raises_queue_full_and_stores_nothing() -> None:
+    hub = make_hub(backend=MemoryBackend(capacity=2), concurrency=0)
+    hub.task("noop")(_noop)
+    async with hub:
+        sink = await attach(hub)
+        first = await hub.submit("noop", owner=OWNER)
+        await hub.submit("noop", owner=OWNER)
+        with pytest.raises(QueueFull) as refused:
+            await hub.submit("noop", owner=OWNER, name="third")
+        assert refused.value.retry_after > 0
+        assert [r.name for r in await hub.list(owner=OWNER)] == ["noop", "noop"]
+        assert len(sink.events) == 2
+        assert await hub.registry.current_seq(OWNER) == 2
+        assert (await hub.queue.statistics()).queued == 2
+        # Cancelling a queued task frees its place.
+        await hub.cancel(first.id, owner=OWNER)
+        await hub.submit("noop", owner=OWNER, name="third")
+        with pytest.raises(QueueFull):
+            await hub.submit("noop", owner=OWNER, name="fourth")
+
+
+async def test_finished_tasks_beyond_retention_are_forgotten() -> None:
+    hub = make_hub(backend=MemoryBackend(retention=2), concurrency=1)
+    hub.task("noop")(_noop)
+    async with hub:
+        sink = await attach(hub)
+        records = [await hub.submit("noop", owner=OWNER, name=f"t{i}") for i in range(4)]
+        await wait_until(lambda: all(sink.has_status(r.id, "completed") for r in records))
+        assert [r.name for r in await hub.list(owner=OWNER)] == ["t3", "t2"]
+        for old in records[:2]:
+            with pytest.raises(TaskNotFound):
+                await hub.get(old.id, owner=OWNER)
+        assert (await hub.get(records[3].id, owner=OWNER)).status == "completed"
+
+
+async def test_unfinished_tasks_are_never_forgotten_for_retention() -> None:
+    hub = make_hub(backend=MemoryBackend(retention=1), concurrency=0)
+    hub.task("noop")(_noop)
+    async with hub:
+        waiting = [await hub.submit("noop", owner=OWNER) for _ in range(3)]
+        for record in waiting[:2]:
+            await hub.cancel(record.id, owner=OWNER)
+        assert [r.id for r in await hub.list(owner=OWNER)] == [waiting[2].id, waiting[1].id]
+
+
+# --- the registry: history, resume, identities ----------------------------------------------
+
+
+async def _publish(registry: MemoryClientRegistry, identity: str, count: int) -> list[Event]:
+    return [await registry.publish(identity, "taskProgress", f"t{i}", i + 1, b'{"id":"t"}') for i in range(count)]
+
+
+async def test_events_after_replays_exactly_what_was_missed() -> None:
+    registry = MemoryClientRegistry(history_size=3)
+    events = await _publish(registry, OWNER, 5)
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert await registry.current_seq(OWNER) == 5
+    assert await registry.events_after(OWNER, 2) == events[2:]  # the same objects, in order
+    assert await registry.events_after(OWNER, 4) == events[4:]
+    assert await registry.events_after(OWNER, 5) == []  # up to date
+    assert await registry.events_after(OWNER, 1) is None  # seq 2 is no longer held
+    assert await registry.events_after(OWNER, 0) is None
+    assert await registry.events_after(OWNER, 6) is None  # a seq this registry never gave
+    assert await registry.events_after(OWNER, 10**9) is None
+    assert await registry.events_after(OTHER, 0) == []
+    assert await registry.events_after(OTHER, 1) is None
+
+
+async def test_events_after_with_the_whole_history() -> None:
+    registry = MemoryClientRegistry(history_size=10)
+    events = await _publish(registry, OWNER, 4)
+    assert await registry.events_after(OWNER, 0) == events
+    assert await registry.events_after(OWNER, 3) == events[3:]
+
+
+async def test_idle_identities_beyond_the_bound_are_forgotten() -> None:
+    registry = MemoryClientRegistry(max_identities=2)
+    connected = RecordingSink()
+    await registry.attach("kept", connected)
+    await _publish(registry, "old", 2)
+    await _publish(registry, "new", 1)  # the third identity: the idle "old" goes
+    assert await registry.current_seq("old") == 0
+    assert await registry.events_after("old", 2) is None
+    assert await registry.current_seq("new") == 1
+    await _publish(registry, "kept", 1)
+    assert [e.seq for e in connected.events] == [1]
+    await registry.detach("kept", connected)
+    await _publish(registry, "newest", 1)  # "new" is idle and less recently active than "kept"
+    assert await registry.current_seq("new") == 0
+    assert await registry.current_seq("kept") == 1
+    assert await registry.current_seq("newest") == 1
+
+
+async def test_an_identity_is_not_forgotten_while_it_is_being_created() -> None:
+    """When every remembered identity is connected, a new one must still get its own sequence."""
+    registry = MemoryClientRegistry(max_identities=2)
+    await registry.attach("a", RecordingSink())
+    await registry.attach("b", RecordingSink())
+    events = await _publish(registry, "c", 3)
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert await registry.current_seq("c") == 3
+    late = RecordingSink()
+    await registry.attach("d", late)
+    await _publish(registry, "d", 2)
+    assert [e.seq for e in late.events] == [1, 2]
+
+
+async def test_registry_statistics_count_connections_and_identities() -> None:
+    registry = MemoryClientRegistry()
+    one, two, three = RecordingSink(), RecordingSink(), RecordingSink()
+    await registry.attach(OWNER, one)
+    await registry.attach(OWNER, two)
+    await registry.attach(OWNER, two)  # attaching twice counts once
+    await registry.attach(OTHER, three)
+    assert (registry.statistics().connections, registry.statistics().clients) == (3, 2)
+    await registry.detach(OWNER, one)
+    await registry.detach(OWNER, one)
+    assert (registry.statistics().connections, registry.statistics().clients) == (2, 2)
+    await registry.detach(OWNER, two)
+    await registry.detach(OTHER, three)
+    assert (registry.statistics().connections, registry.statistics().clients) == (0, 0)
+    await _publish(registry, OWNER, 1)
+    assert one.events == two.events == []
