@@ -27,6 +27,7 @@ from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
 from progressq.transport import Endpoints, Response, TransportSettings
 from progressq.transport.http import forbidden_response
+from progressq.transport.sse import EventStreamSession
 
 __all__ = ("create_app", "mount", "routes")
 
@@ -73,6 +74,7 @@ def _routes(endpoints: Endpoints) -> list[BaseRoute]:
         Route("/api/task/{task_id}", endpoint(api.get_task), methods=["GET"], name="progressq:task"),
         Route("/api/task/{task_id}/cancel", endpoint(api.cancel_task), methods=["POST"], name="progressq:cancel"),
         WebSocketRoute("/ws", websocket_endpoint, name="progressq:ws"),
+        Route("/api/events", EventStreamSession(api.hub, endpoints.settings), name="progressq:events"),
     ]
     return result
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 import anyio
+import msgspec
 
 from progressq.contracts import Event
 from progressq.messages import frame_event
@@ -16,29 +18,52 @@ class SlowConsumer(Exception):
     """The client reads slower than its events arrive and its outbox is full."""
 
 
+class _Entry(NamedTuple):
+    text: str
+    task_id: str | None = None  # set on events, which may be merged
+    task_json: bytes | None = None
+
+
+class _StatusOf(msgspec.Struct):
+    status: str
+    attempt: int
+
+
+_status_decoder = msgspec.json.Decoder(_StatusOf)
+
+
 class Outbox:
     """What waits to be sent on one connection, at most ``limit`` messages.
 
-    ``put`` never blocks the publisher: past the limit the outbox is marked overflowed and
-    the writer closes the connection (the client then resumes from history), so a slow
-    client costs bounded memory and never slows anyone else.
+    ``put`` never blocks the publisher. When the client reads slower than its events
+    arrive and the outbox fills, queued progress of the same task is merged: of each run
+    of events of one task with one status (and attempt), only the latest is kept, so every
+    status change, and every terminal event, still reaches the client, with the latest
+    progress. If merging frees nothing, the outbox overflows and the writer closes the
+    connection (the client resumes from history). A slow client costs bounded memory and
+    never slows anyone else.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, batch: int = 64) -> None:
         self.limit = limit
-        self._items: deque[str] = deque()
+        self._batch = batch
+        self._items: deque[_Entry] = deque()
         self._wakeup = anyio.Event()
         self.overflowed = False
+        self.merged = 0  # events merged away, for statistics and tests
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, text: str) -> None:
+    def put(self, text: str, *, task_id: str | None = None, task_json: bytes | None = None) -> None:
+        """Queue a message; an event names its task (``task_id``, ``task_json``) so it can be merged."""
         if len(self._items) >= self.limit:
-            self.overflow()
-        else:
-            self._items.append(text)
-            self._wakeup.set()
+            self._merge()
+            if len(self._items) >= self.limit:
+                self.overflow()
+                return
+        self._items.append(_Entry(text, task_id, task_json))
+        self._wakeup.set()
 
     def overflow(self) -> None:
         self.overflowed = True
@@ -48,15 +73,30 @@ class Outbox:
         self._items.clear()
 
     async def next_batch(self) -> list[str]:
-        """Everything queued, waiting until something is. Raises ``SlowConsumer``."""
+        """The oldest queued messages (a few at a time, so that what is not sent yet can
+        still be merged), waiting until there are some. Raises ``SlowConsumer``."""
         while not self._items and not self.overflowed:
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
         if self.overflowed:
             raise SlowConsumer
-        batch = list(self._items)
-        self._items.clear()
-        return batch
+        count = min(self._batch, len(self._items))
+        return [self._items.popleft().text for _ in range(count)]
+
+    def _merge(self) -> None:
+        # Walk from the newest: an event is superseded when a later kept event of the same
+        # task has the same status and attempt.
+        kept: deque[_Entry] = deque()
+        later: dict[str, _StatusOf] = {}
+        for entry in reversed(self._items):
+            if entry.task_id is not None and entry.task_json is not None:
+                state = _status_decoder.decode(entry.task_json)
+                if later.get(entry.task_id) == state:
+                    self.merged += 1
+                    continue
+                later[entry.task_id] = state
+            kept.appendleft(entry)
+        self._items = kept
 
 
 class IdentitySink:
@@ -99,12 +139,13 @@ class IdentitySink:
         if event.seq <= self._watermark:
             return
         self._watermark = event.seq
-        frame = event.frame
+        frame, task_json = event.frame, event.task_json
         if self._fresher:
             newer = self._fresher.get(event.task_id)
             if newer is not None:
                 if event.revision < newer[0]:
-                    frame = frame_event(event.kind, event.seq, newer[1]).decode()
+                    task_json = newer[1]
+                    frame = frame_event(event.kind, event.seq, task_json).decode()
                 else:
                     del self._fresher[event.task_id]
-        self._outbox.put(frame)
+        self._outbox.put(frame, task_id=event.task_id, task_json=task_json)
