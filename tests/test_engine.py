@@ -59,7 +59,7 @@ def make_hub(*, backend: MemoryBackend | None = None, **options: Any) -> Hub:
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polls state that has no event of its own
+        while not predicate():
             await anyio.sleep(0.002)
 
 
