@@ -87,8 +87,9 @@ def free_port() -> int:
 class DemoServer:
     """``examples/demo/server.py`` as a subprocess on a fixed port; can be stopped and started again."""
 
-    def __init__(self, port: int, log_dir: Path) -> None:
+    def __init__(self, port: int, log_dir: Path, framework: str = "starlette") -> None:
         self.port = port
+        self.framework = framework
         self.url = f"http://127.0.0.1:{port}"
         self._log_dir = log_dir
         self._process: subprocess.Popen[bytes] | None = None
@@ -101,7 +102,7 @@ class DemoServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PROGRESSQ_SECRET", None)  # like a newcomer's first run: ids die with the process
         command = [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--framework", "starlette", "--backend", "memory", "--log-level", "warning"]
+        command += ["--framework", self.framework, "--backend", "memory", "--log-level", "warning"]
         self._process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
@@ -135,8 +136,16 @@ class DemoServer:
 
 
 @pytest.fixture
-def demo_server(built_page: Path, tmp_path: Path) -> Iterator[DemoServer]:
-    server = DemoServer(free_port(), tmp_path)
+def demo_framework() -> str:
+    """The adapter the demo server runs on; tests parametrize it to cover both."""
+    return "starlette"
+
+
+@pytest.fixture
+def demo_server(built_page: Path, tmp_path: Path, demo_framework: str) -> Iterator[DemoServer]:
+    if not (SERVER.parent / f"demo_{demo_framework}.py").exists():
+        pytest.skip(f"the demo has no {demo_framework} app")
+    server = DemoServer(free_port(), tmp_path, demo_framework)
     server.start()
     try:
         yield server
@@ -164,17 +173,19 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def new_page(browser: Any, demo_server: DemoServer) -> Iterator[Any]:
-    """Opens the demo page in a fresh browser context (a new tab with its own sessionStorage)."""
+    """Opens the demo page in a fresh browser context (a new tab with its own sessionStorage).
+
+    Any uncaught script error on a page fails the test.
+    """
     contexts: list[Any] = []
+    errors: list[str] = []
 
     def open_page(width: int = 1280, height: int = 900) -> Any:
         context = browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = context.new_page()
-        errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.page_errors = errors
         page.goto(demo_server.url + "/")
         return page
 
@@ -182,6 +193,7 @@ def new_page(browser: Any, demo_server: DemoServer) -> Iterator[Any]:
     for context in contexts:
         with contextlib.suppress(Exception):
             context.close()
+    assert errors == [], f"script errors on the page: {errors}"
 
 
 @pytest.fixture

@@ -100,6 +100,7 @@ def recorded(page: Any) -> Any:
 # --- tests ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("demo_framework", ["starlette", "litestar"])
 def test_task_progress_streams_live_to_completed(page: Any) -> None:
     recorded(page)
     wait_connected(page)
@@ -118,6 +119,7 @@ def test_task_progress_streams_live_to_completed(page: Any) -> None:
     expect(page.get_by_test_id("event-log")).to_contain_text("Completed “Resize photos”")
 
 
+@pytest.mark.parametrize("demo_framework", ["starlette", "litestar"])
 def test_tasks_of_one_tab_never_appear_in_another(new_page: Any) -> None:
     alice, bob = new_page(), new_page()
     wait_connected(alice)
@@ -135,6 +137,7 @@ def test_tasks_of_one_tab_never_appear_in_another(new_page: Any) -> None:
     assert "Beta" not in alice.get_by_test_id("event-log").inner_text()
 
 
+@pytest.mark.parametrize("demo_framework", ["starlette", "litestar"])
 def test_refresh_keeps_identity_and_task_progress_continues(page: Any) -> None:
     recorded(page)
     wait_connected(page)

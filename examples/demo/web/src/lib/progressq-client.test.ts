@@ -383,6 +383,22 @@ describe('resume', () => {
 		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toEqual({ clientId: 'fresh', lastSeq: 0 });
 	});
 
+	it('refreshes the list over HTTP when events went missing', async () => {
+		const fetch = vi.fn(async () => new Response(JSON.stringify([task('t1', { progress: 60 }), task('t2')])));
+		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });
+		const warnings: string[] = [];
+		client.on('warning', (w) => warnings.push(w));
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('me'));
+		FakeSocket.last.receive({ type: 'snapshot', tasks: [], seq: 3, recovered: false });
+		FakeSocket.last.receive({ type: 'taskProgress', seq: 6, task: task('t1', { progress: 50 }) });
+		expect(client.lastSeq).toBe(6);
+		expect(warnings[0]).toContain('missed events 4–5');
+		await vi.waitFor(() => expect(client.tasks).toHaveLength(2));
+		expect(fetch).toHaveBeenCalledOnce();
+	});
+
 	it('ignores garbage frames and storage it cannot read', () => {
 		const storage = new MemoryStorage();
 		storage.setItem('progressq.identity', '{not json');
