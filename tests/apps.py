@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import uvicorn
 
 from progressq import Hub, MemoryBackend, TaskContext
@@ -22,11 +23,18 @@ FRAMEWORKS = ("starlette", "litestar")
 
 def make_hub(**hub_options: Any) -> Hub:
     backend = hub_options.pop("backend", None) or MemoryBackend(history_size=hub_options.pop("history_size", 1000))
-    hub = Hub(backend, secret=SECRET, progress_interval=0.01, shutdown_grace=1.0, **hub_options)
+    progress_interval = hub_options.pop("progress_interval", 0.01)
+    hub = Hub(backend, secret=SECRET, progress_interval=progress_interval, shutdown_grace=1.0, **hub_options)
 
     @hub.task("demo", timeout=30)
     async def demo(ctx: TaskContext) -> dict[str, int]:
-        """Like the demo's task, faster; ``fail`` fails halfway, ``block`` waits to be cancelled."""
+        """Like the demo's task, faster; ``fail`` fails halfway, ``block`` waits to be cancelled,
+        ``flood`` reports as fast as it can."""
+        if "flood" in ctx.name:
+            for report in range(1, 2001):
+                await ctx.report(report / 20, f"report {report}")
+                await anyio.lowlevel.checkpoint()
+            return {"steps": 2000}
         steps = 10
         for step in range(1, steps + 1):
             if "block" in ctx.name and step == 2:

@@ -1,0 +1,72 @@
+"""A client that stops reading costs bounded memory and never hurts the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from progressq.transport import CLOSE_SLOW_CONSUMER, TransportSettings
+from tests.integration.client import WsClient, start_task
+from tests.integration.raw_ws import StalledClient
+from tests.integration.test_tasks import assert_gapless
+
+pytestmark = pytest.mark.anyio
+
+TASKS = 8
+
+
+async def test_a_stalled_client_is_merged_or_closed_and_others_get_everything(make_server: Any) -> None:
+    settings = TransportSettings(outbox_size=32)
+    with make_server(settings, progress_interval=0) as server:
+        stalled = StalledClient(server.port)
+        try:
+            hello = stalled.read()
+            assert isinstance(hello, dict)
+            stalled_id = hello["clientId"]
+            stalled.read()  # snapshot
+            async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as healthy:
+                await healthy.next()
+                flood = [
+                    (await start_task(http, f"flood {n}", 1000, **{"X-Client-Id": stalled_id})).json()["id"]
+                    for n in range(TASKS)
+                ]
+                mine = (await start_task(http, "healthy", 2000, **{"X-Client-Id": healthy.client_id})).json()
+                finished: set[str] = set()
+                with anyio.fail_after(60):
+                    while mine["id"] not in finished:
+                        task = (await healthy.next()).get("task", {})
+                        if task.get("status") == "completed":
+                            finished.add(task["id"])
+                    while (await server.hub.queue.statistics()).running:
+                        await anyio.sleep(0.05)
+                assert_gapless(healthy.received[1:], after=0)
+
+            # Now the stalled client reads what the server kept for it.
+            seen: list[dict[str, Any]] = []
+            closed_with: int | None = None
+            while True:
+                with anyio.fail_after(10):
+                    message = await anyio.to_thread.run_sync(stalled.read)
+                if isinstance(message, int):
+                    closed_with = message
+                    break
+                seen.append(message)
+                if {m["task"]["id"] for m in seen if m["task"]["status"] == "completed"} == set(flood):
+                    break
+        finally:
+            stalled.close()
+
+    seqs = [m["seq"] for m in seen]
+    assert seqs == sorted(set(seqs)), "never a duplicate, never out of order"
+    if closed_with is not None:
+        assert closed_with == CLOSE_SLOW_CONSUMER
+    else:
+        # Served merged: every task's every status arrived, progress only got coarser.
+        for task_id in flood:
+            statuses = [m["task"]["status"] for m in seen if m["task"]["id"] == task_id]
+            assert statuses[-1] == "completed"
+            assert "running" in statuses
+        assert len(seen) < TASKS * 2000, "progress was merged, not all sent"
