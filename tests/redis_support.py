@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -61,27 +62,40 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A redis-server of our own (for tests that kill connections or stop the server)."""
+    """A redis-server of our own (for tests that kill connections or the server itself).
 
-    def __init__(self) -> None:
+    With ``data_dir`` it keeps its data in an append-only file synced on every write, so a
+    killed and restarted server comes back with everything it had acknowledged.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.data_dir is None:
+            command += ["--appendonly", "no"]
+        else:
+            command += ["--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not redis_answers(self.url):
             if time.monotonic() > deadline:
                 raise RuntimeError("private redis-server did not start")
             time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: the server goes away without a word."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -91,8 +105,8 @@ class PrivateRedis:
 
 
 @contextlib.contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
+def private_redis(data_dir: Path | None = None) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(data_dir)
     server.start()
     try:
         yield server

@@ -139,6 +139,7 @@ class _Keys:
         self.stream = f"{prefix}:queue"
         self.counters = f"{prefix}:counters"
         self.cancel_channel = f"{prefix}:cancel"
+        self.unfinished = f"{prefix}:unfinished"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"
@@ -203,7 +204,13 @@ class _PubSub:
 
     async def run(self) -> None:
         backoff = 0.05
+        broken = False
         while True:
+            if broken:
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                broken = not await self._reconnect()
+                continue
             if not self._subs or self._pubsub.connection is None:
                 self._wake = anyio.Event()
                 with anyio.move_on_after(1.0):
@@ -211,14 +218,14 @@ class _PubSub:
                 continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-                backoff = 0.05
                 if message is not None:
                     await self._dispatch(message)
-            except _REDIS_ERRORS as exc:
+                backoff = 0.05
+            except (*_REDIS_ERRORS, BackendUnavailable) as exc:
                 logger.warning("pub/sub connection lost (%s); reconnecting", exc)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                await self._reconnect()
+                broken = True
+            except Exception:
+                logger.exception("pub/sub: a message could not be handled")
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
@@ -233,16 +240,21 @@ class _PubSub:
             if isinstance(data, bytes):
                 await sub.message(data)
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self) -> bool:
+        """A new connection subscribed to every wanted channel; False if Redis is not back yet."""
         old, self._pubsub = self._pubsub, self._client.pubsub()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), suppress(Exception):  # broken already
             await old.aclose()  # type: ignore[no-untyped-call]
         channels = list(self._subs)
-        if channels:
-            try:
-                await self._pubsub.subscribe(*channels)
-            except _REDIS_ERRORS as exc:
-                logger.warning("pub/sub: could not subscribe again yet (%s)", exc)
+        if not channels:
+            return True
+        try:
+            await self._pubsub.subscribe(*channels)
+        except _REDIS_ERRORS as exc:
+            logger.warning("pub/sub: Redis is not back yet (%s)", exc)
+            return False
+        logger.warning("pub/sub: connected again, %d channels subscribed", len(channels))
+        return True
 
     async def aclose(self) -> None:
         self._subs.clear()
@@ -323,6 +335,7 @@ class RedisTaskQueue:
                     self._keys.owner(record.owner),
                     self._keys.counters,
                     self._keys.stream,
+                    self._keys.unfinished,
                 ],
                 args=[
                     record.id,
@@ -461,7 +474,12 @@ class RedisTaskQueue:
         try:
             with _unavailable("save"):
                 stored = await self._scripts.save(
-                    keys=[self._keys.task(record.id), self._keys.counters, self._keys.owner(record.owner)],
+                    keys=[
+                        self._keys.task(record.id),
+                        self._keys.counters,
+                        self._keys.owner(record.owner),
+                        self._keys.unfinished,
+                    ],
                     args=[
                         lease.record.attempt,
                         _record_encoder.encode(record),
@@ -471,6 +489,7 @@ class RedisTaskQueue:
                         self._retention,
                         self._keys.cancel_channel,
                         record.id,
+                        record.owner,
                     ],
                 )
         except BackendUnavailable:
@@ -560,7 +579,7 @@ class RedisTaskQueue:
             )
             with _unavailable("cancel"):
                 code = await self._scripts.cancel(
-                    keys=[key, self._keys.counters, self._keys.owner(owner)],
+                    keys=[key, self._keys.counters, self._keys.owner(owner), self._keys.unfinished],
                     args=[
                         owner,
                         record.revision,

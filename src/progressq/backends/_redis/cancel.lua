@@ -1,6 +1,6 @@
 -- Cancel a task for its owner: a queued one becomes cancelled, a leased one is flagged and
 -- its worker told.
--- KEYS: 1 task hash, 2 counters, 3 owner index
+-- KEYS: 1 task hash, 2 counters, 3 owner index, 4 unfinished tasks per owner
 -- ARGV: 1 owner, 2 expected revision, 3 cancelled record, 4 its revision, 5 retention (s),
 --       6 cancel channel, 7 task id
 -- Returns 0 not theirs, 1 cancelled, 2 requested, 3 already finished, 4 changed meanwhile.
@@ -21,9 +21,9 @@ if h[3] ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[1], 'data', ARGV[3], 'rev', ARGV[4], 'status', 'cancelled', 'state', 'done', 'cancel', 1)
 redis.call('HINCRBY', KEYS[2], 'queued', -1)
-local retention = tonumber(ARGV[5])
-redis.call('EXPIRE', KEYS[1], retention)
-if redis.call('TTL', KEYS[3]) < retention then
-  redis.call('EXPIRE', KEYS[3], retention)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if redis.call('HINCRBY', KEYS[4], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
 return 1

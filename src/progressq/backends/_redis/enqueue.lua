@@ -1,5 +1,5 @@
 -- Store a new task, index it under its owner and queue it, unless the queue is full.
--- KEYS: 1 task hash, 2 owner index, 3 counters, 4 stream
+-- KEYS: 1 task hash, 2 owner index, 3 counters, 4 stream, 5 unfinished tasks per owner
 -- ARGV: 1 task id, 2 record, 3 owner, 4 created (ms), 5 revision, 6 capacity (0: none), 7 retention (s)
 -- Returns 1 when queued, 0 when the queue is full, -1 when the id is taken.
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -13,9 +13,8 @@ local entry = redis.call('XADD', KEYS[4], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'owner', ARGV[3], 'rev', ARGV[5], 'attempt', 0,
   'state', 'queued', 'entry', entry, 'deliveries', 0, 'cancel', 0, 'pub', 0)
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-local retention = tonumber(ARGV[7])
-if redis.call('TTL', KEYS[2]) < retention then
-  redis.call('EXPIRE', KEYS[2], retention)
-end
+-- the owner's index lives as long as one of its tasks is unfinished, then `retention` more
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('PERSIST', KEYS[2])
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 return 1

@@ -1,23 +1,23 @@
 -- Store a task's new state if the writer still holds the current attempt (fencing).
--- KEYS: 1 task hash, 2 counters, 3 owner index
+-- KEYS: 1 task hash, 2 counters, 3 owner index, 4 unfinished tasks per owner
 -- ARGV: 1 attempt, 2 record, 3 revision, 4 status, 5 terminal (0/1), 6 retention (s),
---       7 cancel channel, 8 task id
+--       7 cancel channel, 8 task id, 9 owner
 -- Returns 1 when stored, 0 when fenced out.
 local h = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'cancel')
 if h[1] ~= 'leased' or h[2] ~= ARGV[1] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'rev', ARGV[3], 'status', ARGV[4])
-local retention = tonumber(ARGV[6])
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[1], 'state', 'done')
   redis.call('HINCRBY', KEYS[2], 'running', -1)
-  redis.call('EXPIRE', KEYS[1], retention)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if redis.call('HINCRBY', KEYS[4], ARGV[9], -1) <= 0 then
+    redis.call('HDEL', KEYS[4], ARGV[9])
+    redis.call('EXPIRE', KEYS[3], ARGV[6])
+  end
 elseif h[3] == '1' and ARGV[4] == 'running' then
   -- cancel was asked before this attempt started: tell its worker again
   redis.call('PUBLISH', ARGV[7], ARGV[8])
-end
-if redis.call('TTL', KEYS[3]) < retention then
-  redis.call('EXPIRE', KEYS[3], retention)
 end
 return 1

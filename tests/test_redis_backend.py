@@ -1,0 +1,311 @@
+"""What only the Redis backend does: leases that expire, fencing, dead letters, pub/sub
+recovery, outages. Against a real Redis; each test under its own key prefix."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+import redis
+
+from progressq.backends.redis import RedisBackend
+from progressq.contracts import Backend, Lease, TaskRecord
+from progressq.errors import BackendUnavailable, ConfigurationError
+from progressq.testing import RecordingSink
+from tests.redis_support import REDIS_URL, free_port, prefixed, private_redis
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+
+Make = Callable[..., RedisBackend]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's asyncio client
+
+
+@pytest.fixture
+def make() -> Iterator[Make]:
+    """Backends on the shared Redis under one fresh prefix, deleted afterwards."""
+    with prefixed("backend") as prefix:
+
+        def factory(**options: Any) -> RedisBackend:
+            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
+
+        yield factory
+
+
+def _record(owner: str = "alice", n: int = 0) -> TaskRecord:
+    return TaskRecord(id=f"task-{n}", kind="work", name=f"task {n}", owner=owner)
+
+
+async def _lease_within(backend: Backend, seconds: float) -> Lease | None:
+    with anyio.move_on_after(seconds):
+        return await backend.queue.lease()
+    return None
+
+
+async def _publish(backend: Backend, record: TaskRecord) -> int:
+    event = await backend.registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
+    return event.seq
+
+
+def _view(event: Any) -> dict[str, Any]:
+    view: dict[str, Any] = msgspec.json.decode(event.task_json)
+    return view
+
+
+async def test_a_dead_workers_task_is_reclaimed_and_its_writes_fenced(make: Make) -> None:
+    async with make(lease_timeout=0.5) as observer:
+        sink = RecordingSink()
+        await observer.registry.attach("alice", sink)
+        await observer.queue.enqueue(_record())
+        async with make(lease_timeout=0.5) as dying:
+            first = await dying.queue.lease()
+            running = first.record.evolve(status="running", progress=40.0)
+            assert await dying.queue.save(first, running)
+            assert await _publish(dying, running) == 1
+            in_flight = running.evolve(progress=60.0)
+            assert await dying.queue.save(first, in_flight)
+            # stalls here, between saving and publishing
+        # the dying worker's heartbeats stopped with it: after lease_timeout another takes over
+        async with make(lease_timeout=0.5) as rescuer:
+            second = await _lease_within(rescuer, 10)
+            assert second is not None
+            assert second.record.id == first.record.id
+            assert second.record.attempt == 2
+            assert second.record.progress == 60.0  # the stored view; the engine resets it
+            # everything the first attempt still tries is refused, its in-flight event included
+            assert await _publish(observer, in_flight) == 0
+            late = in_flight.evolve(progress=90.0)
+            assert not await observer.queue.save(first, late)
+            assert not await observer.queue.extend(first)
+            assert not await observer.queue.release(first, late.evolve(status="queued"))
+            await observer.queue.finish(first)  # a stale ack must not end the new attempt
+            assert await rescuer.queue.extend(second)
+            restarted = second.record.evolve(status="running", progress=0.0)
+            assert await rescuer.queue.save(second, restarted)
+            assert await _publish(rescuer, restarted) == 2
+            await sink.wait_count(2)
+            await anyio.sleep(0.2)
+            assert [(e.seq, _view(e)["attempt"], _view(e)["progress"]) for e in sink.events] == [
+                (1, 1, 40.0),
+                (2, 2, 0.0),
+            ]
+
+
+async def test_heartbeats_keep_a_live_lease(make: Make) -> None:
+    async with make(lease_timeout=0.6) as holder, make(lease_timeout=0.6) as other:
+        await holder.queue.enqueue(_record())
+        lease = await holder.queue.lease()
+        assert await _lease_within(other, 2.5) is None  # four lease timeouts: still held
+        assert await holder.queue.extend(lease)
+        done = lease.record.evolve(status="completed", finished_at=datetime.now(UTC))
+        assert await holder.queue.save(lease, done)
+        await holder.queue.finish(lease)
+        assert await _lease_within(other, 1.5) is None
+
+
+async def test_a_task_that_keeps_killing_workers_is_dead_lettered(make: Make) -> None:
+    async with make(lease_timeout=0.3, max_deliveries=2) as observer:
+        sink = RecordingSink()
+        await observer.registry.attach("alice", sink)
+        record = _record()
+        await observer.queue.enqueue(record)
+        for attempt in (1, 2):  # two workers take it and die
+            async with make(lease_timeout=0.3, max_deliveries=2) as doomed:
+                lease = await _lease_within(doomed, 10)
+                assert lease is not None
+                assert lease.record.attempt == attempt
+        async with make(lease_timeout=0.3, max_deliveries=2) as third:
+            assert await _lease_within(third, 2.0) is None  # taken, found hopeless, not handed out
+        stored = await observer.queue.get(record.id)
+        assert stored is not None
+        assert stored.status == "failed"
+        assert stored.finished_at is not None
+        assert stored.error is not None
+        assert "gave up after 2 deliveries" in stored.error
+        await sink.wait_count(1)
+        (event,) = sink.events
+        assert _view(event)["status"] == "failed"
+        assert _view(event)["error"] == stored.error
+        assert (await observer.queue.statistics()).running == 0
+
+
+async def test_a_finished_task_whose_worker_died_before_publishing_is_published_once(make: Make) -> None:
+    async with make(lease_timeout=0.3) as observer:
+        sink = RecordingSink()
+        await observer.registry.attach("alice", sink)
+        await observer.queue.enqueue(_record())
+        async with make(lease_timeout=0.3) as dying:
+            lease = await dying.queue.lease()
+            done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+            assert await dying.queue.save(lease, done)
+            # dies here: neither published nor acknowledged
+        async with make(lease_timeout=0.3) as rescuer:
+            assert await _lease_within(rescuer, 2.0) is None  # nothing to run again
+        await sink.wait_count(1)
+        assert await _publish(observer, done) == 0  # the late original publish is a duplicate now
+        await anyio.sleep(0.2)
+        assert [_view(e)["status"] for e in sink.events] == ["completed"]
+
+
+async def test_publish_drops_stale_and_repeated_revisions(make: Make) -> None:
+    async with make() as backend:
+        record = _record()
+        await backend.queue.enqueue(record)
+        assert await _publish(backend, record) == 1
+        assert await _publish(backend, record) == 0  # the same revision again
+        lease = await backend.queue.lease()
+        assert await _publish(backend, record) == 0  # older than the stored revision
+        running = lease.record.evolve(status="running")
+        assert await backend.queue.save(lease, running)
+        assert await _publish(backend, running) == 2
+        # events about things that are not stored tasks are never dropped
+        for n in range(3):
+            assert (await backend.registry.publish("alice", "taskProgress", "not-a-task", 1, b"{}")).seq == 3 + n
+
+
+async def test_each_process_subscribes_only_to_identities_it_holds(make: Make) -> None:
+    async with make() as one, make() as two:
+        client = one.client
+        sinks = [RecordingSink() for _ in range(3)]
+        await one.registry.attach("alice", sinks[0])
+        await one.registry.attach("alice", sinks[1])
+        await two.registry.attach("bob", sinks[2])
+        channels = sorted(c.decode() for c in await client.pubsub_channels(f"{one.prefix}:events:*"))
+        assert channels == [f"{one.prefix}:events:alice", f"{one.prefix}:events:bob"]
+        counts = dict(await client.pubsub_numsub(*channels))
+        assert counts == {c.encode(): 1 for c in channels}  # one subscription per process, not per sink
+        await one.registry.detach("alice", sinks[0])
+        assert len(await client.pubsub_channels(f"{one.prefix}:events:*")) == 2
+        await one.registry.detach("alice", sinks[1])
+        with anyio.fail_after(5):
+            while len(await client.pubsub_channels(f"{one.prefix}:events:*")) != 1:
+                await anyio.sleep(0.05)
+
+
+async def test_finished_tasks_expire_after_retention(make: Make) -> None:
+    async with make(retention=1) as backend:
+        kept, finished = _record(n=1), _record(n=2)
+        await backend.queue.enqueue(kept)
+        await backend.queue.enqueue(finished)
+        await backend.queue.lease()
+        lease = await backend.queue.lease()
+        assert await backend.queue.save(lease, lease.record.evolve(status="completed"))
+        await backend.queue.finish(lease)
+        with anyio.fail_after(10):
+            while await backend.queue.get(finished.id) is not None:
+                await anyio.sleep(0.2)
+        assert [r.id for r in await backend.queue.list_by_owner("alice")] == [kept.id]
+
+
+async def test_redis_down_gives_clear_errors_and_a_waiting_worker() -> None:
+    backend = RedisBackend.from_url(f"redis://127.0.0.1:{free_port()}/0", prefix="pqtest:down")
+    async with backend:
+        assert await backend.ping() is False
+        with pytest.raises(BackendUnavailable):
+            await backend.queue.enqueue(_record())
+        with pytest.raises(BackendUnavailable):
+            await backend.registry.attach("alice", RecordingSink())
+        assert backend.registry.statistics().connections == 0
+        with pytest.raises(BackendUnavailable):
+            await backend.registry.events_after("alice", 0)
+        assert await _lease_within(backend, 1.0) is None  # waits for Redis instead of raising
+
+
+def test_from_url_and_configuration() -> None:
+    backend = RedisBackend.from_url("redis://user:s3cret@example.invalid:6380/2", prefix="app")
+    assert "s3cret" not in backend.url
+    assert "s3cret" not in repr(backend)
+    assert backend.url == "redis://user:***@example.invalid:6380/2"
+    with pytest.raises(ConfigurationError):
+        RedisBackend.from_url("http://localhost")
+    with pytest.raises(ConfigurationError):
+        RedisBackend(redis.asyncio.Redis(decode_responses=True))
+    with pytest.raises(ConfigurationError):
+        RedisBackend.from_url(REDIS_URL, prefix="has space")
+    with pytest.raises(ConfigurationError):
+        RedisBackend.from_url(REDIS_URL, lease_timeout=0)
+
+
+@asynccontextmanager
+async def _publisher_and_listener(url: str) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
+    async with (
+        RedisBackend.from_url(url, prefix="pqtest:pubsub") as listener,
+        RedisBackend.from_url(url, prefix="pqtest:pubsub") as publisher,
+    ):
+        yield listener, publisher
+
+
+async def test_killed_pubsub_connection_resumes_without_gaps() -> None:
+    with private_redis() as server:
+        admin = redis.Redis.from_url(server.url)
+        async with _publisher_and_listener(server.url) as (listener, publisher):
+            identities = ["alice", "bob", "carol"]
+            sinks = {identity: RecordingSink() for identity in identities}
+            for identity, sink in sinks.items():
+                await listener.registry.attach(identity, sink)
+            total = 300
+            killed = 0
+            for n in range(1, total + 1):
+                await publisher.registry.publish(identities[n % 3], "taskProgress", "t", n, b'{"n":%d}' % n)
+                if n % 75 == 0:
+                    killed += int(admin.execute_command("CLIENT KILL TYPE pubsub"))
+                await anyio.sleep(0.002)
+            assert killed >= 3  # the listener's connection really went away, again and again
+            for identity, sink in sinks.items():
+                await sink.wait_count(total // 3)
+                assert sink.seqs == list(range(1, total // 3 + 1)), identity
+                assert all(int(_view(e)["n"]) % 3 == identities.index(identity) for e in sink.events)
+            # live again: the next event arrives without help
+            await publisher.registry.publish("alice", "taskProgress", "t", 999, b'{"n":999}')
+            await sinks["alice"].wait_count(total // 3 + 1)
+        admin.close()
+
+
+async def test_workers_and_listeners_recover_when_redis_comes_back(tmp_path: Any) -> None:
+    """Redis restarts (with its data) under a running hub: tasks finish, events arrive."""
+    from progressq import Hub, TaskContext
+
+    with private_redis(data_dir=tmp_path) as server:
+        backend = RedisBackend.from_url(server.url, prefix="pqtest:outage", lease_timeout=1.0)
+        hub = Hub(backend, secret="outage-test-secret-0123", concurrency=4, progress_interval=0.0)
+
+        @hub.task("steps")
+        async def steps(ctx: TaskContext) -> None:
+            for step in range(1, 21):
+                await anyio.sleep(0.1)
+                await ctx.report(step * 5)
+
+        async with hub:
+            sink = RecordingSink()
+            await hub.registry.attach("alice", sink)
+            ids = [(await hub.submit("steps", owner="alice")).id for _ in range(6)]
+            await sink.wait_for(lambda events: any(_view(e)["progress"] >= 20 for e in events))
+            server.kill()
+            assert await hub.healthy() is False
+            await anyio.sleep(1.5)
+            server.start()
+            with anyio.fail_after(60):
+                while True:
+                    records = [await hub.get(task_id, owner="alice") for task_id in ids]
+                    if all(r.status == "completed" for r in records):
+                        break
+                    await anyio.sleep(0.2)
+            assert await hub.healthy() is True
+            # the client's view ends with each task completed, seq without gaps
+            await sink.wait_for(lambda events: _last_status(events, ids) == ["completed"] * len(ids), 30)
+            assert sink.seqs == list(range(1, len(sink.seqs) + 1))
+
+
+def _last_status(events: list[Any], ids: list[str]) -> list[str]:
+    last: dict[str, str] = {}
+    for event in events:
+        last[event.task_id] = _view(event)["status"]
+    return [last.get(task_id, "") for task_id in ids]
