@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from progressq import Event, Hub, MemoryBackend, TaskContext, TaskRecord
 from progressq.backends.memory import MemoryClientRegistry
-from progressq.errors import QueueFull, TaskAlreadyFinished, TaskNotFound, UnknownTaskKind
+from progressq.errors import ConfigurationError, QueueFull, TaskAlreadyFinished, TaskNotFound, UnknownTaskKind
 from progressq.messages import TaskView
 
 pytestmark = pytest.mark.anyio
@@ -791,3 +791,69 @@ async def test_registry_statistics_count_connections_and_identities() -> None:
     assert (registry.statistics().connections, registry.statistics().clients) == (0, 0)
     await _publish(registry, OWNER, 1)
     assert one.events == two.events == []
+
+
+# --- results and configuration --------------------------------------------------------------
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+@pytest.mark.parametrize(
+    ("returned", "shown"),
+    [
+        (None, msgspec.UNSET),
+        (0, 0),
+        (False, False),
+        ("", ""),
+        ([], []),
+        ({"n": [1, 2.5, "x"]}, {"n": [1, 2.5, "x"]}),
+        (Opaque(), "<opaque>"),  # not JSON: its text
+        ("y" * 20_000, ("'" + "y" * 999)),  # too big: its text, cut short
+    ],
+)
+async def test_a_result_reaches_the_client_as_a_small_json_summary(returned: Any, shown: Any) -> None:
+    hub = make_hub()
+
+    @hub.task("give")
+    async def give(ctx: TaskContext) -> Any:
+        return returned
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("give", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    final = sink.last(record.id)
+    assert final is not None
+    assert final.result == shown
+
+
+def test_bad_configuration_is_refused() -> None:
+    for options in ({"concurrency": -1}, {"progress_interval": -0.1}, {"shutdown_grace": -1}):
+        with pytest.raises(ConfigurationError):
+            Hub(MemoryBackend(), secret=SECRET, **options)
+    hub = Hub(MemoryBackend(), secret=SECRET)
+    with pytest.raises(ConfigurationError):
+        hub.task("x", max_attempts=0)
+    with pytest.raises(ConfigurationError):
+        hub.task("x", timeout=0)
+    hub.task("x")(_noop)
+    with pytest.raises(ConfigurationError):
+        hub.task("x")(_noop)
+    hub.task()(_noop)
+    assert hub.kinds == ("x", "_noop")
+
+
+async def test_a_hub_can_be_opened_again_after_closing() -> None:
+    hub = make_hub()
+    hub.task("noop")(_noop)
+    for _ in range(2):
+        async with hub:
+            sink = await attach(hub)
+            record = await hub.submit("noop", owner=OWNER)
+            await wait_until(lambda: sink.has_status(record.id, "completed"))  # noqa: B023
+    async with hub:
+        with pytest.raises(ConfigurationError):
+            await hub.__aenter__()
