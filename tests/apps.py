@@ -76,10 +76,12 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve(app: Any, hub: Hub) -> Iterator[RunningServer]:
+def serve(app: Any, hub: Hub, **uvicorn_options: Any) -> Iterator[RunningServer]:
     """Serve ``app`` with a real uvicorn on a free port, in a thread."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False, **uvicorn_options
+    )
     server = uvicorn.Server(config)
     failures: list[BaseException] = []
 

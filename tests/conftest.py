@@ -26,10 +26,12 @@ def make_server(framework: str) -> Any:
     """Start a real server with the given transport settings / hub options."""
 
     @contextlib.contextmanager
-    def factory(settings: TransportSettings | None = None, **hub_options: Any) -> Iterator[RunningServer]:
+    def factory(
+        settings: TransportSettings | None = None, *, uvicorn: dict[str, Any] | None = None, **hub_options: Any
+    ) -> Iterator[RunningServer]:
         hub = make_hub(**hub_options)
         app = build_app(framework, hub, settings or TransportSettings())
-        with serve(app, hub) as running:
+        with serve(app, hub, **(uvicorn or {})) as running:
             yield running
 
     return factory
