@@ -857,3 +857,85 @@ async def test_a_hub_can_be_opened_again_after_closing() -> None:
     async with hub:
         with pytest.raises(ConfigurationError):
             await hub.__aenter__()
+
+
+# --- isolation, as a property ---------------------------------------------------------------
+
+OWNERS = ("alice", "bob", "carol")
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.sampled_from(OWNERS), st.sampled_from(["ok", "fail", "slow"])),
+        st.tuples(st.just("cancel"), st.sampled_from(OWNERS), st.integers(min_value=0, max_value=20)),
+        st.tuples(st.just("pause"), st.just(""), st.integers(min_value=0, max_value=3)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(operations, st.sampled_from(["asyncio", "trio"]))
+def test_owners_see_only_their_own_tasks_in_gapless_order(ops: list[tuple[str, str, Any]], backend: str) -> None:
+    async def main() -> tuple[dict[str, RecordingSink], dict[str, str]]:
+        hub = make_hub(concurrency=2)
+
+        @hub.task("ok")
+        async def ok(ctx: TaskContext) -> None:
+            for percent in (20, 40, 10, 80):
+                await ctx.report(percent)
+                await anyio.sleep(0.0001)
+
+        @hub.task("fail", max_attempts=2)
+        async def fail(ctx: TaskContext) -> None:
+            await ctx.report(50)
+            raise RuntimeError("nope")
+
+        @hub.task("slow")
+        async def slow(ctx: TaskContext) -> None:
+            await ctx.report(10)
+            await anyio.sleep(0.005)
+
+        owners: dict[str, str] = {}
+        async with hub:
+            sinks = {owner: await attach(hub, owner) for owner in OWNERS}
+            submitted: list[str] = []
+            for op, owner, arg in ops:
+                if op == "submit":
+                    record = await hub.submit(arg, owner=owner)
+                    owners[record.id] = owner
+                    submitted.append(record.id)
+                elif op == "cancel" and submitted:
+                    task_id = submitted[arg % len(submitted)]
+                    try:
+                        await hub.cancel(task_id, owner=owner)
+                    except TaskNotFound:
+                        assert owners[task_id] != owner
+                    except TaskAlreadyFinished:
+                        assert owners[task_id] == owner
+                    else:
+                        assert owners[task_id] == owner
+                else:
+                    await anyio.sleep(arg / 1000)
+
+            def all_finished() -> bool:
+                for task_id, owner in owners.items():
+                    last = sinks[owner].last(task_id)
+                    if last is None or last.status not in {"completed", "failed", "cancelled"}:
+                        return False
+                return True
+
+            await wait_until(all_finished)
+        return sinks, owners
+
+    sinks, owners = anyio.run(main, backend=backend)
+    for owner, sink in sinks.items():
+        assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
+        mine = {task_id for task_id, who in owners.items() if who == owner}
+        assert {e.task_id for e in sink.events} == mine
+        for task_id in mine:
+            views = sink.views(task_id)
+            assert views[0].status == "queued"
+            terminal = [v for v in views if v.status in {"completed", "failed", "cancelled"}]
+            assert terminal == [views[-1]]  # exactly one terminal event, and it is the last
+            for earlier, later in itertools.pairwise(views):
+                if earlier.attempt == later.attempt and later.status != "queued":
+                    assert later.progress >= earlier.progress
