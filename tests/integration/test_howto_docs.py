@@ -1,0 +1,119 @@
+"""The how-to pages' code, run as written: each page's ``python`` blocks, in order, are one module."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.apps import serve
+from tests.integration.client import WsClient, start_task, terminal
+
+pytestmark = pytest.mark.anyio
+
+HOW_TO = Path(__file__).resolve().parents[2] / "docs" / "how-to"
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("PROGRESSQ_SECRET", "docs-test-secret-0123456789abcdef")
+
+    def load(name: str) -> types.ModuleType:
+        blocks = _PYTHON_BLOCK.findall((HOW_TO / name).read_text())
+        assert blocks, name
+        module = types.ModuleType(f"docs_{name.removesuffix('.md').replace('-', '_')}")
+        monkeypatch.setitem(sys.modules, module.__name__, module)  # frameworks resolve annotations there
+        exec(compile("\n".join(blocks), str(HOW_TO / name), "exec"), module.__dict__)
+        return module
+
+    return load
+
+
+async def run_a_task(server_http: str, ws_url: str, **headers: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server_http) as http, await WsClient.open(ws_url) as ws:
+        assert (await ws.next())["type"] == "snapshot"
+        started = (await start_task(http, "from the docs", 1000, **{"X-Socket-Id": ws.socket_id}, **headers)).json()
+        final: dict[str, Any] = (await ws.until(terminal(started["id"])))[-1]["task"]
+        return final
+
+
+@pytest.mark.parametrize("name", ["mount-starlette.md", "mount-litestar.md"])
+async def test_mounting_into_an_existing_app(page: Any, name: str) -> None:
+    docs = page(name)
+    with serve(docs.app, docs.hub) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            home = await http.get("/")
+            assert (home.status_code, home.json()) == (200, {"app": "mine", "ready": True})
+            assert (await http.get("/health")).status_code == 200
+        final = await run_a_task(server.http, server.ws)
+    assert (final["status"], final["result"]) == ("completed", {"steps": 10})
+
+
+@pytest.mark.parametrize("app", ["litestar_app", "starlette_app"])
+async def test_enqueueing_from_ones_own_route(page: Any, app: str) -> None:
+    docs = page("enqueue-from-your-route.md")
+    with serve(getattr(docs, app), docs.hub) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as ws:
+            await ws.next()
+            response = await http.post("/albums/holiday/thumbnails", headers={"X-Client-Id": ws.client_id})
+            assert response.status_code == 202
+            assert response.json()["clientId"] == ws.client_id
+            messages = await ws.until(terminal(response.json()["taskId"]))
+            assert messages[0]["task"]["name"] == "thumbnails of holiday"
+            assert (messages[-1]["task"]["status"], messages[-1]["task"]["result"]) == ("completed", {"photos": 12})
+            forged = await http.post("/albums/holiday/thumbnails", headers={"X-Client-Id": "made-up"})
+            assert (forged.status_code, forged.json()["error"]["code"]) == (403, "forbidden_identity")
+
+
+@pytest.mark.parametrize("app", ["litestar_app", "starlette_app"])
+async def test_the_identify_hook_names_signed_in_users(page: Any, app: str) -> None:
+    docs = page("identify-hook.md")
+    ada = {"Cookie": "session=session-of-ada-9f3b"}
+    bob = {"Cookie": "session=session-of-bob-51c2"}
+    with serve(getattr(docs, app), docs.hub) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.http) as http,
+            await WsClient.open(server.ws, additional_headers=ada) as ada_tab,
+            await WsClient.open(server.ws, additional_headers=ada) as ada_other_tab,
+            await WsClient.open(server.ws, additional_headers=bob) as bob_tab,
+        ):
+            assert ada_tab.client_id == ada_other_tab.client_id == "user:ada"
+            assert bob_tab.client_id == "user:bob"
+            for tab in (ada_tab, ada_other_tab, bob_tab):
+                await tab.next()
+            response = await http.post("/api/task/start", json={"name": "ada's", "duration": 1000}, headers=ada)
+            assert response.json()["clientId"] == "user:ada"  # no id presented: the hook's
+            for tab in (ada_tab, ada_other_tab):
+                final = (await tab.until(terminal(response.json()["id"])))[-1]["task"]
+                assert final["status"] == "completed"
+            assert (await http.get("/api/tasks", headers=bob)).json()["tasks"] == []
+            stolen = await http.get("/api/tasks", headers={"X-Client-Id": "user:ada", **bob})
+            assert stolen.status_code == 403
+            anonymous = await WsClient.open(server.ws)
+            async with anonymous:
+                assert docs.hub.identities.verify(anonymous.client_id)
+
+
+async def test_limits_and_allowed_origins(page: Any) -> None:
+    docs = page("limits-and-origins.md")
+    with serve(docs.app, docs.hub) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await WsClient.open(server.ws, origin="https://elsewhere.example")
+        assert refused.value.response.status_code == 403
+        async with await WsClient.open(server.ws, origin="https://admin.example") as ws:
+            await ws.next()
+            await ws.send({"type": "ping", "pad": "p" * 5000})
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.next()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1009
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            big = await http.post("/api/task/start", json={"name": "x" * 17_000, "duration": 1000})
+            assert (big.status_code, big.json()["error"]["code"]) == (413, "body_too_large")
