@@ -45,7 +45,7 @@ from progressq.contracts import Backend, Event, Lease, TaskRecord
 from progressq.errors import QueueFull
 from progressq.hub import Hub
 
-__all__ = ("BackendConformance", "BackendFactory", "RecordingSink")
+__all__ = ("BackendConformance", "BackendFactory", "RecordingSink", "check_task_events")
 
 _WAIT = 10.0  # seconds a test waits for something that should happen at once (a hang guard)
 
@@ -572,7 +572,7 @@ class BackendConformance:
             for owner, sink in sinks.items():
                 assert _gapless_from_one(sink.seqs)
                 assert {e.task_id for e in sink.events} == set(tasks[owner])
-                _assert_task_views_consistent(sink.events)
+                check_task_events(sink.events)
             final = await hub.get(failing.id, owner="bob")
             assert final.status == "failed"
             assert final.error == "RuntimeError: asked to fail"
@@ -601,8 +601,9 @@ def _status(event: Event) -> str:
     return str(view["status"])
 
 
-def _assert_task_views_consistent(events: list[Event]) -> None:
-    """Per task: one terminal event, last; revisions rise; progress never falls within an attempt."""
+def check_task_events(events: list[Event]) -> None:
+    """Assert what an owner's events must show, per task: exactly one terminal event and
+    nothing after it, revisions only rising, progress never falling within an attempt."""
     by_task: dict[str, list[tuple[Event, dict[str, Any]]]] = {}
     for event in events:
         by_task.setdefault(event.task_id, []).append((event, msgspec.json.decode(event.task_json)))

@@ -1,0 +1,238 @@
+"""Worker processes (``progressq worker``) on one Redis: crashes, stalls and shutdowns.
+
+Each test starts real ``progressq worker tests.worker_app:hub`` processes under its own key
+prefix and submits tasks from this process, watching them as their owners' clients would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from progressq import Hub
+from progressq.contracts import Event
+from progressq.testing import RecordingSink, check_task_events
+from tests.redis_support import REDIS_URL, prefixed
+from tests.worker_app import make_hub
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE_TIMEOUT = 1.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).parent / "progressq"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "progressq"]
+
+
+class Worker:
+    """One ``progressq worker`` process; its log goes to a file."""
+
+    def __init__(self, prefix: str, log: Path, *, concurrency: int, grace: float) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PQ_TEST_REDIS_URL": REDIS_URL,
+            "PQ_TEST_PREFIX": prefix,
+            "PQ_TEST_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
+            "PQ_TEST_GRACE": str(grace),
+        }
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*_console_script(), "worker", "tests.worker_app:hub", "--concurrency", str(concurrency)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.pid = self.process.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while "progressq worker tests.worker_app:hub: pid" not in self.text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{self.text()}")
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    with prefixed("workers") as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def start_worker(redis_prefix: str, tmp_path: Path) -> Iterator[Any]:
+    workers: list[Worker] = []
+
+    def start(concurrency: int = 3, grace: float = 5.0) -> Worker:
+        worker = Worker(redis_prefix, tmp_path / f"worker-{len(workers)}.log", concurrency=concurrency, grace=grace)
+        workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def _client_hub(prefix: str) -> Hub:
+    return make_hub(REDIS_URL, prefix, lease_timeout=LEASE_TIMEOUT, concurrency=0)
+
+
+def _view(event: Event) -> dict[str, Any]:
+    view: dict[str, Any] = msgspec.json.decode(event.task_json)
+    return view
+
+
+def _pid_in(event: Event) -> int | None:
+    message = str(_view(event)["message"])
+    return int(message.rsplit(" ", 1)[1]) if " pid " in message else None
+
+
+def _terminal(events: list[Event]) -> dict[str, dict[str, Any]]:
+    return {e.task_id: _view(e) for e in events if _view(e)["status"] in ("completed", "failed", "cancelled")}
+
+
+async def _wait_event(sink: RecordingSink, predicate: Any, within: float = 30) -> Event:
+    await sink.wait_for(lambda events: any(predicate(e) for e in events), within)
+    return next(e for e in sink.events if predicate(e))
+
+
+async def test_kill_9_of_a_worker_loses_no_task(redis_prefix: str, start_worker: Any) -> None:
+    doomed = start_worker(concurrency=3)
+    survivor = start_worker(concurrency=3)
+    async with _client_hub(redis_prefix) as hub:
+        owners = ["alice", "bob", "carol"]
+        sinks = {owner: RecordingSink() for owner in owners}
+        for owner, sink in sinks.items():
+            await hub.registry.attach(owner, sink)
+        tasks = {
+            owner: [(await hub.submit("steps", owner=owner, payload={"steps": 20, "delay": 0.1})).id for _ in range(3)]
+            for owner in owners
+        }
+        # wait until the doomed worker is in the middle of some task, then kill it outright
+        await _any_sink_event(sinks, lambda e: _pid_in(e) == doomed.pid and _view(e)["progress"] >= 20)
+        doomed.signal(signal.SIGKILL)
+        for owner, sink in sinks.items():
+            expected = set(tasks[owner])
+            await sink.wait_for(lambda events: set(_terminal(events)) >= expected, 90)  # noqa: B023
+        await anyio.sleep(0.5)  # anything stray would arrive now
+        rerun = 0
+        for owner, sink in sinks.items():
+            assert sink.seqs == list(range(1, len(sink.seqs) + 1)), owner
+            assert {e.task_id for e in sink.events} == set(tasks[owner]), owner
+            check_task_events(sink.events)
+            for view in _terminal(sink.events).values():
+                assert view["status"] == "completed"
+                if view["attempt"] > 1:
+                    rerun += 1
+                    assert view["result"]["pid"] == survivor.pid
+        assert rerun >= 1  # the killed worker's tasks ran again elsewhere
+        for owner in owners:
+            assert [r.status for r in await hub.list(owner=owner)] == ["completed"] * 3
+        statistics = await hub.queue.statistics()
+        assert (statistics.queued, statistics.running) == (0, 0)
+
+
+async def _any_sink_event(sinks: dict[str, RecordingSink], predicate: Any, within: float = 30) -> Event:
+    with anyio.fail_after(within):
+        while True:
+            for sink in sinks.values():
+                for event in sink.events:
+                    if predicate(event):
+                        return event
+            await anyio.sleep(0.02)
+
+
+async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(redis_prefix: str, start_worker: Any) -> None:
+    paused = start_worker(concurrency=1)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 50, "delay": 0.08})
+        await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 10)
+        taker = start_worker(concurrency=1)
+        paused.signal(signal.SIGSTOP)
+        takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
+        paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+        # the paused worker did try to write, and was refused
+        with anyio.fail_after(20):
+            while "lease lost" not in paused.text():
+                await anyio.sleep(0.1)
+        await anyio.sleep(0.5)
+        after = sink.events[sink.events.index(takeover) :]
+        assert all(_view(e)["attempt"] == 2 for e in after), [(e.seq, _view(e)["attempt"]) for e in after]
+        assert all(_pid_in(e) in (None, taker.pid) for e in after)
+        check_task_events(sink.events)
+        final = _terminal(sink.events)[task.id]
+        assert (final["status"], final["attempt"], final["result"]["pid"]) == ("completed", 2, taker.pid)
+        assert sink.seqs == list(range(1, len(sink.seqs) + 1))
+
+
+async def test_sigterm_lets_running_tasks_finish_within_the_grace(redis_prefix: str, start_worker: Any) -> None:
+    worker = start_worker(concurrency=2, grace=20.0)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 15, "delay": 0.1})
+        await _wait_event(sink, lambda e: _view(e)["status"] == "running")
+        worker.signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            while worker.process.poll() is None:
+                await anyio.sleep(0.05)
+        assert worker.process.returncode == 0
+        record = await hub.get(task.id, owner="alice")
+        assert (record.status, record.attempt) == ("completed", 1)
+        assert "taking no new task" in worker.text()
+
+
+async def test_sigterm_hands_unfinished_tasks_back(redis_prefix: str, start_worker: Any) -> None:
+    leaving = start_worker(concurrency=2, grace=0.3)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 100, "delay": 0.1})
+        await _wait_event(sink, lambda e: _view(e)["status"] == "running")
+        leaving.signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            while leaving.process.poll() is None:
+                await anyio.sleep(0.05)
+        assert leaving.process.returncode == 0
+        record = await hub.get(task.id, owner="alice")
+        assert (record.status, record.message) == ("queued", "interrupted; queued again")
+        successor = start_worker(concurrency=1)
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+        final = _terminal(sink.events)[task.id]
+        assert (final["status"], final["attempt"], final["result"]["pid"]) == ("completed", 2, successor.pid)
+        check_task_events(sink.events)
