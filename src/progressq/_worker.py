@@ -143,21 +143,32 @@ class WorkerPool:
                 latest = await ctx.close()
                 await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
             raise
-        latest = await ctx.close()
-        now = utc_now()
-        if scope.cancelled_caught:
-            await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
-        elif error is not None and latest.attempt < policy.max_attempts:
-            await self._requeue(lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error))
-        elif error is not None:
-            await self._finish(lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed"))
-        else:
-            await self._finish(
-                lease,
-                latest.evolve(
-                    status="completed", finished_at=now, progress=100.0, message="completed", result=_summary(result)
-                ),
-            )
+        # The handler is done: its outcome is recorded even if shutdown's cancellation
+        # arrives now, or the task would stay "running" with no worker.
+        with anyio.CancelScope(shield=True):
+            latest = await ctx.close()
+            now = utc_now()
+            if scope.cancelled_caught:
+                await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
+            elif error is not None and latest.attempt < policy.max_attempts:
+                await self._requeue(
+                    lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error)
+                )
+            elif error is not None:
+                await self._finish(
+                    lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed")
+                )
+            else:
+                await self._finish(
+                    lease,
+                    latest.evolve(
+                        status="completed",
+                        finished_at=now,
+                        progress=100.0,
+                        message="completed",
+                        result=_summary(result),
+                    ),
+                )
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
         if await self._commit(lease, record):
