@@ -665,6 +665,30 @@ async def test_a_task_exceeding_the_grace_is_handed_back() -> None:
     assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
 
 
+async def test_an_outcome_is_recorded_even_when_shutdown_cancels_after_the_handler_returned() -> None:
+    """Shutdown's cancellation arriving after the handler is done must not leave the task "running"."""
+    hub = make_hub(shutdown_grace=0.05)
+
+    @hub.task("stubborn")
+    async def stubborn(ctx: TaskContext) -> str:
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            return "stopped early"  # swallows the cancellation and returns while it is still pending
+        return "slept"
+
+    with anyio.fail_after(10):
+        async with hub:
+            sink = await attach(hub)
+            record = await hub.submit("stubborn", owner=OWNER)
+            await wait_until(lambda: sink.has_status(record.id, "running"))
+    stored = await hub.queue.get(record.id)
+    assert stored is not None
+    assert (stored.status, stored.result) == ("completed", "stopped early")
+    assert (await hub.queue.statistics()).running == 0
+    assert sink.statuses(record.id)[-1] == "completed"
+
+
 # --- bounds -------------------------------------------------------------------------------
 
 
