@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 try:
-    from litestar import Litestar, Request, WebSocket, get, post, websocket
+    from litestar import Litestar, Request, WebSocket, asgi, get, post, websocket
     from litestar import Response as LitestarResponse
     from litestar.config.app import AppConfig
     from litestar.di import Provide
@@ -25,6 +25,7 @@ try:
     from litestar.handlers import BaseRouteHandler
     from litestar.openapi import OpenAPIConfig, ResponseSpec
     from litestar.plugins import InitPluginProtocol
+    from litestar.types import Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('progressq.litestar needs Litestar: pip install "progressq[litestar]"') from exc
 
@@ -33,6 +34,7 @@ from progressq.hub import Hub
 from progressq.messages import ErrorBody, StartedTask, StartTaskRequest, TaskView
 from progressq.transport import Caller, Endpoints, Response, TransportSettings
 from progressq.transport.http import forbidden_response
+from progressq.transport.sse import EventStreamSession
 
 __all__ = ("ProgressQPlugin", "create_app", "route_handlers")
 
@@ -155,8 +157,14 @@ def _handlers(endpoints: Endpoints) -> list[BaseRouteHandler]:
     async def events(socket: WebSocket[Any, Any, Any]) -> None:
         await endpoints.serve(socket, socket.receive, socket.send, gone=(WebSocketDisconnect,))
 
+    stream = EventStreamSession(endpoints.hub, endpoints.settings)
+
+    @asgi("/api/events", name="progressq:events", copy_scope=True)
+    async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
+        await stream(scope, receive, send)  # type: ignore[arg-type]
+
     handlers: list[BaseRouteHandler] = [index] if endpoints.settings.include_index else []
-    return [*handlers, health, status, start, list_tasks, get_task, cancel_task, events]
+    return [*handlers, health, status, start, list_tasks, get_task, cancel_task, events, event_stream]
 
 
 class ProgressQPlugin(InitPluginProtocol):
