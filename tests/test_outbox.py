@@ -287,6 +287,75 @@ def test_any_interleaving_sends_each_event_after_the_watermark_once_in_order(sce
 
 
 async def _take_all(outbox: Outbox) -> list[str]:
-    if not len(outbox):
-        return []
-    return await outbox.next_batch()
+    taken: list[str] = []
+    while len(outbox):
+        taken.extend(await outbox.next_batch())
+    return taken
+
+
+# --- a slow reader: merging, as a property ---------------------------------------------------
+
+
+def _collapse(states: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    return [state for index, state in enumerate(states) if index == 0 or states[index - 1] != state]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abc"),
+            st.sampled_from(["queued", "running", "running", "running", "completed"]),
+            st.integers(min_value=1, max_value=2),
+        ),
+        max_size=60,
+    ),
+    st.integers(min_value=1, max_value=20),
+    st.sampled_from(["asyncio", "trio"]),
+)
+def test_a_reader_that_falls_behind_loses_only_superseded_progress(
+    changes: list[tuple[str, str, int]], limit: int, backend: str
+) -> None:
+    """Nothing is read until the end: what arrives is every status change of every task, its
+    latest event, in seq order, or the outbox overflows and the connection is to be closed."""
+    events = [
+        Event(
+            seq,
+            "taskProgress",
+            task,
+            seq,
+            msgspec.json.encode({"id": task, "status": status, "attempt": attempt, "rev": seq}),
+        )
+        for seq, (task, status, attempt) in enumerate(changes, start=1)
+    ]
+
+    async def run() -> tuple[bool, list[str]]:
+        outbox = Outbox(limit=limit)
+        sink = IdentitySink(outbox)
+        sink.go_live(0, [], {})
+        for item in events:
+            sink.deliver(item)
+        assert len(outbox) <= limit
+        if outbox.overflowed:
+            with pytest.raises(SlowConsumer):
+                await outbox.next_batch()
+            return True, []
+        return False, await _take_all(outbox)
+
+    overflowed, sent = anyio.run(run, backend=backend)
+    if overflowed:
+        return
+    frames = {item.frame for item in events}
+    assert all(text in frames for text in sent)
+    messages = [msgspec.json.decode(text) for text in sent]
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(set(seqs))
+    for task in "abc":
+        mine = [item for item in events if item.task_id == task]
+        got = [m["task"] for m in messages if m["task"]["id"] == task]
+        if not mine:
+            assert got == []
+            continue
+        assert got[-1]["rev"] == mine[-1].seq  # the latest of each task always arrives
+        wanted = _collapse([(s, a) for t, s, a in changes if t == task])
+        assert _collapse([(m["status"], m["attempt"]) for m in got]) == wanted
