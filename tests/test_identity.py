@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from progressq import identity as identity_module
+from progressq.errors import ConfigurationError
 from progressq.identity import IdentityAuthority
 
 SECRET = "s" * 32
@@ -111,9 +112,9 @@ def test_max_age_accepts_fresh_ids_after_a_long_run(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize("secret", ["", "short", "x" * 15, b"y" * 15])
 def test_short_secrets_are_refused(secret: str | bytes) -> None:
-    with pytest.raises(ValueError, match="16 bytes"):
+    with pytest.raises(ConfigurationError, match="16 bytes"):
         IdentityAuthority(secret)
-    with pytest.raises(ValueError, match="16 bytes"):
+    with pytest.raises(ConfigurationError, match="16 bytes"):
         IdentityAuthority(SECRET, previous_secrets=[secret])
 
 

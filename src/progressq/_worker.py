@@ -148,7 +148,7 @@ class WorkerPool:
         with anyio.CancelScope(shield=True):
             latest = await ctx.close()
             now = utc_now()
-            if scope.cancelled_caught:
+            if scope.cancel_called:  # the owner asked, even if the handler swallowed it
                 await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
             elif error is not None and latest.attempt < policy.max_attempts:
                 await self._requeue(

@@ -16,6 +16,8 @@ import secrets
 import time
 from collections.abc import Sequence
 
+from progressq.errors import ConfigurationError
+
 __all__ = ("IdentityAuthority",)
 
 logger = logging.getLogger("progressq.identity")
@@ -31,7 +33,7 @@ def _b64(data: bytes) -> str:
 def _as_key(secret: str | bytes) -> bytes:
     key = secret.encode() if isinstance(secret, str) else secret
     if len(key) < 16:
-        raise ValueError("the identity secret must be at least 16 bytes long")
+        raise ConfigurationError("the identity secret must be at least 16 bytes long")
     return key
 
 

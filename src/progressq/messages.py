@@ -122,7 +122,7 @@ class PingRequest(msgspec.Struct, tag_field="type", tag="ping", rename="camel"):
 class ResumeRequest(msgspec.Struct, tag_field="type", tag="resume", rename="camel", kw_only=True):
     client_id: Annotated[str, msgspec.Meta(max_length=256)]
     token: str | None = None
-    last_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    last_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
 
 
 class CancelRequest(msgspec.Struct, tag_field="type", tag="cancel", rename="camel", kw_only=True):
