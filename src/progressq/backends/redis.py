@@ -182,13 +182,17 @@ class _PubSub:
         self._pubsub: PubSub = client.pubsub()
         self._subs: dict[bytes, _Subscription] = {}
         self._wake = anyio.Event()
+        # redis-py's PubSub opens its connection on the first command: two concurrent first
+        # subscribes would each open one and lose a confirmation. One command at a time.
+        self._lock = anyio.Lock()
 
     async def subscribe(self, channel: str, sub: _Subscription) -> None:
         name = channel.encode()
         self._subs[name] = sub
         try:
             with _unavailable("subscribe"):
-                await self._pubsub.subscribe(name)
+                async with self._lock:
+                    await self._pubsub.subscribe(name)
         except BaseException:
             if self._subs.get(name) is sub:
                 del self._subs[name]
@@ -200,7 +204,8 @@ class _PubSub:
         self._subs.pop(name, None)
         # On failure, a new connection subscribes only to what is still wanted.
         with suppress(*_REDIS_ERRORS):
-            await self._pubsub.unsubscribe(name)
+            async with self._lock:
+                await self._pubsub.unsubscribe(name)
 
     async def run(self) -> None:
         backoff = 0.05
@@ -242,6 +247,10 @@ class _PubSub:
 
     async def _reconnect(self) -> bool:
         """A new connection subscribed to every wanted channel; False if Redis is not back yet."""
+        async with self._lock:
+            return await self._reconnect_locked()
+
+    async def _reconnect_locked(self) -> bool:
         old, self._pubsub = self._pubsub, self._client.pubsub()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), suppress(Exception):  # broken already
             await old.aclose()  # type: ignore[no-untyped-call]
