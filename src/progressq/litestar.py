@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from progressq.errors import ConfigurationError, ForbiddenIdentity
 from progressq.hub import Hub
-from progressq.messages import ErrorBody, StartedTask, StartTaskRequest, TaskView
+from progressq.messages import ErrorBody, StartedTask, StartTaskRequest, TaskList, TaskView
 from progressq.transport import Caller, Endpoints, Response, TransportSettings
 from progressq.transport.http import forbidden_response
 from progressq.transport.sse import EventStreamSession
@@ -113,7 +113,16 @@ def _handlers(endpoints: Endpoints) -> list[BaseRouteHandler]:
         """Start a task for the caller (or for a new identity, returned as ``clientId``)."""
         return _reply(await endpoints.start(request, request.receive))
 
-    @get("/api/tasks", name="progressq:tasks", tags=_TAGS, responses={403: _FORBIDDEN, 503: _UNAVAILABLE})
+    @get(
+        "/api/tasks",
+        name="progressq:tasks",
+        tags=_TAGS,
+        responses={
+            200: ResponseSpec(TaskList, description="the caller's tasks, newest first", generate_examples=False),
+            403: _FORBIDDEN,
+            503: _UNAVAILABLE,
+        },
+    )
     async def list_tasks(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
         """The caller's tasks, newest first."""
         return _reply(await api.list_tasks(info(request)))

@@ -30,6 +30,7 @@ __all__ = (
     "TaskProgressMessage",
     "TaskQueuedMessage",
     "TaskStatus",
+    "TaskList",
     "TaskView",
     "TERMINAL_STATUSES",
     "decode_client_message",
@@ -56,6 +57,13 @@ class TaskView(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True)
     attempt: int
     error: str | msgspec.UnsetType = msgspec.UNSET
     result: Any | msgspec.UnsetType = msgspec.UNSET
+
+
+class TaskList(msgspec.Struct, rename="camel", kw_only=True):
+    """Answer to ``GET /api/tasks``: the caller's identity (None if it named none) and its tasks, newest first."""
+
+    client_id: str | None
+    tasks: list[TaskView]
 
 
 class StartedTask(TaskView, kw_only=True):

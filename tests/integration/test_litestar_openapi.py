@@ -65,6 +65,8 @@ def test_start_takes_a_start_request_and_answers_202_with_the_started_task(schem
 
 
 def test_task_routes_answer_task_views(schema: dict[str, Any]) -> None:
+    assert body_schema(schema["paths"]["/api/tasks"]["get"]["responses"]["200"]) == ref("TaskList")
+    assert set(schema["components"]["schemas"]["TaskList"]["properties"]) == {"clientId", "tasks"}
     assert body_schema(schema["paths"]["/api/task/{task_id}"]["get"]["responses"]["200"]) == ref("TaskView")
     cancel = schema["paths"]["/api/task/{task_id}/cancel"]["post"]["responses"]
     assert body_schema(cancel["200"]) == body_schema(cancel["202"]) == ref("TaskView")

@@ -24,7 +24,7 @@ from progressq.errors import (
     TaskNotFound,
 )
 from progressq.hub import Hub
-from progressq.messages import ErrorBody, ErrorDetail, StartedTask, StartTaskRequest, encode
+from progressq.messages import ErrorBody, ErrorDetail, StartedTask, StartTaskRequest, TaskList, encode
 from progressq.transport._identity import IdentityResolver
 from progressq.transport._settings import RequestInfo, TransportSettings
 
@@ -195,7 +195,7 @@ class HttpApi:
     async def list_tasks(self, request: RequestInfo) -> Response:
         owner = await self.identities.caller(request)
         records = [] if owner is None else await self.hub.list(owner=owner)
-        return _json(200, {"clientId": owner, "tasks": [r.view() for r in records]})
+        return _json(200, TaskList(client_id=owner, tasks=[r.view() for r in records]))
 
     @_guarded
     async def get_task(self, request: RequestInfo, task_id: str) -> Response:
