@@ -153,8 +153,13 @@ def demo_server(built_page: Path, tmp_path: Path, demo_framework: str) -> Iterat
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module.
+
+    Not per session: while Playwright's sync API is open its event loop counts as the
+    running one, and the async tests of other modules could not start theirs.
+    """
     executable = shutil.which("chromium")
     if executable is None:
         _unavailable("Chromium is not installed (Debian: apt-get install chromium)")
