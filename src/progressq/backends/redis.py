@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import contextmanager, suppress
 from importlib.resources import files
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -55,12 +55,15 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
 from progressq.contracts import (
+    Backend,
     CancelOutcome,
+    ClientRegistry,
     Event,
     EventSink,
     Lease,
     QueueStatistics,
     RegistryStatistics,
+    TaskQueue,
     TaskRecord,
     utc_now,
 )
@@ -995,3 +998,9 @@ class RedisBackend:
 
     async def _publish_record(self, record: TaskRecord) -> None:
         await self._registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
+
+
+if TYPE_CHECKING:  # mypy proves that the Redis backend satisfies the contracts
+    _backend: Backend = cast(RedisBackend, None)
+    _queue: TaskQueue = cast(RedisTaskQueue, None)
+    _registry: ClientRegistry = cast(RedisClientRegistry, None)
