@@ -117,3 +117,10 @@ async def test_limits_and_allowed_origins(page: Any) -> None:
         async with httpx.AsyncClient(base_url=server.http) as http:
             big = await http.post("/api/task/start", json={"name": "x" * 17_000, "duration": 1000})
             assert (big.status_code, big.json()["error"]["code"]) == (413, "body_too_large")
+
+
+async def test_the_tutorial_app_runs_as_written(page: Any) -> None:
+    docs = page("../tutorial.md")
+    with serve(docs.app, docs.hub) as server:
+        final = await run_a_task(server.http, server.ws)
+    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "completed")
