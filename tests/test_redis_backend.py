@@ -309,3 +309,35 @@ def _last_status(events: list[Any], ids: list[str]) -> list[str]:
     for event in events:
         last[event.task_id] = _view(event)["status"]
     return [last.get(task_id, "") for task_id in ids]
+
+
+async def test_workers_carry_on_after_redis_lost_its_data(make: Make) -> None:
+    """Every key gone under running workers (a restart without persistence): no crash, the
+    lost tasks write nothing, and new tasks run."""
+    from progressq import Hub, TaskContext
+
+    hub = Hub(make(lease_timeout=1.0), secret="data-loss-test-secret-01", concurrency=2, progress_interval=0.0)
+
+    @hub.task("steps")
+    async def steps(ctx: TaskContext) -> None:
+        for step in range(1, 11):
+            await anyio.sleep(0.05)
+            await ctx.report(step * 10)
+
+    async with hub:
+        backend = hub.backend
+        assert isinstance(backend, RedisBackend)
+        lost = await hub.submit("steps", owner="alice", payload={})
+        with anyio.fail_after(10):
+            while (await hub.get(lost.id, owner="alice")).status != "running":
+                await anyio.sleep(0.02)
+        keys = [key async for key in backend.client.scan_iter(match=f"{backend.prefix}:*")]
+        await backend.client.delete(*keys)
+        await anyio.sleep(1.0)
+        assert await backend.queue.get(lost.id) is None  # the lost task's worker wrote nothing more
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        fresh = await hub.submit("steps", owner="alice", payload={})
+        await sink.wait_for(lambda events: any(_view(e)["status"] == "completed" for e in events), 20)
+        assert (await hub.get(fresh.id, owner="alice")).status == "completed"
+        assert sink.seqs == list(range(1, len(sink.seqs) + 1))

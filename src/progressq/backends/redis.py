@@ -385,15 +385,22 @@ class RedisTaskQueue:
                 return lease
 
     async def _next(self) -> Lease | None:
-        with _unavailable("lease"):
-            if not self._group_ready:
-                await self._ensure_group()
-            entry = await self._reclaim_one()
-            if entry is None:
-                entry = await self._read_one()
-            if entry is None:
+        try:
+            with _unavailable("lease"):
+                if not self._group_ready:
+                    await self._ensure_group()
+                entry = await self._reclaim_one()
+                if entry is None:
+                    entry = await self._read_one()
+                if entry is None:
+                    return None
+                return await self._claim(*entry)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream is gone (Redis lost its data): start again
+                self._group_ready = False
+                self._cursor = "0-0"
                 return None
-            return await self._claim(*entry)
+            raise BackendUnavailable(f"Redis refused to hand out work: {exc}") from exc
 
     async def _ensure_group(self) -> None:
         try:
@@ -429,6 +436,7 @@ class RedisTaskQueue:
         except redis_errors.ResponseError as exc:
             if "NOGROUP" in str(exc):
                 self._group_ready = False
+                self._cursor = "0-0"
                 return None
             raise
         streams: Any = answer or []
