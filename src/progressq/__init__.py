@@ -18,6 +18,7 @@ from progressq.errors import (
     QueueFull,
     TaskAlreadyFinished,
     TaskNotFound,
+    TooManyTasks,
     UnknownTaskKind,
 )
 from progressq.hub import Hub
@@ -47,6 +48,7 @@ __all__ = (
     "TaskPolicy",
     "TaskQueue",
     "TaskRecord",
+    "TooManyTasks",
     "UnknownTaskKind",
     "__version__",
 )

@@ -8,6 +8,7 @@ __all__ = (
     "ProgressQError",
     "QueueFull",
     "TaskNotFound",
+    "TooManyTasks",
     "TaskAlreadyFinished",
     "UnknownTaskKind",
     "BackendUnavailable",
@@ -31,6 +32,14 @@ class QueueFull(ProgressQError):
 
     def __init__(self, retry_after: float = 1.0) -> None:
         super().__init__("the task queue is full")
+        self.retry_after = retry_after
+
+
+class TooManyTasks(ProgressQError):
+    """The owner already has the most unfinished tasks the hub allows; nothing was queued."""
+
+    def __init__(self, retry_after: float = 5.0) -> None:
+        super().__init__("the owner has too many unfinished tasks")
         self.retry_after = retry_after
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
@@ -13,15 +15,18 @@ import anyio
 import msgspec
 
 from progressq._context import TaskContext
+from progressq._logonce import LogOnce, fingerprint
 from progressq._worker import TaskPolicy, WorkerPool
 from progressq.contracts import Backend, ClientRegistry, TaskQueue, TaskRecord
-from progressq.errors import ConfigurationError, TaskAlreadyFinished, TaskNotFound, UnknownTaskKind
+from progressq.errors import ConfigurationError, TaskAlreadyFinished, TaskNotFound, TooManyTasks, UnknownTaskKind
 from progressq.identity import IdentityAuthority
 
 __all__ = ("Handler", "Hub")
 
 Handler = Callable[[TaskContext], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
+
+logger = logging.getLogger("progressq.hub")
 
 _MAX_NAME_LENGTH = 200
 
@@ -69,6 +74,10 @@ class Hub:
             clients (workers run elsewhere).
         progress_interval: least seconds between two progress events of one task.
         shutdown_grace: seconds running tasks get to finish when the hub closes.
+        max_active_per_owner: unfinished (queued or running) tasks one owner may have;
+            :meth:`submit` raises ``TooManyTasks`` beyond it. ``None`` for no limit. Checked
+            against the backend's task index, so with several web processes two submits
+            racing each other may both pass.
     """
 
     def __init__(
@@ -81,9 +90,12 @@ class Hub:
         concurrency: int = 8,
         progress_interval: float = 0.05,
         shutdown_grace: float = 10.0,
+        max_active_per_owner: int | None = 100,
     ) -> None:
         if concurrency < 0 or progress_interval < 0 or shutdown_grace < 0:
             raise ConfigurationError("concurrency, progress_interval and shutdown_grace must be >= 0")
+        if max_active_per_owner is not None and max_active_per_owner < 1:
+            raise ConfigurationError("max_active_per_owner must be >= 1 (or None for no limit)")
         if backend is None:
             from progressq.backends.memory import MemoryBackend
 
@@ -97,6 +109,9 @@ class Hub:
         self.concurrency = concurrency
         self.progress_interval = progress_interval
         self.shutdown_grace = shutdown_grace
+        self.max_active_per_owner = max_active_per_owner
+        self._owner_locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._over_limit = LogOnce()
         self._handlers = _HandlerRegistry()
         self._pool: WorkerPool | None = None
         self._stack: AsyncExitStack | None = None
@@ -179,6 +194,7 @@ class Hub:
         Raises:
             UnknownTaskKind: no handler is registered for ``kind``.
             QueueFull: the backend is at capacity; nothing was queued.
+            TooManyTasks: ``owner`` has ``max_active_per_owner`` unfinished tasks already.
             ValueError: ``name`` is empty or longer than 200 characters.
         """
         if kind not in self._handlers.handlers:
@@ -190,9 +206,41 @@ class Hub:
             id=secrets.token_urlsafe(12), kind=kind, name=display, owner=owner, payload=dict(payload or {})
         )
         msgspec.json.encode(record.payload)  # fail here, not in a worker, on a payload that cannot travel
-        await self.queue.enqueue(record)
+        if self.max_active_per_owner is None:
+            await self.queue.enqueue(record)
+        else:
+            async with self._owner_lock(owner):  # this process's submits for one owner: one at a time
+                await self._check_active(owner, self.max_active_per_owner)
+                await self.queue.enqueue(record)
         await self.registry.publish(owner, "taskQueued", record.id, record.revision, record.view_json())
         return record
+
+    @contextlib.asynccontextmanager
+    async def _owner_lock(self, owner: str) -> AsyncIterator[None]:
+        lock, users = self._owner_locks.get(owner) or (anyio.Lock(), 0)
+        self._owner_locks[owner] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._owner_locks[owner]
+            if users == 1:
+                del self._owner_locks[owner]
+            else:
+                self._owner_locks[owner] = (lock, users - 1)
+
+    async def _check_active(self, owner: str, limit: int) -> None:
+        active = sum(1 for record in await self.queue.list_by_owner(owner) if not record.finished)
+        if active >= limit:
+            if self._over_limit.first(owner):
+                logger.warning(
+                    "refused a task: owner %s has %d unfinished tasks (max_active_per_owner=%d); "
+                    "further refusals for this owner are not logged for a minute",
+                    fingerprint(owner),
+                    active,
+                    limit,
+                )
+            raise TooManyTasks()
 
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:
         """One of ``owner``'s tasks. Raises ``TaskNotFound`` for any other id."""

@@ -9,6 +9,7 @@ from progressq.transport._settings import Identify, RequestInfo, TransportSettin
 from progressq.transport.http import ENDPOINTS, BodyTooLarge, HttpApi, Response, read_body
 from progressq.transport.websocket import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
@@ -19,6 +20,7 @@ from progressq.transport.websocket import (
 
 __all__ = (
     "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",

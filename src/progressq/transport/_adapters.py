@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from progressq.hub import Hub
-from progressq.transport._identity import IdentityResolver
+from progressq.transport._identity import IdentityResolver, warn_if_any_origin
 from progressq.transport._settings import RequestInfo, TransportSettings
 from progressq.transport.http import HttpApi, Response
 from progressq.transport.websocket import PeerGone, WebSocketSession
@@ -181,5 +181,6 @@ class Endpoints:
     async def running(self) -> AsyncIterator[None]:
         """The hub, open; checked first, so that a misconfigured app fails at startup."""
         self.api.start_kind()
+        warn_if_any_origin(self.settings)
         async with self.hub:
             yield

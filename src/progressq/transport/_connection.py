@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Protocol
+import weakref
+from typing import ClassVar, Protocol
 
 import anyio
 import msgspec
 
+from progressq._logonce import LogOnce, fingerprint
 from progressq.contracts import utc_now
 from progressq.errors import BackendUnavailable, TaskAlreadyFinished, TaskNotFound
 from progressq.hub import Hub
@@ -34,10 +36,12 @@ from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = (
     "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
     "Connection",
+    "ConnectionCounts",
     "Peer",
     "PeerGone",
 )
@@ -47,9 +51,12 @@ logger = logging.getLogger("progressq.transport")
 CLOSE_GOING_AWAY = 1001
 """The server is shutting down."""
 CLOSE_POLICY_VIOLATION = 1008
-"""A forged or unknown client id, a refused origin, or too many messages too fast."""
+"""A forged or unknown client id, a refused origin, too many messages too fast, or too many
+connections of one identity."""
 CLOSE_TOO_BIG = 1009
 """A client frame over ``max_frame_bytes``."""
+CLOSE_INTERNAL_ERROR = 1011
+"""The server failed unexpectedly (logged on the server; the reason says nothing more)."""
 CLOSE_SLOW_CONSUMER = 1013
 """The client did not keep up; reconnect and resume with ``lastSeq``."""
 
@@ -78,6 +85,51 @@ class _Close(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class ConnectionCounts:
+    """Open connections per identity in this process, shared by a hub's WebSockets and
+    event streams (see :meth:`of`)."""
+
+    _of_hub: ClassVar[weakref.WeakKeyDictionary[Hub, ConnectionCounts]] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._refusals = LogOnce()
+
+    @classmethod
+    def of(cls, hub: Hub) -> ConnectionCounts:
+        """The counts of ``hub``'s connections (one per hub, whichever transport asks)."""
+        counts = cls._of_hub.get(hub)
+        if counts is None:
+            counts = cls._of_hub[hub] = ConnectionCounts()
+        return counts
+
+    def full(self, identity: str, limit: int) -> bool:
+        """True (and logged, once a minute per identity) when ``identity`` is at ``limit``."""
+        if self._counts.get(identity, 0) < limit:
+            return False
+        if self._refusals.first(identity):
+            logger.warning(
+                "refused a connection: identity %s already has %d connections (max_connections_per_identity); "
+                "further refusals for this identity are not logged for a minute",
+                fingerprint(identity),
+                limit,
+            )
+        return True
+
+    def add(self, identity: str, limit: int) -> bool:
+        if self.full(identity, limit):
+            return False
+        self._counts[identity] = self._counts.get(identity, 0) + 1
+        return True
+
+    def remove(self, identity: str) -> None:
+        left = self._counts.get(identity, 0) - 1
+        if left > 0:
+            self._counts[identity] = left
+        else:
+            self._counts.pop(identity, None)
 
 
 class _TokenBucket:
@@ -124,6 +176,8 @@ class Connection:
         self._socket_id = socket_id
         self._identity = socket_id
         self._sink: IdentitySink | None = None
+        self._counts = ConnectionCounts.of(hub)
+        self._counted: str | None = None
 
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
@@ -138,6 +192,9 @@ class Connection:
             close = closing.exceptions[0]  # type: ignore[assignment]
         except* (PeerGone, BackendUnavailable, OSError):
             pass
+        except* Exception:
+            logger.exception("a connection failed")
+            close = _Close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._unfollow()
@@ -178,6 +235,9 @@ class Connection:
         With ``last_seq``: exactly the missed events when history holds them
         (``recovered: true``), else a snapshot. A resume says ``recovered`` either way.
         """
+        if not self._counts.add(identity, self._settings.max_connections_per_identity):
+            raise _Close(CLOSE_POLICY_VIOLATION, "too many connections")
+        self._counted = identity
         registry = self._hub.registry
         sink = IdentitySink(self._outbox)
         self._identity, self._sink = identity, sink
@@ -198,6 +258,9 @@ class Connection:
         sink.go_live(seq, [], {r.id: (r.revision, encode(v)) for r, v in zip(records, views, strict=True)})
 
     async def _unfollow(self) -> None:
+        counted, self._counted = self._counted, None
+        if counted is not None:
+            self._counts.remove(counted)
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.active = False
@@ -213,6 +276,7 @@ class Connection:
             frame = await self._peer.receive()
             size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
             if size > self._settings.max_frame_bytes:
+                logger.info("closing a connection of %s: a %d-byte frame", self._request.client, size)
                 raise _Close(CLOSE_TOO_BIG, "frame too large")
             if not self._bucket.take():
                 logger.info("closing a connection of %s: message rate exceeded", self._request.client)

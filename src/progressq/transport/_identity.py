@@ -9,7 +9,7 @@ from progressq.errors import ForbiddenIdentity
 from progressq.identity import IdentityAuthority
 from progressq.transport._settings import Identify, RequestInfo, TransportSettings
 
-__all__ = ("IdentityResolver", "origin_allowed")
+__all__ = ("IdentityResolver", "origin_allowed", "warn_if_any_origin")
 
 logger = logging.getLogger("progressq.transport")
 
@@ -57,10 +57,11 @@ class IdentityResolver:
 
 
 def origin_allowed(request: RequestInfo, settings: TransportSettings) -> bool:
-    """Cross-site WebSocket hijacking guard for handshakes.
+    """Cross-site request guard for handshakes and the routes that change state.
 
-    Browsers always send ``Origin`` on WebSocket and cross-origin requests; a request
-    without one is not from a browser page, and is allowed.
+    Browsers always send ``Origin`` on WebSocket handshakes, cross-origin requests and
+    POSTs; a request without one is not from a browser page, and is allowed. ``Origin:
+    null`` (sandboxed frames, local files) is refused unless ``"*"`` is allowed.
     """
     origin = request.headers.get("origin")
     if origin is None:
@@ -68,3 +69,12 @@ def origin_allowed(request: RequestInfo, settings: TransportSettings) -> bool:
     if "*" in settings.allowed_origins or origin in settings.allowed_origins:
         return True
     return urlsplit(origin).netloc == request.headers.get("host")
+
+
+def warn_if_any_origin(settings: TransportSettings) -> None:
+    """Log a warning when ``allowed_origins`` lets any site in (called at startup)."""
+    if "*" in settings.allowed_origins:
+        logger.warning(
+            "progressq: allowed_origins contains '*': pages of ANY site may open WebSockets and "
+            "event streams and start or cancel tasks in a visitor's name. List your origins instead."
+        )

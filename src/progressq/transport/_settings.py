@@ -42,12 +42,16 @@ class TransportSettings:
             registered kind when omitted.
         identify: see :data:`Identify`.
         allowed_origins: origins (``https://app.example``) allowed to open a WebSocket or
-            event stream besides the server's own origin; ``"*"`` allows any.
+            event stream, or to start and cancel tasks, besides the server's own origin;
+            ``"*"`` allows any (and logs a warning at startup). A request without ``Origin``
+            (not a browser) is allowed.
         max_body_bytes: largest HTTP request body (413 beyond).
         max_frame_bytes: largest WebSocket frame from a client (close 1009 beyond).
         messages_per_second: sustained client messages allowed per connection.
         message_burst: client messages allowed at once before the rate applies (close 1008
             beyond).
+        max_connections_per_identity: open WebSockets and event streams one identity may
+            have in this process (close 1008, or 429 for an event stream, beyond).
         outbox_size: messages queued for one connection before it counts as too slow
             (close 1013; the client resumes from history).
         send_timeout: seconds one send may take before the connection is dropped.
@@ -61,6 +65,7 @@ class TransportSettings:
     max_frame_bytes: int = 64 * 1024
     messages_per_second: float = 20.0
     message_burst: int = 40
+    max_connections_per_identity: int = 16
     outbox_size: int = 1024
     send_timeout: float = 10.0
     include_index: bool = True

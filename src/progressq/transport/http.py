@@ -22,10 +22,12 @@ from progressq.errors import (
     QueueFull,
     TaskAlreadyFinished,
     TaskNotFound,
+    TooManyTasks,
 )
 from progressq.hub import Hub
 from progressq.messages import ErrorBody, ErrorDetail, StartedTask, StartTaskRequest, TaskList, encode
-from progressq.transport._identity import IdentityResolver
+from progressq.transport._connection import PeerGone
+from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = ("ENDPOINTS", "BodyTooLarge", "HttpApi", "Response", "error_response", "forbidden_response", "read_body")
@@ -105,9 +107,19 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
                 "the task queue is full; try again later",
                 headers={"Retry-After": str(max(1, round(exc.retry_after)))},
             )
+        except TooManyTasks as exc:
+            return error_response(
+                429,
+                "too_many_tasks",
+                "too many unfinished tasks; wait for one to finish",
+                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+            )
         except (BackendUnavailable, OSError):
             logger.warning("backend unavailable", exc_info=True)
             return error_response(503, "backend_unavailable", "the service is temporarily unavailable")
+        except Exception:  # the details go to the log, never to the client
+            logger.exception("a request failed")
+            return error_response(500, "internal_error", "the server could not handle this request")
 
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__
@@ -166,6 +178,8 @@ class HttpApi:
 
     @_guarded
     async def start(self, request: RequestInfo, body: bytes) -> Response:
+        if not origin_allowed(request, self.settings):
+            return _origin_refused(request)
         try:
             start = msgspec.json.decode(body, type=StartTaskRequest)
         except msgspec.ValidationError as exc:
@@ -181,6 +195,7 @@ class HttpApi:
         started = StartedTask(**{f: getattr(view, f) for f in view.__struct_fields__}, client_id=owner)
         return _json(202, started)
 
+    @_guarded
     async def start_streamed(self, request: RequestInfo, chunks: AsyncIterable[bytes]) -> Response:
         """:meth:`start`, reading the body from ``chunks`` within ``max_body_bytes`` (413 beyond)."""
         try:
@@ -189,6 +204,8 @@ class HttpApi:
             )
         except BodyTooLarge:
             return error_response(413, "body_too_large", "the request body is too large")
+        except PeerGone:  # the client left before its body ended; nobody reads this answer
+            return error_response(400, "incomplete_body", "the request body ended early")
         return await self.start(request, body)
 
     @_guarded
@@ -206,6 +223,8 @@ class HttpApi:
 
     @_guarded
     async def cancel_task(self, request: RequestInfo, task_id: str) -> Response:
+        if not origin_allowed(request, self.settings):
+            return _origin_refused(request)
         owner = await self.identities.caller(request)
         if owner is None:
             raise TaskNotFound(task_id)
@@ -215,6 +234,12 @@ class HttpApi:
             return error_response(409, "already_finished", "the task has already finished")
         # 200: cancelled now (it was queued); 202: its worker was told and will stop it.
         return _json(200 if record.finished else 202, record.view())
+
+
+def _origin_refused(request: RequestInfo) -> Response:
+    """A state-changing request from a page of another site (cross-site request forgery)."""
+    logger.info("refused a request from origin %r", request.headers.get("origin"))
+    return error_response(403, "origin_not_allowed", "this origin may not start or cancel tasks")
 
 
 def _field_of(exc: msgspec.ValidationError) -> str | None:

@@ -21,7 +21,7 @@ import anyio
 
 from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
-from progressq.transport._connection import Connection, PeerGone
+from progressq.transport._connection import Connection, ConnectionCounts, PeerGone
 from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._settings import RequestInfo, TransportSettings
 from progressq.transport.http import Response, error_response, forbidden_response
@@ -121,7 +121,11 @@ class EventStreamSession:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = request_from_scope(scope)
-        refusal = await self._refusal(scope, request)
+        try:
+            refusal = await self._refusal(scope, request)
+        except Exception:  # the details go to the log, never to the client
+            logger.exception("an event stream request failed")
+            refusal = error_response(500, "internal_error", "the server could not handle this request")
         if isinstance(refusal, Response):
             await _reply(send, refusal)
             return
@@ -149,6 +153,15 @@ class EventStreamSession:
             identity = await self.identities.caller(request, (query.get("clientId") or [None])[0])
         except ForbiddenIdentity:
             return forbidden_response()
+        if identity is not None and ConnectionCounts.of(self.hub).full(
+            identity, self.settings.max_connections_per_identity
+        ):
+            return error_response(
+                429,
+                "too_many_connections",
+                "this client id has too many open connections",
+                headers={"Retry-After": "5"},
+            )
         last = request.headers.get("last-event-id") or (query.get("lastEventId") or [None])[0]
         last_seq = int(last) if last is not None and last.isdigit() and len(last) < 19 else None
         if identity is None and last_seq is not None:

@@ -12,6 +12,7 @@ import logging
 from progressq.hub import Hub
 from progressq.transport._connection import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
@@ -24,6 +25,7 @@ from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = (
     "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
@@ -49,7 +51,10 @@ class WebSocketSession:
             logger.info("refused a WebSocket from origin %r", request.headers.get("origin"))
             await peer.close(CLOSE_POLICY_VIOLATION, "origin not allowed")
             return
-        await peer.accept()
+        try:
+            await peer.accept()
+        except PeerGone:
+            return  # the client left during the handshake
         socket_id = self.hub.identities.mint()
         connection = Connection(self.hub, self.settings, self.identities, peer, request, socket_id)
         await connection.run(await self.identities.vouched(request) or socket_id)
