@@ -1,0 +1,193 @@
+"""The Redis backend bundle: a queue and a registry on one client and prefix."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import anyio.abc
+from redis.asyncio import Redis
+
+from progressq.backends.redis._common import _Keys, _redacted, _Scripts
+from progressq.backends.redis._pubsub import _PubSub
+from progressq.backends.redis._queue import RedisTaskQueue
+from progressq.backends.redis._registry import RedisClientRegistry
+from progressq.contracts import (
+    Backend,
+    ClientRegistry,
+    TaskQueue,
+    TaskRecord,
+)
+from progressq.errors import ConfigurationError
+
+logger = logging.getLogger("progressq.redis")
+
+
+class RedisBackend:
+    """Queue and registry on one Redis, for many web and worker processes.
+
+    Open it for the application's lifetime (the Hub does): ``async with backend: ...``.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` made with ``decode_responses=False`` (the default).
+        prefix: every key and channel starts with ``prefix:``; apps sharing a Redis use
+            different prefixes.
+        capacity: most tasks waiting at once (``enqueue`` raises ``QueueFull`` beyond it);
+            ``None`` for no limit.
+        retention: seconds a finished task's record stays readable and listed.
+        history_size: events kept per identity for resuming (approximately: at least this many).
+        history_ttl: seconds an identity's history and seq outlive its last event.
+        lease_timeout: seconds without a heartbeat after which a running task is taken
+            over by another worker. Heartbeats go every third of it.
+        max_deliveries: deliveries of one task without an outcome (its workers died or
+            stalled) before it is ``failed`` instead of run again.
+        consumer: this process's name in the workers' group; host, pid and a random
+            suffix when omitted.
+        attach_timeout: seconds ``attach`` waits for Redis to confirm a subscription.
+        close_client: close ``client`` when the backend closes (``from_url`` sets it).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "progressq",
+        capacity: int | None = None,
+        retention: float = 86_400.0,
+        history_size: int = 1000,
+        history_ttl: float = 86_400.0,
+        lease_timeout: float = 30.0,
+        max_deliveries: int = 5,
+        consumer: str | None = None,
+        attach_timeout: float = 10.0,
+        close_client: bool = False,
+    ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigurationError("the Redis backend needs a client made with decode_responses=False")
+        if capacity is not None and capacity < 1:
+            raise ConfigurationError("capacity must be >= 1 or None")
+        if retention <= 0 or history_ttl <= 0 or lease_timeout <= 0 or attach_timeout <= 0:
+            raise ConfigurationError("retention, history_ttl, lease_timeout and attach_timeout must be > 0")
+        if history_size < 1 or max_deliveries < 1:
+            raise ConfigurationError("history_size and max_deliveries must be >= 1")
+        self.client = client
+        self.prefix = prefix
+        self._keys = _Keys(prefix)
+        self._close_client = close_client
+        self._url: str | None = None
+        scripts = _Scripts(client)
+        self._pubsub = _PubSub(client)
+        self._registry = RedisClientRegistry(
+            client, scripts, self._keys, self._pubsub, history_size=history_size, history_ttl=history_ttl,
+            attach_timeout=attach_timeout,
+        )  # fmt: skip
+        self._queue = RedisTaskQueue(
+            client,
+            scripts,
+            self._keys,
+            self._pubsub,
+            capacity=capacity,
+            retention=retention,
+            lease_timeout=lease_timeout,
+            max_deliveries=max_deliveries,
+            consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            publish=self._publish_record,
+        )
+        self._group: anyio.abc.TaskGroup | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "progressq", **options: Any) -> RedisBackend:
+        """A backend with its own client for ``url`` (``redis://[:password@]host:port/db``,
+        ``rediss://`` for TLS, ``unix://``), closed with the backend.
+
+        ``options`` are the keyword arguments of :class:`RedisBackend` (``capacity``,
+        ``lease_timeout``, ...).
+        """
+        try:
+            client = Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=5.0,
+                socket_timeout=15.0,  # above the longest blocking read (1 s)
+                health_check_interval=10,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"not a Redis URL: {_redacted(url)!r} ({exc})") from exc
+        backend = cls(client, prefix=prefix, close_client=True, **options)
+        backend._url = url
+        return backend
+
+    @property
+    def url(self) -> str:
+        """Where this backend's Redis is, without a password."""
+        if self._url is not None:
+            return _redacted(self._url)
+        kwargs = self.client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+    @property
+    def queue(self) -> RedisTaskQueue:
+        return self._queue
+
+    @property
+    def registry(self) -> RedisClientRegistry:
+        return self._registry
+
+    async def ping(self) -> bool:
+        """True when Redis answers; False (never an exception) when it does not."""
+        try:
+            with anyio.fail_after(2.0):
+                return bool(await self.client.ping())
+        except Exception:
+            return False
+
+    async def __aenter__(self) -> RedisBackend:
+        try:
+            import asyncio
+
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError("the Redis backend runs on asyncio only (redis-py's client needs it)") from None
+        if self._group is not None:
+            raise ConfigurationError("this backend is already open")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        group.start_soon(self._pubsub.run)
+        group.start_soon(self._queue._heartbeat)
+        self._group = group
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening and heartbeating; close the client if the backend made it."""
+        group, self._group = self._group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+        await self._pubsub.aclose()
+        if self._close_client:
+            with anyio.CancelScope(shield=True):
+                await self.client.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.url}, prefix={self.prefix!r})"
+
+    async def _publish_record(self, record: TaskRecord) -> None:
+        await self._registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
+
+
+if TYPE_CHECKING:  # mypy proves that the Redis backend satisfies the contracts
+    _backend: Backend = cast(RedisBackend, None)
+    _queue: TaskQueue = cast(RedisTaskQueue, None)
+    _registry: ClientRegistry = cast(RedisClientRegistry, None)

@@ -1,0 +1,111 @@
+"""Shared pieces of the Redis backend: keys, scripts, errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from progressq.contracts import (
+    TaskRecord,
+)
+from progressq.errors import BackendUnavailable, ConfigurationError
+from progressq.messages import EventType
+
+logger = logging.getLogger("progressq.redis")
+
+
+_GROUP = "workers"
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+_EVENT_KINDS: dict[bytes, EventType] = {b"taskQueued": "taskQueued", b"taskProgress": "taskProgress"}
+_record_decoder = msgspec.json.Decoder(TaskRecord)
+_record_encoder = msgspec.json.Encoder()
+
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Turn a Redis connection failure into ``BackendUnavailable``."""
+    try:
+        yield
+    except _REDIS_ERRORS as exc:
+        raise BackendUnavailable(f"Redis did not answer ({what}): {exc}") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Scripts:
+    """The Lua scripts shipped next to this module, registered on one client."""
+
+    def __init__(self, client: Redis) -> None:
+        folder = files("progressq.backends.redis").joinpath("scripts")
+
+        def load(name: str) -> AsyncScript:
+            return client.register_script(folder.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
+
+        self.enqueue = load("enqueue")
+        self.claim = load("claim")
+        self.save = load("save")
+        self.release = load("release")
+        self.finish = load("finish")
+        self.extend = load("extend")
+        self.cancel = load("cancel")
+        self.publish = load("publish")
+
+
+class _Keys:
+    """Every key and channel name, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ConfigurationError("the key prefix must be a non-empty string without spaces")
+        self.prefix = prefix
+        self.stream = f"{prefix}:queue"
+        self.counters = f"{prefix}:counters"
+        self.cancel_channel = f"{prefix}:cancel"
+        self.unfinished = f"{prefix}:unfinished"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def owner(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}"
+
+    def seq(self, identity: str) -> str:
+        return f"{self.prefix}:seq:{identity}"
+
+    def history(self, identity: str) -> str:
+        return f"{self.prefix}:history:{identity}"
+
+    def channel(self, identity: str) -> str:
+        return f"{self.prefix}:events:{identity}"
+
+
+# --- pub/sub --------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""The Redis client registry: per-identity seq, history stream and pub/sub delivery."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+from redis.asyncio import Redis
+
+from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _Scripts, _text, _unavailable
+from progressq.backends.redis._pubsub import _PubSub, _Subscription
+from progressq.contracts import (
+    Event,
+    EventSink,
+    RegistryStatistics,
+)
+from progressq.errors import BackendUnavailable
+from progressq.messages import EventType
+
+logger = logging.getLogger("progressq.redis")
+
+
+class _Identity(_Subscription):
+    """The live state of one identity attached in this process."""
+
+    def __init__(self, registry: RedisClientRegistry, identity: str) -> None:
+        self.registry = registry
+        self.identity = identity
+        self.sinks: set[EventSink] = set()
+        self.last: int | None = None  # last seq delivered to the sinks
+        self.ready = anyio.Event()
+
+    async def confirmed(self) -> None:
+        if self.last is None:
+            self.last = await self.registry.current_seq(self.identity)
+            self.ready.set()
+        else:  # subscribed again after a lost connection: fetch what was missed
+            await self._fill()
+
+    async def message(self, data: bytes) -> None:
+        if self.last is None:
+            return
+        seq_text, rev_text, kind_text, length_text, rest = data.split(b":", 4)
+        seq = int(seq_text)
+        if seq <= self.last:
+            return
+        if seq > self.last + 1:
+            await self._fill()
+            if seq <= self.last:
+                return
+            if seq > self.last + 1:
+                logger.warning(
+                    "identity %s: events %d to %d are no longer in the history", self.identity, self.last + 1, seq - 1
+                )
+        length = int(length_text)
+        self._deliver(Event(seq, _EVENT_KINDS[kind_text], rest[:length].decode(), int(rev_text), rest[length:]))
+
+    async def _fill(self) -> None:
+        assert self.last is not None
+        events = await self.registry.events_after(self.identity, self.last)
+        if events is None:
+            return
+        for event in events:
+            if event.seq > self.last:
+                self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        self.last = event.seq
+        for sink in tuple(self.sinks):
+            try:
+                sink.deliver(event)
+            except Exception:
+                logger.exception("a sink of identity %s failed to take event %d", self.identity, event.seq)
+
+
+class RedisClientRegistry:
+    """Sequencing, history and live delivery on Redis. Made by :class:`RedisBackend`."""
+
+    def __init__(
+        self,
+        client: Redis,
+        scripts: _Scripts,
+        keys: _Keys,
+        pubsub: _PubSub,
+        *,
+        history_size: int,
+        history_ttl: float,
+        attach_timeout: float,
+    ) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._keys = keys
+        self._pubsub = pubsub
+        self._history_size = history_size
+        self._history_ttl = max(1, math.ceil(history_ttl))
+        self._attach_timeout = attach_timeout
+        self._identities: dict[str, _Identity] = {}
+
+    async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
+        """Number, store and publish one event.
+
+        Returns the event; its ``seq`` is 0 when it was dropped because its task has
+        moved on (a newer revision is stored, or this one was already published).
+        """
+        with _unavailable("publish"):
+            seq = await self._scripts.publish(
+                keys=[self._keys.seq(identity), self._keys.history(identity), self._keys.task(task_id)],
+                args=[
+                    kind,
+                    task_id,
+                    revision,
+                    task_json,
+                    self._history_size,
+                    self._history_ttl,
+                    self._keys.channel(identity),
+                ],
+            )
+        return Event(int(seq), kind, task_id, revision, task_json)
+
+    async def attach(self, identity: str, sink: EventSink) -> None:
+        state = self._identities.get(identity)
+        created = state is None
+        if state is None:
+            state = self._identities[identity] = _Identity(self, identity)
+        state.sinks.add(sink)
+        try:
+            if created:
+                await self._pubsub.subscribe(self._keys.channel(identity), state)
+            with anyio.fail_after(self._attach_timeout):
+                await state.ready.wait()
+        except TimeoutError as exc:
+            await self.detach(identity, sink)
+            raise BackendUnavailable("Redis did not confirm the subscription") from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.detach(identity, sink)
+            raise
+
+    async def detach(self, identity: str, sink: EventSink) -> None:
+        state = self._identities.get(identity)
+        if state is None:
+            return
+        state.sinks.discard(sink)
+        if not state.sinks:
+            del self._identities[identity]
+            await self._pubsub.unsubscribe(self._keys.channel(identity))
+
+    async def current_seq(self, identity: str) -> int:
+        with _unavailable("current_seq"):
+            value = await self._client.get(self._keys.seq(identity))
+        return int(value or 0)
+
+    async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
+        with _unavailable("events_after"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(self._keys.seq(identity))
+                pipe.xrange(self._keys.history(identity), min=f"{seq + 1}-0", max="+")
+                current_raw, entries = await pipe.execute()
+        current = int(current_raw or 0)
+        if seq > current:
+            return None  # the client knows of events this history does not
+        if seq == current:
+            return []
+        events = [_event_from(entry_id, fields) for entry_id, fields in entries]
+        events = [event for event in events if event.seq <= current]
+        if len(events) != current - seq or events[0].seq != seq + 1:
+            return None
+        return events
+
+    def statistics(self) -> RegistryStatistics:
+        connections = sum(len(state.sinks) for state in self._identities.values())
+        return RegistryStatistics(connections=connections, clients=len(self._identities))
+
+
+def _event_from(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
+    seq = int(_text(entry_id).partition("-")[0])
+    return Event(seq, _EVENT_KINDS[fields[b"k"]], fields[b"t"].decode(), int(fields[b"r"]), fields[b"j"])
+
+
+# --- the backend ----------------------------------------------------------------------
