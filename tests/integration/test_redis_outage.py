@@ -1,0 +1,61 @@
+"""A web app on Redis while Redis goes away and comes back: clear answers, never a 500,
+and it recovers by itself; tasks acknowledged before the outage still finish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from progressq.backends.redis import RedisBackend
+from progressq.transport import TransportSettings
+from tests.apps import build_app, make_hub, serve
+from tests.integration.client import WsClient, start_task, terminal
+from tests.redis_support import private_redis
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+async def wait_for_health(http: httpx.AsyncClient, status: int, within: float = 30) -> None:
+    with anyio.fail_after(within):
+        while (await http.get("/health")).status_code != status:
+            await anyio.sleep(0.1)
+
+
+async def test_health_and_answers_follow_redis_and_nothing_acknowledged_is_lost(framework: str, tmp_path: Path) -> None:
+    with private_redis(data_dir=tmp_path) as redis_server:
+        backend = RedisBackend.from_url(redis_server.url, prefix="outage", lease_timeout=1.0)
+        hub = make_hub(backend=backend)
+        with serve(build_app(framework, hub, TransportSettings()), hub) as server:
+            async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+                assert (await http.get("/health")).status_code == 200
+                async with await WsClient.open(server.ws) as ws:
+                    await ws.next()
+                    acknowledged = (await start_task(http, "survivor", 20000, **{"X-Client-Id": ws.client_id})).json()
+                    await ws.until(lambda m: m.get("task", {}).get("status") == "running")
+                client_id = ws.client_id
+
+                redis_server.kill()
+                await wait_for_health(http, 503)
+                assert (await http.get("/health")).json()["status"] == "unhealthy"
+                refused = await start_task(http, "during the outage", 1000, **{"X-Client-Id": client_id})
+                listed = await http.get("/api/tasks", headers={"X-Client-Id": client_id})
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "backend_unavailable"
+                assert "redis://" not in refused.text
+                assert listed.status_code == 503
+
+                redis_server.start()  # same port, same data
+                await wait_for_health(http, 200)
+                async with await WsClient.open(server.ws) as again:
+                    await again.next()
+                    await again.send({"type": "resume", "clientId": client_id})
+                    assert (await again.next())["type"] == "connection"
+                    snapshot = await again.next()
+                    assert acknowledged["id"] in {t["id"] for t in snapshot["tasks"]}
+                    final = (await again.until(terminal(acknowledged["id"]), timeout=60))[-1]["task"]
+                    assert final["status"] == "completed"
+                    fresh = (await start_task(http, "after", 1000, **{"X-Client-Id": client_id})).json()
+                    assert (await again.until(terminal(fresh["id"])))[-1]["task"]["status"] == "completed"
