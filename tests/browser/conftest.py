@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,15 @@ ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "examples" / "demo" / "web"
 BUILD_INDEX = WEB / "build" / "index.html"
 SERVER = ROOT / "examples" / "demo" / "server.py"
-SCREENSHOT = ROOT / "docs" / "assets" / "demo.png"
+# The screenshot of the page goes to test-artifacts/ (ignored by git) on every run, and over
+# the one in the docs only when asked: PROGRESSQ_UPDATE_SCREENSHOT=1.
+SCREENSHOT = ROOT / "test-artifacts" / "demo.png"
+DOCS_SCREENSHOT = ROOT / "docs" / "assets" / "demo.png"
+
+
+def update_docs_screenshot() -> bool:
+    return os.environ.get("PROGRESSQ_UPDATE_SCREENSHOT") == "1"
+
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -180,15 +188,18 @@ def browser() -> Iterator[Any]:
 def new_page(browser: Any, demo_server: DemoServer) -> Iterator[Any]:
     """Opens the demo page in a fresh browser context (a new tab with its own sessionStorage).
 
+    ``init_scripts`` run before the page's own scripts on every load of the tab (a reload too).
     Any uncaught script error on a page fails the test.
     """
     contexts: list[Any] = []
     errors: list[str] = []
 
-    def open_page(width: int = 1280, height: int = 900) -> Any:
+    def open_page(width: int = 1280, height: int = 900, init_scripts: Sequence[str] = ()) -> Any:
         context = browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(15_000)
         contexts.append(context)
+        for script in init_scripts:
+            context.add_init_script(script)
         page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(demo_server.url + "/")

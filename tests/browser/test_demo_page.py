@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
 import urllib.request
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import SCREENSHOT, DemoServer
+from tests.browser.conftest import DOCS_SCREENSHOT, SCREENSHOT, DemoServer, update_docs_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +40,22 @@ RECORD_PROGRESS = """
 
 LONG = 25_000  # ms: a task that is still running whatever a test does meanwhile
 
+# A browser without WebSocket: the page must use the event stream (SSE) from the start.
+NO_WEBSOCKET = "delete window.WebSocket;"
+
+# WebSockets that never open, as behind a proxy that drops the upgrade: every socket the page
+# makes asks for a path the server has no WebSocket on, so the handshake is refused.
+WEBSOCKET_BLOCKED = """
+(() => {
+  const Real = window.WebSocket;
+  window.WebSocket = class extends Real {
+    constructor(url, protocols) {
+      super(String(url).replace(/\\/ws$/, '/no-websocket-here'), protocols);
+    }
+  };
+})();
+"""
+
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -49,6 +66,12 @@ def status(page: Any) -> Any:
 
 def wait_connected(page: Any) -> None:
     expect(status(page)).to_have_text("connected")
+    expect(page.get_by_test_id("client-id")).not_to_have_text("—")
+
+
+def wait_connected_over_event_stream(page: Any) -> None:
+    expect(status(page)).to_have_text("connected (event stream)")
+    expect(status(page)).to_have_attribute("data-transport", "eventsource")
     expect(page.get_by_test_id("client-id")).not_to_have_text("—")
 
 
@@ -184,6 +207,65 @@ def test_page_reconnects_by_itself_when_the_server_comes_back(page: Any, demo_se
     expect(log).to_contain_text("Reconnecting in")
 
 
+@pytest.mark.parametrize("demo_framework", ["starlette", "litestar"])
+def test_without_websocket_the_page_streams_over_the_event_stream(new_page: Any) -> None:
+    page = new_page(init_scripts=[NO_WEBSOCKET, RECORD_PROGRESS])
+    assert page.evaluate("typeof WebSocket") == "undefined"
+    wait_connected_over_event_stream(page)
+    expect(page.get_by_test_id("event-log")).to_contain_text("using the event stream")
+
+    task_id = start_task(page, "Over the event stream", 3000)
+    item = by_id(page, task_id)
+    expect(item.get_by_test_id("task-status")).to_have_text("completed", timeout=30_000)
+    expect(item.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    expect(item.get_by_test_id("task-percent")).to_have_text("100%")
+    seen = history(page, task_id)
+    assert seen[-1] == 100
+    assert seen == sorted(seen), f"progress went backwards: {seen}"
+    assert len([v for v in seen if 0 < v < 100]) >= 3, f"no live progress between 0 and 100: {seen}"
+
+    # Ping has no socket to go over: it times a request to the server instead.
+    page.get_by_role("button", name="Ping").click()
+    expect(page.get_by_test_id("ping-result")).to_have_text(re.compile(r"round trip \d+(\.\d+)? (ms|s)"))
+
+
+@pytest.mark.parametrize("demo_framework", ["starlette", "litestar"])
+def test_event_stream_reload_keeps_identity_and_task_progress_continues(new_page: Any) -> None:
+    page = new_page(init_scripts=[NO_WEBSOCKET, RECORD_PROGRESS])
+    wait_connected_over_event_stream(page)
+    client_id = page.get_by_test_id("client-id").inner_text()
+    socket_id = page.get_by_test_id("socket-id").inner_text()
+    task_id = start_task(page, "Long upload over SSE", 10_000)
+    wait_progress_above(page, task_id, 15)
+    before = progress_of(page, task_id)
+
+    page.reload()
+
+    expect(by_id(page, task_id)).to_have_count(1)
+    wait_connected_over_event_stream(page)
+    expect(page.get_by_test_id("client-id")).to_have_text(client_id)
+    expect(page.get_by_test_id("socket-id")).not_to_have_text(socket_id)
+    expect(page.get_by_test_id("event-log")).to_contain_text(f"resumed identity {client_id[:8]}")
+    wait_progress_above(page, task_id, before + 10)
+    expect(by_id(page, task_id).get_by_test_id("task-status")).to_have_text("completed", timeout=30_000)
+
+    seen = history(page, task_id)
+    assert min(seen) >= before, f"the reloaded page showed the task from scratch: {seen}"
+    assert seen[-1] == 100
+    assert seen == sorted(seen), f"progress went backwards: {seen}"
+    assert page.get_by_test_id("task-item").count() == 1
+
+
+def test_websocket_that_never_opens_falls_back_to_the_event_stream(new_page: Any) -> None:
+    page = new_page(init_scripts=[WEBSOCKET_BLOCKED])
+    wait_connected_over_event_stream(page)
+    expect(page.get_by_test_id("event-log")).to_contain_text("switched to the event stream")
+    task_id = start_task(page, "After the fallback", 2000)
+    expect(by_id(page, task_id).get_by_test_id("task-status")).to_have_text("completed", timeout=30_000)
+    item = by_id(page, task_id)
+    expect(item.get_by_test_id("task-percent")).to_have_text("100%")
+
+
 def test_failing_task_shows_its_error(page: Any) -> None:
     wait_connected(page)
     task_id = start_task(page, "Please fail now", 2000)
@@ -305,3 +387,6 @@ def test_screenshot_with_tasks_in_flight(new_page: Any) -> None:
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True, animations="disabled")
     assert SCREENSHOT.stat().st_size > 10_000
+    if update_docs_screenshot():
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)

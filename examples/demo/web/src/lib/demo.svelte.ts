@@ -13,7 +13,8 @@ import {
 	type ServerMessage,
 	type StatusEvent,
 	type TaskStatus,
-	type TaskView
+	type TaskView,
+	type Transport
 } from './progressq-client';
 
 export type LogKind = 'connection' | 'task' | 'error' | 'info';
@@ -29,6 +30,8 @@ const MAX_LOG = 200;
 
 export class DemoState {
 	state = $state<ConnectionState>('idle');
+	/** `eventsource` once the client fell back to the event stream. */
+	transport = $state<Transport>('websocket');
 	attempt = $state(0);
 	nextAttemptAt = $state<number | null>(null);
 	socketId = $state<string | null>(null);
@@ -56,6 +59,7 @@ export class DemoState {
 		const client = new ProgressQClient({ storage: window.sessionStorage });
 		this.client = client;
 		this.clientId = client.clientId;
+		this.transport = client.transport;
 		this.setTasks(client.tasks, client.synced, false);
 		this.stop.push(
 			client.on('status', (s) => this.onStatus(s)),
@@ -67,6 +71,9 @@ export class DemoState {
 		const online = () => client.reconnectNow();
 		window.addEventListener('online', online);
 		this.stop.push(() => window.removeEventListener('online', online));
+		if (client.transport === 'eventsource') {
+			this.add('info', 'This browser has no WebSocket; using the event stream (SSE)');
+		}
 		if (client.clientId !== null) {
 			this.add('info', `Restored this tab's identity; resuming after event #${client.lastSeq}`);
 		}
@@ -129,6 +136,10 @@ export class DemoState {
 
 	private onStatus(s: StatusEvent): void {
 		const before = this.state;
+		if (s.transport !== this.transport) {
+			this.transport = s.transport;
+			if (s.transport === 'eventsource') this.add('info', 'No WebSocket got through; switched to the event stream (SSE)');
+		}
 		this.state = s.state;
 		this.attempt = s.attempt;
 		this.nextAttemptAt = s.nextAttemptAt;
@@ -142,6 +153,8 @@ export class DemoState {
 					const wait = Math.max(0, s.nextAttemptAt - Date.now());
 					const why = before === 'connected' ? `Connection lost (code ${s.closeCode ?? '?'}). ` : '';
 					this.add('connection', `${why}Reconnecting in ${formatMs(wait)} (attempt ${s.attempt})`);
+				} else if (before === 'connected') {
+					this.add('connection', 'Connection lost; the event stream reconnects by itself');
 				}
 				break;
 			case 'disconnected':

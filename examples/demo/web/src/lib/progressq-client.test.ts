@@ -6,7 +6,10 @@ import {
 	ProgressQHttpError,
 	type ClientOptions,
 	type ConnectionState,
+	type EventSourceLike,
+	type EventStreamEvent,
 	type KeyValueStorage,
+	type StatusEvent,
 	type SocketLike,
 	type TaskView
 } from './progressq-client';
@@ -59,6 +62,64 @@ class FakeSocket implements SocketLike {
 	}
 }
 
+/** An `EventSource` driven by the test: the server side sends messages, loses or ends the stream. */
+class FakeEventSource implements EventSourceLike {
+	static instances: FakeEventSource[] = [];
+	readyState = 0;
+	closed = false;
+	private listeners = new Map<string, Array<(ev: EventStreamEvent) => void>>();
+
+	constructor(readonly url: string) {
+		FakeEventSource.instances.push(this);
+	}
+
+	static get last(): FakeEventSource {
+		const source = FakeEventSource.instances.at(-1);
+		if (!source) throw new Error('no event source made');
+		return source;
+	}
+
+	/** The query of the URL the client opened. */
+	get query(): Record<string, string> {
+		return Object.fromEntries(new URL(this.url, 'http://test').searchParams);
+	}
+
+	get path(): string {
+		return new URL(this.url, 'http://test').pathname;
+	}
+
+	addEventListener(type: string, listener: (ev: EventStreamEvent) => void): void {
+		this.listeners.set(type, [...(this.listeners.get(type) ?? []), listener]);
+	}
+
+	close(): void {
+		this.closed = true;
+		this.readyState = 2;
+	}
+
+	private dispatch(type: string, ev: EventStreamEvent): void {
+		for (const listener of this.listeners.get(type) ?? []) listener(ev);
+	}
+
+	// server side: `event: <type>` with `data: <json>`, as the server frames each message
+	receive(message: { type: string; [field: string]: unknown }): void {
+		this.readyState = 1;
+		this.dispatch(message.type, { data: JSON.stringify(message) });
+	}
+
+	/** The connection dropped; the browser reconnects by itself (readyState CONNECTING). */
+	lose(): void {
+		this.readyState = 0;
+		this.dispatch('error', {});
+	}
+
+	/** The browser gave up (readyState CLOSED), e.g. the server answered 403 or 503. */
+	giveUp(): void {
+		this.readyState = 2;
+		this.dispatch('error', {});
+	}
+}
+
 class MemoryStorage implements KeyValueStorage {
 	values = new Map<string, string>();
 	getItem(key: string): string | null {
@@ -93,6 +154,7 @@ function greeting(id: string, extra: Record<string, unknown> = {}) {
 
 function makeClient(options: Partial<ClientOptions> = {}) {
 	const states: ConnectionState[] = [];
+	const statuses: StatusEvent[] = [];
 	const client = new ProgressQClient({
 		url: 'ws://test/ws',
 		socketFactory: (url) => new FakeSocket(url),
@@ -100,17 +162,33 @@ function makeClient(options: Partial<ClientOptions> = {}) {
 		heartbeatMs: 0,
 		...options
 	});
-	client.on('status', (s) => states.push(s.state));
-	return { client, states };
+	client.on('status', (s) => {
+		states.push(s.state);
+		statuses.push(s);
+	});
+	return { client, states, statuses };
+}
+
+/** A client with the fake event stream available to fall back on. */
+function makeFallbackClient(options: Partial<ClientOptions> = {}) {
+	return makeClient({ eventSourceFactory: (url) => new FakeEventSource(url), ...options });
+}
+
+/** A client in an environment without WebSocket: it goes straight to the event stream. */
+function makeStreamOnlyClient(options: Partial<ClientOptions> = {}) {
+	vi.stubGlobal('WebSocket', undefined);
+	return makeFallbackClient({ socketFactory: undefined, ...options });
 }
 
 beforeEach(() => {
 	FakeSocket.instances = [];
+	FakeEventSource.instances = [];
 	vi.useFakeTimers();
 });
 
 afterEach(() => {
 	vi.useRealTimers();
+	vi.unstubAllGlobals();
 });
 
 // --- backoff ----------------------------------------------------------------------------
@@ -505,5 +583,275 @@ describe('HTTP', () => {
 		const started = client.start('x', 1000);
 		vi.advanceTimersByTime(50);
 		await expect(started).rejects.toThrow('no identity');
+	});
+});
+
+// --- the event stream (SSE) as a fallback -------------------------------------------------
+
+describe('event stream fallback', () => {
+	it('switches to the event stream after two WebSocket attempts that never opened', () => {
+		const { client, statuses } = makeFallbackClient({ backoff: { initialMs: 100, jitter: 0 } });
+		client.connect();
+		expect(client.transport).toBe('websocket');
+		FakeSocket.last.drop(1006);
+		// one failure may be a server restarting: try the WebSocket again
+		expect(FakeEventSource.instances).toHaveLength(0);
+		vi.advanceTimersByTime(100);
+		expect(FakeSocket.instances).toHaveLength(2);
+		FakeSocket.last.drop(1006);
+
+		// the second in a row: at once over the event stream, a first connection (no identity yet)
+		expect(FakeEventSource.instances).toHaveLength(1);
+		expect(client.transport).toBe('eventsource');
+		expect(statuses.at(-1)).toMatchObject({ state: 'connecting', transport: 'eventsource' });
+		expect(FakeEventSource.last.path).toBe('/api/events');
+		expect(FakeEventSource.last.query).toEqual({});
+
+		FakeEventSource.last.receive(greeting('me'));
+		FakeEventSource.last.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
+		expect(client.state).toBe('connected');
+		expect(client.clientId).toBe('me');
+		// and it stays there: no WebSocket attempts any more
+		vi.advanceTimersByTime(100000);
+		expect(FakeSocket.instances).toHaveLength(2);
+	});
+
+	it('goes straight to the event stream where there is no WebSocket', () => {
+		const { client } = makeStreamOnlyClient();
+		expect(client.transport).toBe('eventsource');
+		client.connect();
+		expect(FakeSocket.instances).toHaveLength(0);
+		expect(FakeEventSource.instances).toHaveLength(1);
+		expect(FakeEventSource.last.url).toBe('/api/events');
+	});
+
+	it('applies connection, snapshot and events, and keeps the identity in storage', () => {
+		const storage = new MemoryStorage();
+		const { client } = makeStreamOnlyClient({ storage, baseUrl: 'http://api.test' });
+		const identities: unknown[] = [];
+		client.on('identity', (i) => identities.push(i));
+		client.connect();
+		expect(FakeEventSource.last.url).toBe('http://api.test/api/events');
+		const source = FakeEventSource.last;
+		source.receive(greeting('me'));
+		source.receive({ type: 'snapshot', tasks: [task('t0', { status: 'completed', progress: 100 })], seq: 3, recovered: false });
+		source.receive({ type: 'taskQueued', seq: 4, task: task('t1', { status: 'queued', createdAt: '2026-01-02T00:00:00Z' }) });
+		source.receive({ type: 'taskProgress', seq: 5, task: task('t1', { progress: 40, createdAt: '2026-01-02T00:00:00Z' }) });
+		source.receive({ type: 'taskProgress', seq: 5, task: task('t1', { progress: 40, createdAt: '2026-01-02T00:00:00Z' }) });
+		expect(client.state).toBe('connected');
+		expect(client.lastSeq).toBe(5);
+		expect(client.tasks.map((t) => [t.id, t.progress])).toEqual([
+			['t1', 40],
+			['t0', 100]
+		]);
+		expect(identities).toEqual([{ socketId: 'me', clientId: 'me', resumed: false, recovered: null, replaced: false }]);
+		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toMatchObject({
+			clientId: 'me',
+			lastSeq: 5,
+			tasks: [{ id: 't1', progress: 40 }, { id: 't0' }]
+		});
+	});
+
+	it('after a reload names the stored identity and lastSeq in the URL and applies what was missed', () => {
+		const storage = new MemoryStorage();
+		const stored = { clientId: 'kept', lastSeq: 5, tasks: [task('t1', { progress: 35 })] };
+		storage.setItem('progressq.identity', JSON.stringify(stored));
+		const { client } = makeStreamOnlyClient({ storage });
+		const identities: unknown[] = [];
+		client.on('identity', (i) => identities.push(i));
+		client.connect();
+		expect(FakeEventSource.last.query).toEqual({ clientId: 'kept', lastEventId: '5' });
+		FakeEventSource.last.receive({ ...greeting('s9'), clientId: 'kept', recovered: true });
+		FakeEventSource.last.receive({ type: 'taskProgress', seq: 6, task: task('t1', { progress: 60 }) });
+		expect(client.clientId).toBe('kept');
+		expect(client.socketId).toBe('s9');
+		expect(client.tasks[0]?.progress).toBe(60);
+		expect(identities).toEqual([{ socketId: 's9', clientId: 'kept', resumed: true, recovered: true, replaced: false }]);
+		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toMatchObject({ clientId: 'kept', lastSeq: 6 });
+	});
+
+	it('without a complete task list asks for the identity only, and takes the snapshot', () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5 }));
+		const { client } = makeStreamOnlyClient({ storage });
+		const identities: unknown[] = [];
+		client.on('identity', (i) => identities.push(i));
+		client.connect();
+		expect(FakeEventSource.last.query).toEqual({ clientId: 'kept' });
+		FakeEventSource.last.receive({ ...greeting('s9'), clientId: 'kept' });
+		FakeEventSource.last.receive({ type: 'snapshot', tasks: [task('t1', { progress: 50 })], seq: 9, recovered: false });
+		expect(identities.at(-1)).toMatchObject({ clientId: 'kept', resumed: true });
+		expect(client.synced).toBe(true);
+		expect(client.lastSeq).toBe(9);
+		expect(client.tasks.map((t) => t.id)).toEqual(['t1']);
+	});
+
+	it('reopens the stream with the latest seq when the browser gives up on it', () => {
+		const { client, states } = makeStreamOnlyClient({ backoff: { initialMs: 100, jitter: 0 } });
+		client.connect();
+		const first = FakeEventSource.last;
+		first.receive(greeting('me'));
+		first.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
+		first.receive({ type: 'taskQueued', seq: 1, task: task('t1', { status: 'queued' }) });
+		first.receive({ type: 'taskProgress', seq: 2, task: task('t1', { progress: 30 }) });
+
+		first.giveUp();
+		expect(client.state).toBe('reconnecting');
+		expect(states.at(-1)).toBe('reconnecting');
+		vi.advanceTimersByTime(99);
+		expect(FakeEventSource.instances).toHaveLength(1);
+		vi.advanceTimersByTime(1);
+		expect(FakeEventSource.instances).toHaveLength(2);
+		const second = FakeEventSource.last;
+		expect(second.query).toEqual({ clientId: 'me', lastEventId: '2' });
+
+		// a late message of the old stream is not applied
+		first.receive({ type: 'taskProgress', seq: 3, task: task('t1', { progress: 99 }) });
+		expect(client.tasks[0]?.progress).toBe(30);
+
+		second.receive({ ...greeting('s2'), clientId: 'me', recovered: true });
+		second.receive({ type: 'taskProgress', seq: 3, task: task('t1', { progress: 70 }) });
+		expect(client.state).toBe('connected');
+		expect(client.lastSeq).toBe(3);
+		expect(client.tasks[0]?.progress).toBe(70);
+
+		// given up again later: the URL carries the seq as of then
+		second.giveUp();
+		vi.advanceTimersByTime(100);
+		expect(FakeEventSource.last.query).toEqual({ clientId: 'me', lastEventId: '3' });
+	});
+
+	it('lets the browser reconnect by itself when the URL names the identity', () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 2, tasks: [] }));
+		const { client } = makeStreamOnlyClient({ storage });
+		client.connect();
+		FakeEventSource.last.receive({ ...greeting('s1'), clientId: 'kept', recovered: true });
+		FakeEventSource.last.lose();
+		expect(client.state).toBe('reconnecting');
+		vi.advanceTimersByTime(100000);
+		expect(FakeEventSource.instances).toHaveLength(1);
+		expect(FakeEventSource.last.closed).toBe(false);
+		// the browser's own reconnection (with Last-Event-ID) is answered on the same object
+		FakeEventSource.last.receive({ ...greeting('s2'), clientId: 'kept', recovered: true });
+		expect(client.state).toBe('connected');
+		expect(client.socketId).toBe('s2');
+	});
+
+	it('reopens itself, naming the identity, when the lost stream is the one that minted it', () => {
+		const { client } = makeStreamOnlyClient({ backoff: { initialMs: 100, jitter: 0 } });
+		client.connect();
+		const first = FakeEventSource.last;
+		first.receive(greeting('new-id'));
+		first.receive({ type: 'snapshot', tasks: [], seq: 4, recovered: false });
+		first.lose(); // the browser would reconnect without clientId and be given another identity
+		expect(first.closed).toBe(true);
+		vi.advanceTimersByTime(100);
+		expect(FakeEventSource.instances).toHaveLength(2);
+		expect(FakeEventSource.last.query).toEqual({ clientId: 'new-id', lastEventId: '4' });
+		expect(client.clientId).toBe('new-id');
+	});
+
+	it('takes a new identity when the server refuses the stored one (403)', async () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'forged', lastSeq: 5, tasks: [] }));
+		const fetch = vi.fn(async (_url: string, _init?: RequestInit) => new Response('{}', { status: 403 }));
+		const { client } = makeStreamOnlyClient({
+			storage,
+			fetch: fetch as unknown as typeof globalThis.fetch,
+			backoff: { initialMs: 5000, jitter: 0 }
+		});
+		const identities: unknown[] = [];
+		client.on('identity', (i) => identities.push(i));
+		client.connect();
+		expect(FakeEventSource.last.query).toMatchObject({ clientId: 'forged' });
+		FakeEventSource.last.giveUp();
+		await vi.waitFor(() => expect(FakeEventSource.instances).toHaveLength(2));
+		const [url, init] = fetch.mock.calls[0] ?? [];
+		expect(url).toBe('/api/tasks');
+		expect((init?.headers as Record<string, string>)['X-Client-Id']).toBe('forged');
+		expect(FakeEventSource.last.query).toEqual({});
+		FakeEventSource.last.receive(greeting('fresh'));
+		expect(client.clientId).toBe('fresh');
+		expect(identities.at(-1)).toMatchObject({ clientId: 'fresh', resumed: false, replaced: true });
+	});
+
+	it('a WebSocket that opened once does not fall back when it drops later', () => {
+		const { client } = makeFallbackClient({ backoff: { initialMs: 100, maxMs: 100, jitter: 0 } });
+		client.connect();
+		FakeSocket.last.open();
+		FakeSocket.last.receive(greeting('me'));
+		FakeSocket.last.drop(1006);
+		for (let attempt = 0; attempt < 5; attempt++) {
+			vi.advanceTimersByTime(100);
+			FakeSocket.last.drop(1006); // the server is down: attempts fail before opening
+		}
+		expect(FakeSocket.instances).toHaveLength(6);
+		expect(FakeEventSource.instances).toHaveLength(0);
+		expect(client.transport).toBe('websocket');
+		expect(client.state).toBe('reconnecting');
+	});
+
+	it('fallbackAfter: 0 keeps to the WebSocket', () => {
+		const { client } = makeFallbackClient({ fallbackAfter: 0, backoff: { initialMs: 100, maxMs: 100, jitter: 0 } });
+		client.connect();
+		for (let attempt = 0; attempt < 4; attempt++) {
+			FakeSocket.last.drop(1006);
+			vi.advanceTimersByTime(100);
+		}
+		expect(FakeEventSource.instances).toHaveLength(0);
+		expect(client.transport).toBe('websocket');
+	});
+
+	it('start and cancel go over HTTP with X-Client-Id; ping times GET /health', async () => {
+		let clock = 1000;
+		const fetch = vi.fn(async (url: string, _init?: RequestInit) => {
+			if (url === '/health') {
+				clock += 17;
+				return new Response(JSON.stringify({ status: 'healthy' }));
+			}
+			if (url === '/api/task/start') {
+				return new Response(JSON.stringify({ ...task('t1', { status: 'queued' }), clientId: 'me' }), { status: 202 });
+			}
+			return new Response(JSON.stringify(task('t1', { status: 'cancelled' })));
+		});
+		const { client } = makeStreamOnlyClient({ fetch: fetch as unknown as typeof globalThis.fetch, now: () => clock });
+		await expect(client.ping()).rejects.toThrow('not connected');
+		client.connect();
+		const started = client.start('hello', 5000);
+		FakeEventSource.last.receive(greeting('me')); // start waits for the identity
+		await expect(started).resolves.toMatchObject({ id: 't1' });
+		await client.cancel('t1');
+		await expect(client.ping()).resolves.toBe(17);
+		const calls = fetch.mock.calls.map(([url, init]) => [url, (init?.headers as Record<string, string>)['X-Client-Id']]);
+		expect(calls).toEqual([
+			['/api/task/start', 'me'],
+			['/api/task/t1/cancel', 'me'],
+			['/health', undefined]
+		]);
+		expect(client.tasks[0]?.status).toBe('cancelled');
+	});
+
+	it('a server error message on the stream is a warning, not a lost connection', () => {
+		const { client } = makeStreamOnlyClient();
+		const warnings: string[] = [];
+		client.on('warning', (w) => warnings.push(w));
+		client.connect();
+		FakeEventSource.last.receive(greeting('me'));
+		FakeEventSource.last.receive({ type: 'error', code: 'invalid_message', message: 'nope' });
+		expect(client.state).toBe('connected');
+		expect(warnings).toEqual(['server: invalid_message: nope']);
+		expect(FakeEventSource.instances).toHaveLength(1);
+	});
+
+	it('close() closes the stream for good', () => {
+		const { client } = makeStreamOnlyClient();
+		client.connect();
+		FakeEventSource.last.receive(greeting('me'));
+		client.close();
+		expect(FakeEventSource.last.closed).toBe(true);
+		expect(client.state).toBe('disconnected');
+		vi.advanceTimersByTime(100000);
+		expect(FakeEventSource.instances).toHaveLength(1);
 	});
 });

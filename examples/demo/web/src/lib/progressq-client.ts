@@ -7,6 +7,12 @@
  * backoff and jitter, keeps the identity's task list current, and starts, cancels and
  * lists tasks over HTTP.
  *
+ * Where a WebSocket cannot be opened — the environment has none, or `fallbackAfter`
+ * (default 2) attempts in a row fail before the socket ever opens, as behind a proxy that
+ * drops the upgrade — it switches to the event stream (`GET /api/events`, SSE) for good and
+ * carries the same identity and messages there. A WebSocket that opened once and drops later
+ * is not a reason to switch: it reconnects as usual.
+ *
  * ```ts
  * const client = new ProgressQClient({ storage: sessionStorage });
  * client.on('tasks', (tasks) => render(tasks));
@@ -128,8 +134,13 @@ export interface ErrorBody {
  */
 export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'disconnected';
 
+/** How the client receives events: a WebSocket, or the event stream (SSE) as a fallback. */
+export type Transport = 'websocket' | 'eventsource';
+
 export interface StatusEvent {
 	state: ConnectionState;
+	/** The transport in use (or being connected). */
+	transport: Transport;
 	/** Consecutive failed attempts since the last good connection. */
 	attempt: number;
 	/** When `reconnecting` and waiting: epoch ms of the next attempt. */
@@ -195,6 +206,24 @@ export interface SocketLike {
 
 export type SocketFactory = (url: string) => SocketLike;
 
+/** A message or error event of an event stream; server messages carry their JSON in `data`. */
+export interface EventStreamEvent {
+	data?: unknown;
+}
+
+/**
+ * The parts of an `EventSource` the client uses; the browser's `EventSource` fits.
+ * `readyState`: 0 connecting (also while the browser reconnects by itself), 1 open,
+ * 2 closed (the browser gave up).
+ */
+export interface EventSourceLike {
+	readonly readyState: number;
+	addEventListener(type: string, listener: (ev: EventStreamEvent) => void): void;
+	close(): void;
+}
+
+export type EventSourceFactory = (url: string) => EventSourceLike;
+
 export interface BackoffOptions {
 	/** Delay before the first retry, ms. Default 500. */
 	initialMs?: number;
@@ -213,6 +242,17 @@ export interface ClientOptions {
 	baseUrl?: string;
 	/** Makes a socket. Default: `new WebSocket(url)`. */
 	socketFactory?: SocketFactory;
+	/** Event stream URL, the fallback transport. Default: `baseUrl` + '/api/events'. */
+	eventsUrl?: string;
+	/** Makes an event stream. Default: `new EventSource(url)` where the browser has one. */
+	eventSourceFactory?: EventSourceFactory;
+	/**
+	 * WebSocket attempts in a row that fail before the socket opens, after which the client
+	 * switches to the event stream (when it has one). 0 never switches, except where there is
+	 * no WebSocket at all. Default 2: one failure may be a server restarting, two in a row
+	 * with no socket ever opened look like a network that does not let WebSockets through.
+	 */
+	fallbackAfter?: number;
 	/** Default: the global `fetch`. */
 	fetch?: typeof fetch;
 	/** Where the identity is kept across page loads. Default: none (nothing kept). */
@@ -315,7 +355,16 @@ function parseServerMessage(data: unknown): ServerMessage | null {
 }
 
 const OPEN = 1;
+const SOURCE_CLOSED = 2;
 const MAX_STORED_TASKS = 200;
+const MESSAGE_TYPES: ReadonlyArray<ServerMessage['type']> = [
+	'connection',
+	'snapshot',
+	'taskQueued',
+	'taskProgress',
+	'pong',
+	'error'
+];
 
 // --- the client -------------------------------------------------------------------------
 
@@ -337,6 +386,20 @@ export class ProgressQClient {
 	};
 
 	private socket: SocketLike | null = null;
+	private source: EventSourceLike | null = null;
+	/** The identity the current event stream's URL names (null: it asked for a new one). */
+	private sourceClientId: string | null = null;
+	/** The current event stream has announced its identity (a `connection` message). */
+	private sourceAnnounced = false;
+	private _transport: Transport;
+	/** Some WebSocket of this client has opened: it never falls back then. */
+	private socketEverOpened = false;
+	/** The current socket has opened. */
+	private socketOpened = false;
+	/** WebSocket attempts in a row that failed before opening. */
+	private socketFailures = 0;
+	/** Bumped by `connect()`/`close()`, so work that awaited something can tell it is stale. */
+	private generation = 0;
 	private retryTimer: ReturnType<typeof setTimeout> | null = null;
 	private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
 	private pings: PendingPing[] = [];
@@ -357,17 +420,28 @@ export class ProgressQClient {
 	private replacing = false;
 	/** The task list is complete as of `lastSeq` (so a resume may ask for what came after only). */
 	private _synced = false;
+	/** Some connection of this client has been confirmed. */
+	private confirmedOnce = false;
 	private readonly tasksById = new Map<string, TaskView>();
 
 	constructor(options: ClientOptions = {}) {
 		this.options = options;
 		this._identity = this.loadIdentity();
+		this._transport =
+			options.socketFactory === undefined && typeof WebSocket === 'undefined' && this.hasEventSource()
+				? 'eventsource'
+				: 'websocket';
 	}
 
 	// --- state ---
 
 	get state(): ConnectionState {
 		return this._state;
+	}
+
+	/** `'websocket'`, or `'eventsource'` once the client fell back to the event stream. */
+	get transport(): Transport {
+		return this._transport;
 	}
 
 	/** This connection's id (changes on every connection). */
@@ -406,15 +480,18 @@ export class ProgressQClient {
 
 	/** Opens the connection (and keeps it open until `close()`). */
 	connect(): void {
-		if (this.socket !== null || this.retryTimer !== null) return;
+		if (this.socket !== null || this.source !== null || this.retryTimer !== null) return;
+		this.generation += 1;
 		this._attempt = 0;
 		this.open('connecting');
 	}
 
 	/** Closes the connection for good; no reconnect follows. */
 	close(): void {
+		this.generation += 1;
 		this.clearRetry();
 		this.stopHeartbeat();
+		this.closeSource();
 		const socket = this.socket;
 		this.socket = null;
 		if (socket !== null) {
@@ -445,8 +522,15 @@ export class ProgressQClient {
 		this.emit('tasks', this.tasks);
 	}
 
-	/** Pings the server; resolves with the round-trip time in ms. */
+	/**
+	 * Pings the server; resolves with the round-trip time in ms. Over the event stream, which
+	 * a client cannot write to, it times a `GET /health` instead.
+	 */
 	ping(): Promise<number> {
+		if (this._transport === 'eventsource') {
+			if (this.source === null || this._state !== 'connected') return Promise.reject(new Error('not connected'));
+			return this.pingOverHttp();
+		}
 		const socket = this.socket;
 		if (socket === null || socket.readyState !== OPEN) {
 			return Promise.reject(new Error('not connected'));
@@ -523,19 +607,24 @@ export class ProgressQClient {
 	}
 
 	private open(state: 'connecting' | 'reconnecting'): void {
+		if (this._transport === 'eventsource') {
+			this.openSource(state);
+			return;
+		}
 		this._nextAttemptAt = null;
 		this.setState(state);
 		let socket: SocketLike;
 		try {
 			socket = this.makeSocket(this.url());
 		} catch {
-			this.scheduleReconnect();
+			this.socketFailed();
 			return;
 		}
 		this.socket = socket;
 		this._socketId = null;
 		this.confirmed = false;
 		this.resumePending = false;
+		this.socketOpened = false;
 		socket.onopen = () => this.handleOpen(socket);
 		socket.onmessage = (ev) => this.handleMessage(socket, ev.data);
 		socket.onclose = (ev) => this.handleClose(socket, ev.code, ev.reason);
@@ -553,6 +642,9 @@ export class ProgressQClient {
 
 	private handleOpen(socket: SocketLike): void {
 		if (socket !== this.socket) return;
+		this.socketOpened = true;
+		this.socketEverOpened = true;
+		this.socketFailures = 0;
 		const identity = this._identity;
 		if (identity !== null && !this.replacing) {
 			// Without a complete list, ask for a snapshot rather than for what came after lastSeq.
@@ -582,6 +674,25 @@ export class ProgressQClient {
 		}
 		this.resumePending = false;
 		this.confirmed = false;
+		if (this.socketOpened) {
+			this.scheduleReconnect();
+		} else {
+			this.socketFailed();
+		}
+	}
+
+	/** A WebSocket attempt failed before opening: retry it, or switch to the event stream. */
+	private socketFailed(): void {
+		this.socketFailures += 1;
+		const after = this.options.fallbackAfter ?? 2;
+		const noWebSocket = this.options.socketFactory === undefined && typeof WebSocket === 'undefined';
+		const fallBack = noWebSocket || (after > 0 && this.socketFailures >= after && !this.socketEverOpened);
+		if (fallBack && this.hasEventSource()) {
+			this._transport = 'eventsource';
+			this._attempt = 0;
+			this.open(this._identity !== null && this.confirmedOnce ? 'reconnecting' : 'connecting');
+			return;
+		}
 		this.scheduleReconnect();
 	}
 
@@ -644,6 +755,158 @@ export class ProgressQClient {
 		}
 	}
 
+	// --- internals: the event stream ---
+
+	private hasEventSource(): boolean {
+		return this.options.eventSourceFactory !== undefined || typeof EventSource !== 'undefined';
+	}
+
+	private makeSource(url: string): EventSourceLike {
+		if (this.options.eventSourceFactory) return this.options.eventSourceFactory(url);
+		return new EventSource(url) as unknown as EventSourceLike;
+	}
+
+	/**
+	 * The event stream's URL: the identity to take back (`clientId`) and, with a complete
+	 * task list, the last event applied (`lastEventId`), so that the server sends what came
+	 * after. Without `clientId` the server mints a new identity.
+	 */
+	private sourceUrl(identity: StoredIdentity | null): string {
+		const base = this.options.eventsUrl ?? `${this.options.baseUrl ?? ''}/api/events`;
+		const params: string[] = [];
+		if (identity !== null) {
+			params.push(`clientId=${encodeURIComponent(identity.clientId)}`);
+			if (this._synced) params.push(`lastEventId=${identity.lastSeq}`);
+		}
+		if (params.length === 0) return base;
+		return `${base}${base.includes('?') ? '&' : '?'}${params.join('&')}`;
+	}
+
+	private openSource(state: 'connecting' | 'reconnecting'): void {
+		this._nextAttemptAt = null;
+		this.setState(state);
+		const identity = this.replacing ? null : this._identity;
+		let source: EventSourceLike;
+		try {
+			source = this.makeSource(this.sourceUrl(identity));
+		} catch {
+			this.scheduleReconnect();
+			return;
+		}
+		this.source = source;
+		this.sourceClientId = identity?.clientId ?? null;
+		this.sourceAnnounced = false;
+		this._socketId = null;
+		this.confirmed = false;
+		this.resumePending = false; // the URL names the identity: there is no throwaway one
+		for (const type of MESSAGE_TYPES) {
+			source.addEventListener(type, (ev) => {
+				if (source !== this.source) return;
+				if (typeof ev.data === 'string') {
+					this.handleData(ev.data);
+				} else if (type === 'error') {
+					// An `error` without data is the stream's own, not a server message.
+					this.handleSourceError(source);
+				}
+			});
+		}
+	}
+
+	private handleSourceError(source: EventSourceLike): void {
+		this.confirmed = false;
+		this._socketId = null;
+		this._closeCode = null;
+		this._closeReason = '';
+		if (source.readyState === SOURCE_CLOSED) {
+			// The browser gave up (an answer other than a stream, e.g. 403 for an identity the
+			// server does not know, or 503): open a new one, with the current lastSeq.
+			this.source = null;
+			const claimed = this.sourceClientId;
+			if (claimed !== null && !this.sourceAnnounced) {
+				this.checkIdentityThenReconnect(claimed);
+			} else {
+				this.scheduleReconnect();
+			}
+			return;
+		}
+		if (this.sourceClientId !== (this._identity?.clientId ?? null)) {
+			// The browser would reconnect to a URL without this identity (it was minted on this
+			// stream) and be given yet another one: reconnect ourselves, naming it.
+			this.closeSource();
+			this.scheduleReconnect();
+			return;
+		}
+		// The browser reconnects by itself and sends Last-Event-ID, which resumes.
+		this.setState('reconnecting');
+	}
+
+	/**
+	 * An event stream that names an identity was refused before it announced anything. An
+	 * `EventSource` does not tell why; ask the HTTP API, which answers 403 for an identity
+	 * the server did not issue (e.g. it restarted with a new secret), and take a new one then.
+	 */
+	private checkIdentityThenReconnect(clientId: string): void {
+		const generation = this.generation;
+		const doFetch = this.options.fetch ?? (typeof fetch === 'undefined' ? undefined : fetch);
+		const proceed = (refused: boolean) => {
+			if (generation !== this.generation || this.source !== null || this.retryTimer !== null) return;
+			if (refused && this._identity?.clientId === clientId) {
+				this.replacing = true;
+				this._attempt = 0;
+				this.emit('warning', `the server refused identity ${clientId}; taking a new one`);
+			}
+			this.scheduleReconnect();
+		};
+		if (doFetch === undefined) {
+			proceed(false);
+			return;
+		}
+		doFetch(`${this.options.baseUrl ?? ''}/api/tasks`, {
+			headers: { Accept: 'application/json', 'X-Client-Id': clientId }
+		}).then(
+			(response) => proceed(response.status === 403),
+			() => proceed(false)
+		);
+	}
+
+	private closeSource(): void {
+		const source = this.source;
+		this.source = null;
+		if (source === null) return;
+		try {
+			source.close();
+		} catch {
+			// already closed
+		}
+	}
+
+	private pingOverHttp(): Promise<number> {
+		const doFetch = this.options.fetch ?? fetch;
+		const controller = typeof AbortController === 'undefined' ? null : new AbortController();
+		const sentAt = this.now();
+		return new Promise<number>((resolve, reject) => {
+			const timer = setTimeout(() => {
+				controller?.abort();
+				reject(new Error('ping timed out'));
+			}, this.options.pingTimeoutMs ?? 10000);
+			const init: RequestInit = { headers: { Accept: 'application/json' }, cache: 'no-store' };
+			if (controller !== null) init.signal = controller.signal;
+			doFetch(`${this.options.baseUrl ?? ''}/health`, init).then(
+				(response) => {
+					clearTimeout(timer);
+					const rtt = Math.max(0, this.now() - sentAt);
+					response.body?.cancel().catch(() => undefined);
+					if (response.ok) resolve(rtt);
+					else reject(new Error(`server unhealthy (HTTP ${response.status})`));
+				},
+				(error: unknown) => {
+					clearTimeout(timer);
+					reject(error instanceof Error ? error : new Error(String(error)));
+				}
+			);
+		});
+	}
+
 	private send(message: ClientMessage): void {
 		const socket = this.socket;
 		if (socket === null || socket.readyState !== OPEN) return;
@@ -654,6 +917,11 @@ export class ProgressQClient {
 
 	private handleMessage(socket: SocketLike, data: unknown): void {
 		if (socket !== this.socket) return;
+		this.handleData(data);
+	}
+
+	/** One server message, from either transport (the event stream's `data` is the same JSON). */
+	private handleData(data: unknown): void {
 		const message = parseServerMessage(data);
 		if (message === null) {
 			this.emit('warning', 'ignored a frame that is not a known server message');
@@ -690,7 +958,10 @@ export class ProgressQClient {
 			return;
 		}
 		const previous = this._identity;
-		const resumed = answersResume && previous !== null && message.clientId === previous.clientId;
+		// On the event stream the URL named the identity: getting it back is a resume, with
+		// or without `recovered` (without `lastEventId` the server just sends a snapshot).
+		const claimed = this.source !== null && this.sourceClientId !== null;
+		const resumed = (answersResume || claimed) && previous !== null && message.clientId === previous.clientId;
 		const replaced = this.replacing;
 		if (!resumed) {
 			// A new identity: nothing of an older one applies to it.
@@ -705,6 +976,8 @@ export class ProgressQClient {
 		this.resumePending = false;
 		this.replacing = false;
 		this.confirmed = true;
+		this.confirmedOnce = true;
+		if (this.source !== null) this.sourceAnnounced = true;
 		this._attempt = 0;
 		this.saveIdentity();
 		this.setState('connected');
@@ -852,6 +1125,7 @@ export class ProgressQClient {
 		this._state = state;
 		this.emit('status', {
 			state,
+			transport: this._transport,
 			attempt: this._attempt,
 			nextAttemptAt: this._nextAttemptAt,
 			closeCode: this._closeCode,
