@@ -1,0 +1,300 @@
+"""The servers the WebSocket scenarios measure, each run by uvicorn in its own process.
+
+    python bench/servers.py progressq|progressq-redis|socketio|litestar|raw --port P [--interval S]
+
+Every app serves WebSockets at a path the clients know (see ``_clients.py``), names the
+connection's user from the query string (``?user=u17``), and answers
+``POST /bench/start?users=N&seconds=S&rate=R&size=B``: for each of users ``u0..u(N-1)`` a
+producer sends progress to that user for ``S`` seconds, ``R`` messages a second (0: as fast as
+it can), each message carrying its send time (``time.time()``) for latency. With progressq the
+producer is a task whose handler calls ``ctx.report()``; with the peers it is a coroutine that
+publishes to the user's room or channel; the raw app sends pre-encoded bytes itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+from _common import SECRET, redis_url
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def query(scope: Scope) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+
+
+class Load:
+    """Parameters of one ``/bench/start``."""
+
+    def __init__(self, params: dict[str, str]) -> None:
+        self.users = int(params.get("users", "1"))
+        self.seconds = float(params.get("seconds", "5"))
+        self.rate = float(params.get("rate", "0"))
+        self.size = int(params.get("size", "0"))
+        self.first = int(params.get("first", "0"))
+
+    def names(self) -> list[str]:
+        return [f"u{i}" for i in range(self.first, self.first + self.users)]
+
+
+async def pace(load: Load, step: Callable[[int], Awaitable[None]]) -> None:
+    """Call ``step(i)`` for ``load.seconds``, at ``load.rate`` a second or as fast as it can."""
+    start = time.monotonic()
+    end = start + load.seconds
+    interval = 1 / load.rate if load.rate else 0.0
+    i = 0
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            return
+        if interval:
+            due = start + i * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+        await step(i)
+        if not interval:
+            await asyncio.sleep(0)  # as fast as it can, but let the others run
+        i += 1
+
+
+def view(user: str, i: int, size: int) -> dict[str, Any]:
+    """A task view shaped like progressq's, for the peers to send."""
+    return {
+        "type": "taskProgress",
+        "seq": i + 1,
+        "task": {
+            "id": f"task-{user}",
+            "name": "bench" + "x" * size,
+            "status": "running",
+            "progress": min(100.0, i / 10),
+            "message": f"{time.time():.6f}",
+            "createdAt": "2025-01-01T00:00:00Z",
+            "startedAt": "2025-01-01T00:00:00Z",
+            "finishedAt": None,
+            "attempt": 1,
+        },
+    }
+
+
+async def http_reply(send: Send, body: bytes, status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- progressq ----------------------------------------------------------------------------------
+
+
+def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIApp:
+    from progressq import Hub, MemoryBackend, TaskContext
+    from progressq.starlette import create_app
+    from progressq.transport import RequestInfo, TransportSettings
+
+    backend: Any
+    if backend_kind == "redis":
+        from progressq.backends.redis import RedisBackend
+
+        backend = RedisBackend.from_url(redis_url(), prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    else:
+        backend = MemoryBackend()
+    hub = Hub(backend, secret=SECRET, concurrency=concurrency, progress_interval=interval, shutdown_grace=0.5)
+
+    @hub.task("flood", timeout=600)
+    async def flood(ctx: TaskContext) -> None:
+        load = Load(ctx.payload)
+
+        async def step(i: int) -> None:
+            await ctx.report(min(100.0, i / 10), f"{time.time():.6f}")
+
+        await pace(load, step)
+
+    async def identify(request: RequestInfo) -> str | None:
+        user: str | None = request.raw.query_params.get("user")
+        return user
+
+    app = create_app(hub, TransportSettings(identify=identify, allowed_origins=("*",), start_task="flood"))
+
+    async def start(scope: Scope, receive: Receive, send: Send) -> None:
+        params = query(scope)
+        load = Load(params)
+        for user in load.names():
+            await hub.submit("flood", owner=user, name="bench" + "x" * load.size, payload=dict(params))
+        await http_reply(send, b"{}")
+
+    async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/bench/start":
+            await start(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return outer
+
+
+# --- python-socketio (rooms) --------------------------------------------------------------------
+
+
+def socketio_app() -> ASGIApp:
+    import socketio
+
+    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", logger=False, engineio_logger=False)
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        user = parse_qs(environ.get("QUERY_STRING", "")).get("user", ["anonymous"])[0]
+        await sio.enter_room(sid, user)
+
+    producers: set[asyncio.Task[None]] = set()
+
+    async def produce(user: str, load: Load) -> None:
+        async def step(i: int) -> None:
+            await sio.emit("progress", view(user, i, load.size), room=user)
+
+        await pace(load, step)
+
+    async def control(scope: Scope, receive: Receive, send: Send) -> None:
+        load = Load(query(scope))
+        for user in load.names():
+            task = asyncio.create_task(produce(user, load))
+            producers.add(task)
+            task.add_done_callback(producers.discard)
+        await http_reply(send, b"{}")
+
+    app: ASGIApp = socketio.ASGIApp(sio, other_asgi_app=control)
+    return app
+
+
+# --- Litestar channels (memory backend) ---------------------------------------------------------
+
+
+def litestar_app() -> ASGIApp:
+    from litestar import Litestar, WebSocket, post, websocket
+    from litestar.channels import ChannelsPlugin
+    from litestar.channels.backends.memory import MemoryChannelsBackend
+    from litestar.exceptions import WebSocketDisconnect
+
+    channels = ChannelsPlugin(backend=MemoryChannelsBackend(), arbitrary_channels_allowed=True)
+    producers: set[asyncio.Task[None]] = set()
+
+    @websocket("/ws")
+    async def ws(socket: WebSocket[Any, Any, Any]) -> None:
+        user = socket.query_params.get("user", "anonymous")
+        await socket.accept()
+        async with channels.start_subscription([user]) as subscriber, subscriber.run_in_background(socket.send_data):
+            try:
+                while True:
+                    await socket.receive_data(mode="text")
+            except WebSocketDisconnect:
+                pass
+
+    async def produce(user: str, load: Load) -> None:
+        async def step(i: int) -> None:
+            channels.publish(json.dumps(view(user, i, load.size)), channels=[user])
+
+        await pace(load, step)
+
+    @post("/bench/start", status_code=200)
+    async def start(
+        users: int = 1, seconds: float = 5, rate: float = 0, size: int = 0, first: int = 0
+    ) -> dict[str, Any]:
+        load = Load({"users": str(users), "seconds": str(seconds), "rate": str(rate), "size": str(size)})
+        load.first = first
+        for user in load.names():
+            task = asyncio.create_task(produce(user, load))
+            producers.add(task)
+            task.add_done_callback(producers.discard)
+        return {}
+
+    app: ASGIApp = Litestar(route_handlers=[ws, start], plugins=[channels], logging_config=None)
+    return app
+
+
+# --- raw ASGI: pre-encoded bytes, the limit -----------------------------------------------------
+
+
+def raw_app() -> ASGIApp:
+    senders: dict[str, Send] = {}
+    producers: set[asyncio.Task[None]] = set()
+    frames: dict[int, str] = {}
+
+    async def produce(user: str, load: Load) -> None:
+        frame = frames.setdefault(load.size, json.dumps(view(user, 0, load.size)))
+
+        async def step(i: int) -> None:
+            send = senders.get(user)
+            if send is not None:
+                await send({"type": "websocket.send", "text": frame})
+
+        await pace(load, step)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "websocket":
+            user = query(scope).get("user", "anonymous")
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            senders[user] = send
+            try:
+                while (await receive())["type"] != "websocket.disconnect":
+                    pass
+            finally:
+                senders.pop(user, None)
+        elif scope["path"] == "/bench/start":
+            load = Load(query(scope))
+            for user in load.names():
+                task = asyncio.create_task(produce(user, load))
+                producers.add(task)
+                task.add_done_callback(producers.discard)
+            await http_reply(send, b"{}")
+        else:
+            await http_reply(send, b"{}", 404)
+
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("app", choices=["progressq", "progressq-redis", "socketio", "litestar", "raw"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--interval", type=float, default=0.05, help="progressq's progress_interval")
+    p.add_argument("--concurrency", type=int, default=2000, help="progressq's tasks at once")
+    args = p.parse_args()
+    app: ASGIApp
+    if args.app.startswith("progressq"):
+        kind = "redis" if args.app == "progressq-redis" else "memory"
+        app = progressq_app(kind, args.interval, args.concurrency)
+    elif args.app == "socketio":
+        app = socketio_app()
+    elif args.app == "litestar":
+        app = litestar_app()
+    else:
+        app = raw_app()
+    # The same settings for every app: one process, compression off, no access log.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        ws_per_message_deflate=False,
+        ws_max_queue=32,
+        backlog=4096,
+        timeout_keep_alive=30,
+    )
+
+
+if __name__ == "__main__":
+    main()
