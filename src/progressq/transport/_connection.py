@@ -210,10 +210,17 @@ class Connection:
 
     async def _write(self) -> None:
         try:
+            timeout = self._settings.send_timeout
             while True:
-                for text in await self._outbox.next_batch():
-                    with anyio.fail_after(self._settings.send_timeout):
+                batch = await self._outbox.next_batch()
+                # One cancel scope per batch whose deadline moves before each send: every send
+                # still has ``send_timeout``, without entering a new scope per message.
+                with anyio.CancelScope() as scope:
+                    for text in batch:
+                        scope.deadline = anyio.current_time() + timeout
                         await self._peer.send(text)
+                if scope.cancelled_caught:
+                    raise PeerGone
         except SlowConsumer:
             raise _Close(CLOSE_SLOW_CONSUMER, "too slow; resume with lastSeq") from None
         except TimeoutError:
