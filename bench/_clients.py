@@ -31,9 +31,8 @@ def sent_at(text: str) -> float | None:
     if at < 0:
         return None
     start = at + len(_MARK)
-    end = text.find('"', start)
     try:
-        return float(text[start:end])
+        return float(text[start : start + 17])  # "1764000000.123456", then padding if any
     except ValueError:
         return None
 

@@ -76,10 +76,10 @@ def view(user: str, i: int, size: int) -> dict[str, Any]:
         "seq": i + 1,
         "task": {
             "id": f"task-{user}",
-            "name": "bench" + "x" * size,
+            "name": "bench",
             "status": "running",
             "progress": min(100.0, i / 10),
-            "message": f"{time.time():.6f}",
+            "message": f"{time.time():.6f}" + "x" * size,
             "createdAt": "2025-01-01T00:00:00Z",
             "startedAt": "2025-01-01T00:00:00Z",
             "finishedAt": None,
@@ -115,7 +115,7 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
         load = Load(ctx.payload)
 
         async def step(i: int) -> None:
-            await ctx.report(min(100.0, i / 10), f"{time.time():.6f}")
+            await ctx.report(min(100.0, i / 10), f"{time.time():.6f}" + "x" * load.size)
 
         await pace(load, step)
 
@@ -129,7 +129,7 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
         params = query(scope)
         load = Load(params)
         for user in load.names():
-            await hub.submit("flood", owner=user, name="bench" + "x" * load.size, payload=dict(params))
+            await hub.submit("flood", owner=user, name="bench", payload=dict(params))
         await http_reply(send, b"{}")
 
     async def outer(scope: Scope, receive: Receive, send: Send) -> None:
@@ -199,7 +199,7 @@ def litestar_app() -> ASGIApp:
 
     async def produce(user: str, load: Load) -> None:
         async def step(i: int) -> None:
-            channels.publish(json.dumps(view(user, i, load.size)), channels=[user])
+            channels.publish(json.dumps(view(user, i, load.size), separators=(",", ":")), channels=[user])
 
         await pace(load, step)
 
@@ -228,7 +228,7 @@ def raw_app() -> ASGIApp:
     frames: dict[int, str] = {}
 
     async def produce(user: str, load: Load) -> None:
-        frame = frames.setdefault(load.size, json.dumps(view(user, 0, load.size)))
+        frame = frames.setdefault(load.size, json.dumps(view(user, 0, load.size), separators=(",", ":")))
 
         async def step(i: int) -> None:
             send = senders.get(user)

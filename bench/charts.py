@@ -1,0 +1,95 @@
+"""One PNG chart per scenario from ``bench/results/*.json`` (``--out`` to write them elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from _common import RESULTS
+
+PROGRESSQ = "#2a6fdb"
+OTHER = "#9aa5b1"
+LIMIT = "#3d4852"
+
+
+def colour(name: str) -> str:
+    if name.startswith("progressq"):
+        return PROGRESSQ
+    return LIMIT if name in ("raw", "redis-streams") else OTHER
+
+
+def bars(ax: Any, values: dict[str, float], title: str, unit: str) -> None:
+    names = list(values)
+    numbers = [values[n] for n in names]
+    ax.barh(names, numbers, color=[colour(n) for n in names])
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(unit)
+    for i, v in enumerate(numbers):
+        if v == v:
+            ax.text(v, i, f" {v:,.0f}" if v >= 100 else f" {v:.2f}", va="center", fontsize=8)
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    out: Path = p.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if data := load("queue_throughput"):
+        workloads = data["workloads"]
+        fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 3.2))
+        for ax, (label, w) in zip(axes if len(workloads) > 1 else [axes], workloads.items(), strict=True):
+            bars(ax, w["median_tasks_per_s"], f"{label}: {w['n']:,} tasks", "tasks/s (higher is better)")
+        fig.tight_layout()
+        fig.savefig(out / "bench-queue-throughput.png", dpi=110)
+        written.append("bench-queue-throughput.png")
+    if data := load("fanout"):
+        fig, ax = plt.subplots(figsize=(6.5, 2.8))
+        bars(ax, data["median_deliveries_per_s"], f"Progress fan-out, {data['users']} clients", "deliveries/s")
+        fig.tight_layout()
+        fig.savefig(out / "bench-fanout.png", dpi=110)
+        written.append("bench-fanout.png")
+    if data := load("latency"):
+        fig, ax = plt.subplots(figsize=(6.5, 2.8))
+        names = list(data["median_p50_ms"])
+        ys = range(len(names))
+        ax.barh([y - 0.2 for y in ys], [data["median_p50_ms"][n] for n in names], 0.4, label="p50", color=OTHER)
+        ax.barh([y + 0.2 for y in ys], [data["median_p99_ms"][n] for n in names], 0.4, label="p99", color=PROGRESSQ)
+        ax.set_yticks(list(ys), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("ms (lower is better)")
+        ax.set_title(f"Report -> client latency, {data['users'] * data['rate_per_user']:,.0f} msg/s", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "bench-latency.png", dpi=110)
+        written.append("bench-latency.png")
+    if data := load("idle_memory"):
+        fig, ax = plt.subplots(figsize=(6.5, 2.8))
+        bars(ax, data["median_kb"], f"Memory per idle WebSocket, {data['connections']:,} open", "KB (lower is better)")
+        fig.tight_layout()
+        fig.savefig(out / "bench-idle-memory.png", dpi=110)
+        written.append("bench-idle-memory.png")
+    if data := load("slow_client"):
+        fig, ax = plt.subplots(figsize=(6.5, 2.4))
+        phases = list(data["median_p99_ms"])
+        bars(ax, {f"{n}": data["median_p99_ms"][n] for n in phases}, "Healthy clients' p99", "ms (lower is better)")
+        fig.tight_layout()
+        fig.savefig(out / "bench-slow-client.png", dpi=110)
+        written.append("bench-slow-client.png")
+    print("charts:", ", ".join(str(out / w) for w in written))
+
+
+if __name__ == "__main__":
+    main()
