@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from progressq.backends.redis import RedisBackend
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
+from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -21,20 +23,36 @@ def framework(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    """The integration suite runs on each backend: memory, and Redis on 127.0.0.1:6379."""
+    if request.param == "redis":
+        require_redis()
+    return str(request.param)
+
+
 @pytest.fixture
-def make_server(framework: str) -> Any:
-    """Start a real server with the given transport settings / hub options."""
+def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
+    """Start a real server with the given transport settings / hub options, on ``backend_kind``
+    (unless the test passes its own ``backend=``)."""
+    prefixes: list[str] = []
 
     @contextlib.contextmanager
     def factory(
         settings: TransportSettings | None = None, *, uvicorn: dict[str, Any] | None = None, **hub_options: Any
     ) -> Iterator[RunningServer]:
+        if backend_kind == "redis" and "backend" not in hub_options:
+            prefixes.append(new_prefix("integration"))
+            history_size = hub_options.pop("history_size", 1000)
+            hub_options["backend"] = RedisBackend.from_url(REDIS_URL, prefix=prefixes[-1], history_size=history_size)
         hub = make_hub(**hub_options)
         app = build_app(framework, hub, settings or TransportSettings())
         with serve(app, hub, **(uvicorn or {})) as running:
             yield running
 
-    return factory
+    yield factory
+    for prefix in prefixes:
+        delete_prefix(prefix)
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ async def test_a_dead_workers_task_is_reclaimed_and_its_writes_fenced(make: Make
             first = await dying.queue.lease()
             running = first.record.evolve(status="running", progress=40.0)
             assert await dying.queue.save(first, running)
-            assert await _publish(dying, running) == 1
+            assert await _publish(dying, running) == 2  # 1: the enqueue announced it
             in_flight = running.evolve(progress=60.0)
             assert await dying.queue.save(first, in_flight)
             # stalls here, between saving and publishing
@@ -90,12 +90,13 @@ async def test_a_dead_workers_task_is_reclaimed_and_its_writes_fenced(make: Make
             assert await rescuer.queue.extend(second)
             restarted = second.record.evolve(status="running", progress=0.0)
             assert await rescuer.queue.save(second, restarted)
-            assert await _publish(rescuer, restarted) == 2
-            await sink.wait_count(2)
+            assert await _publish(rescuer, restarted) == 3
+            await sink.wait_count(3)
             await anyio.sleep(0.2)
             assert [(e.seq, _view(e)["attempt"], _view(e)["progress"]) for e in sink.events] == [
-                (1, 1, 40.0),
-                (2, 2, 0.0),
+                (1, 0, 0.0),
+                (2, 1, 40.0),
+                (3, 2, 0.0),
             ]
 
 
@@ -130,8 +131,9 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered(make: Make) ->
         assert stored.finished_at is not None
         assert stored.error is not None
         assert "gave up after 2 deliveries" in stored.error
-        await sink.wait_count(1)
-        (event,) = sink.events
+        await sink.wait_count(2)
+        queued, event = sink.events  # the enqueue announced it; then the dead letter
+        assert _view(queued)["status"] == "queued"
         assert _view(event)["status"] == "failed"
         assert _view(event)["error"] == stored.error
         assert (await observer.queue.statistics()).running == 0
@@ -149,17 +151,16 @@ async def test_a_finished_task_whose_worker_died_before_publishing_is_published_
             # dies here: neither published nor acknowledged
         async with make(lease_timeout=0.3) as rescuer:
             assert await _lease_within(rescuer, 2.0) is None  # nothing to run again
-        await sink.wait_count(1)
+        await sink.wait_count(2)
         assert await _publish(observer, done) == 0  # the late original publish is a duplicate now
         await anyio.sleep(0.2)
-        assert [_view(e)["status"] for e in sink.events] == ["completed"]
+        assert [_view(e)["status"] for e in sink.events] == ["queued", "completed"]
 
 
 async def test_publish_drops_stale_and_repeated_revisions(make: Make) -> None:
     async with make() as backend:
         record = _record()
-        await backend.queue.enqueue(record)
-        assert await _publish(backend, record) == 1
+        await backend.queue.enqueue(record)  # announces it: seq 1
         assert await _publish(backend, record) == 0  # the same revision again
         lease = await backend.queue.lease()
         assert await _publish(backend, record) == 0  # older than the stored revision

@@ -97,6 +97,7 @@ class RedisBackend:
             max_deliveries=max_deliveries,
             consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             publish=self._publish_record,
+            announce=self._announce_call,
         )
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -182,6 +183,12 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.url}, prefix={self.prefix!r})"
+
+    def _announce_call(self, record: TaskRecord) -> tuple[list[str], list[Any]]:
+        keys, args = self._registry.publish_call(
+            record.owner, "taskQueued", record.id, record.revision, record.view_json()
+        )
+        return keys, [*args, "stored"]
 
     async def _publish_record(self, record: TaskRecord) -> None:
         await self._registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())

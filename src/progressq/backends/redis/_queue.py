@@ -72,8 +72,10 @@ class RedisTaskQueue:
         max_deliveries: int,
         consumer: str,
         publish: Callable[[TaskRecord], Awaitable[object]],
+        announce: Callable[[TaskRecord], tuple[list[str], list[Any]]],
     ) -> None:
         self._client = client
+        self._announce = announce
         self._scripts = scripts
         self._keys = keys
         self._pubsub = pubsub
@@ -98,26 +100,34 @@ class RedisTaskQueue:
         return self._consumer
 
     async def enqueue(self, record: TaskRecord) -> None:
+        """Store and queue ``record`` and announce it (``taskQueued``) in one transaction, so
+        that no worker can take the task, and publish its "running", before its owner was told
+        it was queued. (The hub's own publish of that event is then dropped as already done.)"""
         created_ms = int(record.created_at.timestamp() * 1000)
+        announce_keys, announce_args = self._announce(record)
         with _unavailable("enqueue"):
-            done = await self._scripts.enqueue(
-                keys=[
-                    self._keys.task(record.id),
-                    self._keys.owner(record.owner),
-                    self._keys.counters,
-                    self._keys.stream,
-                    self._keys.unfinished,
-                ],
-                args=[
-                    record.id,
-                    _record_encoder.encode(record),
-                    record.owner,
-                    created_ms,
-                    record.revision,
-                    self._capacity,
-                    self._retention,
-                ],
-            )
+            async with self._client.pipeline(transaction=True) as transaction:
+                await self._scripts.enqueue(
+                    keys=[
+                        self._keys.task(record.id),
+                        self._keys.owner(record.owner),
+                        self._keys.counters,
+                        self._keys.stream,
+                        self._keys.unfinished,
+                    ],
+                    args=[
+                        record.id,
+                        _record_encoder.encode(record),
+                        record.owner,
+                        created_ms,
+                        record.revision,
+                        self._capacity,
+                        self._retention,
+                    ],
+                    client=transaction,
+                )
+                await self._scripts.publish(keys=announce_keys, args=announce_args, client=transaction)
+                done, _ = await transaction.execute()
         if done == 0:
             raise QueueFull(retry_after=1.0)
         if done == -1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -105,20 +106,19 @@ class RedisClientRegistry:
         Returns the event; its ``seq`` is 0 when it was dropped because its task has
         moved on (a newer revision is stored, or this one was already published).
         """
+        keys, args = self.publish_call(identity, kind, task_id, revision, task_json)
         with _unavailable("publish"):
-            seq = await self._scripts.publish(
-                keys=[self._keys.seq(identity), self._keys.history(identity), self._keys.task(task_id)],
-                args=[
-                    kind,
-                    task_id,
-                    revision,
-                    task_json,
-                    self._history_size,
-                    self._history_ttl,
-                    self._keys.channel(identity),
-                ],
-            )
+            seq = await self._scripts.publish(keys=keys, args=args)
         return Event(int(seq), kind, task_id, revision, task_json)
+
+    def publish_call(
+        self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the publish script for one event (the queue runs it in
+        the same transaction as a new task's enqueue)."""
+        keys = [self._keys.seq(identity), self._keys.history(identity), self._keys.task(task_id)]
+        args = [kind, task_id, revision, task_json, self._history_size, self._history_ttl, self._keys.channel(identity)]
+        return keys, args
 
     async def attach(self, identity: str, sink: EventSink) -> None:
         state = self._identities.get(identity)
