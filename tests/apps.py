@@ -24,7 +24,8 @@ FRAMEWORKS = ("starlette", "litestar")
 def make_hub(**hub_options: Any) -> Hub:
     backend = hub_options.pop("backend", None) or MemoryBackend(history_size=hub_options.pop("history_size", 1000))
     progress_interval = hub_options.pop("progress_interval", 0.01)
-    hub = Hub(backend, secret=SECRET, progress_interval=progress_interval, shutdown_grace=1.0, **hub_options)
+    secret = hub_options.pop("secret", SECRET)  # None: the environment's PROGRESSQ_SECRET
+    hub = Hub(backend, secret=secret, progress_interval=progress_interval, shutdown_grace=1.0, **hub_options)
 
     @hub.task("demo", timeout=30)
     async def demo(ctx: TaskContext) -> dict[str, int]:
