@@ -163,6 +163,14 @@ def socketio_app() -> ASGIApp:
         await pace(load, step)
 
     async def control(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http" or scope["path"] != "/bench/start":
+            await http_reply(send, b"{}", 404)
+            return
         load = Load(query(scope))
         for user in load.names():
             task = asyncio.create_task(produce(user, load))
