@@ -1,0 +1,373 @@
+"""Isolation, proven against the running server by a Hypothesis state machine.
+
+Several clients connect, disconnect, resume, start tasks by every way of naming an
+identity, cancel, list and get their own tasks and others', and present forged ids. An
+identity id is a capability: a client that was given another's id (here: "adopts" it) is
+that identity by design, so it then holds it. After every step:
+
+- no client has received anything (an event, a snapshot, a task view, an error) that names
+  a task of an identity it never held — by task id or task name, anywhere in the text;
+- every event on a WebSocket belongs to the identity that connection follows at that point;
+- every forged, tampered, truncated, expired or foreign-secret id was refused (403, close 1008).
+
+Sync clients (httpx, websockets' sync client) drive a real uvicorn serving each adapter, on
+the memory backend and on Redis where one answers (``make_server`` runs on both).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+
+from progressq.transport import TransportSettings
+from tests.apps import RunningServer
+from tests.integration.security_support import LONG, budget, error_log, forged_ids, open_ws
+
+MAX_AGE = 3600.0  # the server refuses ids older than this: the "expired" forgeries are
+SETTINGS = TransportSettings(messages_per_second=1000, message_burst=1000)
+METHODS = ("body", "x-socket-id", "x-session-id", "x-client-id")
+ERROR_CODES = {"invalid_message", "not_found", "already_finished"}
+CLIENTS = 3
+
+
+class Client:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.held: set[str] = set()  # every identity this client has held
+        self.ws: ClientConnection | None = None
+        self.socket_id: str | None = None  # the open connection's own id (its first identity)
+        self.following: str | None = None  # the identity the open connection follows now
+
+
+def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
+    class Isolation(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.http = httpx.Client(base_url=server.http, timeout=10)
+            self.clients = [Client(f"c{i}") for i in range(CLIENTS)]
+            self.owner_of: dict[str, str] = {}  # task id -> owner identity
+            self.name_of: dict[str, str] = {}
+            self.issued: list[str] = []  # every identity the server issued in this run
+            self.forged = self.refused = 0
+            self.not_found = self.http.get("/api/task/no-such-task").content
+
+        # --- helpers -------------------------------------------------------------------------
+
+        def check_text(self, client: Client, text: str) -> None:
+            for task_id, owner in self.owner_of.items():
+                if owner not in client.held:
+                    assert task_id not in text, f"{client.name} saw a task of another identity: {text}"
+                    assert self.name_of[task_id] not in text, f"{client.name} saw another's task name: {text}"
+
+        def check_views(self, client: Client, views: list[dict[str, Any]], owner: str) -> None:
+            for view in views:
+                assert self.owner_of.get(view["id"]) == owner, (client.name, owner, view)
+
+        def on_message(self, client: Client, raw: str | bytes) -> dict[str, Any]:
+            text = raw if isinstance(raw, str) else raw.decode()
+            message: dict[str, Any] = json.loads(text)
+            kind = message["type"]
+            if kind == "connection":
+                client.held.add(message["clientId"])
+                client.following = message["clientId"]
+            self.check_text(client, text)
+            if kind == "snapshot":
+                assert client.following is not None
+                self.check_views(client, message["tasks"], client.following)
+            elif kind in ("taskQueued", "taskProgress"):
+                assert client.following is not None
+                self.check_views(client, [message["task"]], client.following)
+            elif kind == "error":
+                assert message["code"] in ERROR_CODES, message
+            else:
+                assert kind in ("connection", "pong"), message
+            return message
+
+        def read(self, client: Client, timeout: float = 5.0) -> dict[str, Any]:
+            assert client.ws is not None
+            return self.on_message(client, client.ws.recv(timeout=timeout))
+
+        def read_until(self, client: Client, kind: str) -> list[dict[str, Any]]:
+            seen = [self.read(client)]
+            while seen[-1]["type"] != kind:
+                seen.append(self.read(client))
+            return seen
+
+        def ensure_open(self, client: Client) -> ClientConnection:
+            if client.ws is None:
+                client.ws = open_ws(server.ws)
+                client.following = None
+                hello = self.read(client)
+                assert hello["type"] == "connection"
+                assert hello["clientId"] == hello["socketId"]
+                assert hello["clientId"] not in self.issued, "a new connection was given a known identity"
+                self.issued.append(hello["clientId"])
+                client.socket_id = hello["socketId"]
+                assert self.read(client) == {"type": "snapshot", "tasks": [], "seq": 0, "recovered": False}
+            return client.ws
+
+        def close(self, client: Client) -> None:
+            if client.ws is not None:
+                client.ws.close()
+            client.ws = client.socket_id = client.following = None
+
+        def pick(self, client: Client, index: int) -> str:
+            """One of the identities ``client`` holds (connecting it first if it holds none)."""
+            if not client.held:
+                self.ensure_open(client)
+            held = sorted(client.held)
+            return held[index % len(held)]
+
+        def task(self, index: int) -> str | None:
+            tasks = sorted(self.owner_of)
+            return tasks[index % len(tasks)] if tasks else None
+
+        def tasks_of(self, identity: str) -> set[str]:
+            return {task_id for task_id, owner in self.owner_of.items() if owner == identity}
+
+        def identify(self, method: str, identity: str) -> dict[str, Any]:
+            if method == "body":
+                return {"json": {"name": "x", "duration": 1000, "clientId": identity}}
+            return {"json": {"name": "x", "duration": 1000}, "headers": {method: identity}}
+
+        def refuse(self, response: httpx.Response) -> None:
+            self.forged += 1
+            assert response.status_code == 403, response.text
+            assert response.json() == {
+                "error": {"code": "forbidden_identity", "message": "this client id was not issued by this server"}
+            }
+            self.refused += 1
+
+        # --- rules ---------------------------------------------------------------------------
+
+        @rule(who=st.integers(0, CLIENTS - 1))
+        def connect(self, who: int) -> None:
+            self.ensure_open(self.clients[who])
+
+        @rule(who=st.integers(0, CLIENTS - 1))
+        def disconnect(self, who: int) -> None:
+            self.close(self.clients[who])
+
+        @rule(
+            who=st.integers(0, CLIENTS - 1),
+            which=st.integers(0, 50),
+            adopt=st.booleans(),
+            last_seq=st.none() | st.integers(0, 8),
+        )
+        def resume(self, who: int, which: int, adopt: bool, last_seq: int | None) -> None:
+            """Take back an identity this client held, or one another client gave it."""
+            client = self.clients[who]
+            ws = self.ensure_open(client)
+            identity = self.issued[which % len(self.issued)] if adopt else self.pick(client, which)
+            client.held.add(identity)  # it knows the id now: it is that identity
+            resume: dict[str, Any] = {"type": "resume", "clientId": identity}
+            if last_seq is not None:
+                resume["lastSeq"] = last_seq
+            ws.send(json.dumps(resume))
+            hello = self.read_until(client, "connection")[-1]
+            assert (hello["clientId"], hello["socketId"]) == (identity, client.socket_id)
+            if not hello["recovered"]:
+                assert self.read(client)["type"] == "snapshot"
+
+        @rule(who=st.integers(0, CLIENTS - 1), forged=forged_ids())
+        def resume_forged(self, who: int, forged: tuple[str, str]) -> None:
+            client = self.clients[who]
+            ws = self.ensure_open(client)
+            ws.send(json.dumps({"type": "resume", "clientId": forged[1]}))
+            self.forged += 1
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    self.read(client)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1008, forged
+            self.refused += 1
+            self.close(client)
+
+        @rule(
+            who=st.integers(0, CLIENTS - 1),
+            method=st.sampled_from((*METHODS, "socket", "none")),
+            which=st.integers(0, 50),
+            duration=st.sampled_from([1000, 30000]),
+        )
+        def start(self, who: int, method: str, which: int, duration: int) -> None:
+            """Start a task by each way of naming its owner; followers of the owner hear of it."""
+            client = self.clients[who]
+            name = f"job {secrets.token_hex(6)}"
+            body: dict[str, Any] = {"name": name, "duration": duration}
+            headers: dict[str, str] = {}
+            identity: str | None = None
+            if method == "socket":  # the seed's habit: X-Socket-Id of the page's connection
+                self.ensure_open(client)
+                identity = client.socket_id
+                headers["x-socket-id"] = str(identity)
+            elif method == "body":
+                identity = body["clientId"] = self.pick(client, which)
+            elif method != "none":
+                identity = headers[method] = self.pick(client, which)
+            response = self.http.post("/api/task/start", json=body, headers=headers)
+            assert response.status_code == 202, response.text
+            started = response.json()
+            if identity is None:
+                assert started["clientId"] not in self.issued
+                self.issued.append(started["clientId"])
+                client.held.add(started["clientId"])
+            assert started["clientId"] == (identity or started["clientId"])
+            self.owner_of[started["id"]] = started["clientId"]
+            self.name_of[started["id"]] = name
+            self.check_text(client, response.text)
+            for other in self.clients:  # liveness: the owner's connections are told
+                if other.ws is not None and other.following == started["clientId"]:
+                    seen = [self.read(other)]
+                    while seen[-1].get("task", {}).get("id") != started["id"]:
+                        seen.append(self.read(other))
+                    assert seen[-1]["type"] == "taskQueued"  # before any news of it running
+
+        @rule(forged=forged_ids(), method=st.sampled_from(METHODS))
+        def start_forged(self, forged: tuple[str, str], method: str) -> None:
+            self.refuse(self.http.post("/api/task/start", **self.identify(method, forged[1])))
+
+        @rule(
+            forged=forged_ids(),
+            route=st.sampled_from(["list", "get", "cancel", "events"]),
+            method=st.sampled_from(METHODS[1:]),
+            which=st.integers(0, 50),
+        )
+        def read_forged(self, forged: tuple[str, str], route: str, method: str, which: int) -> None:
+            headers = {method: forged[1]}
+            task_id = quote(self.task(which) or "none")
+            if route == "list":
+                self.refuse(self.http.get("/api/tasks", headers=headers))
+            elif route == "get":
+                self.refuse(self.http.get(f"/api/task/{task_id}", headers=headers))
+            elif route == "cancel":
+                self.refuse(self.http.post(f"/api/task/{task_id}/cancel", headers=headers))
+            else:
+                self.refuse(self.http.get("/api/events", params={"clientId": forged[1]}))
+
+        @rule(who=st.integers(0, CLIENTS - 1), which=st.integers(0, 50), held=st.integers(0, 50))
+        def get(self, who: int, which: int, held: int) -> None:
+            client = self.clients[who]
+            task_id, identity = self.task(which), self.pick(client, held)
+            if task_id is None:
+                return
+            response = self.http.get(f"/api/task/{task_id}", headers={"x-client-id": identity})
+            self.check_text(client, response.text)
+            if self.owner_of[task_id] == identity:
+                assert response.status_code == 200
+                assert response.json()["id"] == task_id
+            else:  # exactly the answer for a task that does not exist: no oracle
+                assert (response.status_code, response.content) == (404, self.not_found)
+
+        @rule(
+            who=st.integers(0, CLIENTS - 1),
+            which=st.integers(0, 50),
+            held=st.integers(0, 50),
+            method=st.sampled_from(METHODS[1:]),
+        )
+        def cancel_http(self, who: int, which: int, held: int, method: str) -> None:
+            client = self.clients[who]
+            task_id, identity = self.task(which), self.pick(client, held)
+            if task_id is None:
+                return
+            response = self.http.post(f"/api/task/{task_id}/cancel", headers={method: identity})
+            self.check_text(client, response.text)
+            if self.owner_of[task_id] == identity:
+                assert response.status_code in (200, 202, 409), response.text
+            else:
+                assert (response.status_code, response.content) == (404, self.not_found)
+
+        @rule(who=st.integers(0, CLIENTS - 1), which=st.integers(0, 50))
+        def cancel_ws(self, who: int, which: int) -> None:
+            client = self.clients[who]
+            ws = self.ensure_open(client)
+            task_id = self.task(which)
+            if task_id is None:
+                return
+            ws.send(json.dumps({"type": "cancel", "taskId": task_id}))
+            ws.send("ping")
+            answers = self.read_until(client, "pong")
+            not_found = [m for m in answers if m["type"] == "error" and m["code"] == "not_found"]
+            assert len(not_found) == (0 if self.owner_of[task_id] == client.following else 1), answers
+
+        @rule(who=st.integers(0, CLIENTS - 1), held=st.integers(0, 50), method=st.sampled_from(METHODS[1:]))
+        def list_tasks(self, who: int, held: int, method: str) -> None:
+            client = self.clients[who]
+            identity = self.pick(client, held)
+            response = self.http.get("/api/tasks", headers={method: identity})
+            self.check_text(client, response.text)
+            listed = response.json()
+            assert listed["clientId"] == identity
+            assert {view["id"] for view in listed["tasks"]} == self.tasks_of(identity)
+
+        @rule(who=st.integers(0, CLIENTS - 1), held=st.integers(0, 50))
+        def event_stream(self, who: int, held: int) -> None:
+            """An event stream's snapshot: exactly the identity's tasks."""
+            client = self.clients[who]
+            identity = self.pick(client, held)
+            with self.http.stream("GET", "/api/events", params={"clientId": identity}) as response:
+                assert response.status_code == 200
+                data = [line[6:] for line in _lines_until_snapshot(response)]
+            for text in data:
+                self.check_text(client, text)
+            hello, snapshot = (json.loads(text) for text in data)
+            assert hello["clientId"] == identity
+            assert {view["id"] for view in snapshot["tasks"]} == self.tasks_of(identity)
+
+        # --- invariants and teardown ---------------------------------------------------------
+
+        @invariant()
+        def nothing_leaked(self) -> None:
+            """Read whatever arrived on every connection; on_message checks each message."""
+            for client in self.clients:
+                while client.ws is not None:
+                    try:
+                        self.read(client, timeout=0)
+                    except TimeoutError:
+                        break
+
+        @invariant()
+        def every_forged_id_was_refused(self) -> None:
+            assert self.refused == self.forged
+
+        def teardown(self) -> None:
+            for client in self.clients:
+                self.close(client)
+            self.http.close()
+
+    return Isolation
+
+
+def _lines_until_snapshot(response: httpx.Response) -> list[str]:
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data.append(line)
+            if len(data) == 2:
+                break
+    return data
+
+
+def test_no_client_ever_sees_another_identitys_task(make_server: Any) -> None:
+    """On each adapter and each backend (``make_server`` is parametrized over both)."""
+    with make_server(SETTINGS, identity_max_age=MAX_AGE) as server:
+        with error_log() as errors:
+            run_state_machine_as_test(
+                drive(server),
+                settings=settings(
+                    max_examples=budget(20),
+                    stateful_step_count=60 if LONG else 30,
+                    deadline=None,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+        assert errors.records == [], errors.text()
