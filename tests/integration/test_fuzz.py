@@ -23,7 +23,7 @@ from progressq.transport import TransportSettings
 from tests.apps import RunningServer
 from tests.integration.security_support import ErrorLog, budget, error_log, open_ws
 
-FUZZ = settings(max_examples=budget(100), deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=budget(50), deadline=None, suppress_health_check=list(HealthCheck))
 ERROR_CODES = {
     "malformed_json",
     "invalid_field",

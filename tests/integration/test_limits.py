@@ -4,6 +4,10 @@ and never stops the server serving everyone else; errors never reveal internals.
 from __future__ import annotations
 
 import logging
+import re
+import sys
+import types
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -188,3 +192,29 @@ async def test_internal_errors_reveal_nothing_even_in_debug_mode(
             assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")
             assert all("hunter2" not in str(message) for message in ws.received)
     assert any(secret_detail in str(record.exc_info and record.exc_info[1]) for record in records)  # in the log
+
+
+def load_page(name: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A how-to page's ``python`` blocks, in order, as one module."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "how-to" / name
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+    monkeypatch.setenv("PROGRESSQ_SECRET", "docs-test-secret-0123456789abcdef")
+    module = types.ModuleType("docs_" + name.removesuffix(".md"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile("\n".join(blocks), str(page), "exec"), module.__dict__)
+    return module
+
+
+async def test_the_security_how_to_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_page("security.md", monkeypatch)
+    with serve(module.app, module.hub) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await WsClient.open(server.ws, origin="https://elsewhere.example")
+        assert refused.value.response.status_code == 403
+        async with await WsClient.open(server.ws, origin="https://app.example") as ws:
+            assert (await ws.next())["type"] == "snapshot"
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            evil = {"X-Client-Id": ws.client_id, "Origin": "https://elsewhere.example"}
+            assert (await start_task(http, **evil)).status_code == 403
+            assert (await start_task(http, **{"X-Client-Id": ws.client_id})).status_code == 202
+    assert (module.hub.max_active_per_owner, module.settings.max_connections_per_identity) == (20, 8)
