@@ -121,8 +121,11 @@ def test_task_routes_survive_any_path_and_identity(fuzzed: tuple[RunningServer, 
         with httpx.Client(base_url=server.http, timeout=10) as http:
             response = http.post(path, headers=headers) if cancel else http.get(path, headers=headers)
             listed = http.get("/api/tasks", headers=headers)
-        # 404 for the task (or a path no route takes), 403 for an id the server never issued
-        assert_documented(response, {403, 404, 405, 431, 400})
+        # 404 for the task (or a path no route takes), 403 for an id the server never issued;
+        # Starlette redirects an id ending in "/" (decoded from %2F) to the path without it
+        assert_documented(
+            response, {403, 404, 405, 431, 400, 307} if task_id.endswith("/") else {403, 404, 405, 431, 400}
+        )
         assert_documented(listed, {200, 403, 431, 400})
 
     task_route()
