@@ -20,15 +20,8 @@ logger = logging.getLogger("progressq.worker")
 _MAX_MESSAGE_LENGTH = 1000
 
 
-def _lock() -> anyio.Lock:
-    """A lock that, uncontended, is taken without a trip through the event loop (anyio >= 4.5).
-
-    Taking it is on the path of every emitted report, which checkpoints once on its own.
-    """
-    try:
-        return anyio.Lock(fast_acquire=True)
-    except TypeError:  # anyio < 4.5
-        return anyio.Lock()
+_YIELD_EVERY = 0.001
+"""Seconds of a handler's reporting between two of ``report``'s own checkpoints."""
 
 
 class TaskContext:
@@ -60,7 +53,9 @@ class TaskContext:
         self._closed = False
         self._flush_scheduled = False
         self._next_emit = -math.inf
-        self._lock = _lock()
+        self._next_yield = -math.inf
+        self._emitting = False  # an emission is in flight (in ``report`` or the flush)
+        self._emitted: anyio.Event | None = None  # made only when ``close`` must wait for one
 
     @property
     def task_id(self) -> str:
@@ -107,11 +102,15 @@ class TaskContext:
         if message is not None:
             self._message = str(message)[:_MAX_MESSAGE_LENGTH]
         self._dirty = True
-        if anyio.current_time() >= self._next_emit:
-            await self._emit()
-            # An emitting report lets the others run (the lock no longer does): a handler
-            # reporting in a tight loop cannot starve its connections' writers.
-            await anyio.lowlevel.checkpoint()
+        now = anyio.current_time()
+        if now >= self._next_emit:
+            await self._emit(now)
+            # An emitting report lets the others run now and then (at least once a
+            # millisecond of reporting): a handler reporting in a tight loop cannot starve
+            # its connections' writers, nor miss its cancellation for long.
+            if now >= self._next_yield:
+                self._next_yield = now + _YIELD_EVERY
+                await anyio.lowlevel.checkpoint()
         else:
             self._schedule_flush()
 
@@ -125,36 +124,46 @@ class TaskContext:
             await anyio.sleep_until(self._next_emit)
         finally:
             self._flush_scheduled = False
-        await self._emit()
+        await self._emit(anyio.current_time())
 
-    async def _emit(self) -> None:
-        async with self._lock:
-            if not self._dirty or self._closed:
-                return
-            if anyio.current_time() < self._next_emit:
-                # Another emission (a report's or the flush's) went out while this one
-                # waited: the latest values go out when the interval has passed.
-                self._schedule_flush()
-                return
-            self._dirty = False
-            self._next_emit = anyio.current_time() + self._interval
-            record = self._record.evolve(progress=self._percent, message=self._message)
-            try:
-                committed = await self._commit(record)
-            except Exception:
-                # Progress is best effort: the next report or the terminal state repairs it.
-                logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
-                self._dirty = True
-                return
-            if committed:
-                self._record = record
-            else:
-                self._closed = True  # our lease was taken over: write nothing more
+    async def _emit(self, now: float) -> None:
+        # One emission at a time, in order; one that finds another in flight leaves its
+        # values to it (``_dirty``), which sends them when they are due.
+        if self._emitting:
+            return
+        self._emitting = True
+        try:
+            while self._dirty and not self._closed:
+                if now < self._next_emit:
+                    self._schedule_flush()
+                    return
+                self._dirty = False
+                self._next_emit = now + self._interval
+                record = self._record.evolve(progress=self._percent, message=self._message)
+                try:
+                    committed = await self._commit(record)
+                except Exception:
+                    # Progress is best effort: the next report or the terminal state repairs it.
+                    logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+                    self._dirty = True
+                    return
+                if committed:
+                    self._record = record
+                else:
+                    self._closed = True  # our lease was taken over: write nothing more
+                if self._dirty:  # reported while this one was in flight
+                    now = anyio.current_time()
+        finally:
+            self._emitting = False
+            if self._emitted is not None:
+                self._emitted.set()
 
     async def close(self) -> TaskRecord:
         """Stop reporting; the latest record with the latest reported values."""
-        async with self._lock:
-            self._closed = True
-            if self._dirty:
-                return self._record.evolve(progress=self._percent, message=self._message)
-            return self._record
+        self._closed = True
+        while self._emitting:  # let the emission in flight land first
+            self._emitted = anyio.Event()
+            await self._emitted.wait()
+        if self._dirty:
+            return self._record.evolve(progress=self._percent, message=self._message)
+        return self._record
