@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import weakref
 from typing import ClassVar, Protocol
 
@@ -133,6 +134,8 @@ class ConnectionCounts:
 
 
 class _TokenBucket:
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)
@@ -209,18 +212,23 @@ class Connection:
         self._outbox.put(encode(message).decode())
 
     async def _write(self) -> None:
+        outbox, send = self._outbox, self._peer.send
+        timeout = self._settings.send_timeout
         try:
-            timeout = self._settings.send_timeout
-            while True:
-                batch = await self._outbox.next_batch()
-                # One cancel scope per batch whose deadline moves before each send: every send
-                # still has ``send_timeout``, without entering a new scope per message.
-                with anyio.CancelScope() as scope:
+            # One cancel scope for the connection's life whose deadline is set before each
+            # send (and lifted while idle): every send has ``send_timeout``, without a new
+            # scope per message or batch.
+            with anyio.CancelScope() as scope:
+                while True:
+                    batch = outbox.take()
+                    if not batch:
+                        scope.deadline = math.inf
+                        await outbox.wait()
+                        continue
                     for text in batch:
                         scope.deadline = anyio.current_time() + timeout
-                        await self._peer.send(text)
-                if scope.cancelled_caught:
-                    raise PeerGone
+                        await send(text)
+            raise PeerGone  # only the deadline cancels this scope: a send timed out
         except SlowConsumer:
             raise _Close(CLOSE_SLOW_CONSUMER, "too slow; resume with lastSeq") from None
         except TimeoutError:

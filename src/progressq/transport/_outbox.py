@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import NamedTuple
 
 import anyio
@@ -44,11 +43,15 @@ class Outbox:
     never slows anyone else.
     """
 
+    __slots__ = ("_batch", "_items", "_wakeup", "limit", "merged", "overflowed")
+
     def __init__(self, limit: int, *, batch: int = 64) -> None:
         self.limit = limit
         self._batch = batch
-        self._items: deque[_Entry] = deque()
-        self._wakeup = anyio.Event()
+        # A list, not a deque: an idle connection's empty list costs a few bytes, a deque
+        # a whole block. Batches are taken from the front, at most ``batch`` at a time.
+        self._items: list[_Entry] = []
+        self._wakeup: anyio.Event | None = None  # only while the writer waits
         self.overflowed = False
         self.merged = 0  # events merged away, for statistics and tests
 
@@ -63,30 +66,49 @@ class Outbox:
                 self.overflow()
                 return
         self._items.append(_Entry(text, task_id, task_json))
-        self._wakeup.set()
+        self._wake()
 
     def overflow(self) -> None:
         self.overflowed = True
-        self._wakeup.set()
+        self._wake()
 
     def clear(self) -> None:
         self._items.clear()
 
-    async def next_batch(self) -> list[str]:
-        """The oldest queued messages (a few at a time, so that what is not sent yet can
-        still be merged), waiting until there are some. Raises ``SlowConsumer``."""
-        while not self._items and not self.overflowed:
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
+    def take(self) -> list[str]:
+        """The oldest queued messages, at most ``batch`` (so that what is not sent yet can
+        still be merged); empty when none are queued. Raises ``SlowConsumer``."""
         if self.overflowed:
             raise SlowConsumer
-        count = min(self._batch, len(self._items))
-        return [self._items.popleft().text for _ in range(count)]
+        items = self._items
+        if len(items) <= self._batch:
+            self._items = []
+            return [entry.text for entry in items]
+        taken = items[: self._batch]
+        del items[: self._batch]
+        return [entry.text for entry in taken]
+
+    async def wait(self) -> None:
+        """Until a message is queued or the outbox overflows."""
+        while not self._items and not self.overflowed:
+            self._wakeup = wakeup = anyio.Event()
+            await wakeup.wait()
+
+    async def next_batch(self) -> list[str]:
+        """The oldest queued messages (see :meth:`take`), waiting until there are some."""
+        await self.wait()
+        return self.take()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
     def _merge(self) -> None:
         # Walk from the newest: an event is superseded when a later kept event of the same
         # task has the same status and attempt.
-        kept: deque[_Entry] = deque()
+        kept: list[_Entry] = []
         later: dict[str, _StatusOf] = {}
         for entry in reversed(self._items):
             if entry.task_id is not None and entry.task_json is not None:
@@ -95,7 +117,8 @@ class Outbox:
                     self.merged += 1
                     continue
                 later[entry.task_id] = state
-            kept.appendleft(entry)
+            kept.append(entry)
+        kept.reverse()
         self._items = kept
 
 
@@ -108,6 +131,8 @@ class IdentitySink:
     the next live events of those tasks; such events are sent with the snapshot's view, so
     a client's view never goes back in time.
     """
+
+    __slots__ = ("_fresher", "_held", "_outbox", "_watermark", "active")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
