@@ -19,6 +19,7 @@ try:
     from starlette.requests import Request
     from starlette.responses import Response as StarletteResponse
     from starlette.routing import BaseRoute, Route, WebSocketRoute
+    from starlette.types import Receive, Scope, Send
     from starlette.websockets import WebSocket, WebSocketDisconnect
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('progressq.starlette needs Starlette: pip install "progressq[starlette]"') from exc
@@ -38,6 +39,19 @@ def _reply(response: Response) -> StarletteResponse:
 
 async def _forbidden(request: Request, exc: Exception) -> StarletteResponse:
     return _reply(forbidden_response())
+
+
+class _AsgiEndpoint:
+    """Marks an ASGI callable as such for Starlette's routes (a plain function would be
+    taken for a ``websocket -> None`` endpoint)."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Any]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRoute]:
@@ -60,8 +74,11 @@ def _routes(endpoints: Endpoints) -> list[BaseRoute]:
     async def start(request: Request) -> StarletteResponse:
         return _reply(await endpoints.start(request, request.receive))
 
-    async def websocket_endpoint(websocket: WebSocket) -> None:
-        await endpoints.serve(websocket, websocket.receive, websocket.send, gone=(WebSocketDisconnect,))
+    async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        # An ASGI endpoint: the connection speaks straight to the server's ``receive`` and
+        # ``send`` (every message skips a layer); the WebSocket object serves only as the
+        # request (headers, client, query) an ``identify`` hook may read.
+        await endpoints.serve(WebSocket(scope, receive, send), receive, send, gone=(WebSocketDisconnect,))
 
     result: list[BaseRoute] = []
     if endpoints.settings.include_index:
@@ -73,7 +90,7 @@ def _routes(endpoints: Endpoints) -> list[BaseRoute]:
         Route("/api/tasks", endpoint(api.list_tasks), methods=["GET"], name="progressq:tasks"),
         Route("/api/task/{task_id}", endpoint(api.get_task), methods=["GET"], name="progressq:task"),
         Route("/api/task/{task_id}/cancel", endpoint(api.cancel_task), methods=["POST"], name="progressq:cancel"),
-        WebSocketRoute("/ws", websocket_endpoint, name="progressq:ws"),
+        WebSocketRoute("/ws", _AsgiEndpoint(websocket_endpoint), name="progressq:ws"),
         Route("/api/events", EventStreamSession(api.hub, endpoints.settings), name="progressq:events"),
     ]
     return result
