@@ -186,11 +186,13 @@ class MemoryTaskQueue:
 
 
 class _IdentityState:
+    # History is made on the first event: an identity that is only connected (an idle
+    # page) costs no ring buffer.
     __slots__ = ("history", "seq", "sinks")
 
-    def __init__(self, history_size: int) -> None:
+    def __init__(self) -> None:
         self.seq = 0
-        self.history: deque[Event] = deque(maxlen=history_size)
+        self.history: deque[Event] | None = None
         self.sinks: set[EventSink] = set()
 
 
@@ -216,13 +218,16 @@ class MemoryClientRegistry:
     async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
         state = self._states.get(identity)
         if state is None:
-            state = self._states[identity] = _IdentityState(self._history_size)
+            state = self._states[identity] = _IdentityState()
             self._forget_idle(keep=identity)
         else:
             self._states.move_to_end(identity)
         state.seq += 1
         event = Event(state.seq, kind, task_id, revision, task_json)
-        state.history.append(event)
+        history = state.history
+        if history is None:
+            history = state.history = deque(maxlen=self._history_size)
+        history.append(event)
         for sink in tuple(state.sinks):
             sink.deliver(event)
         return event
@@ -230,7 +235,7 @@ class MemoryClientRegistry:
     async def attach(self, identity: str, sink: EventSink) -> None:
         state = self._states.get(identity)
         if state is None:
-            state = self._states[identity] = _IdentityState(self._history_size)
+            state = self._states[identity] = _IdentityState()
             self._forget_idle(keep=identity)
         if not state.sinks:
             self._connected_identities += 1
@@ -259,6 +264,7 @@ class MemoryClientRegistry:
         if seq == current:
             return []
         assert state is not None  # current > 0
+        assert state.history  # an event was kept
         first = state.history[0].seq
         if first > seq + 1:
             return None
