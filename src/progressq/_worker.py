@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import anyio
 import msgspec
@@ -32,6 +32,26 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 1
 
 
+class BatchLeasing(Protocol):
+    """An optional ``TaskQueue`` capability: lease several tasks in one go."""
+
+    async def lease_many(self, limit: int) -> list[Lease]:
+        """Wait for the next tasks: at least one, at most ``limit`` (the pool's free slots)."""
+        ...
+
+
+class SaveAndPublish(Protocol):
+    """An optional ``TaskQueue`` capability, for a queue that shares its store with the
+    registry: ``save`` and the ``taskProgress`` publish of a change in one step."""
+
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        """Store ``record`` if ``lease`` still holds, publish it (its view is ``view_json``) to
+        its owner and, with ``finish``, acknowledge the task; nothing when fenced out (False)."""
+        ...
+
+
 class WorkerPool:
     """Runs at most ``concurrency`` tasks at once in the caller's task group."""
 
@@ -47,6 +67,8 @@ class WorkerPool:
         shutdown_grace: float,
     ) -> None:
         self._queue = queue
+        self._batch = cast(BatchLeasing, queue) if hasattr(queue, "lease_many") else None
+        self._combined = cast(SaveAndPublish, queue) if hasattr(queue, "save_and_publish") else None
         self._processor = processor
         self._policy_for = policy_for
         self._publish = publish
@@ -76,11 +98,18 @@ class WorkerPool:
                     slot = object()
                     await limiter.acquire_on_behalf_of(slot)
                     try:
-                        lease = await self._queue.lease()
+                        if self._batch is not None:  # as many as there are free slots
+                            leases = await self._batch.lease_many(1 + int(limiter.available_tokens))
+                        else:
+                            leases = [await self._queue.lease()]
                     except BaseException:
                         limiter.release_on_behalf_of(slot)
                         raise
-                    self._start(runs, lease, limiter, slot)
+                    self._start(runs, leases[0], limiter, slot)
+                    for lease in leases[1:]:
+                        more = object()
+                        limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
+                        self._start(runs, lease, limiter, more)
             with anyio.move_on_after(self._shutdown_grace):
                 await self._idle.wait()
             runs.cancel_scope.cancel()
@@ -171,6 +200,10 @@ class WorkerPool:
                 )
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
+        if self._combined is not None:
+            if not await self._combined.save_and_publish(lease, record, record.view_json(), finish=True):
+                logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
+            return
         if await self._commit(lease, record):
             await self._queue.finish(lease)
 
@@ -182,10 +215,15 @@ class WorkerPool:
 
     async def _commit(self, lease: Lease, record: TaskRecord) -> bool:
         """Store ``record`` if the lease still holds, then send it to its owner."""
-        if not await self._queue.save(lease, record):
+        if self._combined is not None:
+            stored = await self._combined.save_and_publish(lease, record, record.view_json())
+        else:
+            stored = await self._queue.save(lease, record)
+            if stored:
+                await self._publish(record)
+        if not stored:
             logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
             return False
-        await self._publish(record)
         return True
 
     async def _watch_cancellations(self) -> None:

@@ -98,6 +98,7 @@ class RedisBackend:
             consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             publish=self._publish_record,
             announce=self._announce_call,
+            publish_call=self._progress_call,
         )
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -189,6 +190,9 @@ class RedisBackend:
             record.owner, "taskQueued", record.id, record.revision, record.view_json()
         )
         return keys, [*args, "stored"]
+
+    def _progress_call(self, record: TaskRecord, view_json: bytes) -> tuple[list[str], list[Any]]:
+        return self._registry.publish_call(record.owner, "taskProgress", record.id, record.revision, view_json)
 
     async def _publish_record(self, record: TaskRecord) -> None:
         await self._registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())

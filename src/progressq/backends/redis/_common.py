@@ -67,8 +67,14 @@ class _Scripts:
     def __init__(self, client: Redis) -> None:
         folder = files("progressq.backends.redis").joinpath("scripts")
 
-        def load(name: str) -> AsyncScript:
-            return client.register_script(folder.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
+        def text(name: str) -> str:
+            return folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+        def load(name: str, *parts: str) -> AsyncScript:
+            """``name``'s script, after the scripts ``parts`` as local functions of the same
+            name (``local function save(KEYS, ARGV) ... end``): one script, one round trip."""
+            functions = [f"local function {part}(KEYS, ARGV)\n{text(part)}\nend\n" for part in parts]
+            return client.register_script("".join(functions) + text(name))
 
         self.enqueue = load("enqueue")
         self.claim = load("claim")
@@ -78,6 +84,8 @@ class _Scripts:
         self.extend = load("extend")
         self.cancel = load("cancel")
         self.publish = load("publish")
+        self.claim_many = load("claim_many", "claim")
+        self.commit = load("commit", "save", "publish")
 
 
 class _Keys:

@@ -73,9 +73,11 @@ class RedisTaskQueue:
         consumer: str,
         publish: Callable[[TaskRecord], Awaitable[object]],
         announce: Callable[[TaskRecord], tuple[list[str], list[Any]]],
+        publish_call: Callable[[TaskRecord, bytes], tuple[list[str], list[Any]]],
     ) -> None:
         self._client = client
         self._announce = announce
+        self._publish_call = publish_call
         self._scripts = scripts
         self._keys = keys
         self._pubsub = pubsub
@@ -135,10 +137,16 @@ class RedisTaskQueue:
 
     async def lease(self) -> Lease:
         """Wait for the next task; rides out a Redis outage (logs, then retries)."""
+        return (await self.lease_many(1))[0]
+
+    async def lease_many(self, limit: int) -> list[Lease]:
+        """Wait for the next tasks, at least one and at most ``limit`` (the caller's free
+        slots): one read and one claim script for all of them. Rides out a Redis outage."""
+        limit = max(1, limit)
         backoff = 0.1
         while True:
             try:
-                lease = await self._next()
+                leases = await self._next(limit)
             except BackendUnavailable as exc:
                 if not self._outage:
                     logger.warning("waiting for Redis to come back: %s", exc)
@@ -150,25 +158,28 @@ class RedisTaskQueue:
                 logger.warning("Redis answers again; taking tasks")
                 self._outage = False
             backoff = 0.1
-            if lease is not None:
-                return lease
+            if leases:
+                return leases
 
-    async def _next(self) -> Lease | None:
+    async def _next(self, limit: int) -> list[Lease]:
         try:
             with _unavailable("lease"):
                 if not self._group_ready:
                     await self._ensure_group()
-                entry = await self._reclaim_one()
-                if entry is None:
-                    entry = await self._read_one()
-                if entry is None:
-                    return None
-                return await self._claim(*entry)
+                entries: list[tuple[str, str]] = []
+                reclaimed = await self._reclaim_one()
+                if reclaimed is not None:
+                    entries.append(reclaimed)
+                if len(entries) < limit:
+                    entries += await self._read(limit - len(entries), block=not entries)
+                if not entries:
+                    return []
+                return await self._claim_all(entries)
         except redis_errors.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the stream is gone (Redis lost its data): start again
                 self._group_ready = False
                 self._cursor = "0-0"
-                return None
+                return []
             raise BackendUnavailable(f"Redis refused to hand out work: {exc}") from exc
 
     async def _ensure_group(self) -> None:
@@ -196,30 +207,49 @@ class RedisTaskQueue:
                 return _text(entry_id), _text(fields[b"t"])
         return None
 
-    async def _read_one(self) -> tuple[str, str] | None:
+    async def _read(self, count: int, *, block: bool) -> list[tuple[str, str]]:
+        """Up to ``count`` new entries; waits for the first one when ``block``."""
         wait = max(0.05, min(1.0, self._lease_timeout / 2, self._next_reclaim - anyio.current_time()))
         try:
             answer = await self._client.xreadgroup(
-                _GROUP, self._consumer, {self._keys.stream: ">"}, count=1, block=int(wait * 1000)
+                _GROUP, self._consumer, {self._keys.stream: ">"}, count=count, block=int(wait * 1000) if block else None
             )
         except redis_errors.ResponseError as exc:
             if "NOGROUP" in str(exc):
                 self._group_ready = False
                 self._cursor = "0-0"
-                return None
+                return []
             raise
+        found: list[tuple[str, str]] = []
         streams: Any = answer or []
         for _stream, entries in streams:
             for entry_id, fields in entries:
                 if fields and b"t" in fields:
-                    return _text(entry_id), _text(fields[b"t"])
-        return None
+                    found.append((_text(entry_id), _text(fields[b"t"])))
+        return found
 
-    async def _claim(self, entry: str, task_id: str) -> Lease | None:
-        answer = await self._scripts.claim(
-            keys=[self._keys.task(task_id), self._keys.stream, self._keys.counters],
-            args=[_GROUP, self._consumer, entry],
+    async def _claim_all(self, entries: list[tuple[str, str]]) -> list[Lease]:
+        """Claim ``entries`` in one script call; the leases of those that are to run."""
+        answers = await self._scripts.claim_many(
+            keys=[self._keys.stream, self._keys.counters, *(self._keys.task(task_id) for _, task_id in entries)],
+            args=[_GROUP, self._consumer, *(entry for entry, _ in entries)],
         )
+        leases: list[Lease] = []
+        try:
+            for (entry, _), answer in zip(entries, answers, strict=True):
+                lease = await self._claimed(entry, answer)
+                if lease is not None:
+                    leases.append(lease)
+        except BaseException:
+            # Cancelled (or failed) while handling the answers: the leases not handed out are
+            # not kept alive, so that they expire and the tasks run again.
+            for lease in leases:
+                self._drop(lease)
+            raise
+        return leases
+
+    async def _claimed(self, entry: str, answer: Any) -> Lease | None:
+        """The lease of one claim.lua answer, or None when there is nothing to run."""
         code = int(answer[0])
         if code == 0:
             return None
@@ -233,10 +263,13 @@ class RedisTaskQueue:
             # Finished, but its worker died before acknowledging it: make sure its owner
             # heard of the end (the publish script drops it if it was published already).
             if int(answer[5]) < record.revision:
-                await self._publish(record)
+                try:
+                    await self._publish(record)
+                except BackendUnavailable as exc:
+                    logger.warning("task %s: its final state could not be published: %s", record.id, exc)
             return None
         deliveries = int(answer[5])
-        self._held[task_id] = _Held(entry, record.attempt, record.status)
+        self._held[record.id] = _Held(entry, record.attempt, record.status)
         lease = Lease(record, entry)
         if deliveries > self._max_deliveries:
             await self._dead_letter(lease, deliveries - 1)
@@ -294,12 +327,64 @@ class RedisTaskQueue:
             held.status = record.status
         return True
 
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        """:meth:`save`, then publish ``record`` to its owner (``taskProgress``, its view
+        ``view_json``) and, with ``finish``, :meth:`finish` the lease: one script, one round
+        trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
+        held = self._held.get(record.id)
+        publish_keys, publish_args = self._publish_call(record, view_json)
+        try:
+            with _unavailable("save"):
+                answer = await self._scripts.commit(
+                    keys=[
+                        self._keys.task(record.id),
+                        self._keys.counters,
+                        self._keys.owner(record.owner),
+                        self._keys.unfinished,
+                        *publish_keys[:2],
+                        self._keys.stream,
+                    ],
+                    args=[
+                        lease.record.attempt,
+                        _record_encoder.encode(record),
+                        record.revision,
+                        record.status,
+                        1 if record.finished else 0,
+                        self._retention,
+                        self._keys.cancel_channel,
+                        record.id,
+                        record.owner,
+                        *publish_args,
+                        1 if finish else 0,
+                        _GROUP,
+                        lease.token,
+                    ],
+                )
+        except BackendUnavailable:
+            if held is not None and held.attempt == lease.record.attempt and (finish or held.status != record.status):
+                del self._held[record.id]
+            raise
+        if not int(answer[0]):
+            self._drop(lease)
+            return False
+        if finish:
+            self._drop(lease)
+        elif held is not None and held.attempt == lease.record.attempt:
+            held.status = record.status
+        return True
+
     async def extend(self, lease: Lease) -> bool:
         with _unavailable("extend"):
             answer = await self._scripts.extend(
                 keys=[self._keys.task(lease.record.id), self._keys.stream],
                 args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
             )
+        return self._extended(lease, answer)
+
+    def _extended(self, lease: Lease, answer: Any) -> bool:
+        """What the extend script's ``answer`` means for ``lease``."""
         if not answer:
             self._drop(lease)
             return False
@@ -428,14 +513,27 @@ class RedisTaskQueue:
         interval = self._lease_timeout / 3
         while True:
             await anyio.sleep(interval)
-            for task_id, held in list(self._held.items()):
-                lease = Lease(_placeholder(task_id, held.attempt), held.entry)
-                try:
-                    if not await self.extend(lease):
-                        logger.warning("task %s: lease of attempt %d was taken over", task_id, held.attempt)
-                except BackendUnavailable as exc:
-                    logger.warning("heartbeat of task %s failed: %s", task_id, exc)
-                    break
+            leases = [Lease(_placeholder(task_id, held.attempt), held.entry) for task_id, held in self._held.items()]
+            if not leases:
+                continue
+            try:  # every held lease in one round trip
+                with _unavailable("extend"):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for lease in leases:
+                            await self._scripts.extend(
+                                keys=[self._keys.task(lease.record.id), self._keys.stream],
+                                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
+                                client=pipe,
+                            )
+                        answers = await pipe.execute(raise_on_error=False)
+            except BackendUnavailable as exc:
+                logger.warning("heartbeat of %d tasks failed: %s", len(leases), exc)
+                continue
+            for lease, answer in zip(leases, answers, strict=True):
+                if isinstance(answer, Exception):
+                    logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
+                elif not self._extended(lease, answer):
+                    logger.warning("task %s: lease of attempt %d was taken over", lease.record.id, lease.record.attempt)
 
 
 def _placeholder(task_id: str, attempt: int) -> TaskRecord:
