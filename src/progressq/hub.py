@@ -9,7 +9,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import anyio
 import msgspec
@@ -29,6 +29,18 @@ H = TypeVar("H", bound=Handler)
 logger = logging.getLogger("progressq.hub")
 
 _MAX_NAME_LENGTH = 200
+
+
+class AnnouncingEnqueue(Protocol):
+    """An optional ``TaskQueue`` capability, for a queue that shares its store with the
+    registry: enqueue a task and publish its ``taskQueued`` in one atomic step, checking the
+    owner's limit of unfinished tasks in the same step."""
+
+    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
+        """Store, queue and announce ``record``, unless its owner has ``max_unfinished``
+        unfinished tasks already: then nothing, and that count is returned. None: queued.
+        Raises ``QueueFull`` like ``enqueue``."""
+        ...
 
 
 class _HandlerRegistry:
@@ -77,7 +89,8 @@ class Hub:
         max_active_per_owner: unfinished (queued or running) tasks one owner may have;
             :meth:`submit` raises ``TooManyTasks`` beyond it. ``None`` for no limit. Checked
             against the backend's task index, so with several web processes two submits
-            racing each other may both pass.
+            racing each other may both pass (not with the Redis backend, whose queue checks
+            the limit and enqueues in one atomic step).
     """
 
     def __init__(
@@ -206,6 +219,12 @@ class Hub:
             id=secrets.token_urlsafe(12), kind=kind, name=display, owner=owner, payload=dict(payload or {})
         )
         msgspec.json.encode(record.payload)  # fail here, not in a worker, on a payload that cannot travel
+        if hasattr(self.queue, "enqueue_and_announce"):  # one atomic step: limit, enqueue, announce
+            queue = cast(AnnouncingEnqueue, self.queue)
+            active = await queue.enqueue_and_announce(record, max_unfinished=self.max_active_per_owner)
+            if active is not None:
+                self._refuse(owner, active, self.max_active_per_owner or 0)
+            return record
         if self.max_active_per_owner is None:
             await self.queue.enqueue(record)
         else:
@@ -232,15 +251,18 @@ class Hub:
     async def _check_active(self, owner: str, limit: int) -> None:
         active = sum(1 for record in await self.queue.list_by_owner(owner) if not record.finished)
         if active >= limit:
-            if self._over_limit.first(owner):
-                logger.warning(
-                    "refused a task: owner %s has %d unfinished tasks (max_active_per_owner=%d); "
-                    "further refusals for this owner are not logged for a minute",
-                    fingerprint(owner),
-                    active,
-                    limit,
-                )
-            raise TooManyTasks()
+            self._refuse(owner, active, limit)
+
+    def _refuse(self, owner: str, active: int, limit: int) -> None:
+        if self._over_limit.first(owner):
+            logger.warning(
+                "refused a task: owner %s has %d unfinished tasks (max_active_per_owner=%d); "
+                "further refusals for this owner are not logged for a minute",
+                fingerprint(owner),
+                active,
+                limit,
+            )
+        raise TooManyTasks()
 
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:
         """One of ``owner``'s tasks. Raises ``TaskNotFound`` for any other id."""

@@ -86,6 +86,7 @@ class _Scripts:
         self.publish = load("publish")
         self.claim_many = load("claim_many", "claim")
         self.commit = load("commit", "save", "publish")
+        self.submit = load("submit", "enqueue", "publish")
 
 
 class _Keys:

@@ -102,38 +102,51 @@ class RedisTaskQueue:
         return self._consumer
 
     async def enqueue(self, record: TaskRecord) -> None:
-        """Store and queue ``record`` and announce it (``taskQueued``) in one transaction, so
-        that no worker can take the task, and publish its "running", before its owner was told
-        it was queued. (The hub's own publish of that event is then dropped as already done.)"""
+        """Store and queue ``record`` and announce it (``taskQueued``) in one step, so that no
+        worker can take the task, and publish its "running", before its owner was told it was
+        queued. (The hub's own publish of that event is then dropped as already done.)"""
+        await self.enqueue_and_announce(record, max_unfinished=None)
+
+    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
+        """Store, queue and announce ``record`` (``taskQueued``) in one script, one round
+        trip, unless its owner already has ``max_unfinished`` unfinished tasks: then nothing
+        is queued and the owner's count of unfinished tasks is returned. None: queued.
+
+        Raises:
+            QueueFull: the queue is at capacity; nothing was queued.
+        """
         created_ms = int(record.created_at.timestamp() * 1000)
         announce_keys, announce_args = self._announce(record)
         with _unavailable("enqueue"):
-            async with self._client.pipeline(transaction=True) as transaction:
-                await self._scripts.enqueue(
-                    keys=[
-                        self._keys.task(record.id),
-                        self._keys.owner(record.owner),
-                        self._keys.counters,
-                        self._keys.stream,
-                        self._keys.unfinished,
-                    ],
-                    args=[
-                        record.id,
-                        _record_encoder.encode(record),
-                        record.owner,
-                        created_ms,
-                        record.revision,
-                        self._capacity,
-                        self._retention,
-                    ],
-                    client=transaction,
-                )
-                await self._scripts.publish(keys=announce_keys, args=announce_args, client=transaction)
-                done, _ = await transaction.execute()
+            answer = await self._scripts.submit(
+                keys=[
+                    self._keys.task(record.id),
+                    self._keys.owner(record.owner),
+                    self._keys.counters,
+                    self._keys.stream,
+                    self._keys.unfinished,
+                    *announce_keys[:2],
+                ],
+                args=[
+                    record.id,
+                    _record_encoder.encode(record),
+                    record.owner,
+                    created_ms,
+                    record.revision,
+                    self._capacity,
+                    self._retention,
+                    *announce_args[:7],
+                    max_unfinished or 0,
+                ],
+            )
+        done = int(answer[0])
+        if done == -2:
+            return int(answer[1])
         if done == 0:
             raise QueueFull(retry_after=1.0)
         if done == -1:
             raise ConfigurationError(f"a task with id {record.id!r} already exists")
+        return None
 
     async def lease(self) -> Lease:
         """Wait for the next task; rides out a Redis outage (logs, then retries)."""
