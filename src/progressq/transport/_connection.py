@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import weakref
 from typing import ClassVar, Protocol
 
 import anyio
 import msgspec
+from anyio.abc import TaskGroup
 
 from progressq._logonce import LogOnce, fingerprint
 from progressq.contracts import utc_now
@@ -60,6 +60,13 @@ CLOSE_INTERNAL_ERROR = 1011
 """The server failed unexpectedly (logged on the server; the reason says nothing more)."""
 CLOSE_SLOW_CONSUMER = 1013
 """The client did not keep up; reconnect and resume with ``lastSeq``."""
+
+
+_WRITER_LINGER = 0.25
+"""Seconds a writer that has sent at most ``_FEW`` messages waits for the next before it ends
+(the next message starts another). One that has sent more waits up to ``send_timeout`` after
+its last send. A busy connection keeps its writer; an idle one has none."""
+_FEW = 4
 
 
 class PeerGone(Exception):
@@ -181,15 +188,22 @@ class Connection:
         self._sink: IdentitySink | None = None
         self._counts = ConnectionCounts.of(hub)
         self._counted: str | None = None
+        self._group: TaskGroup | None = None  # while running: where a writer is started
+        self._writing = False  # a writer task runs
 
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
         close: _Close | None = None
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._write)
-                await self._follow(identity, last_seq, resumed=last_seq is not None)
-                await self._read()
+                # The writer runs only while there is something to send (and a moment
+                # after): an idle connection is this one task.
+                self._group, self._outbox.on_idle_put = group, self._start_writer
+                try:
+                    await self._follow(identity, last_seq, resumed=last_seq is not None)
+                    await self._read()
+                finally:
+                    self._group = self._outbox.on_idle_put = None
                 group.cancel_scope.cancel()
         except* _Close as closing:
             close = closing.exceptions[0]  # type: ignore[assignment]
@@ -211,24 +225,43 @@ class Connection:
     def _send(self, message: ServerMessage) -> None:
         self._outbox.put(encode(message).decode())
 
+    def _start_writer(self) -> None:
+        if not self._writing and self._group is not None:
+            self._writing = True
+            self._group.start_soon(self._write)
+
     async def _write(self) -> None:
         outbox, send = self._outbox, self._peer.send
         timeout = self._settings.send_timeout
         try:
-            # One cancel scope for the connection's life whose deadline is set before each
-            # send (and lifted while idle): every send has ``send_timeout``, without a new
-            # scope per message or batch.
-            with anyio.CancelScope() as scope:
-                while True:
-                    batch = outbox.take()
-                    if not batch:
-                        scope.deadline = math.inf
-                        await outbox.wait()
-                        continue
-                    for text in batch:
-                        scope.deadline = anyio.current_time() + timeout
-                        await send(text)
-            raise PeerGone  # only the deadline cancels this scope: a send timed out
+            while True:
+                # One cancel scope per writer. Its deadline is set before each send, so every
+                # send has ``send_timeout``; while idle the last send's deadline stays and
+                # ends the writer (nothing to set per message). A writer that has sent only a
+                # handful (a page's hello and snapshot) ends after ``_WRITER_LINGER`` instead.
+                idle = False
+                sent = 0
+                with anyio.CancelScope() as scope:
+                    while True:
+                        batch = outbox.take()
+                        if not batch:
+                            idle = True
+                            if sent <= _FEW:
+                                scope.deadline = anyio.current_time() + _WRITER_LINGER
+                            await outbox.wait()
+                            if scope.cancel_called:
+                                break  # the writer's time ran out as a message came: sent below
+                            idle = False
+                            continue
+                        for text in batch:
+                            scope.deadline = anyio.current_time() + timeout
+                            await send(text)
+                        sent += len(batch)
+                if not idle:
+                    raise PeerGone  # a send timed out
+                if not len(outbox) and not outbox.overflowed:
+                    self._writing = False  # the next put starts a writer again
+                    return
         except SlowConsumer:
             raise _Close(CLOSE_SLOW_CONSUMER, "too slow; resume with lastSeq") from None
         except TimeoutError:

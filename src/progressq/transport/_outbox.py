@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import anyio
@@ -43,7 +44,7 @@ class Outbox:
     never slows anyone else.
     """
 
-    __slots__ = ("_batch", "_items", "_wakeup", "limit", "merged", "overflowed")
+    __slots__ = ("_batch", "_items", "_wakeup", "limit", "merged", "on_idle_put", "overflowed")
 
     def __init__(self, limit: int, *, batch: int = 64) -> None:
         self.limit = limit
@@ -52,6 +53,9 @@ class Outbox:
         # a whole block. Batches are taken from the front, at most ``batch`` at a time.
         self._items: list[_Entry] = []
         self._wakeup: anyio.Event | None = None  # only while the writer waits
+        # Called when a message (or the overflow) arrives and no writer waits for it: the
+        # connection starts one then, so an idle connection needs no writer task.
+        self.on_idle_put: Callable[[], None] | None = None
         self.overflowed = False
         self.merged = 0  # events merged away, for statistics and tests
 
@@ -92,7 +96,11 @@ class Outbox:
         """Until a message is queued or the outbox overflows."""
         while not self._items and not self.overflowed:
             self._wakeup = wakeup = anyio.Event()
-            await wakeup.wait()
+            try:
+                await wakeup.wait()
+            finally:
+                if self._wakeup is wakeup:  # cancelled: the next put must start a writer
+                    self._wakeup = None
 
     async def next_batch(self) -> list[str]:
         """The oldest queued messages (see :meth:`take`), waiting until there are some."""
@@ -104,6 +112,8 @@ class Outbox:
         if wakeup is not None:
             self._wakeup = None
             wakeup.set()
+        elif self.on_idle_put is not None:
+            self.on_idle_put()
 
     def _merge(self) -> None:
         # Walk from the newest: an event is superseded when a later kept event of the same
