@@ -342,3 +342,61 @@ async def test_workers_carry_on_after_redis_lost_its_data(make: Make) -> None:
         await sink.wait_for(lambda events: any(_view(e)["status"] == "completed" for e in events), 20)
         assert (await hub.get(fresh.id, owner="alice")).status == "completed"
         assert sink.seqs == list(range(1, len(sink.seqs) + 1))
+
+
+async def test_lease_many_takes_at_most_the_free_slots_and_holds_each_lease(make: Make) -> None:
+    async with make(lease_timeout=0.6) as backend:
+        for n in range(5):
+            await backend.queue.enqueue(_record(n=n))
+        first = await backend.queue.lease_many(3)
+        assert len(first) == 3
+        assert len({lease.record.id for lease in first}) == 3
+        assert all(lease.record.attempt == 1 for lease in first)
+        await anyio.sleep(1.2)  # two lease timeouts: only the heartbeat keeps them
+        rest = await backend.queue.lease_many(10)
+        assert sorted(lease.record.id for lease in rest) == ["task-3", "task-4"]  # none taken over
+        assert (await backend.queue.statistics()).running == 5
+
+
+async def test_save_and_publish_is_fenced_and_acknowledges_only_with_finish(make: Make) -> None:
+    async with make(lease_timeout=0.3) as backend:
+        sink = RecordingSink()
+        await backend.registry.attach("alice", sink)
+        await backend.queue.enqueue(_record())
+        lease = await backend.queue.lease()
+        stale = Lease(msgspec.structs.replace(lease.record, attempt=lease.record.attempt - 1), lease.token)
+        done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+        assert not await backend.queue.save_and_publish(stale, done, done.view_json(), finish=True)
+        running = lease.record.evolve(status="running")
+        assert await backend.queue.save_and_publish(lease, running, running.view_json())
+        done = running.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+        assert await backend.queue.save_and_publish(lease, done, done.view_json(), finish=True)
+        await sink.wait_count(3)
+        assert [_view(e)["status"] for e in sink.events] == ["queued", "running", "completed"]
+        assert sink.seqs == [1, 2, 3]
+        pending = await backend.client.xpending(f"{backend.prefix}:queue", "workers")
+        assert pending["pending"] == 0  # acknowledged with the terminal save
+        assert (await backend.queue.statistics()).running == 0
+
+
+async def test_batched_script_calls_recover_when_redis_forgot_the_scripts(make: Make) -> None:
+    from progressq import Hub, TaskContext
+
+    hub = Hub(make(), secret="script-flush-test-secret-1", concurrency=8, progress_interval=0.0)
+
+    @hub.task("quick")
+    async def quick(ctx: TaskContext) -> None:
+        await ctx.report(50)
+
+    async with hub:
+        backend = hub.backend
+        assert isinstance(backend, RedisBackend)
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        await backend.client.script_flush()
+        async with anyio.create_task_group() as group:  # concurrent submits: one batch
+            for _ in range(20):
+                group.start_soon(lambda: hub.submit("quick", owner="alice"))
+        await sink.wait_for(lambda events: sum(_view(e)["status"] == "completed" for e in events) == 20, 20)
+        assert sink.seqs == list(range(1, len(sink.seqs) + 1))
+        assert len(sink.seqs) == 20 * 4  # queued, running, progress, completed: each once

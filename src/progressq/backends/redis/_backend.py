@@ -177,6 +177,7 @@ class RedisBackend:
         if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
+        await self._queue._batcher.drain()
         await self._pubsub.aclose()
         if self._close_client:
             with anyio.CancelScope(shield=True):

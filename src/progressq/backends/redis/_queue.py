@@ -14,6 +14,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._common import (
     _GROUP,
     _Keys,
@@ -78,6 +79,7 @@ class RedisTaskQueue:
         self._client = client
         self._announce = announce
         self._publish_call = publish_call
+        self._batcher = _Batcher(client)
         self._scripts = scripts
         self._keys = keys
         self._pubsub = pubsub
@@ -118,8 +120,9 @@ class RedisTaskQueue:
         created_ms = int(record.created_at.timestamp() * 1000)
         announce_keys, announce_args = self._announce(record)
         with _unavailable("enqueue"):
-            answer = await self._scripts.submit(
-                keys=[
+            answer = await self._batcher.call(
+                self._scripts.submit,
+                [
                     self._keys.task(record.id),
                     self._keys.owner(record.owner),
                     self._keys.counters,
@@ -127,7 +130,7 @@ class RedisTaskQueue:
                     self._keys.unfinished,
                     *announce_keys[:2],
                 ],
-                args=[
+                [
                     record.id,
                     _record_encoder.encode(record),
                     record.owner,
@@ -350,8 +353,9 @@ class RedisTaskQueue:
         publish_keys, publish_args = self._publish_call(record, view_json)
         try:
             with _unavailable("save"):
-                answer = await self._scripts.commit(
-                    keys=[
+                answer = await self._batcher.call(
+                    self._scripts.commit,
+                    [
                         self._keys.task(record.id),
                         self._keys.counters,
                         self._keys.owner(record.owner),
@@ -359,7 +363,7 @@ class RedisTaskQueue:
                         *publish_keys[:2],
                         self._keys.stream,
                     ],
-                    args=[
+                    [
                         lease.record.attempt,
                         _record_encoder.encode(record),
                         record.revision,
