@@ -85,6 +85,7 @@ class _Scripts:
         self.cancel = load("cancel")
         self.publish = load("publish")
         self.claim_many = load("claim_many", "claim")
+        self.take = load("take", "claim")
         self.commit = load("commit", "save", "publish")
         self.submit = load("submit", "enqueue", "publish")
 

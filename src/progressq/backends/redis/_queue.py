@@ -186,8 +186,17 @@ class RedisTaskQueue:
                 reclaimed = await self._reclaim_one()
                 if reclaimed is not None:
                     entries.append(reclaimed)
-                if len(entries) < limit:
-                    entries += await self._read(limit - len(entries), block=not entries)
+                    if limit > 1:
+                        entries += await self._read(limit - 1, block=False)
+                    return await self._claim_all(entries)
+                # what is waiting, read and claimed in one round trip; else wait for the next
+                answers = await self._scripts.take(
+                    keys=[self._keys.stream, self._keys.counters],
+                    args=[_GROUP, self._consumer, limit, self._keys.task("")],
+                )
+                if answers:
+                    return await self._leases([(_text(entry), answer) for entry, answer in answers])
+                entries = await self._read(limit, block=True)
                 if not entries:
                     return []
                 return await self._claim_all(entries)
@@ -250,9 +259,13 @@ class RedisTaskQueue:
             keys=[self._keys.stream, self._keys.counters, *(self._keys.task(task_id) for _, task_id in entries)],
             args=[_GROUP, self._consumer, *(entry for entry, _ in entries)],
         )
+        return await self._leases([(entry, answer) for (entry, _), answer in zip(entries, answers, strict=True)])
+
+    async def _leases(self, answers: list[tuple[str, Any]]) -> list[Lease]:
+        """The leases of claim.lua's answers (entry id, answer) of those that are to run."""
         leases: list[Lease] = []
         try:
-            for (entry, _), answer in zip(entries, answers, strict=True):
+            for entry, answer in answers:
                 lease = await self._claimed(entry, answer)
                 if lease is not None:
                     leases.append(lease)
