@@ -320,29 +320,28 @@ class RedisTaskQueue:
             await self._publish(record)
             await self.finish(lease)
 
+    def _save_call(self, lease: Lease, record: TaskRecord) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the save script (the commit script starts with them)."""
+        keys = [self._keys.task(record.id), self._keys.counters, self._keys.owner(record.owner), self._keys.unfinished]
+        args = [
+            lease.record.attempt,
+            _record_encoder.encode(record),
+            record.revision,
+            record.status,
+            1 if record.finished else 0,
+            self._retention,
+            self._keys.cancel_channel,
+            record.id,
+            record.owner,
+        ]
+        return keys, args
+
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
         held = self._held.get(record.id)
+        save_keys, save_args = self._save_call(lease, record)
         try:
             with _unavailable("save"):
-                stored = await self._scripts.save(
-                    keys=[
-                        self._keys.task(record.id),
-                        self._keys.counters,
-                        self._keys.owner(record.owner),
-                        self._keys.unfinished,
-                    ],
-                    args=[
-                        lease.record.attempt,
-                        _record_encoder.encode(record),
-                        record.revision,
-                        record.status,
-                        1 if record.finished else 0,
-                        self._retention,
-                        self._keys.cancel_channel,
-                        record.id,
-                        record.owner,
-                    ],
-                )
+                stored = await self._scripts.save(keys=save_keys, args=save_args)
         except BackendUnavailable:
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
@@ -363,29 +362,15 @@ class RedisTaskQueue:
         ``view_json``) and, with ``finish``, :meth:`finish` the lease: one script, one round
         trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
         held = self._held.get(record.id)
+        save_keys, save_args = self._save_call(lease, record)
         publish_keys, publish_args = self._publish_call(record, view_json)
         try:
             with _unavailable("save"):
                 answer = await self._batcher.call(
                     self._scripts.commit,
+                    [*save_keys, *publish_keys[:2], self._keys.stream],
                     [
-                        self._keys.task(record.id),
-                        self._keys.counters,
-                        self._keys.owner(record.owner),
-                        self._keys.unfinished,
-                        *publish_keys[:2],
-                        self._keys.stream,
-                    ],
-                    [
-                        lease.record.attempt,
-                        _record_encoder.encode(record),
-                        record.revision,
-                        record.status,
-                        1 if record.finished else 0,
-                        self._retention,
-                        self._keys.cancel_channel,
-                        record.id,
-                        record.owner,
+                        *save_args,
                         *publish_args,
                         1 if finish else 0,
                         _GROUP,
