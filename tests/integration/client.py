@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 Message = dict[str, Any]
 
@@ -49,6 +50,19 @@ class WsClient:
 
     async def close(self) -> None:
         await self.connection.close()
+
+    async def close_code(self, *frames: Message | str, repeat: int = 1) -> int:
+        """Send ``frames`` (``repeat`` times over), then read until the server closes; its close code."""
+        try:
+            for _ in range(repeat):
+                for frame in frames:
+                    await self.send(frame)
+            while True:
+                await self.next()
+        except ConnectionClosed as closed:
+            if closed.rcvd is None:
+                raise AssertionError("the connection ended without a close frame") from closed
+            return closed.rcvd.code
 
     async def __aenter__(self) -> WsClient:
         return self

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from progressq.identity import IdentityAuthority
 from progressq.transport import TransportSettings
@@ -98,11 +98,7 @@ async def test_forged_resume_closes_1008(server: RunningServer) -> None:
     for forged in ("made-up-id", tampered(server), FOREIGN):
         async with await WsClient.open(server.ws) as ws:
             await ws.next()
-            await ws.send({"type": "resume", "clientId": forged, "lastSeq": 0})
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.next()
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 1008
+            assert await ws.close_code({"type": "resume", "clientId": forged, "lastSeq": 0}) == 1008
 
 
 @pytest.mark.parametrize(
@@ -135,11 +131,7 @@ async def test_bad_frames_get_an_error_and_the_connection_stays(server: RunningS
 async def test_oversized_frame_closes_1009(server: RunningServer) -> None:
     async with await WsClient.open(server.ws) as ws:
         await ws.next()
-        await ws.send({"type": "ping", "pad": "p" * 70_000})
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.next()
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1009
+        assert await ws.close_code({"type": "ping", "pad": "p" * 70_000}) == 1009
 
 
 async def test_message_flood_closes_1008_and_others_are_served(make_server: Any) -> None:
@@ -147,13 +139,7 @@ async def test_message_flood_closes_1008_and_others_are_served(make_server: Any)
         async with await WsClient.open(server.ws) as flooder, await WsClient.open(server.ws) as calm:
             await flooder.next()
             await calm.next()
-            with pytest.raises(ConnectionClosed) as closed:
-                for _ in range(100):
-                    await flooder.send("ping")
-                while True:
-                    await flooder.next()
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 1008
+            assert await flooder.close_code("ping", repeat=100) == 1008
             await calm.send("ping")
             assert (await calm.next())["type"] == "pong"
 

@@ -87,22 +87,10 @@ async def test_message_flood_and_big_frames_are_closed_and_logged_once(
             await calm.next()
             async with await WsClient.open(server.ws) as flooder:
                 await flooder.next()
-                with pytest.raises(ConnectionClosed) as closed:
-                    for _ in range(200):
-                        await flooder.send("ping")
-                    while True:
-                        await flooder.next()
-                assert closed.value.rcvd is not None
-                assert closed.value.rcvd.code == 1008
+                assert await flooder.close_code("ping", repeat=200) == 1008
             async with await WsClient.open(server.ws) as big:
                 await big.next()
-                with pytest.raises(ConnectionClosed) as closed:
-                    for _ in range(20):
-                        await big.send("x" * 2000)
-                    while True:
-                        await big.next()
-                assert closed.value.rcvd is not None
-                assert closed.value.rcvd.code == 1009
+                assert await big.close_code("x" * 2000, repeat=20) == 1009
             await calm.send("ping")
             assert (await calm.next())["type"] == "pong"
     assert logged(records, "message rate exceeded") == 1
