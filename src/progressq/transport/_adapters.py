@@ -68,6 +68,8 @@ class AsgiWebSocketPeer:
         gone: the framework's exceptions that mean the client has gone.
     """
 
+    sends_inline = True  # an ASGI send takes no locks: see ``Peer``
+
     def __init__(
         self,
         receive: Receive,

@@ -31,6 +31,7 @@ from progressq.messages import (
     decode_client_message,
     encode,
 )
+from progressq.transport import _inline
 from progressq.transport._identity import IdentityResolver
 from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
 from progressq.transport._settings import RequestInfo, TransportSettings
@@ -74,7 +75,13 @@ class PeerGone(Exception):
 
 
 class Peer(Protocol):
-    """The four things a connection needs of what carries it."""
+    """The four things a connection needs of what carries it.
+
+    A peer may also set ``sends_inline = True`` when its ``send`` normally finishes without
+    suspending and touches no task-bound state (no locks, no cancel scopes): a raw ASGI
+    ``send`` does. On asyncio the connection then sends on the publisher's stack and starts
+    a writer task only for a send that has to wait (see ``_inline``).
+    """
 
     async def accept(self) -> None: ...
 
@@ -190,6 +197,11 @@ class Connection:
         self._counted: str | None = None
         self._group: TaskGroup | None = None  # while running: where a writer is started
         self._writing = False  # a writer task runs
+        self._inline = settings.send_inline and getattr(peer, "sends_inline", False) is True and _inline.available()
+        # A send that suspended on the publisher's stack, and what was taken after it: the
+        # writer finishes them first. Or what such a send raised: the writer ends with it.
+        self._carry: tuple[_inline.Unfinished, list[str]] | None = None
+        self._failure: Exception | None = None
 
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
@@ -198,7 +210,7 @@ class Connection:
             async with anyio.create_task_group() as group:
                 # The writer runs only while there is something to send (and a moment
                 # after): an idle connection is this one task.
-                self._group, self._outbox.on_idle_put = group, self._start_writer
+                self._group, self._outbox.on_idle_put = group, self._on_put
                 try:
                     await self._follow(identity, last_seq, resumed=last_seq is not None)
                     await self._read()
@@ -213,6 +225,9 @@ class Connection:
             logger.exception("a connection failed")
             close = _Close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
+            if self._carry is not None:
+                self._carry[0].close()
+                self._carry = None
             with anyio.CancelScope(shield=True):
                 await self._unfollow()
                 if close is not None:
@@ -225,6 +240,33 @@ class Connection:
     def _send(self, message: ServerMessage) -> None:
         self._outbox.put(encode(message).decode())
 
+    def _on_put(self) -> None:
+        """Something was queued and no writer waits for it."""
+        if self._writing or self._group is None:
+            return  # the running writer sends it
+        if self._inline:
+            self._send_inline()
+        else:
+            self._start_writer()
+
+    def _send_inline(self) -> None:
+        # On the publisher's stack: every send that finishes at once is done here; the
+        # first that would wait goes, with the rest of its batch, to a writer task.
+        outbox = self._outbox
+        try:
+            while batch := outbox.take():
+                for index, text in enumerate(batch):
+                    unfinished = _inline.start(self._peer.send(text))
+                    if unfinished is not None:
+                        self._carry = (unfinished, batch[index + 1 :])
+                        self._start_writer()
+                        return
+        except SlowConsumer:
+            self._start_writer()  # which finds the overflow again and closes
+        except Exception as exc:  # the peer is gone or broken; never the publisher's problem
+            self._failure = exc
+            self._start_writer()
+
     def _start_writer(self) -> None:
         if not self._writing and self._group is not None:
             self._writing = True
@@ -234,18 +276,31 @@ class Connection:
         outbox, send = self._outbox, self._peer.send
         timeout = self._settings.send_timeout
         try:
+            if self._failure is not None:
+                raise PeerGone from self._failure
             while True:
                 # One cancel scope per writer. Its deadline is set before each send, so every
                 # send has ``send_timeout``; while idle the last send's deadline stays and
                 # ends the writer (nothing to set per message). A writer that has sent only a
                 # handful (a page's hello and snapshot) ends after ``_WRITER_LINGER`` instead.
+                # With inline sends a writer exists only to finish sends that had to wait: it
+                # ends as soon as the outbox is empty.
                 idle = False
                 sent = 0
                 with anyio.CancelScope() as scope:
+                    if self._carry is not None:
+                        (unfinished, rest), self._carry = self._carry, None
+                        scope.deadline = anyio.current_time() + timeout
+                        await unfinished
+                        for text in rest:
+                            scope.deadline = anyio.current_time() + timeout
+                            await send(text)
                     while True:
                         batch = outbox.take()
                         if not batch:
                             idle = True
+                            if self._inline:
+                                break
                             if sent <= _FEW:
                                 scope.deadline = anyio.current_time() + _WRITER_LINGER
                             await outbox.wait()

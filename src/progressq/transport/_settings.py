@@ -55,6 +55,11 @@ class TransportSettings:
         outbox_size: messages queued for one connection before it counts as too slow
             (close 1013; the client resumes from history).
         send_timeout: seconds one send may take before the connection is dropped.
+        send_inline: on asyncio, send a WebSocket message on the publisher's stack when the
+            server can take it at once, and start a writer task only for a send that must
+            wait (a slow client still never holds anyone up). Turn off if an ASGI middleware
+            wraps ``send`` with locks or cancel scopes: each message then goes through the
+            connection's writer task (slower: a task switch per message).
         include_index: serve ``GET /`` with the API description.
     """
 
@@ -68,4 +73,5 @@ class TransportSettings:
     max_connections_per_identity: int = 16
     outbox_size: int = 1024
     send_timeout: float = 10.0
+    send_inline: bool = True
     include_index: bool = True

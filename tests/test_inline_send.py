@@ -1,0 +1,268 @@
+"""Sending on the publisher's stack (asyncio): at once when the peer can take it, through a
+writer task when a send has to wait, and never at the publisher's expense."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from progressq import Hub, MemoryBackend
+from progressq.transport import RequestInfo, TransportSettings, _inline
+from progressq.transport._connection import Connection, PeerGone
+from progressq.transport._identity import IdentityResolver
+
+OWNER = "owner-a"
+SECRET = "inline-tests-secret-0123456789abcdef"
+
+
+class ScriptedPeer:
+    """A peer that records what it is sent; a send waits while ``gate`` is closed."""
+
+    sends_inline = True
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.gate: anyio.Event | None = None
+        self.fail_with: Exception | None = None
+        self.abandoned = 0  # sends that were interrupted while waiting
+        self.gone = anyio.Event()
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive(self) -> str:
+        await self.gone.wait()
+        raise PeerGone
+
+    async def send(self, text: str) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.gate is not None and not self.gate.is_set():
+            try:
+                await self.gate.wait()
+            except BaseException:
+                self.abandoned += 1
+                raise
+        self.sent.append(text)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        pass
+
+
+class Served:
+    def __init__(self, hub: Hub, peer: ScriptedPeer, settings: TransportSettings, connection: Connection) -> None:
+        self.connection = connection
+        self.hub = hub
+        self.peer = peer
+        self.settings = settings
+        self.ended = anyio.Event()
+
+    async def publish(self, n: int) -> None:
+        await self.hub.registry.publish(OWNER, "taskProgress", "t", n, b'{"id":"t","n":%d}' % n)
+
+    def events(self) -> list[str]:
+        return [text for text in self.peer.sent if '"taskProgress"' in text]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # inline sends exist only on asyncio; trio is tested below
+
+
+@pytest.fixture
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    settings: TransportSettings = getattr(request, "param", TransportSettings(send_timeout=0.3))
+    peer = ScriptedPeer()
+    hub = Hub(MemoryBackend(), secret=SECRET)
+    async with hub, anyio.create_task_group() as group:
+        connection = Connection(hub, settings, IdentityResolver(hub.identities, None), peer, RequestInfo({}), "s1")
+        served = Served(hub, peer, settings, connection)
+
+        async def run() -> None:
+            try:
+                await connection.run(OWNER)
+            finally:
+                served.ended.set()
+
+        group.start_soon(run)
+        with anyio.fail_after(5):
+            while len(peer.sent) < 2:  # connection and snapshot
+                await anyio.sleep(0.001)
+        yield served
+        peer.gone.set()
+
+
+@pytest.mark.anyio
+async def test_a_send_that_need_not_wait_happens_on_the_publishers_stack(served: Served) -> None:
+    await served.publish(1)
+    # No checkpoint since the publish: only an inline send can have sent it already.
+    assert served.events() == ['{"type":"taskProgress","seq":1,"task":{"id":"t","n":1}}']
+
+
+@pytest.mark.anyio
+async def test_a_send_that_waits_holds_up_no_publisher_and_keeps_the_order(served: Served) -> None:
+    gate = served.peer.gate = anyio.Event()
+    with anyio.fail_after(1):  # every publish returns although the first send waits
+        for n in range(1, 6):
+            await served.publish(n)
+    assert served.events() == []
+    gate.set()
+    with anyio.fail_after(5):
+        while len(served.events()) < 5:
+            await anyio.sleep(0.001)
+    assert [int(text.split('"seq":')[1].split(",")[0]) for text in served.events()] == [1, 2, 3, 4, 5]
+    # The writer ends once it has caught up: the next send is inline again.
+    await anyio.sleep(0.05)
+    await served.publish(6)
+    assert len(served.events()) == 6
+
+
+@pytest.mark.anyio
+async def test_what_was_taken_with_a_send_that_waits_is_sent_after_it_in_order(served: Served) -> None:
+    # Several messages queued before the inline sender runs (as when one hook call queues
+    # more than one): the first waits, the writer sends the others after it.
+    outbox = served.connection._outbox
+    served.peer.gate = gate = anyio.Event()
+    hook, outbox.on_idle_put = outbox.on_idle_put, None
+    for text in ("a", "b", "c"):
+        outbox.put(text)
+    outbox.on_idle_put = hook
+    served.connection._on_put()
+    outbox.put("d")
+    assert served.peer.sent[2:] == []
+    gate.set()
+    with anyio.fail_after(5):
+        while len(served.peer.sent) < 6:
+            await anyio.sleep(0.001)
+    assert served.peer.sent[2:] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.anyio
+async def test_a_send_that_waits_past_send_timeout_ends_the_connection(served: Served) -> None:
+    served.peer.gate = anyio.Event()  # never opened
+    with anyio.fail_after(1):
+        await served.publish(1)
+        await served.publish(2)
+    with anyio.fail_after(5):
+        await served.ended.wait()
+    assert served.peer.abandoned == 1  # the waiting send was interrupted, not left behind
+    assert served.hub.registry.statistics().connections == 0
+    with anyio.fail_after(1):
+        await served.publish(3)  # publishing to an identity whose connection went is fine
+
+
+@pytest.mark.anyio
+async def test_a_send_that_fails_at_once_ends_the_connection_not_the_publisher(served: Served) -> None:
+    served.peer.fail_with = PeerGone()
+    await served.publish(1)  # does not raise
+    with anyio.fail_after(5):
+        await served.ended.wait()
+    assert served.hub.registry.statistics().connections == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("served", [TransportSettings(send_inline=False)], indirect=True)
+async def test_with_send_inline_off_every_send_goes_through_the_writer(served: Served) -> None:
+    await served.publish(1)
+    assert served.events() == []  # not on the publisher's stack
+    with anyio.fail_after(5):
+        while not served.events():
+            await anyio.sleep(0.001)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_sends_go_through_the_writer(anyio_backend: str) -> None:
+    assert not _inline.available()
+    peer = ScriptedPeer()
+    hub = Hub(MemoryBackend(), secret=SECRET)
+    async with hub, anyio.create_task_group() as group:
+        resolver = IdentityResolver(hub.identities, None)
+        connection = Connection(hub, TransportSettings(), resolver, peer, RequestInfo({}), "s")
+        group.start_soon(connection.run, OWNER)
+        with anyio.fail_after(5):
+            while len(peer.sent) < 2:
+                await anyio.sleep(0.001)
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b"{}")
+        assert len(peer.sent) == 2
+        with anyio.fail_after(5):
+            while len(peer.sent) < 3:
+                await anyio.sleep(0.001)
+        peer.gone.set()
+
+
+# --- the trampoline itself ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_start_finishes_a_coroutine_that_never_suspends() -> None:
+    done: list[int] = []
+
+    async def quick() -> None:
+        done.append(1)
+
+    assert _inline.start(quick()) is None
+    assert done == [1]
+
+
+@pytest.mark.anyio
+async def test_the_rest_of_a_suspended_coroutine_runs_in_the_task_that_awaits_it() -> None:
+    gate = asyncio.Event()
+    steps: list[str] = []
+
+    async def slow() -> None:
+        steps.append("before")
+        await gate.wait()
+        await asyncio.sleep(0)
+        steps.append("after")
+
+    unfinished = _inline.start(slow())
+    assert unfinished is not None
+    assert steps == ["before"]
+
+    async def finish() -> None:
+        await unfinished
+
+    task = asyncio.ensure_future(finish())
+    await asyncio.sleep(0.01)
+    assert steps == ["before"]
+    gate.set()
+    await asyncio.wait_for(task, 1)
+    assert steps == ["before", "after"]
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_awaiting_task_reaches_the_suspended_coroutine() -> None:
+    cleaned: list[bool] = []
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(True)
+
+    unfinished = _inline.start(stuck())
+    assert unfinished is not None
+    with pytest.raises(TimeoutError):
+        with anyio.fail_after(0.05):
+            await unfinished
+    assert cleaned == [True]
+
+
+@pytest.mark.anyio
+async def test_an_abandoned_rest_can_be_closed() -> None:
+    cleaned: list[bool] = []
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(True)
+
+    unfinished = _inline.start(stuck())
+    assert unfinished is not None
+    unfinished.close()
+    assert cleaned == [True]
