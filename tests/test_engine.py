@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import progressq._context
 from progressq import Event, Hub, MemoryBackend, TaskContext, TaskRecord
 from progressq.backends.memory import MemoryClientRegistry
 from progressq.errors import ConfigurationError, QueueFull, TaskAlreadyFinished, TaskNotFound, UnknownTaskKind
@@ -189,6 +190,38 @@ async def test_tight_loop_is_rate_limited_and_keeps_the_last_value() -> None:
     assert last.progress == pytest.approx(99.0)
 
 
+@pytest.mark.parametrize("interval", [0.0, 0.05])
+async def test_a_handler_looping_on_report_alone_lets_others_run_and_can_be_cancelled(interval: float) -> None:
+    # ``report`` may finish without suspending; it must still yield now and then, or such a
+    # handler would hold the event loop (and its own cancellation) forever.
+    hub = make_hub(progress_interval=interval)
+    started = anyio.Event()
+    ticks = 0
+
+    @hub.task("spin")
+    async def spin(ctx: TaskContext) -> None:
+        started.set()
+        while True:
+            await ctx.report(50, "spinning")
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.001)
+            ticks += 1
+
+    async with hub, anyio.create_task_group() as group:
+        sink = await attach(hub)
+        record = await hub.submit("spin", owner=OWNER)
+        await started.wait()
+        group.start_soon(tick)
+        await anyio.sleep(0.2)
+        assert ticks >= 10  # the spinning handler did not starve the loop
+        await hub.cancel(record.id, owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "cancelled"), timeout=5)
+        group.cancel_scope.cancel()
+
+
 async def test_the_pending_report_is_sent_without_another_report() -> None:
     hub = make_hub(progress_interval=0.1)
     release = anyio.Event()
@@ -281,13 +314,13 @@ async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.M
     interval = 0.05
     committed: list[tuple[float, float]] = []
     gate = anyio.Event()
-    real_sleep_until = anyio.sleep_until
+    real_sleep_until = progressq._context._sleep_until
 
     async def late_sleep_until(deadline: float) -> None:
         await real_sleep_until(deadline)
         await gate.wait()  # the flush task is slow to get going after its deadline
 
-    monkeypatch.setattr(anyio, "sleep_until", late_sleep_until)
+    monkeypatch.setattr(progressq._context, "_sleep_until", late_sleep_until)
 
     async def commit(record: TaskRecord) -> bool:
         committed.append((anyio.current_time(), record.progress))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,8 +21,18 @@ logger = logging.getLogger("progressq.worker")
 _MAX_MESSAGE_LENGTH = 1000
 
 
+_BURST_GAP = 0.0002
+"""Reports closer together than this (seconds) are a burst: the handler is looping on
+``report`` without letting the event loop run in between."""
 _YIELD_EVERY = 0.001
-"""Seconds of a handler's reporting between two of ``report``'s own checkpoints."""
+"""Seconds of a burst of reports between two of ``report``'s own checkpoints."""
+_YIELD_AT_LEAST_EVERY = 0.02
+"""Seconds of reporting between two of ``report``'s own checkpoints, burst or not."""
+
+
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until ``deadline`` on the ``time.monotonic()`` clock."""
+    await anyio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 class TaskContext:
@@ -53,7 +64,11 @@ class TaskContext:
         self._closed = False
         self._flush_scheduled = False
         self._next_emit = -math.inf
-        self._next_yield = -math.inf
+        # Rate limiting and yielding run on time.monotonic(): one cheap clock on every event
+        # loop (anyio.current_time() asks which loop runs on every call).
+        self._last_report = -math.inf
+        self._burst_start = -math.inf
+        self._last_yield = -math.inf
         self._emitting = False  # an emission is in flight (in ``report`` or the flush)
         self._emitted: anyio.Event | None = None  # made only when ``close`` must wait for one
 
@@ -102,17 +117,21 @@ class TaskContext:
         if message is not None:
             self._message = str(message)[:_MAX_MESSAGE_LENGTH]
         self._dirty = True
-        now = anyio.current_time()
+        now = time.monotonic()
         if now >= self._next_emit:
             await self._emit(now)
-            # An emitting report lets the others run now and then (at least once a
-            # millisecond of reporting): a handler reporting in a tight loop cannot starve
-            # its connections' writers, nor miss its cancellation for long.
-            if now >= self._next_yield:
-                self._next_yield = now + _YIELD_EVERY
-                await anyio.lowlevel.checkpoint()
         else:
             self._schedule_flush()
+        # ``report`` may not suspend at all (sends are made on this stack), so it lets the
+        # others run now and then: once a millisecond of a burst (a handler looping on
+        # ``report``), at least every 20 ms otherwise. A handler that awaits something else
+        # between reports pays no extra task switch.
+        if now - self._last_report > _BURST_GAP:
+            self._burst_start = now
+        self._last_report = now
+        if now - self._burst_start >= _YIELD_EVERY or now - self._last_yield >= _YIELD_AT_LEAST_EVERY:
+            self._burst_start = self._last_yield = now
+            await anyio.lowlevel.checkpoint()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -121,10 +140,10 @@ class TaskContext:
 
     async def _flush_when_due(self) -> None:
         try:
-            await anyio.sleep_until(self._next_emit)
+            await _sleep_until(self._next_emit)
         finally:
             self._flush_scheduled = False
-        await self._emit(anyio.current_time())
+        await self._emit(time.monotonic())
 
     async def _emit(self, now: float) -> None:
         # One emission at a time, in order; one that finds another in flight leaves its
@@ -152,7 +171,7 @@ class TaskContext:
                 else:
                     self._closed = True  # our lease was taken over: write nothing more
                 if self._dirty:  # reported while this one was in flight
-                    now = anyio.current_time()
+                    now = time.monotonic()
         finally:
             self._emitting = False
             if self._emitted is not None:
