@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -140,6 +140,31 @@ async def start_load(port: int, **params: Any) -> None:
     async with httpx.AsyncClient(timeout=120) as http:
         answer = await http.post(f"http://127.0.0.1:{port}/bench/start", params=params)
         answer.raise_for_status()
+
+
+@contextlib.asynccontextmanager
+async def reading_clients(system: str, port: int, users: Sequence[str]) -> AsyncIterator[Tally]:
+    """One connection per user, every one reading into the yielded tally; closed after."""
+    clients = await open_clients(system, port, users)
+    tally = Tally()
+    start_reading(clients, tally)
+    try:
+        yield tally
+    finally:
+        await close_clients(clients)
+
+
+async def sample_latencies(
+    tally: Tally, port: int, *, users: int, rate: float, seconds: float, warmup: float, **load: Any
+) -> list[float]:
+    """Start the load, skip ``warmup`` seconds, then sample for ``seconds``: latencies in ms."""
+    await start_load(port, users=users, seconds=seconds + warmup + 0.5, rate=rate, **load)
+    await asyncio.sleep(warmup)
+    tally.sampling = True
+    await asyncio.sleep(seconds)
+    tally.sampling = False
+    await asyncio.sleep(0.6)  # the producers end
+    return [s * 1000 for s in tally.latencies]
 
 
 class StalledClient:

@@ -62,15 +62,21 @@ def main() -> None:
         fig.savefig(out / "bench-fanout.png", dpi=110)
         written.append("bench-fanout.png")
     if data := load("latency"):
-        fig, ax = plt.subplots(figsize=(6.5, 2.8))
-        names = list(data["median_p50_ms"])
-        ys = range(len(names))
-        ax.barh([y - 0.2 for y in ys], [data["median_p50_ms"][n] for n in names], 0.4, label="p50", color=OTHER)
-        ax.barh([y + 0.2 for y in ys], [data["median_p99_ms"][n] for n in names], 0.4, label="p99", color=PROGRESSQ)
-        ax.set_yticks(list(ys), names)
-        ax.invert_yaxis()
-        ax.set_xlabel("ms (lower is better)")
-        ax.set_title(f"Report -> client latency, {data['users'] * data['rate_per_user']:,.0f} msg/s", fontsize=10)
+        fig, ax = plt.subplots(figsize=(6.5, 3.0))
+        loads = [int(x) for x in data["loads"]]
+        for name, by_load in data["summary"].items():
+            kept = [x for x in loads if by_load[str(x)]["delivered_share"] >= data["kept_up_share"]]
+            ax.plot(
+                kept,
+                [by_load[str(x)]["p99_ms"] for x in kept],
+                marker="o",
+                label=name,
+                color=colour(name) if name == "progressq" else None,
+                linestyle="--" if name == "progressq-redis" else "-",
+            )
+        ax.set_xlabel("offered messages/s (loads a system kept up with)")
+        ax.set_ylabel("p99 ms (lower is better)")
+        ax.set_title("Report -> client latency, p99", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "bench-latency.png", dpi=110)

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-from _clients import Tally, close_clients, open_clients, start_load, start_reading
+from _clients import reading_clients, start_load
 from _common import (
     cpu_seconds,
     fmt,
@@ -34,25 +34,19 @@ WARMUP = 1.0
 
 
 async def measure(system: str, port: int, pid: int, users: int, seconds: float) -> dict[str, float]:
-    names = [f"u{i}" for i in range(users)]
-    clients = await open_clients(system, port, names)
-    tally = Tally()
-    start_reading(clients, tally)
-    try:
+    async with reading_clients(system, port, [f"u{i}" for i in range(users)]) as tally:
         await start_load(port, users=users, seconds=seconds + WARMUP + 0.5, rate=0)
         await asyncio.sleep(WARMUP)
         count0, cpu0, t0 = tally.deliveries, cpu_seconds(pid), time.perf_counter()
         await asyncio.sleep(seconds)
         count1, cpu1, t1 = tally.deliveries, cpu_seconds(pid), time.perf_counter()
-        await asyncio.sleep(1.0)  # let the producers end
-    finally:
-        await close_clients(clients)
+        await asyncio.sleep(0.6)  # the producers end
     delivered = count1 - count0
     return {
         "deliveries_per_s": delivered / (t1 - t0),
         "server_cpu_us_per_delivery": (cpu1 - cpu0) / delivered * 1e6 if delivered else float("nan"),
         "server_cpu_share": (cpu1 - cpu0) / (t1 - t0),
-        "clients": len(clients),
+        "clients": users,
         "closed": tally.closed,
     }
 

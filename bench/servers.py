@@ -49,11 +49,17 @@ class Load:
         return [f"u{i}" for i in range(self.first, self.first + self.users)]
 
 
-async def pace(load: Load, step: Callable[[int], Awaitable[None]]) -> None:
-    """Call ``step(i)`` for ``load.seconds``, at ``load.rate`` a second or as fast as it can."""
-    start = time.monotonic()
-    end = start + load.seconds
+async def pace(load: Load, user: str, step: Callable[[int], Awaitable[None]]) -> None:
+    """Call ``step(i)`` for ``load.seconds``, at ``load.rate`` a second or as fast as it can.
+
+    At a rate, the users' producers are spread evenly over one interval (user k of N starts
+    k/N of an interval late), so that the offered load is steady rather than N messages at
+    the same instant every interval.
+    """
     interval = 1 / load.rate if load.rate else 0.0
+    index = int(user.removeprefix("u")) - load.first if user.startswith("u") else 0
+    start = time.monotonic() + interval * (index % load.users) / load.users
+    end = start + load.seconds
     i = 0
     while True:
         now = time.monotonic()
@@ -113,11 +119,12 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
     @hub.task("flood", timeout=600)
     async def flood(ctx: TaskContext) -> None:
         load = Load(ctx.payload)
+        user = ctx.owner
 
         async def step(i: int) -> None:
             await ctx.report(min(100.0, i / 10), f"{time.time():.6f}" + "x" * load.size)
 
-        await pace(load, step)
+        await pace(load, user, step)
 
     async def identify(request: RequestInfo) -> str | None:
         user: str | None = request.raw.query_params.get("user")
@@ -160,7 +167,7 @@ def socketio_app() -> ASGIApp:
         async def step(i: int) -> None:
             await sio.emit("progress", view(user, i, load.size), room=user)
 
-        await pace(load, step)
+        await pace(load, user, step)
 
     async def control(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -209,7 +216,7 @@ def litestar_app() -> ASGIApp:
         async def step(i: int) -> None:
             channels.publish(json.dumps(view(user, i, load.size), separators=(",", ":")), channels=[user])
 
-        await pace(load, step)
+        await pace(load, user, step)
 
     @post("/bench/start", status_code=200)
     async def start(
@@ -243,7 +250,7 @@ def raw_app() -> ASGIApp:
             if send is not None:
                 await send({"type": "websocket.send", "text": frame})
 
-        await pace(load, step)
+        await pace(load, user, step)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -13,33 +13,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from _clients import StalledClient, Tally, close_clients, open_clients, start_load, start_reading
+from _clients import StalledClient, reading_clients, sample_latencies, start_load
 from _common import fmt, median, parser, percentile, raise_file_limit, server, spread, table, write_results
 
 WARMUP = 1.0
 
 
 async def measure(port: int, users: int, rate: float, seconds: float, stalled: bool) -> dict[str, float]:
-    clients = await open_clients("progressq", port, [f"u{i}" for i in range(users)])
-    tally = Tally()
-    start_reading(clients, tally)
-    slow: StalledClient | None = None
-    try:
-        if stalled:
-            slow = await asyncio.to_thread(StalledClient, port, f"/ws?user=u{users}")
-            await start_load(port, users=1, first=users, seconds=seconds + 2 * WARMUP + 0.5, rate=500, size=900)
-            await asyncio.sleep(WARMUP)  # its buffers fill
-        await start_load(port, users=users, seconds=seconds + WARMUP + 0.5, rate=rate)
-        await asyncio.sleep(WARMUP)
-        tally.sampling = True
-        await asyncio.sleep(seconds)
-        tally.sampling = False
-        await asyncio.sleep(1.0)
-    finally:
-        await close_clients(clients)
-        if slow is not None:
-            slow.close()
-    samples = [s * 1000 for s in tally.latencies]
+    async with reading_clients("progressq", port, [f"u{i}" for i in range(users)]) as tally:
+        slow: StalledClient | None = None
+        try:
+            if stalled:
+                slow = await asyncio.to_thread(StalledClient, port, f"/ws?user=u{users}")
+                await start_load(port, users=1, first=users, seconds=seconds + 2 * WARMUP + 0.5, rate=500, size=900)
+                await asyncio.sleep(WARMUP)  # its buffers fill
+            samples = await sample_latencies(tally, port, users=users, rate=rate, seconds=seconds, warmup=WARMUP)
+        finally:
+            if slow is not None:
+                slow.close()
     return {"p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99), "samples": len(samples)}
 
 

@@ -35,7 +35,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The stored state of one task. Immutable: changes make a new record (``evolve``).
 
     ``attempt`` is the lease generation: a backend bumps it when it hands the task to a
@@ -87,34 +87,31 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
         return encode(self.view())
 
 
-class Event:
+class Event(msgspec.Struct, eq=False, gc=False):
     """One event of an identity's sequence: what a backend stores and delivers.
 
     ``frame`` (the exact WebSocket text) is built on first use and shared by every
     connection that receives this object, so an event is framed once per process.
     """
 
-    __slots__ = ("_frame", "kind", "revision", "seq", "task_id", "task_json")
-
-    def __init__(self, seq: int, kind: EventType, task_id: str, revision: int, task_json: bytes) -> None:
-        self.seq = seq
-        self.kind: EventType = kind
-        self.task_id = task_id
-        self.revision = revision
-        self.task_json = task_json
-        self._frame: str | None = None
+    seq: int
+    kind: EventType
+    task_id: str
+    revision: int
+    task_json: bytes
+    frame_text: str | None = None  # ``frame`` once built
 
     @property
     def frame(self) -> str:
-        if self._frame is None:
-            self._frame = frame_event(self.kind, self.seq, self.task_json).decode()
-        return self._frame
+        if self.frame_text is None:
+            self.frame_text = frame_event(self.kind, self.seq, self.task_json).decode()
+        return self.frame_text
 
     def __repr__(self) -> str:
         return f"Event(seq={self.seq}, kind={self.kind!r}, task_id={self.task_id!r}, revision={self.revision})"
 
 
-class Lease(msgspec.Struct, frozen=True):
+class Lease(msgspec.Struct, frozen=True, gc=False):
     """A task handed to one worker. ``token`` is backend-specific (e.g. a stream entry id)."""
 
     record: TaskRecord

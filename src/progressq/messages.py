@@ -43,7 +43,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled
 EventType = Literal["taskQueued", "taskProgress"]
 
 
-class TaskView(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+class TaskView(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
     """What a client sees of one task."""
 
     id: str
