@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 import redis
@@ -400,3 +401,41 @@ async def test_batched_script_calls_recover_when_redis_forgot_the_scripts(make: 
         await sink.wait_for(lambda events: sum(_view(e)["status"] == "completed" for e in events) == 20, 20)
         assert sink.seqs == list(range(1, len(sink.seqs) + 1))
         assert len(sink.seqs) == 20 * 4  # queued, running, progress, completed: each once
+
+
+async def test_calls_made_while_pipelines_are_out_go_together_when_one_returns() -> None:
+    # Group commit: with one pipeline allowed out, calls spread over many turns of the event
+    # loop travel in a few pipelines, not one round trip each; every caller gets its own
+    # answer, in order.
+    from redis.asyncio import Redis
+
+    from progressq.backends.redis._batch import _Batcher
+
+    client = Redis.from_url(REDIS_URL)
+    echo = client.register_script("return ARGV[1]")
+    pipelines = 0
+    make_pipeline = client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return make_pipeline(*args, **kwargs)
+
+    client.pipeline = counting_pipeline  # type: ignore[method-assign]
+    batcher = _Batcher(client, in_flight=1)
+    answers: dict[int, bytes] = {}
+
+    async def one(n: int) -> None:
+        answers[n] = await batcher.call(echo, [], [n])
+
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(200):
+                group.start_soon(one, n)
+                if n % 10 == 0:
+                    await anyio.lowlevel.checkpoint()  # the calls arrive over 20 turns of the loop
+        await batcher.drain()
+    finally:
+        await client.aclose()
+    assert answers == {n: str(n).encode() for n in range(200)}
+    assert pipelines <= 12  # 20 turns; without group commit, about one pipeline per turn

@@ -26,8 +26,8 @@ _BURST_GAP = 0.0002
 ``report`` without letting the event loop run in between."""
 _YIELD_EVERY = 0.001
 """Seconds of a burst of reports between two of ``report``'s own checkpoints."""
-_YIELD_AT_LEAST_EVERY = 0.02
-"""Seconds of reporting between two of ``report``'s own checkpoints, burst or not."""
+_YIELD_AT_LEAST_EVERY = 32
+"""Reports between two of ``report``'s own checkpoints, burst or not."""
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -68,7 +68,7 @@ class TaskContext:
         # loop (anyio.current_time() asks which loop runs on every call).
         self._last_report = -math.inf
         self._burst_start = -math.inf
-        self._last_yield = -math.inf
+        self._reports_since_yield = _YIELD_AT_LEAST_EVERY  # the first report yields
         self._emitting = False  # an emission is in flight (in ``report`` or the flush)
         self._emitted: anyio.Event | None = None  # made only when ``close`` must wait for one
 
@@ -124,13 +124,16 @@ class TaskContext:
             self._schedule_flush()
         # ``report`` may not suspend at all (sends are made on this stack), so it lets the
         # others run now and then: once a millisecond of a burst (a handler looping on
-        # ``report``), at least every 20 ms otherwise. A handler that awaits something else
-        # between reports pays no extra task switch.
+        # ``report``), and at least every 32nd report (a handler computing between reports
+        # without awaiting anything). A handler that awaits something else between reports
+        # pays almost no extra task switch.
         if now - self._last_report > _BURST_GAP:
             self._burst_start = now
         self._last_report = now
-        if now - self._burst_start >= _YIELD_EVERY or now - self._last_yield >= _YIELD_AT_LEAST_EVERY:
-            self._burst_start = self._last_yield = now
+        self._reports_since_yield += 1
+        if now - self._burst_start >= _YIELD_EVERY or self._reports_since_yield >= _YIELD_AT_LEAST_EVERY:
+            self._burst_start = now
+            self._reports_since_yield = 0
             await anyio.lowlevel.checkpoint()
 
     def _schedule_flush(self) -> None:

@@ -545,6 +545,9 @@ class RedisTaskQueue:
                 logger.warning("heartbeat of %d tasks failed: %s", len(leases), exc)
                 continue
             for lease, answer in zip(leases, answers, strict=True):
+                held = self._held.get(lease.record.id)
+                if held is None or held.attempt != lease.record.attempt:
+                    continue  # it finished (or was handed back) while the heartbeat was on its way
                 if isinstance(answer, Exception):
                     logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
                 elif not self._extended(lease, answer):
