@@ -163,7 +163,6 @@ async def sample_latencies(
     tally.sampling = True
     await asyncio.sleep(seconds)
     tally.sampling = False
-    await asyncio.sleep(0.6)  # the producers end
     return [s * 1000 for s in tally.latencies]
 
 

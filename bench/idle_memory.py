@@ -17,15 +17,16 @@ from _common import fmt, median, parser, raise_file_limit, rss_bytes, selected, 
 
 SYSTEMS = ("progressq", "socketio", "litestar", "raw")
 PEERS = ("socketio", "litestar")
+SETTLE = 1.0  # seconds for the server to settle before each reading (0.5 with --quick)
 
 
 async def measure(system: str, port: int, pid: int, connections: int) -> dict[str, float]:
     warm = await open_clients(system, port, [f"w{i}" for i in range(20)])
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(SETTLE)
     before = rss_bytes(pid)
     clients = await open_clients(system, port, [f"u{i}" for i in range(connections)], at_once=100)
     gc.collect()
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2 * SETTLE)
     after = rss_bytes(pid)
     await close_clients([*warm, *clients])
     return {
@@ -43,11 +44,14 @@ def one_round(system: str, connections: int) -> dict[str, float]:
 
 def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--connections", type=int, default=0, help="default 10000, quick 1000")
+    p.add_argument("--connections", type=int, default=0, help="default 10000, quick 500")
     args = p.parse_args()
+    if args.quick:
+        global SETTLE
+        SETTLE = 0.5
     limit = raise_file_limit()
     rounds = args.rounds or 1
-    connections = min(args.connections or (1000 if args.quick else 10_000), limit // 2 - 100)
+    connections = min(args.connections or (500 if args.quick else 10_000), limit // 2 - 100)
     systems = selected(args.only, SYSTEMS)
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     for round_index in range(rounds):

@@ -335,7 +335,7 @@ def main() -> None:
         return
 
     rounds = args.rounds or (1 if args.quick else 3)
-    workloads = [("no-op", 2_000 if args.quick else 20_000, 0.0), ("sleep 25 ms", 500 if args.quick else 2_000, 0.025)]
+    workloads = [("no-op", 1_500 if args.quick else 20_000, 0.0), ("sleep 25 ms", 320 if args.quick else 2_000, 0.025)]
     systems = selected(args.only, SYSTEMS)
     results: dict[str, Any] = {"rounds": rounds, "concurrency": CONCURRENCY, "workloads": {}}
     texts = []

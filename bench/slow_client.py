@@ -16,7 +16,7 @@ from typing import Any
 from _clients import StalledClient, reading_clients, sample_latencies, start_load
 from _common import fmt, median, parser, percentile, raise_file_limit, server, spread, table, write_results
 
-WARMUP = 1.0
+WARMUP = 1.0  # seconds before measuring (0.5 with --quick)
 
 
 async def measure(port: int, users: int, rate: float, seconds: float, stalled: bool) -> dict[str, float]:
@@ -45,10 +45,13 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=5.0, help="reports a second per healthy task")
     p.add_argument("--seconds", type=float, default=0.0)
     args = p.parse_args()
+    if args.quick:
+        global WARMUP
+        WARMUP = 0.5
     raise_file_limit()
     rounds = args.rounds or (1 if args.quick else 3)
     users = args.users or (200 if args.quick else 1000)
-    seconds = args.seconds or (2.0 if args.quick else 4.0)
+    seconds = args.seconds or (1.5 if args.quick else 4.0)
     phases = {"without": False, "with one stalled client": True}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in phases}
     for round_index in range(rounds):
