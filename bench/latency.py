@@ -6,8 +6,9 @@ carries its send time, the client subtracts it from the time it received the mes
 ``time.time()`` on this machine). progressq runs with its default ``progress_interval``
 (50 ms): reports 100 ms apart are each sent at once, none coalesced.
 
-A load is *saturated* for a system when fewer than 98% of the messages sent during the
-measured seconds arrived in them: the system no longer keeps up, its queues grow, and its
+A load is *saturated* for a system when its server process is busy 90% of a core or more, or
+when fewer than 98% of the messages sent during the measured seconds arrived in them: the
+server (one process, one event loop) no longer has time to spare, its queues grow, and its
 latency is the length of its backlog, not its latency. The targets (p99 under 2 ms on the
 memory backend, under 5 ms on Redis) are judged at the loads below saturation.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from _clients import reading_clients, sample_latencies
 from _common import (
+    cpu_seconds,
     fmt,
     median,
     parser,
@@ -35,11 +37,14 @@ SYSTEMS = ("progressq", "progressq-redis", "socketio", "litestar")
 TARGET_P99_MS = {"progressq": 2.0, "progressq-redis": 5.0}
 WARMUP = 1.0  # seconds before measuring (0.5 with --quick)
 KEPT_UP = 0.98  # the share of the offered messages that must arrive for a load to count as unsaturated
+BUSY = 0.9  # the share of a core the server may use for a load to count as unsaturated
 
 
-async def measure(system: str, port: int, users: int, rate: float, seconds: float) -> dict[str, float]:
+async def measure(system: str, port: int, pid: int, users: int, rate: float, seconds: float) -> dict[str, float]:
     async with reading_clients(system, port, [f"u{i}" for i in range(users)]) as tally:
+        cpu0 = cpu_seconds(pid)
         samples = await sample_latencies(tally, port, users=users, rate=rate, seconds=seconds, warmup=WARMUP)
+        busy = (cpu_seconds(pid) - cpu0) / (seconds + WARMUP)
     offered = users * rate * seconds
     return {
         "p50_ms": percentile(samples, 50),
@@ -48,16 +53,22 @@ async def measure(system: str, port: int, users: int, rate: float, seconds: floa
         "samples": len(samples),
         "offered_per_s": users * rate,
         "delivered_share": len(samples) / offered if offered else float("nan"),
+        "server_cpu_share": busy,
     }
 
 
 def one_round(system: str, users: int, rate: float, seconds: float) -> dict[str, float]:
-    with server(system) as (_process, port):
-        return asyncio.run(measure(system, port, users, rate, seconds))
+    with server(system) as (process, port):
+        return asyncio.run(measure(system, port, process.pid, users, rate, seconds))
 
 
-def verdict(system: str, p99: float, delivered: float) -> str:
-    if delivered < KEPT_UP:
+def saturated(outcome: dict[str, float]) -> bool:
+    return outcome["delivered_share"] < KEPT_UP or outcome["server_cpu_share"] >= BUSY
+
+
+def verdict(system: str, outcome: dict[str, float]) -> str:
+    p99 = outcome["p99_ms"]
+    if saturated(outcome):
         return "saturated"
     if system not in TARGET_P99_MS:
         return ""
@@ -89,7 +100,8 @@ def main() -> None:
                 runs[system][load].append(outcome)
                 print(
                     f"  round {round_index + 1}: {load:>6,} msg/s {system:16} p50 {fmt(outcome['p50_ms'], 2)} ms, "
-                    f"p99 {fmt(outcome['p99_ms'], 2)} ms, {outcome['delivered_share'] * 100:.0f}% delivered",
+                    f"p99 {fmt(outcome['p99_ms'], 2)} ms, {outcome['delivered_share'] * 100:.0f}% delivered, "
+                    f"server {outcome['server_cpu_share'] * 100:.0f}% of a core",
                     flush=True,
                 )
     rows = []
@@ -101,7 +113,13 @@ def main() -> None:
             p50 = median([r["p50_ms"] for r in rounds_here])
             p99 = median([r["p99_ms"] for r in rounds_here])
             delivered = median([r["delivered_share"] for r in rounds_here])
-            summary[system][load] = {"p50_ms": p50, "p99_ms": p99, "delivered_share": delivered}
+            busy = median([r["server_cpu_share"] for r in rounds_here])
+            summary[system][load] = {
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "delivered_share": delivered,
+                "server_cpu_share": busy,
+            }
             rows.append(
                 [
                     system,
@@ -110,18 +128,19 @@ def main() -> None:
                     fmt(p99, 2),
                     f"{spread([r['p99_ms'] for r in rounds_here]) * 100:.0f}%",
                     f"{delivered * 100:.0f}%",
-                    verdict(system, p99, delivered),
+                    f"{busy * 100:.0f}%",
+                    verdict(system, summary[system][load]),
                 ]
             )
     table(
         f"Latency report -> client: {args.rate:g} messages/s per client, {seconds:g} s per load (median of {rounds})",
-        ["system", "offered msg/s", "p50 ms", "p99 ms", "p99 spread", "delivered", "target p99"],
+        ["system", "offered msg/s", "p50 ms", "p99 ms", "p99 spread", "delivered", "server CPU", "target p99"],
         rows,
     )
     for system, target in TARGET_P99_MS.items():
         if system not in summary:
             continue
-        below = [load for load in loads if summary[system][load]["delivered_share"] >= KEPT_UP]
+        below = [load for load in loads if not saturated(summary[system][load])]
         if not below:
             print(f"{system}: saturated at every load measured", flush=True)
             continue
@@ -138,6 +157,7 @@ def main() -> None:
         "seconds": seconds,
         "rounds": rounds,
         "kept_up_share": KEPT_UP,
+        "busy_share": BUSY,
         "runs": {s: {str(load): r for load, r in by_load.items()} for s, by_load in runs.items()},
         "summary": {s: {str(load): v for load, v in by_load.items()} for s, by_load in summary.items()},
     }
