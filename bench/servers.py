@@ -14,8 +14,8 @@ publishes to the user's room or channel; the raw app sends pre-encoded bytes its
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import json
 import time
 import uuid
