@@ -439,3 +439,24 @@ async def test_calls_made_while_pipelines_are_out_go_together_when_one_returns()
         await client.aclose()
     assert answers == {n: str(n).encode() for n in range(200)}
     assert pipelines <= 12  # 20 turns; without group commit, about one pipeline per turn
+
+
+def test_from_url_clients_pack_commands_in_c_exactly_as_redis_py_does() -> None:
+    from redis.asyncio import Connection, Redis
+
+    from progressq.backends.redis._packing import pack_in_c
+
+    client = Redis.from_url(REDIS_URL)
+    assert pack_in_c(client)
+    fast = client.connection_pool.connection_class()
+    plain = Connection()
+    for command in [
+        ("EVALSHA", "0123abcd", 2, "pq:task:x", b"pq:\xffbytes", 17, -3, "caf\u00e9 \u2603", b""),
+        ("CLIENT SETINFO", "LIB-NAME", "progressq"),
+        (b"CLIENT KILL", b"TYPE", b"pubsub"),
+        ("XREADGROUP", "GROUP", "workers", "c1", "COUNT", 32, "BLOCK", 1000, "STREAMS", "s", ">"),
+    ]:
+        assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    wrapped = client.connection_pool.connection_class
+    assert pack_in_c(client)  # twice is harmless: not wrapped again
+    assert client.connection_pool.connection_class is wrapped

@@ -14,6 +14,7 @@ import anyio.abc
 from redis.asyncio import Redis
 
 from progressq.backends.redis._common import _Keys, _redacted, _Scripts
+from progressq.backends.redis._packing import pack_in_c
 from progressq.backends.redis._pubsub import _PubSub
 from progressq.backends.redis._queue import RedisTaskQueue
 from progressq.backends.redis._registry import RedisClientRegistry
@@ -120,6 +121,7 @@ class RedisBackend:
             )
         except ValueError as exc:
             raise ConfigurationError(f"not a Redis URL: {_redacted(url)!r} ({exc})") from exc
+        pack_in_c(client)
         backend = cls(client, prefix=prefix, close_client=True, **options)
         backend._url = url
         return backend
