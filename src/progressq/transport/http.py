@@ -63,7 +63,12 @@ class BodyTooLarge(Exception):
 
 async def read_body(chunks: AsyncIterable[bytes], *, limit: int, content_length: str | None) -> bytes:
     """Read a request body, refusing it as soon as it is known to exceed ``limit``."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+    if (
+        content_length is not None
+        and content_length.isascii()
+        and content_length.isdigit()
+        and int(content_length) > limit
+    ):
         raise BodyTooLarge
     body = bytearray()
     async for chunk in chunks:

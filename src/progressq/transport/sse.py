@@ -163,7 +163,7 @@ class EventStreamSession:
                 headers={"Retry-After": "5"},
             )
         last = request.headers.get("last-event-id") or (query.get("lastEventId") or [None])[0]
-        last_seq = int(last) if last is not None and last.isdigit() and len(last) < 19 else None
+        last_seq = int(last) if last is not None and last.isascii() and last.isdigit() and len(last) < 19 else None
         if identity is None and last_seq is not None:
             last_seq = None  # a new identity has nothing to resume
         return identity, last_seq
