@@ -234,9 +234,8 @@ async def test_the_rest_of_a_suspended_coroutine_runs_in_the_task_that_awaits_it
     assert steps == ["before", "after"]
 
 
-@pytest.mark.anyio
-async def test_cancelling_the_awaiting_task_reaches_the_suspended_coroutine() -> None:
-    cleaned: list[bool] = []
+def start_stuck(cleaned: list[bool]) -> _inline.Unfinished:
+    """A coroutine suspended for good, started inline; it notes when it is cleaned up."""
 
     async def stuck() -> None:
         try:
@@ -246,6 +245,13 @@ async def test_cancelling_the_awaiting_task_reaches_the_suspended_coroutine() ->
 
     unfinished = _inline.start(stuck())
     assert unfinished is not None
+    return unfinished
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_awaiting_task_reaches_the_suspended_coroutine() -> None:
+    cleaned: list[bool] = []
+    unfinished = start_stuck(cleaned)
     with pytest.raises(TimeoutError):
         with anyio.fail_after(0.05):
             await unfinished
@@ -255,14 +261,6 @@ async def test_cancelling_the_awaiting_task_reaches_the_suspended_coroutine() ->
 @pytest.mark.anyio
 async def test_an_abandoned_rest_can_be_closed() -> None:
     cleaned: list[bool] = []
-
-    async def stuck() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned.append(True)
-
-    unfinished = _inline.start(stuck())
-    assert unfinished is not None
+    unfinished = start_stuck(cleaned)
     unfinished.close()
     assert cleaned == [True]
