@@ -746,8 +746,8 @@ async def test_a_full_queue_raises_queue_full_and_stores_nothing() -> None:
             await hub.submit("noop", owner=OWNER, name="fourth")
 
 
-async def test_finished_tasks_beyond_retention_are_forgotten() -> None:
-    hub = make_hub(backend=MemoryBackend(retention=2), concurrency=1)
+async def test_finished_tasks_beyond_max_finished_are_forgotten_oldest_first() -> None:
+    hub = make_hub(backend=MemoryBackend(max_finished=2), concurrency=1)
     hub.task("noop")(_noop)
     async with hub:
         sink = await attach(hub)
@@ -760,8 +760,34 @@ async def test_finished_tasks_beyond_retention_are_forgotten() -> None:
         assert (await hub.get(records[3].id, owner=OWNER)).status == "completed"
 
 
+async def test_finished_tasks_expire_after_retention_seconds() -> None:
+    # The same meaning as on Redis: seconds a finished task stays readable and listed.
+    hub = make_hub(backend=MemoryBackend(retention=0.3), concurrency=1)
+    hub.task("noop")(_noop)
+    async with hub:
+        sink = await attach(hub)
+        first = await hub.submit("noop", owner=OWNER, name="first")
+        await wait_until(lambda: sink.has_status(first.id, "completed"))
+        assert (await hub.get(first.id, owner=OWNER)).status == "completed"
+        await anyio.sleep(0.2)
+        second = await hub.submit("noop", owner=OWNER, name="second")
+        await wait_until(lambda: sink.has_status(second.id, "completed"))
+        await anyio.sleep(0.15)  # the first is past its retention, the second is not
+        assert [r.name for r in await hub.list(owner=OWNER)] == ["second"]
+        with pytest.raises(TaskNotFound):
+            await hub.get(first.id, owner=OWNER)
+        await anyio.sleep(0.3)
+        assert await hub.list(owner=OWNER) == []
+
+
+def test_memory_backend_refuses_a_retention_that_keeps_nothing() -> None:
+    for options in ({"retention": 0}, {"retention": -1.0}, {"max_finished": -1}, {"capacity": 0}):
+        with pytest.raises(ConfigurationError):
+            MemoryBackend(**options)  # type: ignore[arg-type]
+
+
 async def test_unfinished_tasks_are_never_forgotten_for_retention() -> None:
-    hub = make_hub(backend=MemoryBackend(retention=1), concurrency=0)
+    hub = make_hub(backend=MemoryBackend(max_finished=1), concurrency=0)
     hub.task("noop")(_noop)
     async with hub:
         waiting = [await hub.submit("noop", owner=OWNER) for _ in range(3)]

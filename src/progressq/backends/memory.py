@@ -7,6 +7,7 @@ with an admission limit; the registry keeps per-identity sequences and ring buff
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -40,20 +41,23 @@ class MemoryTaskQueue:
 
     Args:
         capacity: most tasks waiting at once; ``enqueue`` raises ``QueueFull`` beyond it.
-        retention: how many finished tasks are kept for listing (oldest forgotten first).
+        retention: seconds a finished task stays readable and listed (as on Redis).
+        max_finished: most finished tasks kept at once, whatever their age (oldest
+            forgotten first): the memory bound.
     """
 
-    def __init__(self, *, capacity: int = 10_000, retention: int = 10_000) -> None:
-        if capacity < 1 or retention < 0:
-            raise ConfigurationError("capacity must be >= 1 and retention >= 0")
+    def __init__(self, *, capacity: int = 10_000, retention: float = 86_400.0, max_finished: int = 10_000) -> None:
+        if capacity < 1 or not retention > 0 or max_finished < 0:
+            raise ConfigurationError("capacity must be >= 1, retention > 0 and max_finished >= 0")
         self._capacity = capacity
         self._retention = retention
+        self._max_finished = max_finished
         # Unbounded stream: admission is counted here so that a task handed back by a
         # stopping worker can always be requeued, even when new work is refused.
         self._streams: tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]] | None = None
         self._records: dict[str, TaskRecord] = {}
         self._by_owner: dict[str, dict[str, None]] = {}
-        self._finished: deque[str] = deque()
+        self._finished: deque[tuple[float, str]] = deque()  # (when it finished, monotonic; id)
         self._queued = 0
         self._running: set[str] = set()
         self._watchers: set[MemoryObjectSendStream[str]] = set()
@@ -108,9 +112,11 @@ class MemoryTaskQueue:
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        self._expire()
         return self._records.get(task_id)
 
     async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
+        self._expire()
         ids = self._by_owner.get(owner, {})
         return [self._records[task_id] for task_id in reversed(ids)]
 
@@ -170,9 +176,18 @@ class MemoryTaskQueue:
     def _store(self, record: TaskRecord) -> None:
         self._records[record.id] = record
         if record.finished:
-            self._finished.append(record.id)
-            while len(self._finished) > self._retention:
-                self._forget(self._finished.popleft())
+            self._finished.append((time.monotonic(), record.id))
+            while len(self._finished) > self._max_finished:
+                self._forget(self._finished.popleft()[1])
+            self._expire()
+
+    def _expire(self) -> None:
+        """Forget finished tasks older than ``retention``."""
+        finished = self._finished
+        if finished and finished[0][0] + self._retention <= time.monotonic():
+            cutoff = time.monotonic() - self._retention
+            while finished and finished[0][0] <= cutoff:
+                self._forget(finished.popleft()[1])
 
     def _forget(self, task_id: str) -> None:
         record = self._records.pop(task_id, None)
@@ -295,11 +310,12 @@ class MemoryBackend:
         self,
         *,
         capacity: int = 10_000,
-        retention: int = 10_000,
+        retention: float = 86_400.0,
+        max_finished: int = 10_000,
         history_size: int = 1000,
         max_identities: int = 100_000,
     ) -> None:
-        self._queue = MemoryTaskQueue(capacity=capacity, retention=retention)
+        self._queue = MemoryTaskQueue(capacity=capacity, retention=retention, max_finished=max_finished)
         self._registry = MemoryClientRegistry(history_size=history_size, max_identities=max_identities)
 
     @property
