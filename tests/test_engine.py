@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -220,6 +222,36 @@ async def test_a_handler_looping_on_report_alone_lets_others_run_and_can_be_canc
         await hub.cancel(record.id, owner=OWNER)
         await wait_until(lambda: sink.has_status(record.id, "cancelled"), timeout=5)
         group.cancel_scope.cancel()
+
+
+async def test_a_handler_computing_between_reports_without_awaiting_still_lets_others_run() -> None:
+    # Each report is 5 ms of blocking work after the last: report must yield often enough
+    # that the loop is never held for much longer than that.
+    hub = make_hub(progress_interval=0.05)
+    gaps: list[float] = []
+    stop = anyio.Event()
+
+    @hub.task("grind")
+    async def grind(ctx: TaskContext) -> None:
+        while not stop.is_set():
+            time.sleep(0.005)  # noqa: ASYNC251 - CPU-bound work that never awaits, on purpose
+            await ctx.report(50, "grinding")
+
+    async def watch() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await anyio.lowlevel.checkpoint()
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async with hub, anyio.create_task_group() as group:
+        await hub.submit("grind", owner=OWNER)
+        group.start_soon(watch)
+        await anyio.sleep(0.4)
+        stop.set()
+    assert gaps
+    assert max(gaps[1:]) < 0.05  # every second report or so yields, never ~32 of them in a row
 
 
 async def test_the_pending_report_is_sent_without_another_report() -> None:

@@ -4,6 +4,7 @@ writer task when a send has to wait, and never at the publisher's expense."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 
 import anyio
@@ -138,6 +139,75 @@ async def test_what_was_taken_with_a_send_that_waits_is_sent_after_it_in_order(s
         while len(served.peer.sent) < 6:
             await anyio.sleep(0.001)
     assert served.peer.sent[2:] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.anyio
+async def test_a_send_that_sets_a_context_variable_leaves_the_publishers_context_alone(served: Served) -> None:
+    # Tracing middleware sets a context variable around ``send`` and resets it afterwards,
+    # also after a suspension: every step runs in one context of its own.
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("current", default="publisher")
+    original_send = served.peer.send
+
+    async def traced_send(text: str) -> None:
+        token = current.set("send")
+        try:
+            await original_send(text)
+        finally:
+            current.reset(token)  # in another task when the send had to wait
+
+    served.peer.send = traced_send  # type: ignore[method-assign]
+    served.peer.gate = gate = anyio.Event()
+    await served.publish(1)  # suspends on the publisher's stack, finished by the writer
+    assert current.get() == "publisher"
+    gate.set()
+    with anyio.fail_after(5):
+        while not served.events():
+            await anyio.sleep(0.001)
+    await served.publish(2)  # finishes at once
+    assert current.get() == "publisher"
+    assert len(served.events()) == 2
+    assert not served.ended.is_set()  # no send failed
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_in_a_send_is_logged_and_closes_with_1011(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed: list[int] = []
+    original_close = served.peer.close
+
+    async def close(code: int, reason: str = "") -> None:
+        closed.append(code)
+        await original_close(code, reason)
+
+    served.peer.close = close  # type: ignore[method-assign]
+    served.peer.fail_with = TypeError("a bug in a send wrapper")
+    await served.publish(1)  # does not raise
+    with anyio.fail_after(5):
+        await served.ended.wait()
+    assert closed == [1011]
+    assert "a connection failed" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_send_that_queues_another_message_keeps_the_order(served: Served) -> None:
+    # "a" and "b" are queued together; sending "a" queues "echo" (a wrapper that reports
+    # through the same connection): "echo" must go after "b", which was queued before it.
+    outbox = served.connection._outbox
+    original_send = served.peer.send
+
+    async def echoing_send(text: str) -> None:
+        await original_send(text)
+        if text == "a":
+            outbox.put("echo")
+
+    served.peer.send = echoing_send  # type: ignore[method-assign]
+    hook, outbox.on_idle_put = outbox.on_idle_put, None
+    outbox.put("a")
+    outbox.put("b")
+    outbox.on_idle_put = hook
+    served.connection._on_put()
+    assert served.peer.sent[2:] == ["a", "b", "echo"]
 
 
 @pytest.mark.anyio

@@ -460,3 +460,25 @@ def test_from_url_clients_pack_commands_in_c_exactly_as_redis_py_does() -> None:
     wrapped = client.connection_pool.connection_class
     assert pack_in_c(client)  # twice is harmless: not wrapped again
     assert client.connection_pool.connection_class is wrapped
+
+
+async def test_a_flush_cancelled_before_it_started_strands_no_call() -> None:
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from progressq.backends.redis._batch import _Batcher
+
+    client = Redis.from_url(REDIS_URL)
+    echo = client.register_script("return ARGV[1]")
+    batcher = _Batcher(client)
+    try:
+        first = asyncio.ensure_future(batcher.call(echo, [], [1]))
+        await asyncio.sleep(0)  # the call waits; its flush is scheduled, not started
+        assert batcher._scheduled is not None
+        batcher._scheduled.cancel()  # e.g. the loop's shutdown reached it first
+        assert await asyncio.wait_for(first, 2) == b"1"
+        assert await asyncio.wait_for(batcher.call(echo, [], [2]), 2) == b"2"
+        await batcher.drain()
+    finally:
+        await client.aclose()

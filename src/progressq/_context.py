@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,13 +23,47 @@ logger = logging.getLogger("progressq.worker")
 _MAX_MESSAGE_LENGTH = 1000
 
 
-_BURST_GAP = 0.0002
-"""Reports closer together than this (seconds) are a burst: the handler is looping on
-``report`` without letting the event loop run in between."""
 _YIELD_EVERY = 0.001
-"""Seconds of a burst of reports between two of ``report``'s own checkpoints."""
-_YIELD_AT_LEAST_EVERY = 32
-"""Reports between two of ``report``'s own checkpoints, burst or not."""
+"""Seconds a handler may keep reporting without the event loop going round (a burst) before
+``report`` yields to it."""
+
+
+class _LoopTurns:
+    """Counts the turns of an asyncio event loop, cheaply: only a turn in which someone asked
+    schedules the callback that counts it. Two reports that see the same turn were made
+    without the loop running anything else in between."""
+
+    __slots__ = ("_armed", "_loop", "turn")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._armed = False
+        self.turn = 0
+
+    def now(self) -> int:
+        if not self._armed:
+            self._armed = True
+            self._loop.call_soon(self._advance)  # runs on the next turn
+        return self.turn
+
+    def _advance(self) -> None:
+        self.turn += 1
+        self._armed = False
+
+
+_turns_of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopTurns] = weakref.WeakKeyDictionary()
+
+
+def _loop_turns() -> _LoopTurns | None:
+    """The running asyncio loop's turn counter; None elsewhere (trio)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    turns = _turns_of_loop.get(loop)
+    if turns is None:
+        turns = _turns_of_loop[loop] = _LoopTurns(loop)
+    return turns
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -66,9 +102,10 @@ class TaskContext:
         self._next_emit = -math.inf
         # Rate limiting and yielding run on time.monotonic(): one cheap clock on every event
         # loop (anyio.current_time() asks which loop runs on every call).
-        self._last_report = -math.inf
+        self._turns = _loop_turns()
+        self._turn = -1  # the loop's turn at the last report
         self._burst_start = -math.inf
-        self._reports_since_yield = _YIELD_AT_LEAST_EVERY  # the first report yields
+        self._next_yield = -math.inf  # where the loop's turns are not counted (trio)
         self._emitting = False  # an emission is in flight (in ``report`` or the flush)
         self._emitted: anyio.Event | None = None  # made only when ``close`` must wait for one
 
@@ -122,18 +159,21 @@ class TaskContext:
             await self._emit(now)
         else:
             self._schedule_flush()
-        # ``report`` may not suspend at all (sends are made on this stack), so it lets the
-        # others run now and then: once a millisecond of a burst (a handler looping on
-        # ``report``), and at least every 32nd report (a handler computing between reports
-        # without awaiting anything). A handler that awaits something else between reports
-        # pays almost no extra task switch.
-        if now - self._last_report > _BURST_GAP:
-            self._burst_start = now
-        self._last_report = now
-        self._reports_since_yield += 1
-        if now - self._burst_start >= _YIELD_EVERY or self._reports_since_yield >= _YIELD_AT_LEAST_EVERY:
-            self._burst_start = now
-            self._reports_since_yield = 0
+        # ``report`` may not suspend at all (its sends are made on this stack), so it yields
+        # to the event loop itself when the handler has kept it busy for a millisecond
+        # without the loop going round: a handler looping on ``report``, or computing between
+        # reports without awaiting anything, still lets the others run and sees its
+        # cancellation. One that awaits something else between reports pays no task switch.
+        turns = self._turns
+        if turns is not None:
+            turn = turns.now()
+            if turn != self._turn:
+                self._turn, self._burst_start = turn, now
+            elif now - self._burst_start >= _YIELD_EVERY:
+                self._burst_start = now
+                await anyio.lowlevel.checkpoint()
+        elif now >= self._next_yield:  # no turn count: at most once a millisecond of reporting
+            self._next_yield = now + _YIELD_EVERY
             await anyio.lowlevel.checkpoint()
 
     def _schedule_flush(self) -> None:

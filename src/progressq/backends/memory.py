@@ -121,6 +121,7 @@ class MemoryTaskQueue:
         return [self._records[task_id] for task_id in reversed(ids)]
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
+        self._expire()  # an expired task is not found here either, as with get
         record = self._records.get(task_id)
         if record is None or record.owner != owner:
             return None

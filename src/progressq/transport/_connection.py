@@ -78,9 +78,10 @@ class Peer(Protocol):
     """The four things a connection needs of what carries it.
 
     A peer may also set ``sends_inline = True`` when its ``send`` normally finishes without
-    suspending and touches no task-bound state (no locks, no cancel scopes): a raw ASGI
-    ``send`` does. On asyncio the connection then sends on the publisher's stack and starts
-    a writer task only for a send that has to wait (see ``_inline``).
+    suspending and never captures the current task (no ``asyncio.timeout()``, no anyio
+    cancel scopes or locks): a raw ASGI ``send`` does. On asyncio the connection then sends
+    on the publisher's stack and starts a writer task only for a send that has to wait
+    (see ``_inline``).
     """
 
     async def accept(self) -> None: ...
@@ -202,6 +203,7 @@ class Connection:
         # writer finishes them first. Or what such a send raised: the writer ends with it.
         self._carry: tuple[_inline.Unfinished, list[str]] | None = None
         self._failure: Exception | None = None
+        self._inlining = False  # sending on a publisher's stack right now
 
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
@@ -226,8 +228,11 @@ class Connection:
             close = _Close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             if self._carry is not None:
-                self._carry[0].close()
-                self._carry = None
+                unfinished, self._carry = self._carry[0], None
+                try:
+                    unfinished.close()
+                except Exception:  # the send's own cleanup failed: still release the rest
+                    logger.warning("a pending send could not be abandoned cleanly", exc_info=True)
             with anyio.CancelScope(shield=True):
                 await self._unfollow()
                 if close is not None:
@@ -242,8 +247,8 @@ class Connection:
 
     def _on_put(self) -> None:
         """Something was queued and no writer waits for it."""
-        if self._writing or self._group is None:
-            return  # the running writer sends it
+        if self._writing or self._inlining or self._group is None:
+            return  # the running writer, or the inline loop below, sends it
         if self._inline:
             self._send_inline()
         else:
@@ -252,7 +257,10 @@ class Connection:
     def _send_inline(self) -> None:
         # On the publisher's stack: every send that finishes at once is done here; the
         # first that would wait goes, with the rest of its batch, to a writer task.
+        # A send that queues another message on this connection (a wrapper that logs
+        # through progressq, say) leaves it to this loop, in order.
         outbox = self._outbox
+        self._inlining = True
         try:
             while batch := outbox.take():
                 for index, text in enumerate(batch):
@@ -266,6 +274,8 @@ class Connection:
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem
             self._failure = exc
             self._start_writer()
+        finally:
+            self._inlining = False
 
     def _start_writer(self) -> None:
         if not self._writing and self._group is not None:
@@ -277,7 +287,7 @@ class Connection:
         timeout = self._settings.send_timeout
         try:
             if self._failure is not None:
-                raise PeerGone from self._failure
+                raise self._failure  # PeerGone ends quietly; anything else is logged, close 1011
             while True:
                 # One cancel scope per writer. Its deadline is set before each send, so every
                 # send has ``send_timeout``; while idle the last send's deadline stays and

@@ -9,11 +9,18 @@ connection's writer task, so a slow client never holds up whoever published.
 
 Only for asyncio: there, what a coroutine yields (a future, or ``None``) can be passed on by
 whichever task awaits the rest. Trio's traps belong to the task that yields them.
+
+Every step of the send runs in one context of its own (a copy of the publisher's): a send
+that sets a context variable and resets it after a suspension (tracing middleware does)
+finds its variable where it left it, and the publisher's context is never changed. What a
+send must not do is capture the current task (``asyncio.timeout()``, anyio cancel scopes or
+locks): its first step runs on the publisher's task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -32,25 +39,26 @@ def available() -> bool:
 class Unfinished:
     """The rest of a send coroutine that suspended; await it (once) in another task."""
 
-    __slots__ = ("_coro", "_yielded")
+    __slots__ = ("_context", "_coro", "_yielded")
 
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any, context: contextvars.Context) -> None:
         self._coro = coro
         self._yielded = yielded
+        self._context = context
 
     def __await__(self) -> Generator[Any, Any, None]:
-        coro, yielded = self._coro, self._yielded
+        coro, yielded, run = self._coro, self._yielded, self._context.run
         while True:
             try:
                 sent = yield yielded
             except BaseException as exc:  # cancellation or a timeout: into the coroutine
                 try:
-                    yielded = coro.throw(exc)
+                    yielded = run(coro.throw, exc)
                 except StopIteration:
                     return
             else:
                 try:
-                    yielded = coro.send(sent)
+                    yielded = run(coro.send, sent)
                 except StopIteration:
                     return
 
@@ -64,8 +72,9 @@ def start(coro: Coroutine[Any, Any, None]) -> Unfinished | None:
 
     Raises what the coroutine raises before it first suspends.
     """
+    context = contextvars.copy_context()
     try:
-        yielded = coro.send(None)
+        yielded = context.run(coro.send, None)
     except StopIteration:
         return None
-    return Unfinished(coro, yielded)
+    return Unfinished(coro, yielded, context)

@@ -58,8 +58,9 @@ class TransportSettings:
         send_inline: on asyncio, send a WebSocket message on the publisher's stack when the
             server can take it at once, and start a writer task only for a send that must
             wait (a slow client still never holds anyone up). Turn off if an ASGI middleware
-            wraps ``send`` with locks or cancel scopes: each message then goes through the
-            connection's writer task (slower: a task switch per message).
+            wraps ``send`` with something tied to the current task (``asyncio.timeout()``,
+            anyio cancel scopes or locks; context variables are fine): each message then goes
+            through the connection's writer task (slower: a task switch per message).
         include_index: serve ``GET /`` with the API description.
     """
 

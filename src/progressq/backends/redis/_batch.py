@@ -15,7 +15,8 @@ _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 class _Batcher:
     """Collects script calls and sends them in pipelines (not transactions: each script is
-    atomic on its own, and they run in the order made).
+    atomic on its own; the calls of one pipeline run in the order made, those of two
+    pipelines out at once in either order, as concurrent calls would).
 
     Group commit: at most ``in_flight`` pipelines are on their way at once. A call made while
     that many are out waits for one of them to return and then goes with every call made
@@ -33,7 +34,7 @@ class _Batcher:
         self._max_batch = max_batch
         self._pending: list[_Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
-        self._scheduled = False  # a flush that has not taken its batch yet
+        self._scheduled: asyncio.Task[None] | None = None  # a flush that has not taken its batch yet
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -42,25 +43,28 @@ class _Batcher:
         return await future
 
     async def drain(self) -> None:
-        """Wait for the batches on their way (before the client closes)."""
+        """Wait for the batches on their way (before the client closes). Cancelling the
+        wait leaves them going (``asyncio.wait``, unlike ``gather``, does not cancel them)."""
         while self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+            await asyncio.wait(set(self._flushes))
 
     def _schedule(self) -> None:
-        if self._scheduled or not self._pending or len(self._flushes) >= self._in_flight:
+        if self._scheduled is not None or not self._pending or len(self._flushes) >= self._in_flight:
             return  # one will take these calls: the scheduled flush, or the next when one returns
-        self._scheduled = True
-        flush = asyncio.get_running_loop().create_task(self._flush())
+        flush = self._scheduled = asyncio.get_running_loop().create_task(self._flush())
         self._flushes.add(flush)
         flush.add_done_callback(self._flushed)
 
     def _flushed(self, flush: asyncio.Task[None]) -> None:
         self._flushes.discard(flush)
+        if self._scheduled is flush:  # cancelled before it took its batch: the calls still wait
+            self._scheduled = None
         self._schedule()  # what arrived meanwhile leaves now, together
 
     async def _flush(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        self._schedule()  # more than one batch waits: the next may go at once
         batch = [call for call in batch if not call[3].done()]  # cancelled meanwhile: not sent
         if not batch:
             return
