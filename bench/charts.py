@@ -65,12 +65,7 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6.5, 3.0))
         loads = [int(x) for x in data["loads"]]
         for name, by_load in data["summary"].items():
-            kept = [
-                x
-                for x in loads
-                if by_load[str(x)]["delivered_share"] >= data["kept_up_share"]
-                and by_load[str(x)].get("server_cpu_share", 0.0) < data.get("busy_share", 1.0)
-            ]
+            kept = [x for x in loads if not by_load[str(x)]["saturated"]]
             ax.plot(
                 kept,
                 [by_load[str(x)]["p99_ms"] for x in kept],

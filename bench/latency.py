@@ -68,7 +68,7 @@ def saturated(outcome: dict[str, float]) -> bool:
 
 def verdict(system: str, outcome: dict[str, float]) -> str:
     p99 = outcome["p99_ms"]
-    if saturated(outcome):
+    if outcome["saturated"]:
         return "saturated"
     if system not in TARGET_P99_MS:
         return ""
@@ -120,6 +120,7 @@ def main() -> None:
                 "delivered_share": delivered,
                 "server_cpu_share": busy,
             }
+            summary[system][load]["saturated"] = saturated(summary[system][load])
             rows.append(
                 [
                     system,
@@ -140,7 +141,7 @@ def main() -> None:
     for system, target in TARGET_P99_MS.items():
         if system not in summary:
             continue
-        below = [load for load in loads if not saturated(summary[system][load])]
+        below = [load for load in loads if not summary[system][load]["saturated"]]
         if not below:
             print(f"{system}: saturated at every load measured", flush=True)
             continue

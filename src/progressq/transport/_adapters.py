@@ -93,10 +93,7 @@ class AsgiWebSocketPeer:
         return text if text is not None else message.get("bytes") or b""
 
     async def send(self, text: str) -> None:
-        try:  # the hot path: one call, no helper
-            await self._send({"type": "websocket.send", "text": text})
-        except self._gone as exc:
-            raise PeerGone from exc
+        await self._deliver({"type": "websocket.send", "text": text})
 
     async def close(self, code: int, reason: str = "") -> None:
         await self._deliver({"type": "websocket.close", "code": code, "reason": reason})
