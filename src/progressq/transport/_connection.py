@@ -353,6 +353,7 @@ class Connection:
         self._counted = identity
         registry = self._hub.registry
         sink = IdentitySink(self._outbox)
+        sink.on_resync = self._resync_soon
         self._identity, self._sink = identity, sink
         await registry.attach(identity, sink)
         if last_seq is not None:
@@ -362,13 +363,27 @@ class Connection:
                 sink.go_live(last_seq, list(missed), {})
                 return
         self._send(self._connection_message(recovered=False if resumed else None))
+        await self._snapshot(identity, sink)
+
+    async def _snapshot(self, identity: str, sink: IdentitySink) -> None:
         # The sequence number is read before the tasks, so the snapshot is at least as new
         # as ``seq``; the sink repairs live events that are older than the snapshot.
-        seq = await registry.current_seq(identity)
+        seq = await self._hub.registry.current_seq(identity)
         records = await self._hub.list(owner=identity)
         views = [record.view() for record in records]
         self._send(SnapshotMessage(tasks=views, seq=seq, recovered=False))
         sink.go_live(seq, [], {r.id: (r.revision, encode(v)) for r, v in zip(records, views, strict=True)})
+
+    def _resync_soon(self) -> None:
+        """The backend lost the identity's history: send a fresh snapshot (``recovered:
+        false``), from which ``seq`` counts on."""
+        sink, group = self._sink, self._group
+        if sink is not None and group is not None:
+            group.start_soon(self._resync, sink)
+
+    async def _resync(self, sink: IdentitySink) -> None:
+        if sink is self._sink:
+            await self._snapshot(self._identity, sink)
 
     async def _unfollow(self) -> None:
         counted, self._counted = self._counted, None

@@ -142,7 +142,7 @@ class IdentitySink:
     a client's view never goes back in time.
     """
 
-    __slots__ = ("_fresher", "_held", "_outbox", "_watermark", "active")
+    __slots__ = ("_fresher", "_held", "_outbox", "_watermark", "active", "on_resync")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
@@ -150,6 +150,9 @@ class IdentitySink:
         self._watermark = 0
         self._fresher: dict[str, tuple[int, bytes]] = {}
         self.active = True
+        # Called when the registry lost the history this sink's events are numbered in
+        # (Redis restarted without its data): the connection sends a fresh snapshot.
+        self.on_resync: Callable[[], None] | None = None
 
     def deliver(self, event: Event) -> None:
         if not self.active:
@@ -160,6 +163,16 @@ class IdentitySink:
                 self._outbox.overflow()
             return
         self._forward(event)
+
+    def resync(self) -> None:
+        """The identity's history was lost: hold what arrives until a new snapshot is sent
+        (:meth:`go_live` again), and ask the connection for one."""
+        if not self.active:
+            return
+        if self._held is None:
+            self._held = []
+        if self.on_resync is not None:
+            self.on_resync()
 
     def go_live(self, after_seq: int, replay: list[Event], fresher: dict[str, tuple[int, bytes]]) -> None:
         self._watermark = after_seq

@@ -101,6 +101,7 @@ class _Keys:
         self.counters = f"{prefix}:counters"
         self.cancel_channel = f"{prefix}:cancel"
         self.unfinished = f"{prefix}:unfinished"
+        self.marker = f"{prefix}:marker"  # gone means Redis lost its data
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"

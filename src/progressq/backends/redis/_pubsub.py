@@ -42,6 +42,7 @@ class _PubSub:
         # redis-py's PubSub opens its connection on the first command: two concurrent first
         # subscribes would each open one and lose a confirmation. One command at a time.
         self._lock = anyio.Lock()
+        self.connections = 0  # how many times a lost connection was replaced
 
     async def subscribe(self, channel: str, sub: _Subscription) -> None:
         name = channel.encode()
@@ -109,6 +110,7 @@ class _PubSub:
 
     async def _reconnect_locked(self) -> bool:
         old, self._pubsub = self._pubsub, self._client.pubsub()
+        self.connections += 1
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), suppress(Exception):  # broken already
             await old.aclose()  # type: ignore[no-untyped-call]
         channels = list(self._subs)
