@@ -3,11 +3,14 @@ and it recovers by itself; tasks acknowledged before the outage still finish."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from progressq.backends.redis import RedisBackend
 from progressq.transport import TransportSettings
@@ -59,3 +62,28 @@ async def test_health_and_answers_follow_redis_and_nothing_acknowledged_is_lost(
                     assert final["status"] == "completed"
                     fresh = (await start_task(http, "after", 1000, **{"X-Client-Id": client_id})).json()
                     assert (await again.until(terminal(fresh["id"])))[-1]["task"]["status"] == "completed"
+
+
+async def test_a_websocket_opened_while_redis_is_down_gets_an_error_and_a_close_frame() -> None:
+    with private_redis() as redis_server:
+        # attach_timeout far above the bound below: the answer must not wait for it.
+        backend = RedisBackend.from_url(redis_server.url, prefix="down", attach_timeout=60.0)
+        hub = make_hub(backend=backend)
+        with serve(build_app("starlette", hub, TransportSettings()), hub) as server:
+            async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+                async with await WsClient.open(server.ws) as ws:  # subscribed before the outage
+                    await ws.next()
+                    redis_server.kill()
+                    await wait_for_health(http, 503)
+                    for _ in range(2):  # while the pub/sub connection is broken, and again
+                        with anyio.fail_after(30):
+                            async with connect(server.ws) as fresh:
+                                received = []
+                                with pytest.raises(ConnectionClosed) as closed:
+                                    while True:
+                                        received.append(json.loads(await fresh.recv()))
+                        assert closed.value.rcvd is not None, "no close frame"
+                        assert closed.value.rcvd.code == 1013
+                        assert [m["type"] for m in received] == ["error"]
+                        assert received[0]["code"] == "backend_unavailable"
+                        assert "redis" not in json.dumps(received).lower()

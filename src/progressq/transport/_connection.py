@@ -42,6 +42,7 @@ __all__ = (
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN_LATER",
     "Connection",
     "ConnectionCounts",
     "Peer",
@@ -61,6 +62,9 @@ CLOSE_INTERNAL_ERROR = 1011
 """The server failed unexpectedly (logged on the server; the reason says nothing more)."""
 CLOSE_SLOW_CONSUMER = 1013
 """The client did not keep up; reconnect and resume with ``lastSeq``."""
+CLOSE_TRY_AGAIN_LATER = 1013
+"""The backend is unavailable (after an ``error`` message ``backend_unavailable``);
+reconnect later and resume."""
 
 
 _WRITER_LINGER = 0.25
@@ -208,6 +212,7 @@ class Connection:
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
         close: _Close | None = None
+        farewell: ErrorMessage | None = None  # said just before the close
         try:
             async with anyio.create_task_group() as group:
                 # The writer runs only while there is something to send (and a moment
@@ -221,7 +226,10 @@ class Connection:
                 group.cancel_scope.cancel()
         except* _Close as closing:
             close = closing.exceptions[0]  # type: ignore[assignment]
-        except* (PeerGone, BackendUnavailable, OSError):
+        except* BackendUnavailable:
+            close = _Close(CLOSE_TRY_AGAIN_LATER, "backend unavailable")
+            farewell = ErrorMessage(code="backend_unavailable", message="the server's backend is unavailable; retry later")
+        except* (PeerGone, OSError):
             pass
         except* Exception:
             logger.exception("a connection failed")
@@ -238,6 +246,8 @@ class Connection:
                 if close is not None:
                     with anyio.move_on_after(1.0):
                         with contextlib.suppress(PeerGone):
+                            if farewell is not None:
+                                await self._peer.send(encode(farewell).decode())
                             await self._peer.close(close.code, close.reason)
 
     # --- sending -------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class _PubSub:
         # subscribes would each open one and lose a confirmation. One command at a time.
         self._lock = anyio.Lock()
         self.connections = 0  # how many times a lost connection was replaced
+        self.broken = False  # lost, and not connected again yet
 
     async def subscribe(self, channel: str, sub: _Subscription) -> None:
         name = channel.encode()
@@ -67,12 +68,11 @@ class _PubSub:
 
     async def run(self) -> None:
         backoff = 0.05
-        broken = False
         while True:
-            if broken:
+            if self.broken:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                broken = not await self._reconnect()
+                self.broken = not await self._reconnect()
                 continue
             if not self._subs or self._pubsub.connection is None:
                 self._wake = anyio.Event()
@@ -86,7 +86,7 @@ class _PubSub:
                 backoff = 0.05
             except (*_REDIS_ERRORS, BackendUnavailable) as exc:
                 logger.warning("pub/sub connection lost (%s); reconnecting", exc)
-                broken = True
+                self.broken = True
             except Exception:
                 logger.exception("pub/sub: a message could not be handled")
 

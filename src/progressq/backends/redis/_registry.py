@@ -158,7 +158,13 @@ class RedisClientRegistry:
             if created:
                 await self._pubsub.subscribe(self._keys.channel(identity), state)
             with anyio.fail_after(self._attach_timeout):
-                await state.ready.wait()
+                # While the pub/sub connection is down, say so at once rather than after
+                # the whole timeout (a client of a server whose Redis is gone must hear it).
+                while not state.ready.is_set():
+                    if self._pubsub.broken:
+                        raise BackendUnavailable("Redis is unavailable (pub/sub connection lost)")
+                    with anyio.move_on_after(0.1):
+                        await state.ready.wait()
         except TimeoutError as exc:
             await self.detach(identity, sink)
             raise BackendUnavailable("Redis did not confirm the subscription") from exc
