@@ -70,20 +70,22 @@ async def test_a_websocket_opened_while_redis_is_down_gets_an_error_and_a_close_
         backend = RedisBackend.from_url(redis_server.url, prefix="down", attach_timeout=60.0)
         hub = make_hub(backend=backend)
         with serve(build_app("starlette", hub, TransportSettings()), hub) as server:
-            async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
-                async with await WsClient.open(server.ws) as ws:  # subscribed before the outage
-                    await ws.next()
-                    redis_server.kill()
-                    await wait_for_health(http, 503)
-                    for _ in range(2):  # while the pub/sub connection is broken, and again
-                        with anyio.fail_after(30):
-                            async with connect(server.ws) as fresh:
-                                received = []
-                                with pytest.raises(ConnectionClosed) as closed:
-                                    while True:
-                                        received.append(json.loads(await fresh.recv()))
-                        assert closed.value.rcvd is not None, "no close frame"
-                        assert closed.value.rcvd.code == 1013
-                        assert [m["type"] for m in received] == ["error"]
-                        assert received[0]["code"] == "backend_unavailable"
-                        assert "redis" not in json.dumps(received).lower()
+            async with (
+                httpx.AsyncClient(base_url=server.http, timeout=30) as http,
+                await WsClient.open(server.ws) as ws,  # subscribed before the outage
+            ):
+                await ws.next()
+                redis_server.kill()
+                await wait_for_health(http, 503)
+                for _ in range(2):  # while the pub/sub connection is broken, and again
+                    with anyio.fail_after(30):
+                        async with connect(server.ws) as fresh:
+                            received = []
+                            with pytest.raises(ConnectionClosed) as closed:
+                                while True:
+                                    received.append(json.loads(await fresh.recv()))
+                    assert closed.value.rcvd is not None, "no close frame"
+                    assert closed.value.rcvd.code == 1013
+                    assert [m["type"] for m in received] == ["error"]
+                    assert received[0]["code"] == "backend_unavailable"
+                    assert "redis" not in json.dumps(received).lower()

@@ -228,7 +228,7 @@ class Connection:
             close = closing.exceptions[0]  # type: ignore[assignment]
         except* BackendUnavailable:
             close = _Close(CLOSE_TRY_AGAIN_LATER, "backend unavailable")
-            farewell = ErrorMessage(code="backend_unavailable", message="the server's backend is unavailable; retry later")
+            farewell = ErrorMessage(code="backend_unavailable", message="the backend is unavailable; retry later")
         except* (PeerGone, OSError):
             pass
         except* Exception:

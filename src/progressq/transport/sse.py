@@ -24,6 +24,7 @@ from progressq.hub import Hub
 from progressq.transport._connection import Connection, ConnectionCounts, PeerGone
 from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._settings import RequestInfo, TransportSettings
+from progressq.transport._shutdown import end_on_server_stop
 from progressq.transport.http import Response, error_response, forbidden_response
 
 __all__ = ("EventStreamSession",)
@@ -137,7 +138,8 @@ class EventStreamSession:
             await peer.accept()
         except PeerGone:
             return
-        await connection.run(identity or socket_id, last_seq)
+        with end_on_server_stop():  # a stream never ends by itself; a stopping server ends it
+            await connection.run(identity or socket_id, last_seq)
         # ``run`` ends when the client left or broke a rule; end the response either way.
         with contextlib.suppress(PeerGone):
             await peer.close(1000)

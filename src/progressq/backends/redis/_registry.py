@@ -12,8 +12,8 @@ import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
-from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _Scripts, _text, _unavailable
 from progressq._logonce import fingerprint
+from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _Scripts, _text, _unavailable
 from progressq.backends.redis._pubsub import _PubSub, _Subscription
 from progressq.contracts import (
     Event,
