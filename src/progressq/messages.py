@@ -128,7 +128,9 @@ class PingRequest(msgspec.Struct, tag_field="type", tag="ping", rename="camel"):
 
 
 class ResumeRequest(msgspec.Struct, tag_field="type", tag="resume", rename="camel", kw_only=True):
-    client_id: Annotated[str, msgspec.Meta(max_length=256)]
+    # Not bounded here: an over-long id is a forged id, which closes the connection (1008)
+    # rather than getting ``invalid_message``; the frame size bounds it anyway.
+    client_id: str
     token: str | None = None
     last_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
 
@@ -179,6 +181,8 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         message: ClientMessage = _client_decoder.decode(data)
     except UnicodeEncodeError:  # a str holding lone surrogates is not UTF-8 text
         raise msgspec.DecodeError("frame is not valid UTF-8 text") from None
+    except RecursionError:  # msgspec's depth limit: a few KB of brackets reach it
+        raise msgspec.DecodeError("JSON nested too deeply") from None
     return message
 
 

@@ -95,7 +95,7 @@ async def test_forged_ids_are_403_on_every_route(server: RunningServer, http: ht
 
 
 async def test_forged_resume_closes_1008(server: RunningServer) -> None:
-    for forged in ("made-up-id", tampered(server), FOREIGN):
+    for forged in ("made-up-id", tampered(server), FOREIGN, "x" * 257, server.hub.identities.mint() + "x" * 300):
         async with await WsClient.open(server.ws) as ws:
             await ws.next()
             assert await ws.close_code({"type": "resume", "clientId": forged, "lastSeq": 0}) == 1008
@@ -114,9 +114,15 @@ async def test_forged_resume_closes_1008(server: RunningServer) -> None:
         "[1, 2, 3]",
         "null",
         b"\x00\xff binary",
+        "[" * 1000 + "]" * 1000,
+        '{"type": "ping", "x": ' + "[" * 1000 + "]" * 1000 + "}",  # about 2 KB, depth 1000
+        '{"a": ' * 1000 + "1" + "}" * 1000,
+        '{"type": "resume", "clientId": "x", "lastSeq": 1, "token": ' + "[" * 5000 + "]" * 5000 + "}",
     ],
 )
-async def test_bad_frames_get_an_error_and_the_connection_stays(server: RunningServer, frame: str | bytes) -> None:
+async def test_bad_frames_get_an_error_and_the_connection_stays(
+    server: RunningServer, frame: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     async with await WsClient.open(server.ws) as ws:
         await ws.next()
         await ws.connection.send(frame)
@@ -126,6 +132,7 @@ async def test_bad_frames_get_an_error_and_the_connection_stays(server: RunningS
         assert "Traceback" not in error["message"]
         await ws.send("ping")
         assert (await ws.next())["type"] == "pong"
+    assert not [record for record in caplog.records if record.exc_info], "a bad frame logged a traceback"
 
 
 async def test_oversized_frame_closes_1009(server: RunningServer) -> None:

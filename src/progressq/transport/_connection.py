@@ -67,6 +67,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 reconnect later and resume."""
 
 
+MAX_ID_LENGTH = 256
+"""A presented id longer than this is forged, whatever the ``identify`` hook would say."""
+
 _WRITER_LINGER = 0.25
 """Seconds a writer that has sent at most ``_FEW`` messages waits for the next before it ends
 (the next message starts another). One that has sent more waits up to ``send_timeout`` after
@@ -434,7 +437,7 @@ class Connection:
             case PingRequest():
                 self._send(PongMessage(server_time=utc_now()))
             case ResumeRequest(client_id=client_id, last_seq=last_seq):
-                if not await self._identities.accepts(self._request, client_id):
+                if len(client_id) > MAX_ID_LENGTH or not await self._identities.accepts(self._request, client_id):
                     raise _Close(CLOSE_POLICY_VIOLATION, "unknown client id")
                 await self._unfollow()
                 self._outbox.clear()  # events of the identity just left
