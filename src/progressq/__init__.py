@@ -4,6 +4,7 @@ Importing ``progressq`` imports no web framework and no Redis client; adapters l
 ``progressq.starlette`` and ``progressq.litestar``, backends in ``progressq.backends``.
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from progressq._context import TaskContext
@@ -23,6 +24,9 @@ from progressq.errors import (
 )
 from progressq.hub import Hub
 from progressq.identity import IdentityAuthority
+
+# A library's loggers stay silent until the application configures logging.
+logging.getLogger("progressq").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("progressq")

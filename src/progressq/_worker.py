@@ -10,7 +10,10 @@ import anyio
 import msgspec
 
 from progressq._context import TaskContext
+from progressq._outage import backend_outage
+from progressq._tasklog import attempt_ended, attempt_started
 from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
+from progressq.errors import BackendUnavailable
 
 __all__ = ("TaskPolicy", "WorkerPool")
 
@@ -131,9 +134,12 @@ class WorkerPool:
     ) -> None:
         try:
             await self._attempt(runs, lease, scope)
+        except BackendUnavailable as exc:
+            # The worker lives on; with a durable backend the lease expires and the task
+            # runs again. Logged once per outage.
+            backend_outage.failed(f"recording the outcome of task {lease.record.id}", exc)
         except Exception:
-            # A backend error while recording the outcome: the worker lives on; with a
-            # durable backend the lease expires and the task runs again.
+            # A backend error while recording the outcome: as above, with a traceback.
             logger.exception("task %s: could not record its outcome", lease.record.id)
         finally:
             del self._scopes[lease.record.id]
@@ -151,6 +157,7 @@ class WorkerPool:
         )
         if not await self._commit(lease, running):
             return
+        began = attempt_started(running)
         policy = self._policy_for(record.kind)
         ctx = TaskContext(
             running, commit=lambda r: self._commit(lease, r), interval=self._progress_interval, spawn=runs
@@ -170,6 +177,7 @@ class WorkerPool:
             # Shutdown ran out of grace (or the process is going down): hand the task back.
             with anyio.CancelScope(shield=True):
                 latest = await ctx.close()
+                attempt_ended(running, "interrupted", began)
                 await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
             raise
         # The handler is done: its outcome is recorded even if shutdown's cancellation
@@ -177,6 +185,16 @@ class WorkerPool:
         with anyio.CancelScope(shield=True):
             latest = await ctx.close()
             now = utc_now()
+            outcome = (
+                "cancelled"
+                if scope.cancel_called
+                else "completed"
+                if error is None
+                else "retrying"
+                if latest.attempt < policy.max_attempts
+                else "failed"
+            )
+            attempt_ended(running, outcome, began)
             if scope.cancel_called:  # the owner asked, even if the handler swallowed it
                 await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
             elif error is not None and latest.attempt < policy.max_attempts:
@@ -233,6 +251,9 @@ class WorkerPool:
                     scope = self._scopes.get(task_id)
                     if scope is not None:
                         scope.cancel()
+            except BackendUnavailable as exc:
+                backend_outage.failed("watching for cancellations", exc)  # logged once per outage
+                await anyio.sleep(1.0)
             except Exception:
                 logger.warning("cancellation watch interrupted; retrying", exc_info=True)
                 await anyio.sleep(1.0)

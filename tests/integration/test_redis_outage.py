@@ -4,6 +4,7 @@ and it recovers by itself; tasks acknowledged before the outage still finish."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import anyio
@@ -89,3 +90,46 @@ async def test_a_websocket_opened_while_redis_is_down_gets_an_error_and_a_close_
                     assert [m["type"] for m in received] == ["error"]
                     assert received[0]["code"] == "backend_unavailable"
                     assert "redis" not in json.dumps(received).lower()
+
+
+async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="progressq")
+    with private_redis(data_dir=tmp_path) as redis_server:
+        backend = RedisBackend.from_url(redis_server.url, prefix="outage-log", lease_timeout=2.0)
+        hub = make_hub(backend=backend)
+        with serve(build_app("starlette", hub, TransportSettings()), hub) as server:
+            async with (
+                httpx.AsyncClient(base_url=server.http, timeout=30) as http,
+                await WsClient.open(server.ws) as ws,
+            ):
+                await ws.next()
+                for n in range(4):  # 1.5 s each, reporting every 0.15 s: reports fail during the outage
+                    await start_task(http, f"long {n}", 30000, **{"X-Client-Id": ws.client_id})
+                await ws.until(lambda m: m.get("task", {}).get("status") == "running")
+
+                caplog.clear()
+                redis_server.kill()
+                await wait_for_health(http, 503)
+                for n in range(20):
+                    refused = await start_task(http, f"refused {n}", 1000, **{"X-Client-Id": ws.client_id})
+                    assert refused.status_code == 503
+                await anyio.sleep(2)  # reports and heartbeats keep failing meanwhile
+                redis_server.start()
+                await wait_for_health(http, 200)
+                fresh = (await start_task(http, "after", 1000, **{"X-Client-Id": ws.client_id})).json()
+                with anyio.fail_after(30):
+                    while (await http.get(f"/api/task/{fresh['id']}", headers={"X-Client-Id": ws.client_id})).json()[
+                        "status"
+                    ] != "completed":
+                        await anyio.sleep(0.1)
+
+    ours = [r for r in caplog.records if r.name.startswith("progressq")]
+    assert not [r for r in ours if r.exc_info], [r.getMessage() for r in ours if r.exc_info]
+    outage = [r for r in ours if r.name == "progressq.outage"]
+    assert [r.getMessage().split(":")[0] for r in outage] == ["backend unavailable", "backend available again"], [
+        r.getMessage() for r in outage
+    ]
+    # Each part that waits for Redis may say so once, but nothing is logged per failure.
+    assert len(ours) < 15, [f"{r.name}: {r.getMessage()}" for r in ours]

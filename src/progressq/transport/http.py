@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from progressq._outage import backend_outage
 from progressq.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -100,7 +101,7 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
 
     async def run(*args: Any, **kwargs: Any) -> Response:
         try:
-            return await method(*args, **kwargs)
+            response = await method(*args, **kwargs)
         except ForbiddenIdentity:
             return forbidden_response()
         except TaskNotFound:
@@ -119,12 +120,15 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
                 "too many unfinished tasks; wait for one to finish",
                 headers={"Retry-After": str(max(1, round(exc.retry_after)))},
             )
-        except (BackendUnavailable, OSError):
-            logger.warning("backend unavailable", exc_info=True)
+        except (BackendUnavailable, OSError) as exc:
+            backend_outage.failed(f"a request ({method.__name__})", exc)  # logged once per outage
             return error_response(503, "backend_unavailable", "the service is temporarily unavailable")
         except Exception:  # the details go to the log, never to the client
             logger.exception("a request failed")
             return error_response(500, "internal_error", "the server could not handle this request")
+        if response.status < 500:  # not a nested guarded route's 503
+            backend_outage.answered()
+        return response
 
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__

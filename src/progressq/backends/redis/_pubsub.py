@@ -11,6 +11,7 @@ import anyio.abc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._common import _REDIS_ERRORS, _unavailable
 from progressq.errors import BackendUnavailable
 
@@ -85,7 +86,7 @@ class _PubSub:
                     await self._dispatch(message)
                 backoff = 0.05
             except (*_REDIS_ERRORS, BackendUnavailable) as exc:
-                logger.warning("pub/sub connection lost (%s); reconnecting", exc)
+                backend_outage.failed("the pub/sub connection", exc)  # logged once per outage
                 self.broken = True
             except Exception:
                 logger.exception("pub/sub: a message could not be handled")
@@ -119,9 +120,9 @@ class _PubSub:
         try:
             await self._pubsub.subscribe(*channels)
         except _REDIS_ERRORS as exc:
-            logger.warning("pub/sub: Redis is not back yet (%s)", exc)
+            logger.debug("pub/sub: Redis is not back yet (%s)", exc)
             return False
-        logger.warning("pub/sub: connected again, %d channels subscribed", len(channels))
+        logger.info("pub/sub: connected again, %d channels subscribed", len(channels))
         return True
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._common import (
     _GROUP,
@@ -96,7 +97,6 @@ class RedisTaskQueue:
         self._group_ready = False
         self._cursor = "0-0"
         self._next_reclaim = -math.inf
-        self._outage = False
 
     @property
     def consumer(self) -> str:
@@ -164,15 +164,11 @@ class RedisTaskQueue:
             try:
                 leases = await self._next(limit)
             except BackendUnavailable as exc:
-                if not self._outage:
-                    logger.warning("waiting for Redis to come back: %s", exc)
-                    self._outage = True
+                backend_outage.failed("taking tasks", exc)  # logged once per outage
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if self._outage:
-                logger.warning("Redis answers again; taking tasks")
-                self._outage = False
+            backend_outage.answered()
             backoff = 0.1
             if leases:
                 return leases
@@ -295,7 +291,7 @@ class RedisTaskQueue:
                 try:
                     await self._publish(record)
                 except BackendUnavailable as exc:
-                    logger.warning("task %s: its final state could not be published: %s", record.id, exc)
+                    backend_outage.failed(f"publishing the final state of task {record.id}", exc)
             return None
         deliveries = int(answer[5])
         self._held[record.id] = _Held(entry, record.attempt, record.status)
@@ -542,7 +538,7 @@ class RedisTaskQueue:
                             )
                         answers = await pipe.execute(raise_on_error=False)
             except BackendUnavailable as exc:
-                logger.warning("heartbeat of %d tasks failed: %s", len(leases), exc)
+                backend_outage.failed(f"a heartbeat of {len(leases)} tasks", exc)  # logged once per outage
                 continue
             for lease, answer in zip(leases, answers, strict=True):
                 held = self._held.get(lease.record.id)

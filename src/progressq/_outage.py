@@ -1,0 +1,58 @@
+"""A backend outage in the log: one line when it starts, one when it ends.
+
+During an outage every report, heartbeat and request fails; a traceback for each buries the
+one fact an operator needs (the backend is gone, since when, and when it came back). Every
+part of progressq that meets ``BackendUnavailable`` tells :data:`backend_outage` instead of
+logging, and every part that reaches the backend again says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+__all__ = ("Outage", "backend_outage")
+
+logger = logging.getLogger("progressq.outage")
+
+
+class Outage:
+    """Logs the first failure of an outage and its end, and counts what failed between."""
+
+    __slots__ = ("_failures", "_since")
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._failures = 0
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, what: str, error: BaseException) -> None:
+        """``what`` failed because the backend did not answer (logged if it is the first)."""
+        self._failures += 1
+        if self._since is None:
+            self._since = time.monotonic()
+            logger.warning(
+                "backend unavailable: %s failed (%s); further failures are not logged until it answers again",
+                what,
+                error,
+                extra={"outage": "start", "operation": what},
+            )
+
+    def answered(self) -> None:
+        """The backend answered (cheap when there is no outage: call it on every success)."""
+        if self._since is not None:
+            duration = time.monotonic() - self._since
+            failures, self._since, self._failures = self._failures, None, 0
+            logger.warning(
+                "backend available again: after %.1f s, %d operations failed meanwhile",
+                duration,
+                failures,
+                extra={"outage": "end", "duration": round(duration, 3), "failures": failures},
+            )
+
+
+backend_outage = Outage()
+"""This process's view of its backend (one backend per process is the norm)."""
