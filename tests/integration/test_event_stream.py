@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -134,3 +135,49 @@ async def test_closing_the_stream_releases_the_connection(server: RunningServer,
     with anyio.fail_after(5):
         while (await http.get("/api/task/status")).json()["connections"] != 0:
             await anyio.sleep(0.05)
+
+
+async def test_a_browser_opens_its_stream_without_its_id_in_any_logged_url(
+    make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with make_server(uvicorn={"access_log": True}) as server:
+        access = logging.getLogger("uvicorn.access")  # uvicorn's config does not propagate it
+        access.addHandler(caplog.handler)
+        level, access.level = access.level, logging.INFO  # the test server logs warnings only
+        try:
+            async with httpx.AsyncClient(base_url=server.http) as http:
+                client_id = (await start_task(http, "mine", 1000)).json()["clientId"]
+                answer = await http.post("/api/events", headers={"X-Client-Id": client_id})
+                assert answer.status_code == 200, answer.text
+                stream_key = answer.json()["stream"]
+                assert client_id not in stream_key
+                cookie = answer.headers["set-cookie"].lower()
+                assert "httponly" in cookie
+                assert "samesite=strict" in cookie
+                # What an EventSource does: the URL, and the cookie the browser keeps for it.
+                async with open_stream(http, params={"stream": stream_key}) as stream:
+                    hello = await stream.next()
+                    assert hello["clientId"] == client_id
+                    assert [t["name"] for t in (await stream.next())["tasks"]] == ["mine"]
+                # Its own cookie only: a made-up key or someone else's is not an identity.
+                async with httpx.AsyncClient(base_url=server.http) as other:
+                    async with open_stream(other, params={"stream": stream_key}) as stranger:
+                        assert (await stranger.next())["clientId"] != client_id
+                    forged = await other.get(
+                        "/api/events",
+                        params={"stream": stream_key},
+                        headers={"Cookie": f"pq_stream_{stream_key}=forged"},
+                    )
+                    assert forged.status_code == 403
+                refused = await http.post("/api/events", headers={"X-Client-Id": "forged"})
+                assert refused.status_code == 403
+                foreign = await http.post(
+                    "/api/events", headers={"X-Client-Id": client_id, "Origin": "https://evil.example"}
+                )
+                assert foreign.status_code == 403
+        finally:
+            access.removeHandler(caplog.handler)
+            access.setLevel(level)
+    logged = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("/api/events?stream=" in line for line in logged), logged
+    assert not [line for line in logged if client_id in line]

@@ -4,7 +4,9 @@ For clients behind proxies that drop WebSockets. The same messages as the WebSoc
 ``event: <type>``, ``id: <seq>`` (events and snapshots) and ``data: <json>``; a browser's
 ``EventSource`` reconnects by itself and sends ``Last-Event-ID``, which resumes exactly
 like a WebSocket ``resume`` with ``lastSeq``. Identification is the HTTP routes' (headers),
-plus a ``clientId`` query parameter because ``EventSource`` cannot set headers.
+plus, because ``EventSource`` cannot set headers, a cookie that ``POST /api/events`` sets
+and ``?stream=<key>`` names (see ``_stream_cookie``), or the older ``clientId`` query
+parameter, which access logs write down.
 
 It is a plain ASGI app, so each adapter only mounts it.
 """
@@ -21,10 +23,12 @@ import anyio
 
 from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
+from progressq.messages import encode
 from progressq.transport._connection import Connection, ConnectionCounts, PeerGone
 from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._settings import RequestInfo, TransportSettings
 from progressq.transport._shutdown import end_on_server_stop
+from progressq.transport._stream_cookie import stream_cookie, stream_key, streamed_identity
 from progressq.transport.http import Response, error_response, forbidden_response
 
 __all__ = ("EventStreamSession",)
@@ -130,6 +134,9 @@ class EventStreamSession:
         if isinstance(refusal, Response):
             await _reply(send, refusal)
             return
+        if scope.get("method") == "POST":  # the cookie for a stream (see _stream_cookie)
+            await _reply(send, await self._stream_cookie(scope, request))
+            return
         identity, last_seq = refusal
         peer = _EventStreamPeer(receive, send, self.keepalive)
         socket_id = self.hub.identities.mint()
@@ -145,14 +152,20 @@ class EventStreamSession:
             await peer.close(1000)
 
     async def _refusal(self, scope: Scope, request: RequestInfo) -> Response | tuple[str | None, int | None]:
-        if scope.get("method", "GET") != "GET":
-            return error_response(405, "method_not_allowed", "use GET", headers={"Allow": "GET"})
+        if scope.get("method", "GET") not in ("GET", "POST"):
+            return error_response(405, "method_not_allowed", "use GET", headers={"Allow": "GET, POST"})
         if not origin_allowed(request, self.settings):
             logger.info("refused an event stream from origin %r", request.headers.get("origin"))
             return error_response(403, "origin_not_allowed", "this origin may not open an event stream")
+        if scope.get("method") == "POST":
+            return None, None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        # ``clientId`` in the URL is written by access logs; the stream cookie is not.
+        presented = (query.get("clientId") or [None])[0] or streamed_identity(
+            request.headers, (query.get("stream") or [None])[0]
+        )
         try:
-            identity = await self.identities.caller(request, (query.get("clientId") or [None])[0])
+            identity = await self.identities.caller(request, presented)
         except ForbiddenIdentity:
             return forbidden_response()
         if identity is not None and ConnectionCounts.of(self.hub).full(
@@ -169,6 +182,18 @@ class EventStreamSession:
         if identity is None and last_seq is not None:
             last_seq = None  # a new identity has nothing to resume
         return identity, last_seq
+
+
+    async def _stream_cookie(self, scope: Scope, request: RequestInfo) -> Response:
+        try:
+            identity = await self.identities.caller_or_new(request)
+        except ForbiddenIdentity:
+            return forbidden_response()
+        return Response(
+            200,
+            encode({"clientId": identity, "stream": stream_key(identity)}),
+            {"Set-Cookie": stream_cookie(scope, identity), "Cache-Control": "no-store"},
+        )
 
 
 async def _reply(send: Send, response: Response) -> None:
