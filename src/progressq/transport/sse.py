@@ -183,7 +183,6 @@ class EventStreamSession:
             last_seq = None  # a new identity has nothing to resume
         return identity, last_seq
 
-
     async def _stream_cookie(self, scope: Scope, request: RequestInfo) -> Response:
         try:
             identity = await self.identities.caller_or_new(request)
