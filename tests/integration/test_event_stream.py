@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from progressq.transport import TransportSettings
-from tests.apps import RunningServer
+from tests.apps import RunningServer, build_app, make_hub, serve
 from tests.integration.client import Message, start_task, terminal
 from tests.integration.test_tasks import assert_gapless, assert_progress_never_decreases, task_events
 
@@ -181,3 +181,26 @@ async def test_a_browser_opens_its_stream_without_its_id_in_any_logged_url(
     logged = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
     assert any("/api/events?stream=" in line for line in logged), logged
     assert not [line for line in logged if client_id in line]
+
+
+async def test_the_stream_is_not_held_back_by_compression_middleware() -> None:
+    # Starlette's GZipMiddleware before 0.4x compressed (and so buffered) event streams;
+    # ``exclude_content_types=()`` makes today's behave like it. It leaves alone a response
+    # that declares its own Content-Encoding, as the event stream does.
+    from starlette.middleware.gzip import GZipMiddleware
+
+    hub = make_hub()
+    app = GZipMiddleware(build_app("starlette", hub, TransportSettings()), minimum_size=1, exclude_content_types=())
+    with serve(app, hub) as server:
+        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+            headers = {"Accept-Encoding": "gzip"}
+            async with open_stream(http, headers=headers) as stream:
+                assert stream.response.headers.get("content-encoding") == "identity"
+                hello = await stream.next(timeout=30)
+                assert hello["type"] == "connection"
+                await stream.next(timeout=30)
+                started = (await start_task(http, "compressed?", 1000, **{"X-Client-Id": hello["clientId"]})).json()
+                await stream.until(terminal(started["id"]), timeout=30)
+            # Other routes are still compressed: the middleware works.
+            listed = await http.get("/api/tasks", headers={**headers, "X-Client-Id": hello["clientId"]})
+            assert listed.headers.get("content-encoding") == "gzip"

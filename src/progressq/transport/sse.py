@@ -43,6 +43,10 @@ _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),  # proxies must not buffer a live stream
+    # Compression middleware buffers what it compresses, which holds a live stream back;
+    # an encoding already declared makes them pass the response through (Starlette's
+    # GZipMiddleware in every version, including those that do not exclude event streams).
+    (b"content-encoding", b"identity"),
 ]
 
 
