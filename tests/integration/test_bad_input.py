@@ -11,7 +11,7 @@ from websockets.exceptions import InvalidStatus
 from progressq.identity import IdentityAuthority
 from progressq.transport import TransportSettings
 from tests.apps import RunningServer
-from tests.integration.client import WsClient
+from tests.integration.client import WsClient, start_task
 
 pytestmark = pytest.mark.anyio
 
@@ -176,3 +176,25 @@ async def test_full_queue_answers_503_with_retry_after(make_server: Any) -> None
     assert full.status_code == 503
     assert full.json()["error"]["code"] == "queue_full"
     assert full.headers["retry-after"] == "1"
+
+
+async def test_with_public_origins_the_host_header_is_not_the_reference(make_server: Any) -> None:
+    public = "https://app.example"
+    with make_server() as server:  # none configured: a page whose origin matches Host passes (DNS rebinding)
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            rebound = {"Host": f"rebound.example:{server.port}", "Origin": f"http://rebound.example:{server.port}"}
+            assert (await start_task(http, "rebound", 1000, **rebound)).status_code == 202
+    with make_server(TransportSettings(public_origins=(public,))) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            rebound = {"Host": f"rebound.example:{server.port}", "Origin": f"http://rebound.example:{server.port}"}
+            refused = await start_task(http, "rebound", 1000, **rebound)
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "origin_not_allowed"
+            assert (await http.get("/api/events", headers=rebound)).status_code == 403
+            assert (await start_task(http, "ours", 1000, Origin=public)).status_code == 202
+            assert (await start_task(http, "not a browser", 1000)).status_code == 202
+        with pytest.raises(InvalidStatus) as handshake:
+            await WsClient.open(server.ws, origin=f"http://127.0.0.1:{server.port}")  # matches Host, not public
+        assert handshake.value.response.status_code == 403
+        async with await WsClient.open(server.ws, origin=public) as ws:
+            assert (await ws.next())["type"] == "snapshot"

@@ -45,6 +45,11 @@ class TransportSettings:
             event stream, or to start and cancel tasks, besides the server's own origin;
             ``"*"`` allows any (and logs a warning at startup). A request without ``Origin``
             (not a browser) is allowed.
+        public_origins: the origins the app's own pages are served from
+            (``https://app.example``). When set, they are the server's own origin and the
+            ``Host`` header is not consulted; when empty, a request whose ``Origin`` matches
+            its own ``Host`` is same-origin, which a DNS-rebinding page can arrange. Set it in
+            production.
         max_body_bytes: largest HTTP request body (413 beyond).
         max_frame_bytes: largest WebSocket frame from a client (close 1009 beyond).
         messages_per_second: sustained client messages allowed per connection.
@@ -67,6 +72,7 @@ class TransportSettings:
     start_task: str | None = None
     identify: Identify | None = None
     allowed_origins: tuple[str, ...] = ()
+    public_origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     messages_per_second: float = 20.0
