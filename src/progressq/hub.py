@@ -271,9 +271,9 @@ class Hub:
             raise TaskNotFound(task_id)
         return record
 
-    async def list(self, *, owner: str) -> Sequence[TaskRecord]:
-        """``owner``'s tasks, newest first."""
-        return await self.queue.list_by_owner(owner)
+    async def list(self, *, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
+        """``owner``'s tasks, newest first; only the newest ``limit`` when given."""
+        return await self.queue.list_by_owner(owner, limit)
 
     async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
         """Cancel one of ``owner``'s tasks: a queued one never starts, a running one is cancelled.

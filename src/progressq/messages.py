@@ -99,6 +99,7 @@ class SnapshotMessage(ServerMessage, tag="snapshot", kw_only=True):
     seq: int  # first after the tag, like an event's, so a stream can read it without decoding
     tasks: list[TaskView]
     recovered: bool
+    complete: bool = True  # False: the identity has more tasks than ``tasks`` (the newest) holds
 
 
 class TaskQueuedMessage(ServerMessage, tag="taskQueued", kw_only=True):

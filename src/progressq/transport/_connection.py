@@ -382,9 +382,13 @@ class Connection:
         # The sequence number is read before the tasks, so the snapshot is at least as new
         # as ``seq``; the sink repairs live events that are older than the snapshot.
         seq = await self._hub.registry.current_seq(identity)
-        records = await self._hub.list(owner=identity)
+        # Bounded: a resume costs at most ``snapshot_size`` tasks, however many the identity has.
+        size = self._settings.snapshot_size
+        records = await self._hub.list(owner=identity, limit=size + 1)
+        complete = len(records) <= size
+        records = records[:size]
         views = [record.view() for record in records]
-        self._send(SnapshotMessage(tasks=views, seq=seq, recovered=False))
+        self._send(SnapshotMessage(tasks=views, seq=seq, recovered=False, complete=complete))
         sink.go_live(seq, [], {r.id: (r.revision, encode(v)) for r, v in zip(records, views, strict=True)})
 
     def _resync_soon(self) -> None:

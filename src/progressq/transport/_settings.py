@@ -50,6 +50,9 @@ class TransportSettings:
             ``Host`` header is not consulted; when empty, a request whose ``Origin`` matches
             its own ``Host`` is same-origin, which a DNS-rebinding page can arrange. Set it in
             production.
+        snapshot_size: most tasks a snapshot carries, the newest; a snapshot of an
+            identity with more says ``complete: false`` (the client lists the rest with
+            ``GET /api/tasks`` if it needs them). Bounds what a ``resume`` costs.
         max_body_bytes: largest HTTP request body (413 beyond).
         max_frame_bytes: largest WebSocket frame from a client (close 1009 beyond).
         messages_per_second: sustained client messages allowed per connection.
@@ -73,6 +76,7 @@ class TransportSettings:
     identify: Identify | None = None
     allowed_origins: tuple[str, ...] = ()
     public_origins: tuple[str, ...] = ()
+    snapshot_size: int = 100
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     messages_per_second: float = 20.0

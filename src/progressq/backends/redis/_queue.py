@@ -428,10 +428,13 @@ class RedisTaskQueue:
             fields = await self._client.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
         return _record_from(fields)
 
-    async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
+    async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
         index = self._keys.owner(owner)
+        last = 999 if limit is None else min(limit, 1000) - 1
+        if last < 0:
+            return []
         with _unavailable("list"):
-            raw_ids: Any = await self._client.zrevrange(index, 0, 999)
+            raw_ids: Any = await self._client.zrevrange(index, 0, last)
             ids = [_text(i) for i in raw_ids]
             if not ids:
                 return []
