@@ -247,6 +247,14 @@ export interface ClientOptions {
 	/** Makes an event stream. Default: `new EventSource(url)` where the browser has one. */
 	eventSourceFactory?: EventSourceFactory;
 	/**
+	 * Name the identity of an event stream with a cookie instead of in its URL (URLs are
+	 * written by access logs): `POST /api/events` with `X-Client-Id` sets the cookie, then
+	 * the stream opens with `?stream=<key>`. Only for an event stream on the page's own
+	 * origin (the cookie is not sent elsewhere); if the POST fails, the URL names the id as
+	 * before. Default false.
+	 */
+	streamCookie?: boolean;
+	/**
 	 * WebSocket attempts in a row that fail before the socket opens, after which the client
 	 * switches to the event stream (when it has one). 0 never switches, except where there is
 	 * no WebSocket at all. Default 2: one failure may be a server restarting, two in a row
@@ -400,6 +408,8 @@ export class ProgressQClient {
 	private socketFailures = 0;
 	/** Bumped by `connect()`/`close()`, so work that awaited something can tell it is stale. */
 	private generation = 0;
+	/** Waiting for the stream cookie before opening the event stream. */
+	private sourcePending = false;
 	private retryTimer: ReturnType<typeof setTimeout> | null = null;
 	private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
 	private pings: PendingPing[] = [];
@@ -480,7 +490,7 @@ export class ProgressQClient {
 
 	/** Opens the connection (and keeps it open until `close()`). */
 	connect(): void {
-		if (this.socket !== null || this.source !== null || this.retryTimer !== null) return;
+		if (this.socket !== null || this.source !== null || this.retryTimer !== null || this.sourcePending) return;
 		this.generation += 1;
 		this._attempt = 0;
 		this.open('connecting');
@@ -489,6 +499,7 @@ export class ProgressQClient {
 	/** Closes the connection for good; no reconnect follows. */
 	close(): void {
 		this.generation += 1;
+		this.sourcePending = false;
 		this.clearRetry();
 		this.stopHeartbeat();
 		this.closeSource();
@@ -771,24 +782,82 @@ export class ProgressQClient {
 	 * task list, the last event applied (`lastEventId`), so that the server sends what came
 	 * after. Without `clientId` the server mints a new identity.
 	 */
-	private sourceUrl(identity: StoredIdentity | null): string {
-		const base = this.options.eventsUrl ?? `${this.options.baseUrl ?? ''}/api/events`;
+	private sourceUrl(identity: StoredIdentity | null, streamKey: string | null = null): string {
+		const base = this.eventsBase();
 		const params: string[] = [];
 		if (identity !== null) {
-			params.push(`clientId=${encodeURIComponent(identity.clientId)}`);
+			params.push(
+				streamKey !== null ? `stream=${encodeURIComponent(streamKey)}` : `clientId=${encodeURIComponent(identity.clientId)}`
+			);
 			if (this._synced) params.push(`lastEventId=${identity.lastSeq}`);
 		}
 		if (params.length === 0) return base;
 		return `${base}${base.includes('?') ? '&' : '?'}${params.join('&')}`;
 	}
 
+	private eventsBase(): string {
+		return this.options.eventsUrl ?? `${this.options.baseUrl ?? ''}/api/events`;
+	}
+
+	/** Whether the event stream is on the page's own origin, where its cookie goes along. */
+	private sameOriginEvents(): boolean {
+		const base = this.eventsBase();
+		if (base.startsWith('/') && !base.startsWith('//')) return true;
+		if (typeof location === 'undefined') return false;
+		try {
+			return new URL(base, location.href).origin === location.origin;
+		} catch {
+			return false;
+		}
+	}
+
+	/**
+	 * The stream key whose cookie names `clientId` (`POST /api/events`); `refused` when the
+	 * server does not take the id (the stream then names it, is refused, and the client
+	 * takes a new one as usual), `failed` when the server could not be asked.
+	 */
+	private async streamKey(clientId: string): Promise<string | 'refused' | 'failed'> {
+		const doFetch = this.options.fetch ?? (typeof fetch === 'undefined' ? undefined : fetch);
+		if (doFetch === undefined) return 'refused';
+		try {
+			const response = await doFetch(this.eventsBase(), {
+				method: 'POST',
+				headers: { Accept: 'application/json', 'X-Client-Id': clientId },
+				credentials: 'same-origin'
+			});
+			if (response.status === 403) return 'refused';
+			if (!response.ok) return 'failed';
+			const body: unknown = await response.json();
+			const key = (body as { stream?: unknown } | null)?.stream;
+			return typeof key === 'string' && /^[0-9a-f]{1,64}$/.test(key) ? key : 'failed';
+		} catch {
+			return 'failed';
+		}
+	}
+
 	private openSource(state: 'connecting' | 'reconnecting'): void {
 		this._nextAttemptAt = null;
 		this.setState(state);
 		const identity = this.replacing ? null : this._identity;
+		if (identity !== null && this.options.streamCookie === true && this.sameOriginEvents()) {
+			// The id goes in a cookie, not in the URL (access logs write URLs down).
+			const generation = this.generation;
+			this.sourcePending = true;
+			void this.streamKey(identity.clientId).then((key) => {
+				if (generation !== this.generation || !this.sourcePending) return; // closed meanwhile
+				this.sourcePending = false;
+				if (key === 'failed') this.scheduleReconnect();
+				else this.attachSource(identity, key === 'refused' ? null : key);
+			});
+			return;
+		}
+		this.attachSource(identity, null);
+	}
+
+	private attachSource(identity: StoredIdentity | null, streamKey: string | null): void {
 		let source: EventSourceLike;
 		try {
-			source = this.makeSource(this.sourceUrl(identity));
+			source = this.makeSource(this.sourceUrl(identity, streamKey));
 		} catch {
 			this.scheduleReconnect();
 			return;
