@@ -273,7 +273,9 @@ class Hub:
 
     async def list(self, *, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
         """``owner``'s tasks, newest first; only the newest ``limit`` when given."""
-        return await self.queue.list_by_owner(owner, limit)
+        if limit is None:  # the call every backend has always taken
+            return await self.queue.list_by_owner(owner)
+        return await self.queue.list_by_owner(owner, limit=limit)
 
     async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
         """Cancel one of ``owner``'s tasks: a queued one never starts, a running one is cancelled.

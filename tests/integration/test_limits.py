@@ -156,7 +156,7 @@ async def test_internal_errors_reveal_nothing_even_in_debug_mode(
         from progressq.litestar import create_app  # type: ignore[no-redef]
     app = create_app(hub, TransportSettings(), debug=True)
 
-    async def broken(owner: str) -> Any:
+    async def broken(owner: str, limit: int | None = None) -> Any:
         raise RuntimeError(secret_detail)
 
     with progressq_log(logging.ERROR) as records, serve(app, hub) as server:
