@@ -41,6 +41,10 @@ class Outage:
                 extra={"outage": "start", "operation": what},
             )
 
+    def reset(self) -> None:
+        """Forget an outage without logging its end (its backend was replaced or closed)."""
+        self._since, self._failures = None, 0
+
     def answered(self) -> None:
         """The backend answered (cheap when there is no outage: call it on every success)."""
         if self._since is not None:

@@ -13,6 +13,7 @@ import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._common import _Keys, _redacted, _Scripts
 from progressq.backends.redis._packing import pack_in_c
 from progressq.backends.redis._pubsub import _PubSub
@@ -181,6 +182,7 @@ class RedisBackend:
             await group.__aexit__(None, None, None)
         await self._queue._batcher.drain()
         await self._pubsub.aclose()
+        backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         if self._close_client:
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()
