@@ -53,6 +53,7 @@ def _stop() -> None:
 
 
 def _watch_signals() -> None:
+    global _stopping
     if threading.current_thread() is not threading.main_thread():
         return
     try:
@@ -66,6 +67,7 @@ def _watch_signals() -> None:
         ):
             continue  # not uvicorn's handler (or ours already)
         signal.signal(sig, _wrapped(handler, loop))  # type: ignore[arg-type]
+        _stopping = False  # a new server (this process may have run one before)
 
 
 def _wrapped(handler: Callable[[int, FrameType | None], Any], loop: asyncio.AbstractEventLoop) -> Callable[..., None]:
