@@ -14,14 +14,16 @@ from progressq.errors import (
     BackendUnavailable,
     ConfigurationError,
     ForbiddenIdentity,
+    HubNotOpen,
     ProgressQError,
     QueueFull,
     TaskAlreadyFinished,
     TaskNotFound,
     TooManyTasks,
     UnknownTaskKind,
+    ValidationError,
 )
-from progressq.hub import Hub
+from progressq.hub import Hub, TaskKind
 from progressq.identity import IdentityAuthority
 
 try:
@@ -37,6 +39,7 @@ __all__ = (
     "Event",
     "ForbiddenIdentity",
     "Hub",
+    "HubNotOpen",
     "IdentityAuthority",
     "MemoryBackend",
     "Processor",
@@ -44,11 +47,13 @@ __all__ = (
     "QueueFull",
     "TaskAlreadyFinished",
     "TaskContext",
+    "TaskKind",
     "TaskNotFound",
     "TaskPolicy",
     "TaskQueue",
     "TaskRecord",
     "TooManyTasks",
     "UnknownTaskKind",
+    "ValidationError",
     "__version__",
 )

@@ -26,10 +26,13 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         timeout: seconds an attempt may run before it is cancelled; ``None`` for no limit.
         max_attempts: attempts before a failing task is ``failed`` (1 = no retry).
+        progress_interval: least seconds between two progress events of one task; the
+            hub's setting when ``None``.
     """
 
     timeout: float | None = 300.0
     max_attempts: int = 1
+    progress_interval: float | None = None
 
 
 class BatchLeasing(Protocol):
@@ -79,6 +82,7 @@ class WorkerPool:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._idle = anyio.Event()
         self._idle.set()
+        self.alive = False  # between ``run``'s start and its end
 
     @property
     def running(self) -> int:
@@ -92,27 +96,35 @@ class WorkerPool:
         limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
+            self.alive = True
             task_status.started()
-            with self._intake:
-                while True:
-                    slot = object()
-                    await limiter.acquire_on_behalf_of(slot)
-                    try:
-                        if self._batch is not None:  # as many as there are free slots
-                            leases = await self._batch.lease_many(1 + int(limiter.available_tokens))
-                        else:
-                            leases = [await self._queue.lease()]
-                    except BaseException:
-                        limiter.release_on_behalf_of(slot)
-                        raise
-                    self._start(runs, leases[0], limiter, slot)
-                    for lease in leases[1:]:
-                        more = object()
-                        limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
-                        self._start(runs, lease, limiter, more)
+            try:
+                await self._take_tasks(runs, limiter)
+            finally:
+                self.alive = False
             with anyio.move_on_after(self._shutdown_grace):
                 await self._idle.wait()
             runs.cancel_scope.cancel()
+
+    async def _take_tasks(self, runs: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+        """Lease tasks into free slots until :meth:`stop`."""
+        with self._intake:
+            while True:
+                slot = object()
+                await limiter.acquire_on_behalf_of(slot)
+                try:
+                    if self._batch is not None:  # as many as there are free slots
+                        leases = await self._batch.lease_many(1 + int(limiter.available_tokens))
+                    else:
+                        leases = [await self._queue.lease()]
+                except BaseException:
+                    limiter.release_on_behalf_of(slot)
+                    raise
+                self._start(runs, leases[0], limiter, slot)
+                for lease in leases[1:]:
+                    more = object()
+                    limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
+                    self._start(runs, lease, limiter, more)
 
     def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
         scope = anyio.CancelScope()
@@ -152,9 +164,8 @@ class WorkerPool:
         if not await self._commit(lease, running):
             return
         policy = self._policy_for(record.kind)
-        ctx = TaskContext(
-            running, commit=lambda r: self._commit(lease, r), interval=self._progress_interval, spawn=runs
-        )
+        interval = self._progress_interval if policy.progress_interval is None else policy.progress_interval
+        ctx = TaskContext(running, commit=lambda r: self._commit(lease, r), interval=interval, spawn=runs)
         result: Any = None
         error: str | None = None
         try:
@@ -194,7 +205,7 @@ class WorkerPool:
                         status="completed",
                         finished_at=now,
                         progress=100.0,
-                        message="completed",
+                        message=ctx.reported_message or "completed",  # the handler's last word stays
                         result=_summary(result),
                     ),
                 )
