@@ -23,6 +23,7 @@ from progressq.errors import (
     UnknownTaskKind,
     ValidationError,
 )
+from progressq.hooks import AttemptOutcome, Submission, TaskHooks
 from progressq.hub import Hub, TaskKind
 from progressq.identity import IdentityAuthority
 
@@ -32,6 +33,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = (
+    "AttemptOutcome",
     "Backend",
     "BackendUnavailable",
     "ClientRegistry",
@@ -45,8 +47,10 @@ __all__ = (
     "Processor",
     "ProgressQError",
     "QueueFull",
+    "Submission",
     "TaskAlreadyFinished",
     "TaskContext",
+    "TaskHooks",
     "TaskKind",
     "TaskNotFound",
     "TaskPolicy",

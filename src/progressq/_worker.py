@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -11,6 +12,7 @@ import msgspec
 
 from progressq._context import TaskContext
 from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
+from progressq.hooks import AttemptOutcome, AttemptStatus, HookChain
 
 __all__ = ("TaskPolicy", "WorkerPool")
 
@@ -68,7 +70,9 @@ class WorkerPool:
         concurrency: int,
         progress_interval: float,
         shutdown_grace: float,
+        hooks: HookChain | None = None,
     ) -> None:
+        self._hooks = hooks if hooks is not None else HookChain(())
         self._queue = queue
         self._batch = cast(BatchLeasing, queue) if hasattr(queue, "lease_many") else None
         self._combined = cast(SaveAndPublish, queue) if hasattr(queue, "save_and_publish") else None
@@ -142,7 +146,10 @@ class WorkerPool:
         slot: object,
     ) -> None:
         try:
-            await self._attempt(runs, lease, scope)
+            if self._hooks:
+                await self._hooked_attempt(runs, lease, scope)
+            else:
+                await self._attempt(runs, lease, scope)
         except Exception:
             # A backend error while recording the outcome: the worker lives on; with a
             # durable backend the lease expires and the task runs again.
@@ -153,30 +160,46 @@ class WorkerPool:
                 self._idle.set()
             limiter.release_on_behalf_of(slot)
 
-    async def _attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> None:
+    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> None:
+        """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
+        started = time.monotonic()
+        with self._hooks.attempt(lease.record):
+            try:
+                status, error = await self._attempt(runs, lease, scope)
+            except BaseException:
+                status, error = "interrupted", None
+                raise
+            finally:
+                self._hooks.attempt_ended(lease.record, AttemptOutcome(status, time.monotonic() - started, error))
+
+    async def _attempt(
+        self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope
+    ) -> tuple[AttemptStatus, BaseException | None]:
         record = lease.record
         if record.cancel_requested:  # asked to cancel while its last worker died
             await self._finish(lease, record.evolve(status="cancelled", finished_at=utc_now(), message="cancelled"))
-            return
+            return "cancelled", None
         running = record.evolve(
             status="running", started_at=utc_now(), finished_at=None, progress=0.0, message="started", error=None
         )
         if not await self._commit(lease, running):
-            return
+            return "lost", None
         policy = self._policy_for(record.kind)
         interval = self._progress_interval if policy.progress_interval is None else policy.progress_interval
         ctx = TaskContext(running, commit=lambda r: self._commit(lease, r), interval=interval, spawn=runs)
         result: Any = None
         error: str | None = None
+        raised: BaseException | None = None
         try:
             with scope:
                 with anyio.move_on_after(policy.timeout) as deadline:
                     result = await self._processor(running, ctx)
                 if deadline.cancelled_caught:
                     error = f"timed out after {policy.timeout:g} s"
+                    raised = TimeoutError(error)
         except Exception as exc:
             logger.exception("task %s (%s) raised", record.id, record.kind)
-            error = _describe(exc)
+            error, raised = _describe(exc), exc
         except BaseException:
             # Shutdown ran out of grace (or the process is going down): hand the task back.
             with anyio.CancelScope(shield=True):
@@ -186,29 +209,39 @@ class WorkerPool:
         # The handler is done: its outcome is recorded even if shutdown's cancellation
         # arrives now, or the task would stay "running" with no worker.
         with anyio.CancelScope(shield=True):
-            latest = await ctx.close()
-            now = utc_now()
-            if scope.cancel_called:  # the owner asked, even if the handler swallowed it
-                await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
-            elif error is not None and latest.attempt < policy.max_attempts:
-                await self._requeue(
-                    lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error)
-                )
-            elif error is not None:
-                await self._finish(
-                    lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed")
-                )
-            else:
-                await self._finish(
-                    lease,
-                    latest.evolve(
-                        status="completed",
-                        finished_at=now,
-                        progress=100.0,
-                        message=ctx.reported_message or "completed",  # the handler's last word stays
-                        result=_summary(result),
-                    ),
-                )
+            return await self._record_outcome(lease, ctx, policy, scope.cancel_called, result, error, raised)
+        raise AssertionError("unreachable: a shielded scope is not cancelled")  # pragma: no cover
+
+    async def _record_outcome(
+        self,
+        lease: Lease,
+        ctx: TaskContext,
+        policy: TaskPolicy,
+        cancelled: bool,
+        result: Any,
+        error: str | None,
+        raised: BaseException | None,
+    ) -> tuple[AttemptStatus, BaseException | None]:
+        latest = await ctx.close()
+        now = utc_now()
+        if cancelled:  # the owner asked, even if the handler swallowed it
+            await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
+            return "cancelled", None
+        if error is not None and latest.attempt < policy.max_attempts:
+            await self._requeue(lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error))
+            return "retrying", raised
+        if error is not None:
+            await self._finish(lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed"))
+            return "failed", raised
+        completed = latest.evolve(
+            status="completed",
+            finished_at=now,
+            progress=100.0,
+            message=ctx.reported_message or "completed",  # the handler's last word stays
+            result=_summary(result),
+        )
+        await self._finish(lease, completed)
+        return "completed", None
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
         if self._combined is not None:

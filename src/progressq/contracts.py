@@ -59,6 +59,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error: str | None = None
     result: Any = None
     cancel_requested: bool = False
+    context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
 
     @property
     def finished(self) -> bool:

@@ -25,6 +25,7 @@ from progressq.errors import (
     TooManyTasks,
     UnknownTaskKind,
 )
+from progressq.hooks import HookChain, Submission, TaskHooks
 from progressq.identity import IdentityAuthority
 
 __all__ = ("Handler", "Hub", "TaskKind")
@@ -84,6 +85,8 @@ class Hub:
             against the backend's task index, so with several web processes two submits
             racing each other may both pass (not with the Redis backend, whose queue checks
             the limit and enqueues in one atomic step).
+        hooks: callbacks around submits and attempts (metrics, traces, your own); see
+            :class:`~progressq.hooks.TaskHooks`.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Hub:
         progress_interval: float = 0.05,
         shutdown_grace: float = 10.0,
         max_active_per_owner: int | None = 100,
+        hooks: Sequence[TaskHooks] = (),
     ) -> None:
         if concurrency < 0 or progress_interval < 0 or shutdown_grace < 0:
             raise ConfigurationError("concurrency, progress_interval and shutdown_grace must be >= 0")
@@ -119,6 +123,7 @@ class Hub:
         self._owner_locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._over_limit = LogOnce()
         self._handlers = KindRegistry()
+        self.hooks = HookChain(hooks)
         self._pool: WorkerPool | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -209,6 +214,7 @@ class Hub:
                     concurrency=self.concurrency,
                     progress_interval=self.progress_interval,
                     shutdown_grace=self.shutdown_grace,
+                    hooks=self.hooks,
                 )
                 await group.start(self._pool.run)
             self._stack = stack.pop_all()
@@ -261,8 +267,22 @@ class Hub:
         display = (name if name is not None else kind).strip()
         if not 1 <= len(display) <= _MAX_NAME_LENGTH:
             raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
-        stored = task_kind.dump_params(params if params is not None else payload)
-        record = TaskRecord(id=secrets.token_urlsafe(12), kind=kind, name=display, owner=owner, payload=stored)
+        if not self.hooks:
+            return await self._queue_task(task_kind, owner, display, params if params is not None else payload, {})
+        submission = Submission(kind=kind, owner=owner, name=display)
+        with self.hooks.submit(submission):
+            submission.record = await self._queue_task(
+                task_kind, owner, display, params if params is not None else payload, submission.context
+            )
+        return submission.record
+
+    async def _queue_task(
+        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str]
+    ) -> TaskRecord:
+        stored = kind.dump_params(params)
+        record = TaskRecord(
+            id=secrets.token_urlsafe(12), kind=kind.name, name=name, owner=owner, payload=stored, context=context
+        )
         if hasattr(self.queue, "enqueue_and_announce"):  # one atomic step: limit, enqueue, announce
             queue = cast(AnnouncingEnqueue, self.queue)
             active = await queue.enqueue_and_announce(record, max_unfinished=self.max_active_per_owner)

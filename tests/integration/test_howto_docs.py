@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import types
@@ -146,3 +147,33 @@ async def test_typed_task_kinds_work_as_the_page_says(page: Any) -> None:
     assert finals[checksum.id].message == "round 300"
     assert finals[checksum.id].result == docs.checksum_blocking(b"abc", 300, lambda *_: None)
     assert any(v.message == "round 100" for v in sink.views(checksum.id))
+
+
+async def test_the_observability_page_serves_metrics_and_hooks_run(page: Any) -> None:
+    docs = page("observability.md")
+    assert [type(h).__name__ for h in docs.hub.hooks.hooks] == ["PrometheusMetrics", "OpenTelemetryHooks"]
+    with serve(docs.app, docs.hub) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as ws:
+            await ws.next()
+            scraped = await http.get("/metrics/")
+    assert scraped.status_code == 200
+    assert "progressq_connections 1.0" in scraped.text
+    assert "progressq_backend_up 1.0" in scraped.text
+    audit = docs.AuditHooks()
+    from progressq import AttemptOutcome, Submission
+
+    submission = Submission(kind="export", owner="o", name="n")
+    with audit.on_submit(submission):
+        pass
+    assert submission.context == {"tenant": "acme"}
+    record = docs.TaskRecord(id="t1", kind="export", name="n", owner="o", attempt=1, context=submission.context)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda entry: lines.append(entry.getMessage())  # type: ignore[method-assign]
+    docs.audit.addHandler(handler)
+    docs.audit.setLevel(logging.INFO)
+    try:
+        audit.attempt_ended(record, AttemptOutcome("completed", 0.5))
+    finally:
+        docs.audit.removeHandler(handler)
+    assert lines == ["export t1 attempt 1 completed in 0.500 s (tenant acme)"]
