@@ -3,9 +3,10 @@
  * none gets through, the event stream), with reconnect, resume and a per-task API.
  */
 import { backoffDelay } from './backoff.js';
-import { ProgressQHttpError } from './errors.js';
+import { readAnswer } from './errors.js';
 import { canTransition, connectionState, type ConnectionState, type Phase } from './state.js';
-import { isNewerTask, TaskHandle } from './tasks.js';
+import { TaskStore } from './task-store.js';
+import type { TaskHandle } from './tasks.js';
 import type {
 	ClientEvents,
 	ClientOptions,
@@ -19,7 +20,6 @@ import {
 	SERVER_MESSAGE_TYPES,
 	type ClientMessage,
 	type ConnectionMessage,
-	type ErrorBody,
 	type ResumeRequest,
 	type ServerMessage,
 	type StartedTask,
@@ -110,17 +110,14 @@ export class ProgressQClient {
 	private _identity: StoredIdentity | null = null;
 	/** The identity the server refused: the next connection takes a new one instead. */
 	private refused: string | null = null;
-	/** The task list is complete as of `lastSeq` (so a resume may ask for what came after only). */
-	private _synced = false;
-	private readonly tasksById = new Map<string, TaskView>();
-	private readonly handles = new Map<string, TaskHandle>();
+	/** The identity's tasks; complete as of `lastSeq` or not (then a resume asks for a snapshot). */
+	private readonly store = new TaskStore();
 
 	constructor(options: ClientOptions = {}) {
 		this.options = options;
 		this._identity = this.loadIdentity();
 		if (options.clientId !== undefined && this._identity?.clientId !== options.clientId) {
-			this.tasksById.clear();
-			this._synced = false;
+			this.store.clear('another identity was given');
 			this._identity = { clientId: options.clientId, lastSeq: 0 };
 		}
 		this._transport =
@@ -157,14 +154,12 @@ export class ProgressQClient {
 
 	/** True once the task list is known to be complete (a snapshot, or restored from storage). */
 	get synced(): boolean {
-		return this._synced;
+		return this.store.complete;
 	}
 
 	/** The identity's tasks, newest first. */
 	get tasks(): TaskView[] {
-		return [...this.tasksById.values()].sort(
-			(a, b) => b.createdAt.localeCompare(a.createdAt) || b.id.localeCompare(a.id)
-		);
+		return this.store.list;
 	}
 
 	on<K extends keyof ClientEvents>(event: K, listener: Listener<ClientEvents[K]>): () => void {
@@ -203,9 +198,7 @@ export class ProgressQClient {
 	/** Forgets the stored identity; the next connection takes a new one. */
 	forgetIdentity(): void {
 		this._identity = null;
-		this._synced = false;
-		this.tasksById.clear();
-		this.failHandles('the identity was forgotten');
+		this.store.clear('the identity was forgotten');
 		this.options.storage?.removeItem(this.storageKey);
 		this.emit('tasks', this.tasks);
 	}
@@ -243,11 +236,7 @@ export class ProgressQClient {
 	 * fills in when the task's events arrive.
 	 */
 	task(id: string): TaskHandle {
-		const existing = this.handles.get(id);
-		if (existing !== undefined) return existing;
-		const handle = new TaskHandle(id, this.tasksById.get(id));
-		if (!handle.finished) this.handles.set(id, handle);
-		return handle;
+		return this.store.handle(id);
 	}
 
 	/**
@@ -289,12 +278,7 @@ export class ProgressQClient {
 		const answer = await this.request<TaskList | TaskView[]>('GET', `${this.prefix}/api/tasks`);
 		const tasks = Array.isArray(answer) ? answer : answer.tasks;
 		let changed = false;
-		for (const task of tasks) {
-			if (isNewerTask(task, this.tasksById.get(task.id))) {
-				this.setTask(task);
-				changed = true;
-			}
-		}
+		for (const task of tasks) changed = this.store.merge(task) || changed;
 		if (changed) this.emit('tasks', this.tasks);
 		return tasks;
 	}
@@ -313,26 +297,7 @@ export class ProgressQClient {
 			headers['Content-Type'] = 'application/json';
 			init.body = JSON.stringify(body);
 		}
-		const response = await this.fetch(`${this.options.baseUrl ?? ''}${path}`, init);
-		const text = await response.text();
-		let value: unknown = null;
-		if (text !== '') {
-			try {
-				value = JSON.parse(text);
-			} catch {
-				value = null;
-			}
-		}
-		if (!response.ok) {
-			const error = (value as Partial<ErrorBody> | null)?.error;
-			throw new ProgressQHttpError(
-				response.status,
-				error?.code ?? `http_${response.status}`,
-				error?.message ?? (response.statusText || `HTTP ${response.status}`),
-				error?.field
-			);
-		}
-		return value as T;
+		return readAnswer<T>(await this.fetch(`${this.options.baseUrl ?? ''}${path}`, init));
 	}
 
 	// --- internals: the state machine ---
@@ -463,7 +428,7 @@ export class ProgressQClient {
 		if (identity !== null) {
 			// Without a complete list, ask for a snapshot rather than for what came after lastSeq.
 			const resume: ResumeRequest = { type: 'resume', clientId: identity.clientId };
-			if (this._synced) resume.lastSeq = identity.lastSeq;
+			if (this.store.complete) resume.lastSeq = identity.lastSeq;
 			this.transition('resuming');
 			this.send(resume);
 		} else {
@@ -594,7 +559,7 @@ export class ProgressQClient {
 		const params: string[] = [];
 		if (identity !== null) {
 			params.push(`clientId=${encodeURIComponent(identity.clientId)}`);
-			if (this._synced) params.push(`lastEventId=${identity.lastSeq}`);
+			if (this.store.complete) params.push(`lastEventId=${identity.lastSeq}`);
 		}
 		if (params.length === 0) return base;
 		return `${base}${base.includes('?') ? '&' : '?'}${params.join('&')}`;
@@ -764,11 +729,10 @@ export class ProgressQClient {
 		if (!resumed) {
 			// A new identity: nothing of an older one applies to it.
 			if (previous !== null && previous.clientId !== message.clientId) {
-				this.tasksById.clear();
-				this.failHandles(`the identity ${previous.clientId} was replaced by ${message.clientId}`);
+				this.store.clear(`the identity ${previous.clientId} was replaced by ${message.clientId}`);
 			}
 			this._identity = { clientId: message.clientId, lastSeq: 0 };
-			this._synced = false; // until its snapshot
+			this.store.complete = false; // until its snapshot
 			this.emit('tasks', this.tasks);
 		}
 		this.refused = null;
@@ -797,8 +761,9 @@ export class ProgressQClient {
 			this.list().catch(() => undefined);
 		}
 		identity.lastSeq = seq;
-		this.upsert(task, true);
+		this.store.apply(task);
 		this.saveIdentity();
+		this.emit('tasks', this.tasks);
 	}
 
 	private onPong(): void {
@@ -809,9 +774,7 @@ export class ProgressQClient {
 	}
 
 	private replaceTasks(tasks: TaskView[], seq: number): void {
-		this.tasksById.clear();
-		for (const task of tasks) this.setTask(task);
-		this._synced = true;
+		this.store.replace(tasks);
 		if (this._identity !== null) {
 			this._identity.lastSeq = seq;
 			this.saveIdentity();
@@ -819,27 +782,11 @@ export class ProgressQClient {
 		this.emit('tasks', this.tasks);
 	}
 
-	/** Events arrive in order and always win; other sources only if they are newer. */
-	private upsert(task: TaskView, fromEvent = false): void {
-		if (!fromEvent && !isNewerTask(task, this.tasksById.get(task.id))) return;
-		this.setTask(task);
-		if (!fromEvent) this.saveIdentity();
+	/** A view from an HTTP answer: shown (and kept) only if newer than what the list has. */
+	private upsert(task: TaskView): void {
+		if (!this.store.merge(task)) return;
+		this.saveIdentity();
 		this.emit('tasks', this.tasks);
-	}
-
-	/** Every change of a task goes through here, so its handle sees it. */
-	private setTask(task: TaskView): void {
-		this.tasksById.set(task.id, task);
-		const handle = this.handles.get(task.id);
-		if (handle === undefined) return;
-		handle.update(task);
-		if (handle.finished) this.handles.delete(task.id);
-	}
-
-	private failHandles(reason: string): void {
-		const handles = [...this.handles.values()];
-		this.handles.clear();
-		for (const handle of handles) handle.fail(new Error(reason));
 	}
 
 	// --- internals: identity ---
@@ -856,12 +803,7 @@ export class ProgressQClient {
 				clientId: value.clientId,
 				lastSeq: typeof value.lastSeq === 'number' && value.lastSeq >= 0 ? Math.floor(value.lastSeq) : 0
 			};
-			if (Array.isArray(value.tasks) && this.options.persistTasks !== false) {
-				for (const task of value.tasks) {
-					if (task && typeof task.id === 'string' && typeof task.status === 'string') this.tasksById.set(task.id, task);
-				}
-				this._synced = true;
-			}
+			if (Array.isArray(value.tasks) && this.options.persistTasks !== false) this.store.restore(value.tasks);
 			return identity;
 		} catch {
 			return null;
@@ -872,7 +814,7 @@ export class ProgressQClient {
 		const storage = this.options.storage;
 		if (!storage || this._identity === null) return;
 		const stored: StoredIdentity = { ...this._identity };
-		if (this.options.persistTasks !== false && this._synced) {
+		if (this.options.persistTasks !== false && this.store.complete) {
 			stored.tasks = this.tasks.slice(0, MAX_STORED_TASKS);
 		}
 		try {

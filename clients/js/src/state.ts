@@ -25,8 +25,8 @@ const TRANSITIONS: Readonly<Record<Phase, ReadonlyArray<Phase>>> = {
 	opening: ['opening', 'resuming', 'greeting', 'connected', 'waiting', 'closed'],
 	resuming: ['connected', 'waiting', 'closed'],
 	greeting: ['connected', 'waiting', 'closed'],
-	// connected → opening: an event stream that minted the identity is reopened naming it.
-	connected: ['waiting', 'opening', 'closed'],
+	// connected → connected: the server confirmed the identity again (harmless, applied).
+	connected: ['connected', 'waiting', 'closed'],
 	// waiting → connected: the browser reconnected an event stream by itself.
 	waiting: ['opening', 'waiting', 'connected', 'closed'],
 	closed: ['opening', 'closed']
