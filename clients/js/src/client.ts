@@ -3,7 +3,8 @@
  * none gets through, the event stream), with reconnect, resume and a per-task API.
  */
 import { backoffDelay } from './backoff.js';
-import { readAnswer } from './errors.js';
+import { Endpoints, parseServerMessage } from './endpoints.js';
+import { readAnswer, timeRequest } from './http.js';
 import { canTransition, connectionState, type ConnectionState, type Phase } from './state.js';
 import { TaskStore } from './task-store.js';
 import type { TaskHandle } from './tasks.js';
@@ -21,29 +22,10 @@ import {
 	type ClientMessage,
 	type ConnectionMessage,
 	type ResumeRequest,
-	type ServerMessage,
 	type StartedTask,
 	type TaskList,
 	type TaskView
 } from './wire.js';
-
-/** The default WebSocket URL for a page served by the progressq server (or a proxy). */
-export function defaultSocketUrl(location: { protocol: string; host: string }, path = '/ws'): string {
-	return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
-}
-
-function parseServerMessage(data: unknown): ServerMessage | null {
-	if (typeof data !== 'string') return null;
-	let value: unknown;
-	try {
-		value = JSON.parse(data);
-	} catch {
-		return null;
-	}
-	if (typeof value !== 'object' || value === null) return null;
-	const type = (value as { type?: unknown }).type;
-	return (SERVER_MESSAGE_TYPES as ReadonlyArray<unknown>).includes(type) ? (value as ServerMessage) : null;
-}
 
 const OPEN = 1;
 const SOURCE_CLOSED = 2;
@@ -76,6 +58,7 @@ export interface StartOptions {
 
 export class ProgressQClient {
 	private readonly options: ClientOptions;
+	private readonly endpoints: Endpoints;
 	private readonly listeners: { [K in keyof ClientEvents]: Set<Listener<ClientEvents[K]>> } = {
 		status: new Set(),
 		identity: new Set(),
@@ -115,6 +98,7 @@ export class ProgressQClient {
 
 	constructor(options: ClientOptions = {}) {
 		this.options = options;
+		this.endpoints = new Endpoints(options);
 		this._identity = this.loadIdentity();
 		if (options.clientId !== undefined && this._identity?.clientId !== options.clientId) {
 			this.store.clear('another identity was given');
@@ -245,9 +229,9 @@ export class ProgressQClient {
 	 * 422 naming the bad field) rejects with `ProgressQHttpError`.
 	 */
 	async start(kind: string, params: unknown = {}, options: StartOptions = {}): Promise<TaskHandle> {
-		let path = `${this.prefix}/api/tasks/${encodeURIComponent(kind)}`;
+		let path = `/api/tasks/${encodeURIComponent(kind)}`;
 		if (options.name !== undefined) path += `?name=${encodeURIComponent(options.name)}`;
-		const started = await this.request<StartedTask>('POST', path, params);
+		const started = await this.call<StartedTask>('POST', this.endpoints.route(path), params);
 		return this.track(started);
 	}
 
@@ -263,10 +247,8 @@ export class ProgressQClient {
 
 	/** Cancels a task of this identity. */
 	async cancel(taskId: string): Promise<TaskView | null> {
-		const answer = await this.request<TaskView | null>(
-			'POST',
-			`${this.prefix}/api/task/${encodeURIComponent(taskId)}/cancel`
-		);
+		const url = this.endpoints.route(`/api/task/${encodeURIComponent(taskId)}/cancel`);
+		const answer = await this.call<TaskView | null>('POST', url);
 		if (answer !== null && typeof answer === 'object' && 'id' in answer && 'status' in answer) {
 			this.upsert(answer);
 		}
@@ -275,7 +257,7 @@ export class ProgressQClient {
 
 	/** Fetches the identity's tasks over HTTP and merges them into the list. */
 	async list(): Promise<TaskView[]> {
-		const answer = await this.request<TaskList | TaskView[]>('GET', `${this.prefix}/api/tasks`);
+		const answer = await this.call<TaskList | TaskView[]>('GET', this.endpoints.route('/api/tasks'));
 		const tasks = Array.isArray(answer) ? answer : answer.tasks;
 		let changed = false;
 		for (const task of tasks) changed = this.store.merge(task) || changed;
@@ -289,7 +271,11 @@ export class ProgressQClient {
 	 * `ProgressQHttpError`. `path` is relative to `baseUrl` (not `prefix`), so it reaches the
 	 * app's own routes too, e.g. a start route of its own whose answer goes to `track()`.
 	 */
-	async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+	request<T>(method: string, path: string, body?: unknown): Promise<T> {
+		return this.call<T>(method, this.endpoints.app(path), body);
+	}
+
+	private async call<T>(method: string, url: string, body?: unknown): Promise<T> {
 		const clientId = await this.identity();
 		const headers = await this.headers({ Accept: 'application/json', 'X-Client-Id': clientId });
 		const init: RequestInit = { method, headers };
@@ -297,7 +283,7 @@ export class ProgressQClient {
 			headers['Content-Type'] = 'application/json';
 			init.body = JSON.stringify(body);
 		}
-		return readAnswer<T>(await this.fetch(`${this.options.baseUrl ?? ''}${path}`, init));
+		return readAnswer<T>(await this.fetch(url, init));
 	}
 
 	// --- internals: the state machine ---
@@ -334,10 +320,6 @@ export class ProgressQClient {
 
 	// --- internals: opening and losing connections ---
 
-	private get prefix(): string {
-		return this.options.prefix ?? '';
-	}
-
 	private get storageKey(): string {
 		return this.options.storageKey ?? 'progressq.identity';
 	}
@@ -362,15 +344,6 @@ export class ProgressQClient {
 		return this.refused === null ? this._identity : null;
 	}
 
-	private url(): string {
-		if (this.options.url) return this.options.url;
-		const path = `${this.prefix}/ws`;
-		const base = this.options.baseUrl ?? '';
-		if (/^https?:\/\//.test(base)) return `${base.replace(/^http/, 'ws')}${path}`;
-		if (typeof location === 'undefined') throw new Error('no url given and no page location');
-		return defaultSocketUrl(location, `${base}${path}`);
-	}
-
 	private makeSocket(url: string): SocketLike {
 		if (this.options.socketFactory) return this.options.socketFactory(url);
 		return new WebSocket(url) as unknown as SocketLike;
@@ -385,7 +358,7 @@ export class ProgressQClient {
 		this.transition('opening');
 		let socket: SocketLike;
 		try {
-			socket = this.makeSocket(this.url());
+			socket = this.makeSocket(this.endpoints.socket());
 		} catch {
 			this.socketFailed();
 			return;
@@ -549,28 +522,12 @@ export class ProgressQClient {
 		return new EventSource(url) as unknown as EventSourceLike;
 	}
 
-	/**
-	 * The event stream's URL: the identity to take back (`clientId`) and, with a complete
-	 * task list, the last event applied (`lastEventId`), so that the server sends what came
-	 * after. Without `clientId` the server mints a new identity.
-	 */
-	private sourceUrl(identity: StoredIdentity | null): string {
-		const base = this.options.eventsUrl ?? `${this.options.baseUrl ?? ''}${this.prefix}/api/events`;
-		const params: string[] = [];
-		if (identity !== null) {
-			params.push(`clientId=${encodeURIComponent(identity.clientId)}`);
-			if (this.store.complete) params.push(`lastEventId=${identity.lastSeq}`);
-		}
-		if (params.length === 0) return base;
-		return `${base}${base.includes('?') ? '&' : '?'}${params.join('&')}`;
-	}
-
 	private openSource(): void {
 		this.transition('opening');
 		const identity = this.claim;
 		let source: EventSourceLike;
 		try {
-			source = this.makeSource(this.sourceUrl(identity));
+			source = this.makeSource(this.endpoints.events(identity, this.store.complete));
 		} catch {
 			this.scheduleReconnect();
 			return;
@@ -632,7 +589,7 @@ export class ProgressQClient {
 			return;
 		}
 		this.headers({ Accept: 'application/json', 'X-Client-Id': clientId })
-			.then((headers) => this.fetch(`${this.options.baseUrl ?? ''}${this.prefix}/api/tasks`, { headers }))
+			.then((headers) => this.fetch(this.endpoints.route('/api/tasks'), { headers }))
 			.then(
 				(response) => proceed(response.status === 403),
 				() => proceed(false)
@@ -640,33 +597,12 @@ export class ProgressQClient {
 	}
 
 	private pingOverHttp(): Promise<number> {
-		const controller = typeof AbortController === 'undefined' ? null : new AbortController();
-		const sentAt = this.now();
-		return new Promise<number>((resolve, reject) => {
-			const timer = setTimeout(() => {
-				controller?.abort();
-				reject(new Error('ping timed out'));
-			}, this.options.pingTimeoutMs ?? 10000);
-			this.headers({ Accept: 'application/json' })
-				.then((headers) => {
-					const init: RequestInit = { headers, cache: 'no-store' };
-					if (controller !== null) init.signal = controller.signal;
-					return this.fetch(`${this.options.baseUrl ?? ''}${this.prefix}/health`, init);
-				})
-				.then(
-					(response) => {
-						clearTimeout(timer);
-						const rtt = Math.max(0, this.now() - sentAt);
-						response.body?.cancel().catch(() => undefined);
-						if (response.ok) resolve(rtt);
-						else reject(new Error(`server unhealthy (HTTP ${response.status})`));
-					},
-					(error: unknown) => {
-						clearTimeout(timer);
-						reject(error instanceof Error ? error : new Error(String(error)));
-					}
-				);
-		});
+		const send = async (signal: AbortSignal | undefined) => {
+			const init: RequestInit = { headers: await this.headers({ Accept: 'application/json' }), cache: 'no-store' };
+			if (signal !== undefined) init.signal = signal;
+			return this.fetch(this.endpoints.route('/health'), init);
+		};
+		return timeRequest(send, this.options.pingTimeoutMs ?? 10000, () => this.now());
 	}
 
 	private send(message: ClientMessage): void {

@@ -11,7 +11,8 @@
  * ```
  */
 export { backoffDelay, type BackoffOptions } from './backoff.js';
-export { defaultSocketUrl, ProgressQClient, type StartOptions } from './client.js';
+export { ProgressQClient, type StartOptions } from './client.js';
+export { defaultSocketUrl } from './endpoints.js';
 export { ProgressQHttpError } from './errors.js';
 export { canTransition, connectionState, type ConnectionState, type Phase } from './state.js';
 export { isNewerTask, isTerminal, TaskHandle } from './tasks.js';

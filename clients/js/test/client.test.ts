@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { backoffDelay, isNewerTask, ProgressQHttpError, type TaskView } from '../src/index.js';
+import { backoffDelay, isNewerTask, ProgressQHttpError } from '../src/index.js';
 import {
 	FakeEventSource,
 	FakeSocket,
