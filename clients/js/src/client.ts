@@ -81,7 +81,8 @@ export class ProgressQClient {
 	private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
 	private pings: PendingPing[] = [];
 	private identityWaiters: Array<() => void> = [];
-	private lastStatus = '';
+	/** The last status reported, so that a transition changing nothing visible reports nothing. */
+	private lastStatusKey = '';
 
 	private _attempt = 0;
 	/** Connections confirmed since `connect()`. */
@@ -308,8 +309,8 @@ export class ProgressQClient {
 			closeReason: this._closeReason
 		};
 		const key = JSON.stringify(status);
-		if (key === this.lastStatus) return;
-		this.lastStatus = key;
+		if (key === this.lastStatusKey) return;
+		this.lastStatusKey = key;
 		this.emit('status', status);
 	}
 
