@@ -5,6 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 WEB="$ROOT/examples/demo/web"
+CLIENT="$ROOT/clients/js"
 
 ensure_venv() {  # $1: the extras to install, e.g. "demo" or "dev"
     if [ ! -x "$PY" ]; then
@@ -21,10 +22,27 @@ ensure_venv() {  # $1: the extras to install, e.g. "demo" or "dev"
 page_is_stale() {
     [ ! -f "$WEB/build/index.html" ] && return 0
     [ -n "$(find "$WEB/src" "$WEB/static" "$WEB/package.json" "$WEB/svelte.config.js" "$WEB/vite.config.ts" \
-        -newer "$WEB/build/index.html" 2>/dev/null | head -1)" ]
+        "$CLIENT/dist" -newer "$WEB/build/index.html" 2>/dev/null | head -1)" ]
+}
+
+client_is_stale() {
+    [ ! -f "$CLIENT/dist/index.js" ] && return 0
+    [ -n "$(find "$CLIENT/src" "$CLIENT/package.json" "$CLIENT"/tsconfig*.json \
+        -newer "$CLIENT/dist/index.js" 2>/dev/null | head -1)" ]
+}
+
+ensure_client() {  # @progressq/client: its packages and dist/, which the page links to (file:)
+    [ -f "$CLIENT/package.json" ] || return 0
+    if [ ! -d "$CLIENT/node_modules" ] || [ "$CLIENT/package-lock.json" -nt "$CLIENT/node_modules/.package-lock.json" ]; then
+        (cd "$CLIENT" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    if client_is_stale; then
+        (cd "$CLIENT" && npm run build --silent)
+    fi
 }
 
 ensure_node_modules() {
+    ensure_client
     if [ ! -d "$WEB/node_modules" ] || [ "$WEB/package-lock.json" -nt "$WEB/node_modules/.package-lock.json" ]; then
         (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error)
     fi

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 import progressq
+import progressq._outage
 from progressq import Hub, MemoryBackend, TaskContext
 from progressq._outage import Outage
 
@@ -77,3 +78,23 @@ def test_an_outage_is_two_lines_whatever_fails_in_between(caplog: pytest.LogCapt
     assert messages[1].startswith("backend available again")
     assert "50 operations failed" in messages[1]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_failures_just_after_an_outage_ends_are_its_tail_and_later_ones_a_new_outage(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="progressq.outage")
+    clock = [100.0]
+    monkeypatch.setattr(progressq._outage.time, "monotonic", lambda: clock[0])
+    outage = Outage(settle=5.0)
+    outage.failed("a", ConnectionError("refused"))
+    clock[0] += 8
+    outage.answered()
+    clock[0] += 1
+    outage.failed("a stale pooled connection", ConnectionError("closed"))  # the tail: silent
+    outage.answered()
+    clock[0] += 10
+    outage.failed("b", ConnectionError("refused"))  # a new outage
+    outage.answered()
+    messages = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert messages == ["backend unavailable", "backend available again"] * 2

@@ -87,7 +87,6 @@ server_messages = st.one_of(
         socket_id=texts,
         client_id=texts,
         server_time=moments,
-        token=st.just(msgspec.UNSET) | texts,
         recovered=st.just(msgspec.UNSET) | st.booleans(),
     ),
     st.builds(SnapshotMessage, tasks=st.lists(task_views(), max_size=3), seq=seqs, recovered=st.booleans()),
@@ -101,7 +100,6 @@ client_messages = st.one_of(
     st.builds(
         ResumeRequest,
         client_id=ids,
-        token=st.none() | texts,
         last_seq=st.none() | seqs,
     ),
     st.builds(CancelRequest, task_id=ids),
@@ -109,7 +107,7 @@ client_messages = st.one_of(
 
 # The wire names PROTOCOL.md promises, per message type (required, optional).
 SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
-    "connection": ({"type", "socketId", "clientId", "serverTime"}, {"token", "recovered"}),
+    "connection": ({"type", "socketId", "clientId", "serverTime"}, {"recovered"}),
     "snapshot": ({"type", "tasks", "seq", "recovered"}, set()),
     "taskQueued": ({"type", "seq", "task"}, set()),
     "taskProgress": ({"type", "seq", "task"}, set()),
@@ -157,7 +155,7 @@ def test_client_messages_round_trip_through_the_client_decoder(message: Any) -> 
     assert decode_client_message(data.decode()) == message
     raw = msgspec.json.decode(data)
     assert raw["type"] == type(message).__struct_config__.tag
-    expected: dict[type, set[str]] = {PingRequest: {"type"}, ResumeRequest: {"type", "clientId", "token", "lastSeq"}}
+    expected: dict[type, set[str]] = {PingRequest: {"type"}, ResumeRequest: {"type", "clientId", "lastSeq"}}
     assert set(raw) == expected.get(type(message), {"type", "taskId"})
 
 
@@ -265,7 +263,6 @@ def test_frame_event_equals_encoding_the_message(kind: Any, seq: int, view: Task
         b'{"type":"resume","clientId":"a","lastSeq":"3"}',
         b'{"type":"resume","clientId":"a","lastSeq":1.5}',
         b'{"type":"resume","clientId":"a","lastSeq":true}',
-        b'{"type":"resume","clientId":"a","token":7}',
         b'{"type":"cancel"}',
         b'{"type":"cancel","taskId":null}',
         b'{"type":"cancel","taskId":["x"]}',
@@ -286,12 +283,20 @@ def test_decode_client_message_refuses_wrong_shapes(frame: bytes) -> None:
         decode_client_message(frame)
 
 
-def test_decode_client_message_refuses_oversized_task_ids() -> None:
-    # An over-long clientId decodes: the connection closes 1008 on it, like on any forged id.
-    ok = msgspec.json.encode({"type": "cancel", "taskId": "x" * 256})
+def test_resume_from_an_older_client_with_a_token_ignores_the_token() -> None:
+    # ``token`` was on the wire but never issued nor checked; an old client may still send it.
+    frame = b'{"type":"resume","clientId":"a","token":"t","lastSeq":3}'
+    assert decode_client_message(frame) == ResumeRequest(client_id="a", last_seq=3)
+    assert "token" not in msgspec.json.decode(encode(decode_client_message(frame)))
+
+
+@pytest.mark.parametrize("field", ["clientId", "taskId"])
+def test_decode_client_message_refuses_oversized_ids(field: str) -> None:
+    kind = "resume" if field == "clientId" else "cancel"
+    ok = msgspec.json.encode({"type": kind, field: "x" * 256})
     assert decode_client_message(ok)
     with pytest.raises(msgspec.ValidationError):
-        decode_client_message(msgspec.json.encode({"type": "cancel", "taskId": "x" * 257}))
+        decode_client_message(msgspec.json.encode({"type": kind, field: "x" * 257}))
 
 
 @pytest.mark.parametrize("depth", [1000, 10_000])

@@ -15,14 +15,17 @@ from progressq.errors import (
     BackendUnavailable,
     ConfigurationError,
     ForbiddenIdentity,
+    HubNotOpen,
     ProgressQError,
     QueueFull,
     TaskAlreadyFinished,
     TaskNotFound,
     TooManyTasks,
     UnknownTaskKind,
+    ValidationError,
 )
-from progressq.hub import Hub
+from progressq.hooks import AttemptOutcome, Submission, TaskHooks
+from progressq.hub import Hub, TaskKind
 from progressq.identity import IdentityAuthority
 
 # A library's loggers stay silent until the application configures logging.
@@ -34,6 +37,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = (
+    "AttemptOutcome",
     "Backend",
     "BackendUnavailable",
     "ClientRegistry",
@@ -41,18 +45,23 @@ __all__ = (
     "Event",
     "ForbiddenIdentity",
     "Hub",
+    "HubNotOpen",
     "IdentityAuthority",
     "MemoryBackend",
     "Processor",
     "ProgressQError",
     "QueueFull",
+    "Submission",
     "TaskAlreadyFinished",
     "TaskContext",
+    "TaskHooks",
+    "TaskKind",
     "TaskNotFound",
     "TaskPolicy",
     "TaskQueue",
     "TaskRecord",
     "TooManyTasks",
     "UnknownTaskKind",
+    "ValidationError",
     "__version__",
 )

@@ -98,6 +98,7 @@ class TaskContext:
         self._spawn = spawn
         self._percent = record.progress
         self._message = record.message
+        self._reported_message: str | None = None
         self._dirty = False
         self._closed = False
         self._flush_scheduled = False
@@ -128,13 +129,20 @@ class TaskContext:
         return self._record.owner
 
     @property
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> Any:
+        """The task's params as stored: JSON builtins (a dict for a kind without a params
+        type). A typed handler receives them decoded as its second argument."""
         return self._record.payload
 
     @property
     def attempt(self) -> int:
         """1 on the first run, 2 on the first retry, and so on."""
         return self._record.attempt
+
+    @property
+    def reported_message(self) -> str | None:
+        """The last message the handler reported in this attempt; None if it reported none."""
+        return self._reported_message
 
     @property
     def progress(self) -> float:
@@ -154,7 +162,7 @@ class TaskContext:
         if percent > self._percent:
             self._percent = float(percent)
         if message is not None:
-            self._message = str(message)[:_MAX_MESSAGE_LENGTH]
+            self._message = self._reported_message = str(message)[:_MAX_MESSAGE_LENGTH]
         self._dirty = True
         now = time.monotonic()
         if now >= self._next_emit:

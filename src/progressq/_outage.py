@@ -17,12 +17,20 @@ logger = logging.getLogger("progressq.outage")
 
 
 class Outage:
-    """Logs the first failure of an outage and its end, and counts what failed between."""
+    """Logs the first failure of an outage and its end, and counts what failed between.
 
-    __slots__ = ("_failures", "_since")
+    Args:
+        settle: seconds after an outage ends during which a failure is not a new outage.
+            When Redis comes back, each pooled connection opened before it went away fails
+            once more; those last failures are not worth a pair of lines each.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_ended", "_failures", "_settle", "_since")
+
+    def __init__(self, settle: float = 5.0) -> None:
+        self._settle = settle
         self._since: float | None = None
+        self._ended: float | None = None
         self._failures = 0
 
     @property
@@ -31,9 +39,12 @@ class Outage:
 
     def failed(self, what: str, error: BaseException) -> None:
         """``what`` failed because the backend did not answer (logged if it is the first)."""
+        now = time.monotonic()
+        if self._since is None and self._ended is not None and now - self._ended < self._settle:
+            return  # the tail of the outage that just ended
         self._failures += 1
         if self._since is None:
-            self._since = time.monotonic()
+            self._since = now
             logger.warning(
                 "backend unavailable: %s failed (%s); further failures are not logged until it answers again",
                 what,
@@ -43,12 +54,13 @@ class Outage:
 
     def reset(self) -> None:
         """Forget an outage without logging its end (its backend was replaced or closed)."""
-        self._since, self._failures = None, 0
+        self._since, self._ended, self._failures = None, None, 0
 
     def answered(self) -> None:
         """The backend answered (cheap when there is no outage: call it on every success)."""
         if self._since is not None:
-            duration = time.monotonic() - self._since
+            self._ended = time.monotonic()
+            duration = self._ended - self._since
             failures, self._since, self._failures = self._failures, None, 0
             logger.warning(
                 "backend available again: after %.1f s, %d operations failed meanwhile",

@@ -33,7 +33,8 @@ def attempt_started(record: TaskRecord) -> float:
 
 def attempt_ended(record: TaskRecord, outcome: str, started: float) -> None:
     """Log the end of ``record``'s attempt: ``outcome`` is ``completed``, ``failed``,
-    ``cancelled``, ``retrying`` or ``interrupted`` (handed back at shutdown)."""
+    ``cancelled``, ``retrying``, ``interrupted`` (handed back at shutdown), ``lost`` (its
+    lease was taken over) or ``unrecorded`` (the backend refused its outcome; it runs again)."""
     if logger.isEnabledFor(logging.INFO):
         duration = round(time.monotonic() - started, 3)
         logger.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -14,6 +15,7 @@ from progressq._outage import backend_outage
 from progressq._tasklog import attempt_ended, attempt_started
 from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable
+from progressq.hooks import AttemptOutcome, AttemptStatus, HookChain
 
 __all__ = ("TaskPolicy", "WorkerPool")
 
@@ -29,10 +31,13 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         timeout: seconds an attempt may run before it is cancelled; ``None`` for no limit.
         max_attempts: attempts before a failing task is ``failed`` (1 = no retry).
+        progress_interval: least seconds between two progress events of one task; the
+            hub's setting when ``None``.
     """
 
     timeout: float | None = 300.0
     max_attempts: int = 1
+    progress_interval: float | None = None
 
 
 class BatchLeasing(Protocol):
@@ -68,7 +73,9 @@ class WorkerPool:
         concurrency: int,
         progress_interval: float,
         shutdown_grace: float,
+        hooks: HookChain | None = None,
     ) -> None:
+        self._hooks = hooks if hooks is not None else HookChain(())
         self._queue = queue
         self._batch = cast(BatchLeasing, queue) if hasattr(queue, "lease_many") else None
         self._combined = cast(SaveAndPublish, queue) if hasattr(queue, "save_and_publish") else None
@@ -82,6 +89,7 @@ class WorkerPool:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._idle = anyio.Event()
         self._idle.set()
+        self.alive = False  # between ``run``'s start and its end
 
     @property
     def running(self) -> int:
@@ -95,27 +103,35 @@ class WorkerPool:
         limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
+            self.alive = True
             task_status.started()
-            with self._intake:
-                while True:
-                    slot = object()
-                    await limiter.acquire_on_behalf_of(slot)
-                    try:
-                        if self._batch is not None:  # as many as there are free slots
-                            leases = await self._batch.lease_many(1 + int(limiter.available_tokens))
-                        else:
-                            leases = [await self._queue.lease()]
-                    except BaseException:
-                        limiter.release_on_behalf_of(slot)
-                        raise
-                    self._start(runs, leases[0], limiter, slot)
-                    for lease in leases[1:]:
-                        more = object()
-                        limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
-                        self._start(runs, lease, limiter, more)
+            try:
+                await self._take_tasks(runs, limiter)
+            finally:
+                self.alive = False
             with anyio.move_on_after(self._shutdown_grace):
                 await self._idle.wait()
             runs.cancel_scope.cancel()
+
+    async def _take_tasks(self, runs: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+        """Lease tasks into free slots until :meth:`stop`."""
+        with self._intake:
+            while True:
+                slot = object()
+                await limiter.acquire_on_behalf_of(slot)
+                try:
+                    if self._batch is not None:  # as many as there are free slots
+                        leases = await self._batch.lease_many(1 + int(limiter.available_tokens))
+                    else:
+                        leases = [await self._queue.lease()]
+                except BaseException:
+                    limiter.release_on_behalf_of(slot)
+                    raise
+                self._start(runs, leases[0], limiter, slot)
+                for lease in leases[1:]:
+                    more = object()
+                    limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
+                    self._start(runs, lease, limiter, more)
 
     def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
         scope = anyio.CancelScope()
@@ -132,90 +148,112 @@ class WorkerPool:
         limiter: anyio.CapacityLimiter,
         slot: object,
     ) -> None:
+        began = attempt_started(lease.record)
+        outcome = "interrupted"
         try:
-            await self._attempt(runs, lease, scope)
+            if self._hooks:
+                outcome = await self._hooked_attempt(runs, lease, scope)
+            else:
+                outcome, _ = await self._attempt(runs, lease, scope)
         except BackendUnavailable as exc:
             # The worker lives on; with a durable backend the lease expires and the task
             # runs again. Logged once per outage.
+            outcome = "unrecorded"
             backend_outage.failed(f"recording the outcome of task {lease.record.id}", exc)
         except Exception:
             # A backend error while recording the outcome: as above, with a traceback.
+            outcome = "unrecorded"
             logger.exception("task %s: could not record its outcome", lease.record.id)
         finally:
+            attempt_ended(lease.record, outcome, began)
             del self._scopes[lease.record.id]
             if not self._scopes:
                 self._idle.set()
             limiter.release_on_behalf_of(slot)
 
-    async def _attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> None:
+    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> AttemptStatus:
+        """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
+        started = time.monotonic()
+        with self._hooks.attempt(lease.record):
+            try:
+                status, error = await self._attempt(runs, lease, scope)
+            except BaseException:
+                status, error = "interrupted", None
+                raise
+            finally:
+                self._hooks.attempt_ended(lease.record, AttemptOutcome(status, time.monotonic() - started, error))
+        return status
+
+    async def _attempt(
+        self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope
+    ) -> tuple[AttemptStatus, BaseException | None]:
         record = lease.record
         if record.cancel_requested:  # asked to cancel while its last worker died
             await self._finish(lease, record.evolve(status="cancelled", finished_at=utc_now(), message="cancelled"))
-            return
+            return "cancelled", None
         running = record.evolve(
             status="running", started_at=utc_now(), finished_at=None, progress=0.0, message="started", error=None
         )
         if not await self._commit(lease, running):
-            return
-        began = attempt_started(running)
+            return "lost", None
         policy = self._policy_for(record.kind)
-        ctx = TaskContext(
-            running, commit=lambda r: self._commit(lease, r), interval=self._progress_interval, spawn=runs
-        )
+        interval = self._progress_interval if policy.progress_interval is None else policy.progress_interval
+        ctx = TaskContext(running, commit=lambda r: self._commit(lease, r), interval=interval, spawn=runs)
         result: Any = None
         error: str | None = None
+        raised: BaseException | None = None
         try:
             with scope:
                 with anyio.move_on_after(policy.timeout) as deadline:
                     result = await self._processor(running, ctx)
                 if deadline.cancelled_caught:
                     error = f"timed out after {policy.timeout:g} s"
+                    raised = TimeoutError(error)
         except Exception as exc:
             logger.exception("task %s (%s) raised", record.id, record.kind)
-            error = _describe(exc)
+            error, raised = _describe(exc), exc
         except BaseException:
             # Shutdown ran out of grace (or the process is going down): hand the task back.
             with anyio.CancelScope(shield=True):
                 latest = await ctx.close()
-                attempt_ended(running, "interrupted", began)
                 await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
             raise
         # The handler is done: its outcome is recorded even if shutdown's cancellation
         # arrives now, or the task would stay "running" with no worker.
         with anyio.CancelScope(shield=True):
-            latest = await ctx.close()
-            now = utc_now()
-            outcome = (
-                "cancelled"
-                if scope.cancel_called
-                else "completed"
-                if error is None
-                else "retrying"
-                if latest.attempt < policy.max_attempts
-                else "failed"
-            )
-            attempt_ended(running, outcome, began)
-            if scope.cancel_called:  # the owner asked, even if the handler swallowed it
-                await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
-            elif error is not None and latest.attempt < policy.max_attempts:
-                await self._requeue(
-                    lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error)
-                )
-            elif error is not None:
-                await self._finish(
-                    lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed")
-                )
-            else:
-                await self._finish(
-                    lease,
-                    latest.evolve(
-                        status="completed",
-                        finished_at=now,
-                        progress=100.0,
-                        message="completed",
-                        result=_summary(result),
-                    ),
-                )
+            return await self._record_outcome(lease, ctx, policy, scope.cancel_called, result, error, raised)
+        raise AssertionError("unreachable: a shielded scope is not cancelled")  # pragma: no cover
+
+    async def _record_outcome(
+        self,
+        lease: Lease,
+        ctx: TaskContext,
+        policy: TaskPolicy,
+        cancelled: bool,
+        result: Any,
+        error: str | None,
+        raised: BaseException | None,
+    ) -> tuple[AttemptStatus, BaseException | None]:
+        latest = await ctx.close()
+        now = utc_now()
+        if cancelled:  # the owner asked, even if the handler swallowed it
+            await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
+            return "cancelled", None
+        if error is not None and latest.attempt < policy.max_attempts:
+            await self._requeue(lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error))
+            return "retrying", raised
+        if error is not None:
+            await self._finish(lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed"))
+            return "failed", raised
+        completed = latest.evolve(
+            status="completed",
+            finished_at=now,
+            progress=100.0,
+            message=ctx.reported_message or "completed",  # the handler's last word stays
+            result=_summary(result),
+        )
+        await self._finish(lease, completed)
+        return "completed", None
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
         if self._combined is not None:

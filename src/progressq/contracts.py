@@ -47,7 +47,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kind: str
     name: str
     owner: str
-    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    payload: Any = msgspec.field(default_factory=dict)  # the params, as JSON builtins
     status: TaskStatus = "queued"
     progress: float = 0.0
     message: str = ""
@@ -59,6 +59,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error: str | None = None
     result: Any = None
     cancel_requested: bool = False
+    context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
 
     @property
     def finished(self) -> bool:

@@ -12,6 +12,8 @@ __all__ = (
     "TaskAlreadyFinished",
     "UnknownTaskKind",
     "BackendUnavailable",
+    "HubNotOpen",
+    "ValidationError",
 )
 
 
@@ -21,6 +23,34 @@ class ProgressQError(Exception):
 
 class ConfigurationError(ProgressQError):
     """The hub, a backend or an adapter was set up in a way that cannot work."""
+
+
+class HubNotOpen(ConfigurationError):
+    """The hub was used before it was opened (or after it closed)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the hub is not open: open it for the application's lifetime, with `async with hub:` "
+            "or by mounting it with an adapter (progressq.starlette.mount, progressq.fastapi.router, "
+            "ProgressQPlugin) whose lifespan the server runs"
+        )
+
+
+class ValidationError(ProgressQError, ValueError):
+    """A task's params do not match its kind's declared type; nothing was queued.
+
+    Attributes:
+        field: the path of the offending field (``"size.width"``, ``"items[0]"``), or None
+            when the params as a whole are wrong.
+        message: what is wrong, without the path.
+        code: ``"invalid_field"``, or ``"malformed_json"`` for params that are not JSON.
+    """
+
+    def __init__(self, message: str, *, field: str | None, code: str = "invalid_field") -> None:
+        super().__init__(f"{message} (at {field})" if field else message)
+        self.message = message
+        self.field = field
+        self.code = code
 
 
 class UnknownTaskKind(ProgressQError):

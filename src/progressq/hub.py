@@ -6,24 +6,30 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 import anyio
-import msgspec
 
-from progressq._context import TaskContext
+from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
 from progressq._worker import TaskPolicy, WorkerPool
 from progressq.contracts import Backend, ClientRegistry, TaskQueue, TaskRecord
-from progressq.errors import ConfigurationError, TaskAlreadyFinished, TaskNotFound, TooManyTasks, UnknownTaskKind
+from progressq.errors import (
+    ConfigurationError,
+    HubNotOpen,
+    TaskAlreadyFinished,
+    TaskNotFound,
+    TooManyTasks,
+    UnknownTaskKind,
+)
+from progressq.hooks import HookChain, Submission, TaskHooks
 from progressq.identity import IdentityAuthority
 
-__all__ = ("Handler", "Hub")
+__all__ = ("Handler", "Hub", "TaskKind")
 
-Handler = Callable[[TaskContext], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
 
 logger = logging.getLogger("progressq.hub")
@@ -43,21 +49,6 @@ class AnnouncingEnqueue(Protocol):
         ...
 
 
-class _HandlerRegistry:
-    """The everyday ``Processor``: a registry of decorated async functions."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, tuple[Handler, TaskPolicy]] = {}
-
-    async def __call__(self, task: TaskRecord, ctx: TaskContext) -> Any:
-        handler, _ = self.handlers[task.kind]
-        return await handler(ctx)
-
-    def policy_for(self, kind: str) -> TaskPolicy:
-        entry = self.handlers.get(kind)
-        return entry[1] if entry is not None else TaskPolicy()
-
-
 class Hub:
     """Task handlers, workers and delivery, on one backend.
 
@@ -66,14 +57,17 @@ class Hub:
 
         hub = Hub(MemoryBackend(), secret=os.environ["PROGRESSQ_SECRET"])
 
+        class Resize(msgspec.Struct):
+            width: int
+
         @hub.task("resize")
-        async def resize(ctx: TaskContext) -> dict[str, int]:
+        async def resize(ctx: TaskContext, params: Resize) -> dict[str, int]:
             for step in range(10):
                 await ctx.report(step * 10, f"step {step}")
-            return {"width": 640}
+            return {"width": params.width}
 
         async with hub:
-            await hub.submit("resize", owner=client_id, name="holiday.jpg")
+            await hub.submit("resize", owner=client_id, name="holiday.jpg", params=Resize(width=640))
 
     Args:
         backend: where tasks and events live; a ``MemoryBackend()`` when omitted.
@@ -91,6 +85,8 @@ class Hub:
             against the backend's task index, so with several web processes two submits
             racing each other may both pass (not with the Redis backend, whose queue checks
             the limit and enqueues in one atomic step).
+        hooks: callbacks around submits and attempts (metrics, traces, your own); see
+            :class:`~progressq.hooks.TaskHooks`.
     """
 
     def __init__(
@@ -104,6 +100,7 @@ class Hub:
         progress_interval: float = 0.05,
         shutdown_grace: float = 10.0,
         max_active_per_owner: int | None = 100,
+        hooks: Sequence[TaskHooks] = (),
     ) -> None:
         if concurrency < 0 or progress_interval < 0 or shutdown_grace < 0:
             raise ConfigurationError("concurrency, progress_interval and shutdown_grace must be >= 0")
@@ -125,7 +122,8 @@ class Hub:
         self.max_active_per_owner = max_active_per_owner
         self._owner_locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._over_limit = LogOnce()
-        self._handlers = _HandlerRegistry()
+        self._handlers = KindRegistry()
+        self.hooks = HookChain(hooks)
         self._pool: WorkerPool | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -139,28 +137,62 @@ class Hub:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The task kinds with a registered handler."""
-        return tuple(self._handlers.handlers)
+        """The names of the registered task kinds."""
+        return tuple(self._handlers.kinds)
+
+    @property
+    def task_kinds(self) -> Mapping[str, TaskKind]:
+        """The registered task kinds by name: handler, params type and policy."""
+        return self._handlers.view
+
+    @property
+    def is_open(self) -> bool:
+        """True between opening and closing the hub."""
+        return self._stack is not None
+
+    @property
+    def is_running(self) -> bool:
+        """True when the hub is open and, if it runs tasks (``concurrency > 0``), its workers run."""
+        if self._stack is None:
+            return False
+        return self.concurrency == 0 or (self._pool is not None and self._pool.alive)
 
     def task(
-        self, kind: str | None = None, *, timeout: float | None = 300.0, max_attempts: int = 1
+        self,
+        kind: str | None = None,
+        *,
+        timeout: float | None = 300.0,
+        max_attempts: int = 1,
+        progress_interval: float | None = None,
     ) -> Callable[[H], H]:
-        """Register an async function ``handler(ctx)`` as the handler of ``kind``.
+        """Register an async function as the handler of a task kind.
+
+        The handler is ``async def handler(ctx)`` (params: an untyped JSON object, read as
+        ``ctx.payload``) or ``async def handler(ctx, params: Params)``, where ``Params`` is a
+        msgspec ``Struct`` or any type msgspec validates: :meth:`submit` validates the params
+        against it before anything is queued, and the worker hands the handler a ``Params``.
+        Plain ``def`` handlers are refused: run blocking work inside an async handler with
+        ``await anyio.to_thread.run_sync(...)``.
 
         Args:
             kind: the name tasks are submitted under; the function's name when omitted.
             timeout: seconds an attempt may run; ``None`` for no limit.
             max_attempts: attempts before a failing task ends ``failed``.
+            progress_interval: least seconds between two progress events of one task of
+                this kind; the hub's ``progress_interval`` when omitted.
+
+        Raises:
+            ConfigurationError: the kind is taken, the handler is not async, or its params
+                annotation is missing or not a type msgspec can validate.
         """
         if max_attempts < 1 or (timeout is not None and timeout <= 0):
             raise ConfigurationError("max_attempts must be >= 1 and timeout > 0")
-        policy = TaskPolicy(timeout=timeout, max_attempts=max_attempts)
+        if progress_interval is not None and progress_interval < 0:
+            raise ConfigurationError("progress_interval must be >= 0")
+        policy = TaskPolicy(timeout=timeout, max_attempts=max_attempts, progress_interval=progress_interval)
 
         def register(handler: H) -> H:
-            name = kind or handler.__name__
-            if name in self._handlers.handlers:
-                raise ConfigurationError(f"a handler for task kind {name!r} is already registered")
-            self._handlers.handlers[name] = (handler, policy)
+            self._handlers.register(kind, handler, policy)
             return handler
 
         return register
@@ -182,6 +214,7 @@ class Hub:
                     concurrency=self.concurrency,
                     progress_interval=self.progress_interval,
                     shutdown_grace=self.shutdown_grace,
+                    hooks=self.hooks,
                 )
                 await group.start(self._pool.run)
             self._stack = stack.pop_all()
@@ -200,25 +233,56 @@ class Hub:
     # --- operations ----------------------------------------------------------------------
 
     async def submit(
-        self, kind: str, *, owner: str, name: str | None = None, payload: dict[str, Any] | None = None
+        self,
+        kind: str,
+        *,
+        owner: str,
+        name: str | None = None,
+        params: Any = None,
+        payload: Any = None,
     ) -> TaskRecord:
         """Queue a task of ``kind`` for ``owner`` and tell the owner's connections.
 
+        Args:
+            kind: a registered task kind.
+            owner: the identity the task belongs to; only its connections see the task.
+            name: what the owner sees the task called; the kind's name when omitted.
+            params: the task's input: an instance of the kind's params type, or builtins
+                (a dict...) that validate as one. ``None`` for a kind without params.
+            payload: an older name of ``params``.
+
         Raises:
+            HubNotOpen: the hub was never opened (or is closed).
             UnknownTaskKind: no handler is registered for ``kind``.
+            ValidationError: ``params`` do not match the kind's type; nothing was queued.
             QueueFull: the backend is at capacity; nothing was queued.
             TooManyTasks: ``owner`` has ``max_active_per_owner`` unfinished tasks already.
             ValueError: ``name`` is empty or longer than 200 characters.
         """
-        if kind not in self._handlers.handlers:
+        if self._stack is None:
+            raise HubNotOpen()
+        task_kind = self._handlers.kinds.get(kind)
+        if task_kind is None:
             raise UnknownTaskKind(f"no handler is registered for task kind {kind!r}")
         display = (name if name is not None else kind).strip()
         if not 1 <= len(display) <= _MAX_NAME_LENGTH:
             raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
+        if not self.hooks:
+            return await self._queue_task(task_kind, owner, display, params if params is not None else payload, {})
+        submission = Submission(kind=kind, owner=owner, name=display)
+        with self.hooks.submit(submission):
+            submission.record = await self._queue_task(
+                task_kind, owner, display, params if params is not None else payload, submission.context
+            )
+        return submission.record
+
+    async def _queue_task(
+        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str]
+    ) -> TaskRecord:
+        stored = kind.dump_params(params)
         record = TaskRecord(
-            id=secrets.token_urlsafe(12), kind=kind, name=display, owner=owner, payload=dict(payload or {})
+            id=secrets.token_urlsafe(12), kind=kind.name, name=name, owner=owner, payload=stored, context=context
         )
-        msgspec.json.encode(record.payload)  # fail here, not in a worker, on a payload that cannot travel
         if hasattr(self.queue, "enqueue_and_announce"):  # one atomic step: limit, enqueue, announce
             queue = cast(AnnouncingEnqueue, self.queue)
             active = await queue.enqueue_and_announce(record, max_unfinished=self.max_active_per_owner)
@@ -294,7 +358,9 @@ class Hub:
         return outcome.record
 
     async def healthy(self) -> bool:
-        """True when the backend answers."""
+        """True when the hub runs (see :attr:`is_running`) and the backend answers."""
+        if not self.is_running:
+            return False
         try:
             with anyio.fail_after(2.0):
                 return await self.backend.ping()

@@ -89,7 +89,6 @@ class ConnectionMessage(ServerMessage, tag="connection", kw_only=True):
     socket_id: str
     client_id: str
     server_time: datetime
-    token: str | msgspec.UnsetType = msgspec.UNSET
     recovered: bool | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -129,10 +128,7 @@ class PingRequest(msgspec.Struct, tag_field="type", tag="ping", rename="camel"):
 
 
 class ResumeRequest(msgspec.Struct, tag_field="type", tag="resume", rename="camel", kw_only=True):
-    # Not bounded here: an over-long id is a forged id, which closes the connection (1008)
-    # rather than getting ``invalid_message``; the frame size bounds it anyway.
-    client_id: str
-    token: str | None = None
+    client_id: Annotated[str, msgspec.Meta(max_length=256)]
     last_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
 
 

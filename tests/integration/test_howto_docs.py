@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import types
@@ -119,4 +120,60 @@ async def test_the_tutorial_app_runs_as_written(page: Any) -> None:
     docs = page("../tutorial.md")
     with serve(docs.app, docs.hub) as server:
         final = await run_a_task(server.http, server.ws)
-    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "completed")
+    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "page 2 of 2")
+
+
+async def test_typed_task_kinds_work_as_the_page_says(page: Any) -> None:
+    docs = page("task-kinds.md")
+    from tests.test_engine import attach, wait_until
+
+    assert await docs.submit_some("owner-docs") == ["size.width: Expected `int` >= 1"]
+    hub = docs.hub
+    assert (hub.task_kinds["resize"].description, hub.task_kinds["resize"].policy.max_attempts) == (
+        "Resize one picture.",
+        3,
+    )
+    async with hub:
+        sink = await attach(hub, "owner-docs")
+        resize = await hub.submit(
+            "resize", owner="owner-docs", params={"path": "a.jpg", "size": {"width": 3, "height": 4}}
+        )
+        cleanup = await hub.submit("cleanup", owner="owner-docs", params={"paths": ["x", "y"]})
+        checksum = await hub.submit("checksum", owner="owner-docs", params=docs.Checksum("abc", rounds=300))
+        await wait_until(lambda: all(sink.has_status(r.id, "completed") for r in (resize, cleanup, checksum)), 60)
+    finals = {r.id: sink.last(r.id) for r in (resize, cleanup, checksum)}
+    assert (finals[resize.id].result, finals[resize.id].message) == ({"pixels": 12}, "pass 4 of 4 on a.jpg")
+    assert finals[cleanup.id].message == "removed 2 files"
+    assert finals[checksum.id].message == "round 300"
+    assert finals[checksum.id].result == docs.checksum_blocking(b"abc", 300, lambda *_: None)
+    assert any(v.message == "round 100" for v in sink.views(checksum.id))
+
+
+async def test_the_observability_page_serves_metrics_and_hooks_run(page: Any) -> None:
+    docs = page("observability.md")
+    assert [type(h).__name__ for h in docs.hub.hooks.hooks] == ["PrometheusMetrics", "OpenTelemetryHooks"]
+    with serve(docs.app, docs.hub) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as ws:
+            await ws.next()
+            scraped = await http.get("/metrics/")
+    assert scraped.status_code == 200
+    assert "progressq_connections 1.0" in scraped.text
+    assert "progressq_backend_up 1.0" in scraped.text
+    audit = docs.AuditHooks()
+    from progressq import AttemptOutcome, Submission
+
+    submission = Submission(kind="export", owner="o", name="n")
+    with audit.on_submit(submission):
+        pass
+    assert submission.context == {"tenant": "acme"}
+    record = docs.TaskRecord(id="t1", kind="export", name="n", owner="o", attempt=1, context=submission.context)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda entry: lines.append(entry.getMessage())  # type: ignore[method-assign]
+    docs.audit.addHandler(handler)
+    docs.audit.setLevel(logging.INFO)
+    try:
+        audit.attempt_ended(record, AttemptOutcome("completed", 0.5))
+    finally:
+        docs.audit.removeHandler(handler)
+    assert lines == ["export t1 attempt 1 completed in 0.500 s (tenant acme)"]

@@ -136,9 +136,7 @@ async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
     ours = [r for r in caplog.records if r.name.startswith("progressq") and r.name != "progressq.tasks"]
     assert not [r for r in ours if r.exc_info], [r.getMessage() for r in ours if r.exc_info]
     outage = [r.getMessage().split(":")[0] for r in ours if r.name == "progressq.outage"]
-    # One line when it starts, one when it ends; a stale connection failing once after the
-    # restart may make one more short pair, but nothing is logged per failure.
-    assert outage[:2] == ["backend unavailable", "backend available again"], outage
-    assert outage == ["backend unavailable", "backend available again"] * (len(outage) // 2), outage
-    assert len(outage) <= 4, outage
+    # One line when it starts, one when it ends (pooled connections from before the restart
+    # failing once each just after it are its tail, not new outages); nothing per failure.
+    assert outage == ["backend unavailable", "backend available again"], outage
     assert len(ours) < 15, [f"{r.name}: {r.getMessage()}" for r in ours]

@@ -67,9 +67,6 @@ CLOSE_TRY_AGAIN_LATER = 1013
 reconnect later and resume."""
 
 
-MAX_ID_LENGTH = 256
-"""A presented id longer than this is forged, whatever the ``identify`` hook would say."""
-
 _WRITER_LINGER = 0.25
 """Seconds a writer that has sent at most ``_FEW`` messages waits for the next before it ends
 (the next message starts another). One that has sent more waits up to ``send_timeout`` after
@@ -432,6 +429,8 @@ class Connection:
             try:
                 message = decode_client_message(frame)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if _oversized_resume_id(exc):  # a forged id, whatever its length: as forged ids are
+                    raise _Close(CLOSE_POLICY_VIOLATION, "unknown client id") from None
                 self._send(ErrorMessage(code="invalid_message", message=str(exc)[:200]))
                 continue
             await self._handle(message)
@@ -441,7 +440,7 @@ class Connection:
             case PingRequest():
                 self._send(PongMessage(server_time=utc_now()))
             case ResumeRequest(client_id=client_id, last_seq=last_seq):
-                if len(client_id) > MAX_ID_LENGTH or not await self._identities.accepts(self._request, client_id):
+                if not await self._identities.accepts(self._request, client_id):
                     raise _Close(CLOSE_POLICY_VIOLATION, "unknown client id")
                 await self._unfollow()
                 self._outbox.clear()  # events of the identity just left
@@ -453,3 +452,13 @@ class Connection:
                     self._send(ErrorMessage(code="not_found", message="no such task"))
                 except TaskAlreadyFinished:
                     self._send(ErrorMessage(code="already_finished", message="the task has already finished"))
+
+
+def _oversized_resume_id(error: Exception) -> bool:
+    """True when ``error`` refused a ``resume`` for a ``clientId`` over its length bound.
+
+    Such an id was never issued (ids are far shorter), so the resume is answered like any
+    forged id (close 1008), not with ``invalid_message``.
+    """
+    text = str(error)
+    return isinstance(error, msgspec.ValidationError) and text.endswith("at `$.clientId`") and "length" in text

@@ -11,11 +11,12 @@ import {
 	type ConnectionState,
 	type IdentityEvent,
 	type ServerMessage,
+	type StartedTask,
 	type StatusEvent,
 	type TaskStatus,
 	type TaskView,
 	type Transport
-} from './progressq-client';
+} from '@progressq/client';
 
 export type LogKind = 'connection' | 'task' | 'error' | 'info';
 
@@ -110,8 +111,9 @@ export class DemoState {
 	/** Starts a task; throws with a readable message when the server refuses it. */
 	async startTask(name: string, duration: number): Promise<TaskView> {
 		if (this.client === null) throw new Error('not connected yet');
-		const task = await this.client.start(name, duration);
-		return task;
+		// The demo's own start route (not a library one): its answer is tracked like any task.
+		const task = await this.client.request<StartedTask>('POST', '/api/task/start', { name, duration });
+		return this.client.track(task).view ?? task;
 	}
 
 	async cancel(taskId: string): Promise<void> {

@@ -1,184 +1,15 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { backoffDelay, isNewerTask, ProgressQHttpError } from '../src/index.js';
 import {
-	backoffDelay,
-	isNewerTask,
-	ProgressQClient,
-	ProgressQHttpError,
-	type ClientOptions,
-	type ConnectionState,
-	type EventSourceLike,
-	type EventStreamEvent,
-	type KeyValueStorage,
-	type StatusEvent,
-	type SocketLike,
-	type TaskView
-} from './progressq-client';
-
-// --- fakes -------------------------------------------------------------------------------
-
-class FakeSocket implements SocketLike {
-	static instances: FakeSocket[] = [];
-	readyState = 0;
-	onopen: ((ev: unknown) => void) | null = null;
-	onmessage: ((ev: { data: unknown }) => void) | null = null;
-	onclose: ((ev: { code: number; reason: string }) => void) | null = null;
-	onerror: ((ev: unknown) => void) | null = null;
-	sent: unknown[] = [];
-	closedWith: number | null = null;
-
-	constructor(readonly url: string) {
-		FakeSocket.instances.push(this);
-	}
-
-	static get last(): FakeSocket {
-		const socket = FakeSocket.instances.at(-1);
-		if (!socket) throw new Error('no socket made');
-		return socket;
-	}
-
-	send(data: string): void {
-		if (this.readyState !== 1) throw new Error('send on a socket that is not open');
-		this.sent.push(JSON.parse(data));
-	}
-
-	close(code = 1000): void {
-		this.closedWith = code;
-		this.readyState = 3;
-	}
-
-	// server side
-	open(): void {
-		this.readyState = 1;
-		this.onopen?.({});
-	}
-
-	receive(message: unknown): void {
-		this.onmessage?.({ data: JSON.stringify(message) });
-	}
-
-	drop(code = 1006, reason = ''): void {
-		this.readyState = 3;
-		this.onclose?.({ code, reason });
-	}
-}
-
-/** An `EventSource` driven by the test: the server side sends messages, loses or ends the stream. */
-class FakeEventSource implements EventSourceLike {
-	static instances: FakeEventSource[] = [];
-	readyState = 0;
-	closed = false;
-	private listeners = new Map<string, Array<(ev: EventStreamEvent) => void>>();
-
-	constructor(readonly url: string) {
-		FakeEventSource.instances.push(this);
-	}
-
-	static get last(): FakeEventSource {
-		const source = FakeEventSource.instances.at(-1);
-		if (!source) throw new Error('no event source made');
-		return source;
-	}
-
-	/** The query of the URL the client opened. */
-	get query(): Record<string, string> {
-		return Object.fromEntries(new URL(this.url, 'http://test').searchParams);
-	}
-
-	get path(): string {
-		return new URL(this.url, 'http://test').pathname;
-	}
-
-	addEventListener(type: string, listener: (ev: EventStreamEvent) => void): void {
-		this.listeners.set(type, [...(this.listeners.get(type) ?? []), listener]);
-	}
-
-	close(): void {
-		this.closed = true;
-		this.readyState = 2;
-	}
-
-	private dispatch(type: string, ev: EventStreamEvent): void {
-		for (const listener of this.listeners.get(type) ?? []) listener(ev);
-	}
-
-	// server side: `event: <type>` with `data: <json>`, as the server frames each message
-	receive(message: { type: string; [field: string]: unknown }): void {
-		this.readyState = 1;
-		this.dispatch(message.type, { data: JSON.stringify(message) });
-	}
-
-	/** The connection dropped; the browser reconnects by itself (readyState CONNECTING). */
-	lose(): void {
-		this.readyState = 0;
-		this.dispatch('error', {});
-	}
-
-	/** The browser gave up (readyState CLOSED), e.g. the server answered 403 or 503. */
-	giveUp(): void {
-		this.readyState = 2;
-		this.dispatch('error', {});
-	}
-}
-
-class MemoryStorage implements KeyValueStorage {
-	values = new Map<string, string>();
-	getItem(key: string): string | null {
-		return this.values.get(key) ?? null;
-	}
-	setItem(key: string, value: string): void {
-		this.values.set(key, value);
-	}
-	removeItem(key: string): void {
-		this.values.delete(key);
-	}
-}
-
-function task(id: string, overrides: Partial<TaskView> = {}): TaskView {
-	return {
-		id,
-		name: `task ${id}`,
-		status: 'running',
-		progress: 0,
-		message: '',
-		createdAt: '2026-01-01T00:00:00Z',
-		startedAt: null,
-		finishedAt: null,
-		attempt: 1,
-		...overrides
-	};
-}
-
-function greeting(id: string, extra: Record<string, unknown> = {}) {
-	return { type: 'connection', socketId: id, clientId: id, serverTime: '2026-01-01T00:00:00Z', ...extra };
-}
-
-function makeClient(options: Partial<ClientOptions> = {}) {
-	const states: ConnectionState[] = [];
-	const statuses: StatusEvent[] = [];
-	const client = new ProgressQClient({
-		url: 'ws://test/ws',
-		socketFactory: (url) => new FakeSocket(url),
-		random: () => 0.5,
-		heartbeatMs: 0,
-		...options
-	});
-	client.on('status', (s) => {
-		states.push(s.state);
-		statuses.push(s);
-	});
-	return { client, states, statuses };
-}
-
-/** A client with the fake event stream available to fall back on. */
-function makeFallbackClient(options: Partial<ClientOptions> = {}) {
-	return makeClient({ eventSourceFactory: (url) => new FakeEventSource(url), ...options });
-}
-
-/** A client in an environment without WebSocket: it goes straight to the event stream. */
-function makeStreamOnlyClient(options: Partial<ClientOptions> = {}) {
-	vi.stubGlobal('WebSocket', undefined);
-	return makeFallbackClient({ socketFactory: undefined, ...options });
-}
+	FakeEventSource,
+	FakeSocket,
+	greeting,
+	makeClient,
+	makeFallbackClient,
+	makeStreamOnlyClient,
+	MemoryStorage,
+	task
+} from './fakes.js';
 
 beforeEach(() => {
 	FakeSocket.instances = [];
@@ -332,13 +163,12 @@ describe('resume', () => {
 		client.connect();
 		FakeSocket.last.open();
 		expect(FakeSocket.last.sent).toEqual([]); // nothing to resume
-		FakeSocket.last.receive(greeting('id-1', { token: 'tok' }));
+		FakeSocket.last.receive(greeting('id-1'));
 		FakeSocket.last.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
 		expect(client.clientId).toBe('id-1');
 		expect(client.socketId).toBe('id-1');
 		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toEqual({
 			clientId: 'id-1',
-			token: 'tok',
 			lastSeq: 0,
 			tasks: []
 		});
@@ -351,7 +181,7 @@ describe('resume', () => {
 		client.on('identity', (i) => identities.push(i));
 		client.connect();
 		FakeSocket.last.open();
-		FakeSocket.last.receive(greeting('me', { token: 'tok' }));
+		FakeSocket.last.receive(greeting('me'));
 		FakeSocket.last.receive({ type: 'snapshot', tasks: [], seq: 0, recovered: false });
 		FakeSocket.last.receive({ type: 'taskQueued', seq: 1, task: task('t1', { status: 'queued' }) });
 		FakeSocket.last.receive({ type: 'taskProgress', seq: 2, task: task('t1', { progress: 40 }) });
@@ -363,7 +193,7 @@ describe('resume', () => {
 		vi.advanceTimersByTime(10);
 		const second = FakeSocket.last;
 		second.open();
-		expect(second.sent).toEqual([{ type: 'resume', clientId: 'me', token: 'tok', lastSeq: 2 }]);
+		expect(second.sent).toEqual([{ type: 'resume', clientId: 'me', lastSeq: 2 }]);
 
 		// greeting of the new socket (fresh throwaway identity) and its snapshot: ignored
 		second.receive(greeting('sock-2'));
@@ -537,19 +367,21 @@ describe('HTTP', () => {
 		return vi.fn(async (_url: string, _init?: RequestInit) => new Response(JSON.stringify(body), { status }));
 	}
 
-	it('start() sends X-Client-Id of the confirmed identity and shows the task', async () => {
+	it('start() posts the params to the kind as the confirmed identity and shows the task', async () => {
 		const fetch = fakeFetch(202, { ...task('t1', { status: 'queued' }), clientId: 'me' });
 		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });
 		client.connect();
 		FakeSocket.last.open();
-		const started = client.start('hello', 5000);
+		const started = client.start('resize photos', { width: 640 }, { name: 'my photos' });
 		FakeSocket.last.receive(greeting('me')); // start waits for the identity
-		await expect(started).resolves.toMatchObject({ id: 't1', clientId: 'me' });
+		const handle = await started;
+		expect(handle.id).toBe('t1');
+		expect(handle.view).toMatchObject({ id: 't1', status: 'queued' });
 		const [url, init] = fetch.mock.calls[0] ?? [];
-		expect(url).toBe('/api/task/start');
+		expect(url).toBe('/api/tasks/resize%20photos?name=my%20photos');
 		expect(init?.method).toBe('POST');
 		expect((init?.headers as Record<string, string>)['X-Client-Id']).toBe('me');
-		expect(JSON.parse(String(init?.body))).toEqual({ name: 'hello', duration: 5000 });
+		expect(JSON.parse(String(init?.body))).toEqual({ width: 640 });
 		expect(client.tasks.map((t) => t.id)).toEqual(['t1']);
 		expect(client.tasks[0]).not.toHaveProperty('clientId');
 	});
@@ -580,7 +412,7 @@ describe('HTTP', () => {
 	it('fails when no identity arrives in time', async () => {
 		const { client } = makeClient({ identityTimeoutMs: 50 });
 		client.connect();
-		const started = client.start('x', 1000);
+		const started = client.start('x', {});
 		vi.advanceTimersByTime(50);
 		await expect(started).rejects.toThrow('no identity');
 	});
@@ -867,7 +699,7 @@ describe('event stream fallback', () => {
 				clock += 17;
 				return new Response(JSON.stringify({ status: 'healthy' }));
 			}
-			if (url === '/api/task/start') {
+			if (url === '/api/tasks/hello') {
 				return new Response(JSON.stringify({ ...task('t1', { status: 'queued' }), clientId: 'me' }), { status: 202 });
 			}
 			return new Response(JSON.stringify(task('t1', { status: 'cancelled' })));
@@ -875,14 +707,14 @@ describe('event stream fallback', () => {
 		const { client } = makeStreamOnlyClient({ fetch: fetch as unknown as typeof globalThis.fetch, now: () => clock });
 		await expect(client.ping()).rejects.toThrow('not connected');
 		client.connect();
-		const started = client.start('hello', 5000);
+		const started = client.start('hello', { size: 5 });
 		FakeEventSource.last.receive(greeting('me')); // start waits for the identity
 		await expect(started).resolves.toMatchObject({ id: 't1' });
 		await client.cancel('t1');
 		await expect(client.ping()).resolves.toBe(17);
 		const calls = fetch.mock.calls.map(([url, init]) => [url, (init?.headers as Record<string, string>)['X-Client-Id']]);
 		expect(calls).toEqual([
-			['/api/task/start', 'me'],
+			['/api/tasks/hello', 'me'],
 			['/api/task/t1/cancel', 'me'],
 			['/health', undefined]
 		]);
