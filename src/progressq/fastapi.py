@@ -38,6 +38,8 @@ __all__ = ("caller_identity", "create_router")
 
 logger = logging.getLogger("progressq.fastapi")
 
+_FORGED = "this client id was not issued by this server"
+_ANONYMOUS = "this server serves only identified callers"
 _ERROR_SCHEMA = inline_schema(msgspec.json.schema(ErrorBody))
 
 
@@ -265,7 +267,9 @@ def caller_identity(
         mint: mint a new identity for a caller that names none; with False (or
             ``require_identity``) such a caller gets 401.
 
-    The dependency answers 403 for an id this server did not issue, and 401 as above.
+    The dependency answers (in FastAPI's error shape, ``{"detail": {"code", "message"}}``)
+    403 ``forbidden_identity`` for an id this server did not issue, and 401
+    ``identity_required`` as above.
     """
     endpoints = Endpoints(hub, settings, groups=())
 
@@ -276,9 +280,9 @@ def caller_identity(
                 return await caller.identity_or_new()
             owner = await caller.identity()
         except ForbiddenIdentity:
-            raise HTTPException(403, "this client id was not issued by this server") from None
+            raise HTTPException(403, {"code": "forbidden_identity", "message": _FORGED}) from None
         if owner is None:
-            raise HTTPException(401, "this server serves only identified callers")
+            raise HTTPException(401, {"code": "identity_required", "message": _ANONYMOUS})
         return owner
 
     return identity
