@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 import sys
 from typing import Any
 
@@ -18,7 +19,7 @@ from progressq import Hub, TaskContext
 from progressq.errors import ConfigurationError
 from progressq.litestar import ProgressQPlugin
 from progressq.transport import TransportSettings
-from tests.apps import build_app, make_hub, serve
+from tests.apps import build_app, build_library_app, make_hub, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -152,6 +153,16 @@ async def test_a_sub_app_whose_lifespan_never_runs_says_so(caplog: pytest.LogCap
             assert listed.json()["error"]["code"] == "hub_not_running"
     assert any("progressq.starlette.mount" in record.getMessage() for record in caplog.records)
     assert not hub.is_running
+
+
+@pytest.mark.parametrize("framework", ["starlette", "litestar", "fastapi"])
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [({"groups": ("tasks", "admin")}, "unknown route groups ['admin']"), ({"prefix": "/{x}"}, "a plain path")],
+)
+def test_bad_route_options_are_refused_at_once(framework: str, options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(complaint)):
+        build_library_app(framework, make_hub(), TransportSettings(), **options)
 
 
 async def test_a_well_configured_app_starts(framework: str) -> None:
