@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.apps import serve
-from tests.integration.client import WsClient, start_kind, start_task, terminal
+from tests.integration.client import WsClient, start_kind, terminal
 
 pytestmark = pytest.mark.anyio
 
@@ -37,10 +37,10 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Any:
     return load
 
 
-async def run_a_task(server_http: str, ws_url: str, **headers: str) -> dict[str, Any]:
+async def run_a_task(server_http: str, ws_url: str, *, kind: str, params: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=server_http) as http, await WsClient.open(ws_url) as ws:
         assert (await ws.next())["type"] == "snapshot"
-        started = (await start_task(http, "from the docs", 1000, **{"X-Socket-Id": ws.socket_id}, **headers)).json()
+        started = (await start_kind(http, kind, params, name="from the docs", **{"X-Socket-Id": ws.socket_id})).json()
         final: dict[str, Any] = (await ws.until(terminal(started["id"])))[-1]["task"]
         return final
 
@@ -130,7 +130,7 @@ async def test_the_identify_hook_names_signed_in_users(page: Any, app: str) -> N
             assert bob_tab.client_id == "user:bob"
             for tab in (ada_tab, ada_other_tab, bob_tab):
                 await tab.next()
-            response = await http.post("/api/task/start", json={"name": "ada's", "duration": 1000}, headers=ada)
+            response = await start_kind(http, "export", name="ada's", **ada)
             assert response.json()["clientId"] == "user:ada"  # no id presented: the hook's
             for tab in (ada_tab, ada_other_tab):
                 final = (await tab.until(terminal(response.json()["id"])))[-1]["task"]
@@ -153,15 +153,18 @@ async def test_limits_and_allowed_origins(page: Any) -> None:
             await ws.next()
             assert await ws.close_code({"type": "ping", "pad": "p" * 5000}) == 1009
         async with httpx.AsyncClient(base_url=server.http) as http:
-            big = await http.post("/api/task/start", json={"name": "x" * 17_000, "duration": 1000})
+            big = await start_kind(http, "export", {"name": "x" * 17_000})
             assert (big.status_code, big.json()["error"]["code"]) == (413, "body_too_large")
 
 
 async def test_the_tutorial_app_runs_as_written(page: Any) -> None:
     docs = page("../tutorial.md")
     with serve(docs.app, docs.hub) as server:
-        final = await run_a_task(server.http, server.ws)
-    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "page 2 of 2")
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            refused = await start_kind(http, "report", {"pages": "ten"})
+            assert (refused.status_code, refused.json()["error"]["field"]) == (422, "pages")
+        final = await run_a_task(server.http, server.ws, kind="report", params={"month": "2026-01", "pages": 2})
+    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "2026-01: page 2 of 2")
 
 
 async def test_typed_task_kinds_work_as_the_page_says(page: Any) -> None:
