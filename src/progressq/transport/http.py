@@ -228,10 +228,12 @@ class HttpApi:
         if not body.strip():
             body = b"{}"
         try:
-            msgspec.json.decode(body)
+            msgspec.json.decode(body)  # malformed JSON is a 400, not a field of the params
+            params = task_kind.decode_params(body)
         except msgspec.DecodeError:
             return error_response(400, "malformed_json", "the body is not valid JSON")
-        params = task_kind.decode_params(body)
+        except RecursionError:  # valid JSON, nested deeper than any params need
+            return error_response(400, "malformed_json", "the body is nested too deeply")
         return await self.start_for(request, kind, params, name=name)
 
     @_guarded
