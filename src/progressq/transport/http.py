@@ -127,7 +127,7 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
         except UnknownTaskKind:
             return error_response(404, "unknown_kind", "no task of this kind can be started here")
         except ValidationError as exc:
-            return error_response(422, "invalid_field", exc.message, exc.field)
+            return error_response(400 if exc.code == "malformed_json" else 422, exc.code, exc.message, exc.field)
         except HubNotOpen:
             return hub_not_running_response()
         except QueueFull as exc:
