@@ -14,6 +14,8 @@ import httpx
 import pytest
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from progressq import Hub, TaskContext
 from progressq.errors import ConfigurationError
@@ -151,6 +153,11 @@ async def test_a_sub_app_whose_lifespan_never_runs_says_so(caplog: pytest.LogCap
             assert started.json()["error"]["code"] == "hub_not_running"
             listed = await http.get("/pq/api/tasks")
             assert listed.json()["error"]["code"] == "hub_not_running"
+        async with connect(f"ws://127.0.0.1:{server.port}/pq/ws") as socket:
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1013  # try again later: not a session that never speaks
     assert any("progressq.starlette.mount" in record.getMessage() for record in caplog.records)
     assert not hub.is_running
 
