@@ -1,4 +1,4 @@
-"""Every message of the wire contract (PROTOCOL.md) as a msgspec struct.
+"""Every message of the wire contract (docs/concepts/protocol.md) as a msgspec struct.
 
 Server messages share one tagged base (``type`` field), field names are camelCase on the
 wire. Events (``taskQueued``/``taskProgress``) are framed by :func:`frame_event` from the

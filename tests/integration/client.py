@@ -1,4 +1,4 @@
-"""A client written from PROTOCOL.md alone: a WebSocket that reads JSON messages."""
+"""A client written from the wire contract (docs/concepts/protocol.md) alone: a WebSocket that reads JSON messages."""
 
 from __future__ import annotations
 

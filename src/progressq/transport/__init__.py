@@ -1,4 +1,4 @@
-"""Framework-free transports: the HTTP routes and the WebSocket session of PROTOCOL.md.
+"""Framework-free transports: the route table, the HTTP routes and the WebSocket session of the wire contract.
 
 Adapters (``progressq.starlette``, ``progressq.litestar``, ``progressq.fastapi``) register
 the routes of :func:`route_table` and translate their framework's requests into these.

@@ -157,7 +157,7 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
 
 
 class HttpApi:
-    """The routes of PROTOCOL.md, each a coroutine returning a :class:`Response`."""
+    """The HTTP routes of the wire contract, each a coroutine returning a :class:`Response`."""
 
     def __init__(self, hub: Hub, settings: TransportSettings) -> None:
         self.hub = hub
