@@ -52,7 +52,7 @@ class Recorder(TaskHooks):
         self.steps.append(("attempt done", record.id))
 
     def attempt_ended(self, record: TaskRecord, outcome: AttemptOutcome) -> None:
-        assert outcome.duration >= 0
+        assert outcome.elapsed >= 0
         error = type(outcome.error).__name__ if outcome.error is not None else None
         self.steps.append(("ended", (record.id, outcome.status, error)))
 
@@ -199,7 +199,7 @@ async def test_prometheus_counts_tasks_and_attempts_and_serves_them() -> None:
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "completed"}) == 2
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "retrying"}) == 2
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "failed"}) == 1
-    assert sample("progressq_attempt_duration_seconds_count", {"kind": "count", "status": "completed"}) == 2
+    assert sample("progressq_attempt_seconds_count", {"kind": "count", "status": "completed"}) == 2
     assert scraped.status_code == 200
     assert scraped.headers["content-type"].startswith("text/plain")
     text = scraped.text

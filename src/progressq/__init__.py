@@ -1,7 +1,8 @@
 """progressq: background tasks whose progress streams live to exactly the client that started them.
 
 Importing ``progressq`` imports no web framework and no Redis client; adapters live in
-``progressq.starlette`` and ``progressq.litestar``, backends in ``progressq.backends``.
+``progressq.starlette``, ``progressq.litestar`` and ``progressq.fastapi``, backends in
+``progressq.backends``.
 """
 
 import logging

@@ -1,4 +1,4 @@
-"""Every message of the wire contract (PROTOCOL.md) as a msgspec struct.
+"""Every message of the wire contract (docs/concepts/protocol.md) as a msgspec struct.
 
 Server messages share one tagged base (``type`` field), field names are camelCase on the
 wire. Events (``taskQueued``/``taskProgress``) are framed by :func:`frame_event` from the
@@ -25,7 +25,6 @@ __all__ = (
     "ResumeRequest",
     "ServerMessage",
     "SnapshotMessage",
-    "StartTaskRequest",
     "StartedTask",
     "TaskProgressMessage",
     "TaskQueuedMessage",
@@ -67,7 +66,7 @@ class TaskList(msgspec.Struct, rename="camel", kw_only=True):
 
 
 class StartedTask(TaskView, kw_only=True):
-    """Answer to ``POST /api/task/start``: the task view plus the owner's identity id."""
+    """Answer to ``POST /api/tasks/{kind}``: the task view plus the owner's identity id."""
 
     client_id: str
 
@@ -139,14 +138,6 @@ class CancelRequest(msgspec.Struct, tag_field="type", tag="cancel", rename="came
 ClientMessage = PingRequest | ResumeRequest | CancelRequest
 
 # --- HTTP bodies ----------------------------------------------------------------------
-
-
-class StartTaskRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
-    """Body of ``POST /api/task/start``. ``name`` is trimmed and checked by the transport."""
-
-    name: str
-    duration: Annotated[int, msgspec.Meta(ge=1000, le=30000)]
-    client_id: str | None = None
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -71,8 +71,8 @@ class PrometheusMetrics(TaskHooks):
             "Attempts that ended, by outcome (completed, failed, retrying, cancelled, interrupted, lost).",
             ("kind", "status"),
         )
-        self.duration = Histogram(
-            "attempt_duration_seconds",
+        self.attempt_seconds = Histogram(
+            "attempt_seconds",
             "How long attempts ran, by outcome.",
             ("kind", "status"),
             namespace=namespace,
@@ -103,7 +103,7 @@ class PrometheusMetrics(TaskHooks):
 
     def attempt_ended(self, record: TaskRecord, outcome: AttemptOutcome) -> None:
         self.ended.labels(record.kind, outcome.status).inc()
-        self.duration.labels(record.kind, outcome.status).observe(outcome.duration)
+        self.attempt_seconds.labels(record.kind, outcome.status).observe(outcome.elapsed)
 
     # --- exposition ----------------------------------------------------------------------
 

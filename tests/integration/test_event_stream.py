@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from progressq.transport import TransportSettings
-from tests.apps import RunningServer, build_app, make_hub, serve
+from tests.apps import RunningServer, build_app, build_library_app, make_hub, serve
 from tests.integration.client import Message, start_task, terminal
 from tests.integration.test_tasks import assert_gapless, assert_progress_never_decreases, task_events
 
@@ -204,3 +204,15 @@ async def test_the_stream_is_not_held_back_by_compression_middleware() -> None:
             # Other routes are still compressed: the middleware works.
             listed = await http.get("/api/tasks", headers={**headers, "X-Client-Id": hello["clientId"]})
             assert listed.headers.get("content-encoding") == "gzip"
+
+
+@pytest.mark.parametrize("adapter", ["starlette", "litestar", "fastapi"])
+async def test_every_adapter_serves_the_stream_cookie(adapter: str) -> None:
+    hub = make_hub()
+    with serve(build_library_app(adapter, hub, TransportSettings()), hub) as server:
+        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+            client_id = hub.identities.mint()
+            answer = await http.post("/api/events", headers={"X-Client-Id": client_id})
+            assert answer.status_code == 200, answer.text
+            async with open_stream(http, params={"stream": answer.json()["stream"]}) as stream:
+                assert (await stream.next())["clientId"] == client_id

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from progressq.transport import TransportSettings
 from tests.apps import make_hub, serve
-from tests.integration.client import WsClient, start_task
+from tests.integration.client import WsClient, start_kind, start_task
 from tests.integration.security_support import progressq_log
 
 pytestmark = pytest.mark.anyio
@@ -161,7 +161,7 @@ async def test_internal_errors_reveal_nothing_even_in_debug_mode(
 
     with progressq_log(logging.ERROR) as records, serve(app, hub) as server:
         async with httpx.AsyncClient(base_url=server.http) as http:
-            owner = {"X-Client-Id": (await start_task(http)).json()["clientId"]}
+            owner = {"X-Client-Id": (await start_kind(http, "demo", {"duration": 1000})).json()["clientId"]}
             monkeypatch.setattr(hub.queue, "list_by_owner", broken)
             listed = await http.get("/api/tasks", headers=owner)
             assert listed.status_code == 500
@@ -203,8 +203,8 @@ async def test_the_security_how_to_runs_as_written(monkeypatch: pytest.MonkeyPat
             assert (await ws.next())["type"] == "snapshot"
         async with httpx.AsyncClient(base_url=server.http) as http:
             evil = {"X-Client-Id": ws.client_id, "Origin": "https://elsewhere.example"}
-            assert (await start_task(http, **evil)).status_code == 403
-            assert (await start_task(http, **{"X-Client-Id": ws.client_id})).status_code == 202
+            assert (await start_kind(http, "export", **evil)).status_code == 403
+            assert (await start_kind(http, "export", **{"X-Client-Id": ws.client_id})).status_code == 202
     assert (module.hub.max_active_per_owner, module.settings.max_connections_per_identity) == (20, 8)
 
 

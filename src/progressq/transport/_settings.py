@@ -38,8 +38,6 @@ class TransportSettings:
     """Limits and hooks shared by every adapter.
 
     Attributes:
-        start_task: the task kind ``POST /api/task/start`` submits; the hub's only
-            registered kind when omitted.
         identify: see :data:`Identify`.
         allowed_origins: origins (``https://app.example``) allowed to open a WebSocket or
             event stream, or to start and cancel tasks, besides the server's own origin;
@@ -69,10 +67,11 @@ class TransportSettings:
             wraps ``send`` with something tied to the current task (``asyncio.timeout()``,
             anyio cancel scopes or locks; context variables are fine): each message then goes
             through the connection's writer task (slower: a task switch per message).
-        include_index: serve ``GET /`` with the API description.
+        require_identity: refuse HTTP requests that name no identity (no valid id header, and
+            nothing from ``identify``) with 401 ``identity_required``, instead of minting a new
+            identity for them (starting a task) or answering as for a stranger (listing).
     """
 
-    start_task: str | None = None
     identify: Identify | None = None
     allowed_origins: tuple[str, ...] = ()
     public_origins: tuple[str, ...] = ()
@@ -85,4 +84,4 @@ class TransportSettings:
     outbox_size: int = 1024
     send_timeout: float = 10.0
     send_inline: bool = True
-    include_index: bool = True
+    require_identity: bool = False
