@@ -57,7 +57,7 @@ async def test_each_attempt_logs_one_line_at_its_start_and_one_at_its_end(caplog
     for record in lines:
         assert record.kind == "flaky"  # type: ignore[attr-defined]
         assert f"task_id={record.task_id}" in record.getMessage()  # type: ignore[attr-defined]
-    assert all(ends[k].duration >= 0 for k in ends)  # type: ignore[attr-defined]
+    assert all(ends[k].elapsed >= 0 for k in ends)  # type: ignore[attr-defined]
     # An identity id is a capability: it is in no line and no attribute of any record.
     for record in caplog.records:
         assert owner not in record.getMessage()

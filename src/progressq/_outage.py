@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+from progressq._counters import delivery
+
 __all__ = ("Outage", "backend_outage")
 
 logger = logging.getLogger("progressq.outage")
@@ -39,6 +41,7 @@ class Outage:
 
     def failed(self, what: str, error: BaseException) -> None:
         """``what`` failed because the backend did not answer (logged if it is the first)."""
+        delivery.backend_errors += 1
         now = time.monotonic()
         if self._since is None and self._ended is not None and now - self._ended < self._settle:
             return  # the tail of the outage that just ended
@@ -60,13 +63,13 @@ class Outage:
         """The backend answered (cheap when there is no outage: call it on every success)."""
         if self._since is not None:
             self._ended = time.monotonic()
-            duration = self._ended - self._since
+            elapsed = self._ended - self._since
             failures, self._since, self._failures = self._failures, None, 0
             logger.warning(
                 "backend available again: after %.1f s, %d operations failed meanwhile",
-                duration,
+                elapsed,
                 failures,
-                extra={"outage": "end", "duration": round(duration, 3), "failures": failures},
+                extra={"outage": "end", "elapsed": round(elapsed, 3), "failures": failures},
             )
 
 

@@ -1,8 +1,8 @@
 """One structured log line when an attempt of a task starts and one when it ends.
 
-``progressq.tasks`` at INFO: the kind, the task id, the attempt, and at the end the duration
+``progressq.tasks`` at INFO: the kind, the task id, the attempt, and at the end the elapsed
 and the outcome, in the message (``key=value``) and as attributes of the record (``kind``,
-``task_id``, ``attempt``, ``duration``, ``outcome``) for structured handlers. Never the
+``task_id``, ``attempt``, ``elapsed``, ``outcome``) for structured handlers. Never the
 owner: an identity id is a capability, and a task id authorizes nothing.
 """
 
@@ -36,19 +36,19 @@ def attempt_ended(record: TaskRecord, outcome: str, started: float) -> None:
     ``cancelled``, ``retrying``, ``interrupted`` (handed back at shutdown), ``lost`` (its
     lease was taken over) or ``unrecorded`` (the backend refused its outcome; it runs again)."""
     if logger.isEnabledFor(logging.INFO):
-        duration = round(time.monotonic() - started, 3)
+        elapsed = round(time.monotonic() - started, 3)
         logger.info(
-            "task ended kind=%s task_id=%s attempt=%d duration=%.3f outcome=%s",
+            "task ended kind=%s task_id=%s attempt=%d elapsed=%.3f outcome=%s",
             record.kind,
             record.id,
             record.attempt,
-            duration,
+            elapsed,
             outcome,
             extra={
                 "kind": record.kind,
                 "task_id": record.id,
                 "attempt": record.attempt,
-                "duration": duration,
+                "elapsed": elapsed,
                 "outcome": outcome,
             },
         )

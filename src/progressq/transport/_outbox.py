@@ -8,6 +8,7 @@ from typing import NamedTuple
 import anyio
 import msgspec
 
+from progressq._counters import delivery
 from progressq.contracts import Event
 from progressq.messages import frame_event
 
@@ -73,6 +74,8 @@ class Outbox:
         self._wake()
 
     def overflow(self) -> None:
+        if not self.overflowed:
+            delivery.slow_consumers += 1
         self.overflowed = True
         self._wake()
 
@@ -87,9 +90,11 @@ class Outbox:
         items = self._items
         if len(items) <= self._batch:
             self._items = []
+            delivery.messages_sent += len(items)
             return [entry.text for entry in items]
         taken = items[: self._batch]
         del items[: self._batch]
+        delivery.messages_sent += len(taken)
         return [entry.text for entry in taken]
 
     async def wait(self) -> None:
@@ -125,6 +130,7 @@ class Outbox:
                 state = _status_decoder.decode(entry.task_json)
                 if later.get(entry.task_id) == state:
                     self.merged += 1
+                    delivery.events_merged += 1
                     continue
                 later[entry.task_id] = state
             kept.append(entry)
