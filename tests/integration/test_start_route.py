@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from progressq import Hub, TaskContext
-from progressq.transport import TransportSettings
+from progressq.transport import RequestInfo, TransportSettings
 from tests.apps import RunningServer, build_library_app, make_hub, serve
 from tests.integration.client import WsClient, start_kind, terminal
 
@@ -167,6 +168,29 @@ async def test_require_identity_refuses_anonymous_callers_with_401(adapter: str)
             owner = hub.identities.mint()
             assert (await http.post("/api/tasks/resize", json=GOOD, headers={"X-Client-Id": owner})).status_code == 202
             assert len((await http.get("/api/tasks", headers={"X-Client-Id": owner})).json()["tasks"]) == 1
+
+
+async def test_require_identity_refuses_anonymous_sockets_and_streams(adapter: str) -> None:
+    async def identify(request: RequestInfo) -> str | None:
+        return "user:ada" if request.headers.get("x-user") == "ada" else None
+
+    hub = typed_hub()
+    settings = TransportSettings(require_identity=True, identify=identify)
+    with serve(build_library_app(adapter, hub, settings), hub) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await WsClient.open(server.ws)
+        assert refused.value.response.status_code == 403
+        async with await WsClient.open(server.ws, additional_headers={"X-User": "ada"}) as ada:
+            assert ada.client_id == "user:ada"
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            for answer in (await http.get("/api/events"), await http.post("/api/events")):
+                assert answer.status_code == 401, answer.request
+                assert answer.json()["error"]["code"] == "identity_required"
+            cookie = await http.post("/api/events", headers={"X-User": "ada"})
+            assert (cookie.status_code, cookie.json()["clientId"]) == (200, "user:ada")
+            async with http.stream("GET", "/api/events", headers={"X-User": "ada"}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
 
 
 @pytest.mark.parametrize(

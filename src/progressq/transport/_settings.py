@@ -67,9 +67,10 @@ class TransportSettings:
             wraps ``send`` with something tied to the current task (``asyncio.timeout()``,
             anyio cancel scopes or locks; context variables are fine): each message then goes
             through the connection's writer task (slower: a task switch per message).
-        require_identity: refuse HTTP requests that name no identity (no valid id header, and
-            nothing from ``identify``) with 401 ``identity_required``, instead of minting a new
-            identity for them (starting a task) or answering as for a stranger (listing).
+        require_identity: refuse callers that name no identity (no valid id header, and
+            nothing from ``identify``) instead of minting a new identity for them: HTTP
+            routes and the event stream answer 401 ``identity_required``; a WebSocket
+            handshake the ``identify`` hook does not vouch for is refused (403).
     """
 
     identify: Identify | None = None

@@ -29,7 +29,7 @@ from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._settings import RequestInfo, TransportSettings
 from progressq.transport._shutdown import end_on_server_stop
 from progressq.transport._stream_cookie import stream_cookie, stream_key, streamed_identity
-from progressq.transport.http import Response, error_response, forbidden_response
+from progressq.transport.http import Response, error_response, forbidden_response, identity_required_response
 
 __all__ = ("EventStreamSession",)
 
@@ -172,6 +172,8 @@ class EventStreamSession:
             identity = await self.identities.caller(request, presented)
         except ForbiddenIdentity:
             return forbidden_response()
+        if identity is None and self.settings.require_identity:
+            return identity_required_response()
         if identity is not None and ConnectionCounts.of(self.hub).full(
             identity, self.settings.max_connections_per_identity
         ):
@@ -189,7 +191,12 @@ class EventStreamSession:
 
     async def _stream_cookie(self, scope: Scope, request: RequestInfo) -> Response:
         try:
-            identity = await self.identities.caller_or_new(request)
+            if self.settings.require_identity:
+                identity = await self.identities.caller(request)
+                if identity is None:
+                    return identity_required_response()
+            else:
+                identity = await self.identities.caller_or_new(request)
         except ForbiddenIdentity:
             return forbidden_response()
         return Response(
