@@ -105,7 +105,7 @@ client_messages = st.one_of(
     st.builds(CancelRequest, task_id=ids),
 )
 
-# The wire names PROTOCOL.md promises, per message type (required, optional).
+# The wire names docs/concepts/protocol.md promises, per message type (required, optional).
 SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "connection": ({"type", "socketId", "clientId", "serverTime"}, {"recovered"}),
     "snapshot": ({"type", "tasks", "seq", "recovered"}, set()),

@@ -1,4 +1,4 @@
-"""The demo server as a user runs it: a real process, a client written from PROTOCOL.md."""
+"""The demo server as a user runs it: a real process, a client written from the wire contract."""
 
 from __future__ import annotations
 
