@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import sys
 import threading
@@ -17,6 +18,7 @@ import uvicorn
 
 from progressq import Hub, MemoryBackend, TaskContext
 from progressq.transport import TransportSettings
+from tests.waiting import PATIENCE
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo"
 if str(DEMO_DIR) not in sys.path:
@@ -27,6 +29,7 @@ from demo_task import DemoParams  # type: ignore[import-not-found,unused-ignore]
 TIME_SCALE = 0.05  # a 1000 ms demo task runs 50 ms here
 SECRET = "test-secret-0123456789abcdef"
 FRAMEWORKS = ("starlette", "litestar")
+_FLOOD = re.compile(r"flood(?: of (\d+)\b)?")
 
 
 def make_hub(**hub_options: Any) -> Hub:
@@ -38,12 +41,13 @@ def make_hub(**hub_options: Any) -> Hub:
     @hub.task("demo", timeout=30)
     async def demo(ctx: TaskContext, params: DemoParams) -> dict[str, int]:
         """Like the demo's task, faster; ``fail`` fails halfway, ``block`` waits to be cancelled,
-        ``flood`` reports as fast as it can."""
-        if "flood" in ctx.name:
-            for report in range(1, 2001):
-                await ctx.report(report / 20, f"report {report}")
+        ``flood`` reports as fast as it can (2000 times, or N for ``flood of N``)."""
+        if flood := _FLOOD.search(ctx.name):
+            reports = int(flood.group(1) or 2000)
+            for report in range(1, reports + 1):
+                await ctx.report(report * 100 / reports, f"report {report}")
                 await anyio.lowlevel.checkpoint()
-            return {"steps": 2000}
+            return {"steps": reports}
         steps = 10
         for step in range(1, steps + 1):
             if "block" in ctx.name and step == 2:
@@ -108,9 +112,19 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve(app: Any, hub: Hub, **uvicorn_options: Any) -> Iterator[RunningServer]:
-    """Serve ``app`` with a real uvicorn on a free port, in a thread."""
-    port = free_port()
+def serve(app: Any, hub: Hub, *, send_buffer: int | None = None, **uvicorn_options: Any) -> Iterator[RunningServer]:
+    """Serve ``app`` with a real uvicorn on a free port, in a thread.
+
+    ``send_buffer`` fixes the kernel's send buffer of every connection (bytes; the kernel
+    doubles it) instead of letting it grow to megabytes: a client that stops reading then
+    backs up into the server after a few kilobytes, as on a slow network.
+    """
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False, **uvicorn_options
     )
@@ -119,13 +133,13 @@ def serve(app: Any, hub: Hub, **uvicorn_options: Any) -> Iterator[RunningServer]
 
     def run() -> None:
         try:
-            server.run()
+            server.run(sockets=[listener])
         except BaseException as exc:  # startup failures end the thread with SystemExit
             failures.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + PATIENCE
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the test server did not start: {failures!r}")
@@ -134,7 +148,8 @@ def serve(app: Any, hub: Hub, **uvicorn_options: Any) -> Iterator[RunningServer]
         yield RunningServer(hub, port)
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(PATIENCE)
+        listener.close()
 
 
 ServerFactory = Callable[..., contextlib.AbstractContextManager[RunningServer]]

@@ -40,7 +40,11 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
 
     @contextlib.contextmanager
     def factory(
-        settings: TransportSettings | None = None, *, uvicorn: dict[str, Any] | None = None, **hub_options: Any
+        settings: TransportSettings | None = None,
+        *,
+        uvicorn: dict[str, Any] | None = None,
+        send_buffer: int | None = None,
+        **hub_options: Any,
     ) -> Iterator[RunningServer]:
         if backend_kind == "redis" and "backend" not in hub_options:
             prefixes.append(new_prefix("integration"))
@@ -48,7 +52,7 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
             hub_options["backend"] = RedisBackend.from_url(REDIS_URL, prefix=prefixes[-1], history_size=history_size)
         hub = make_hub(**hub_options)
         app = build_app(framework, hub, settings or TransportSettings())
-        with serve(app, hub, **(uvicorn or {})) as running:
+        with serve(app, hub, send_buffer=send_buffer, **(uvicorn or {})) as running:
             yield running
 
     yield factory

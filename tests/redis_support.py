@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.waiting import PATIENCE
+
 REDIS_URL = os.environ.get("PROGRESSQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -84,7 +86,7 @@ class PrivateRedis:
         else:
             command += ["--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE
         while not redis_answers(self.url):
             if time.monotonic() > deadline:
                 raise RuntimeError("private redis-server did not start")

@@ -27,6 +27,7 @@ from progressq.errors import (
     ValidationError,
 )
 from progressq.messages import TaskView
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +68,7 @@ def make_hub(*, backend: MemoryBackend | None = None, **options: Any) -> Hub:
     return Hub(backend or MemoryBackend(), secret=SECRET, **options)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.002)
@@ -227,7 +228,7 @@ async def test_a_handler_looping_on_report_alone_lets_others_run_and_can_be_canc
         await anyio.sleep(0.2)
         assert ticks >= 10  # the spinning handler did not starve the loop
         await hub.cancel(record.id, owner=OWNER)
-        await wait_until(lambda: sink.has_status(record.id, "cancelled"), timeout=5)
+        await wait_until(lambda: sink.has_status(record.id, "cancelled"))
         group.cancel_scope.cancel()
 
 
@@ -366,7 +367,7 @@ async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.M
         return True
 
     start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
-    with anyio.fail_after(10):
+    with anyio.fail_after(PATIENCE):
         async with anyio.create_task_group() as group:
             ctx = TaskContext(start, commit=commit, interval=interval, spawn=group)
             await ctx.report(1)  # emitted at once
@@ -594,7 +595,7 @@ async def test_cancel_a_running_task_it_sees_an_anyio_cancellation() -> None:
     async with hub:
         sink = await attach(hub)
         record = await hub.submit("endless", owner=OWNER)
-        with anyio.fail_after(10):
+        with anyio.fail_after(PATIENCE):
             await running.wait()
         answer = await hub.cancel(record.id, owner=OWNER)
         assert answer.status == "running"  # requested; the worker finishes it
@@ -695,7 +696,7 @@ async def test_graceful_shutdown_lets_a_running_task_finish() -> None:
         await anyio.sleep(0.1)
         return "done"
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(PATIENCE):
         async with hub:
             sink = await attach(hub)
             running = await hub.submit("short", owner=OWNER, name="running")
@@ -719,7 +720,7 @@ async def test_a_task_exceeding_the_grace_is_handed_back() -> None:
             saw.append("cancelled")
             raise
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(PATIENCE):
         async with hub:
             sink = await attach(hub)
             record = await hub.submit("endless", owner=OWNER)
@@ -749,7 +750,7 @@ async def test_an_outcome_is_recorded_even_when_shutdown_cancels_after_the_handl
             return "stopped early"  # swallows the cancellation and returns while it is still pending
         return "slept"
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(PATIENCE):
         async with hub:
             sink = await attach(hub)
             record = await hub.submit("stubborn", owner=OWNER)

@@ -14,6 +14,7 @@ from progressq import Hub, MemoryBackend
 from progressq.transport import RequestInfo, TransportSettings, _inline
 from progressq.transport._connection import Connection, PeerGone
 from progressq.transport._identity import IdentityResolver
+from tests.waiting import PATIENCE
 
 OWNER = "owner-a"
 SECRET = "inline-tests-secret-0123456789abcdef"
@@ -89,7 +90,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
                 served.ended.set()
 
         group.start_soon(run)
-        with anyio.fail_after(5):
+        with anyio.fail_after(PATIENCE):
             while len(peer.sent) < 2:  # connection and snapshot
                 await anyio.sleep(0.001)
         yield served
@@ -106,12 +107,12 @@ async def test_a_send_that_need_not_wait_happens_on_the_publishers_stack(served:
 @pytest.mark.anyio
 async def test_a_send_that_waits_holds_up_no_publisher_and_keeps_the_order(served: Served) -> None:
     gate = served.peer.gate = anyio.Event()
-    with anyio.fail_after(1):  # every publish returns although the first send waits
+    with anyio.fail_after(PATIENCE):  # every publish returns although the first send waits
         for n in range(1, 6):
             await served.publish(n)
     assert served.events() == []
     gate.set()
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         while len(served.events()) < 5:
             await anyio.sleep(0.001)
     assert [int(text.split('"seq":')[1].split(",")[0]) for text in served.events()] == [1, 2, 3, 4, 5]
@@ -135,7 +136,7 @@ async def test_what_was_taken_with_a_send_that_waits_is_sent_after_it_in_order(s
     outbox.put("d")
     assert served.peer.sent[2:] == []
     gate.set()
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         while len(served.peer.sent) < 6:
             await anyio.sleep(0.001)
     assert served.peer.sent[2:] == ["a", "b", "c", "d"]
@@ -160,7 +161,7 @@ async def test_a_send_that_sets_a_context_variable_leaves_the_publishers_context
     await served.publish(1)  # suspends on the publisher's stack, finished by the writer
     assert current.get() == "publisher"
     gate.set()
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         while not served.events():
             await anyio.sleep(0.001)
     await served.publish(2)  # finishes at once
@@ -183,7 +184,7 @@ async def test_an_unexpected_error_in_a_send_is_logged_and_closes_with_1011(
     served.peer.close = close  # type: ignore[method-assign]
     served.peer.fail_with = TypeError("a bug in a send wrapper")
     await served.publish(1)  # does not raise
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         await served.ended.wait()
     assert closed == [1011]
     assert "a connection failed" in caplog.text
@@ -213,14 +214,14 @@ async def test_a_send_that_queues_another_message_keeps_the_order(served: Served
 @pytest.mark.anyio
 async def test_a_send_that_waits_past_send_timeout_ends_the_connection(served: Served) -> None:
     served.peer.gate = anyio.Event()  # never opened
-    with anyio.fail_after(1):
+    with anyio.fail_after(PATIENCE):
         await served.publish(1)
         await served.publish(2)
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         await served.ended.wait()
     assert served.peer.abandoned == 1  # the waiting send was interrupted, not left behind
     assert served.hub.registry.statistics().connections == 0
-    with anyio.fail_after(1):
+    with anyio.fail_after(PATIENCE):
         await served.publish(3)  # publishing to an identity whose connection went is fine
 
 
@@ -228,7 +229,7 @@ async def test_a_send_that_waits_past_send_timeout_ends_the_connection(served: S
 async def test_a_send_that_fails_at_once_ends_the_connection_not_the_publisher(served: Served) -> None:
     served.peer.fail_with = PeerGone()
     await served.publish(1)  # does not raise
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         await served.ended.wait()
     assert served.hub.registry.statistics().connections == 0
 
@@ -238,7 +239,7 @@ async def test_a_send_that_fails_at_once_ends_the_connection_not_the_publisher(s
 async def test_with_send_inline_off_every_send_goes_through_the_writer(served: Served) -> None:
     await served.publish(1)
     assert served.events() == []  # not on the publisher's stack
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         while not served.events():
             await anyio.sleep(0.001)
 
@@ -253,12 +254,12 @@ async def test_on_trio_sends_go_through_the_writer(anyio_backend: str) -> None:
         resolver = IdentityResolver(hub.identities, None)
         connection = Connection(hub, TransportSettings(), resolver, peer, RequestInfo({}), "s")
         group.start_soon(connection.run, OWNER)
-        with anyio.fail_after(5):
+        with anyio.fail_after(PATIENCE):
             while len(peer.sent) < 2:
                 await anyio.sleep(0.001)
         await hub.registry.publish(OWNER, "taskProgress", "t", 1, b"{}")
         assert len(peer.sent) == 2
-        with anyio.fail_after(5):
+        with anyio.fail_after(PATIENCE):
             while len(peer.sent) < 3:
                 await anyio.sleep(0.001)
         peer.gone.set()

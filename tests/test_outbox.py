@@ -14,6 +14,7 @@ from progressq.backends.memory import MemoryClientRegistry
 from progressq.contracts import Event
 from progressq.messages import frame_event
 from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
+from tests.waiting import PATIENCE
 
 OWNER = "owner-a"
 
@@ -67,7 +68,7 @@ async def test_next_batch_waits_for_a_put() -> None:
     async def writer() -> None:
         got.append(await outbox.next_batch())
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         async with anyio.create_task_group() as group:
             group.start_soon(writer)
             await anyio.wait_all_tasks_blocked()
@@ -88,7 +89,7 @@ async def test_an_overflow_wakes_a_waiting_writer() -> None:
         except SlowConsumer as exc:
             raised.append(type(exc))
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         async with anyio.create_task_group() as group:
             group.start_soon(writer)
             await anyio.wait_all_tasks_blocked()

@@ -19,6 +19,7 @@ from progressq.contracts import Backend, Lease, TaskRecord
 from progressq.errors import BackendUnavailable, ConfigurationError
 from progressq.testing import RecordingSink
 from tests.redis_support import REDIS_URL, free_port, prefixed, private_redis
+from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
@@ -76,7 +77,7 @@ async def test_a_dead_workers_task_is_reclaimed_and_its_writes_fenced(make: Make
             # stalls here, between saving and publishing
         # the dying worker's heartbeats stopped with it: after lease_timeout another takes over
         async with make(lease_timeout=0.5) as rescuer:
-            second = await _lease_within(rescuer, 10)
+            second = await _lease_within(rescuer, PATIENCE)
             assert second is not None
             assert second.record.id == first.record.id
             assert second.record.attempt == 2
@@ -121,7 +122,7 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered(make: Make) ->
         await observer.queue.enqueue(record)
         for attempt in (1, 2):  # two workers take it and die
             async with make(lease_timeout=0.3, max_deliveries=2) as doomed:
-                lease = await _lease_within(doomed, 10)
+                lease = await _lease_within(doomed, PATIENCE)
                 assert lease is not None
                 assert lease.record.attempt == attempt
         async with make(lease_timeout=0.3, max_deliveries=2) as third:
@@ -187,7 +188,7 @@ async def test_each_process_subscribes_only_to_identities_it_holds(make: Make) -
         await one.registry.detach("alice", sinks[0])
         assert len(await client.pubsub_channels(f"{one.prefix}:events:*")) == 2
         await one.registry.detach("alice", sinks[1])
-        with anyio.fail_after(5):
+        with anyio.fail_after(PATIENCE):
             while len(await client.pubsub_channels(f"{one.prefix}:events:*")) != 1:
                 await anyio.sleep(0.05)
 
@@ -201,7 +202,7 @@ async def test_finished_tasks_expire_after_retention(make: Make) -> None:
         lease = await backend.queue.lease()
         assert await backend.queue.save(lease, lease.record.evolve(status="completed"))
         await backend.queue.finish(lease)
-        with anyio.fail_after(10):
+        with anyio.fail_after(PATIENCE):
             while await backend.queue.get(finished.id) is not None:
                 await anyio.sleep(0.2)
         assert [r.id for r in await backend.queue.list_by_owner("alice")] == [kept.id]
@@ -294,7 +295,7 @@ async def test_workers_and_listeners_recover_when_redis_comes_back(tmp_path: Any
             assert await hub.healthy() is False
             await anyio.sleep(1.5)
             server.start()
-            with anyio.fail_after(60):
+            with anyio.fail_after(PATIENCE):
                 while True:
                     records = [await hub.get(task_id, owner="alice") for task_id in ids]
                     if all(r.status == "completed" for r in records):
@@ -330,7 +331,7 @@ async def test_workers_carry_on_after_redis_lost_its_data(make: Make) -> None:
         backend = hub.backend
         assert isinstance(backend, RedisBackend)
         lost = await hub.submit("steps", owner="alice", payload={})
-        with anyio.fail_after(10):
+        with anyio.fail_after(PATIENCE):
             while (await hub.get(lost.id, owner="alice")).status != "running":
                 await anyio.sleep(0.02)
         keys = [key async for key in backend.client.scan_iter(match=f"{backend.prefix}:*")]

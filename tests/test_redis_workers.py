@@ -23,6 +23,7 @@ from progressq import Hub
 from progressq.contracts import Event
 from progressq.testing import RecordingSink, check_task_events
 from tests.redis_support import REDIS_URL, prefixed
+from tests.waiting import PATIENCE
 from tests.worker_app import make_hub
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -68,7 +69,7 @@ class Worker:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + PATIENCE
         while "progressq worker tests.worker_app:hub: pid" not in self.text():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"worker did not start:\n{self.text()}")
@@ -123,7 +124,7 @@ def _terminal(events: list[Event]) -> dict[str, dict[str, Any]]:
     return {e.task_id: _view(e) for e in events if _view(e)["status"] in ("completed", "failed", "cancelled")}
 
 
-async def _wait_event(sink: RecordingSink, predicate: Any, within: float = 30) -> Event:
+async def _wait_event(sink: RecordingSink, predicate: Any, within: float = PATIENCE) -> Event:
     await sink.wait_for(lambda events: any(predicate(e) for e in events), within)
     return next(e for e in sink.events if predicate(e))
 
@@ -164,7 +165,7 @@ async def test_kill_9_of_a_worker_loses_no_task(redis_prefix: str, start_worker:
         assert (statistics.queued, statistics.running) == (0, 0)
 
 
-async def _any_sink_event(sinks: dict[str, RecordingSink], predicate: Any, within: float = 30) -> Event:
+async def _any_sink_event(sinks: dict[str, RecordingSink], predicate: Any, within: float = PATIENCE) -> Event:
     with anyio.fail_after(within):
         while True:
             for sink in sinks.values():
@@ -187,7 +188,7 @@ async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(redis_pre
         paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
         # the paused worker did try to write, and was refused
-        with anyio.fail_after(20):
+        with anyio.fail_after(PATIENCE):
             while "lease lost" not in paused.text():
                 await anyio.sleep(0.1)
         await anyio.sleep(0.5)
@@ -208,7 +209,7 @@ async def test_sigterm_lets_running_tasks_finish_within_the_grace(redis_prefix: 
         task = await hub.submit("steps", owner="alice", payload={"steps": 15, "delay": 0.1})
         await _wait_event(sink, lambda e: _view(e)["status"] == "running")
         worker.signal(signal.SIGTERM)
-        with anyio.fail_after(30):
+        with anyio.fail_after(PATIENCE):
             while worker.process.poll() is None:
                 await anyio.sleep(0.05)
         assert worker.process.returncode == 0
@@ -225,7 +226,7 @@ async def test_sigterm_hands_unfinished_tasks_back(redis_prefix: str, start_work
         task = await hub.submit("steps", owner="alice", payload={"steps": 100, "delay": 0.1})
         await _wait_event(sink, lambda e: _view(e)["status"] == "running")
         leaving.signal(signal.SIGTERM)
-        with anyio.fail_after(30):
+        with anyio.fail_after(PATIENCE):
             while leaving.process.poll() is None:
                 await anyio.sleep(0.05)
         assert leaving.process.returncode == 0

@@ -24,6 +24,7 @@ from progressq.transport import PeerGone, RequestInfo, TransportSettings
 from progressq.transport._connection import Connection
 from progressq.transport._identity import IdentityResolver
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_answers
+from tests.waiting import PATIENCE
 
 HISTORY = 8
 SLACK = 200  # a Redis history keeps "at least" HISTORY events: it may keep this many more
@@ -62,7 +63,7 @@ class FakePeer:
         self.closed = code
 
     async def wait_for(self, count: int) -> None:
-        with anyio.fail_after(10):
+        with anyio.fail_after(PATIENCE):
             while len(self.sent) < count:
                 self.arrived = anyio.Event()
                 await self.arrived.wait()

@@ -11,6 +11,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.waiting import PATIENCE
+
 Message = dict[str, Any]
 
 
@@ -29,14 +31,14 @@ class WsClient:
         client.client_id, client.socket_id = hello["clientId"], hello["socketId"]
         return client
 
-    async def next(self, timeout: float = 5.0) -> Message:
+    async def next(self, timeout: float = PATIENCE) -> Message:
         with anyio.fail_after(timeout):
             message: Message = json.loads(await self.connection.recv())
         self.received.append(message)
         return message
 
-    async def until(self, predicate: Callable[[Message], bool], timeout: float = 10.0) -> list[Message]:
-        """Messages up to and including the first that satisfies ``predicate``."""
+    async def until(self, predicate: Callable[[Message], bool], timeout: float = PATIENCE) -> list[Message]:
+        """Messages up to and including the first that satisfies ``predicate`` (within ``timeout`` in all)."""
         seen: list[Message] = []
         with anyio.fail_after(timeout):
             while True:

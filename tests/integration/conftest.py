@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.apps import RunningServer
+from tests.waiting import PATIENCE
 
 
 @pytest.fixture
@@ -16,5 +17,5 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=server.http, timeout=PATIENCE) as client:
         yield client

@@ -12,11 +12,15 @@ from typing import Any
 
 
 class StalledClient:
-    """Opens ``/ws`` with a tiny receive buffer, then reads only when told to."""
+    """Opens ``/ws`` with a tiny receive buffer, then reads only when told to.
 
-    def __init__(self, port: int) -> None:
+    A read that gets nothing for ``timeout`` seconds raises :class:`TimeoutError`.
+    """
+
+    def __init__(self, port: int, *, timeout: float = 60.0) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(

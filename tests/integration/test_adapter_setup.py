@@ -22,6 +22,7 @@ from progressq.errors import ConfigurationError
 from progressq.litestar import ProgressQPlugin
 from progressq.transport import TransportSettings
 from tests.apps import build_app, build_library_app, make_hub, serve
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,7 @@ async def startup_answer(app: Any) -> dict[str, Any]:
         answers.append(message)
         started.set()
 
-    with anyio.fail_after(10), contextlib.suppress(Exception):  # some re-raise a failed startup after answering
+    with anyio.fail_after(PATIENCE), contextlib.suppress(Exception):  # some re-raise a failed startup after answering
         await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     return answers[0]
 

@@ -8,6 +8,7 @@ import pytest
 from tests.apps import RunningServer
 from tests.integration.client import WsClient, start_task, terminal
 from tests.integration.test_tasks import assert_gapless, task_events
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -124,7 +125,7 @@ async def test_resume_beyond_history_falls_back_to_a_snapshot(make_server: objec
             ws = await WsClient.open(server.ws)
             await ws.next()
             started = (await start_task(http, "flood of events", 1000, **{"X-Client-Id": ws.client_id})).json()
-            await ws.until(terminal(started["id"]), timeout=60)
+            await ws.until(terminal(started["id"]), timeout=PATIENCE)
             await ws.close()
             async with await WsClient.open(server.ws) as again:
                 await again.next()

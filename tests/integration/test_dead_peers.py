@@ -11,6 +11,8 @@ import anyio
 import httpx
 import pytest
 
+from tests.waiting import PATIENCE
+
 pytestmark = pytest.mark.anyio
 
 # A client in its own process, so that it can be killed or frozen like a real one.
@@ -54,7 +56,7 @@ async def test_a_vanished_client_is_released(make_server: Any, how: signal.Signa
                 assert await connections(http) == baseline + 1
                 client.send_signal(how)
                 # Within ping interval + timeout (and some slack for a busy machine).
-                await wait_for_connections(http, baseline, within=ping_interval + ping_timeout + 5)
+                await wait_for_connections(http, baseline, within=PATIENCE)
             finally:
                 client.kill()
                 client.wait()

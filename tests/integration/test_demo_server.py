@@ -14,6 +14,7 @@ import pytest
 
 from tests.apps import free_port
 from tests.integration.client import WsClient, terminal
+from tests.waiting import PATIENCE
 
 SERVER = Path(__file__).resolve().parents[2] / "examples" / "demo" / "server.py"
 
@@ -26,7 +27,7 @@ def start_demo(*flags: str) -> tuple[subprocess.Popen[bytes], int]:
         [sys.executable, str(SERVER), "--port", str(port), "--log-level", "warning", *flags],
         env={**os.environ, "PROGRESSQ_SECRET": "demo-test-secret-0123456789"},
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + PATIENCE
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return process, port

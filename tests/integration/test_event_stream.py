@@ -16,6 +16,7 @@ from progressq.transport import TransportSettings
 from tests.apps import RunningServer, build_app, build_library_app, make_hub, serve
 from tests.integration.client import Message, start_task, terminal
 from tests.integration.test_tasks import assert_gapless, assert_progress_never_decreases, task_events
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +31,7 @@ class EventStream:
         self.ids: list[str | None] = []
         self.comments = 0
 
-    async def next(self, timeout: float = 5.0) -> Message:
+    async def next(self, timeout: float = PATIENCE) -> Message:
         event: dict[str, str] = {}
         with anyio.fail_after(timeout):
             async for line in self._lines:
@@ -51,7 +52,7 @@ class EventStream:
         self.ids.append(event.get("id"))
         return message
 
-    async def until(self, predicate: Callable[[Message], bool], timeout: float = 10.0) -> list[Message]:
+    async def until(self, predicate: Callable[[Message], bool], timeout: float = PATIENCE) -> list[Message]:
         seen: list[Message] = []
         with anyio.fail_after(timeout):
             while not seen or not predicate(seen[-1]):
@@ -132,7 +133,7 @@ async def test_closing_the_stream_releases_the_connection(server: RunningServer,
     async with open_stream(http) as stream:
         await stream.next()
         assert (await http.get("/api/task/status")).json()["connections"] == 1
-    with anyio.fail_after(5):
+    with anyio.fail_after(PATIENCE):
         while (await http.get("/api/task/status")).json()["connections"] != 0:
             await anyio.sleep(0.05)
 

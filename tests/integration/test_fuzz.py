@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from progressq.transport import TransportSettings
 from tests.apps import RunningServer
 from tests.integration.security_support import ErrorLog, budget, error_log, open_ws
+from tests.waiting import PATIENCE
 
 FUZZ = settings(max_examples=budget(50), deadline=None, suppress_health_check=list(HealthCheck))
 ERROR_CODES = {
@@ -96,7 +97,7 @@ def test_start_survives_any_body_and_identity_headers(fuzzed: tuple[RunningServe
         ),
     )
     def start(body: bytes | str, headers: dict[str, bytes]) -> None:
-        with httpx.Client(base_url=server.http, timeout=10) as http:
+        with httpx.Client(base_url=server.http, timeout=PATIENCE) as http:
             response = http.post("/api/task/start", content=body, headers=headers)
         # 431 or 400 from the server itself for a header it will not read
         assert_documented(response, {202, 400, 403, 413, 422, 431})
@@ -118,7 +119,7 @@ def test_task_routes_survive_any_path_and_identity(fuzzed: tuple[RunningServer, 
     def task_route(task_id: str, header: str, value: bytes | None, cancel: bool) -> None:
         headers = {} if value is None else {header: value}
         path = f"/api/task/{quote(task_id, safe='')}" + ("/cancel" if cancel else "")
-        with httpx.Client(base_url=server.http, timeout=10) as http:
+        with httpx.Client(base_url=server.http, timeout=PATIENCE) as http:
             response = http.post(path, headers=headers) if cancel else http.get(path, headers=headers)
             listed = http.get("/api/tasks", headers=headers)
         # 404 for the task (or a path no route takes), 403 for an id the server never issued;
@@ -149,7 +150,7 @@ def test_event_stream_survives_any_query_and_headers(fuzzed: tuple[RunningServer
     def stream(client_id: str | None, last_event_id: str | None, headers: dict[str, bytes]) -> None:
         params = {k: v for k, v in {"clientId": client_id, "lastEventId": last_event_id}.items() if v is not None}
         with (
-            httpx.Client(base_url=server.http, timeout=10) as http,
+            httpx.Client(base_url=server.http, timeout=PATIENCE) as http,
             http.stream("GET", "/api/events", params=params, headers=headers) as response,
         ):
             if response.status_code == 200:
@@ -194,13 +195,13 @@ def test_websocket_survives_any_frame(fuzzed: tuple[RunningServer, ErrorLog]) ->
             return
         closed: ConnectionClosed | None = None
         try:
-            assert json.loads(ws.recv(timeout=5))["type"] == "connection"
-            assert json.loads(ws.recv(timeout=5))["type"] == "snapshot"
+            assert json.loads(ws.recv(timeout=PATIENCE))["type"] == "connection"
+            assert json.loads(ws.recv(timeout=PATIENCE))["type"] == "snapshot"
             for frame in frames:
                 ws.send(frame)
             ws.send("ping")
             while True:
-                message = json.loads(ws.recv(timeout=5))
+                message = json.loads(ws.recv(timeout=PATIENCE))
                 assert message["type"] in {"error", "pong", "connection", "snapshot"}, message
                 if message["type"] == "error":
                     assert message["code"] in WS_ERROR_CODES

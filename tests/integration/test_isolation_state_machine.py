@@ -32,6 +32,7 @@ from websockets.sync.client import ClientConnection
 from progressq.transport import TransportSettings
 from tests.apps import RunningServer
 from tests.integration.security_support import LONG, budget, error_log, forged_ids, open_ws
+from tests.waiting import PATIENCE
 
 MAX_AGE = 3600.0  # the server refuses ids older than this: the "expired" forgeries are
 SETTINGS = TransportSettings(messages_per_second=1000, message_burst=1000)
@@ -53,7 +54,7 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
     class Isolation(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            self.http = httpx.Client(base_url=server.http, timeout=10)
+            self.http = httpx.Client(base_url=server.http, timeout=PATIENCE)
             self.clients = [Client(f"c{i}") for i in range(CLIENTS)]
             self.owner_of: dict[str, str] = {}  # task id -> owner identity
             self.name_of: dict[str, str] = {}
@@ -93,7 +94,7 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
                 assert kind in ("connection", "pong"), message
             return message
 
-        def read(self, client: Client, timeout: float = 5.0) -> dict[str, Any]:
+        def read(self, client: Client, timeout: float = PATIENCE) -> dict[str, Any]:
             assert client.ws is not None
             return self.on_message(client, client.ws.recv(timeout=timeout))
 

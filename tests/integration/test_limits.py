@@ -19,6 +19,7 @@ from progressq.transport import TransportSettings
 from tests.apps import make_hub, serve
 from tests.integration.client import WsClient, start_kind, start_task
 from tests.integration.security_support import progressq_log
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +64,7 @@ async def test_more_connections_of_one_identity_are_refused(make_server: Any) ->
                 assert refused.json()["error"]["code"] == "too_many_connections"
                 assert refused.headers["retry-after"]
             await second.close()
-            with anyio.fail_after(5):  # the closed connection's place is freed
+            with anyio.fail_after(PATIENCE):  # the closed connection's place is freed
                 while True:
                     async with await WsClient.open(server.ws) as again:
                         await again.next()

@@ -21,6 +21,7 @@ from tests.integration.client import WsClient, terminal
 from tests.integration.test_tasks import assert_gapless, assert_progress_never_decreases, task_events
 from tests.redis_support import REDIS_URL, prefixed
 from tests.test_redis_workers import Worker
+from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -53,7 +54,7 @@ class WebProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + PATIENCE
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
@@ -108,9 +109,9 @@ async def test_clients_on_two_web_processes_get_their_own_events(cluster: list[W
                 owned.append(response.json()["id"])
         for ws, _, owned in clients:
             finished: set[str] = set()
-            with anyio.fail_after(60):
+            with anyio.fail_after(PATIENCE):
                 while finished != set(owned):
-                    message = await ws.next(30)
+                    message = await ws.next()
                     if any(terminal(task_id)(message) for task_id in owned):
                         finished.add(message["task"]["id"])
             events = task_events(ws.received)

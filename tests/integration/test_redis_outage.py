@@ -18,11 +18,12 @@ from progressq.transport import TransportSettings
 from tests.apps import build_app, make_hub, serve
 from tests.integration.client import WsClient, start_task, terminal
 from tests.redis_support import private_redis
+from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
-async def wait_for_health(http: httpx.AsyncClient, status: int, within: float = 30) -> None:
+async def wait_for_health(http: httpx.AsyncClient, status: int, within: float = PATIENCE) -> None:
     with anyio.fail_after(within):
         while (await http.get("/health")).status_code != status:
             await anyio.sleep(0.1)
@@ -59,7 +60,7 @@ async def test_health_and_answers_follow_redis_and_nothing_acknowledged_is_lost(
                     assert (await again.next())["type"] == "connection"
                     snapshot = await again.next()
                     assert acknowledged["id"] in {t["id"] for t in snapshot["tasks"]}
-                    final = (await again.until(terminal(acknowledged["id"]), timeout=60))[-1]["task"]
+                    final = (await again.until(terminal(acknowledged["id"]), timeout=PATIENCE))[-1]["task"]
                     assert final["status"] == "completed"
                     fresh = (await start_task(http, "after", 1000, **{"X-Client-Id": client_id})).json()
                     assert (await again.until(terminal(fresh["id"])))[-1]["task"]["status"] == "completed"

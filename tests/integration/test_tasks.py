@@ -10,6 +10,7 @@ import pytest
 
 from tests.apps import RunningServer
 from tests.integration.client import Message, WsClient, start_task, terminal
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +69,7 @@ async def test_concurrent_tasks_all_complete_in_order(server: RunningServer, htt
             response = await start_task(http, f"job {n}", 1000 + 500 * n, **{"X-Client-Id": ws.client_id})
             ids.append(response.json()["id"])
         done: set[str] = set()
-        with anyio.fail_after(15):
+        with anyio.fail_after(PATIENCE):
             while done != set(ids):
                 message = await ws.next()
                 if message.get("task", {}).get("status") == "completed":
@@ -90,7 +91,7 @@ async def test_clients_only_ever_see_their_own_tasks(server: RunningServer, http
         for ws in clients:
             mine = owned[ws.client_id]
             finished: set[str] = set()
-            with anyio.fail_after(10):
+            with anyio.fail_after(PATIENCE):
                 while finished != mine:
                     message = await ws.next()
                     finished |= (
