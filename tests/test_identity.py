@@ -149,16 +149,18 @@ def test_oversized_input_is_refused_cheaply() -> None:
     assert not authority.verify(authority.mint() + "." * 10_000)
 
 
-def test_no_secret_makes_a_random_one_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_makes_a_random_one_and_warns_when_first_used(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="progressq.identity"):
         first = IdentityAuthority()
         second = IdentityAuthority()
+        assert not caplog.records, "a process that never mints nor verifies (a worker) is not warned"
+        value = first.mint()
+        assert first.verify(value)
+        assert not second.verify(value)
+        first.mint()
     warnings = [r for r in caplog.records if r.name == "progressq.identity" and r.levelno == logging.WARNING]
-    assert len(warnings) == 2
-    assert "secret" in warnings[0].getMessage()
-    value = first.mint()
-    assert first.verify(value)
-    assert not second.verify(value)
+    assert len(warnings) == 2, "once per authority, on its first use"
+    assert "PROGRESSQ_SECRET" in warnings[0].getMessage()
 
 
 def test_a_configured_secret_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:

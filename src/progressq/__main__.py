@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from progressq._no_worker import describe_backend
 from progressq.hub import Hub
 
 __all__ = ("load_hub", "main")
@@ -61,15 +62,6 @@ def load_hub(spec: str) -> Hub:
     return target
 
 
-def _describe_backend(hub: Hub) -> str:
-    backend = hub.backend
-    url = getattr(backend, "url", None)
-    prefix = getattr(backend, "prefix", None)
-    if url is None:
-        return type(backend).__name__
-    return f"{type(backend).__name__} {url}" + (f" prefix {prefix!r}" if prefix else "")
-
-
 async def run_worker(hub: Hub, *, spec: str = "hub") -> None:
     """Run ``hub``'s workers until SIGTERM/SIGINT, then shut down gracefully."""
     stop = anyio.Event()
@@ -96,7 +88,7 @@ async def run_worker(hub: Hub, *, spec: str = "hub") -> None:
                     "progressq worker %s: pid %d, backend %s, concurrency %d, task kinds: %s",
                     spec,
                     os.getpid(),
-                    _describe_backend(hub),
+                    describe_backend(hub.backend),
                     hub.concurrency,
                     ", ".join(hub.kinds) or "(none)",
                 )

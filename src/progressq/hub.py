@@ -15,6 +15,7 @@ import anyio
 
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
+from progressq._no_worker import warn_while_no_worker_takes_tasks
 from progressq._worker import TaskPolicy, WorkerPool
 from progressq.contracts import Backend, ClientRegistry, TaskQueue, TaskRecord
 from progressq.errors import (
@@ -217,6 +218,10 @@ class Hub:
                     hooks=self.hooks,
                 )
                 await group.start(self._pool.run)
+            else:  # tasks run in other processes: say so if none seems to
+                group = await stack.enter_async_context(anyio.create_task_group())
+                group.start_soon(warn_while_no_worker_takes_tasks, self.queue, self.backend)
+                stack.callback(group.cancel_scope.cancel)
             self._stack = stack.pop_all()
         return self
 

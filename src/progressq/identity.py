@@ -42,8 +42,9 @@ class IdentityAuthority:
 
     Args:
         secret: the app's signing secret (16 bytes or more). ``None`` makes a random one
-            and logs a warning: ids then do not survive a restart or verify in other
-            processes.
+            and logs a warning the first time an id is minted or verified (a process that
+            only runs tasks never needs a secret): ids then do not survive a restart or
+            verify in other processes.
         previous_secrets: older secrets still accepted (for rotation).
         max_age: seconds after which an id is refused; ``None`` for no expiry.
     """
@@ -55,11 +56,8 @@ class IdentityAuthority:
         previous_secrets: Sequence[str | bytes] = (),
         max_age: float | None = None,
     ) -> None:
+        self._warn_random_secret = secret is None
         if secret is None:
-            logger.warning(
-                "progressq: no identity secret configured; using a random one. Client ids "
-                "will not survive a restart or verify in other processes. Set a secret."
-            )
             secret = secrets.token_bytes(32)
         self._key = _as_key(secret)
         self._accepted = (self._key, *(_as_key(s) for s in previous_secrets))
@@ -67,11 +65,13 @@ class IdentityAuthority:
 
     def mint(self) -> str:
         """A new id: unguessable, signed with the current secret."""
+        self._first_use()
         body = f"{_b64(secrets.token_bytes(16))}.{_base36(int(time.time()))}"
         return f"{body}.{self._sign(self._key, body)}"
 
     def verify(self, value: str) -> bool:
         """True if ``value`` was minted with an accepted secret and has not expired."""
+        self._first_use()
         if not isinstance(value, str) or len(value) > _MAX_ID_LENGTH or not value.isascii():
             return False
         body, dot, signature = value.rpartition(".")
@@ -87,6 +87,14 @@ class IdentityAuthority:
             if time.time() - issued > self._max_age:
                 return False
         return True
+
+    def _first_use(self) -> None:
+        if self._warn_random_secret:
+            self._warn_random_secret = False
+            logger.warning(
+                "progressq: no identity secret configured; using a random one. Client ids "
+                "will not survive a restart or verify in other processes. Set PROGRESSQ_SECRET."
+            )
 
     @staticmethod
     def _sign(key: bytes, body: str) -> str:
