@@ -1,7 +1,13 @@
 """The demo's tasks for worker processes: ``progressq worker demo_worker:hub`` (run from this
-folder) runs them on the Redis that the demo server uses with ``--backend redis://...``.
+folder) runs them on the backend in ``PROGRESSQ_BACKEND``, the variable the demo server
+reads too (its ``--backend`` flag overrides it there):
 
-    PROGRESSQ_REDIS_URL=redis://127.0.0.1:6379/0 progressq worker demo_worker:hub
+    export PROGRESSQ_BACKEND=redis://127.0.0.1:6379/0
+    bash scripts/demo --workers-in-process 0 &
+    (cd examples/demo && progressq worker demo_worker:hub)
+
+Without the variable it uses ``redis://127.0.0.1:6379/0``. Its first log line names the
+backend; the web process logs its own: they must be the same.
 """
 
 from __future__ import annotations
@@ -9,9 +15,9 @@ from __future__ import annotations
 import os
 
 from demo_task import register_demo_task
+from server import BACKEND_VARIABLE, make_backend
 
 from progressq import Hub
-from progressq.backends.redis import RedisBackend
 
-hub = Hub(RedisBackend.from_url(os.environ.get("PROGRESSQ_REDIS_URL", "redis://127.0.0.1:6379/0")))
+hub = Hub(make_backend(os.environ.get(BACKEND_VARIABLE) or "redis://127.0.0.1:6379/0"))
 register_demo_task(hub)

@@ -2,6 +2,9 @@
 
     python examples/demo/server.py --host 127.0.0.1 --port 8000
 
+The backend is ``--backend``, else the ``PROGRESSQ_BACKEND`` environment variable, else
+memory; ``progressq worker demo_worker:hub`` reads the same variable.
+
 Browsers asking ``/`` for HTML get the built page (``examples/demo/web/build``); JSON
 clients get the API description. See ``--help`` for the flags.
 """
@@ -23,21 +26,23 @@ from progressq.contracts import Backend
 from progressq.transport import TransportSettings
 
 PAGE_DIR = Path(__file__).resolve().parent / "web" / "build"
+BACKEND_VARIABLE = "PROGRESSQ_BACKEND"
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 logger = logging.getLogger("progressq.demo")
 
 
 def make_backend(spec: str) -> Backend:
+    """``memory`` or a Redis URL (``redis://HOST:PORT/DB``); the web process and its workers
+    must be given the same one. Raises ImportError naming the extra when Redis is missing."""
     if spec == "memory":
         return MemoryBackend()
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        try:
-            from progressq.backends.redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise SystemExit(2) from None
+    if spec.startswith(_REDIS_SCHEMES):
+        from progressq.backends.redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
+
         backend: Backend = RedisBackend.from_url(spec)
         return backend
-    raise ValueError(spec)
+    raise ValueError(f"--backend must be memory or redis://HOST:PORT/DB, not {spec!r}")
 
 
 def build_app(args: argparse.Namespace) -> Any:
@@ -47,6 +52,15 @@ def build_app(args: argparse.Namespace) -> Any:
         concurrency=args.workers_in_process,
     )
     register_demo_task(hub)
+    where = getattr(hub.backend, "url", "memory")  # a Redis URL without its password
+    logger.info("backend: %s, running %d task(s) at once here", where, args.workers_in_process)
+    if args.workers_in_process == 0:
+        logger.warning(
+            "this process runs no tasks: start workers on the same backend, e.g. "
+            "%s=%s progressq worker demo_worker:hub (from examples/demo)",
+            BACKEND_VARIABLE,
+            where,
+        )
     settings = TransportSettings(allowed_origins=tuple(args.allowed_origin))
     if args.framework == "litestar":
         from demo_litestar import build_litestar_app  # type: ignore[import-not-found,unused-ignore]
@@ -62,7 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--framework", choices=("starlette", "litestar"), default="starlette")
-    parser.add_argument("--backend", default="memory", help="memory, or redis://HOST:PORT/DB")
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get(BACKEND_VARIABLE) or "memory",
+        help=f"memory, or redis://HOST:PORT/DB (default: ${BACKEND_VARIABLE}, else memory)",
+    )
     parser.add_argument("--workers-in-process", type=int, default=8, help="tasks run at once here (0: none)")
     parser.add_argument("--allowed-origin", action="append", default=[], help="also accept WebSockets from URL")
     parser.add_argument("--log-level", default="info")
@@ -72,16 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.backend != "memory" and not args.backend.startswith(("redis://", "rediss://", "unix://")):
+    if args.backend != "memory" and not args.backend.startswith(_REDIS_SCHEMES):
         print(f"--backend must be memory or redis://HOST:PORT/DB, not {args.backend!r}", file=sys.stderr)
         return 2
     try:
         app = build_app(args)
-    except SystemExit as exc:
-        print(f"--backend {args.backend}: not yet supported (the Redis backend is missing)", file=sys.stderr)
-        return int(exc.code or 2)
-    except ImportError:
-        print(f"--framework {args.framework}: not yet supported", file=sys.stderr)
+    except ImportError as exc:  # an extra this run needs is not installed: say which
+        print(f"--framework {args.framework} --backend {args.backend}: {exc}", file=sys.stderr)
+        print('install it with: pip install -e ".[starlette,litestar,redis]" (bash scripts/demo does)', file=sys.stderr)
         return 2
     if not (PAGE_DIR / "index.html").exists():
         logger.warning("the page is not built (%s); / answers with the API description", PAGE_DIR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from tests.apps import free_port
 from tests.integration.client import WsClient, terminal
+from tests.redis_support import require_redis
 from tests.waiting import PATIENCE
 
 SERVER = Path(__file__).resolve().parents[2] / "examples" / "demo" / "server.py"
@@ -21,12 +23,14 @@ SERVER = Path(__file__).resolve().parents[2] / "examples" / "demo" / "server.py"
 pytestmark = pytest.mark.anyio
 
 
-def start_demo(*flags: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_demo(*flags: str, log: Path | None = None, **env: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", str(port), "--log-level", "warning", *flags],
-        env={**os.environ, "PROGRESSQ_SECRET": "demo-test-secret-0123456789"},
-    )
+    with contextlib.ExitStack() as files:
+        process = subprocess.Popen(
+            [sys.executable, str(SERVER), "--port", str(port), "--log-level", "warning", *flags],
+            env={**os.environ, "PROGRESSQ_SECRET": "demo-test-secret-0123456789", **env},
+            stderr=files.enter_context(log.open("wb")) if log is not None else None,
+        )
     deadline = time.monotonic() + PATIENCE
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -85,13 +89,60 @@ def test_unknown_backend_is_refused_with_exit_code_2() -> None:
     assert process.wait(10) == 2
 
 
-def test_redis_backend_runs_or_says_not_yet_supported() -> None:
-    process, port = start_demo("--backend", "redis://127.0.0.1:6379/15")
+@pytest.mark.redis
+async def test_web_process_and_worker_share_the_backend_variable(tmp_path: Path) -> None:
+    """As the README runs them: one PROGRESSQ_BACKEND for both; each names it in its log."""
+    require_redis()
+    url = "redis://127.0.0.1:6379/15"
+    web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
+    web, port = start_demo("--workers-in-process", "0", log=web_log, PROGRESSQ_BACKEND=url)
+    worker: subprocess.Popen[bytes] | None = None
     try:
-        if process.poll() is not None:
-            assert process.returncode == 2
-        else:
-            assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "healthy"
+        assert web.poll() is None, web_log.read_text()
+        assert f"PROGRESSQ_BACKEND={url} progressq worker demo_worker:hub" in web_log.read_text()
+        environment = {k: v for k, v in os.environ.items() if k != "PROGRESSQ_SECRET"}
+        with worker_log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "progressq", "worker", "demo_worker:hub", "--concurrency", "2"],
+                cwd=SERVER.parent,
+                env={**environment, "PROGRESSQ_BACKEND": url},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=PATIENCE) as http,
+            await WsClient.open(f"ws://127.0.0.1:{port}/ws") as ws,
+        ):
+            await ws.next()
+            started = await http.post(
+                "/api/task/start", json={"name": "on a worker", "duration": 1000}, headers={"X-Client-Id": ws.client_id}
+            )
+            assert started.status_code == 202, started.text
+            final = (await ws.until(terminal(started.json()["id"])))[-1]["task"]
+            assert final["status"] == "completed"
+        text = worker_log.read_text()
+        assert f"RedisBackend {url}" in text
+        assert "secret" not in text, "a worker that only runs tasks needs no identity secret"
     finally:
-        process.terminate()
-        process.wait(10)
+        for process in (web, worker):
+            if process is not None:
+                process.terminate()
+                process.wait(PATIENCE)
+
+
+def test_a_missing_extra_is_named_not_called_unsupported(tmp_path: Path) -> None:
+    """Without Redis installed the server says what to install (simulated: redis hidden)."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "redis.py").write_text("raise ImportError('No module named redis')\n")
+    log = tmp_path / "web.log"
+    process, _ = start_demo(
+        "--backend",
+        "redis://127.0.0.1:6379/15",
+        log=log,
+        PYTHONPATH=f"{hide}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
+    assert process.wait(PATIENCE) == 2
+    text = log.read_text()
+    assert "not yet supported" not in text
+    assert 'pip install "progressq[redis]"' in text

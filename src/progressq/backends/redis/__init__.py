@@ -31,6 +31,11 @@ Redis errors surface as :class:`~progressq.errors.BackendUnavailable`; ``lease``
 waits for Redis to come back, so workers ride out an outage.
 """
 
+try:
+    import redis  # noqa: F401 - checked here so that a missing extra is named
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError('progressq.backends.redis needs redis-py: pip install "progressq[redis]"') from exc
+
 from progressq.backends.redis._backend import RedisBackend
 from progressq.backends.redis._queue import RedisTaskQueue
 from progressq.backends.redis._registry import RedisClientRegistry
