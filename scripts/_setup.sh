@@ -7,14 +7,16 @@ PY="$VENV/bin/python"
 WEB="$ROOT/examples/demo/web"
 CLIENT="$ROOT/clients/js"
 
-ensure_venv() {  # $1: the extras to install, e.g. "demo" or "dev"
+EXTRAS="starlette,litestar,fastapi,redis,prometheus,otel"  # every published extra: the demo flags and tests need them
+
+ensure_venv() {  # $1: the dependency group to install beside the extras, "demo" or "dev"
     if [ ! -x "$PY" ]; then
         python3 -m venv "$VENV"
     fi
     local stamp="$VENV/.installed-$1"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-        "$PY" -m pip install --quiet --upgrade pip
-        "$PY" -m pip install --quiet -e "$ROOT[$1]"
+        "$PY" -m pip install --quiet --upgrade "pip>=25.1"  # --group: PEP 735 dependency groups
+        "$PY" -m pip install --quiet -e "$ROOT[$EXTRAS]" --group "$ROOT/pyproject.toml:$1"
         touch "$stamp"
     fi
 }

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from progressq._outage import backend_outage
-from progressq.backends.redis import RedisBackend
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
@@ -21,6 +20,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=FRAMEWORKS)
 def framework(request: pytest.FixtureRequest) -> str:
+    """Each adapter; skipped when its framework (an extra) is not installed."""
+    pytest.importorskip(str(request.param), reason=f'needs pip install "progressq[{request.param}]"')
     return str(request.param)
 
 
@@ -47,6 +48,8 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
         **hub_options: Any,
     ) -> Iterator[RunningServer]:
         if backend_kind == "redis" and "backend" not in hub_options:
+            from progressq.backends.redis import RedisBackend
+
             prefixes.append(new_prefix("integration"))
             history_size = hub_options.pop("history_size", 1000)
             hub_options["backend"] = RedisBackend.from_url(REDIS_URL, prefix=prefixes[-1], history_size=history_size)

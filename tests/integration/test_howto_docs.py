@@ -157,14 +157,24 @@ async def test_limits_and_allowed_origins(page: Any) -> None:
             assert (big.status_code, big.json()["error"]["code"]) == (413, "body_too_large")
 
 
-async def test_the_tutorial_app_runs_as_written(page: Any) -> None:
+async def test_the_tutorial_app_runs_as_written(page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # beside app.py: the page in static/
+    (tmp_path / "static").mkdir()
+    html = (HOW_TO.parent / "tutorial.md").read_text().split("```html\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "static" / "index.html").write_text(html)
+    (tmp_path / "app.py").write_text("SECRET = 'not for the web'\n")
     docs = page("../tutorial.md")
     with serve(docs.app, docs.hub) as server:
         async with httpx.AsyncClient(base_url=server.http) as http:
             refused = await start_kind(http, "report", {"pages": "ten"})
             assert (refused.status_code, refused.json()["error"]["field"]) == (422, "pages")
         final = await run_a_task(server.http, server.ws, kind="report", params={"month": "2026-01", "pages": 2})
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            served = await http.get("/index.html")
+            source = await http.get("/app.py")
     assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "2026-01: page 2 of 2")
+    assert (served.status_code, served.text) == (200, html)
+    assert source.status_code == 404, "the app's own source is not served"
 
 
 async def test_typed_task_kinds_work_as_the_page_says(page: Any) -> None:
@@ -221,3 +231,20 @@ async def test_the_observability_page_serves_metrics_and_hooks_run(page: Any) ->
     finally:
         docs.audit.removeHandler(handler)
     assert lines == ["export t1 attempt 1 completed in 0.500 s (tenant acme)"]
+
+
+async def test_the_readme_app_runs_and_its_task_awaits_its_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGRESSQ_SECRET", "docs-test-secret-0123456789abcdef")
+    readme = HOW_TO.parents[1] / "README.md"
+    [block] = _PYTHON_BLOCK.findall(readme.read_text())
+    module = types.ModuleType("docs_readme")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(block, str(readme), "exec"), module.__dict__)
+    awaited: list[int] = []
+    monkeypatch.setitem(module.__dict__, "render_row", awaited.append)
+    with serve(module.app, module.hub) as server:
+        final = await run_a_task(
+            f"{server.http}/pq", f"{server.ws.removesuffix('/ws')}/pq/ws", kind="report", params={"rows": 10}
+        )
+    assert (final["status"], final["result"]) == ("completed", {"rows": 10})
+    assert awaited == list(range(10))

@@ -13,7 +13,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from progressq.backends.redis import RedisBackend
 from progressq.transport import TransportSettings
 from tests.apps import build_app, make_hub, serve
 from tests.integration.client import WsClient, start_task, terminal
@@ -21,6 +20,10 @@ from tests.redis_support import private_redis
 from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+RedisBackend = pytest.importorskip(
+    "progressq.backends.redis", reason='needs pip install "progressq[redis]"'
+).RedisBackend
 
 
 async def wait_for_health(http: httpx.AsyncClient, status: int, within: float = PATIENCE) -> None:
