@@ -8,7 +8,12 @@ that identity by design, so it then holds it. After every step:
 - no client has received anything (an event, a snapshot, a task view, an error) that names
   a task of an identity it never held — by task id or task name, anywhere in the text;
 - every event on a WebSocket belongs to the identity that connection follows at that point;
-- every forged, tampered, truncated, expired or foreign-secret id was refused (403, close 1008).
+- every forged, tampered, truncated, expired or foreign-secret id was refused (403, close 1008):
+  each attempt's outcome is recorded, and an invariant fails on any that is not a refusal.
+
+The last test runs the same machine against deliberately broken servers (events broadcast to
+everyone, a task answered without its owner checked, any id taken at its word) and requires
+each breakage to be caught: checks that cannot fail prove nothing.
 
 Sync clients (httpx, websockets' sync client) drive a real uvicorn serving each adapter, on
 the memory backend and on Redis where one answers (``make_server`` runs on both).
@@ -17,20 +22,26 @@ the memory backend and on Redis where one answers (``make_server`` runs on both)
 from __future__ import annotations
 
 import json
+import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
+from progressq import Hub
+from progressq.backends.memory import MemoryClientRegistry
+from progressq.errors import TaskNotFound
+from progressq.identity import IdentityAuthority
 from progressq.transport import TransportSettings
-from tests.apps import RunningServer
+from tests.apps import RunningServer, build_app, make_hub, serve
 from tests.integration.security_support import LONG, budget, error_log, forged_ids, open_ws
 from tests.waiting import PATIENCE
 
@@ -59,7 +70,8 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             self.owner_of: dict[str, str] = {}  # task id -> owner identity
             self.name_of: dict[str, str] = {}
             self.issued: list[str] = []  # every identity the server issued in this run
-            self.forged = self.refused = 0
+            # What the server did with each forged id: "refused", or what it did instead.
+            self.forged_outcomes: list[tuple[str, str]] = []
             self.not_found = self.http.get("/api/task/no-such-task").content
 
         # --- helpers -------------------------------------------------------------------------
@@ -72,7 +84,9 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
 
         def check_views(self, client: Client, views: list[dict[str, Any]], owner: str) -> None:
             for view in views:
-                assert self.owner_of.get(view["id"]) == owner, (client.name, owner, view)
+                assert self.owner_of.get(view["id"]) == owner, (
+                    f"{client.name}, following {owner}, got an event of another identity's task: {view}"
+                )
 
         def on_message(self, client: Client, raw: str | bytes) -> dict[str, Any]:
             text = raw if isinstance(raw, str) else raw.decode()
@@ -141,13 +155,19 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
                 return {"json": {"name": "x", "duration": 1000, "clientId": identity}}
             return {"json": {"name": "x", "duration": 1000}, "headers": {method: identity}}
 
-        def refuse(self, response: httpx.Response) -> None:
-            self.forged += 1
-            assert response.status_code == 403, response.text
-            assert response.json() == {
-                "error": {"code": "forbidden_identity", "message": "this client id was not issued by this server"}
-            }
-            self.refused += 1
+        def refuse(self, what: str, response: httpx.Response) -> None:
+            """Record the answer to a forged id: the invariant below judges it."""
+            refused = (
+                response.status_code == 403
+                and response.content.startswith(b"{")
+                and response.json()
+                == {"error": {"code": "forbidden_identity", "message": "this client id was not issued by this server"}}
+            )
+            self.forged_outcomes.append((what, "refused" if refused else f"{response.status_code} {response.text}"))
+            if response.status_code == 202:  # a task was started under the forged id: nobody holds it
+                started = response.json()
+                self.owner_of[started["id"]] = started["clientId"]
+                self.name_of[started["id"]] = str(started.get("name", ""))
 
         # --- rules ---------------------------------------------------------------------------
 
@@ -185,13 +205,17 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             client = self.clients[who]
             ws = self.ensure_open(client)
             ws.send(json.dumps({"type": "resume", "clientId": forged[1]}))
-            self.forged += 1
-            with pytest.raises(ConnectionClosed) as closed:
+            outcome = "no answer"
+            try:
                 while True:
-                    self.read(client)
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 1008, forged
-            self.refused += 1
+                    message = self.read(client)
+                    if message["type"] == "connection":
+                        outcome = f"resumed as {message['clientId']}"
+                        break
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd is not None else None
+                outcome = "refused" if code == 1008 else f"closed with {code}"
+            self.forged_outcomes.append((f"resume {forged[0]}", outcome))
             self.close(client)
 
         @rule(
@@ -235,7 +259,9 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
 
         @rule(forged=forged_ids(), method=st.sampled_from(METHODS))
         def start_forged(self, forged: tuple[str, str], method: str) -> None:
-            self.refuse(self.http.post("/api/task/start", **self.identify(method, forged[1])))
+            self.refuse(
+                f"start {forged[0]} {method}", self.http.post("/api/task/start", **self.identify(method, forged[1]))
+            )
 
         @rule(
             forged=forged_ids(),
@@ -246,14 +272,20 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
         def read_forged(self, forged: tuple[str, str], route: str, method: str, which: int) -> None:
             headers = {method: forged[1]}
             task_id = quote(self.task(which) or "none")
+            what = f"{route} {forged[0]} {method}"
             if route == "list":
-                self.refuse(self.http.get("/api/tasks", headers=headers))
+                self.refuse(what, self.http.get("/api/tasks", headers=headers))
             elif route == "get":
-                self.refuse(self.http.get(f"/api/task/{task_id}", headers=headers))
+                self.refuse(what, self.http.get(f"/api/task/{task_id}", headers=headers))
             elif route == "cancel":
-                self.refuse(self.http.post(f"/api/task/{task_id}/cancel", headers=headers))
+                self.refuse(what, self.http.post(f"/api/task/{task_id}/cancel", headers=headers))
             else:
-                self.refuse(self.http.get("/api/events", params={"clientId": forged[1]}))
+                with self.http.stream("GET", "/api/events", params={"clientId": forged[1]}) as response:
+                    if response.status_code == 200:  # a stream was opened: say so without reading it forever
+                        self.forged_outcomes.append((what, "an event stream was opened"))
+                        return
+                    response.read()
+                self.refuse(what, response)
 
         @rule(who=st.integers(0, CLIENTS - 1), which=st.integers(0, 50), held=st.integers(0, 50))
         def get(self, who: int, which: int, held: int) -> None:
@@ -267,7 +299,9 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
                 assert response.status_code == 200
                 assert response.json()["id"] == task_id
             else:  # exactly the answer for a task that does not exist: no oracle
-                assert (response.status_code, response.content) == (404, self.not_found)
+                assert (response.status_code, response.content) == (404, self.not_found), (
+                    f"{client.name} got an answer about another identity's task: {response.text}"
+                )
 
         @rule(
             who=st.integers(0, CLIENTS - 1),
@@ -338,7 +372,8 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
 
         @invariant()
         def every_forged_id_was_refused(self) -> None:
-            assert self.refused == self.forged
+            accepted = [(what, outcome) for what, outcome in self.forged_outcomes if outcome != "refused"]
+            assert not accepted, f"a forged id was accepted: {accepted}"
 
         def teardown(self) -> None:
             for client in self.clients:
@@ -372,3 +407,81 @@ def test_no_client_ever_sees_another_identitys_task(make_server: Any) -> None:
                 ),
             )
         assert errors.records == [], errors.text()
+
+
+# --- the same machine against deliberately broken servers: each break must be caught -------
+
+
+async def _broadcast(original: Any, registry: Any, identity: str, *event: Any) -> Any:
+    """Publish to the owner, then to every other identity the registry knows: a broadcast."""
+    published = await original(registry, identity, *event)
+    for other in [known for known in registry._states if known != identity]:
+        await original(registry, other, *event)
+    return published
+
+
+def _break_broadcast(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = MemoryClientRegistry.publish
+
+    async def publish(self: MemoryClientRegistry, identity: str, *event: Any) -> Any:
+        return await _broadcast(original, self, identity, *event)
+
+    monkeypatch.setattr(MemoryClientRegistry, "publish", publish)
+
+
+def _break_owner_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def get(self: Hub, task_id: str, *, owner: str) -> Any:
+        record = await self.queue.get(task_id)  # no comparison with the owner
+        if record is None:
+            raise TaskNotFound(task_id)
+        return record
+
+    monkeypatch.setattr(Hub, "get", get)
+
+
+def _break_identity_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any id is taken at its word: a resume (or a request) with a forged id is accepted."""
+    monkeypatch.setattr(IdentityAuthority, "verify", lambda self, value: isinstance(value, str) and bool(value))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "caught_by"),
+    [
+        (_break_broadcast, "(saw a task of|got an event of) another identity"),
+        (_break_owner_check, "(got an answer about|saw a task of) another identity"),
+        (_break_identity_check, "a forged id was accepted"),
+    ],
+    ids=["broadcast", "owner-check", "identity-check"],
+)
+def test_the_invariants_catch_a_broken_server(
+    breakage: Callable[[pytest.MonkeyPatch], None], caught_by: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proof that the checks above can fail: each breakage of isolation is found."""
+    breakage(monkeypatch)
+    hub = make_hub(identity_max_age=MAX_AGE)
+    with serve(build_app("starlette", hub, SETTINGS), hub) as server:
+        try:
+            run_state_machine_as_test(
+                drive(server),
+                settings=settings(
+                    max_examples=50,
+                    stateful_step_count=30,
+                    deadline=None,
+                    database=None,
+                    derandomize=True,  # the same examples every run: the proof does not depend on luck
+                    phases=[Phase.generate],  # no shrinking: finding the break is enough
+                    report_multiple_bugs=False,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+        except (AssertionError, BaseExceptionGroup) as failure:  # a live server may fail a replay differently
+            caught = _messages(failure)
+        else:
+            raise AssertionError(f"the state machine passed against a server with {breakage.__name__}")
+    assert re.search(caught_by, caught), caught
+
+
+def _messages(failure: BaseException) -> str:
+    if isinstance(failure, BaseExceptionGroup):
+        return "\n".join(_messages(inner) for inner in failure.exceptions)
+    return str(failure)
