@@ -21,6 +21,23 @@ ensure_venv() {  # $1: the dependency group to install beside the extras, "demo"
     fi
 }
 
+LOWEST="$ROOT/.venv-lowest"
+
+ensure_lowest_venv() {  # a second venv: every runtime dependency at the floor pyproject.toml declares
+    if [ ! -x "$LOWEST/bin/python" ]; then
+        python3 -m venv "$LOWEST"
+    fi
+    local stamp="$LOWEST/.installed"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        local constraints="$LOWEST/constraints.txt"
+        "$LOWEST/bin/python" "$ROOT/scripts/lowest_constraints.py" >"$constraints"
+        "$LOWEST/bin/python" -m pip install --quiet --upgrade "pip>=25.1"
+        "$LOWEST/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" --group "$ROOT/pyproject.toml:dev" \
+            -c "$constraints"
+        touch "$stamp"
+    fi
+}
+
 page_is_stale() {
     [ ! -f "$WEB/build/index.html" ] && return 0
     [ -n "$(find "$WEB/src" "$WEB/static" "$WEB/package.json" "$WEB/svelte.config.js" "$WEB/vite.config.ts" \

@@ -138,18 +138,18 @@ def serve(app: Any, hub: Hub, *, send_buffer: int | None = None, **uvicorn_optio
             failures.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + PATIENCE
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the test server did not start: {failures!r}")
-        time.sleep(0.01)
-    try:
-        yield RunningServer(hub, port)
-    finally:
-        server.should_exit = True
-        thread.join(PATIENCE)
-        listener.close()
+    with listener:
+        thread.start()
+        deadline = time.monotonic() + PATIENCE
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the test server did not start: {failures!r}")
+            time.sleep(0.01)
+        try:
+            yield RunningServer(hub, port)
+        finally:
+            server.should_exit = True
+            thread.join(PATIENCE)
 
 
 ServerFactory = Callable[..., contextlib.AbstractContextManager[RunningServer]]

@@ -1,7 +1,7 @@
 """The Redis backend: any number of web and worker processes on one Redis.
 
 ``RedisBackend.from_url("redis://localhost:6379/0")`` is a queue and a registry sharing one
-client and one key prefix. Needs the ``redis`` extra (redis-py 5 or later) and Redis 6.2 or
+client and one key prefix. Needs the ``redis`` extra (redis-py 5.0.1 or later) and Redis 6.2 or
 later. redis-py's asyncio client runs on asyncio only, so this backend does too (the memory
 backend also runs on trio).
 
