@@ -1,7 +1,8 @@
 """Isolation, proven against the running server by a Hypothesis state machine.
 
 Several clients connect, disconnect, resume, start tasks by every way of naming an
-identity, cancel, list and get their own tasks and others', and present forged ids. An
+identity, cancel, list and get their own tasks and others', keep event streams (SSE) open
+and read their live events, and present forged ids. An
 identity id is a capability: a client that was given another's id (here: "adopts" it) is
 that identity by design, so it then holds it. After every step:
 
@@ -11,9 +12,10 @@ that identity by design, so it then holds it. After every step:
 - every forged, tampered, truncated, expired or foreign-secret id was refused (403, close 1008):
   each attempt's outcome is recorded, and an invariant fails on any that is not a refusal.
 
-The last test runs the same machine against deliberately broken servers (events broadcast to
-everyone, a task answered without its owner checked, any id taken at its word) and requires
-each breakage to be caught: checks that cannot fail prove nothing.
+The last test runs the machine's own rules, step by step, against deliberately broken servers
+(events broadcast to everyone, on WebSockets and event streams; a task answered without its
+owner checked; any id taken at its word, on resume and on start) and requires each breakage
+to be caught: checks that cannot fail prove nothing.
 
 Sync clients (httpx, websockets' sync client) drive a real uvicorn serving each adapter, on
 the memory backend and on Redis where one answers (``make_server`` runs on both).
@@ -22,15 +24,17 @@ the memory backend and on Redis where one answers (``make_server`` runs on both)
 from __future__ import annotations
 
 import json
-import re
 import secrets
+import select
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from websockets.exceptions import ConnectionClosed
@@ -52,6 +56,42 @@ ERROR_CODES = {"invalid_message", "not_found", "already_finished"}
 CLIENTS = 3
 
 
+class LiveStream:
+    """An open ``GET /api/events`` on a bare socket, read without blocking (an SSE client)."""
+
+    def __init__(self, port: int, identity: str) -> None:
+        self.identity = identity
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
+        self.sock.sendall(
+            f"GET /api/events?clientId={quote(identity)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        self._buffer = b""
+        while b"\r\n\r\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "the event stream closed before its headers"
+            self._buffer += chunk
+        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+
+    def arrived(self, wait: float = 0.0) -> list[str]:
+        """The ``data`` of every complete event line received so far (waiting up to ``wait``
+        seconds for something to arrive). Each event is one chunk of the chunked body, so
+        chunk-size lines never split a ``data:`` line."""
+        ready, _, _ = select.select([self.sock], [], [], wait)
+        while ready:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self._buffer += chunk
+            ready, _, _ = select.select([self.sock], [], [], 0)
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [line[6:].rstrip(b"\r").decode() for line in lines if line.startswith(b"data: ")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Client:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -59,6 +99,8 @@ class Client:
         self.ws: ClientConnection | None = None
         self.socket_id: str | None = None  # the open connection's own id (its first identity)
         self.following: str | None = None  # the identity the open connection follows now
+        self.stream: LiveStream | None = None  # an open event stream, following one identity
+        self.streamed: list[dict[str, Any]] = []  # what that stream delivered
 
 
 def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
@@ -135,6 +177,33 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             if client.ws is not None:
                 client.ws.close()
             client.ws = client.socket_id = client.following = None
+
+        def on_streamed(self, client: Client, text: str) -> dict[str, Any]:
+            """Check one event of ``client``'s event stream: only its identity's tasks."""
+            assert client.stream is not None
+            message: dict[str, Any] = json.loads(text)
+            self.check_text(client, text)
+            kind = message["type"]
+            if kind == "connection":
+                assert message["clientId"] == client.stream.identity, message
+            elif kind == "snapshot":
+                self.check_views(client, message["tasks"], client.stream.identity)
+            else:
+                assert kind in ("taskQueued", "taskProgress"), message
+                self.check_views(client, [message["task"]], client.stream.identity)
+            client.streamed.append(message)
+            return message
+
+        def drain_stream(self, client: Client, wait: float = 0.0) -> None:
+            if client.stream is not None:
+                for text in client.stream.arrived(wait):
+                    self.on_streamed(client, text)
+
+        def close_stream(self, client: Client) -> None:
+            if client.stream is not None:
+                client.stream.close()
+            client.stream = None
+            client.streamed = []
 
         def pick(self, client: Client, index: int) -> str:
             """One of the identities ``client`` holds (connecting it first if it holds none)."""
@@ -256,6 +325,12 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
                     while seen[-1].get("task", {}).get("id") != started["id"]:
                         seen.append(self.read(other))
                     assert seen[-1]["type"] == "taskQueued"  # before any news of it running
+            for other in self.clients:  # and so are the owner's open event streams
+                if other.stream is not None and other.stream.identity == started["clientId"]:
+                    deadline = time.monotonic() + PATIENCE
+                    while not any(m.get("task", {}).get("id") == started["id"] for m in other.streamed):
+                        assert time.monotonic() < deadline, f"{other.name}'s event stream missed {started['id']}"
+                        self.drain_stream(other, wait=0.05)
 
         @rule(forged=forged_ids(), method=st.sampled_from(METHODS))
         def start_forged(self, forged: tuple[str, str], method: str) -> None:
@@ -345,6 +420,24 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             assert {view["id"] for view in listed["tasks"]} == self.tasks_of(identity)
 
         @rule(who=st.integers(0, CLIENTS - 1), held=st.integers(0, 50))
+        def open_live_stream(self, who: int, held: int) -> None:
+            """Keep an event stream open: its live events are checked after every step."""
+            client = self.clients[who]
+            identity = self.pick(client, held)
+            self.close_stream(client)
+            client.stream = LiveStream(server.port, identity)
+            deadline = time.monotonic() + PATIENCE
+            while not any(m["type"] == "snapshot" for m in client.streamed):
+                assert time.monotonic() < deadline, "the event stream sent no snapshot"
+                self.drain_stream(client, wait=0.05)
+            snapshot = next(m for m in client.streamed if m["type"] == "snapshot")
+            assert {view["id"] for view in snapshot["tasks"]} == self.tasks_of(identity)
+
+        @rule(who=st.integers(0, CLIENTS - 1))
+        def close_live_stream(self, who: int) -> None:
+            self.close_stream(self.clients[who])
+
+        @rule(who=st.integers(0, CLIENTS - 1), held=st.integers(0, 50))
         def event_stream(self, who: int, held: int) -> None:
             """An event stream's snapshot: exactly the identity's tasks."""
             client = self.clients[who]
@@ -369,6 +462,7 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
                         self.read(client, timeout=0)
                     except TimeoutError:
                         break
+                self.drain_stream(client)
 
         @invariant()
         def every_forged_id_was_refused(self) -> None:
@@ -378,6 +472,7 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
         def teardown(self) -> None:
             for client in self.clients:
                 self.close(client)
+                self.close_stream(client)
             self.http.close()
 
     return Isolation
@@ -444,44 +539,62 @@ def _break_identity_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(IdentityAuthority, "verify", lambda self, value: isinstance(value, str) and bool(value))
 
 
+def _a_second_client_hears_of_the_first_ones_task(machine: Any) -> None:
+    machine.connect(who=0)
+    machine.connect(who=1)
+    machine.start(who=0, method="socket", which=0, duration=1000)
+    machine.read(machine.clients[1])  # its only news is of c0's task
+
+
+def _a_second_clients_event_stream_hears_of_the_first_ones_task(machine: Any) -> None:
+    machine.connect(who=0)
+    machine.open_live_stream(who=1, held=0)
+    machine.start(who=0, method="socket", which=0, duration=1000)
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        machine.drain_stream(machine.clients[1], wait=0.05)
+
+
+def _a_client_asks_for_another_ones_task(machine: Any) -> None:
+    machine.start(who=0, method="none", which=0, duration=1000)
+    machine.get(who=1, which=0, held=0)
+
+
+def _a_client_resumes_a_forged_id(machine: Any) -> None:
+    machine.resume_forged(who=0, forged=("random", "made-up"))
+    machine.every_forged_id_was_refused()
+
+
+def _a_client_starts_a_task_with_a_forged_id(machine: Any) -> None:
+    machine.start_forged(forged=("tampered", "made.up.id"), method="x-client-id")
+    machine.every_forged_id_was_refused()
+
+
 @pytest.mark.parametrize(
-    ("breakage", "caught_by"),
+    ("breakage", "steps", "caught_by"),
     [
-        (_break_broadcast, "(saw a task of|got an event of) another identity"),
-        (_break_owner_check, "(got an answer about|saw a task of) another identity"),
-        (_break_identity_check, "a forged id was accepted"),
+        (_break_broadcast, _a_second_client_hears_of_the_first_ones_task, "another identity"),
+        (_break_broadcast, _a_second_clients_event_stream_hears_of_the_first_ones_task, "another identity"),
+        (_break_owner_check, _a_client_asks_for_another_ones_task, "(got an answer about|saw a task of) another"),
+        (_break_identity_check, _a_client_resumes_a_forged_id, "a forged id was accepted"),
+        (_break_identity_check, _a_client_starts_a_task_with_a_forged_id, "a forged id was accepted"),
     ],
-    ids=["broadcast", "owner-check", "identity-check"],
+    ids=["broadcast-ws", "broadcast-sse", "owner-check", "identity-check-resume", "identity-check-start"],
 )
 def test_the_invariants_catch_a_broken_server(
-    breakage: Callable[[pytest.MonkeyPatch], None], caught_by: str, monkeypatch: pytest.MonkeyPatch
+    breakage: Callable[[pytest.MonkeyPatch], None],
+    steps: Callable[[Any], None],
+    caught_by: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Proof that the checks above can fail: each breakage of isolation is found."""
+    """Proof that the checks above can fail: the machine's own rules and invariants, run
+    step by step against a server with isolation broken on purpose, catch each breakage."""
     breakage(monkeypatch)
     hub = make_hub(identity_max_age=MAX_AGE)
     with serve(build_app("starlette", hub, SETTINGS), hub) as server:
+        machine = drive(server)()
         try:
-            run_state_machine_as_test(
-                drive(server),
-                settings=settings(
-                    max_examples=50,
-                    stateful_step_count=30,
-                    deadline=None,
-                    database=None,
-                    derandomize=True,  # the same examples every run: the proof does not depend on luck
-                    phases=[Phase.generate],  # no shrinking: finding the break is enough
-                    report_multiple_bugs=False,
-                    suppress_health_check=list(HealthCheck),
-                ),
-            )
-        except (AssertionError, BaseExceptionGroup) as failure:  # a live server may fail a replay differently
-            caught = _messages(failure)
-        else:
-            raise AssertionError(f"the state machine passed against a server with {breakage.__name__}")
-    assert re.search(caught_by, caught), caught
-
-
-def _messages(failure: BaseException) -> str:
-    if isinstance(failure, BaseExceptionGroup):
-        return "\n".join(_messages(inner) for inner in failure.exceptions)
-    return str(failure)
+            with pytest.raises(AssertionError, match=caught_by):
+                steps(machine)
+        finally:
+            machine.teardown()
