@@ -18,7 +18,9 @@ owner checked; any id taken at its word, on resume and on start) and requires ea
 to be caught: checks that cannot fail prove nothing.
 
 Sync clients (httpx, websockets' sync client) drive a real uvicorn serving each adapter, on
-the memory backend and on Redis where one answers (``make_server`` runs on both).
+the memory backend and on Redis where one answers (``make_server`` runs on both), and two web
+processes (one per adapter) on one Redis, where a client may connect to either and resume on
+the other.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from progressq.backends.memory import MemoryClientRegistry
 from progressq.errors import TaskNotFound
 from progressq.identity import IdentityAuthority
 from progressq.transport import TransportSettings
-from tests.apps import RunningServer, build_app, make_hub, serve
+from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
 from tests.integration.security_support import LONG, budget, error_log, forged_ids, open_ws
+from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 from tests.waiting import PATIENCE
 
 MAX_AGE = 3600.0  # the server refuses ids older than this: the "expired" forgeries are
@@ -101,13 +104,18 @@ class Client:
         self.following: str | None = None  # the identity the open connection follows now
         self.stream: LiveStream | None = None  # an open event stream, following one identity
         self.streamed: list[dict[str, Any]] = []  # what that stream delivered
+        self.via = 0  # the web process it connects to (when there are several)
 
 
-def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
+def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
+    """The machine, against one server or several web processes sharing one backend: then each
+    connection goes to the process its ``connect`` chose, and HTTP requests take turns."""
+
     class Isolation(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            self.http = httpx.Client(base_url=server.http, timeout=PATIENCE)
+            self.https = [httpx.Client(base_url=server.http, timeout=PATIENCE) for server in servers]
+            self.turn = 0
             self.clients = [Client(f"c{i}") for i in range(CLIENTS)]
             self.owner_of: dict[str, str] = {}  # task id -> owner identity
             self.name_of: dict[str, str] = {}
@@ -115,6 +123,12 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             # What the server did with each forged id: "refused", or what it did instead.
             self.forged_outcomes: list[tuple[str, str]] = []
             self.not_found = self.http.get("/api/task/no-such-task").content
+
+        @property
+        def http(self) -> httpx.Client:
+            """The next web process's HTTP client, in turn."""
+            self.turn += 1
+            return self.https[self.turn % len(self.https)]
 
         # --- helpers -------------------------------------------------------------------------
 
@@ -162,7 +176,7 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
 
         def ensure_open(self, client: Client) -> ClientConnection:
             if client.ws is None:
-                client.ws = open_ws(server.ws)
+                client.ws = open_ws(servers[client.via].ws)
                 client.following = None
                 hello = self.read(client)
                 assert hello["type"] == "connection"
@@ -240,9 +254,14 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
 
         # --- rules ---------------------------------------------------------------------------
 
-        @rule(who=st.integers(0, CLIENTS - 1))
-        def connect(self, who: int) -> None:
-            self.ensure_open(self.clients[who])
+        @rule(who=st.integers(0, CLIENTS - 1), via=st.integers(0, len(servers) - 1))
+        def connect(self, who: int, via: int) -> None:
+            """Connect to web process ``via`` (moving there if connected to another one)."""
+            client = self.clients[who]
+            if client.ws is not None and client.via != via:
+                self.close(client)
+            client.via = via
+            self.ensure_open(client)
 
         @rule(who=st.integers(0, CLIENTS - 1))
         def disconnect(self, who: int) -> None:
@@ -425,7 +444,7 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             client = self.clients[who]
             identity = self.pick(client, held)
             self.close_stream(client)
-            client.stream = LiveStream(server.port, identity)
+            client.stream = LiveStream(servers[client.via].port, identity)
             deadline = time.monotonic() + PATIENCE
             while not any(m["type"] == "snapshot" for m in client.streamed):
                 assert time.monotonic() < deadline, "the event stream sent no snapshot"
@@ -473,7 +492,8 @@ def drive(server: RunningServer) -> type[RuleBasedStateMachine]:
             for client in self.clients:
                 self.close(client)
                 self.close_stream(client)
-            self.http.close()
+            for http in self.https:
+                http.close()
 
     return Isolation
 
@@ -502,6 +522,38 @@ def test_no_client_ever_sees_another_identitys_task(make_server: Any) -> None:
                 ),
             )
         assert errors.records == [], errors.text()
+
+
+@pytest.mark.redis
+def test_two_web_processes_on_one_redis_keep_clients_apart() -> None:
+    """A Starlette and a Litestar process on one Redis: clients connect to either, move, resume
+    on the other, and read and start tasks through both."""
+    require_redis()
+    pytest.importorskip("litestar", reason='needs pip install "progressq[litestar]"')
+    from progressq.backends.redis import RedisBackend
+
+    prefix = new_prefix("isolation-two")
+    hubs = [
+        make_hub(identity_max_age=MAX_AGE, backend=RedisBackend.from_url(REDIS_URL, prefix=prefix)) for _ in FRAMEWORKS
+    ]
+    try:
+        with (
+            serve(build_app(FRAMEWORKS[0], hubs[0], SETTINGS), hubs[0]) as first,
+            serve(build_app(FRAMEWORKS[1], hubs[1], SETTINGS), hubs[1]) as second,
+            error_log() as errors,
+        ):
+            run_state_machine_as_test(
+                drive(first, second),
+                settings=settings(
+                    max_examples=budget(15),
+                    stateful_step_count=60 if LONG else 30,
+                    deadline=None,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+        assert errors.records == [], errors.text()
+    finally:
+        delete_prefix(prefix)
 
 
 # --- the same machine against deliberately broken servers: each break must be caught -------
@@ -540,14 +592,14 @@ def _break_identity_check(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _a_second_client_hears_of_the_first_ones_task(machine: Any) -> None:
-    machine.connect(who=0)
-    machine.connect(who=1)
+    machine.connect(who=0, via=0)
+    machine.connect(who=1, via=0)
     machine.start(who=0, method="socket", which=0, duration=1000)
     machine.read(machine.clients[1])  # its only news is of c0's task
 
 
 def _a_second_clients_event_stream_hears_of_the_first_ones_task(machine: Any) -> None:
-    machine.connect(who=0)
+    machine.connect(who=0, via=0)
     machine.open_live_stream(who=1, held=0)
     machine.start(who=0, method="socket", which=0, duration=1000)
     deadline = time.monotonic() + PATIENCE
