@@ -2,7 +2,9 @@
 
 Several clients connect, disconnect, resume, start tasks by every way of naming an
 identity, cancel, list and get their own tasks and others', keep event streams (SSE) open
-and read their live events, and present forged ids. An
+and read their live events, and present forged ids. The server has an ``identify`` hook:
+clients sign in and out as users (a session cookie), several at once as the same user (its
+devices), and name users by id with and without that user's session. An
 identity id is a capability: a client that was given another's id (here: "adopts" it) is
 that identity by design, so it then holds it. After every step:
 
@@ -14,8 +16,9 @@ that identity by design, so it then holds it. After every step:
 
 The last test runs the machine's own rules, step by step, against deliberately broken servers
 (events broadcast to everyone, on WebSockets and event streams; a task answered without its
-owner checked; any id taken at its word, on resume and on start) and requires each breakage
-to be caught: checks that cannot fail prove nothing.
+owner checked; any id taken at its word, on resume and on start; a user's id accepted without
+the user's session) and requires each breakage to be caught: checks that cannot fail prove
+nothing.
 
 Sync clients (httpx, websockets' sync client) drive a real uvicorn serving each adapter, on
 the memory backend and on Redis where one answers (``make_server`` runs on both), and two web
@@ -31,6 +34,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
+from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import quote
 
@@ -46,28 +50,46 @@ from progressq import Hub
 from progressq.backends.memory import MemoryClientRegistry
 from progressq.errors import TaskNotFound
 from progressq.identity import IdentityAuthority
-from progressq.transport import TransportSettings
+from progressq.transport import RequestInfo, TransportSettings
+from progressq.transport._identity import IdentityResolver
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
 from tests.integration.security_support import LONG, budget, error_log, forged_ids, open_ws
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 from tests.waiting import PATIENCE
 
 MAX_AGE = 3600.0  # the server refuses ids older than this: the "expired" forgeries are
-SETTINGS = TransportSettings(messages_per_second=1000, message_burst=1000)
 METHODS = ("body", "x-socket-id", "x-session-id", "x-client-id")
 ERROR_CODES = {"invalid_message", "not_found", "already_finished"}
 CLIENTS = 3
+USERS = ("ada", "bob")  # signed-in users of the app, each possibly on several clients (devices)
+# Each run signs them in under names of its own (the server outlives runs; their tasks stay).
+
+
+async def signed_in_user(request: RequestInfo) -> str | None:
+    """The app's own sign-in: a ``session`` cookie names a user (see the identify how-to)."""
+    cookies = SimpleCookie(request.headers.get("cookie", ""))
+    session = cookies["session"].value if "session" in cookies else ""
+    user = session.removeprefix("session-of-")
+    return f"user:{user}" if session.startswith("session-of-") and user else None
+
+
+def cookie_of(user: str | None) -> dict[str, str]:
+    return {"cookie": f"session=session-of-{user}"} if user is not None else {}
+
+
+SETTINGS = TransportSettings(messages_per_second=1000, message_burst=1000, identify=signed_in_user)
 
 
 class LiveStream:
     """An open ``GET /api/events`` on a bare socket, read without blocking (an SSE client)."""
 
-    def __init__(self, port: int, identity: str) -> None:
+    def __init__(self, port: int, identity: str, headers: dict[str, str]) -> None:
         self.identity = identity
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         self.sock.sendall(
             f"GET /api/events?clientId={quote(identity)} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
+            f"Accept: text/event-stream\r\n{extra}\r\n".encode()
         )
         self._buffer = b""
         while b"\r\n\r\n" not in self._buffer:
@@ -105,6 +127,11 @@ class Client:
         self.stream: LiveStream | None = None  # an open event stream, following one identity
         self.streamed: list[dict[str, Any]] = []  # what that stream delivered
         self.via = 0  # the web process it connects to (when there are several)
+        self.user: str | None = None  # the user signed in on this client (its session cookie)
+
+    @property
+    def cookie(self) -> dict[str, str]:
+        return cookie_of(self.user)
 
 
 def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
@@ -122,6 +149,8 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
             self.issued: list[str] = []  # every identity the server issued in this run
             # What the server did with each forged id: "refused", or what it did instead.
             self.forged_outcomes: list[tuple[str, str]] = []
+            run = secrets.token_hex(4)
+            self.user_names = {user: f"{user}-{run}" for user in USERS}
             self.not_found = self.http.get("/api/task/no-such-task").content
 
         @property
@@ -176,15 +205,22 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
 
         def ensure_open(self, client: Client) -> ClientConnection:
             if client.ws is None:
-                client.ws = open_ws(servers[client.via].ws)
+                client.ws = open_ws(servers[client.via].ws, additional_headers=client.cookie)
                 client.following = None
                 hello = self.read(client)
                 assert hello["type"] == "connection"
-                assert hello["clientId"] == hello["socketId"]
-                assert hello["clientId"] not in self.issued, "a new connection was given a known identity"
-                self.issued.append(hello["clientId"])
+                assert hello["socketId"] not in self.issued, "a new connection was given a known identity"
+                self.issued.append(hello["socketId"])
+                client.held.add(hello["socketId"])
                 client.socket_id = hello["socketId"]
-                assert self.read(client) == {"type": "snapshot", "tasks": [], "seq": 0, "recovered": False}
+                snapshot = self.read(client)
+                assert snapshot["type"] == "snapshot"
+                if client.user is None:  # anonymous: a fresh identity, no tasks
+                    assert hello["clientId"] == hello["socketId"]
+                    assert snapshot == {"type": "snapshot", "tasks": [], "seq": 0, "recovered": False}
+                else:  # signed in: the user's identity, on every device, with the user's tasks
+                    assert hello["clientId"] == f"user:{client.user}", hello
+                    assert {view["id"] for view in snapshot["tasks"]} == self.tasks_of(hello["clientId"])
             return client.ws
 
         def close(self, client: Client) -> None:
@@ -219,12 +255,18 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
             client.stream = None
             client.streamed = []
 
+        def usable(self, client: Client) -> list[str]:
+            """The identities ``client`` can present now: every minted one it holds, and its
+            user's while signed in (a user's id is a name, accepted only with the session)."""
+            signed_in = f"user:{client.user}" if client.user is not None else None
+            return sorted(i for i in client.held if not i.startswith("user:") or i == signed_in)
+
         def pick(self, client: Client, index: int) -> str:
-            """One of the identities ``client`` holds (connecting it first if it holds none)."""
-            if not client.held:
+            """One of the identities ``client`` can present (connecting it first if none)."""
+            if not self.usable(client):
                 self.ensure_open(client)
-            held = sorted(client.held)
-            return held[index % len(held)]
+            usable = self.usable(client)
+            return usable[index % len(usable)]
 
         def task(self, index: int) -> str | None:
             tasks = sorted(self.owner_of)
@@ -262,6 +304,71 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
                 self.close(client)
             client.via = via
             self.ensure_open(client)
+
+        @rule(who=st.integers(0, CLIENTS - 1), user=st.sampled_from(USERS))
+        def sign_in(self, who: int, user: str) -> None:
+            """The client signs in (an anonymous one, or another user's device switching)."""
+            client = self.clients[who]
+            self.close(client)
+            self.close_stream(client)
+            client.user = self.user_names[user]
+            self.ensure_open(client)
+
+        @rule(who=st.integers(0, CLIENTS - 1))
+        def sign_out(self, who: int) -> None:
+            client = self.clients[who]
+            self.close(client)
+            self.close_stream(client)
+            client.user = None
+
+        @rule(
+            who=st.integers(0, CLIENTS - 1),
+            user=st.sampled_from(USERS),
+            route=st.sampled_from(["list", "start", "resume"]),
+        )
+        def present_a_users_id(self, who: int, user: str, route: str) -> None:
+            """Name a user by id: served with that user's session, refused without it."""
+            client = self.clients[who]
+            identity = f"user:{self.user_names[user]}"
+            mine = client.user == self.user_names[user]
+            if route == "resume":
+                ws = self.ensure_open(client)
+                ws.send(json.dumps({"type": "resume", "clientId": identity}))
+                if mine:
+                    hello = self.read_until(client, "connection")[-1]
+                    assert hello["clientId"] == identity, hello
+                    if not hello["recovered"]:
+                        assert self.read(client)["type"] == "snapshot"
+                    return
+                outcome = "no answer"
+                try:
+                    while True:
+                        if self.read(client)["type"] == "connection":
+                            outcome = f"resumed as {identity}"
+                            break
+                except ConnectionClosed as closed:
+                    code = closed.rcvd.code if closed.rcvd is not None else None
+                    outcome = "refused" if code == 1008 else f"closed with {code}"
+                self.forged_outcomes.append((f"resume as {identity} signed in as {client.user}", outcome))
+                self.close(client)
+                return
+            headers = {"x-client-id": identity, **client.cookie}
+            if route == "list":
+                response = self.http.get("/api/tasks", headers=headers)
+            else:
+                name = f"job {secrets.token_hex(6)}"
+                response = self.http.post("/api/task/start", json={"name": name, "duration": 1000}, headers=headers)
+            if not mine:
+                self.refuse(f"{route} as {identity} signed in as {client.user}", response)
+                return
+            self.check_text(client, response.text)
+            if route == "list":
+                assert response.status_code == 200, response.text
+                assert {view["id"] for view in response.json()["tasks"]} == self.tasks_of(identity)
+            else:
+                assert response.status_code == 202, response.text
+                self.owner_of[response.json()["id"]] = identity
+                self.name_of[response.json()["id"]] = name
 
         @rule(who=st.integers(0, CLIENTS - 1))
         def disconnect(self, who: int) -> None:
@@ -327,10 +434,12 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
                 identity = body["clientId"] = self.pick(client, which)
             elif method != "none":
                 identity = headers[method] = self.pick(client, which)
-            response = self.http.post("/api/task/start", json=body, headers=headers)
+            response = self.http.post("/api/task/start", json=body, headers={**headers, **client.cookie})
             assert response.status_code == 202, response.text
             started = response.json()
-            if identity is None:
+            if identity is None and client.user is not None:  # the session names the owner
+                assert started["clientId"] == f"user:{client.user}", started
+            elif identity is None:
                 assert started["clientId"] not in self.issued
                 self.issued.append(started["clientId"])
                 client.held.add(started["clientId"])
@@ -387,7 +496,7 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
             task_id, identity = self.task(which), self.pick(client, held)
             if task_id is None:
                 return
-            response = self.http.get(f"/api/task/{task_id}", headers={"x-client-id": identity})
+            response = self.http.get(f"/api/task/{task_id}", headers={"x-client-id": identity, **client.cookie})
             self.check_text(client, response.text)
             if self.owner_of[task_id] == identity:
                 assert response.status_code == 200
@@ -408,7 +517,7 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
             task_id, identity = self.task(which), self.pick(client, held)
             if task_id is None:
                 return
-            response = self.http.post(f"/api/task/{task_id}/cancel", headers={method: identity})
+            response = self.http.post(f"/api/task/{task_id}/cancel", headers={method: identity, **client.cookie})
             self.check_text(client, response.text)
             if self.owner_of[task_id] == identity:
                 assert response.status_code in (200, 202, 409), response.text
@@ -432,7 +541,7 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
         def list_tasks(self, who: int, held: int, method: str) -> None:
             client = self.clients[who]
             identity = self.pick(client, held)
-            response = self.http.get("/api/tasks", headers={method: identity})
+            response = self.http.get("/api/tasks", headers={method: identity, **client.cookie})
             self.check_text(client, response.text)
             listed = response.json()
             assert listed["clientId"] == identity
@@ -444,7 +553,7 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
             client = self.clients[who]
             identity = self.pick(client, held)
             self.close_stream(client)
-            client.stream = LiveStream(servers[client.via].port, identity)
+            client.stream = LiveStream(servers[client.via].port, identity, client.cookie)
             deadline = time.monotonic() + PATIENCE
             while not any(m["type"] == "snapshot" for m in client.streamed):
                 assert time.monotonic() < deadline, "the event stream sent no snapshot"
@@ -461,7 +570,9 @@ def drive(*servers: RunningServer) -> type[RuleBasedStateMachine]:
             """An event stream's snapshot: exactly the identity's tasks."""
             client = self.clients[who]
             identity = self.pick(client, held)
-            with self.http.stream("GET", "/api/events", params={"clientId": identity}) as response:
+            with self.http.stream(
+                "GET", "/api/events", params={"clientId": identity}, headers=client.cookie
+            ) as response:
                 assert response.status_code == 200
                 data = [line[6:] for line in _lines_until_snapshot(response)]
             for text in data:
@@ -622,6 +733,29 @@ def _a_client_starts_a_task_with_a_forged_id(machine: Any) -> None:
     machine.every_forged_id_was_refused()
 
 
+def _break_vouching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's id is accepted from anyone, not only with that user's session."""
+    original = IdentityResolver.accepts
+
+    async def accepts(self: IdentityResolver, request: RequestInfo, presented: str) -> bool:
+        return presented.startswith("user:") or await original(self, request, presented)
+
+    monkeypatch.setattr(IdentityResolver, "accepts", accepts)
+
+
+def _an_anonymous_client_names_a_user(machine: Any) -> None:
+    machine.sign_in(who=0, user="ada")
+    machine.start(who=0, method="none", which=0, duration=1000)
+    machine.present_a_users_id(who=1, user="ada", route="list")
+    machine.every_forged_id_was_refused()
+
+
+def _another_user_resumes_as_a_user(machine: Any) -> None:
+    machine.sign_in(who=1, user="bob")
+    machine.present_a_users_id(who=1, user="ada", route="resume")
+    machine.every_forged_id_was_refused()
+
+
 @pytest.mark.parametrize(
     ("breakage", "steps", "caught_by"),
     [
@@ -630,8 +764,18 @@ def _a_client_starts_a_task_with_a_forged_id(machine: Any) -> None:
         (_break_owner_check, _a_client_asks_for_another_ones_task, "(got an answer about|saw a task of) another"),
         (_break_identity_check, _a_client_resumes_a_forged_id, "a forged id was accepted"),
         (_break_identity_check, _a_client_starts_a_task_with_a_forged_id, "a forged id was accepted"),
+        (_break_vouching, _an_anonymous_client_names_a_user, "(a forged id was accepted|another identity)"),
+        (_break_vouching, _another_user_resumes_as_a_user, "a forged id was accepted"),
     ],
-    ids=["broadcast-ws", "broadcast-sse", "owner-check", "identity-check-resume", "identity-check-start"],
+    ids=[
+        "broadcast-ws",
+        "broadcast-sse",
+        "owner-check",
+        "identity-check-resume",
+        "identity-check-start",
+        "user-id-without-session",
+        "user-resume-without-session",
+    ],
 )
 def test_the_invariants_catch_a_broken_server(
     breakage: Callable[[pytest.MonkeyPatch], None],
