@@ -193,15 +193,19 @@ async def test_the_stream_is_not_held_back_by_compression_middleware() -> None:
     hub = make_hub()
     app = GZipMiddleware(build_app("starlette", hub, TransportSettings()), minimum_size=1, exclude_content_types=())
     with serve(app, hub) as server:
-        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=server.http,
+        ) as http:
             headers = {"Accept-Encoding": "gzip"}
             async with open_stream(http, headers=headers) as stream:
                 assert stream.response.headers.get("content-encoding") == "identity"
-                hello = await stream.next(timeout=30)
+                hello = await stream.next()
                 assert hello["type"] == "connection"
-                await stream.next(timeout=30)
+                await stream.next()
                 started = (await start_task(http, "compressed?", 1000, **{"X-Client-Id": hello["clientId"]})).json()
-                await stream.until(terminal(started["id"]), timeout=30)
+                await stream.until(
+                    terminal(started["id"]),
+                )
             # Other routes are still compressed: the middleware works.
             listed = await http.get("/api/tasks", headers={**headers, "X-Client-Id": hello["clientId"]})
             assert listed.headers.get("content-encoding") == "gzip"
@@ -211,7 +215,9 @@ async def test_the_stream_is_not_held_back_by_compression_middleware() -> None:
 async def test_every_adapter_serves_the_stream_cookie(adapter: str) -> None:
     hub = make_hub()
     with serve(build_library_app(adapter, hub, TransportSettings()), hub) as server:
-        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=server.http,
+        ) as http:
             client_id = hub.identities.mint()
             answer = await http.post("/api/events", headers={"X-Client-Id": client_id})
             assert answer.status_code == 200, answer.text

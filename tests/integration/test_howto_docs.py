@@ -76,13 +76,13 @@ async def test_an_app_from_the_docs_runs_two_typed_kinds_under_its_prefix(page: 
                 )
                 assert (export.status_code, resize.status_code) == (202, 202)
                 assert export.json()["clientId"] == ws.client_id
-                exported = await ws.until(terminal(export.json()["id"]), timeout=30)
+                exported = await ws.until(terminal(export.json()["id"]))
                 assert any(m["task"]["message"].startswith("users: step") for m in exported if "task" in m)
                 assert exported[-1]["task"]["result"] == {"rows": 1000}
                 assert exported[-1]["task"]["name"] == "users.csv"
                 resized = [m for m in ws.received if m.get("task", {}).get("id") == resize.json()["id"]]
                 if not resized or resized[-1]["task"]["status"] != "completed":
-                    resized = await ws.until(terminal(resize.json()["id"]), timeout=30)
+                    resized = await ws.until(terminal(resize.json()["id"]))
                 assert resized[-1]["task"]["result"] == {"width": 64, "height": 48}
             listed = (await http.get("/pq/api/tasks", headers=mine)).json()
             assert {t["id"] for t in listed["tasks"]} == {export.json()["id"], resize.json()["id"]}

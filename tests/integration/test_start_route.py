@@ -132,7 +132,7 @@ async def test_a_typed_task_runs_with_its_params(server: RunningServer, http: ht
         assert started.status_code == 202
         task = started.json()
         assert (task["name"], task["status"], task["clientId"]) == ("a.png", "queued", ws.client_id)
-        final = (await ws.until(terminal(task["id"]), timeout=30))[-1]["task"]
+        final = (await ws.until(terminal(task["id"])))[-1]["task"]
         assert (final["status"], final["result"]) == ("completed", {"area": 12})
         unnamed = (await start_kind(http, "resize", GOOD, **{"X-Socket-Id": ws.socket_id})).json()
         assert unnamed["name"] == "resize"  # the kind's name when none is given
