@@ -1,0 +1,102 @@
+"""The Redis deployment how-to, run as written: its two modules laid out as ``myapp/``, a web
+process under uvicorn and a ``progressq worker`` process, both real, sharing one Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.integration.client import WsClient, start_kind, terminal
+from tests.redis_support import REDIS_URL, free_port, prefixed
+from tests.waiting import PATIENCE
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "deploy-redis.md"
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def myapp(tmp_path: Path) -> Path:
+    """The page's blocks as the files their first lines name (``# myapp/tasks.py``)."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    for block in _PYTHON_BLOCK.findall(PAGE.read_text()):
+        path = block.splitlines()[0].removeprefix("# ").strip()
+        assert path.startswith("myapp/"), path
+        (tmp_path / path).write_text(block)
+    return tmp_path
+
+
+@pytest.fixture
+def processes(myapp: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        process.terminate()
+    for process in started:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def test_a_web_process_and_a_worker_process_run_a_task_as_the_page_says(
+    myapp: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    port = free_port()
+    with prefixed("deploy-docs") as prefix:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(myapp), *sys.path]),
+            "REDIS_URL": REDIS_URL,
+            "REDIS_PREFIX": prefix,
+            "PROGRESSQ_SECRET": "deploy-docs-secret-0123456789abcdef",
+        }
+
+        def start(*command: str, log: str) -> None:
+            with (myapp / log).open("wb") as out:
+                processes.append(subprocess.Popen(command, cwd=myapp, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+        start(sys.executable, "-m", "uvicorn", "myapp.web:app", "--port", str(port), log="web.log")
+        start(sys.executable, "-m", "progressq", "worker", "myapp.tasks:hub", "--concurrency", "2", log="worker.log")
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            await _wait_healthy(http, myapp)
+            async with await WsClient.open(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.next()  # the snapshot
+                started = await start_kind(http, "export", {"table": "orders"}, **{"X-Client-Id": ws.client_id})
+                assert started.status_code == 202, started.text
+                final = (await ws.until(terminal(started.json()["id"])))[-1]["task"]
+                refused = await start_kind(http, "export", {"table": 5}, **{"X-Client-Id": ws.client_id})
+    assert (final["status"], final["result"], final["message"]) == ("completed", {"rows": 1000}, "1000 rows of orders")
+    assert (refused.status_code, refused.json()["error"]["field"]) == (422, "table")
+    worker_log = (myapp / "worker.log").read_text()
+    assert "progressq worker myapp.tasks:hub" in worker_log
+    assert "task kinds: export" in worker_log
+
+
+async def _wait_healthy(http: httpx.AsyncClient, myapp: Path) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        try:
+            if (await http.get("/health")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await anyio.sleep(0.1)
+    raise AssertionError(f"the web process did not answer:\n{(myapp / 'web.log').read_text()}")
