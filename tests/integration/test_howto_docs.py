@@ -248,3 +248,10 @@ async def test_the_readme_app_runs_and_its_task_awaits_its_work(monkeypatch: pyt
         )
     assert (final["status"], final["result"]) == ("completed", {"rows": 10})
     assert awaited == list(range(10))
+
+
+async def test_the_home_page_app_runs_as_written(page: Any) -> None:
+    docs = page("../index.md")
+    with serve(docs.app, docs.hub) as server:
+        final = await run_a_task(server.http, server.ws, kind="import", params={"url": "https://example.com/a.csv"})
+    assert (final["status"], final["progress"], final["message"]) == ("completed", 100.0, "step 10 of 10")
