@@ -186,9 +186,9 @@ async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(redis_pre
         takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
         paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
-        # the paused worker did try to write, and was refused
+        # the paused worker learnt of it (a write refused, or its heartbeat) and stopped
         with anyio.fail_after(20):
-            while "lease lost" not in paused.text():
+            while "its handler was stopped" not in paused.text():
                 await anyio.sleep(0.1)
         await anyio.sleep(0.5)
         after = sink.events[sink.events.index(takeover) :]
@@ -236,3 +236,29 @@ async def test_sigterm_hands_unfinished_tasks_back(redis_prefix: str, start_work
         final = _terminal(sink.events)[task.id]
         assert (final["status"], final["attempt"], final["result"]["pid"]) == ("completed", 2, successor.pid)
         check_task_events(sink.events)
+
+
+async def test_a_worker_that_lost_its_lease_stops_the_handler(redis_prefix: str, start_worker: Any) -> None:
+    paused = start_worker(concurrency=1)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        # long enough (30 s) that its natural end comes far after the takeover
+        task = await hub.submit("steps", owner="alice", payload={"steps": 300, "delay": 0.1})
+        await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 2)
+        taker = start_worker(concurrency=1)
+        paused.signal(signal.SIGSTOP)
+        await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _pid_in(e) == taker.pid)
+        paused.signal(signal.SIGCONT)
+        # the resumed worker learns of the loss (heartbeat or a refused write) and stops the
+        # handler (the line is logged once its handler has returned), while the taker still
+        # runs the task: long before the handler's natural end
+        with anyio.fail_after(30):
+            while "its handler was stopped" not in paused.text():
+                await anyio.sleep(0.1)
+        record = await hub.get(task.id, owner="alice")
+        assert (record.status, record.attempt) == ("running", 2)
+        assert f"task {task.id}: lease of attempt 1 lost" in paused.text()
+        assert all(_pid_in(e) in (None, taker.pid) for e in sink.events if _view(e)["attempt"] == 2)
+        await hub.cancel(task.id, owner="alice")
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import anyio
@@ -45,6 +45,15 @@ class BatchLeasing(Protocol):
         ...
 
 
+class LeaseLossWatching(Protocol):
+    """An optional ``TaskQueue`` capability, for a queue that keeps leases alive itself (a
+    heartbeat): it tells the pool of the leases it found lost, so that their work stops."""
+
+    def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
+        """``(task id, attempt)`` of each lease held here that was found taken over."""
+        ...
+
+
 class SaveAndPublish(Protocol):
     """An optional ``TaskQueue`` capability, for a queue that shares its store with the
     registry: ``save`` and the ``taskProgress`` publish of a change in one step."""
@@ -76,6 +85,7 @@ class WorkerPool:
         self._queue = queue
         self._batch = cast(BatchLeasing, queue) if hasattr(queue, "lease_many") else None
         self._combined = cast(SaveAndPublish, queue) if hasattr(queue, "save_and_publish") else None
+        self._losses = cast(LeaseLossWatching, queue) if hasattr(queue, "watch_lost_leases") else None
         self._processor = processor
         self._policy_for = policy_for
         self._publish = publish
@@ -84,6 +94,8 @@ class WorkerPool:
         self._shutdown_grace = shutdown_grace
         self._intake = anyio.CancelScope()
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self._attempts: dict[str, int] = {}  # the attempt each running task's lease is for
+        self._lost: set[str] = set()  # running tasks whose lease is gone: their work stops
         self._idle = anyio.Event()
         self._idle.set()
         self.alive = False  # between ``run``'s start and its end
@@ -100,6 +112,8 @@ class WorkerPool:
         limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
+            if self._losses is not None:
+                runs.start_soon(self._watch_lost_leases, self._losses)
             self.alive = True
             task_status.started()
             try:
@@ -133,6 +147,7 @@ class WorkerPool:
     def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
         scope = anyio.CancelScope()
         self._scopes[lease.record.id] = scope
+        self._attempts[lease.record.id] = lease.record.attempt
         if len(self._scopes) == 1:
             self._idle = anyio.Event()
         runs.start_soon(self._run_one, runs, lease, scope, limiter, slot)
@@ -156,6 +171,8 @@ class WorkerPool:
             logger.exception("task %s: could not record its outcome", lease.record.id)
         finally:
             del self._scopes[lease.record.id]
+            del self._attempts[lease.record.id]
+            self._lost.discard(lease.record.id)
             if not self._scopes:
                 self._idle.set()
             limiter.release_on_behalf_of(slot)
@@ -198,7 +215,8 @@ class WorkerPool:
                     error = f"timed out after {policy.timeout:g} s"
                     raised = TimeoutError(error)
         except Exception as exc:
-            logger.exception("task %s (%s) raised", record.id, record.kind)
+            if record.id not in self._lost:
+                logger.exception("task %s (%s) raised", record.id, record.kind)
             error, raised = _describe(exc), exc
         except BaseException:
             # Shutdown ran out of grace (or the process is going down): hand the task back.
@@ -206,6 +224,11 @@ class WorkerPool:
                 latest = await ctx.close()
                 await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
             raise
+        if record.id in self._lost:  # stopped: another worker has the task; nothing to record
+            with anyio.CancelScope(shield=True):
+                await ctx.close()
+            logger.warning("task %s: lease of attempt %d lost; its handler was stopped", record.id, record.attempt)
+            return "lost", None
         # The handler is done: its outcome is recorded even if shutdown's cancellation
         # arrives now, or the task would stay "running" with no worker.
         with anyio.CancelScope(shield=True):
@@ -267,8 +290,25 @@ class WorkerPool:
                 await self._publish(record)
         if not stored:
             logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
+            self._lose(record.id, lease.record.attempt)
             return False
         return True
+
+    def _lose(self, task_id: str, attempt: int) -> None:
+        """The lease of ``attempt`` is gone: cancel its handler (another worker may run the
+        task now), so that it stops doing the work twice and frees its slot."""
+        if self._attempts.get(task_id) == attempt and task_id not in self._lost:
+            self._lost.add(task_id)
+            self._scopes[task_id].cancel()
+
+    async def _watch_lost_leases(self, losses: LeaseLossWatching) -> None:
+        while True:
+            try:
+                async for task_id, attempt in losses.watch_lost_leases():
+                    self._lose(task_id, attempt)
+            except Exception:
+                logger.warning("lost-lease watch interrupted; retrying", exc_info=True)
+                await anyio.sleep(1.0)
 
     async def _watch_cancellations(self) -> None:
         while True:

@@ -92,6 +92,7 @@ class RedisTaskQueue:
         self._publish = publish
         self._held: dict[str, _Held] = {}
         self._watchers: set[MemoryObjectSendStream[str]] = set()
+        self._loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]] = set()
         self._cancel_sub = _CancelSubscription(self)
         self._group_ready = False
         self._cursor = "0-0"
@@ -507,6 +508,19 @@ class RedisTaskQueue:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                     await self._pubsub.unsubscribe(self._keys.cancel_channel)
 
+    async def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
+        """``(task id, attempt)`` of each lease the heartbeat found taken over (this process
+        was paused or cut off past ``lease_timeout``): the worker stops that attempt."""
+        send, receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
+        self._loss_watchers.add(send)
+        try:
+            async with receive:
+                async for lost in receive:
+                    yield lost
+        finally:
+            self._loss_watchers.discard(send)
+            send.close()
+
     async def statistics(self) -> QueueStatistics:
         with _unavailable("statistics"):
             queued, running = await self._client.hmget(self._keys.counters, ["queued", "running"])
@@ -552,6 +566,8 @@ class RedisTaskQueue:
                     logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
                 elif not self._extended(lease, answer):
                     logger.warning("task %s: lease of attempt %d was taken over", lease.record.id, lease.record.attempt)
+                    for watcher in tuple(self._loss_watchers):
+                        watcher.send_nowait((lease.record.id, lease.record.attempt))
 
 
 def _placeholder(task_id: str, attempt: int) -> TaskRecord:
