@@ -44,7 +44,7 @@ def _console_script() -> list[str]:
 class Worker:
     """One ``progressq worker`` process; its log goes to a file."""
 
-    def __init__(self, prefix: str, log: Path, *, concurrency: int, grace: float) -> None:
+    def __init__(self, prefix: str, log: Path, *, concurrency: int, grace: float, forget: float = 600.0) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -52,6 +52,7 @@ class Worker:
             "PQ_TEST_PREFIX": prefix,
             "PQ_TEST_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
             "PQ_TEST_GRACE": str(grace),
+            "PQ_TEST_FORGET_CONSUMERS": str(forget),
         }
         self.log = log
         with log.open("wb") as out:
@@ -94,8 +95,9 @@ def redis_prefix() -> Iterator[str]:
 def start_worker(redis_prefix: str, tmp_path: Path) -> Iterator[Any]:
     workers: list[Worker] = []
 
-    def start(concurrency: int = 3, grace: float = 5.0) -> Worker:
-        worker = Worker(redis_prefix, tmp_path / f"worker-{len(workers)}.log", concurrency=concurrency, grace=grace)
+    def start(concurrency: int = 3, grace: float = 5.0, forget: float = 600.0) -> Worker:
+        log = tmp_path / f"worker-{len(workers)}.log"
+        worker = Worker(redis_prefix, log, concurrency=concurrency, grace=grace, forget=forget)
         workers.append(worker)
         worker.wait_ready()
         return worker
@@ -262,3 +264,46 @@ async def test_a_worker_that_lost_its_lease_stops_the_handler(redis_prefix: str,
         assert all(_pid_in(e) in (None, taker.pid) for e in sink.events if _view(e)["attempt"] == 2)
         await hub.cancel(task.id, owner="alice")
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+
+
+async def _consumers(hub: Hub) -> list[str]:
+    client: Any = hub.backend.client  # type: ignore[attr-defined]
+    stream = f"{hub.backend.prefix}:queue"  # type: ignore[attr-defined]
+    if not await client.exists(stream):
+        return []
+    return sorted(c["name"].decode() for c in await client.xinfo_consumers(stream, "workers"))
+
+
+async def test_workers_leave_the_group_and_dead_ones_are_removed(redis_prefix: str, start_worker: Any) -> None:
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        for _ in range(4):  # start, work, stop gracefully: the worker removes its own consumer
+            worker = start_worker(concurrency=1, forget=3.0)
+            task = await hub.submit("steps", owner="alice", payload={"steps": 2, "delay": 0.01})
+            await sink.wait_for(lambda events: task.id in _terminal(events), 60)  # noqa: B023
+            assert len(await _consumers(hub)) == 1
+            worker.signal(signal.SIGTERM)
+            worker.process.wait(30)
+            assert await _consumers(hub) == []
+        survivor = start_worker(concurrency=1, forget=3.0)
+        doomed = [start_worker(concurrency=1, forget=3.0) for _ in range(3)]
+        # a consumer is made by its first delivery: keep all four busy, then kill three
+        owners = [f"owner-{n}" for n in range(8)]  # one task each: no owner's cap in the way
+        busy = [await hub.submit("steps", owner=owner, payload={"steps": 40, "delay": 0.1}) for owner in owners]
+        with anyio.fail_after(30):
+            while len(await _consumers(hub)) != 4:
+                await anyio.sleep(0.05)
+        for worker in doomed:  # killed outright: their consumers stay until a live worker prunes them
+            worker.signal(signal.SIGKILL)
+        # the survivor takes their tasks over (then the dead consumers hold nothing) ...
+        with anyio.fail_after(90):
+            while [(await hub.get(t.id, owner=t.owner)).status for t in busy] != ["completed"] * len(busy):
+                await anyio.sleep(0.2)
+        # ... and removes them once idle past the bound: the one left is the survivor's
+        with anyio.fail_after(60):
+            while len(await _consumers(hub)) != 1:
+                await anyio.sleep(0.2)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 2, "delay": 0.01})
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+        assert _terminal(sink.events)[task.id]["result"]["pid"] == survivor.pid

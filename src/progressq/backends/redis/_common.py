@@ -88,6 +88,7 @@ class _Scripts:
         self.take = load("take", "claim")
         self.commit = load("commit", "save", "publish")
         self.submit = load("submit", "enqueue", "publish")
+        self.prune = load("prune")
 
 
 class _Keys:

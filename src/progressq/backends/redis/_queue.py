@@ -72,6 +72,7 @@ class RedisTaskQueue:
         lease_timeout: float,
         max_deliveries: int,
         consumer: str,
+        forget_consumers_after: float,
         publish: Callable[[TaskRecord], Awaitable[object]],
         announce: Callable[[TaskRecord], tuple[list[str], list[Any]]],
         publish_call: Callable[[TaskRecord, bytes], tuple[list[str], list[Any]]],
@@ -89,6 +90,9 @@ class RedisTaskQueue:
         self._lease_timeout = lease_timeout
         self._max_deliveries = max_deliveries
         self._consumer = consumer
+        self._forget_consumers_ms = max(1, int(forget_consumers_after * 1000))
+        self._prune_every = max(1.0, min(60.0, forget_consumers_after / 2))
+        self._next_prune = -math.inf
         self._publish = publish
         self._held: dict[str, _Held] = {}
         self._watchers: set[MemoryObjectSendStream[str]] = set()
@@ -215,6 +219,29 @@ class RedisTaskQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
+        await self._prune_consumers()
+
+    async def _prune_consumers(self, *, leaving: bool = False) -> None:
+        """Remove the group's consumers that died (idle past ``forget_consumers_after``, with
+        nothing pending), and this process's own when ``leaving``."""
+        self._next_prune = anyio.current_time() + self._prune_every
+        removed = await self._scripts.prune(
+            keys=[self._keys.stream],
+            args=[_GROUP, self._consumer if leaving else "", self._forget_consumers_ms],
+        )
+        if int(removed) and not leaving:
+            logger.info("removed %d consumers of workers gone from the group", int(removed))
+
+    async def leave(self) -> None:
+        """Remove this process's consumer from the group, unless it still holds entries
+        (a graceful exit has handed its tasks back; they are then the live workers')."""
+        if not self._group_ready:
+            return  # this process took no task
+        try:
+            with _unavailable("leave"):
+                await self._prune_consumers(leaving=True)
+        except BackendUnavailable as exc:
+            logger.warning("could not remove this worker's consumer from the group: %s", exc)
 
     async def _reclaim_one(self) -> tuple[str, str] | None:
         """Take over one entry whose worker stopped heartbeating, following the cursor."""
@@ -542,6 +569,12 @@ class RedisTaskQueue:
         interval = self._lease_timeout / 3
         while True:
             await anyio.sleep(interval)
+            if self._group_ready and anyio.current_time() >= self._next_prune:
+                try:
+                    with _unavailable("prune"):
+                        await self._prune_consumers()
+                except BackendUnavailable as exc:
+                    logger.warning("could not remove dead consumers: %s", exc)
             leases = [Lease(_placeholder(task_id, held.attempt), held.entry) for task_id, held in self._held.items()]
             if not leases:
                 continue
