@@ -66,6 +66,17 @@ class SaveAndPublish(Protocol):
         ...
 
 
+class _Run:
+    """One attempt running in this pool."""
+
+    __slots__ = ("attempt", "lost", "scope")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.scope = anyio.CancelScope()
+        self.lost = False  # its lease is gone: the handler is stopped, nothing is recorded
+
+
 class WorkerPool:
     """Runs at most ``concurrency`` tasks at once in the caller's task group."""
 
@@ -93,16 +104,14 @@ class WorkerPool:
         self._progress_interval = progress_interval
         self._shutdown_grace = shutdown_grace
         self._intake = anyio.CancelScope()
-        self._scopes: dict[str, anyio.CancelScope] = {}
-        self._attempts: dict[str, int] = {}  # the attempt each running task's lease is for
-        self._lost: set[str] = set()  # running tasks whose lease is gone: their work stops
+        self._runs: dict[str, _Run] = {}  # by task id: the latest attempt running here
         self._idle = anyio.Event()
         self._idle.set()
         self.alive = False  # between ``run``'s start and its end
 
     @property
     def running(self) -> int:
-        return len(self._scopes)
+        return len(self._runs)
 
     def stop(self) -> None:
         """Take no new task; running ones get ``shutdown_grace`` seconds, then are handed back."""
@@ -145,44 +154,47 @@ class WorkerPool:
                     self._start(runs, lease, limiter, more)
 
     def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
-        scope = anyio.CancelScope()
-        self._scopes[lease.record.id] = scope
-        self._attempts[lease.record.id] = lease.record.attempt
-        if len(self._scopes) == 1:
+        run = _Run(lease.record.attempt)
+        earlier = self._runs.get(lease.record.id)
+        if earlier is not None:
+            # Its earlier attempt still runs here, yet the task was handed out again: that
+            # lease expired (Redis did not answer the heartbeat in time). It is lost.
+            self._lose(lease.record.id, earlier.attempt)
+        self._runs[lease.record.id] = run
+        if len(self._runs) == 1:
             self._idle = anyio.Event()
-        runs.start_soon(self._run_one, runs, lease, scope, limiter, slot)
+        runs.start_soon(self._run_one, runs, lease, run, limiter, slot)
 
     async def _run_one(
         self,
         runs: anyio.abc.TaskGroup,
         lease: Lease,
-        scope: anyio.CancelScope,
+        run: _Run,
         limiter: anyio.CapacityLimiter,
         slot: object,
     ) -> None:
         try:
             if self._hooks:
-                await self._hooked_attempt(runs, lease, scope)
+                await self._hooked_attempt(runs, lease, run)
             else:
-                await self._attempt(runs, lease, scope)
+                await self._attempt(runs, lease, run)
         except Exception:
             # A backend error while recording the outcome: the worker lives on; with a
             # durable backend the lease expires and the task runs again.
             logger.exception("task %s: could not record its outcome", lease.record.id)
         finally:
-            del self._scopes[lease.record.id]
-            del self._attempts[lease.record.id]
-            self._lost.discard(lease.record.id)
-            if not self._scopes:
+            if self._runs.get(lease.record.id) is run:
+                del self._runs[lease.record.id]
+            if not self._runs:
                 self._idle.set()
             limiter.release_on_behalf_of(slot)
 
-    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> None:
+    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> None:
         """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
         started = time.monotonic()
         with self._hooks.attempt(lease.record):
             try:
-                status, error = await self._attempt(runs, lease, scope)
+                status, error = await self._attempt(runs, lease, run)
             except BaseException:
                 status, error = "interrupted", None
                 raise
@@ -190,9 +202,10 @@ class WorkerPool:
                 self._hooks.attempt_ended(lease.record, AttemptOutcome(status, time.monotonic() - started, error))
 
     async def _attempt(
-        self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope
+        self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run
     ) -> tuple[AttemptStatus, BaseException | None]:
         record = lease.record
+        scope = run.scope
         if record.cancel_requested:  # asked to cancel while its last worker died
             await self._finish(lease, record.evolve(status="cancelled", finished_at=utc_now(), message="cancelled"))
             return "cancelled", None
@@ -215,7 +228,7 @@ class WorkerPool:
                     error = f"timed out after {policy.timeout:g} s"
                     raised = TimeoutError(error)
         except Exception as exc:
-            if record.id not in self._lost:
+            if not run.lost:
                 logger.exception("task %s (%s) raised", record.id, record.kind)
             error, raised = _describe(exc), exc
         except BaseException:
@@ -224,7 +237,7 @@ class WorkerPool:
                 latest = await ctx.close()
                 await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
             raise
-        if record.id in self._lost:  # stopped: another worker has the task; nothing to record
+        if run.lost:  # stopped: another worker has the task; nothing to record
             with anyio.CancelScope(shield=True):
                 await ctx.close()
             logger.warning("task %s: lease of attempt %d lost; its handler was stopped", record.id, record.attempt)
@@ -297,9 +310,10 @@ class WorkerPool:
     def _lose(self, task_id: str, attempt: int) -> None:
         """The lease of ``attempt`` is gone: cancel its handler (another worker may run the
         task now), so that it stops doing the work twice and frees its slot."""
-        if self._attempts.get(task_id) == attempt and task_id not in self._lost:
-            self._lost.add(task_id)
-            self._scopes[task_id].cancel()
+        run = self._runs.get(task_id)
+        if run is not None and run.attempt == attempt and not run.lost:
+            run.lost = True
+            run.scope.cancel()
 
     async def _watch_lost_leases(self, losses: LeaseLossWatching) -> None:
         while True:
@@ -314,9 +328,9 @@ class WorkerPool:
         while True:
             try:
                 async for task_id in self._queue.watch_cancellations():
-                    scope = self._scopes.get(task_id)
-                    if scope is not None:
-                        scope.cancel()
+                    run = self._runs.get(task_id)
+                    if run is not None:
+                        run.scope.cancel()
             except Exception:
                 logger.warning("cancellation watch interrupted; retrying", exc_info=True)
                 await anyio.sleep(1.0)

@@ -21,6 +21,7 @@ __all__ = (
     "ClientRegistry",
     "Event",
     "EventSink",
+    "FairDispatch",
     "Lease",
     "Processor",
     "QueueStatistics",
@@ -203,6 +204,21 @@ class ClientRegistry(Protocol):
 
     def statistics(self) -> RegistryStatistics:
         """Connections and identities attached in this process."""
+
+
+@runtime_checkable
+class FairDispatch(Protocol):
+    """A ``TaskQueue`` capability: fair dispatch between owners.
+
+    With it, ``lease`` hands out the waiting tasks round-robin across their owners: no
+    owner gets a second turn while another owner with a waiting task, below the cap, waits.
+    And no owner has more than the cap of leased (running) tasks at once, counted across
+    every process sharing the queue, atomically. A task handed back (``release``) waits
+    first in its owner's line. Without this capability the queue is first in, first out.
+    """
+
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Set the cap of running tasks per owner for this queue's leases; None: no cap."""
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ import anyio
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
 from progressq._worker import TaskPolicy, WorkerPool
-from progressq.contracts import Backend, ClientRegistry, TaskQueue, TaskRecord
+from progressq.contracts import Backend, ClientRegistry, FairDispatch, TaskQueue, TaskRecord
 from progressq.errors import (
     ConfigurationError,
     HubNotOpen,
@@ -87,6 +87,10 @@ class Hub:
             the limit and enqueues in one atomic step).
         hooks: callbacks around submits and attempts (metrics, traces, your own); see
             :class:`~progressq.hooks.TaskHooks`.
+        max_running_per_owner: running tasks one owner may have at once, counted across
+            every worker process of the backend; workers take tasks round-robin across the
+            owners with waiting tasks. ``None`` (the default): half of ``concurrency``, at
+            least 1. Each worker process enforces its own setting: give them all the same.
     """
 
     def __init__(
@@ -101,11 +105,14 @@ class Hub:
         shutdown_grace: float = 10.0,
         max_active_per_owner: int | None = 100,
         hooks: Sequence[TaskHooks] = (),
+        max_running_per_owner: int | None = None,
     ) -> None:
         if concurrency < 0 or progress_interval < 0 or shutdown_grace < 0:
             raise ConfigurationError("concurrency, progress_interval and shutdown_grace must be >= 0")
         if max_active_per_owner is not None and max_active_per_owner < 1:
             raise ConfigurationError("max_active_per_owner must be >= 1 (or None for no limit)")
+        if max_running_per_owner is not None and max_running_per_owner < 1:
+            raise ConfigurationError("max_running_per_owner must be >= 1 (or None for half the concurrency)")
         if backend is None:
             from progressq.backends.memory import MemoryBackend
 
@@ -120,12 +127,20 @@ class Hub:
         self.progress_interval = progress_interval
         self.shutdown_grace = shutdown_grace
         self.max_active_per_owner = max_active_per_owner
+        self.max_running_per_owner = max_running_per_owner
         self._owner_locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._over_limit = LogOnce()
         self._handlers = KindRegistry()
         self.hooks = HookChain(hooks)
         self._pool: WorkerPool | None = None
         self._stack: AsyncExitStack | None = None
+
+    @property
+    def running_per_owner(self) -> int:
+        """The most tasks of one owner this process's workers let run at once."""
+        if self.max_running_per_owner is not None:
+            return self.max_running_per_owner
+        return max(1, self.concurrency // 2)
 
     @property
     def queue(self) -> TaskQueue:
@@ -205,6 +220,8 @@ class Hub:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.backend)
             if self.concurrency:
+                if isinstance(self.queue, FairDispatch):
+                    self.queue.limit_running_per_owner(self.running_per_owner)
                 group = await stack.enter_async_context(anyio.create_task_group())
                 self._pool = WorkerPool(
                     queue=self.queue,

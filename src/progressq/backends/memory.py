@@ -1,21 +1,22 @@
 """The in-memory backend: one process, no dependencies, bounded everywhere.
 
-The queue is an anyio memory object stream (the analogue of ``System.Threading.Channels``)
-with an admission limit; the registry keeps per-identity sequences and ring buffers.
+The queue keeps each owner's waiting tasks in line and hands them out round-robin across
+owners, under a cap of running tasks per owner, with an admission limit; the registry keeps
+per-identity sequences and ring buffers.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from progressq.contracts import (
     Backend,
@@ -52,9 +53,13 @@ class MemoryTaskQueue:
         self._capacity = capacity
         self._retention = retention
         self._max_finished = max_finished
-        # Unbounded stream: admission is counted here so that a task handed back by a
-        # stopping worker can always be requeued, even when new work is refused.
-        self._streams: tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]] | None = None
+        # Admission is counted here, not bounded by the lines, so that a task handed back by
+        # a stopping worker can always be requeued, even when new work is refused.
+        self._waiting: dict[str, deque[str]] = {}  # each owner's line, oldest first
+        self._turns: OrderedDict[str, None] = OrderedDict()  # owners with waiting tasks, in turn order
+        self._running_by_owner: Counter[str] = Counter()
+        self._running_cap: int | None = None
+        self._changed: anyio.Event | None = None  # set when a waiting lease may go ahead
         self._records: dict[str, TaskRecord] = {}
         self._by_owner: dict[str, dict[str, None]] = {}
         self._finished: deque[tuple[float, str]] = deque()  # (when it finished, monotonic; id)
@@ -68,19 +73,65 @@ class MemoryTaskQueue:
         self._store(record)
         self._by_owner.setdefault(record.owner, {})[record.id] = None
         self._queued += 1
-        self._stream()[0].send_nowait(record.id)
+        self._wait_in_line(record, first=False)
+
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Hand an owner no more than ``limit`` running tasks at once (``None``: no limit)."""
+        self._running_cap = limit
+        self._wake()
 
     async def lease(self) -> Lease:
+        """The next task: the first owner's in turn that is below the cap of running tasks."""
         while True:
-            task_id = await self._stream()[1].receive()
-            record = self._records.get(task_id)
-            if record is None or record.status != "queued":
-                continue  # cancelled while waiting, or forgotten
+            task_id = self._next_in_turn()
+            if task_id is None:
+                self._changed = anyio.Event()
+                await self._changed.wait()
+                continue
+            record = self._records[task_id]
             self._queued -= 1
             leased = record.evolve(attempt=record.attempt + 1)
             self._records[task_id] = leased
             self._running.add(task_id)
+            self._running_by_owner[record.owner] += 1
             return Lease(leased, str(leased.attempt))
+
+    def _next_in_turn(self) -> str | None:
+        """Take the next task round-robin across owners below the cap, or None."""
+        cap = self._running_cap
+        for owner in tuple(self._turns):
+            self._turns.move_to_end(owner)  # taken or passed over: its next turn is after the others
+            if cap is not None and self._running_by_owner[owner] >= cap:
+                continue
+            line = self._waiting[owner]
+            task_id = line.popleft()
+            if not line:
+                del self._waiting[owner], self._turns[owner]
+            return task_id
+        return None
+
+    def _wait_in_line(self, record: TaskRecord, *, first: bool) -> None:
+        line = self._waiting.get(record.owner)
+        if line is None:
+            line = self._waiting[record.owner] = deque()
+            self._turns[record.owner] = None
+        if first:
+            line.appendleft(record.id)
+        else:
+            line.append(record.id)
+        self._wake()
+
+    def _stop_running(self, record: TaskRecord) -> None:
+        if record.id in self._running:
+            self._running.discard(record.id)
+            self._running_by_owner[record.owner] -= 1
+            if self._running_by_owner[record.owner] <= 0:
+                del self._running_by_owner[record.owner]
+            self._wake()  # its owner may be below the cap again
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
         current = self._holds(lease)
@@ -90,14 +141,14 @@ class MemoryTaskQueue:
             record = msgspec.structs.replace(record, cancel_requested=True)
         self._store(record)
         if record.finished:
-            self._running.discard(record.id)
+            self._stop_running(record)
         return True
 
     async def extend(self, lease: Lease) -> bool:
         return self._holds(lease) is not None
 
     async def finish(self, lease: Lease) -> None:
-        self._running.discard(lease.record.id)
+        self._stop_running(lease.record)
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
         current = self._holds(lease)
@@ -106,9 +157,9 @@ class MemoryTaskQueue:
         if current.cancel_requested and not record.cancel_requested:  # asked while it ran: keep it
             record = msgspec.structs.replace(record, cancel_requested=True)
         self._records[record.id] = record
-        self._running.discard(record.id)
+        self._stop_running(record)
         self._queued += 1
-        self._stream()[0].send_nowait(record.id)
+        self._wait_in_line(record, first=True)  # it had its turn: first in its owner's line
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -132,6 +183,10 @@ class MemoryTaskQueue:
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )
             self._queued -= 1
+            line = self._waiting[owner]
+            line.remove(task_id)
+            if not line:
+                del self._waiting[owner], self._turns[owner]
             self._store(cancelled)
             return CancelOutcome("cancelled", cancelled)
         # Running: the flag is invisible to clients, so the revision stays.
@@ -156,16 +211,7 @@ class MemoryTaskQueue:
         return QueueStatistics(queued=self._queued, running=len(self._running))
 
     def close(self) -> None:
-        if self._streams is not None:
-            for stream in self._streams:
-                stream.close()
-            self._streams = None
-
-    def _stream(self) -> tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]]:
-        # Made on first use, so a queue that is never used leaves nothing unclosed.
-        if self._streams is None:
-            self._streams = anyio.create_memory_object_stream[str](math.inf)
-        return self._streams
+        """Nothing to release: kept for the backend's ``__aexit__``."""
 
     def _holds(self, lease: Lease) -> TaskRecord | None:
         """The stored record if ``lease`` is still the current, unfinished attempt."""

@@ -102,6 +102,14 @@ class _Keys:
         self.counters = f"{prefix}:counters"
         self.cancel_channel = f"{prefix}:cancel"
         self.unfinished = f"{prefix}:unfinished"
+        self.ring = f"{prefix}:ring"  # owners with waiting tasks, in turn order
+        self.running = f"{prefix}:running"  # leased tasks per owner
+        self.wake = f"{prefix}:wake"  # a token per task that a waiting worker may take
+        self.waiting_prefix = f"{prefix}:waiting:"
+
+    def waiting(self, owner: str) -> str:
+        """The owner's tasks waiting for a worker, oldest first."""
+        return f"{self.waiting_prefix}{owner}"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"

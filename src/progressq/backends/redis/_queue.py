@@ -102,6 +102,7 @@ class RedisTaskQueue:
         self._cursor = "0-0"
         self._next_reclaim = -math.inf
         self._outage = False
+        self._running_per_owner: int | None = None
 
     @property
     def consumer(self) -> str:
@@ -131,8 +132,10 @@ class RedisTaskQueue:
                     self._keys.task(record.id),
                     self._keys.owner(record.owner),
                     self._keys.counters,
-                    self._keys.stream,
+                    self._keys.waiting(record.owner),
                     self._keys.unfinished,
+                    self._keys.ring,
+                    self._keys.wake,
                     *announce_keys[:2],
                 ],
                 [
@@ -187,24 +190,17 @@ class RedisTaskQueue:
             with _unavailable("lease"):
                 if not self._group_ready:
                     await self._ensure_group()
-                entries: list[tuple[str, str]] = []
+                leases: list[Lease] = []
                 reclaimed = await self._reclaim_one()
                 if reclaimed is not None:
-                    entries.append(reclaimed)
-                    if limit > 1:
-                        entries += await self._read(limit - 1, block=False)
-                    return await self._claim_all(entries)
-                # what is waiting, read and claimed in one round trip; else wait for the next
-                answers = await self._scripts.take(
-                    keys=[self._keys.stream, self._keys.counters],
-                    args=[_GROUP, self._consumer, limit, self._keys.task("")],
-                )
-                if answers:
-                    return await self._leases([(_text(entry), answer) for entry, answer in answers])
-                entries = await self._read(limit, block=True)
-                if not entries:
-                    return []
-                return await self._claim_all(entries)
+                    leases = await self._claim_all([reclaimed])
+                    if limit - len(leases) < 1:
+                        return leases
+                # what is waiting, taken fairly and claimed in one round trip
+                leases += await self._take(limit - len(leases))
+                if not leases and reclaimed is None:
+                    await self._wait_for_work()
+                return leases
         except redis_errors.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the stream is gone (Redis lost its data): start again
                 self._group_ready = False
@@ -260,31 +256,42 @@ class RedisTaskQueue:
                 return _text(entry_id), _text(fields[b"t"])
         return None
 
-    async def _read(self, count: int, *, block: bool) -> list[tuple[str, str]]:
-        """Up to ``count`` new entries; waits for the first one when ``block``."""
+    async def _take(self, limit: int) -> list[Lease]:
+        """Up to ``limit`` waiting tasks, round-robin across owners below their cap of
+        running tasks, taken and claimed in one script."""
+        answers = await self._scripts.take(
+            keys=[self._keys.stream, self._keys.counters, self._keys.ring, self._keys.running],
+            args=[
+                _GROUP,
+                self._consumer,
+                limit,
+                self._keys.task(""),
+                self._keys.waiting_prefix,
+                self._running_per_owner or 0,
+            ],
+        )
+        return await self._leases([(_text(entry), answer) for entry, answer in answers])
+
+    async def _wait_for_work(self) -> None:
+        """Wait until a task may be waiting (a token from its enqueue, or a capped owner's
+        end), or the next takeover round is due."""
         wait = max(0.05, min(1.0, self._lease_timeout / 2, self._next_reclaim - anyio.current_time()))
-        try:
-            answer = await self._client.xreadgroup(
-                _GROUP, self._consumer, {self._keys.stream: ">"}, count=count, block=int(wait * 1000) if block else None
-            )
-        except redis_errors.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                self._group_ready = False
-                self._cursor = "0-0"
-                return []
-            raise
-        found: list[tuple[str, str]] = []
-        streams: Any = answer or []
-        for _stream, entries in streams:
-            for entry_id, fields in entries:
-                if fields and b"t" in fields:
-                    found.append((_text(entry_id), _text(fields[b"t"])))
-        return found
+        await self._client.blpop([self._keys.wake], timeout=wait)
+
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Hand an owner no more than ``limit`` running tasks at once, counted across every
+        process on this Redis (``None``: no limit). Tasks go round-robin across owners."""
+        self._running_per_owner = limit
 
     async def _claim_all(self, entries: list[tuple[str, str]]) -> list[Lease]:
         """Claim ``entries`` in one script call; the leases of those that are to run."""
         answers = await self._scripts.claim_many(
-            keys=[self._keys.stream, self._keys.counters, *(self._keys.task(task_id) for _, task_id in entries)],
+            keys=[
+                self._keys.stream,
+                self._keys.counters,
+                self._keys.running,
+                *(self._keys.task(task_id) for _, task_id in entries),
+            ],
             args=[_GROUP, self._consumer, *(entry for entry, _ in entries)],
         )
         return await self._leases([(entry, answer) for (entry, _), answer in zip(entries, answers, strict=True)])
@@ -350,7 +357,15 @@ class RedisTaskQueue:
 
     def _save_call(self, lease: Lease, record: TaskRecord) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the save script (the commit script starts with them)."""
-        keys = [self._keys.task(record.id), self._keys.counters, self._keys.owner(record.owner), self._keys.unfinished]
+        keys = [
+            self._keys.task(record.id),
+            self._keys.counters,
+            self._keys.owner(record.owner),
+            self._keys.unfinished,
+            self._keys.running,
+            self._keys.waiting(record.owner),
+            self._keys.wake,
+        ]
         args = [
             lease.record.attempt,
             _record_encoder.encode(record),
@@ -450,8 +465,23 @@ class RedisTaskQueue:
         self._drop(lease)
         with _unavailable("release"):
             done = await self._scripts.release(
-                keys=[self._keys.task(record.id), self._keys.stream, self._keys.counters],
-                args=[lease.record.attempt, _record_encoder.encode(record), record.revision, _GROUP, record.id],
+                keys=[
+                    self._keys.task(record.id),
+                    self._keys.stream,
+                    self._keys.counters,
+                    self._keys.running,
+                    self._keys.waiting(record.owner),
+                    self._keys.ring,
+                    self._keys.wake,
+                ],
+                args=[
+                    lease.record.attempt,
+                    _record_encoder.encode(record),
+                    record.revision,
+                    _GROUP,
+                    record.id,
+                    record.owner,
+                ],
             )
         return bool(done)
 
@@ -496,7 +526,14 @@ class RedisTaskQueue:
             )
             with _unavailable("cancel"):
                 code = await self._scripts.cancel(
-                    keys=[key, self._keys.counters, self._keys.owner(owner), self._keys.unfinished],
+                    keys=[
+                        key,
+                        self._keys.counters,
+                        self._keys.owner(owner),
+                        self._keys.unfinished,
+                        self._keys.waiting(owner),
+                        self._keys.ring,
+                    ],
                     args=[
                         owner,
                         record.revision,

@@ -1,0 +1,204 @@
+"""The conformance tests of fair dispatch between owners, mixed into ``BackendConformance``.
+
+A backend with the ``FairDispatch`` capability hands out waiting tasks round-robin across
+their owners, under a cap of running tasks per owner. These tests hold it to that, and to
+the cap across two instances when the backend shares its state.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+
+from progressq.contracts import Backend, FairDispatch, Lease, TaskQueue, TaskRecord
+
+__all__ = ("FairDispatchConformance", "check_fair_dispatch")
+
+_WAIT = 10.0  # seconds to wait for a lease that is due (a hang guard)
+_QUIET = 0.1  # seconds to wait for a lease that must not come: a wrong one comes at once
+_BASE_TIME = datetime(2030, 1, 1, tzinfo=UTC)
+
+Step = tuple[str, int]
+"""One step of an interleaving: ``submit`` (for owner n), ``lease`` (one, if any is due),
+``finish`` or ``release`` (the n-th running lease)."""
+
+
+def _task(owner: str, n: int) -> TaskRecord:
+    return TaskRecord(
+        id=f"fair-{n}-{secrets.token_hex(4)}",
+        kind="work",
+        name=f"task {n}",
+        owner=owner,
+        created_at=_BASE_TIME + timedelta(seconds=n),
+    )
+
+
+def _fair(queue: TaskQueue) -> FairDispatch:
+    if not isinstance(queue, FairDispatch):
+        pytest.skip("this backend does not dispatch fairly between owners (no FairDispatch)")
+    return queue
+
+
+async def _lease(backend: Backend, within: float = _WAIT) -> Lease:
+    with anyio.fail_after(within):
+        return await backend.queue.lease()
+
+
+async def _no_lease(backend: Backend, wait: float = _QUIET) -> Lease | None:
+    with anyio.move_on_after(wait):
+        return await backend.queue.lease()
+    return None
+
+
+async def _end(backend: Backend, lease: Lease) -> None:
+    done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+    assert await backend.queue.save(lease, done)
+    await backend.queue.finish(lease)
+
+
+async def check_fair_dispatch(
+    backend: Backend, steps: Sequence[Step], cap: int, owners: int = 3, *, quiet: float = _QUIET
+) -> None:
+    """Play ``steps`` on an opened ``backend`` with a cap of ``cap`` running tasks per owner,
+    checking after every lease that:
+
+    - a lease is handed out exactly when some owner has a waiting task and is below the cap,
+      and then to such an owner (the cap is never exceeded, and no slot idles);
+    - while an owner is due (a waiting task, below the cap), no other owner takes two turns:
+      nobody waits behind another's backlog.
+
+    ``quiet``: seconds to wait for a lease that must not come (one comes at once if wrong).
+    Owners are named afresh, and what is left is cancelled or finished at the end, so that a
+    backend shared between calls starts each one empty.
+    """
+    _fair(backend.queue).limit_running_per_owner(cap)
+    tag = secrets.token_hex(3)
+    names = [f"owner-{tag}-{n}" for n in range(owners)]
+    waiting: dict[str, list[TaskRecord]] = {name: [] for name in names}
+    running: dict[str, list[Lease]] = {name: [] for name in names}
+    turns_while_due: dict[str, Counter[str]] = {name: Counter() for name in names}
+    submitted = 0
+    try:
+        for action, choice in steps:
+            held = [lease for name in names for lease in running[name]]
+            if action == "submit":
+                submitted += 1
+                record = _task(names[choice % owners], submitted)
+                await backend.queue.enqueue(record)
+                waiting[record.owner].append(record)
+            elif action in ("finish", "release") and held:
+                lease = held[choice % len(held)]
+                running[lease.record.owner].remove(lease)
+                if action == "finish":
+                    await _end(backend, lease)
+                else:
+                    assert await backend.queue.release(lease, lease.record.evolve(status="queued"))
+                    waiting[lease.record.owner].insert(0, lease.record)
+            elif action == "lease":
+                due = {name for name in names if waiting[name] and len(running[name]) < cap}
+                for name in names:
+                    if name not in due:
+                        turns_while_due[name].clear()
+                if not due:
+                    stray = await _no_lease(backend, quiet)
+                    assert stray is None, f"{stray.record.owner} got a task at its cap, or none was waiting"
+                    continue
+                lease = await _lease(backend)
+                owner = lease.record.owner
+                assert owner in due, f"{owner} got a task while at its cap of {cap}"
+                assert lease.record.id in {r.id for r in waiting[owner]}
+                waiting[owner] = [r for r in waiting[owner] if r.id != lease.record.id]
+                running[owner].append(lease)
+                turns_while_due[owner].clear()
+                for other in due - {owner}:
+                    turns_while_due[other][owner] += 1
+                    assert turns_while_due[other][owner] <= 1, f"{other} waited while {owner} took two turns"
+    finally:
+        with anyio.CancelScope(shield=True):
+            for name in names:
+                for lease in running[name]:
+                    await _end(backend, lease)
+                for record in waiting[name]:
+                    await backend.queue.request_cancel(record.id, name)
+
+
+class FairDispatchConformance:
+    """Fair dispatch between owners: round-robin turns and a cap of running tasks each."""
+
+    shared_state: ClassVar[bool] = False
+
+    @pytest.mark.anyio
+    async def test_fair_dispatch_takes_owners_in_turn_under_the_cap(self, make_backend: Callable[..., Backend]) -> None:
+        async with make_backend() as backend:
+            _fair(backend.queue).limit_running_per_owner(2)
+            hog = [_task("hog", n) for n in range(100)]  # one owner's backlog, queued first
+            for record in hog:
+                await backend.queue.enqueue(record)
+            late = [_task("late", 100 + n) for n in range(2)]
+            for record in late:
+                await backend.queue.enqueue(record)
+            first, second = await _lease(backend), await _lease(backend)
+            # the newcomer's first task starts at once: the backlog does not hold it up
+            assert [first.record.owner, second.record.owner] == ["hog", "late"]
+            third = await _lease(backend)
+            assert third.record.owner == "hog"
+            # both owners at the cap of 2... until one of the hog's tasks ends
+            fourth = await _lease(backend)
+            assert fourth.record.owner == "late"
+            assert await _no_lease(backend, 0.3) is None
+            await _end(backend, first)
+            fifth = await _lease(backend)
+            assert fifth.record.id == hog[2].id  # the hog's own line stays in order
+            for lease in (second, third, fourth, fifth):
+                await _end(backend, lease)
+            for record in hog[3:]:
+                await backend.queue.request_cancel(record.id, "hog")
+
+    @pytest.mark.anyio
+    async def test_the_cap_holds_across_instances(self, make_backend: Callable[..., Backend]) -> None:
+        if not self.shared_state:
+            pytest.skip("this backend does not share state between instances")
+        async with make_backend() as one, make_backend() as two:
+            for queue in (one.queue, two.queue):
+                _fair(queue).limit_running_per_owner(1)
+            records = [_task("solo", n) for n in range(3)]
+            for record in records:
+                await one.queue.enqueue(record)
+            lease = await _lease(one)
+            assert await _no_lease(two, 0.5) is None  # the owner's one running task is on `one`
+            await _end(one, lease)
+            taken = await _lease(two)
+            assert taken.record.id == records[1].id
+            await _end(two, taken)
+            await one.queue.request_cancel(records[2].id, "solo")
+
+    def test_fair_dispatch_over_random_interleavings(
+        self, make_backend: Callable[..., Backend], anyio_backend: str
+    ) -> None:
+        hypothesis: Any = pytest.importorskip("hypothesis")
+        strategies: Any = pytest.importorskip("hypothesis.strategies")
+        steps = strategies.lists(
+            strategies.tuples(
+                strategies.sampled_from(["submit", "submit", "lease", "lease", "finish", "release"]),
+                strategies.integers(0, 7),
+            ),
+            max_size=30,
+        )
+
+        async def play(steps: list[Step], cap: int) -> None:
+            async with make_backend() as backend:
+                await check_fair_dispatch(backend, steps, cap)
+
+        def check(steps: list[Step], cap: int) -> None:
+            anyio.run(play, steps, cap, backend=anyio_backend)
+
+        examples = hypothesis.settings(
+            max_examples=12, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
+        )
+        examples(hypothesis.given(steps=steps, cap=strategies.integers(1, 3))(check))()
