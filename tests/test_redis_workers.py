@@ -307,3 +307,32 @@ async def test_workers_leave_the_group_and_dead_ones_are_removed(redis_prefix: s
         task = await hub.submit("steps", owner="alice", payload={"steps": 2, "delay": 0.01})
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
         assert _terminal(sink.events)[task.id]["result"]["pid"] == survivor.pid
+
+
+async def test_two_workers_share_out_fairly_and_hold_the_cap_together(redis_prefix: str, start_worker: Any) -> None:
+    # 2 workers x 4 slots; each lets an owner run 2 at once (half its slots), across both
+    start_worker(concurrency=4)
+    start_worker(concurrency=4)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("newcomer", sink)
+        backlog = [await hub.submit("steps", owner="hog", payload={"steps": 30, "delay": 0.1}) for _ in range(20)]
+
+        async def hog_statuses() -> list[str]:
+            return [(await hub.get(t.id, owner="hog")).status for t in backlog]
+
+        with anyio.fail_after(30):
+            while (await hog_statuses()).count("running") < 2:
+                await anyio.sleep(0.05)
+        quick = await hub.submit("steps", owner="newcomer", payload={"steps": 2, "delay": 0.05})
+        peak = 0
+        with anyio.fail_after(60):
+            while quick.id not in _terminal(sink.events):
+                peak = max(peak, (await hog_statuses()).count("running"))
+                await anyio.sleep(0.05)
+        # it did not wait behind the backlog: most of the hog's tasks had not started yet
+        assert (await hog_statuses()).count("queued") >= 10
+        assert _terminal(sink.events)[quick.id]["status"] == "completed"
+        assert peak <= 2
+        for task in backlog:
+            await hub.cancel(task.id, owner="hog")
