@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import anyio
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from progressq import AttemptOutcome, Hub, MemoryBackend, TaskContext, TaskHooks, TaskRecord
+from progressq import AttemptOutcome, Hub, MemoryBackend, Retry, TaskContext, TaskHooks, TaskPolicy, TaskRecord
 from progressq._conformance_scheduling import Step, check_fair_dispatch
 from progressq.contracts import Lease
 from tests.test_engine import OWNER, SECRET, attach, wait_until
@@ -100,3 +103,78 @@ async def test_one_owner_backlog_does_not_delay_another_owner_on_the_hub() -> No
         statuses = [(await hub.get(r.id, owner=OWNER)).status for r in backlog]
         assert statuses.count("running") == 2
         release.set()
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter_below_it() -> None:
+    policy = TaskPolicy(retry_backoff=1.0, retry_backoff_max=5.0, retry_jitter=False)
+    assert [policy.backoff(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    jittered = TaskPolicy(retry_backoff=2.0, retry_backoff_max=100.0)
+    samples = [jittered.backoff(3) for _ in range(200)]
+    assert all(4.0 <= s <= 8.0 for s in samples)
+    assert len(set(samples)) > 1
+    assert policy.retries(ValueError())
+    assert policy.retries(Retry())
+    narrow = TaskPolicy(retry_on=(ConnectionError,))
+    assert narrow.retries(ConnectionResetError())
+    assert narrow.retries(Retry(after=1))
+    assert not narrow.retries(ValueError())
+
+
+async def test_a_retry_waits_queued_with_its_time_and_holds_no_slot() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET, concurrency=1, progress_interval=0.0)
+    tried: list[int] = []
+
+    @hub.task("flaky", max_attempts=3)
+    async def flaky(ctx: TaskContext) -> int:
+        tried.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise Retry(after=1.0, reason="the service is busy")
+        return ctx.attempt
+
+    @hub.task("quick")
+    async def quick(ctx: TaskContext) -> str:
+        return "done"
+
+    async with hub:
+        sink = await attach(hub)
+        task = await hub.submit("flaky", owner=OWNER)
+        await wait_until(lambda: sink.has_status(task.id, "running"))
+        await wait_until(lambda: len(sink.views(task.id)) >= 3 and sink.views(task.id)[-1].status == "queued")
+        waiting = sink.views(task.id)[-1]
+        assert (waiting.attempt, waiting.error) == (1, "Retry: the service is busy")
+        assert isinstance(waiting.run_at, datetime)
+        assert waiting.run_at > waiting.created_at
+        # the only slot is free meanwhile: another task runs at once
+        other = await hub.submit("quick", owner=OWNER)
+        await wait_until(lambda: sink.has_status(other.id, "completed"))
+        assert not sink.has_status(task.id, "completed")
+        await wait_until(lambda: sink.has_status(task.id, "completed"), 30)
+        final = sink.last(task.id)
+        assert final is not None
+        assert final.attempt == 2
+        assert final.run_at is msgspec.UNSET
+        assert tried == [1, 2]
+        assert datetime.now(UTC) >= waiting.run_at
+
+
+async def test_retry_on_decides_which_errors_are_tried_again() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET, progress_interval=0.0)
+    attempts: dict[str, list[int]] = {"transient": [], "bug": []}
+
+    @hub.task("call", max_attempts=3, retry_on=ConnectionError, retry_backoff=0.01, retry_jitter=False)
+    async def call(ctx: TaskContext) -> None:
+        which = str(ctx.payload["which"])
+        attempts[which].append(ctx.attempt)
+        if which == "transient":
+            raise ConnectionResetError("peer reset")
+        raise KeyError("bug")
+
+    async with hub:
+        sink = await attach(hub)
+        transient = await hub.submit("call", owner=OWNER, payload={"which": "transient"})
+        bug = await hub.submit("call", owner=OWNER, payload={"which": "bug"})
+        await wait_until(lambda: sink.has_status(transient.id, "failed") and sink.has_status(bug.id, "failed"), 30)
+    assert attempts == {"transient": [1, 2, 3], "bug": [1]}

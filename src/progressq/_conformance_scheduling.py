@@ -1,4 +1,4 @@
-"""The conformance tests of fair dispatch between owners, mixed into ``BackendConformance``.
+"""The conformance tests of scheduling, mixed into ``BackendConformance``.
 
 A backend with the ``FairDispatch`` capability hands out waiting tasks round-robin across
 their owners, under a cap of running tasks per owner. These tests hold it to that, and to
@@ -18,7 +18,7 @@ import pytest
 
 from progressq.contracts import Backend, FairDispatch, Lease, TaskQueue, TaskRecord
 
-__all__ = ("FairDispatchConformance", "check_fair_dispatch")
+__all__ = ("SchedulingConformance", "check_fair_dispatch")
 
 _WAIT = 10.0  # seconds to wait for a lease that is due (a hang guard)
 _QUIET = 0.1  # seconds to wait for a lease that must not come: a wrong one comes at once
@@ -128,8 +128,9 @@ async def check_fair_dispatch(
                     await backend.queue.request_cancel(record.id, name)
 
 
-class FairDispatchConformance:
-    """Fair dispatch between owners: round-robin turns and a cap of running tasks each."""
+class SchedulingConformance:
+    """Fair dispatch between owners (round-robin turns, a cap of running tasks each) and
+    tasks handed back to run later."""
 
     shared_state: ClassVar[bool] = False
 
@@ -177,6 +178,32 @@ class FairDispatchConformance:
             assert taken.record.id == records[1].id
             await _end(two, taken)
             await one.queue.request_cancel(records[2].id, "solo")
+
+    @pytest.mark.anyio
+    async def test_a_task_handed_back_for_later_waits_until_then(self, make_backend: Callable[..., Backend]) -> None:
+        async with make_backend() as backend:
+            queue = backend.queue
+            later, cancelled = _task("retrier", 1), _task("retrier", 2)
+            for record in (later, cancelled):
+                await queue.enqueue(record)
+            run_at = datetime.now(UTC) + timedelta(seconds=1.5)
+            for _ in range(2):
+                lease = await _lease(backend)
+                retry = lease.record.evolve(status="queued", run_at=run_at, error="ValueError")
+                assert await queue.release(lease, retry)
+            stored = await queue.get(later.id)
+            assert stored is not None
+            assert (stored.status, stored.run_at) == ("queued", run_at)
+            assert (await queue.statistics()).queued == 2  # waiting, holding no worker
+            outcome = await queue.request_cancel(cancelled.id, "retrier")
+            assert outcome is not None
+            assert outcome.result == "cancelled"
+            assert await _no_lease(backend, 0.5) is None  # not before its time
+            again = await _lease(backend)
+            assert datetime.now(UTC) >= run_at - timedelta(milliseconds=5)
+            assert (again.record.id, again.record.attempt) == (later.id, 2)
+            await _end(backend, again)
+            assert await _no_lease(backend, 2.0) is None  # the cancelled one never comes back
 
     def test_fair_dispatch_over_random_interleavings(
         self, make_backend: Callable[..., Backend], anyio_backend: str

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, Protocol, cast
 
 import anyio
@@ -12,6 +14,7 @@ import msgspec
 
 from progressq._context import TaskContext
 from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
+from progressq.errors import Retry
 from progressq.hooks import AttemptOutcome, AttemptStatus, HookChain
 
 __all__ = ("TaskPolicy", "WorkerPool")
@@ -30,11 +33,30 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
         max_attempts: attempts before a failing task is ``failed`` (1 = no retry).
         progress_interval: least seconds between two progress events of one task; the
             hub's setting when ``None``.
+        retry_on: the exceptions (a timeout is a ``TimeoutError``) after which a task with
+            attempts left is tried again; any other fails it at once. ``Retry`` always retries.
+        retry_backoff: seconds before the second attempt; doubled for each next one.
+        retry_backoff_max: the most seconds between two attempts.
+        retry_jitter: wait a random 50-100 % of the backoff, so that tasks that failed
+            together do not all come back at once.
     """
 
     timeout: float | None = 300.0
     max_attempts: int = 1
     progress_interval: float | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    retry_jitter: bool = True
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether an attempt that raised ``error`` is tried again (attempts allowing)."""
+        return isinstance(error, (Retry, *self.retry_on))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (from 1)."""
+        delay = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** min(attempt - 1, 62))
+        return delay * random.uniform(0.5, 1.0) if self.retry_jitter else delay
 
 
 class BatchLeasing(Protocol):
@@ -210,7 +232,13 @@ class WorkerPool:
             await self._finish(lease, record.evolve(status="cancelled", finished_at=utc_now(), message="cancelled"))
             return "cancelled", None
         running = record.evolve(
-            status="running", started_at=utc_now(), finished_at=None, progress=0.0, message="started", error=None
+            status="running",
+            started_at=utc_now(),
+            finished_at=None,
+            progress=0.0,
+            message="started",
+            error=None,
+            run_at=None,
         )
         if not await self._commit(lease, running):
             return "lost", None
@@ -227,6 +255,8 @@ class WorkerPool:
                 if deadline.cancelled_caught:
                     error = f"timed out after {policy.timeout:g} s"
                     raised = TimeoutError(error)
+        except Retry as exc:
+            error, raised = _describe(exc), exc
         except Exception as exc:
             if not run.lost:
                 logger.exception("task %s (%s) raised", record.id, record.kind)
@@ -263,8 +293,16 @@ class WorkerPool:
         if cancelled:  # the owner asked, even if the handler swallowed it
             await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
             return "cancelled", None
-        if error is not None and latest.attempt < policy.max_attempts:
-            await self._requeue(lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error))
+        if error is not None and raised is not None and latest.attempt < policy.max_attempts and policy.retries(raised):
+            after = raised.after if isinstance(raised, Retry) and raised.after is not None else None
+            delay = policy.backoff(latest.attempt) if after is None else after
+            retry = latest.evolve(
+                status="queued",
+                message=f"retrying in {delay:.3g} s after: {error}",
+                error=error,
+                run_at=now + timedelta(seconds=delay),
+            )
+            await self._requeue(lease, retry)
             return "retrying", raised
         if error is not None:
             await self._finish(lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed"))

@@ -61,6 +61,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     result: Any = None
     cancel_requested: bool = False
     context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
+    run_at: datetime | None = None  # a queued task is not handed out before then (a retry's backoff)
 
     @property
     def finished(self) -> bool:
@@ -83,6 +84,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             attempt=self.attempt,
             error=self.error if self.error is not None else msgspec.UNSET,
             result=self.result if self.result is not None else msgspec.UNSET,
+            run_at=self.run_at if self.run_at is not None else msgspec.UNSET,
         )
 
     def view_json(self) -> bytes:
@@ -161,7 +163,8 @@ class TaskQueue(Protocol):
         """Acknowledge a task whose terminal record was saved."""
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
-        """Save ``record`` (status ``queued``) and hand the task back for another attempt."""
+        """Save ``record`` (status ``queued``) and hand the task back for another attempt,
+        not before ``record.run_at`` when that is set (meanwhile it holds no worker)."""
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
 

@@ -179,6 +179,10 @@ class Hub:
         timeout: float | None = 300.0,
         max_attempts: int = 1,
         progress_interval: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 300.0,
+        retry_jitter: bool = True,
     ) -> Callable[[H], H]:
         """Register an async function as the handler of a task kind.
 
@@ -195,6 +199,13 @@ class Hub:
             max_attempts: attempts before a failing task ends ``failed``.
             progress_interval: least seconds between two progress events of one task of
                 this kind; the hub's ``progress_interval`` when omitted.
+            retry_on: the exception types (a timeout is a ``TimeoutError``) after which a
+                task with attempts left runs again; others fail it at once. A handler may
+                also ``raise Retry(after=seconds)``.
+            retry_backoff: seconds before the second attempt, doubled for each next one;
+                the task waits ``queued`` (its ``run_at`` set) and holds no worker.
+            retry_backoff_max: the most seconds between two attempts.
+            retry_jitter: wait a random 50-100 % of the backoff.
 
         Raises:
             ConfigurationError: the kind is taken, the handler is not async, or its params
@@ -204,7 +215,17 @@ class Hub:
             raise ConfigurationError("max_attempts must be >= 1 and timeout > 0")
         if progress_interval is not None and progress_interval < 0:
             raise ConfigurationError("progress_interval must be >= 0")
-        policy = TaskPolicy(timeout=timeout, max_attempts=max_attempts, progress_interval=progress_interval)
+        if retry_backoff < 0 or retry_backoff_max < 0:
+            raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
+        policy = TaskPolicy(
+            timeout=timeout,
+            max_attempts=max_attempts,
+            progress_interval=progress_interval,
+            retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_jitter=retry_jitter,
+        )
 
         def register(handler: H) -> H:
             self._handlers.register(kind, handler, policy)

@@ -57,6 +57,7 @@ class TaskView(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True,
     attempt: int
     error: str | msgspec.UnsetType = msgspec.UNSET
     result: Any | msgspec.UnsetType = msgspec.UNSET
+    run_at: datetime | msgspec.UnsetType = msgspec.UNSET  # a queued task waits until then
 
 
 class TaskList(msgspec.Struct, rename="camel", kw_only=True):

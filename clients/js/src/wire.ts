@@ -83,6 +83,7 @@ export interface TaskView {
 	attempt: number;
 	error?: string;
 	result?: unknown;
+	runAt?: string;
 }
 
 export type ServerMessage = ConnectionMessage | SnapshotMessage | TaskQueuedMessage | TaskProgressMessage | PongMessage | ErrorMessage;
@@ -108,6 +109,7 @@ export interface StartedTask {
 	attempt: number;
 	error?: string;
 	result?: unknown;
+	runAt?: string;
 	clientId: string;
 }
 

@@ -7,6 +7,7 @@ per-identity sequences and ring buffers.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import Counter, OrderedDict, deque
@@ -59,6 +60,7 @@ class MemoryTaskQueue:
         self._turns: OrderedDict[str, None] = OrderedDict()  # owners with waiting tasks, in turn order
         self._running_by_owner: Counter[str] = Counter()
         self._running_cap: int | None = None
+        self._delayed: list[tuple[float, str]] = []  # (when it may run, epoch seconds; id), a heap
         self._changed: anyio.Event | None = None  # set when a waiting lease may go ahead
         self._records: dict[str, TaskRecord] = {}
         self._by_owner: dict[str, dict[str, None]] = {}
@@ -83,10 +85,13 @@ class MemoryTaskQueue:
     async def lease(self) -> Lease:
         """The next task: the first owner's in turn that is below the cap of running tasks."""
         while True:
+            self._promote_due()
             task_id = self._next_in_turn()
             if task_id is None:
                 self._changed = anyio.Event()
-                await self._changed.wait()
+                due = self._delayed[0][0] - time.time() if self._delayed else math.inf
+                with anyio.move_on_after(due):
+                    await self._changed.wait()
                 continue
             record = self._records[task_id]
             self._queued -= 1
@@ -109,6 +114,15 @@ class MemoryTaskQueue:
                 del self._waiting[owner], self._turns[owner]
             return task_id
         return None
+
+    def _promote_due(self) -> None:
+        """Put the delayed tasks whose time has come in their owners' lines."""
+        now = time.time()
+        while self._delayed and self._delayed[0][0] <= now:
+            task_id = heapq.heappop(self._delayed)[1]
+            record = self._records.get(task_id)
+            if record is not None and record.status == "queued" and task_id not in self._running:
+                self._wait_in_line(record, first=False)  # else cancelled (or forgotten) meanwhile
 
     def _wait_in_line(self, record: TaskRecord, *, first: bool) -> None:
         line = self._waiting.get(record.owner)
@@ -159,7 +173,11 @@ class MemoryTaskQueue:
         self._records[record.id] = record
         self._stop_running(record)
         self._queued += 1
-        self._wait_in_line(record, first=True)  # it had its turn: first in its owner's line
+        if record.run_at is not None and record.run_at.timestamp() > time.time():
+            heapq.heappush(self._delayed, (record.run_at.timestamp(), record.id))
+            self._wake()  # a waiting lease now has a time to wake up at
+        else:
+            self._wait_in_line(record, first=True)  # it had its turn: first in its owner's line
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -183,10 +201,11 @@ class MemoryTaskQueue:
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )
             self._queued -= 1
-            line = self._waiting[owner]
-            line.remove(task_id)
-            if not line:
-                del self._waiting[owner], self._turns[owner]
+            line = self._waiting.get(owner)
+            if line is not None and task_id in line:  # else it is delayed: left out when due
+                line.remove(task_id)
+                if not line:
+                    del self._waiting[owner], self._turns[owner]
             self._store(cancelled)
             return CancelOutcome("cancelled", cancelled)
         # Running: the flag is invisible to clients, so the revision stays.

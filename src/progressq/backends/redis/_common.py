@@ -106,6 +106,7 @@ class _Keys:
         self.running = f"{prefix}:running"  # leased tasks per owner
         self.wake = f"{prefix}:wake"  # a token per task that a waiting worker may take
         self.waiting_prefix = f"{prefix}:waiting:"
+        self.delayed = f"{prefix}:delayed"  # tasks to run later, by when (ms since the epoch)
 
     def waiting(self, owner: str) -> str:
         """The owner's tasks waiting for a worker, oldest first."""

@@ -242,6 +242,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                     self._keys.waiting(record.owner),
                     self._keys.ring,
                     self._keys.wake,
+                    self._keys.delayed,
                 ],
                 args=[
                     lease.record.attempt,
@@ -250,6 +251,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                     _GROUP,
                     record.id,
                     record.owner,
+                    int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
                 ],
             )
         return bool(done)
@@ -302,6 +304,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                         self._keys.unfinished,
                         self._keys.waiting(owner),
                         self._keys.ring,
+                        self._keys.delayed,
                     ],
                     args=[
                         owner,

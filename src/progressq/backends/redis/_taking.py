@@ -135,7 +135,7 @@ class _Taking:
         """Up to ``limit`` waiting tasks, round-robin across owners below their cap of
         running tasks, taken and claimed in one script."""
         answers = await self._scripts.take(
-            keys=[self._keys.stream, self._keys.counters, self._keys.ring, self._keys.running],
+            keys=[self._keys.stream, self._keys.counters, self._keys.ring, self._keys.running, self._keys.delayed],
             args=[
                 _GROUP,
                 self._consumer,

@@ -12,7 +12,11 @@
 -- A task's keys are its id or owner after a prefix (ARGV[4], ARGV[5]), only known once it is
 -- read: this script names keys it was not passed, which a single Redis allows (the backend
 -- does not support Redis Cluster).
--- KEYS: 1 stream, 2 counters, 3 ring of owners with waiting tasks, 4 running tasks per owner
+-- Delayed tasks (a retry's backoff) whose time has come are first put in their owners'
+-- lines, by whichever worker's take gets there first: each exactly once (the script is atomic).
+--
+-- KEYS: 1 stream, 2 counters, 3 ring of owners with waiting tasks, 4 running tasks per owner,
+--       5 delayed tasks
 -- ARGV: 1 group, 2 consumer, 3 count, 4 task key prefix, 5 waiting list key prefix,
 --       6 most running tasks per owner (0: no limit)
 -- Returns {entry id, claim.lua's answer} per task taken, in order (none: nothing could be).
@@ -37,6 +41,19 @@ local function deliver(count)
     if id then
       answers[#answers + 1] = {delivered[1],
         claim({ARGV[4] .. id, KEYS[1], KEYS[2], KEYS[4]}, {ARGV[1], ARGV[2], delivered[1]})}
+    end
+  end
+end
+
+local now = redis.call('TIME')
+local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000),
+  'LIMIT', 0, 100)
+for _, task in ipairs(due) do
+  redis.call('ZREM', KEYS[5], task)
+  local h = redis.call('HMGET', ARGV[4] .. task, 'state', 'owner')
+  if h[1] == 'queued' then
+    if redis.call('RPUSH', ARGV[5] .. h[2], task) == 1 then
+      redis.call('RPUSH', KEYS[3], h[2])
     end
   end
 end
