@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import msgspec
@@ -178,3 +178,50 @@ async def test_retry_on_decides_which_errors_are_tried_again() -> None:
         bug = await hub.submit("call", owner=OWNER, payload={"which": "bug"})
         await wait_until(lambda: sink.has_status(transient.id, "failed") and sink.has_status(bug.id, "failed"), 30)
     assert attempts == {"transient": [1, 2, 3], "bug": [1]}
+
+
+# --- delayed tasks --------------------------------------------------------------------------
+
+
+async def test_a_delayed_task_is_scheduled_with_its_time_then_runs() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET, progress_interval=0.0)
+    started: list[datetime] = []
+
+    @hub.task("later")
+    async def later(ctx: TaskContext) -> None:
+        started.append(datetime.now(UTC))
+
+    async with hub:
+        sink = await attach(hub)
+        delayed = await hub.submit("later", owner=OWNER, delay=1.0)
+        at = datetime.now(UTC) + timedelta(seconds=1.0)
+        timed = await hub.submit("later", owner=OWNER, at=at)
+        dropped = await hub.submit("later", owner=OWNER, delay=1.0)
+        first = sink.views(delayed.id)[0]
+        assert first.status == "scheduled"
+        assert isinstance(first.run_at, datetime)
+        assert first.run_at > first.created_at
+        assert (await hub.get(timed.id, owner=OWNER)).run_at == at
+        cancelled = await hub.cancel(dropped.id, owner=OWNER)
+        assert cancelled.status == "cancelled"
+        await wait_until(
+            lambda: sink.has_status(delayed.id, "completed") and sink.has_status(timed.id, "completed"), 30
+        )
+        assert min(started) >= first.run_at
+        assert len(started) == 2  # the cancelled one never ran
+        assert not sink.has_status(dropped.id, "running")
+
+
+async def test_delay_and_at_are_checked() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET)
+
+    @hub.task("later")
+    async def later(ctx: TaskContext) -> None: ...
+
+    async with hub:
+        with pytest.raises(ValueError, match="not both"):
+            await hub.submit("later", owner=OWNER, delay=1, at=datetime.now(UTC))
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await hub.submit("later", owner=OWNER, at=datetime(2030, 1, 1))
+        with pytest.raises(ValueError, match=">= 0"):
+            await hub.submit("later", owner=OWNER, delay=-1)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import anyio
+import msgspec
 import pytest
 
 from progressq.contracts import Backend, FairDispatch, Lease, TaskQueue, TaskRecord
@@ -204,6 +205,55 @@ class SchedulingConformance:
             assert (again.record.id, again.record.attempt) == (later.id, 2)
             await _end(backend, again)
             assert await _no_lease(backend, 2.0) is None  # the cancelled one never comes back
+
+    @pytest.mark.anyio
+    async def test_a_scheduled_task_runs_at_its_time_and_may_be_cancelled_before(
+        self, make_backend: Callable[..., Backend]
+    ) -> None:
+        async with make_backend() as backend:
+            queue = backend.queue
+            run_at = datetime.now(UTC) + timedelta(seconds=1.5)
+            due, dropped = (
+                msgspec.structs.replace(_task("planner", n), status="scheduled", run_at=run_at) for n in (1, 2)
+            )
+            for record in (due, dropped):
+                await queue.enqueue(record)
+            assert (await queue.statistics()).queued == 2
+            outcome = await queue.request_cancel(dropped.id, "planner")
+            assert outcome is not None
+            assert (outcome.result, outcome.record.status) == ("cancelled", "cancelled")
+            assert await _no_lease(backend, 0.5) is None  # not before its time
+            lease = await _lease(backend)
+            assert datetime.now(UTC) >= run_at - timedelta(milliseconds=5)
+            assert (lease.record.id, lease.record.attempt) == (due.id, 1)
+            await _end(backend, lease)
+            assert await _no_lease(backend, 2.0) is None  # the cancelled one never runs
+
+    @pytest.mark.anyio
+    async def test_scheduled_tasks_are_promoted_once_across_instances(
+        self, make_backend: Callable[..., Backend]
+    ) -> None:
+        if not self.shared_state:
+            pytest.skip("this backend does not share state between instances")
+        async with make_backend() as one, make_backend() as two:
+            run_at = datetime.now(UTC) + timedelta(seconds=1.0)
+            records = [
+                msgspec.structs.replace(_task(f"planner-{n % 3}", n), status="scheduled", run_at=run_at)
+                for n in range(9)
+            ]
+            for record in records:
+                await one.queue.enqueue(record)
+            leased: list[str] = []
+
+            async def take(backend: Backend) -> None:
+                while (lease := await _no_lease(backend, 2.5)) is not None:
+                    leased.append(lease.record.id)
+                    await _end(backend, lease)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(take, one)
+                group.start_soon(take, two)
+            assert sorted(leased) == sorted(r.id for r in records)  # each once, none twice
 
     def test_fair_dispatch_over_random_interleavings(
         self, make_backend: Callable[..., Backend], anyio_backend: str

@@ -61,7 +61,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     result: Any = None
     cancel_requested: bool = False
     context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
-    run_at: datetime | None = None  # a queued task is not handed out before then (a retry's backoff)
+    run_at: datetime | None = None  # not handed out before then (scheduled, or a retry's backoff)
 
     @property
     def finished(self) -> bool:
@@ -148,7 +148,8 @@ class TaskQueue(Protocol):
     """Hands tasks to workers and stores their records."""
 
     async def enqueue(self, record: TaskRecord) -> None:
-        """Store and queue a new task. Raises ``QueueFull`` when at capacity."""
+        """Store and queue a new task, to be handed out not before ``record.run_at`` when that
+        is set (status ``scheduled``). Raises ``QueueFull`` when at capacity."""
 
     async def lease(self) -> Lease:
         """Wait for the next runnable task; its ``attempt`` is already bumped."""

@@ -8,6 +8,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -16,7 +17,7 @@ import anyio
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
 from progressq._worker import TaskPolicy, WorkerPool
-from progressq.contracts import Backend, ClientRegistry, FairDispatch, TaskQueue, TaskRecord
+from progressq.contracts import Backend, ClientRegistry, FairDispatch, TaskQueue, TaskRecord, utc_now
 from progressq.errors import (
     ConfigurationError,
     HubNotOpen,
@@ -278,6 +279,8 @@ class Hub:
         name: str | None = None,
         params: Any = None,
         payload: Any = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> TaskRecord:
         """Queue a task of ``kind`` for ``owner`` and tell the owner's connections.
 
@@ -288,6 +291,9 @@ class Hub:
             params: the task's input: an instance of the kind's params type, or builtins
                 (a dict...) that validate as one. ``None`` for a kind without params.
             payload: an older name of ``params``.
+            delay: run it no sooner than this many seconds from now: it is ``scheduled``
+                (its ``run_at`` set) until a worker takes it, and may be cancelled meanwhile.
+            at: run it no sooner than this time (timezone-aware), as with ``delay``.
 
         Raises:
             HubNotOpen: the hub was never opened (or is closed).
@@ -295,10 +301,12 @@ class Hub:
             ValidationError: ``params`` do not match the kind's type; nothing was queued.
             QueueFull: the backend is at capacity; nothing was queued.
             TooManyTasks: ``owner`` has ``max_active_per_owner`` unfinished tasks already.
-            ValueError: ``name`` is empty or longer than 200 characters.
+            ValueError: ``name`` is empty or longer than 200 characters, ``delay`` is
+                negative, ``at`` is naive, or both are given.
         """
         if self._stack is None:
             raise HubNotOpen()
+        run_at = _run_at(delay, at)
         task_kind = self._handlers.kinds.get(kind)
         if task_kind is None:
             raise UnknownTaskKind(f"no handler is registered for task kind {kind!r}")
@@ -306,20 +314,30 @@ class Hub:
         if not 1 <= len(display) <= _MAX_NAME_LENGTH:
             raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
         if not self.hooks:
-            return await self._queue_task(task_kind, owner, display, params if params is not None else payload, {})
+            return await self._queue_task(
+                task_kind, owner, display, params if params is not None else payload, {}, run_at
+            )
         submission = Submission(kind=kind, owner=owner, name=display)
         with self.hooks.submit(submission):
             submission.record = await self._queue_task(
-                task_kind, owner, display, params if params is not None else payload, submission.context
+                task_kind, owner, display, params if params is not None else payload, submission.context, run_at
             )
         return submission.record
 
     async def _queue_task(
-        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str]
+        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str], run_at: datetime | None
     ) -> TaskRecord:
         stored = kind.dump_params(params)
         record = TaskRecord(
-            id=secrets.token_urlsafe(12), kind=kind.name, name=name, owner=owner, payload=stored, context=context
+            id=secrets.token_urlsafe(12),
+            kind=kind.name,
+            name=name,
+            owner=owner,
+            payload=stored,
+            context=context,
+            status="queued" if run_at is None else "scheduled",
+            message="" if run_at is None else "scheduled",
+            run_at=run_at,
         )
         if hasattr(self.queue, "enqueue_and_announce"):  # one atomic step: limit, enqueue, announce
             queue = cast(AnnouncingEnqueue, self.queue)
@@ -405,3 +423,16 @@ class Hub:
 
     async def _publish_change(self, record: TaskRecord) -> None:
         await self.registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
+
+
+def _run_at(delay: float | None, at: datetime | None) -> datetime | None:
+    """When a submitted task may run: ``delay`` seconds from now, or ``at``; None: now."""
+    if delay is not None and at is not None:
+        raise ValueError("give a task's delay or its time (at), not both")
+    if delay is not None:
+        if not delay >= 0:
+            raise ValueError("a task's delay must be >= 0 seconds")
+        return utc_now() + timedelta(seconds=delay) if delay > 0 else None
+    if at is not None and at.tzinfo is None:
+        raise ValueError("a task's time (at) must be timezone-aware, e.g. datetime.now(UTC)")
+    return at

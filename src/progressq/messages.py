@@ -38,7 +38,7 @@ __all__ = (
     "frame_event",
 )
 
-TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal["scheduled", "queued", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 EventType = Literal["taskQueued", "taskProgress"]
 

@@ -74,7 +74,7 @@ export interface TaskQueuedMessage {
 export interface TaskView {
 	id: string;
 	name: string;
-	status: "cancelled" | "completed" | "failed" | "queued" | "running";
+	status: "cancelled" | "completed" | "failed" | "queued" | "running" | "scheduled";
 	progress: number;
 	message: string;
 	createdAt: string;
@@ -100,7 +100,7 @@ export interface TaskList {
 export interface StartedTask {
 	id: string;
 	name: string;
-	status: "cancelled" | "completed" | "failed" | "queued" | "running";
+	status: "cancelled" | "completed" | "failed" | "queued" | "running" | "scheduled";
 	progress: number;
 	message: string;
 	createdAt: string;

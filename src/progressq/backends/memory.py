@@ -75,7 +75,7 @@ class MemoryTaskQueue:
         self._store(record)
         self._by_owner.setdefault(record.owner, {})[record.id] = None
         self._queued += 1
-        self._wait_in_line(record, first=False)
+        self._wait_in_line_or_until(record, first=False)
 
     def limit_running_per_owner(self, limit: int | None) -> None:
         """Hand an owner no more than ``limit`` running tasks at once (``None``: no limit)."""
@@ -115,13 +115,20 @@ class MemoryTaskQueue:
             return task_id
         return None
 
+    def _wait_in_line_or_until(self, record: TaskRecord, *, first: bool) -> None:
+        if record.run_at is not None and record.run_at.timestamp() > time.time():
+            heapq.heappush(self._delayed, (record.run_at.timestamp(), record.id))
+            self._wake()  # a waiting lease now has a time to wake up at
+        else:
+            self._wait_in_line(record, first=first)
+
     def _promote_due(self) -> None:
         """Put the delayed tasks whose time has come in their owners' lines."""
         now = time.time()
         while self._delayed and self._delayed[0][0] <= now:
             task_id = heapq.heappop(self._delayed)[1]
             record = self._records.get(task_id)
-            if record is not None and record.status == "queued" and task_id not in self._running:
+            if record is not None and not record.finished and task_id not in self._running:
                 self._wait_in_line(record, first=False)  # else cancelled (or forgotten) meanwhile
 
     def _wait_in_line(self, record: TaskRecord, *, first: bool) -> None:
@@ -173,11 +180,7 @@ class MemoryTaskQueue:
         self._records[record.id] = record
         self._stop_running(record)
         self._queued += 1
-        if record.run_at is not None and record.run_at.timestamp() > time.time():
-            heapq.heappush(self._delayed, (record.run_at.timestamp(), record.id))
-            self._wake()  # a waiting lease now has a time to wake up at
-        else:
-            self._wait_in_line(record, first=True)  # it had its turn: first in its owner's line
+        self._wait_in_line_or_until(record, first=True)  # it had its turn: first in its owner's line
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -196,7 +199,7 @@ class MemoryTaskQueue:
             return None
         if record.finished:
             return CancelOutcome("finished", record)
-        if record.status == "queued" and task_id not in self._running:  # leased ones are their worker's
+        if record.status in ("queued", "scheduled") and task_id not in self._running:  # leased: its worker's
             cancelled = record.evolve(
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )

@@ -121,6 +121,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                     self._keys.unfinished,
                     self._keys.ring,
                     self._keys.wake,
+                    self._keys.delayed,
                     *announce_keys[:2],
                 ],
                 [
@@ -133,6 +134,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                     self._retention,
                     *announce_args[:7],
                     max_unfinished or 0,
+                    int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
                 ],
             )
         done = int(answer[0])

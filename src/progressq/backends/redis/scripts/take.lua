@@ -51,7 +51,7 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', tonumber(now[1]) * 1000
 for _, task in ipairs(due) do
   redis.call('ZREM', KEYS[5], task)
   local h = redis.call('HMGET', ARGV[4] .. task, 'state', 'owner')
-  if h[1] == 'queued' then
+  if h[1] == 'queued' then  -- else cancelled (or gone) meanwhile
     if redis.call('RPUSH', ARGV[5] .. h[2], task) == 1 then
       redis.call('RPUSH', KEYS[3], h[2])
     end
