@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -225,3 +228,16 @@ async def test_delay_and_at_are_checked() -> None:
             await hub.submit("later", owner=OWNER, at=datetime(2030, 1, 1))
         with pytest.raises(ValueError, match=">= 0"):
             await hub.submit("later", owner=OWNER, delay=-1)
+
+
+def test_the_how_to_page_runs_as_written() -> None:
+    page = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "scheduling.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+    namespace: dict[str, Any] = {"__name__": "scheduling_how_to"}
+    exec(compile("\n".join(blocks), str(page), "exec"), namespace)
+    hub = namespace["hub"]
+    assert (hub.running_per_owner, hub.max_active_per_owner) == (2, 100)
+    policy = hub.task_kinds["fetch"].policy
+    assert (policy.max_attempts, policy.retry_backoff, policy.retry_backoff_max) == (5, 2.0, 60.0)
+    assert not policy.retries(ValueError())
+    assert policy.retries(TimeoutError())
