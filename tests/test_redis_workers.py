@@ -336,3 +336,36 @@ async def test_two_workers_share_out_fairly_and_hold_the_cap_together(redis_pref
         assert peak <= 2
         for task in backlog:
             await hub.cancel(task.id, owner="hog")
+
+
+def _cli(redis_prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PQ_TEST_REDIS_URL": REDIS_URL, "PQ_TEST_PREFIX": redis_prefix}
+    return subprocess.run(
+        [*_console_script(), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: str, start_worker: Any) -> None:
+    start_worker(concurrency=2)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        failed = [(await hub.submit("boom", owner="alice", payload={"n": n})).id for n in range(2)]
+        await sink.wait_for(lambda events: set(_terminal(events)) >= set(failed), 60)
+        status = await anyio.to_thread.run_sync(_cli, redis_prefix, "status", "tests.worker_app:hub")
+        assert status.returncode == 0, status.stderr
+        assert "queued 0  running 0  failed 2" in status.stdout
+        listed = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "list", "tests.worker_app:hub")
+        assert {line.split()[0] for line in listed.stdout.splitlines()} == set(failed)
+        assert "RuntimeError: boom 1" in listed.stdout
+        retried = await anyio.to_thread.run_sync(
+            _cli, redis_prefix, "dead", "retry", "tests.worker_app:hub", failed[0], "no-such-task"
+        )
+        assert retried.returncode == 1  # one id was not a failed task
+        assert "no-such-task: no such failed task" in retried.stderr
+        again = retried.stdout.split("submitted again as ")[1].split()[0]
+        await sink.wait_for(lambda events: again in _terminal(events), 60)  # its owner saw it run
+        assert _terminal(sink.events)[again]["error"] == "RuntimeError: boom 0"
+        purged = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "purge", "tests.worker_app:hub")
+        assert purged.stdout.strip() == "purged 2"  # the second and the retried one
+        assert await hub.dead_letters() == []

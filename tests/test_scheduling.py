@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from progressq import AttemptOutcome, Hub, MemoryBackend, Retry, TaskContext, TaskHooks, TaskPolicy, TaskRecord
 from progressq._conformance_scheduling import Step, check_fair_dispatch
 from progressq.contracts import Lease
+from progressq.errors import TaskNotFound
 from tests.test_engine import OWNER, SECRET, attach, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -241,3 +242,35 @@ def test_the_how_to_page_runs_as_written() -> None:
     assert (policy.max_attempts, policy.retry_backoff, policy.retry_backoff_max) == (5, 2.0, 60.0)
     assert not policy.retries(ValueError())
     assert policy.retries(TimeoutError())
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+async def test_a_failed_task_can_be_listed_replayed_and_purged() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET, progress_interval=0.0)
+    broken = True
+
+    @hub.task("fragile")
+    async def fragile(ctx: TaskContext) -> str:
+        if broken:
+            raise RuntimeError("the disk is full")
+        return "fixed"
+
+    async with hub:
+        sink = await attach(hub)
+        first = await hub.submit("fragile", owner=OWNER, params={"n": 1})
+        second = await hub.submit("fragile", owner=OWNER, params={"n": 2})
+        await wait_until(lambda: sink.has_status(first.id, "failed") and sink.has_status(second.id, "failed"))
+        dead = await hub.dead_letters()
+        assert [r.id for r in dead] == [second.id, first.id]
+        assert dead[0].error == "RuntimeError: the disk is full"
+        broken = False  # the operator fixed the cause
+        again = await hub.replay(first.id)
+        assert (again.owner, again.kind, again.payload) == (OWNER, "fragile", {"n": 1})
+        await wait_until(lambda: sink.has_status(again.id, "completed"))  # its owner sees it
+        assert [r.id for r in await hub.dead_letters()] == [second.id]
+        with pytest.raises(TaskNotFound):
+            await hub.replay(again.id)  # not a failed task
+        assert await hub.purge_dead() == 1
+        assert await hub.dead_letters() == []

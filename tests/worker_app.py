@@ -40,6 +40,11 @@ def make_hub(
             await ctx.report(step * 100 / count, f"step {step} pid {os.getpid()}")
         return {"pid": os.getpid()}
 
+    @app.task("boom")
+    async def boom(ctx: TaskContext) -> None:
+        """Always fails: a dead letter for the operator's commands."""
+        raise RuntimeError(f"boom {ctx.payload.get('n', 0)}")
+
     return app
 
 

@@ -17,7 +17,7 @@ import anyio
 import msgspec
 import pytest
 
-from progressq.contracts import Backend, FairDispatch, Lease, TaskQueue, TaskRecord
+from progressq.contracts import Backend, DeadLetters, FairDispatch, Lease, TaskQueue, TaskRecord
 
 __all__ = ("SchedulingConformance", "check_fair_dispatch")
 
@@ -130,8 +130,8 @@ async def check_fair_dispatch(
 
 
 class SchedulingConformance:
-    """Fair dispatch between owners (round-robin turns, a cap of running tasks each) and
-    tasks handed back to run later."""
+    """Fair dispatch between owners (round-robin turns, a cap of running tasks each), tasks
+    to run later, and the list of failed tasks."""
 
     shared_state: ClassVar[bool] = False
 
@@ -254,6 +254,31 @@ class SchedulingConformance:
                 group.start_soon(take, one)
                 group.start_soon(take, two)
             assert sorted(leased) == sorted(r.id for r in records)  # each once, none twice
+
+    @pytest.mark.anyio
+    async def test_failed_tasks_are_listed_as_dead_letters(self, make_backend: Callable[..., Backend]) -> None:
+        async with make_backend() as backend:
+            queue = backend.queue
+            dead = queue
+            if not isinstance(dead, DeadLetters):
+                pytest.skip("this backend keeps no list of failed tasks (no DeadLetters)")
+            failing, fine = _task("operator-view", 1), _task("operator-view", 2)
+            for record in (failing, fine):
+                await queue.enqueue(record)
+            for _ in range(2):
+                lease = await _lease(backend)
+                if lease.record.id == failing.id:
+                    failed = lease.record.evolve(status="failed", error="KeyError: 'x'", finished_at=datetime.now(UTC))
+                    assert await queue.save(lease, failed)
+                    await queue.finish(lease)
+                else:
+                    await _end(backend, lease)
+            listed = await dead.dead_letters(10)
+            assert [(r.id, r.status, r.error) for r in listed] == [(failing.id, "failed", "KeyError: 'x'")]
+            assert await dead.forget_dead(failing.id)
+            assert not await dead.forget_dead(failing.id)
+            assert await dead.dead_letters(10) == []
+            assert (await queue.get(failing.id)) is not None  # off the list, still readable
 
     def test_fair_dispatch_over_random_interleavings(
         self, make_backend: Callable[..., Backend], anyio_backend: str

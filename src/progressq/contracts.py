@@ -19,6 +19,7 @@ __all__ = (
     "Backend",
     "CancelOutcome",
     "ClientRegistry",
+    "DeadLetters",
     "Event",
     "EventSink",
     "FairDispatch",
@@ -223,6 +224,21 @@ class FairDispatch(Protocol):
 
     def limit_running_per_owner(self, limit: int | None) -> None:
         """Set the cap of running tasks per owner for this queue's leases; None: no cap."""
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """A ``TaskQueue`` capability: the failed tasks, for an operator to read and replay.
+
+    Every task stored ``failed`` (its attempts or deliveries used up) is listed, with its last
+    error, for as long as its record is kept (the backend's retention) or until forgotten.
+    """
+
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first."""
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the list (its record stays); False if it was not on it."""
 
 
 @runtime_checkable

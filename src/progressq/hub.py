@@ -17,7 +17,7 @@ import anyio
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
 from progressq._worker import TaskPolicy, WorkerPool
-from progressq.contracts import Backend, ClientRegistry, FairDispatch, TaskQueue, TaskRecord, utc_now
+from progressq.contracts import Backend, ClientRegistry, DeadLetters, FairDispatch, TaskQueue, TaskRecord, utc_now
 from progressq.errors import (
     ConfigurationError,
     HubNotOpen,
@@ -410,6 +410,44 @@ class Hub:
         if outcome.result == "cancelled":
             await self._publish_change(outcome.record)
         return outcome.record
+
+    # --- dead letters: the failed tasks, for an operator ----------------------------------
+
+    async def dead_letters(self, limit: int = 100) -> Sequence[TaskRecord]:
+        """The failed tasks (attempts or deliveries used up), most recent first, with their
+        last ``error``; kept as long as the backend retains finished tasks. Any owner's: an
+        operator's view, not for a client."""
+        return await self._dead_letters().dead_letters(limit)
+
+    async def replay(self, task_id: str) -> TaskRecord:
+        """Submit a failed task again, as a new task of the same owner, kind, name and params
+        (its owner is told, as of any submit), and take the failed one off the list.
+
+        Raises:
+            TaskNotFound: no failed task has this id (any more).
+        """
+        failed = await self.queue.get(task_id)
+        if failed is None or failed.status != "failed":
+            raise TaskNotFound(f"no failed task {task_id!r}")
+        again = await self.submit(failed.kind, owner=failed.owner, name=failed.name, params=failed.payload)
+        await self._dead_letters().forget_dead(task_id)
+        return again
+
+    async def purge_dead(self) -> int:
+        """Take every failed task off the list; how many there were."""
+        dead = self._dead_letters()
+        purged = 0
+        while records := await dead.dead_letters(1000):
+            for record in records:
+                purged += await dead.forget_dead(record.id)
+        return purged
+
+    def _dead_letters(self) -> DeadLetters:
+        if self._stack is None:
+            raise HubNotOpen()
+        if not isinstance(self.queue, DeadLetters):
+            raise ConfigurationError(f"{type(self.queue).__name__} keeps no list of failed tasks")
+        return self.queue
 
     async def healthy(self) -> bool:
         """True when the hub runs (see :attr:`is_running`) and the backend answers."""

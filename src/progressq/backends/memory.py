@@ -60,6 +60,7 @@ class MemoryTaskQueue:
         self._turns: OrderedDict[str, None] = OrderedDict()  # owners with waiting tasks, in turn order
         self._running_by_owner: Counter[str] = Counter()
         self._running_cap: int | None = None
+        self._dead: dict[str, None] = {}  # failed tasks, oldest first
         self._delayed: list[tuple[float, str]] = []  # (when it may run, epoch seconds; id), a heap
         self._changed: anyio.Event | None = None  # set when a waiting lease may go ahead
         self._records: dict[str, TaskRecord] = {}
@@ -242,8 +243,19 @@ class MemoryTaskQueue:
             return None
         return current
 
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first."""
+        self._expire()
+        return [self._records[task_id] for task_id in list(reversed(self._dead))[:limit]]
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the failed list; False if it was not on it."""
+        return self._dead.pop(task_id, False) is None
+
     def _store(self, record: TaskRecord) -> None:
         self._records[record.id] = record
+        if record.status == "failed":
+            self._dead[record.id] = None
         if record.finished:
             self._finished.append((time.monotonic(), record.id))
             while len(self._finished) > self._max_finished:
@@ -260,6 +272,7 @@ class MemoryTaskQueue:
 
     def _forget(self, task_id: str) -> None:
         record = self._records.pop(task_id, None)
+        self._dead.pop(task_id, None)
         if record is None:
             return
         owned = self._by_owner.get(record.owner)

@@ -107,6 +107,7 @@ class _Keys:
         self.wake = f"{prefix}:wake"  # a token per task that a waiting worker may take
         self.waiting_prefix = f"{prefix}:waiting:"
         self.delayed = f"{prefix}:delayed"  # tasks to run later, by when (ms since the epoch)
+        self.dead = f"{prefix}:dead"  # failed tasks, by when they failed
 
     def waiting(self, owner: str) -> str:
         """The owner's tasks waiting for a worker, oldest first."""

@@ -156,6 +156,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
             self._keys.running,
             self._keys.waiting(record.owner),
             self._keys.wake,
+            self._keys.dead,
         ]
         args = [
             lease.record.attempt,
@@ -329,6 +330,29 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                 return CancelOutcome("finished", latest or record)
             # 4: it changed between our read and the script; read again
         raise BackendUnavailable(f"task {task_id} kept changing; cancel not applied")
+
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first (those whose record
+        expired are taken off the list)."""
+        with _unavailable("dead letters"):
+            raw_ids: Any = await self._client.zrevrange(self._keys.dead, 0, max(0, limit - 1))
+            ids = [_text(i) for i in raw_ids]
+            if not ids:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
+                rows = await pipe.execute()
+            records = [_record_from(fields) for fields in rows]
+            gone = [task_id for task_id, record in zip(ids, records, strict=True) if record is None]
+            if gone:
+                await self._client.zrem(self._keys.dead, *gone)
+        return [record for record in records if record is not None]
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the failed list; False if it was not on it."""
+        with _unavailable("dead letters"):
+            return bool(await self._client.zrem(self._keys.dead, task_id))
 
     async def statistics(self) -> QueueStatistics:
         with _unavailable("statistics"):
