@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 
 from progressq import AttemptOutcome, Hub, MemoryBackend, Retry, TaskContext, TaskHooks, TaskPolicy, TaskRecord
 from progressq._conformance_scheduling import Step, check_fair_dispatch
+from progressq._periodic import Cron
 from progressq.contracts import Lease
-from progressq.errors import TaskNotFound
+from progressq.errors import ConfigurationError, TaskNotFound
 from tests.test_engine import OWNER, SECRET, attach, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -274,3 +276,41 @@ async def test_a_failed_task_can_be_listed_replayed_and_purged() -> None:
             await hub.replay(again.id)  # not a failed task
         assert await hub.purge_dead() == 1
         assert await hub.dead_letters() == []
+
+
+# --- periodic tasks -------------------------------------------------------------------------
+
+
+def test_cron_expressions_find_their_next_minute() -> None:
+    start = datetime(2030, 1, 1, 10, 7, 30, tzinfo=UTC)  # a Tuesday
+    assert Cron("*/15 * * * *").next_after(start) == datetime(2030, 1, 1, 10, 15, tzinfo=UTC)
+    assert Cron("0 9-17 * * 1-5").next_after(start) == datetime(2030, 1, 1, 11, 0, tzinfo=UTC)
+    assert Cron("30 6 * * 0").next_after(start) == datetime(2030, 1, 6, 6, 30, tzinfo=UTC)  # Sunday
+    assert Cron("0 0 29 2 *").next_after(start) == datetime(2032, 2, 29, tzinfo=UTC)  # a leap day
+    either = Cron("0 12 1 * 5")  # the 1st or a Friday
+    assert either.next_after(start) == datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    assert either.next_after(datetime(2030, 1, 1, 13, tzinfo=UTC)) == datetime(2030, 1, 4, 12, 0, tzinfo=UTC)
+    for bad in ("* * * *", "60 * * * *", "*/0 * * * *", "1-x * * * *", "0 0 31 2 *"):
+        with pytest.raises(ConfigurationError):
+            Cron(bad).next_after(start)
+
+
+async def test_every_fires_on_its_slots_and_its_tasks_run() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET, progress_interval=0.0)
+    ran: list[datetime] = []
+
+    @hub.task("tick")
+    async def tick(ctx: TaskContext) -> None:
+        ran.append(datetime.now(UTC))
+
+    hub.every(0.4, "tick", owner="clock", name="heartbeat")
+    with pytest.raises(ConfigurationError):
+        hub.every(1.0, "tick")  # the same schedule twice
+    async with hub:
+        with pytest.raises(ConfigurationError):
+            hub.cron("* * * * *", "tick", schedule="late")  # only before opening
+        await wait_until(lambda: len(ran) >= 3, 30)
+        tasks = await hub.list(owner="clock")
+    assert {t.name for t in tasks} == {"heartbeat"}
+    slots = [math.floor(t.created_at.timestamp() / 0.4) for t in tasks]
+    assert len(set(slots)) == len(slots)

@@ -7,6 +7,8 @@ the cap across two instances when the backend shares its state.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +40,10 @@ def _task(owner: str, n: int) -> TaskRecord:
         owner=owner,
         created_at=_BASE_TIME + timedelta(seconds=n),
     )
+
+
+async def _tick(ctx: Any) -> None:
+    """A periodic task's handler (no worker runs it in these tests)."""
 
 
 def _fair(queue: TaskQueue) -> FairDispatch:
@@ -279,6 +285,30 @@ class SchedulingConformance:
             assert not await dead.forget_dead(failing.id)
             assert await dead.dead_letters(10) == []
             assert (await queue.get(failing.id)) is not None  # off the list, still readable
+
+    @pytest.mark.anyio
+    async def test_each_periodic_slot_fires_once_across_hubs(self, make_backend: Callable[..., Backend]) -> None:
+        from progressq.hub import Hub  # the hub is the engine on top of the backend under test
+
+        owner = f"clock-{secrets.token_hex(3)}"
+        hubs = [
+            Hub(make_backend(), secret="periodic-conformance-secret", concurrency=0)
+            for _ in range(3 if self.shared_state else 1)
+        ]
+        for hub in hubs:
+            hub.task("tick")(_tick)
+            hub.every(0.5, "tick", owner=owner, schedule=f"tick-{owner}")
+        async with contextlib.AsyncExitStack() as stack:
+            for hub in hubs:
+                await stack.enter_async_context(hub)
+            await anyio.sleep(2.8)
+            queue = hubs[0].queue
+            fired = await queue.list_by_owner(owner)
+            for record in fired:  # leave nothing queued behind
+                await queue.request_cancel(record.id, owner)
+        slots = sorted(math.floor(r.created_at.timestamp() / 0.5) for r in fired)
+        assert len(slots) >= 3  # about 5 slots passed
+        assert len(set(slots)) == len(slots), "a slot fired twice"
 
     def test_fair_dispatch_over_random_interleavings(
         self, make_backend: Callable[..., Backend], anyio_backend: str

@@ -16,6 +16,7 @@ import anyio
 
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
+from progressq._periodic import Cron, Periodic, SlotClaims, run_schedules
 from progressq._worker import TaskPolicy, WorkerPool
 from progressq.contracts import Backend, ClientRegistry, DeadLetters, FairDispatch, TaskQueue, TaskRecord, utc_now
 from progressq.errors import (
@@ -134,6 +135,7 @@ class Hub:
         self._handlers = KindRegistry()
         self.hooks = HookChain(hooks)
         self._pool: WorkerPool | None = None
+        self._schedules: list[Periodic] = []
         self._stack: AsyncExitStack | None = None
 
     @property
@@ -234,6 +236,56 @@ class Hub:
 
         return register
 
+    def every(
+        self,
+        seconds: float,
+        kind: str,
+        *,
+        owner: str = "system",
+        params: Any = None,
+        name: str | None = None,
+        schedule: str | None = None,
+    ) -> None:
+        """Submit a task of ``kind`` every ``seconds`` (at multiples of it on the wall
+        clock), once per slot however many processes run this hub on one backend.
+
+        Args:
+            seconds: the period; slots are its multiples since the epoch.
+            kind: the task kind to submit.
+            owner: the identity the tasks belong to (and whose clients see them).
+            params: the tasks' params.
+            name: the tasks' display name; the kind's name when omitted.
+            schedule: the schedule's unique name (its slots' key); ``kind`` when omitted.
+        """
+        if not seconds > 0:
+            raise ConfigurationError("a periodic task's interval must be > 0 seconds")
+        self._schedule(Periodic(schedule or kind, kind, owner, params, interval=seconds, task_name=name))
+
+    def cron(
+        self,
+        expression: str,
+        kind: str,
+        *,
+        owner: str = "system",
+        params: Any = None,
+        name: str | None = None,
+        schedule: str | None = None,
+    ) -> None:
+        """Submit a task of ``kind`` at each minute the cron ``expression`` matches (five
+        fields, UTC, e.g. ``"*/15 8-18 * * 1-5"``), once per slot across processes; the
+        other arguments as for :meth:`every`."""
+        self._schedule(Periodic(schedule or kind, kind, owner, params, cron=Cron(expression), task_name=name))
+
+    def _schedule(self, periodic: Periodic) -> None:
+        if self._stack is not None:
+            raise ConfigurationError("register periodic tasks before the hub is opened")
+        if any(s.name == periodic.name for s in self._schedules):
+            raise ConfigurationError(f"a periodic task named {periodic.name!r} is registered already")
+        self._schedules.append(periodic)
+
+    async def _fire(self, periodic: Periodic, slot: datetime) -> None:
+        await self.submit(periodic.kind, owner=periodic.owner, name=periodic.task_name, params=periodic.params)
+
     # --- lifetime ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Hub:
@@ -256,6 +308,12 @@ class Hub:
                     hooks=self.hooks,
                 )
                 await group.start(self._pool.run)
+            if self._schedules:
+                if not isinstance(self.queue, SlotClaims):
+                    raise ConfigurationError(f"{type(self.queue).__name__} cannot run periodic tasks")
+                schedules = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(schedules.cancel_scope.cancel)  # on close, before the group is left
+                schedules.start_soon(run_schedules, self._schedules, self.queue, self._fire)
             self._stack = stack.pop_all()
         return self
 

@@ -61,6 +61,7 @@ class MemoryTaskQueue:
         self._running_by_owner: Counter[str] = Counter()
         self._running_cap: int | None = None
         self._dead: dict[str, None] = {}  # failed tasks, oldest first
+        self._slots: dict[str, float] = {}  # claimed periodic slots: until when (monotonic)
         self._delayed: list[tuple[float, str]] = []  # (when it may run, epoch seconds; id), a heap
         self._changed: anyio.Event | None = None  # set when a waiting lease may go ahead
         self._records: dict[str, TaskRecord] = {}
@@ -242,6 +243,16 @@ class MemoryTaskQueue:
         if current is None or current.attempt != lease.record.attempt or current.finished:
             return None
         return current
+
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds."""
+        now = time.monotonic()
+        if len(self._slots) > 1000:
+            self._slots = {k: until for k, until in self._slots.items() if until > now}
+        if self._slots.get(key, -math.inf) > now:
+            return False
+        self._slots[key] = now + ttl
+        return True
 
     async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
         """Up to ``limit`` failed tasks, the most recently failed first."""

@@ -331,6 +331,11 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
             # 4: it changed between our read and the script; read again
         raise BackendUnavailable(f"task {task_id} kept changing; cancel not applied")
 
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds, in any process."""
+        with _unavailable("claim slot"):
+            return bool(await self._client.set(f"{self._keys.prefix}:slot:{key}", 1, nx=True, px=int(ttl * 1000)))
+
     async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
         """Up to ``limit`` failed tasks, the most recently failed first (those whose record
         expired are taken off the list)."""
