@@ -13,26 +13,19 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import anyio
 
+from progressq.contracts import SlotClaims
 from progressq.errors import ConfigurationError
 
-__all__ = ("Cron", "Periodic", "SlotClaims", "run_schedules")
+__all__ = ("Cron", "Periodic", "run_schedules")
 
 logger = logging.getLogger("progressq.periodic")
 
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 6))
 _SEARCH = timedelta(days=366 * 4)  # the furthest a cron expression's next time is looked for
-
-
-@runtime_checkable
-class SlotClaims(Protocol):
-    """A backend capability: claim a named slot once across every process sharing it."""
-
-    async def claim_slot(self, key: str, ttl: float) -> bool:
-        """True for the first claim of ``key`` within ``ttl`` seconds, False for any other."""
 
 
 class Cron:

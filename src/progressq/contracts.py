@@ -27,6 +27,7 @@ __all__ = (
     "Processor",
     "QueueStatistics",
     "RegistryStatistics",
+    "SlotClaims",
     "TaskQueue",
     "TaskRecord",
     "utc_now",
@@ -239,6 +240,15 @@ class DeadLetters(Protocol):
 
     async def forget_dead(self, task_id: str) -> bool:
         """Take a task off the list (its record stays); False if it was not on it."""
+
+
+@runtime_checkable
+class SlotClaims(Protocol):
+    """A ``TaskQueue`` capability, for periodic tasks: claim a named slot once across every
+    process sharing the queue, so that a periodic slot fires once however many hubs run."""
+
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds, False for any other."""
 
 
 @runtime_checkable

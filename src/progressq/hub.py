@@ -17,9 +17,9 @@ import anyio
 from progressq._hub_operations import HubOperations
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
-from progressq._periodic import Periodic, SlotClaims, run_schedules
+from progressq._periodic import Periodic, run_schedules
 from progressq._worker import TaskPolicy, WorkerPool
-from progressq.contracts import Backend, ClientRegistry, FairDispatch, TaskQueue, TaskRecord, utc_now
+from progressq.contracts import Backend, ClientRegistry, FairDispatch, SlotClaims, TaskQueue, TaskRecord, utc_now
 from progressq.errors import (
     ConfigurationError,
     HubNotOpen,
