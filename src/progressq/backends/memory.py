@@ -106,7 +106,8 @@ class MemoryTaskQueue:
     def _next_in_turn(self) -> str | None:
         """Take the next task round-robin across owners below the cap, or None."""
         cap = self._running_cap
-        for owner in tuple(self._turns):
+        for _ in range(len(self._turns)):  # at most one look at each owner, without a copy
+            owner = next(iter(self._turns))
             self._turns.move_to_end(owner)  # taken or passed over: its next turn is after the others
             if cap is not None and self._running_by_owner[owner] >= cap:
                 continue

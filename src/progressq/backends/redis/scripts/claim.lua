@@ -1,10 +1,10 @@
 -- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
 -- KEYS: 1 task hash, 2 stream, 3 counters, 4 running tasks per owner
--- ARGV: 1 group, 2 consumer, 3 entry id
+-- ARGV: 1 group, 2 consumer, 3 entry id, 4 'fresh' when this script's caller has just read
+--       the entry for this consumer (it is pending here: no XCLAIM needed)
 -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished:
 -- its final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
-local claimed = redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-if #claimed == 0 then
+if ARGV[4] ~= 'fresh' and #redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID') == 0 then
   return {0}
 end
 local h = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',

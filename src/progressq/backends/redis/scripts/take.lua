@@ -40,7 +40,7 @@ local function deliver(count)
     end
     if id then
       answers[#answers + 1] = {delivered[1],
-        claim({ARGV[4] .. id, KEYS[1], KEYS[2], KEYS[4]}, {ARGV[1], ARGV[2], delivered[1]})}
+        claim({ARGV[4] .. id, KEYS[1], KEYS[2], KEYS[4]}, {ARGV[1], ARGV[2], delivered[1], 'fresh'})}
     end
   end
 end
@@ -70,9 +70,11 @@ if owners == 0 then
   return answers
 end
 local passed = 0  -- owners passed over in a row, at their cap
-while #answers < limit and owners > 0 and passed < owners do
+local taken = 0
+local added = {}  -- tasks taken per owner by this call, not yet counted as running
+while taken < limit and owners > 0 and passed < owners do
   local owner = redis.call('LMOVE', KEYS[3], KEYS[3], 'LEFT', 'RIGHT')
-  if cap > 0 and tonumber(redis.call('HGET', KEYS[4], owner) or '0') >= cap then
+  if cap > 0 and tonumber(redis.call('HGET', KEYS[4], owner) or '0') + (added[owner] or 0) >= cap then
     passed = passed + 1
   else
     local waiting = ARGV[5] .. owner
@@ -83,12 +85,16 @@ while #answers < limit and owners > 0 and passed < owners do
     end
     if task then
       passed = 0
+      taken = taken + 1
+      added[owner] = (added[owner] or 0) + 1
       local entry = redis.call('XADD', KEYS[1], '*', 't', task)
       redis.call('HSET', ARGV[4] .. task, 'entry', entry)
-      -- this entry, unless entries of an older version were left unread: each entry read is
-      -- claimed (or dropped) by claim.lua; ours then by a later take
-      deliver(1)
     end
   end
+end
+if taken > 0 then
+  -- these entries, unless entries of an older version were left unread: each entry read is
+  -- claimed (or dropped) by claim.lua; ours then by a later take
+  deliver(taken)
 end
 return answers
