@@ -44,7 +44,9 @@ def _console_script() -> list[str]:
 class Worker:
     """One ``progressq worker`` process; its log goes to a file."""
 
-    def __init__(self, prefix: str, log: Path, *, concurrency: int, grace: float, forget: float = 600.0) -> None:
+    def __init__(
+        self, prefix: str, log: Path, *, concurrency: int, grace: float, forget: float = 600.0, every: str = ""
+    ) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -53,6 +55,7 @@ class Worker:
             "PQ_TEST_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
             "PQ_TEST_GRACE": str(grace),
             "PQ_TEST_FORGET_CONSUMERS": str(forget),
+            "PQ_TEST_EVERY": every,
         }
         self.log = log
         with log.open("wb") as out:
@@ -95,9 +98,9 @@ def redis_prefix() -> Iterator[str]:
 def start_worker(redis_prefix: str, tmp_path: Path) -> Iterator[Any]:
     workers: list[Worker] = []
 
-    def start(concurrency: int = 3, grace: float = 5.0, forget: float = 600.0) -> Worker:
+    def start(concurrency: int = 3, grace: float = 5.0, forget: float = 600.0, every: str = "") -> Worker:
         log = tmp_path / f"worker-{len(workers)}.log"
-        worker = Worker(redis_prefix, log, concurrency=concurrency, grace=grace, forget=forget)
+        worker = Worker(redis_prefix, log, concurrency=concurrency, grace=grace, forget=forget, every=every)
         workers.append(worker)
         worker.wait_ready()
         return worker
@@ -369,3 +372,15 @@ async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: 
         purged = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "purge", "tests.worker_app:hub")
         assert purged.stdout.strip() == "purged 2"  # the second and the retried one
         assert await hub.dead_letters() == []
+
+
+async def test_three_worker_processes_fire_each_periodic_slot_once(redis_prefix: str, start_worker: Any) -> None:
+    for _ in range(3):
+        start_worker(concurrency=2, every="0.5")
+    async with _client_hub(redis_prefix) as hub:
+        with anyio.fail_after(60):
+            while len(await hub.list(owner="clock")) < 6:
+                await anyio.sleep(0.1)
+        fired = await hub.list(owner="clock")
+    slots = [int(r.created_at.timestamp() // 0.5) for r in fired]
+    assert len(set(slots)) == len(slots), sorted(slots)  # no slot fired twice

@@ -56,3 +56,5 @@ hub = make_hub(
     forget_consumers_after=float(os.environ.get("PQ_TEST_FORGET_CONSUMERS", "600")),
     concurrency=0,
 )
+if os.environ.get("PQ_TEST_EVERY"):  # a periodic task each worker process runs the schedule of
+    hub.every(float(os.environ["PQ_TEST_EVERY"]), "steps", owner="clock", params={"steps": 1, "delay": 0.0})
