@@ -19,6 +19,7 @@ from progressq._conformance_scheduling import Step, check_fair_dispatch
 from progressq._periodic import Cron
 from progressq.contracts import Lease
 from progressq.errors import ConfigurationError, TaskNotFound
+from tests.integration.security_support import LONG
 from tests.test_engine import OWNER, SECRET, attach, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +78,7 @@ _steps = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=1500 if LONG else 150, deadline=None)
 @given(steps=_steps, cap=st.integers(1, 3), owners=st.integers(2, 4))
 def test_no_owner_waits_behind_another_and_none_exceeds_the_cap(steps: list[Step], cap: int, owners: int) -> None:
     async def play() -> None:
