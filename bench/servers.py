@@ -131,7 +131,7 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
         user: str | None = request.raw.query_params.get("user")
         return user
 
-    app = create_app(hub, TransportSettings(identify=identify, allowed_origins=("*",), start_task="flood"))
+    app = create_app(hub, TransportSettings(identify=identify, allowed_origins=("*",)))
 
     async def start(scope: Scope, receive: Receive, send: Send) -> None:
         params = query(scope)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,6 +17,12 @@ import uvicorn
 
 from progressq import Hub, MemoryBackend, TaskContext
 from progressq.transport import TransportSettings
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo"
+if str(DEMO_DIR) not in sys.path:
+    sys.path.append(str(DEMO_DIR))  # the demo's modules: its task, its start route, its apps
+
+from demo_task import DemoParams  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
 TIME_SCALE = 0.05  # a 1000 ms demo task runs 50 ms here
 SECRET = "test-secret-0123456789abcdef"
@@ -28,7 +36,7 @@ def make_hub(**hub_options: Any) -> Hub:
     hub = Hub(backend, secret=secret, progress_interval=progress_interval, shutdown_grace=1.0, **hub_options)
 
     @hub.task("demo", timeout=30)
-    async def demo(ctx: TaskContext) -> dict[str, int]:
+    async def demo(ctx: TaskContext, params: DemoParams) -> dict[str, int]:
         """Like the demo's task, faster; ``fail`` fails halfway, ``block`` waits to be cancelled,
         ``flood`` reports as fast as it can."""
         if "flood" in ctx.name:
@@ -40,7 +48,7 @@ def make_hub(**hub_options: Any) -> Hub:
         for step in range(1, steps + 1):
             if "block" in ctx.name and step == 2:
                 await anyio.sleep_forever()
-            await anyio.sleep(ctx.payload["duration"] / 1000 * TIME_SCALE / steps)
+            await anyio.sleep(params.duration / 1000 * TIME_SCALE / steps)
             if "fail" in ctx.name and step == steps // 2:
                 raise RuntimeError(f"{ctx.name} failed on purpose")
             await ctx.report(step * 100 / steps, f"step {step}")
@@ -50,14 +58,37 @@ def make_hub(**hub_options: Any) -> Hub:
 
 
 def build_app(framework: str, hub: Hub, settings: TransportSettings) -> Any:
+    """The demo's app (progressq, plus the demo's ``POST /api/task/start`` and ``GET /``) on ``hub``."""
+    no_page = DEMO_DIR / "no-page"
+    if framework == "starlette":
+        from demo_starlette import build_starlette_app  # type: ignore[import-not-found,unused-ignore]
+
+        return build_starlette_app(hub, settings, no_page)
+    if framework == "litestar":
+        from demo_litestar import build_litestar_app  # type: ignore[import-not-found,unused-ignore]
+
+        return build_litestar_app(hub, settings, no_page)
+    raise ValueError(framework)
+
+
+def build_library_app(framework: str, hub: Hub, settings: TransportSettings, **options: Any) -> Any:
+    """progressq alone: the adapter's ``create_app`` (``fastapi``: an app including its router)."""
     if framework == "starlette":
         from progressq.starlette import create_app
 
-        return create_app(hub, settings)
+        return create_app(hub, settings, **options)
     if framework == "litestar":
         from progressq.litestar import create_app as create_litestar_app  # type: ignore[import-not-found,unused-ignore]
 
-        return create_litestar_app(hub, settings)
+        return create_litestar_app(hub, settings, **options)
+    if framework == "fastapi":
+        from fastapi import FastAPI
+
+        from progressq.fastapi import create_router
+
+        app = FastAPI()
+        app.include_router(create_router(hub, settings, **options))
+        return app
     raise ValueError(framework)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from progressq._outage import backend_outage
 from progressq.backends.redis import RedisBackend
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
@@ -59,3 +60,12 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
 def server(make_server: Any) -> Iterator[RunningServer]:
     with make_server() as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def no_outage_left_over() -> Iterator[None]:
+    """Each test starts without an outage another test's backend left behind (there is one
+    outage state per process)."""
+    backend_outage.reset()
+    yield
+    backend_outage.reset()

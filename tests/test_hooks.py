@@ -52,7 +52,7 @@ class Recorder(TaskHooks):
         self.steps.append(("attempt done", record.id))
 
     def attempt_ended(self, record: TaskRecord, outcome: AttemptOutcome) -> None:
-        assert outcome.duration >= 0
+        assert outcome.elapsed >= 0
         error = type(outcome.error).__name__ if outcome.error is not None else None
         self.steps.append(("ended", (record.id, outcome.status, error)))
 
@@ -199,7 +199,7 @@ async def test_prometheus_counts_tasks_and_attempts_and_serves_them() -> None:
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "completed"}) == 2
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "retrying"}) == 2
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "failed"}) == 1
-    assert sample("progressq_attempt_duration_seconds_count", {"kind": "count", "status": "completed"}) == 2
+    assert sample("progressq_attempt_seconds_count", {"kind": "count", "status": "completed"}) == 2
     assert scraped.status_code == 200
     assert scraped.headers["content-type"].startswith("text/plain")
     text = scraped.text
@@ -250,3 +250,32 @@ async def test_traces_join_the_submit_and_each_attempt_and_record_failures() -> 
     assert any(e.name == "exception" for e in failed[0].events)
     assert seen_inside == [True]  # the handler runs inside its attempt's span
     assert all(OWNER not in str(dict(s.attributes or {})) for s in spans)
+
+
+def test_delivery_counts_reach_the_metrics() -> None:
+    from progressq._counters import delivery
+    from progressq._outage import Outage
+    from progressq.transport._outbox import Outbox
+
+    metrics = PrometheusMetrics()
+
+    def sample(name: str) -> float:
+        value = metrics.registry.get_sample_value(f"progressq_{name}_total")
+        assert value is not None
+        return value
+
+    before = {name: sample(name) for name in ("messages_sent", "events_merged", "slow_consumers", "backend_errors")}
+    outbox = Outbox(limit=2)
+    running = b'{"status":"running","attempt":1}'
+    outbox.put("first", task_id="t", task_json=running)
+    outbox.put("second", task_id="t", task_json=running)
+    outbox.put("third", task_id="t", task_json=running)  # full: "first" is merged away
+    assert outbox.take() == ["second", "third"]
+    for text in ("a", "b", "c", "d"):  # nothing to merge: overflows, counted once
+        outbox.put(text)
+    Outage().failed("a report", ConnectionError("gone"))
+    assert sample("messages_sent") - before["messages_sent"] == 2
+    assert sample("events_merged") - before["events_merged"] == 1
+    assert sample("slow_consumers") - before["slow_consumers"] == 1
+    assert sample("backend_errors") - before["backend_errors"] == 1
+    assert delivery.messages_sent == sample("messages_sent")

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from demo_task import StartDemoTask  # type: ignore[import-not-found,unused-ignore]  # on the path: tests/apps.py
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from progressq.messages import (
     ResumeRequest,
     SnapshotMessage,
     StartedTask,
-    StartTaskRequest,
     TaskProgressMessage,
     TaskQueuedMessage,
     TaskView,
@@ -200,15 +200,15 @@ def test_started_task_round_trips_with_client_id(view: StartedTask) -> None:
 @settings(max_examples=100)
 @given(
     st.builds(
-        StartTaskRequest,
+        StartDemoTask,
         name=texts,
         duration=st.integers(min_value=1000, max_value=30000),
         client_id=st.none() | texts,
     )
 )
-def test_start_task_request_round_trips(request: StartTaskRequest) -> None:
+def test_the_demos_start_request_round_trips(request: StartDemoTask) -> None:
     data = encode(request)
-    assert msgspec.json.decode(data, type=StartTaskRequest) == request
+    assert msgspec.json.decode(data, type=StartDemoTask) == request
     assert set(msgspec.json.decode(data)) == {"name", "duration", "clientId"}
 
 
@@ -226,9 +226,9 @@ def test_start_task_request_round_trips(request: StartTaskRequest) -> None:
         b"[]",
     ],
 )
-def test_start_task_request_refuses_bad_bodies(body: bytes) -> None:
+def test_the_demos_start_request_refuses_bad_bodies(body: bytes) -> None:
     with pytest.raises(msgspec.ValidationError):
-        msgspec.json.decode(body, type=StartTaskRequest)
+        msgspec.json.decode(body, type=StartDemoTask)
 
 
 def test_error_body_shape() -> None:
@@ -297,6 +297,12 @@ def test_decode_client_message_refuses_oversized_ids(field: str) -> None:
     assert decode_client_message(ok)
     with pytest.raises(msgspec.ValidationError):
         decode_client_message(msgspec.json.encode({"type": kind, field: "x" * 257}))
+
+
+@pytest.mark.parametrize("depth", [1000, 10_000])
+def test_decode_client_message_refuses_deep_nesting_as_malformed(depth: int) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_client_message('{"type": "ping", "x": ' + "[" * depth + "]" * depth + "}")
 
 
 @pytest.mark.parametrize("frame", [b"", b"ping", b"{", b'{"type":"ping"', b"\xff\xfe", "{\ud800}", "\udcff"])

@@ -17,4 +17,4 @@ hub = make_hub(
     os.environ.get("PQ_TEST_PREFIX", "pqtest:unset"),
     concurrency=0,
 )
-app = create_app(hub, TransportSettings(start_task="steps"))
+app = create_app(hub, TransportSettings())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from server import register_demo_task
+from demo_task import register_demo_task
 
 from progressq import Hub
 from progressq.backends.redis import RedisBackend

@@ -1,4 +1,4 @@
-"""The demo server: progressq's whole contract, the demo task, and the page at ``/``.
+"""The demo server: progressq's routes, the demo's own task and start route, and the page at ``/``.
 
     python examples/demo/server.py --host 127.0.0.1 --port 8000
 
@@ -11,39 +11,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import uvicorn
+from demo_task import register_demo_task  # type: ignore[import-not-found,unused-ignore]
 
-from progressq import Hub, MemoryBackend, TaskContext
+from progressq import Hub, MemoryBackend
 from progressq.contracts import Backend
 from progressq.transport import TransportSettings
 
 PAGE_DIR = Path(__file__).resolve().parent / "web" / "build"
-_FAIL_WORD = re.compile(r"\bfail\b", re.IGNORECASE)
-_STEPS = 20  # a progress report every 5%
 
 logger = logging.getLogger("progressq.demo")
-
-
-class DemoTaskFailed(Exception):
-    """What a task named with the word "fail" raises, halfway through."""
-
-
-def register_demo_task(hub: Hub) -> None:
-    @hub.task("demo", timeout=60)
-    async def demo(ctx: TaskContext) -> dict[str, Any]:
-        duration_ms = int(ctx.payload["duration"])
-        for step in range(1, _STEPS + 1):
-            await anyio.sleep(duration_ms / 1000 / _STEPS)
-            if _FAIL_WORD.search(ctx.name) and step == _STEPS // 2:
-                raise DemoTaskFailed(f"'{ctx.name}' failed on purpose at {step * 100 // _STEPS}%")
-            await ctx.report(step * 100 / _STEPS, f"step {step} of {_STEPS}")
-        return {"durationMs": duration_ms}
 
 
 def make_backend(spec: str) -> Backend:
@@ -66,7 +47,7 @@ def build_app(args: argparse.Namespace) -> Any:
         concurrency=args.workers_in_process,
     )
     register_demo_task(hub)
-    settings = TransportSettings(start_task="demo", allowed_origins=tuple(args.allowed_origin), include_index=False)
+    settings = TransportSettings(allowed_origins=tuple(args.allowed_origin))
     if args.framework == "litestar":
         from demo_litestar import build_litestar_app  # type: ignore[import-not-found,unused-ignore]
 

@@ -1,9 +1,11 @@
 """progressq: background tasks whose progress streams live to exactly the client that started them.
 
 Importing ``progressq`` imports no web framework and no Redis client; adapters live in
-``progressq.starlette`` and ``progressq.litestar``, backends in ``progressq.backends``.
+``progressq.starlette``, ``progressq.litestar`` and ``progressq.fastapi``, backends in
+``progressq.backends``.
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from progressq._context import TaskContext
@@ -27,6 +29,9 @@ from progressq.errors import (
 from progressq.hooks import AttemptOutcome, Submission, TaskHooks
 from progressq.hub import Hub, TaskKind
 from progressq.identity import IdentityAuthority
+
+# A library's loggers stay silent until the application configures logging.
+logging.getLogger("progressq").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("progressq")

@@ -14,7 +14,9 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from progressq._outage import backend_outage
 from progressq.contracts import TaskRecord
+from progressq.errors import BackendUnavailable
 
 __all__ = ("TaskContext",)
 
@@ -212,11 +214,16 @@ class TaskContext:
                 record = self._record.evolve(progress=self._percent, message=self._message)
                 try:
                     committed = await self._commit(record)
+                except BackendUnavailable as exc:  # logged once per outage, not per report
+                    backend_outage.failed("a progress report", exc)
+                    self._dirty = True
+                    return
                 except Exception:
                     # Progress is best effort: the next report or the terminal state repairs it.
                     logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
                     self._dirty = True
                     return
+                backend_outage.answered()
                 if committed:
                     self._record = record
                 else:

@@ -13,8 +13,10 @@ import anyio
 import msgspec
 
 from progressq._context import TaskContext
+from progressq._outage import backend_outage
+from progressq._tasklog import attempt_ended, attempt_started
 from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
-from progressq.errors import Retry
+from progressq.errors import BackendUnavailable, Retry
 from progressq.hooks import AttemptOutcome, AttemptStatus, HookChain
 
 __all__ = ("TaskPolicy", "WorkerPool")
@@ -195,23 +197,31 @@ class WorkerPool:
         limiter: anyio.CapacityLimiter,
         slot: object,
     ) -> None:
+        began = attempt_started(lease.record)
+        outcome = "interrupted"
         try:
             if self._hooks:
-                await self._hooked_attempt(runs, lease, run)
+                outcome = await self._hooked_attempt(runs, lease, run)
             else:
-                await self._attempt(runs, lease, run)
+                outcome, _ = await self._attempt(runs, lease, run)
+        except BackendUnavailable as exc:
+            # The worker lives on; with a durable backend the lease expires and the task
+            # runs again. Logged once per outage.
+            outcome = "unrecorded"
+            backend_outage.failed(f"recording the outcome of task {lease.record.id}", exc)
         except Exception:
-            # A backend error while recording the outcome: the worker lives on; with a
-            # durable backend the lease expires and the task runs again.
+            # A backend error while recording the outcome: as above, with a traceback.
+            outcome = "unrecorded"
             logger.exception("task %s: could not record its outcome", lease.record.id)
         finally:
+            attempt_ended(lease.record, outcome, began)
             if self._runs.get(lease.record.id) is run:
                 del self._runs[lease.record.id]
             if not self._runs:
                 self._idle.set()
             limiter.release_on_behalf_of(slot)
 
-    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> None:
+    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> AttemptStatus:
         """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
         started = time.monotonic()
         with self._hooks.attempt(lease.record):
@@ -222,6 +232,7 @@ class WorkerPool:
                 raise
             finally:
                 self._hooks.attempt_ended(lease.record, AttemptOutcome(status, time.monotonic() - started, error))
+        return status
 
     async def _attempt(
         self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run
@@ -369,6 +380,9 @@ class WorkerPool:
                     run = self._runs.get(task_id)
                     if run is not None:
                         run.scope.cancel()
+            except BackendUnavailable as exc:
+                backend_outage.failed("watching for cancellations", exc)  # logged once per outage
+                await anyio.sleep(1.0)
             except Exception:
                 logger.warning("cancellation watch interrupted; retrying", exc_info=True)
                 await anyio.sleep(1.0)

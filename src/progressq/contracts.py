@@ -171,8 +171,8 @@ class TaskQueue(Protocol):
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
-    async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
-        """The owner's tasks, newest first."""
+    async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
+        """The owner's tasks, newest first; only the newest ``limit`` when given."""
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
         """Cancel atomically; None when no such task belongs to ``owner``."""

@@ -51,7 +51,7 @@ class HubNotOpen(ConfigurationError):
     def __init__(self) -> None:
         super().__init__(
             "the hub is not open: open it for the application's lifetime, with `async with hub:` "
-            "or by mounting it with an adapter (progressq.starlette.mount, progressq.fastapi.router, "
+            "or by mounting it with an adapter (progressq.starlette.mount, progressq.fastapi.create_router, "
             "ProgressQPlugin) whose lifespan the server runs"
         )
 

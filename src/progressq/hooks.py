@@ -67,13 +67,13 @@ class AttemptOutcome:
 
     Attributes:
         status: see :data:`AttemptStatus`.
-        duration: seconds from the attempt's start to its end, on the monotonic clock.
+        elapsed: seconds from the attempt's start to its end, on the monotonic clock.
         error: the handler's exception (``failed``, ``retrying``), else ``None``; a timeout
             is a ``TimeoutError``.
     """
 
     status: AttemptStatus
-    duration: float
+    elapsed: float
     error: BaseException | None = None
 
 

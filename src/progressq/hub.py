@@ -400,9 +400,11 @@ class Hub(HubOperations):
             raise TaskNotFound(task_id)
         return record
 
-    async def list(self, *, owner: str) -> Sequence[TaskRecord]:
-        """``owner``'s tasks, newest first."""
-        return await self.queue.list_by_owner(owner)
+    async def list(self, *, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
+        """``owner``'s tasks, newest first; only the newest ``limit`` when given."""
+        if limit is None:  # the call every backend has always taken
+            return await self.queue.list_by_owner(owner)
+        return await self.queue.list_by_owner(owner, limit=limit)
 
     async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
         """Cancel one of ``owner``'s tasks: a queued one never starts, a running one is cancelled.

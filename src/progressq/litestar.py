@@ -1,5 +1,5 @@
-"""Mount progressq into a Litestar app with a plugin: every route of PROTOCOL.md, the hub's
-lifespan, and the hub for the app's own handlers by dependency injection.
+"""Mount progressq into a Litestar app with a plugin: its routes (under a prefix if you like),
+the hub's lifespan, and the hub for the app's own handlers by dependency injection.
 
     from litestar import Litestar
     from progressq.litestar import ProgressQPlugin
@@ -12,7 +12,7 @@ Requires the ``litestar`` extra: ``pip install "progressq[litestar]"``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -24,17 +24,16 @@ try:
     from litestar.exceptions import WebSocketDisconnect
     from litestar.handlers import BaseRouteHandler
     from litestar.openapi import OpenAPIConfig, ResponseSpec
-    from litestar.plugins import InitPluginProtocol
+    from litestar.plugins import InitPlugin
     from litestar.types import Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('progressq.litestar needs Litestar: pip install "progressq[litestar]"') from exc
 
 from progressq.errors import ConfigurationError, ForbiddenIdentity
-from progressq.hub import Hub
-from progressq.messages import ErrorBody, StartedTask, StartTaskRequest, TaskList, TaskView
-from progressq.transport import Caller, Endpoints, Response, TransportSettings
+from progressq.hub import Hub, TaskKind
+from progressq.messages import ErrorBody, StartedTask, TaskList, TaskView
+from progressq.transport import Caller, Endpoints, Response, RouteGroup, RouteSpec, TransportSettings
 from progressq.transport.http import forbidden_response
-from progressq.transport.sse import EventStreamSession
 
 __all__ = ("ProgressQPlugin", "create_app", "route_handlers")
 
@@ -60,126 +59,145 @@ _NOT_FOUND = _error("no such task among the caller's")
 _UNAVAILABLE = _error("the backend is unavailable, or the queue is full (then with Retry-After)")
 
 
-async def _start_body(data: StartTaskRequest) -> StartTaskRequest:
-    """Never called: it shows Litestar's OpenAPI the request body of ``POST /api/task/start``.
+_START_ERRORS = {
+    400: _error("the body is not JSON"),
+    401: _error("the request names no identity and the server requires one"),
+    403: _FORBIDDEN,
+    404: _error("no task of this kind can be started here"),
+    413: _error("the body is over the size limit"),
+    422: _error("a field of the params (or the name) is missing, of the wrong type or out of range"),
+    503: _UNAVAILABLE,
+}
 
-    The route reads its body itself (so malformed JSON, unknown fields and oversized bodies
-    get progressq's documented answers, not Litestar's); Litestar's schema generator takes
-    the body of a route from a ``data`` parameter of the route's dependencies as well.
+
+def _body_type(kind: TaskKind | None) -> Any:
+    if kind is None or kind.params_type is None:
+        return dict[str, Any]
+    return kind.params_type
+
+
+def _documented_body(kind: TaskKind | None) -> Callable[..., Any]:
+    """A dependency that is never called: it shows Litestar's OpenAPI the body of a kind's start route.
+
+    The route reads its body itself (so malformed JSON, wrong fields and oversized bodies get
+    progressq's documented answers, not Litestar's); Litestar's schema generator takes the
+    body of a route from a ``data`` parameter of the route's dependencies as well.
     """
-    return data
+
+    async def documented(data: Any) -> Any:
+        return data
+
+    documented.__annotations__ = {"data": _body_type(kind), "return": _body_type(kind)}
+    return documented
 
 
-def route_handlers(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRouteHandler]:
-    """The route handlers of PROTOCOL.md for ``hub``. Register them and open the hub in the
-    lifespan yourself, or use :class:`ProgressQPlugin`, which does both and more."""
-    return _handlers(Endpoints(hub, settings))
+def _litestar_path(path: str) -> str:
+    return path.replace("{task_id}", "{task_id:str}").replace("{kind}", "{kind:str}")
+
+
+def route_handlers(
+    hub: Hub,
+    settings: TransportSettings | None = None,
+    *,
+    prefix: str = "",
+    groups: Iterable[RouteGroup] | None = None,
+) -> list[BaseRouteHandler]:
+    """The route handlers of progressq for ``hub`` (see :func:`~progressq.transport.route_table`).
+
+    Register them and open the hub in the lifespan yourself, or use :class:`ProgressQPlugin`,
+    which does both and more; until the hub is open they answer 503 ``hub_not_running``.
+    """
+    return _handlers(Endpoints(hub, settings, prefix=prefix, groups=groups))
+
+
+_RESPONSES: dict[str, dict[int, ResponseSpec]] = {
+    "health": {503: ResponseSpec(dict[str, str], description="the hub is not running or its backend does not answer")},
+    "status": {503: _UNAVAILABLE},
+    "list_tasks": {
+        200: ResponseSpec(TaskList, description="the caller's tasks, newest first", generate_examples=False),
+        401: _START_ERRORS[401],
+        403: _FORBIDDEN,
+        503: _UNAVAILABLE,
+    },
+    "get_task": {
+        200: ResponseSpec(TaskView, description="the task", generate_examples=False),
+        401: _START_ERRORS[401],
+        403: _FORBIDDEN,
+        404: _NOT_FOUND,
+        503: _UNAVAILABLE,
+    },
+    "cancel_task": {
+        200: ResponseSpec(TaskView, description="the task was queued and is now cancelled", generate_examples=False),
+        202: ResponseSpec(TaskView, description="the task's worker was told to stop it", generate_examples=False),
+        401: _START_ERRORS[401],
+        403: _FORBIDDEN,
+        404: _NOT_FOUND,
+        409: _error("the task has already finished"),
+        503: _UNAVAILABLE,
+    },
+}
+
+
+def _handler(endpoints: Endpoints, spec: RouteSpec) -> BaseRouteHandler:
+    if spec.endpoint == "ws":
+
+        async def events(socket: WebSocket[Any, Any, Any]) -> None:
+            await endpoints.serve(socket, socket.receive, socket.send, gone=(WebSocketDisconnect,))
+
+        return websocket(spec.path, name=spec.name)(events)
+    if spec.endpoint == "events":
+
+        async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
+            await endpoints.events(scope, receive, send)
+
+        return asgi(spec.path, name=spec.name, copy_scope=True)(event_stream)
+    if spec.endpoint == "start":
+
+        async def start(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
+            query = {"name": name} if (name := request.query_params.get("name")) is not None else {}
+            return _reply(await endpoints.respond(spec, request, request.receive, request.path_params, query))
+
+        start.__doc__ = spec.summary
+        return post(
+            _litestar_path(spec.path),
+            name=spec.name,
+            tags=_TAGS,
+            status_code=202,
+            include_in_schema=spec.in_schema,
+            summary=f"Start a task: {spec.kind.name}" if spec.kind else None,
+            description=f"{spec.summary}. The body is the task's params; `?name=` sets its display name.",
+            dependencies={"progressq_start_body": Provide(_documented_body(spec.kind))},
+            responses={
+                202: ResponseSpec(StartedTask, description="the task was queued", generate_examples=False),
+                **_START_ERRORS,
+            },
+        )(start)
+
+    async def handle(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
+        return _reply(await endpoints.respond(spec, request, request.receive, request.path_params, {}))
+
+    handle.__doc__ = spec.summary
+    route = get if spec.method == "GET" else post
+    return route(
+        _litestar_path(spec.path),
+        name=spec.name,
+        tags=_TAGS,
+        status_code=200,
+        include_in_schema=spec.in_schema,
+        description=spec.summary,
+        responses=_RESPONSES.get(spec.endpoint),
+    )(handle)
 
 
 def _handlers(endpoints: Endpoints) -> list[BaseRouteHandler]:
-    api, info = endpoints.api, endpoints.info
-
-    @get("/", name="progressq:index", tags=_TAGS)
-    async def index() -> LitestarResponse[bytes]:
-        """The name and version of the service and the routes it serves."""
-        return _reply(await api.index())
-
-    @get("/health", name="progressq:health", tags=_TAGS, responses={503: ResponseSpec(dict[str, str])})
-    async def health() -> LitestarResponse[bytes]:
-        """200 when the backend answers, else 503."""
-        return _reply(await api.health())
-
-    @get("/api/task/status", name="progressq:status", tags=_TAGS, responses={503: _UNAVAILABLE})
-    async def status() -> LitestarResponse[bytes]:
-        """Open connections, identities and queue counts of this process."""
-        return _reply(await api.status())
-
-    @post(
-        "/api/task/start",
-        name="progressq:start",
-        tags=_TAGS,
-        status_code=202,
-        dependencies={"progressq_start_body": Provide(_start_body)},
-        responses={
-            202: ResponseSpec(StartedTask, description="the task was queued", generate_examples=False),
-            400: _error("the body is not JSON"),
-            403: _FORBIDDEN,
-            413: _error("the body is over the size limit"),
-            422: _error("a field is missing, of the wrong type, out of range or unknown"),
-            503: _UNAVAILABLE,
-        },
-    )
-    async def start(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
-        """Start a task for the caller (or for a new identity, returned as ``clientId``)."""
-        return _reply(await endpoints.start(request, request.receive))
-
-    @get(
-        "/api/tasks",
-        name="progressq:tasks",
-        tags=_TAGS,
-        responses={
-            200: ResponseSpec(TaskList, description="the caller's tasks, newest first", generate_examples=False),
-            403: _FORBIDDEN,
-            503: _UNAVAILABLE,
-        },
-    )
-    async def list_tasks(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
-        """The caller's tasks, newest first."""
-        return _reply(await api.list_tasks(info(request)))
-
-    @get(
-        "/api/task/{task_id:str}",
-        name="progressq:task",
-        tags=_TAGS,
-        responses={
-            200: ResponseSpec(TaskView, description="the task", generate_examples=False),
-            403: _FORBIDDEN,
-            404: _NOT_FOUND,
-            503: _UNAVAILABLE,
-        },
-    )
-    async def get_task(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
-        """One of the caller's tasks."""
-        return _reply(await api.get_task(info(request), request.path_params["task_id"]))
-
-    @post(
-        "/api/task/{task_id:str}/cancel",
-        name="progressq:cancel",
-        tags=_TAGS,
-        status_code=200,
-        responses={
-            200: ResponseSpec(
-                TaskView, description="the task was queued and is now cancelled", generate_examples=False
-            ),
-            202: ResponseSpec(TaskView, description="the task's worker was told to stop it", generate_examples=False),
-            403: _FORBIDDEN,
-            404: _NOT_FOUND,
-            409: _error("the task has already finished"),
-            503: _UNAVAILABLE,
-        },
-    )
-    async def cancel_task(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
-        """Cancel one of the caller's tasks."""
-        return _reply(await api.cancel_task(info(request), request.path_params["task_id"]))
-
-    @websocket("/ws", name="progressq:ws")
-    async def events(socket: WebSocket[Any, Any, Any]) -> None:
-        await endpoints.serve(socket, socket.receive, socket.send, gone=(WebSocketDisconnect,))
-
-    stream = EventStreamSession(endpoints.hub, endpoints.settings)
-
-    @asgi("/api/events", name="progressq:events", copy_scope=True)
-    async def event_stream(scope: Scope, receive: Receive, send: Send) -> None:
-        await stream(scope, receive, send)  # type: ignore[arg-type]
-
-    handlers: list[BaseRouteHandler] = [index] if endpoints.settings.include_index else []
-    return [*handlers, health, status, start, list_tasks, get_task, cancel_task, events, event_stream]
+    return [_handler(endpoints, spec) for spec in endpoints.table]
 
 
-class ProgressQPlugin(InitPluginProtocol):
-    """A Litestar plugin (``InitPluginProtocol``) that serves progressq in an app.
+class ProgressQPlugin(InitPlugin):
+    """A Litestar plugin (an ``InitPlugin``) that serves progressq in an app.
 
-    It adds the routes of PROTOCOL.md, opens the hub before the app's own lifespan managers
+    It adds progressq's routes (each task kind's start route with its params type in the
+    app's OpenAPI), opens the hub before the app's own lifespan managers
     and ``on_startup`` hooks and closes it after them and its ``on_shutdown`` hooks, and
     offers two dependencies to the app's own handlers: the hub, and the :class:`Caller`
     of the request (to submit a task for the caller)::
@@ -193,6 +211,8 @@ class ProgressQPlugin(InitPluginProtocol):
     Args:
         hub: the hub to serve.
         settings: limits and hooks; the defaults when omitted.
+        prefix: the path progressq's routes sit under (``"/pq"``); the root when omitted.
+        groups: the route groups to serve; all but ``index`` when omitted.
         hub_key: the dependency name of the hub.
         caller_key: the dependency name of the :class:`Caller` (HTTP handlers only).
     """
@@ -202,16 +222,20 @@ class ProgressQPlugin(InitPluginProtocol):
         hub: Hub,
         settings: TransportSettings | None = None,
         *,
+        prefix: str = "",
+        groups: Iterable[RouteGroup] | None = ("tasks", "live", "ops"),
         hub_key: str = "hub",
         caller_key: str = "caller",
     ) -> None:
         self.hub = hub
         self.settings = settings or TransportSettings()
+        self.prefix = prefix
+        self.groups = groups
         self.hub_key = hub_key
         self.caller_key = caller_key
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        endpoints = Endpoints(self.hub, self.settings)
+        endpoints = Endpoints(self.hub, self.settings, prefix=self.prefix, groups=self.groups)
 
         def provide_hub() -> Hub:
             return endpoints.hub
@@ -253,12 +277,20 @@ def _hooks_on_exit(hooks: Sequence[Callable[..., Any]]) -> Callable[[Litestar], 
     return run_hooks
 
 
-def create_app(hub: Hub, settings: TransportSettings | None = None, *, debug: bool = False) -> Litestar:
-    """A new Litestar app serving only progressq (and its OpenAPI schema at ``/schema``)."""
+def create_app(
+    hub: Hub,
+    settings: TransportSettings | None = None,
+    *,
+    prefix: str = "",
+    groups: Iterable[RouteGroup] | None = None,
+    debug: bool = False,
+) -> Litestar:
+    """A new Litestar app serving only progressq (every route group when ``groups`` is
+    omitted), and its OpenAPI schema at ``/schema``."""
     from progressq import __version__
 
     return Litestar(
-        plugins=[ProgressQPlugin(hub, settings)],
+        plugins=[ProgressQPlugin(hub, settings, prefix=prefix, groups=groups)],
         openapi_config=OpenAPIConfig(title="progressq", version=__version__),
         debug=debug,
     )

@@ -1,4 +1,4 @@
-"""Every message of the wire contract (PROTOCOL.md) as a msgspec struct.
+"""Every message of the wire contract (docs/concepts/protocol.md) as a msgspec struct.
 
 Server messages share one tagged base (``type`` field), field names are camelCase on the
 wire. Events (``taskQueued``/``taskProgress``) are framed by :func:`frame_event` from the
@@ -25,7 +25,6 @@ __all__ = (
     "ResumeRequest",
     "ServerMessage",
     "SnapshotMessage",
-    "StartTaskRequest",
     "StartedTask",
     "TaskProgressMessage",
     "TaskQueuedMessage",
@@ -68,7 +67,7 @@ class TaskList(msgspec.Struct, rename="camel", kw_only=True):
 
 
 class StartedTask(TaskView, kw_only=True):
-    """Answer to ``POST /api/task/start``: the task view plus the owner's identity id."""
+    """Answer to ``POST /api/tasks/{kind}``: the task view plus the owner's identity id."""
 
     client_id: str
 
@@ -99,6 +98,7 @@ class SnapshotMessage(ServerMessage, tag="snapshot", kw_only=True):
     seq: int  # first after the tag, like an event's, so a stream can read it without decoding
     tasks: list[TaskView]
     recovered: bool
+    complete: bool = True  # False: the identity has more tasks than ``tasks`` (the newest) holds
 
 
 class TaskQueuedMessage(ServerMessage, tag="taskQueued", kw_only=True):
@@ -141,14 +141,6 @@ ClientMessage = PingRequest | ResumeRequest | CancelRequest
 # --- HTTP bodies ----------------------------------------------------------------------
 
 
-class StartTaskRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
-    """Body of ``POST /api/task/start``. ``name`` is trimmed and checked by the transport."""
-
-    name: str
-    duration: Annotated[int, msgspec.Meta(ge=1000, le=30000)]
-    client_id: str | None = None
-
-
 class ErrorDetail(msgspec.Struct, omit_defaults=True, kw_only=True):
     code: str
     message: str
@@ -178,6 +170,8 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         message: ClientMessage = _client_decoder.decode(data)
     except UnicodeEncodeError:  # a str holding lone surrogates is not UTF-8 text
         raise msgspec.DecodeError("frame is not valid UTF-8 text") from None
+    except RecursionError:  # msgspec's depth limit: a few KB of brackets reach it
+        raise msgspec.DecodeError("JSON nested too deeply") from None
     return message
 
 

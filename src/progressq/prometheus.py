@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+    from prometheus_client.core import CounterMetricFamily, Metric
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('progressq.prometheus needs prometheus-client: pip install "progressq[prometheus]"') from exc
 
+from progressq._counters import delivery
 from progressq.contracts import TaskRecord
 from progressq.hooks import AttemptOutcome, Submission, TaskHooks
 
@@ -71,8 +74,8 @@ class PrometheusMetrics(TaskHooks):
             "Attempts that ended, by outcome (completed, failed, retrying, cancelled, interrupted, lost).",
             ("kind", "status"),
         )
-        self.duration = Histogram(
-            "attempt_duration_seconds",
+        self.attempt_seconds = Histogram(
+            "attempt_seconds",
             "How long attempts ran, by outcome.",
             ("kind", "status"),
             namespace=namespace,
@@ -83,6 +86,7 @@ class PrometheusMetrics(TaskHooks):
         self.connections = gauge("connections", "Live WebSocket and event-stream connections in this process.")
         self.clients = gauge("clients", "Identities with at least one live connection in this process.")
         self.backend_up = gauge("backend_up", "1 when the backend answered the last scrape, else 0.")
+        self.registry.register(_DeliveryCollector(namespace))
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -103,7 +107,7 @@ class PrometheusMetrics(TaskHooks):
 
     def attempt_ended(self, record: TaskRecord, outcome: AttemptOutcome) -> None:
         self.ended.labels(record.kind, outcome.status).inc()
-        self.duration.labels(record.kind, outcome.status).observe(outcome.duration)
+        self.attempt_seconds.labels(record.kind, outcome.status).observe(outcome.elapsed)
 
     # --- exposition ----------------------------------------------------------------------
 
@@ -155,6 +159,24 @@ class PrometheusMetrics(TaskHooks):
         """Serve the metrics over HTTP from a thread (for a worker process with no web app).
         Gauges of watched hubs are not refreshed there: scrape them from a web process."""
         start_http_server(port, addr, registry=self.registry)
+
+
+class _DeliveryCollector(Collector):
+    """This process's delivery counts (:mod:`progressq._counters`), read at each scrape."""
+
+    _COUNTS = (
+        ("messages_sent", "Messages handed to clients' connections (events, snapshots, replies)."),
+        ("events_merged", "Queued progress events replaced by a newer one before a slow client read them."),
+        ("slow_consumers", "Connections closed because their send buffer stayed full (they resume)."),
+        ("backend_errors", "Operations that failed because the backend did not answer."),
+    )
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc in self._COUNTS:
+            yield CounterMetricFamily(f"{self._namespace}_{name}", doc, value=getattr(delivery, name))
 
 
 async def _answer(send: Send, status: int, body: bytes, content_type: str) -> None:

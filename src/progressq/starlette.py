@@ -1,16 +1,16 @@
-"""Mount progressq into a Starlette app: every route of PROTOCOL.md, and the hub's lifespan.
+"""Mount progressq into a Starlette app: its routes (under a prefix if you like), and the hub's lifespan.
 
     from progressq.starlette import mount
 
     app = Starlette(routes=[...your routes...])
-    mount(app, hub)
+    mount(app, hub, prefix="/pq")
 
 Requires the ``starlette`` extra: ``pip install "progressq[starlette]"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,9 +26,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
-from progressq.transport import Endpoints, Response, TransportSettings
+from progressq.transport import Endpoints, Response, RouteGroup, RouteSpec, TransportSettings
 from progressq.transport.http import forbidden_response
-from progressq.transport.sse import EventStreamSession
 
 __all__ = ("create_app", "mount", "routes")
 
@@ -54,25 +53,29 @@ class _AsgiEndpoint:
         await self._app(scope, receive, send)
 
 
-def routes(hub: Hub, settings: TransportSettings | None = None) -> list[BaseRoute]:
-    """The routes of PROTOCOL.md for ``hub``. Mount them and open the hub in the lifespan
-    yourself, or use :func:`mount`, which does both."""
-    return _routes(Endpoints(hub, settings))
+def routes(
+    hub: Hub,
+    settings: TransportSettings | None = None,
+    *,
+    prefix: str = "",
+    groups: Iterable[RouteGroup] | None = None,
+) -> list[BaseRoute]:
+    """The routes of progressq for ``hub`` (see :func:`~progressq.transport.route_table`).
+
+    Add them to your app and open the hub in your lifespan yourself (``async with hub:``),
+    or use :func:`mount`, which does both; until the hub is open they answer 503
+    ``hub_not_running``.
+    """
+    return _routes(Endpoints(hub, settings, prefix=prefix, groups=groups))
 
 
 def _routes(endpoints: Endpoints) -> list[BaseRoute]:
-    api = endpoints.api
-
-    def endpoint(call: Callable[..., Any], *, with_request: bool = True) -> Callable[[Request], Any]:
+    def http_endpoint(spec: RouteSpec) -> Callable[[Request], Any]:
         async def handle(request: Request) -> StarletteResponse:
-            args: list[Any] = [endpoints.info(request)] if with_request else []
-            args.extend(request.path_params.values())
-            return _reply(await call(*args))
+            answer = await endpoints.respond(spec, request, request.receive, request.path_params, request.query_params)
+            return _reply(answer)
 
         return handle
-
-    async def start(request: Request) -> StarletteResponse:
-        return _reply(await endpoints.start(request, request.receive))
 
     async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         # An ASGI endpoint: the connection speaks straight to the server's ``receive`` and
@@ -81,38 +84,65 @@ def _routes(endpoints: Endpoints) -> list[BaseRoute]:
         await endpoints.serve(WebSocket(scope, receive, send), receive, send, gone=(WebSocketDisconnect,))
 
     result: list[BaseRoute] = []
-    if endpoints.settings.include_index:
-        result.append(Route("/", endpoint(api.index, with_request=False), methods=["GET"], name="progressq:index"))
-    result += [
-        Route("/health", endpoint(api.health, with_request=False), methods=["GET"], name="progressq:health"),
-        Route("/api/task/status", endpoint(api.status, with_request=False), methods=["GET"], name="progressq:status"),
-        Route("/api/task/start", start, methods=["POST"], name="progressq:start"),
-        Route("/api/tasks", endpoint(api.list_tasks), methods=["GET"], name="progressq:tasks"),
-        Route("/api/task/{task_id}", endpoint(api.get_task), methods=["GET"], name="progressq:task"),
-        Route("/api/task/{task_id}/cancel", endpoint(api.cancel_task), methods=["POST"], name="progressq:cancel"),
-        WebSocketRoute("/ws", _AsgiEndpoint(websocket_endpoint), name="progressq:ws"),
-        Route("/api/events", EventStreamSession(api.hub, endpoints.settings), name="progressq:events"),
-    ]
+    for spec in endpoints.table:
+        if spec.endpoint == "ws":
+            result.append(WebSocketRoute(spec.path, _AsgiEndpoint(websocket_endpoint), name=spec.name))
+        elif spec.endpoint == "events":
+            # POST: the cookie that names the caller's stream without the id in its URL.
+            result.append(Route(spec.path, _AsgiEndpoint(endpoints.events), methods=["GET", "POST"], name=spec.name))
+        else:
+            result.append(Route(spec.path, http_endpoint(spec), methods=[spec.method], name=spec.name))
     return result
 
 
-def mount(app: Starlette, hub: Hub, settings: TransportSettings | None = None) -> Endpoints:
+def _own_routes(app: Starlette, ours: list[BaseRoute]) -> list[tuple[str, str]]:
+    """The app's own routes, as ``(method, path)``."""
+    own: list[tuple[str, str]] = []
+    for route in app.router.routes:
+        if any(route is mine for mine in ours):
+            continue
+        if isinstance(route, Route):
+            own += [(method, route.path) for method in route.methods or () if method != "HEAD"]
+        elif isinstance(route, WebSocketRoute):
+            own.append(("WS", route.path))
+    return own
+
+
+def mount(
+    app: Starlette,
+    hub: Hub,
+    settings: TransportSettings | None = None,
+    *,
+    prefix: str = "",
+    groups: Iterable[RouteGroup] | None = ("tasks", "live", "ops"),
+) -> Endpoints:
     """Add progressq's routes to ``app`` and open ``hub`` for the app's lifetime.
 
     The app's own routes, middleware, exception handlers and lifespan are kept; the hub
-    opens before the app's own lifespan starts and closes after it ends.
+    opens before the app's own lifespan starts and closes after it ends. An app route with
+    the method and path of one of progressq's fails the app's startup (whichever came first
+    would take the other's requests): choose a ``prefix`` or switch the group off.
+
+    Args:
+        app: the app.
+        hub: the hub to serve.
+        settings: limits and hooks; the defaults when omitted.
+        prefix: the path progressq's routes sit under (``"/pq"``); the root when omitted.
+        groups: the route groups to serve; all but ``index`` when omitted.
 
     Returns:
         The endpoints; ``endpoints.caller(request)`` names the caller of one of the app's
         own requests, to submit a task for them.
     """
-    endpoints = Endpoints(hub, settings)
-    app.router.routes.extend(_routes(endpoints))
+    endpoints = Endpoints(hub, settings, prefix=prefix, groups=groups)
+    ours = _routes(endpoints)
+    app.router.routes.extend(ours)
     app.exception_handlers.setdefault(ForbiddenIdentity, _forbidden)  # raised by an app route's Caller
     original = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(instance: Any) -> AsyncIterator[Any]:
+        endpoints.check_not_shadowing(_own_routes(app, ours))
         async with endpoints.running(), original(instance) as state:
             yield state
 
@@ -120,8 +150,20 @@ def mount(app: Starlette, hub: Hub, settings: TransportSettings | None = None) -
     return endpoints
 
 
-def create_app(hub: Hub, settings: TransportSettings | None = None, *, debug: bool = False) -> Starlette:
-    """A new Starlette app serving only progressq."""
+def create_app(
+    hub: Hub,
+    settings: TransportSettings | None = None,
+    *,
+    prefix: str = "",
+    groups: Iterable[RouteGroup] | None = None,
+    debug: bool = False,
+) -> Starlette:
+    """A new Starlette app serving only progressq (every route group when ``groups`` is omitted).
+
+    Serve it as the app, or mount it into another with :func:`mount`'s ``prefix`` instead of
+    ``app.mount("/pq", create_app(hub))``: Starlette runs no lifespan of a mounted app, so its
+    hub would never open (its routes then answer 503 ``hub_not_running`` and log the fix).
+    """
     app = Starlette(debug=debug)
-    mount(app, hub, settings)
+    mount(app, hub, settings, prefix=prefix, groups=groups)
     return app

@@ -325,6 +325,8 @@ class BackendConformance(SchedulingConformance):
             listed = await backend.queue.list_by_owner("alice")
             assert [r.id for r in listed] == [r.id for r in reversed(mine)]
             assert [r.owner for r in await backend.queue.list_by_owner("bob")] == ["bob"]
+            newest = await backend.queue.list_by_owner("alice", limit=2)
+            assert [r.id for r in newest] == [mine[3].id, mine[2].id]
 
     @pytest.mark.anyio
     async def test_bounded_queue_raises_queue_full(self, make_backend: BackendFactory) -> None:

@@ -238,6 +238,8 @@ def test_event_stream_reload_keeps_identity_and_task_progress_continues(new_page
     task_id = start_task(page, "Long upload over SSE", 10_000)
     wait_progress_above(page, task_id, 15)
     before = progress_of(page, task_id)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
 
     page.reload()
 
@@ -246,6 +248,11 @@ def test_event_stream_reload_keeps_identity_and_task_progress_continues(new_page
     expect(page.get_by_test_id("client-id")).to_have_text(client_id)
     expect(page.get_by_test_id("socket-id")).not_to_have_text(socket_id)
     expect(page.get_by_test_id("event-log")).to_contain_text(f"resumed identity {client_id[:8]}")
+    # The resumed stream named the identity by a cookie: no URL the page requested holds the
+    # id (access logs write URLs down).
+    streams = [url for url in requested if "/api/events" in url]
+    assert any("stream=" in url for url in streams), streams
+    assert not [url for url in requested if client_id in url], requested
     wait_progress_above(page, task_id, before + 10)
     expect(by_id(page, task_id).get_by_test_id("task-status")).to_have_text("completed", timeout=30_000)
 

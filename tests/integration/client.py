@@ -1,4 +1,4 @@
-"""A client written from PROTOCOL.md alone: a WebSocket that reads JSON messages."""
+"""A client written from the wire contract (docs/concepts/protocol.md) alone: a WebSocket that reads JSON messages."""
 
 from __future__ import annotations
 
@@ -83,3 +83,11 @@ async def start_task(
     http: httpx.AsyncClient, name: str = "job", duration: int = 1000, **headers: str
 ) -> httpx.Response:
     return await http.post("/api/task/start", json={"name": name, "duration": duration}, headers=headers)
+
+
+async def start_kind(
+    http: httpx.AsyncClient, kind: str, params: Any = None, *, name: str | None = None, prefix: str = "", **headers: str
+) -> httpx.Response:
+    """``POST {prefix}/api/tasks/{kind}`` with ``params`` as the body."""
+    query = {"name": name} if name is not None else {}
+    return await http.post(f"{prefix}/api/tasks/{kind}", json=params or {}, params=query, headers=headers)

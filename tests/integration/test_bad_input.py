@@ -11,7 +11,7 @@ from websockets.exceptions import InvalidStatus
 from progressq.identity import IdentityAuthority
 from progressq.transport import TransportSettings
 from tests.apps import RunningServer
-from tests.integration.client import WsClient
+from tests.integration.client import WsClient, start_task
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +95,7 @@ async def test_forged_ids_are_403_on_every_route(server: RunningServer, http: ht
 
 
 async def test_forged_resume_closes_1008(server: RunningServer) -> None:
-    for forged in ("made-up-id", tampered(server), FOREIGN):
+    for forged in ("made-up-id", tampered(server), FOREIGN, "x" * 257, server.hub.identities.mint() + "x" * 300):
         async with await WsClient.open(server.ws) as ws:
             await ws.next()
             assert await ws.close_code({"type": "resume", "clientId": forged, "lastSeq": 0}) == 1008
@@ -114,9 +114,15 @@ async def test_forged_resume_closes_1008(server: RunningServer) -> None:
         "[1, 2, 3]",
         "null",
         b"\x00\xff binary",
+        "[" * 1000 + "]" * 1000,
+        '{"type": "ping", "x": ' + "[" * 1000 + "]" * 1000 + "}",  # about 2 KB, depth 1000
+        '{"a": ' * 1000 + "1" + "}" * 1000,
+        '{"type": "resume", "clientId": "x", "lastSeq": 1, "token": ' + "[" * 5000 + "]" * 5000 + "}",
     ],
 )
-async def test_bad_frames_get_an_error_and_the_connection_stays(server: RunningServer, frame: str | bytes) -> None:
+async def test_bad_frames_get_an_error_and_the_connection_stays(
+    server: RunningServer, frame: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     async with await WsClient.open(server.ws) as ws:
         await ws.next()
         await ws.connection.send(frame)
@@ -126,6 +132,7 @@ async def test_bad_frames_get_an_error_and_the_connection_stays(server: RunningS
         assert "Traceback" not in error["message"]
         await ws.send("ping")
         assert (await ws.next())["type"] == "pong"
+    assert not [record for record in caplog.records if record.exc_info], "a bad frame logged a traceback"
 
 
 async def test_oversized_frame_closes_1009(server: RunningServer) -> None:
@@ -169,3 +176,25 @@ async def test_full_queue_answers_503_with_retry_after(make_server: Any) -> None
     assert full.status_code == 503
     assert full.json()["error"]["code"] == "queue_full"
     assert full.headers["retry-after"] == "1"
+
+
+async def test_with_public_origins_the_host_header_is_not_the_reference(make_server: Any) -> None:
+    public = "https://app.example"
+    with make_server() as server:  # none configured: a page whose origin matches Host passes (DNS rebinding)
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            rebound = {"Host": f"rebound.example:{server.port}", "Origin": f"http://rebound.example:{server.port}"}
+            assert (await start_task(http, "rebound", 1000, **rebound)).status_code == 202
+    with make_server(TransportSettings(public_origins=(public,))) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            rebound = {"Host": f"rebound.example:{server.port}", "Origin": f"http://rebound.example:{server.port}"}
+            refused = await start_task(http, "rebound", 1000, **rebound)
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "origin_not_allowed"
+            assert (await http.get("/api/events", headers=rebound)).status_code == 403
+            assert (await start_task(http, "ours", 1000, Origin=public)).status_code == 202
+            assert (await start_task(http, "not a browser", 1000)).status_code == 202
+        with pytest.raises(InvalidStatus) as handshake:
+            await WsClient.open(server.ws, origin=f"http://127.0.0.1:{server.port}")  # matches Host, not public
+        assert handshake.value.response.status_code == 403
+        async with await WsClient.open(server.ws, origin=public) as ws:
+            assert (await ws.next())["type"] == "snapshot"

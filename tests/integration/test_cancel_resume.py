@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from progressq.transport import TransportSettings
-from tests.apps import RunningServer, build_app, make_hub, serve
+from tests.apps import RunningServer
 from tests.integration.client import WsClient, start_task, terminal
 from tests.integration.test_tasks import assert_gapless, task_events
 
@@ -160,9 +159,3 @@ async def test_ping_pong(server: RunningServer) -> None:
         pong = await ws.next()
         assert pong["type"] == "pong"
         assert pong["serverTime"].endswith("Z")
-
-
-def test_startup_fails_when_start_task_names_no_handler(framework: str) -> None:
-    app = build_app(framework, hub := make_hub(), TransportSettings(start_task="nope"))
-    with pytest.raises(RuntimeError, match="did not start"), serve(app, hub):
-        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from progressq.transport import TransportSettings
-from tests.apps import RunningServer
+from tests.apps import RunningServer, build_app, build_library_app, make_hub, serve
 from tests.integration.client import Message, start_task, terminal
 from tests.integration.test_tasks import assert_gapless, assert_progress_never_decreases, task_events
 
@@ -134,3 +135,84 @@ async def test_closing_the_stream_releases_the_connection(server: RunningServer,
     with anyio.fail_after(5):
         while (await http.get("/api/task/status")).json()["connections"] != 0:
             await anyio.sleep(0.05)
+
+
+async def test_a_browser_opens_its_stream_without_its_id_in_any_logged_url(
+    make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with make_server(uvicorn={"access_log": True}) as server:
+        access = logging.getLogger("uvicorn.access")  # uvicorn's config does not propagate it
+        access.addHandler(caplog.handler)
+        level, access.level = access.level, logging.INFO  # the test server logs warnings only
+        try:
+            async with httpx.AsyncClient(base_url=server.http) as http:
+                client_id = (await start_task(http, "mine", 1000)).json()["clientId"]
+                answer = await http.post("/api/events", headers={"X-Client-Id": client_id})
+                assert answer.status_code == 200, answer.text
+                stream_key = answer.json()["stream"]
+                assert client_id not in stream_key
+                cookie = answer.headers["set-cookie"].lower()
+                assert "httponly" in cookie
+                assert "samesite=strict" in cookie
+                # What an EventSource does: the URL, and the cookie the browser keeps for it.
+                async with open_stream(http, params={"stream": stream_key}) as stream:
+                    hello = await stream.next()
+                    assert hello["clientId"] == client_id
+                    assert [t["name"] for t in (await stream.next())["tasks"]] == ["mine"]
+                # Its own cookie only: a made-up key or someone else's is not an identity.
+                async with httpx.AsyncClient(base_url=server.http) as other:
+                    async with open_stream(other, params={"stream": stream_key}) as stranger:
+                        assert (await stranger.next())["clientId"] != client_id
+                    forged = await other.get(
+                        "/api/events",
+                        params={"stream": stream_key},
+                        headers={"Cookie": f"pq_stream_{stream_key}=forged"},
+                    )
+                    assert forged.status_code == 403
+                refused = await http.post("/api/events", headers={"X-Client-Id": "forged"})
+                assert refused.status_code == 403
+                foreign = await http.post(
+                    "/api/events", headers={"X-Client-Id": client_id, "Origin": "https://evil.example"}
+                )
+                assert foreign.status_code == 403
+        finally:
+            access.removeHandler(caplog.handler)
+            access.setLevel(level)
+    logged = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("/api/events?stream=" in line for line in logged), logged
+    assert not [line for line in logged if client_id in line]
+
+
+async def test_the_stream_is_not_held_back_by_compression_middleware() -> None:
+    # Starlette's GZipMiddleware before 0.4x compressed (and so buffered) event streams;
+    # ``exclude_content_types=()`` makes today's behave like it. It leaves alone a response
+    # that declares its own Content-Encoding, as the event stream does.
+    from starlette.middleware.gzip import GZipMiddleware
+
+    hub = make_hub()
+    app = GZipMiddleware(build_app("starlette", hub, TransportSettings()), minimum_size=1, exclude_content_types=())
+    with serve(app, hub) as server:
+        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+            headers = {"Accept-Encoding": "gzip"}
+            async with open_stream(http, headers=headers) as stream:
+                assert stream.response.headers.get("content-encoding") == "identity"
+                hello = await stream.next(timeout=30)
+                assert hello["type"] == "connection"
+                await stream.next(timeout=30)
+                started = (await start_task(http, "compressed?", 1000, **{"X-Client-Id": hello["clientId"]})).json()
+                await stream.until(terminal(started["id"]), timeout=30)
+            # Other routes are still compressed: the middleware works.
+            listed = await http.get("/api/tasks", headers={**headers, "X-Client-Id": hello["clientId"]})
+            assert listed.headers.get("content-encoding") == "gzip"
+
+
+@pytest.mark.parametrize("adapter", ["starlette", "litestar", "fastapi"])
+async def test_every_adapter_serves_the_stream_cookie(adapter: str) -> None:
+    hub = make_hub()
+    with serve(build_library_app(adapter, hub, TransportSettings()), hub) as server:
+        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+            client_id = hub.identities.mint()
+            answer = await http.post("/api/events", headers={"X-Client-Id": client_id})
+            assert answer.status_code == 200, answer.text
+            async with open_stream(http, params={"stream": answer.json()["stream"]}) as stream:
+                assert (await stream.next())["clientId"] == client_id

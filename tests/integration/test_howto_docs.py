@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.apps import serve
-from tests.integration.client import WsClient, start_task, terminal
+from tests.integration.client import WsClient, start_kind, terminal
 
 pytestmark = pytest.mark.anyio
 
@@ -37,24 +37,65 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Any:
     return load
 
 
-async def run_a_task(server_http: str, ws_url: str, **headers: str) -> dict[str, Any]:
+async def run_a_task(server_http: str, ws_url: str, *, kind: str, params: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=server_http) as http, await WsClient.open(ws_url) as ws:
         assert (await ws.next())["type"] == "snapshot"
-        started = (await start_task(http, "from the docs", 1000, **{"X-Socket-Id": ws.socket_id}, **headers)).json()
+        started = (await start_kind(http, kind, params, name="from the docs", **{"X-Socket-Id": ws.socket_id})).json()
         final: dict[str, Any] = (await ws.until(terminal(started["id"])))[-1]["task"]
         return final
 
 
-@pytest.mark.parametrize("name", ["mount-starlette.md", "mount-litestar.md"])
-async def test_mounting_into_an_existing_app(page: Any, name: str) -> None:
+OPENAPI = {"mount-starlette.md": None, "mount-litestar.md": "/schema/openapi.json", "mount-fastapi.md": "/openapi.json"}
+
+
+@pytest.mark.parametrize("name", sorted(OPENAPI))
+async def test_an_app_from_the_docs_runs_two_typed_kinds_under_its_prefix(page: Any, name: str) -> None:
+    """The how-to's app, as written: its own routes kept, two typed kinds started under /pq,
+    a 422 naming the bad field, both start routes in its OpenAPI, the progress on its WebSocket."""
     docs = page(name)
     with serve(docs.app, docs.hub) as server:
         async with httpx.AsyncClient(base_url=server.http) as http:
             home = await http.get("/")
             assert (home.status_code, home.json()) == (200, {"app": "mine", "ready": True})
-            assert (await http.get("/health")).status_code == 200
-        final = await run_a_task(server.http, server.ws)
-    assert (final["status"], final["result"]) == ("completed", {"steps": 10})
+            assert (await http.get("/health")).json() == {"app": "healthy"}
+            assert (await http.get("/pq/health")).json()["status"] == "healthy"
+
+            bad = await http.post("/pq/api/tasks/resize", json={"image": "a.png", "width": "wide", "height": 1})
+            assert bad.status_code == 422
+            assert (bad.json()["error"]["code"], bad.json()["error"]["field"]) == ("invalid_field", "width")
+            missing = await http.post("/pq/api/tasks/export", json={"rows": 5})
+            assert (missing.status_code, missing.json()["error"]["field"]) == (422, "table")
+            assert (await http.post("/pq/api/tasks/nope", json={})).json()["error"]["code"] == "unknown_kind"
+
+            async with await WsClient.open(f"ws://127.0.0.1:{server.port}/pq/ws") as ws:
+                assert (await ws.next())["type"] == "snapshot"
+                mine = {"X-Socket-Id": ws.socket_id}
+                export = await start_kind(http, "export", {"table": "users"}, name="users.csv", prefix="/pq", **mine)
+                resize = await start_kind(
+                    http, "resize", {"image": "a.png", "width": 64, "height": 48}, prefix="/pq", **mine
+                )
+                assert (export.status_code, resize.status_code) == (202, 202)
+                assert export.json()["clientId"] == ws.client_id
+                exported = await ws.until(terminal(export.json()["id"]), timeout=30)
+                assert any(m["task"]["message"].startswith("users: step") for m in exported if "task" in m)
+                assert exported[-1]["task"]["result"] == {"rows": 1000}
+                assert exported[-1]["task"]["name"] == "users.csv"
+                resized = [m for m in ws.received if m.get("task", {}).get("id") == resize.json()["id"]]
+                if not resized or resized[-1]["task"]["status"] != "completed":
+                    resized = await ws.until(terminal(resize.json()["id"]), timeout=30)
+                assert resized[-1]["task"]["result"] == {"width": 64, "height": 48}
+            listed = (await http.get("/pq/api/tasks", headers=mine)).json()
+            assert {t["id"] for t in listed["tasks"]} == {export.json()["id"], resize.json()["id"]}
+
+            if OPENAPI[name] is not None:
+                schema = (await http.get(OPENAPI[name])).json()
+                for kind, fields in (("export", {"table", "rows"}), ("resize", {"image", "width", "height"})):
+                    body = schema["paths"][f"/pq/api/tasks/{kind}"]["post"]["requestBody"]
+                    body_schema = body["content"]["application/json"]["schema"]
+                    if "$ref" in body_schema:
+                        body_schema = schema["components"]["schemas"][body_schema["$ref"].rsplit("/", 1)[1]]
+                    assert set(body_schema["properties"]) == fields
+                assert "/pq/api/tasks/{kind}" not in schema["paths"]  # each kind has its own entry
 
 
 @pytest.mark.parametrize("app", ["litestar_app", "starlette_app"])
@@ -89,7 +130,7 @@ async def test_the_identify_hook_names_signed_in_users(page: Any, app: str) -> N
             assert bob_tab.client_id == "user:bob"
             for tab in (ada_tab, ada_other_tab, bob_tab):
                 await tab.next()
-            response = await http.post("/api/task/start", json={"name": "ada's", "duration": 1000}, headers=ada)
+            response = await start_kind(http, "export", name="ada's", **ada)
             assert response.json()["clientId"] == "user:ada"  # no id presented: the hook's
             for tab in (ada_tab, ada_other_tab):
                 final = (await tab.until(terminal(response.json()["id"])))[-1]["task"]
@@ -112,15 +153,18 @@ async def test_limits_and_allowed_origins(page: Any) -> None:
             await ws.next()
             assert await ws.close_code({"type": "ping", "pad": "p" * 5000}) == 1009
         async with httpx.AsyncClient(base_url=server.http) as http:
-            big = await http.post("/api/task/start", json={"name": "x" * 17_000, "duration": 1000})
+            big = await start_kind(http, "export", {"name": "x" * 17_000})
             assert (big.status_code, big.json()["error"]["code"]) == (413, "body_too_large")
 
 
 async def test_the_tutorial_app_runs_as_written(page: Any) -> None:
     docs = page("../tutorial.md")
     with serve(docs.app, docs.hub) as server:
-        final = await run_a_task(server.http, server.ws)
-    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "page 2 of 2")
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            refused = await start_kind(http, "report", {"pages": "ten"})
+            assert (refused.status_code, refused.json()["error"]["field"]) == (422, "pages")
+        final = await run_a_task(server.http, server.ws, kind="report", params={"month": "2026-01", "pages": 2})
+    assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "2026-01: page 2 of 2")
 
 
 async def test_typed_task_kinds_work_as_the_page_says(page: Any) -> None:

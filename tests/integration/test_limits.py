@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from progressq.transport import TransportSettings
 from tests.apps import make_hub, serve
-from tests.integration.client import WsClient, start_task
+from tests.integration.client import WsClient, start_kind, start_task
 from tests.integration.security_support import progressq_log
 
 pytestmark = pytest.mark.anyio
@@ -156,12 +156,12 @@ async def test_internal_errors_reveal_nothing_even_in_debug_mode(
         from progressq.litestar import create_app  # type: ignore[no-redef]
     app = create_app(hub, TransportSettings(), debug=True)
 
-    async def broken(owner: str) -> Any:
+    async def broken(owner: str, limit: int | None = None) -> Any:
         raise RuntimeError(secret_detail)
 
     with progressq_log(logging.ERROR) as records, serve(app, hub) as server:
         async with httpx.AsyncClient(base_url=server.http) as http:
-            owner = {"X-Client-Id": (await start_task(http)).json()["clientId"]}
+            owner = {"X-Client-Id": (await start_kind(http, "demo", {"duration": 1000})).json()["clientId"]}
             monkeypatch.setattr(hub.queue, "list_by_owner", broken)
             listed = await http.get("/api/tasks", headers=owner)
             assert listed.status_code == 500
@@ -203,6 +203,32 @@ async def test_the_security_how_to_runs_as_written(monkeypatch: pytest.MonkeyPat
             assert (await ws.next())["type"] == "snapshot"
         async with httpx.AsyncClient(base_url=server.http) as http:
             evil = {"X-Client-Id": ws.client_id, "Origin": "https://elsewhere.example"}
-            assert (await start_task(http, **evil)).status_code == 403
-            assert (await start_task(http, **{"X-Client-Id": ws.client_id})).status_code == 202
+            assert (await start_kind(http, "export", **evil)).status_code == 403
+            assert (await start_kind(http, "export", **{"X-Client-Id": ws.client_id})).status_code == 202
     assert (module.hub.max_active_per_owner, module.settings.max_connections_per_identity) == (20, 8)
+
+
+async def test_a_snapshot_carries_at_most_snapshot_size_tasks_the_newest(make_server: Any) -> None:
+    # A resume answered with a snapshot costs a bounded amount, however many tasks the
+    # identity keeps (a thousand finished ones, kept for a day, made each ~420 KiB).
+    with make_server(TransportSettings(snapshot_size=5)) as server:
+        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+            owner = server.hub.identities.mint()
+            names = [f"task {n}" for n in range(7)]
+            for name in names:
+                assert (await start_task(http, name, 1000, **{"X-Client-Id": owner})).status_code == 202
+            async with await WsClient.open(server.ws) as ws:
+                await ws.next()
+                await ws.send({"type": "resume", "clientId": owner})
+                assert (await ws.next())["type"] == "connection"
+                snapshot = await ws.next()
+                assert snapshot["type"] == "snapshot"
+                assert [t["name"] for t in snapshot["tasks"]] == names[::-1][:5]
+                assert snapshot["complete"] is False
+                # All of them are still listed over HTTP.
+                listed = (await http.get("/api/tasks", headers={"X-Client-Id": owner})).json()["tasks"]
+                assert len(listed) == 7
+            async with await WsClient.open(server.ws) as few:  # a fresh identity: complete, nothing to add
+                snapshot = await few.next()
+                assert snapshot["tasks"] == []
+                assert snapshot.get("complete", True) is True

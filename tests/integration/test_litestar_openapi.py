@@ -1,4 +1,5 @@
-"""The Litestar app's OpenAPI schema, as served, describes the task routes with their msgspec types."""
+"""The Litestar app's OpenAPI schema, as served, describes the task routes with their msgspec types:
+progressq's (each kind's start route with its params type) and the demo's own start route."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def body_schema(answer: dict[str, Any]) -> Any:
 
 
 ERRORS = {
-    ("post", "/api/task/start"): {"400", "403", "413", "422", "503"},
+    ("post", "/api/tasks/demo"): {"400", "401", "403", "404", "413", "422", "503"},
     ("get", "/api/tasks"): {"403", "503"},
     ("get", "/api/task/{task_id}"): {"403", "404", "503"},
     ("post", "/api/task/{task_id}/cancel"): {"403", "404", "409", "503"},
@@ -40,28 +41,35 @@ ERRORS = {
 def test_every_http_route_is_listed(schema: dict[str, Any]) -> None:
     listed = {(method, path) for path, item in schema["paths"].items() for method in item}
     assert listed == {
-        ("get", "/"),
         ("get", "/health"),
         ("get", "/api/task/status"),
-        ("post", "/api/task/start"),
+        ("post", "/api/task/start"),  # the demo's own
+        ("post", "/api/tasks/demo"),
         ("get", "/api/tasks"),
         ("get", "/api/task/{task_id}"),
         ("post", "/api/task/{task_id}/cancel"),
     }
 
 
-def test_start_takes_a_start_request_and_answers_202_with_the_started_task(schema: dict[str, Any]) -> None:
-    start = schema["paths"]["/api/task/start"]["post"]
+def test_a_kinds_start_route_takes_its_params_and_answers_202_with_the_started_task(schema: dict[str, Any]) -> None:
+    start = schema["paths"]["/api/tasks/demo"]["post"]
     assert start["requestBody"]["required"] is True
-    assert body_schema(start["requestBody"]) == ref("StartTaskRequest")
+    assert body_schema(start["requestBody"]) == ref("DemoParams")
     assert body_schema(start["responses"]["202"]) == ref("StartedTask")
+    params = schema["components"]["schemas"]["DemoParams"]
+    assert set(params["properties"]) == {"duration"}
+    assert (params["properties"]["duration"]["minimum"], params["properties"]["duration"]["maximum"]) == (1000, 30000)
+    started = schema["components"]["schemas"]["StartedTask"]
+    assert {"id", "name", "status", "progress", "createdAt", "attempt", "clientId"} <= set(started["properties"])
 
-    request = schema["components"]["schemas"]["StartTaskRequest"]
+
+def test_the_demos_own_start_route_documents_its_body(schema: dict[str, Any]) -> None:
+    start = schema["paths"]["/api/task/start"]["post"]
+    assert body_schema(start["requestBody"]) == ref("StartDemoTask")
+    request = schema["components"]["schemas"]["StartDemoTask"]
     assert set(request["properties"]) == {"name", "duration", "clientId"}  # camelCase, as on the wire
     assert set(request["required"]) == {"name", "duration"}
     assert (request["properties"]["duration"]["minimum"], request["properties"]["duration"]["maximum"]) == (1000, 30000)
-    started = schema["components"]["schemas"]["StartedTask"]
-    assert {"id", "name", "status", "progress", "createdAt", "attempt", "clientId"} <= set(started["properties"])
 
 
 def test_task_routes_answer_task_views(schema: dict[str, Any]) -> None:

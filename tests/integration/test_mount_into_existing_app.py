@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
+from fastapi import Request as FastAPIRequest
+from fastapi.responses import JSONResponse as FastAPIJSONResponse
 from litestar import Litestar, Request, Response, get, post
 from litestar.di import NamedDependency
 from starlette.applications import Starlette
@@ -18,11 +21,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from progressq import Hub, MemoryBackend
+from progressq.fastapi import caller_identity, create_router
 from progressq.litestar import ProgressQPlugin
 from progressq.starlette import mount
 from progressq.transport import Caller, TransportSettings
 from tests.apps import make_hub, serve
-from tests.integration.client import WsClient, start_task, terminal
+from tests.integration.client import WsClient, start_kind, terminal
 
 pytestmark = pytest.mark.anyio
 
@@ -84,7 +88,7 @@ def starlette_app(hub: Hub, events: Events) -> Starlette:
 
     async def report(request: StarletteRequest) -> JSONResponse:
         owner = await endpoints.caller(request).identity_or_new()
-        task = await hub.submit("demo", owner=owner, name="report", payload={"duration": 1000})
+        task = await hub.submit("demo", owner=owner, name="report", params={"duration": 1000})
         return JSONResponse({"taskId": task.id, "clientId": owner}, status_code=202)
 
     async def on_app_error(request: StarletteRequest, exc: Exception) -> JSONResponse:
@@ -99,7 +103,7 @@ def starlette_app(hub: Hub, events: Events) -> Starlette:
         exception_handlers={AppError: on_app_error, 404: not_found},
         lifespan=lifespan_of(events),
     )
-    endpoints = mount(app, hub, TransportSettings(include_index=False))
+    endpoints = mount(app, hub, TransportSettings())
     return app
 
 
@@ -115,7 +119,7 @@ def litestar_app(hub: Hub, events: Events) -> Litestar:
     @post("/reports", status_code=202)
     async def report(hub: NamedDependency[Hub], caller: NamedDependency[Caller]) -> dict[str, str]:
         owner = await caller.identity_or_new()
-        task = await hub.submit("demo", owner=owner, name="report", payload={"duration": 1000})
+        task = await hub.submit("demo", owner=owner, name="report", params={"duration": 1000})
         return {"taskId": task.id, "clientId": owner}
 
     def on_app_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
@@ -131,27 +135,65 @@ def litestar_app(hub: Hub, events: Events) -> Litestar:
         lifespan=[lifespan_of(events)],
         on_startup=[lambda: events.append("app startup")],
         on_shutdown=[lambda: events.append("app shutdown")],
-        plugins=[ProgressQPlugin(hub, TransportSettings(include_index=False))],
+        plugins=[ProgressQPlugin(hub, TransportSettings())],
     )
 
 
-APPS: dict[str, Callable[[Hub, Events], Any]] = {"starlette": starlette_app, "litestar": litestar_app}
+def fastapi_app(hub: Hub, events: Events) -> FastAPI:
+    app = FastAPI(lifespan=lifespan_of(events), middleware=[Middleware(TagMiddleware)])
+    app.include_router(create_router(hub))
+    identity = caller_identity(hub)
 
-# The hub opens before any of the app's own lifespan code runs and closes after all of it.
+    @app.exception_handler(AppError)
+    async def on_app_error(request: FastAPIRequest, exc: AppError) -> FastAPIJSONResponse:
+        return FastAPIJSONResponse({"handled": str(exc)}, status_code=418)
+
+    @app.exception_handler(404)
+    async def not_found(request: FastAPIRequest, exc: Exception) -> FastAPIJSONResponse:
+        return FastAPIJSONResponse({"app": "not found"}, status_code=404)
+
+    @app.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise AppError("boom")
+
+    @app.post("/reports", status_code=202)
+    async def report(owner: str = Depends(identity)) -> dict[str, str]:
+        task = await hub.submit("demo", owner=owner, name="report", params={"duration": 1000})
+        return {"taskId": task.id, "clientId": owner}
+
+    return app
+
+
+APPS: dict[str, Callable[[Hub, Events], Any]] = {
+    "starlette": starlette_app,
+    "litestar": litestar_app,
+    "fastapi": fastapi_app,
+}
+
+# Starlette, Litestar: the hub opens before any of the app's own lifespan code runs and closes
+# after all of it. FastAPI runs an included router's lifespan inside the app's own.
 WHILE_SERVING = {
     "starlette": ["hub open", "app lifespan start"],
     "litestar": ["hub open", "app lifespan start", "app startup"],
+    "fastapi": ["app lifespan start", "hub open"],
 }
 AFTER_SHUTDOWN = {
     "starlette": [*WHILE_SERVING["starlette"], "app lifespan end", "hub closed"],
     "litestar": [*WHILE_SERVING["litestar"], "app lifespan end", "app shutdown", "hub closed"],
+    "fastapi": [*WHILE_SERVING["fastapi"], "hub closed", "app lifespan end"],
 }
+ADAPTERS = pytest.mark.parametrize("adapter", sorted(APPS))
 
 
-async def test_the_apps_own_routes_middleware_handlers_and_lifespan_are_kept(framework: str) -> None:
+@ADAPTERS
+async def test_the_apps_own_routes_middleware_handlers_and_lifespan_are_kept(adapter: str) -> None:
     events: Events = []
     hub = make_hub(backend=RecordingBackend(events))
-    with serve(APPS[framework](hub, events), hub) as server:
+    with serve(APPS[adapter](hub, events), hub) as server:
         async with httpx.AsyncClient(base_url=server.http) as http:
             hello = await http.get("/hello")
             assert (hello.status_code, hello.json()) == (200, {"hello": "world"})
@@ -167,16 +209,20 @@ async def test_the_apps_own_routes_middleware_handlers_and_lifespan_are_kept(fra
             assert missing.json()["error"]["code"] == "not_found"
             async with await WsClient.open(server.ws) as ws:
                 assert (await ws.next())["type"] == "snapshot"
-                started = (await start_task(http, "beside the app", **{"X-Socket-Id": ws.socket_id})).json()
+                answer = await start_kind(
+                    http, "demo", {"duration": 1000}, name="beside", **{"X-Socket-Id": ws.socket_id}
+                )
+                started = answer.json()
                 final = (await ws.until(terminal(started["id"])))[-1]["task"]
                 assert final["status"] == "completed"
-        assert events == WHILE_SERVING[framework]
-    assert events == AFTER_SHUTDOWN[framework]
+        assert events == WHILE_SERVING[adapter]
+    assert events == AFTER_SHUTDOWN[adapter]
 
 
-async def test_an_apps_own_route_submits_a_task_for_the_caller(framework: str) -> None:
+@ADAPTERS
+async def test_an_apps_own_route_submits_a_task_for_the_caller(adapter: str) -> None:
     hub = make_hub()
-    with serve(APPS[framework](hub, []), hub) as server:
+    with serve(APPS[adapter](hub, []), hub) as server:
         async with httpx.AsyncClient(base_url=server.http) as http:
             async with await WsClient.open(server.ws) as ws, await WsClient.open(server.ws) as other:
                 await ws.next()
@@ -196,4 +242,6 @@ async def test_an_apps_own_route_submits_a_task_for_the_caller(framework: str) -
             assert hub.identities.verify(anonymous["clientId"])
             forged = await http.post("/reports", headers={"X-Client-Id": "made-up-id"})
             assert forged.status_code == 403
-            assert forged.json()["error"]["code"] == "forbidden_identity"
+            # A FastAPI dependency answers in FastAPI's shape: {"detail": {"code", "message"}}.
+            error = forged.json()["detail"] if adapter == "fastapi" else forged.json()["error"]
+            assert error["code"] == "forbidden_identity"

@@ -102,7 +102,7 @@ async def test_clients_on_two_web_processes_get_their_own_events(cluster: list[W
         for ws, http, owned in clients:
             for _ in range(2):
                 response = await http.post(
-                    "/api/task/start", json={"name": "spread", "duration": 1000}, headers={"X-Client-Id": ws.client_id}
+                    "/api/tasks/steps", params={"name": "spread"}, json={}, headers={"X-Client-Id": ws.client_id}
                 )
                 assert response.status_code == 202, response.text
                 owned.append(response.json()["id"])

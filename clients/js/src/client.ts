@@ -77,6 +77,8 @@ export class ProgressQClient {
 	private socketFailures = 0;
 	/** Bumped by `connect()`/`close()`, so work that awaited something can tell it is stale. */
 	private generation = 0;
+	/** Waiting for the stream cookie before opening the event stream. */
+	private sourcePending = false;
 	private retryTimer: ReturnType<typeof setTimeout> | null = null;
 	private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
 	private pings: PendingPing[] = [];
@@ -156,7 +158,7 @@ export class ProgressQClient {
 
 	/** Opens the connection (and keeps it open until `close()`). */
 	connect(): void {
-		if (this.link !== null || this.retryTimer !== null) return;
+		if (this.link !== null || this.retryTimer !== null || this.sourcePending) return;
 		this.generation += 1;
 		this._attempt = 0;
 		this.connections = 0;
@@ -166,6 +168,7 @@ export class ProgressQClient {
 	/** Closes the connection for good; no reconnect follows. */
 	close(): void {
 		this.generation += 1;
+		this.sourcePending = false;
 		this.clearRetry();
 		this.stopHeartbeat();
 		this.dropLink(1000, 'client closed');
@@ -526,9 +529,49 @@ export class ProgressQClient {
 	private openSource(): void {
 		this.transition('opening');
 		const identity = this.claim;
+		if (identity !== null && this.options.streamCookie === true && this.endpoints.eventsOnPageOrigin()) {
+			// The id goes in a cookie, not in the URL (access logs write URLs down).
+			const generation = this.generation;
+			this.sourcePending = true;
+			void this.streamKey(identity.clientId).then((key) => {
+				if (generation !== this.generation || !this.sourcePending) return; // closed meanwhile
+				this.sourcePending = false;
+				if (key === 'failed') this.scheduleReconnect();
+				else this.attachSource(identity, key === 'refused' ? null : key);
+			});
+			return;
+		}
+		this.attachSource(identity, null);
+	}
+
+	/**
+	 * The stream key whose cookie names `clientId` (`POST /api/events`); `refused` when the
+	 * server does not take the id (the stream then names it, is refused, and the client
+	 * takes a new one as usual), `failed` when the server could not be asked.
+	 */
+	private async streamKey(clientId: string): Promise<string | 'refused' | 'failed'> {
+		if (this.options.fetch === undefined && typeof fetch === 'undefined') return 'refused';
+		try {
+			const headers = await this.headers({ Accept: 'application/json', 'X-Client-Id': clientId });
+			const response = await this.fetch(this.endpoints.eventsBase(), {
+				method: 'POST',
+				headers,
+				credentials: 'same-origin'
+			});
+			if (response.status === 403) return 'refused';
+			if (!response.ok) return 'failed';
+			const body: unknown = await response.json();
+			const key = (body as { stream?: unknown } | null)?.stream;
+			return typeof key === 'string' && /^[0-9a-f]{1,64}$/.test(key) ? key : 'failed';
+		} catch {
+			return 'failed';
+		}
+	}
+
+	private attachSource(identity: StoredIdentity | null, streamKey: string | null): void {
 		let source: EventSourceLike;
 		try {
-			source = this.makeSource(this.endpoints.events(identity, this.store.complete));
+			source = this.makeSource(this.endpoints.events(identity, this.store.complete, streamKey));
 		} catch {
 			this.scheduleReconnect();
 			return;

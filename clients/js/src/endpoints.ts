@@ -55,16 +55,38 @@ export class Endpoints {
 		return defaultSocketUrl(location, `${this.base}${path}`);
 	}
 
+	/** The event stream's URL without parameters (`POST` here asks for the stream cookie). */
+	eventsBase(): string {
+		return this.options.eventsUrl ?? this.route('/api/events');
+	}
+
+	/** Whether the event stream is on the page's own origin, where its cookie goes along. */
+	eventsOnPageOrigin(): boolean {
+		const base = this.eventsBase();
+		if (base.startsWith('/') && !base.startsWith('//')) return true;
+		if (typeof location === 'undefined') return false;
+		try {
+			return new URL(base, location.href).origin === location.origin;
+		} catch {
+			return false;
+		}
+	}
+
 	/**
 	 * The event stream's URL: the identity to take back (`clientId`) and, with a complete
 	 * task list, the last event applied (`lastEventId`), so that the server sends what came
 	 * after. Without `clientId` the server mints a new identity.
 	 */
-	events(identity: { clientId: string; lastSeq: number } | null, complete: boolean): string {
-		const base = this.options.eventsUrl ?? this.route('/api/events');
+	events(
+		identity: { clientId: string; lastSeq: number } | null,
+		complete: boolean,
+		streamKey: string | null = null
+	): string {
+		const base = this.eventsBase();
 		const params: string[] = [];
 		if (identity !== null) {
-			params.push(`clientId=${encodeURIComponent(identity.clientId)}`);
+			// With a stream key the identity rides in a cookie `POST /api/events` set, not in the URL.
+			params.push(streamKey !== null ? `stream=${encodeURIComponent(streamKey)}` : `clientId=${encodeURIComponent(identity.clientId)}`);
 			if (complete) params.push(`lastEventId=${identity.lastSeq}`);
 		}
 		if (params.length === 0) return base;

@@ -111,6 +111,15 @@ export interface ClientOptions {
 	/** Makes an event stream. Default: `new EventSource(url)` where the browser has one. */
 	eventSourceFactory?: EventSourceFactory;
 	/**
+	 * Name the identity of an event stream with a cookie instead of in its URL (URLs are
+	 * written by access logs): `POST /api/events` with `X-Client-Id` sets the cookie, then
+	 * the stream opens with `?stream=<key>`. Only for an event stream on the page's own
+	 * origin (the cookie is not sent elsewhere). An id the server refuses is named in the
+	 * URL as before (and refused, then replaced as usual); a server that cannot be asked is
+	 * retried without naming the id. Default false.
+	 */
+	streamCookie?: boolean;
+	/**
 	 * WebSocket attempts in a row that fail before the socket opens, after which the client
 	 * switches to the event stream (when it has one). 0 never switches, except where there is
 	 * no WebSocket at all. Default 2: one failure may be a server restarting, two in a row

@@ -56,6 +56,7 @@ export interface SnapshotMessage {
 	seq: number;
 	tasks: Array<TaskView>;
 	recovered: boolean;
+	complete?: boolean;
 }
 
 export interface TaskProgressMessage {
@@ -96,7 +97,7 @@ export interface TaskList {
 	tasks: Array<TaskView>;
 }
 
-/** Answer to `POST /api/task/start`: the task view plus the owner's identity id. */
+/** Answer to `POST /api/tasks/{kind}`: the task view plus the owner's identity id. */
 export interface StartedTask {
 	id: string;
 	name: string;

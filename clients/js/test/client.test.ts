@@ -502,6 +502,63 @@ describe('event stream fallback', () => {
 		expect(JSON.parse(storage.getItem('progressq.identity') ?? 'null')).toMatchObject({ clientId: 'kept', lastSeq: 6 });
 	});
 
+	it('with streamCookie names the identity by a cookie, not in the URL', async () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5, tasks: [] }));
+		const fetch = vi.fn(async (_url: string, _init?: RequestInit) => ({
+			ok: true,
+			status: 200,
+			json: async () => ({ clientId: 'kept', stream: 'abc123' })
+		}));
+		const { client } = makeStreamOnlyClient({
+			storage,
+			streamCookie: true,
+			fetch: fetch as unknown as typeof globalThis.fetch
+		});
+		client.connect();
+		client.connect(); // while the cookie is asked for: nothing more is opened
+		await vi.advanceTimersByTimeAsync(0);
+		expect(fetch).toHaveBeenCalledOnce();
+		const [url, init] = fetch.mock.calls[0] ?? [];
+		expect(url).toBe('/api/events');
+		expect(init?.method).toBe('POST');
+		expect((init?.headers as Record<string, string>)['X-Client-Id']).toBe('kept');
+		expect(FakeEventSource.instances).toHaveLength(1);
+		expect(FakeEventSource.last.query).toEqual({ stream: 'abc123', lastEventId: '5' });
+		expect(FakeEventSource.last.url).not.toContain('kept');
+		FakeEventSource.last.receive({ ...greeting('s9'), clientId: 'kept', recovered: true });
+		expect(client.clientId).toBe('kept');
+	});
+
+	it('with streamCookie, an id the server refuses is named as before (and refused), a failure retries', async () => {
+		const storage = new MemoryStorage();
+		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5, tasks: [] }));
+		let status = 503;
+		const fetch = vi.fn(async () => ({ ok: status < 300, status, json: async () => ({}) }));
+		const { client } = makeStreamOnlyClient({
+			storage,
+			streamCookie: true,
+			backoff: { initialMs: 100, jitter: 0 },
+			fetch: fetch as unknown as typeof globalThis.fetch
+		});
+		client.connect();
+		await vi.advanceTimersByTimeAsync(0);
+		expect(FakeEventSource.instances).toHaveLength(0); // unavailable: no stream naming the id
+		expect(client.state).toBe('reconnecting');
+		status = 403;
+		await vi.advanceTimersByTimeAsync(1000);
+		expect(FakeEventSource.instances).toHaveLength(1);
+		expect(FakeEventSource.last.query).toEqual({ clientId: 'kept', lastEventId: '5' });
+	});
+
+	it('with streamCookie, a first connection (no identity yet) asks for no cookie', () => {
+		const fetch = vi.fn();
+		const { client } = makeStreamOnlyClient({ streamCookie: true, fetch: fetch as unknown as typeof globalThis.fetch });
+		client.connect();
+		expect(fetch).not.toHaveBeenCalled();
+		expect(FakeEventSource.last.url).toBe('/api/events');
+	});
+
 	it('without a complete task list asks for the identity only, and takes the snapshot', () => {
 		const storage = new MemoryStorage();
 		storage.setItem('progressq.identity', JSON.stringify({ clientId: 'kept', lastSeq: 5 }));

@@ -190,10 +190,11 @@ class MemoryTaskQueue:
         self._expire()
         return self._records.get(task_id)
 
-    async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
+    async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
         self._expire()
         ids = self._by_owner.get(owner, {})
-        return [self._records[task_id] for task_id in reversed(ids)]
+        newest = [self._records[task_id] for task_id in reversed(ids)]
+        return newest if limit is None else newest[:limit]
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
         self._expire()  # an expired task is not found here either, as with get

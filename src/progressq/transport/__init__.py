@@ -1,12 +1,13 @@
-"""Framework-free transports: the HTTP routes and the WebSocket session of PROTOCOL.md.
+"""Framework-free transports: the route table, the HTTP routes and the WebSocket session of the wire contract.
 
-Adapters (``progressq.starlette``, ``progressq.litestar``) translate their framework's
-requests into these and nothing more.
+Adapters (``progressq.starlette``, ``progressq.litestar``, ``progressq.fastapi``) register
+the routes of :func:`route_table` and translate their framework's requests into these.
 """
 
 from progressq.transport._adapters import AsgiWebSocketPeer, Caller, Endpoints, asgi_body, request_info
+from progressq.transport._routes import ROUTE_GROUPS, RouteGroup, RouteSpec, route_table
 from progressq.transport._settings import Identify, RequestInfo, TransportSettings
-from progressq.transport.http import ENDPOINTS, BodyTooLarge, HttpApi, Response, read_body
+from progressq.transport.http import BodyTooLarge, HttpApi, Response, error_response, read_body
 from progressq.transport.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -24,7 +25,7 @@ __all__ = (
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
-    "ENDPOINTS",
+    "ROUTE_GROUPS",
     "AsgiWebSocketPeer",
     "BodyTooLarge",
     "Caller",
@@ -34,10 +35,14 @@ __all__ = (
     "PeerGone",
     "RequestInfo",
     "Response",
+    "RouteGroup",
+    "RouteSpec",
     "TransportSettings",
     "WebSocketPeer",
     "WebSocketSession",
     "asgi_body",
+    "error_response",
     "read_body",
     "request_info",
+    "route_table",
 )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+from progressq.errors import ConfigurationError
 from progressq.hub import Hub
 from progressq.transport._identity import IdentityResolver, warn_if_any_origin
+from progressq.transport._routes import RouteGroup, RouteSpec, find_shadowed, normalize_prefix, route_table
 from progressq.transport._settings import RequestInfo, TransportSettings
-from progressq.transport.http import HttpApi, Response
+from progressq.transport.http import HttpApi, Response, hub_not_running_response
+from progressq.transport.sse import EventStreamSession
 from progressq.transport.websocket import PeerGone, WebSocketSession
+
+CLOSE_TRY_AGAIN_LATER = 1013
 
 __all__ = ("AsgiWebSocketPeer", "Caller", "Endpoints", "asgi_body", "request_info")
 
@@ -128,61 +134,148 @@ class Caller:
         self._resolver = IdentityResolver(hub.identities, settings.identify)
         self.request = request
 
-    async def identity(self) -> str | None:
+    async def identity(self, presented: str | None = None) -> str | None:
         """The caller's identity, or None when the request names none.
+
+        Args:
+            presented: an id the caller presents another way (say, in its body); checked
+                like the headers, and preferred to them.
 
         Raises:
             ForbiddenIdentity: the request presents an id this server did not issue.
         """
-        return await self._resolver.caller(self.request)
+        return await self._resolver.caller(self.request, presented)
 
-    async def identity_or_new(self) -> str:
+    async def identity_or_new(self, presented: str | None = None) -> str:
         """The caller's identity, or a newly minted one to hand back to the caller.
 
         Raises:
             ForbiddenIdentity: the request presents an id this server did not issue.
         """
-        return await self._resolver.caller_or_new(self.request)
+        return await self._resolver.caller_or_new(self.request, presented)
 
 
 class Endpoints:
-    """PROTOCOL.md for one hub, as an adapter on an ASGI framework calls it.
+    """The routes of one hub (see :func:`~progressq.transport.route_table`), as an adapter on
+    an ASGI framework calls them.
 
-    An adapter routes each path to :attr:`api` (``info(request)`` gives the request view),
-    ``POST /api/task/start`` to :meth:`start` and ``/ws`` to :meth:`serve`, and runs
-    :meth:`running` in the app's lifespan.
+    An adapter registers each spec of :attr:`table`: HTTP ones call :meth:`respond`, ``WS``
+    calls :meth:`serve`, ``events`` mounts :attr:`stream`; and it runs :meth:`running` in the
+    app's lifespan.
 
     Args:
         hub: the hub to serve.
         settings: limits and hooks; the defaults when omitted.
+        prefix: the path every route sits under (``"/pq"``).
+        groups: the route groups to serve; all when omitted.
     """
 
-    def __init__(self, hub: Hub, settings: TransportSettings | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        settings: TransportSettings | None = None,
+        *,
+        prefix: str = "",
+        groups: Iterable[RouteGroup] | None = None,
+    ) -> None:
         self.hub = hub
         self.settings = settings or TransportSettings()
+        self.prefix = normalize_prefix(prefix)
+        self.table = route_table(hub, prefix=self.prefix, groups=groups)
         self.api = HttpApi(hub, self.settings)
         self.session = WebSocketSession(hub, self.settings)
+        self.stream = EventStreamSession(hub, self.settings)
 
     info = staticmethod(request_info)
 
-    async def start(self, request: Connection, receive: Receive) -> Response:
-        """``POST /api/task/start``, reading the body from the request's ASGI ``receive``."""
-        return await self.api.start_streamed(request_info(request), asgi_body(receive))
+    async def respond(
+        self,
+        spec: RouteSpec,
+        request: Connection,
+        receive: Receive,
+        path_params: Mapping[str, str],
+        query: Mapping[str, str],
+    ) -> Response:
+        """Answer one HTTP request to the route ``spec``.
+
+        Args:
+            spec: the route.
+            request: the framework's request (headers, client).
+            receive: its ASGI ``receive``, for the body of a start route.
+            path_params: ``task_id`` or ``kind`` from the path.
+            query: the query parameters (a start route's ``name``).
+        """
+        api, info = self.api, request_info(request)
+        match spec.endpoint:
+            case "index":
+                return await api.index([r for r in self.table if r.in_schema])
+            case "health":
+                return await api.health()
+            case "status":
+                return await api.status()
+            case "start":
+                kind = spec.kind.name if spec.kind is not None else path_params["kind"]
+                return await api.start_task(info, kind, asgi_body(receive), name=query.get("name"))
+            case "list_tasks":
+                return await api.list_tasks(info)
+            case "get_task":
+                return await api.get_task(info, path_params["task_id"])
+            case "cancel_task":
+                return await api.cancel_task(info, path_params["task_id"])
+        raise ValueError(f"{spec.endpoint} is not an HTTP route")
 
     async def serve(
         self, websocket: Connection, receive: Receive, send: Send, gone: tuple[type[Exception], ...] = ()
     ) -> None:
         """``/ws``: one connection, over the framework's websocket ``receive``/``send``."""
+        if not self.hub.is_running:
+            hub_not_running_response()  # logs the fix once
+            peer = AsgiWebSocketPeer(receive, send, gone)
+            with contextlib.suppress(PeerGone):
+                await peer.accept()
+                await peer.close(CLOSE_TRY_AGAIN_LATER, "the task hub is not running")
+            return
         await self.session.serve(AsgiWebSocketPeer(receive, send, gone), request_info(websocket))
+
+    async def events(self, scope: Any, receive: Receive, send: Send) -> None:
+        """``/api/events``: the event stream, as a plain ASGI app."""
+        if not self.hub.is_running:
+            answer = hub_not_running_response()
+            headers = [(b"content-type", answer.media_type.encode())]
+            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer.body})
+            return
+        await self.stream(scope, receive, send)
 
     def caller(self, request: Connection) -> Caller:
         """The :class:`Caller` of one of the app's own requests."""
         return Caller(self.hub, self.settings, request_info(request))
 
+    def check_not_shadowing(
+        self, app_routes: Iterable[tuple[str, str]], served: Iterable[tuple[str, str]] | None = None
+    ) -> None:
+        """Fail when one of the app's own routes (``(method, path)``, ``WS`` for a WebSocket)
+        clashes with one of progressq's: whichever came first would silently take the other's
+        requests.
+
+        Args:
+            app_routes: the app's own routes.
+            served: progressq's routes as the app serves them (under any prefix the app
+                added); :attr:`table`'s when omitted.
+
+        Raises:
+            ConfigurationError: naming the clashing routes and the fix.
+        """
+        ours = served if served is not None else [(spec.method, spec.path) for spec in self.table]
+        if clashes := find_shadowed(ours, app_routes):
+            raise ConfigurationError(
+                f"progressq's routes would clash with the app's own {clashes}: mount progressq under "
+                "a prefix (prefix='/pq') or switch the group off (groups=...)"
+            )
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The hub, open; checked first, so that a misconfigured app fails at startup."""
-        self.api.start_kind()
+        """The hub, open."""
         warn_if_any_origin(self.settings)
         async with self.hub:
             yield

@@ -42,6 +42,7 @@ __all__ = (
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN_LATER",
     "Connection",
     "ConnectionCounts",
     "Peer",
@@ -61,6 +62,9 @@ CLOSE_INTERNAL_ERROR = 1011
 """The server failed unexpectedly (logged on the server; the reason says nothing more)."""
 CLOSE_SLOW_CONSUMER = 1013
 """The client did not keep up; reconnect and resume with ``lastSeq``."""
+CLOSE_TRY_AGAIN_LATER = 1013
+"""The backend is unavailable (after an ``error`` message ``backend_unavailable``);
+reconnect later and resume."""
 
 
 _WRITER_LINGER = 0.25
@@ -208,6 +212,7 @@ class Connection:
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
         close: _Close | None = None
+        farewell: ErrorMessage | None = None  # said just before the close
         try:
             async with anyio.create_task_group() as group:
                 # The writer runs only while there is something to send (and a moment
@@ -221,7 +226,10 @@ class Connection:
                 group.cancel_scope.cancel()
         except* _Close as closing:
             close = closing.exceptions[0]  # type: ignore[assignment]
-        except* (PeerGone, BackendUnavailable, OSError):
+        except* BackendUnavailable:
+            close = _Close(CLOSE_TRY_AGAIN_LATER, "backend unavailable")
+            farewell = ErrorMessage(code="backend_unavailable", message="the backend is unavailable; retry later")
+        except* (PeerGone, OSError):
             pass
         except* Exception:
             logger.exception("a connection failed")
@@ -238,6 +246,8 @@ class Connection:
                 if close is not None:
                     with anyio.move_on_after(1.0):
                         with contextlib.suppress(PeerGone):
+                            if farewell is not None:
+                                await self._peer.send(encode(farewell).decode())
                             await self._peer.close(close.code, close.reason)
 
     # --- sending -------------------------------------------------------------------------
@@ -353,6 +363,7 @@ class Connection:
         self._counted = identity
         registry = self._hub.registry
         sink = IdentitySink(self._outbox)
+        sink.on_resync = self._resync_soon
         self._identity, self._sink = identity, sink
         await registry.attach(identity, sink)
         if last_seq is not None:
@@ -362,13 +373,31 @@ class Connection:
                 sink.go_live(last_seq, list(missed), {})
                 return
         self._send(self._connection_message(recovered=False if resumed else None))
+        await self._snapshot(identity, sink)
+
+    async def _snapshot(self, identity: str, sink: IdentitySink) -> None:
         # The sequence number is read before the tasks, so the snapshot is at least as new
         # as ``seq``; the sink repairs live events that are older than the snapshot.
-        seq = await registry.current_seq(identity)
-        records = await self._hub.list(owner=identity)
+        seq = await self._hub.registry.current_seq(identity)
+        # Bounded: a resume costs at most ``snapshot_size`` tasks, however many the identity has.
+        size = self._settings.snapshot_size
+        records = await self._hub.list(owner=identity, limit=size + 1)
+        complete = len(records) <= size
+        records = records[:size]
         views = [record.view() for record in records]
-        self._send(SnapshotMessage(tasks=views, seq=seq, recovered=False))
+        self._send(SnapshotMessage(tasks=views, seq=seq, recovered=False, complete=complete))
         sink.go_live(seq, [], {r.id: (r.revision, encode(v)) for r, v in zip(records, views, strict=True)})
+
+    def _resync_soon(self) -> None:
+        """The backend lost the identity's history: send a fresh snapshot (``recovered:
+        false``), from which ``seq`` counts on."""
+        sink, group = self._sink, self._group
+        if sink is not None and group is not None:
+            group.start_soon(self._resync, sink)
+
+    async def _resync(self, sink: IdentitySink) -> None:
+        if sink is self._sink:
+            await self._snapshot(self._identity, sink)
 
     async def _unfollow(self) -> None:
         counted, self._counted = self._counted, None
@@ -400,6 +429,8 @@ class Connection:
             try:
                 message = decode_client_message(frame)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if _oversized_resume_id(exc):  # a forged id, whatever its length: as forged ids are
+                    raise _Close(CLOSE_POLICY_VIOLATION, "unknown client id") from None
                 self._send(ErrorMessage(code="invalid_message", message=str(exc)[:200]))
                 continue
             await self._handle(message)
@@ -421,3 +452,13 @@ class Connection:
                     self._send(ErrorMessage(code="not_found", message="no such task"))
                 except TaskAlreadyFinished:
                     self._send(ErrorMessage(code="already_finished", message="the task has already finished"))
+
+
+def _oversized_resume_id(error: Exception) -> bool:
+    """True when ``error`` refused a ``resume`` for a ``clientId`` over its length bound.
+
+    Such an id was never issued (ids are far shorter), so the resume is answered like any
+    forged id (close 1008), not with ``invalid_message``.
+    """
+    text = str(error)
+    return isinstance(error, msgspec.ValidationError) and text.endswith("at `$.clientId`") and "length" in text

@@ -60,7 +60,8 @@ def origin_allowed(request: RequestInfo, settings: TransportSettings) -> bool:
     """Cross-site request guard for handshakes and the routes that change state.
 
     Browsers always send ``Origin`` on WebSocket handshakes, cross-origin requests and
-    POSTs; a request without one is not from a browser page, and is allowed. ``Origin:
+    POSTs; a request without one is not from a browser page, and is allowed. The server's
+    own origin is ``public_origins`` when configured, else the request's ``Host``. ``Origin:
     null`` (sandboxed frames, local files) is refused unless ``"*"`` is allowed.
     """
     origin = request.headers.get("origin")
@@ -68,7 +69,15 @@ def origin_allowed(request: RequestInfo, settings: TransportSettings) -> bool:
         return True
     if "*" in settings.allowed_origins or origin in settings.allowed_origins:
         return True
+    if settings.public_origins:
+        # The configured origins are the reference: ``Host`` is whatever name the browser
+        # used, and a DNS-rebinding page controls that name.
+        return _normalized(origin) in {_normalized(public) for public in settings.public_origins}
     return urlsplit(origin).netloc == request.headers.get("host")
+
+
+def _normalized(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
 
 
 def warn_if_any_origin(settings: TransportSettings) -> None:

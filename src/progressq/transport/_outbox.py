@@ -8,6 +8,7 @@ from typing import NamedTuple
 import anyio
 import msgspec
 
+from progressq._counters import delivery
 from progressq.contracts import Event
 from progressq.messages import frame_event
 
@@ -73,6 +74,8 @@ class Outbox:
         self._wake()
 
     def overflow(self) -> None:
+        if not self.overflowed:
+            delivery.slow_consumers += 1
         self.overflowed = True
         self._wake()
 
@@ -87,9 +90,11 @@ class Outbox:
         items = self._items
         if len(items) <= self._batch:
             self._items = []
+            delivery.messages_sent += len(items)
             return [entry.text for entry in items]
         taken = items[: self._batch]
         del items[: self._batch]
+        delivery.messages_sent += len(taken)
         return [entry.text for entry in taken]
 
     async def wait(self) -> None:
@@ -125,6 +130,7 @@ class Outbox:
                 state = _status_decoder.decode(entry.task_json)
                 if later.get(entry.task_id) == state:
                     self.merged += 1
+                    delivery.events_merged += 1
                     continue
                 later[entry.task_id] = state
             kept.append(entry)
@@ -142,7 +148,7 @@ class IdentitySink:
     a client's view never goes back in time.
     """
 
-    __slots__ = ("_fresher", "_held", "_outbox", "_watermark", "active")
+    __slots__ = ("_fresher", "_held", "_outbox", "_watermark", "active", "on_resync")
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
@@ -150,6 +156,9 @@ class IdentitySink:
         self._watermark = 0
         self._fresher: dict[str, tuple[int, bytes]] = {}
         self.active = True
+        # Called when the registry lost the history this sink's events are numbered in
+        # (Redis restarted without its data): the connection sends a fresh snapshot.
+        self.on_resync: Callable[[], None] | None = None
 
     def deliver(self, event: Event) -> None:
         if not self.active:
@@ -160,6 +169,16 @@ class IdentitySink:
                 self._outbox.overflow()
             return
         self._forward(event)
+
+    def resync(self) -> None:
+        """The identity's history was lost: hold what arrives until a new snapshot is sent
+        (:meth:`go_live` again), and ask the connection for one."""
+        if not self.active:
+            return
+        if self._held is None:
+            self._held = []
+        if self.on_resync is not None:
+            self.on_resync()
 
     def go_live(self, after_seq: int, replay: list[Event], fresher: dict[str, tuple[int, bytes]]) -> None:
         self._watermark = after_seq

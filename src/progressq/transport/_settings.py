@@ -38,13 +38,19 @@ class TransportSettings:
     """Limits and hooks shared by every adapter.
 
     Attributes:
-        start_task: the task kind ``POST /api/task/start`` submits; the hub's only
-            registered kind when omitted.
         identify: see :data:`Identify`.
         allowed_origins: origins (``https://app.example``) allowed to open a WebSocket or
             event stream, or to start and cancel tasks, besides the server's own origin;
             ``"*"`` allows any (and logs a warning at startup). A request without ``Origin``
             (not a browser) is allowed.
+        public_origins: the origins the app's own pages are served from
+            (``https://app.example``). When set, they are the server's own origin and the
+            ``Host`` header is not consulted; when empty, a request whose ``Origin`` matches
+            its own ``Host`` is same-origin, which a DNS-rebinding page can arrange. Set it in
+            production.
+        snapshot_size: most tasks a snapshot carries, the newest; a snapshot of an
+            identity with more says ``complete: false`` (the client lists the rest with
+            ``GET /api/tasks`` if it needs them). Bounds what a ``resume`` costs.
         max_body_bytes: largest HTTP request body (413 beyond).
         max_frame_bytes: largest WebSocket frame from a client (close 1009 beyond).
         messages_per_second: sustained client messages allowed per connection.
@@ -61,12 +67,16 @@ class TransportSettings:
             wraps ``send`` with something tied to the current task (``asyncio.timeout()``,
             anyio cancel scopes or locks; context variables are fine): each message then goes
             through the connection's writer task (slower: a task switch per message).
-        include_index: serve ``GET /`` with the API description.
+        require_identity: refuse callers that name no identity (no valid id header, and
+            nothing from ``identify``) instead of minting a new identity for them: HTTP
+            routes and the event stream answer 401 ``identity_required``; a WebSocket
+            handshake the ``identify`` hook does not vouch for is refused (403).
     """
 
-    start_task: str | None = None
     identify: Identify | None = None
     allowed_origins: tuple[str, ...] = ()
+    public_origins: tuple[str, ...] = ()
+    snapshot_size: int = 100
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     messages_per_second: float = 20.0
@@ -75,4 +85,4 @@ class TransportSettings:
     outbox_size: int = 1024
     send_timeout: float = 10.0
     send_inline: bool = True
-    include_index: bool = True
+    require_identity: bool = False

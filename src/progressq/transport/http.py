@@ -8,45 +8,37 @@ Each method takes a :class:`RequestInfo` (and the body bytes) and returns a
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from progressq._logonce import LogOnce
+from progressq._outage import backend_outage
 from progressq.errors import (
     BackendUnavailable,
-    ConfigurationError,
     ForbiddenIdentity,
+    HubNotOpen,
     QueueFull,
     TaskAlreadyFinished,
     TaskNotFound,
     TooManyTasks,
+    UnknownTaskKind,
+    ValidationError,
 )
 from progressq.hub import Hub
-from progressq.messages import ErrorBody, ErrorDetail, StartedTask, StartTaskRequest, TaskList, encode
+from progressq.messages import ErrorBody, ErrorDetail, StartedTask, TaskList, encode
 from progressq.transport._connection import PeerGone
 from progressq.transport._identity import IdentityResolver, origin_allowed
+from progressq.transport._routes import RouteSpec
 from progressq.transport._settings import RequestInfo, TransportSettings
 
-__all__ = ("ENDPOINTS", "BodyTooLarge", "HttpApi", "Response", "error_response", "forbidden_response", "read_body")
+__all__ = ("BodyTooLarge", "HttpApi", "Response", "error_response", "forbidden_response", "read_body")
 
 logger = logging.getLogger("progressq.transport")
 
-ENDPOINTS: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/", "this description"),
-    ("GET", "/health", "200 when the backend answers, else 503"),
-    ("GET", "/api/task/status", "connections, clients and queue counts"),
-    ("POST", "/api/task/start", "start a task: {name, duration, clientId?}"),
-    ("GET", "/api/tasks", "the caller's tasks, newest first"),
-    ("GET", "/api/task/{id}", "one of the caller's tasks"),
-    ("POST", "/api/task/{id}/cancel", "cancel one of the caller's tasks"),
-    ("WS", "/ws", "live events of the caller's tasks"),
-)
-
 _MAX_NAME_LENGTH = 200
-_FIELD_IN_ERROR = re.compile(r"(?:at `\$\.(\w+)|field `(\w+)`)")
 
 
 @dataclass(slots=True)
@@ -91,6 +83,30 @@ def forbidden_response() -> Response:
     return error_response(403, "forbidden_identity", "this client id was not issued by this server")
 
 
+def identity_required_response() -> Response:
+    """The answer to a request naming no identity when ``require_identity`` is set."""
+    return error_response(401, "identity_required", "this server serves only identified callers")
+
+
+_NOT_RUNNING = LogOnce()
+
+
+def hub_not_running_response() -> Response:
+    """The answer of every route while the hub is not open (its lifespan never ran)."""
+    if _NOT_RUNNING.first("hub"):
+        logger.error(
+            "progressq: a request arrived while the hub is not running: its lifespan never ran. "
+            "An app mounted with app.mount(...) gets no lifespan from Starlette: use "
+            "progressq.starlette.mount(app, hub, prefix=...) (or open the hub with `async with hub` "
+            "in your own lifespan)"
+        )
+    return error_response(503, "hub_not_running", "the task hub is not running")
+
+
+class IdentityRequired(Exception):
+    """The request names no identity and ``require_identity`` is set (answered 401)."""
+
+
 def _json(status: int, value: Any) -> Response:
     return Response(status, encode(value))
 
@@ -98,13 +114,23 @@ def _json(status: int, value: Any) -> Response:
 def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
     """Turn the errors every route shares into their documented answers."""
 
-    async def run(*args: Any, **kwargs: Any) -> Response:
+    async def run(api: HttpApi, *args: Any, **kwargs: Any) -> Response:
+        if not api.hub.is_running:
+            return hub_not_running_response()
         try:
-            return await method(*args, **kwargs)
+            response = await method(api, *args, **kwargs)
+        except IdentityRequired:
+            return identity_required_response()
         except ForbiddenIdentity:
             return forbidden_response()
         except TaskNotFound:
             return error_response(404, "not_found", "no such task")
+        except UnknownTaskKind:
+            return error_response(404, "unknown_kind", "no task of this kind can be started here")
+        except ValidationError as exc:
+            return error_response(400 if exc.code == "malformed_json" else 422, exc.code, exc.message, exc.field)
+        except HubNotOpen:
+            return hub_not_running_response()
         except QueueFull as exc:
             return error_response(
                 503,
@@ -119,12 +145,15 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
                 "too many unfinished tasks; wait for one to finish",
                 headers={"Retry-After": str(max(1, round(exc.retry_after)))},
             )
-        except (BackendUnavailable, OSError):
-            logger.warning("backend unavailable", exc_info=True)
+        except (BackendUnavailable, OSError) as exc:
+            backend_outage.failed(f"a request ({method.__name__})", exc)  # logged once per outage
             return error_response(503, "backend_unavailable", "the service is temporarily unavailable")
         except Exception:  # the details go to the log, never to the client
             logger.exception("a request failed")
             return error_response(500, "internal_error", "the server could not handle this request")
+        if response.status < 500:  # not a nested guarded route's 503
+            backend_outage.answered()
+        return response
 
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__
@@ -132,34 +161,34 @@ def _guarded(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaita
 
 
 class HttpApi:
-    """The routes of PROTOCOL.md, each a coroutine returning a :class:`Response`."""
+    """The HTTP routes of the wire contract, each a coroutine returning a :class:`Response`."""
 
     def __init__(self, hub: Hub, settings: TransportSettings) -> None:
         self.hub = hub
         self.settings = settings
         self.identities = IdentityResolver(hub.identities, settings.identify)
 
-    def start_kind(self) -> str:
-        """The task kind ``POST /api/task/start`` submits.
+    async def _owner(self, request: RequestInfo, presented: str | None = None) -> str:
+        """The caller's identity: checked when presented, else the ``identify`` hook's, else
+        a new one (or :class:`IdentityRequired` under ``require_identity``)."""
+        if self.settings.require_identity:
+            owner = await self.identities.caller(request, presented)
+            if owner is None:
+                raise IdentityRequired
+            return owner
+        return await self.identities.caller_or_new(request, presented)
 
-        Raises:
-            ConfigurationError: none is configured and the hub has not exactly one.
-        """
-        if self.settings.start_task is not None:
-            if self.settings.start_task not in self.hub.kinds:
-                raise ConfigurationError(f"start_task {self.settings.start_task!r} has no registered handler")
-            return self.settings.start_task
-        if len(self.hub.kinds) != 1:
-            raise ConfigurationError(
-                "set TransportSettings(start_task=...) to the kind POST /api/task/start submits "
-                f"(registered kinds: {list(self.hub.kinds)})"
-            )
-        return self.hub.kinds[0]
+    async def _known_owner(self, request: RequestInfo) -> str | None:
+        owner = await self.identities.caller(request)
+        if owner is None and self.settings.require_identity:
+            raise IdentityRequired
+        return owner
 
-    async def index(self) -> Response:
+    async def index(self, routes: Sequence[RouteSpec] = ()) -> Response:
+        """The name and version of the service and ``routes`` (those OpenAPI would list)."""
         from progressq import __version__
 
-        endpoints = [{"method": m, "path": p, "description": d} for m, p, d in ENDPOINTS]
+        endpoints = [{"method": r.method, "path": r.path, "description": r.summary} for r in routes]
         return _json(200, {"name": "progressq", "version": __version__, "endpoints": endpoints})
 
     async def health(self) -> Response:
@@ -182,27 +211,16 @@ class HttpApi:
         )
 
     @_guarded
-    async def start(self, request: RequestInfo, body: bytes) -> Response:
+    async def start_task(
+        self, request: RequestInfo, kind: str, chunks: AsyncIterable[bytes], *, name: str | None = None
+    ) -> Response:
+        """``POST /api/tasks/{kind}``: the body (read within ``max_body_bytes``, 413 beyond) is
+        the kind's params as JSON, validated by the kind's type (422 naming the field)."""
         if not origin_allowed(request, self.settings):
             return _origin_refused(request)
-        try:
-            start = msgspec.json.decode(body, type=StartTaskRequest)
-        except msgspec.ValidationError as exc:
-            return error_response(422, "invalid_field", str(exc), _field_of(exc))
-        except msgspec.DecodeError:
-            return error_response(400, "malformed_json", "the body is not valid JSON")
-        name = start.name.strip()
-        if not 1 <= len(name) <= _MAX_NAME_LENGTH:
-            return error_response(422, "invalid_field", f"name must have 1 to {_MAX_NAME_LENGTH} characters", "name")
-        owner = await self.identities.caller_or_new(request, start.client_id)
-        record = await self.hub.submit(self.start_kind(), owner=owner, name=name, payload={"duration": start.duration})
-        view = record.view()
-        started = StartedTask(**{f: getattr(view, f) for f in view.__struct_fields__}, client_id=owner)
-        return _json(202, started)
-
-    @_guarded
-    async def start_streamed(self, request: RequestInfo, chunks: AsyncIterable[bytes]) -> Response:
-        """:meth:`start`, reading the body from ``chunks`` within ``max_body_bytes`` (413 beyond)."""
+        task_kind = self.hub.task_kinds.get(kind)
+        if task_kind is None:
+            raise UnknownTaskKind(kind)
         try:
             body = await read_body(
                 chunks, limit=self.settings.max_body_bytes, content_length=request.headers.get("content-length")
@@ -211,17 +229,59 @@ class HttpApi:
             return error_response(413, "body_too_large", "the request body is too large")
         except PeerGone:  # the client left before its body ended; nobody reads this answer
             return error_response(400, "incomplete_body", "the request body ended early")
-        return await self.start(request, body)
+        if not body.strip():
+            body = b"{}"
+        try:
+            msgspec.json.decode(body)  # malformed JSON is a 400, not a field of the params
+            params = task_kind.decode_params(body)
+        except msgspec.DecodeError:
+            return error_response(400, "malformed_json", "the body is not valid JSON")
+        except RecursionError:  # valid JSON, nested deeper than any params need
+            return error_response(400, "malformed_json", "the body is nested too deeply")
+        return await self.start_for(request, kind, params, name=name)
+
+    @_guarded
+    async def start_for(
+        self,
+        request: RequestInfo,
+        kind: str,
+        params: Any = None,
+        *,
+        name: str | None = None,
+        client_id: str | None = None,
+    ) -> Response:
+        """Start a task of ``kind`` for the caller of ``request``, answered like ``POST /api/tasks/{kind}``.
+
+        For an app's own start route: checks the origin, names the caller (``client_id`` is an
+        id the caller presents in its body, checked like the headers), submits ``params``
+        (validated by the kind's type) and answers 202 with the task and the caller's
+        ``clientId``, or the documented error.
+        """
+        if not origin_allowed(request, self.settings):
+            return _origin_refused(request)
+        if name is not None:
+            name = name.strip()
+            if not 1 <= len(name) <= _MAX_NAME_LENGTH:
+                return error_response(
+                    422, "invalid_field", f"name must have 1 to {_MAX_NAME_LENGTH} characters", "name"
+                )
+        if kind not in self.hub.task_kinds:
+            raise UnknownTaskKind(kind)
+        owner = await self._owner(request, client_id)
+        record = await self.hub.submit(kind, owner=owner, name=name, params=params)
+        view = record.view()
+        started = StartedTask(**{f: getattr(view, f) for f in view.__struct_fields__}, client_id=owner)
+        return _json(202, started)
 
     @_guarded
     async def list_tasks(self, request: RequestInfo) -> Response:
-        owner = await self.identities.caller(request)
+        owner = await self._known_owner(request)
         records = [] if owner is None else await self.hub.list(owner=owner)
         return _json(200, TaskList(client_id=owner, tasks=[r.view() for r in records]))
 
     @_guarded
     async def get_task(self, request: RequestInfo, task_id: str) -> Response:
-        owner = await self.identities.caller(request)
+        owner = await self._known_owner(request)
         if owner is None:
             raise TaskNotFound(task_id)
         return _json(200, (await self.hub.get(task_id, owner=owner)).view())
@@ -230,7 +290,7 @@ class HttpApi:
     async def cancel_task(self, request: RequestInfo, task_id: str) -> Response:
         if not origin_allowed(request, self.settings):
             return _origin_refused(request)
-        owner = await self.identities.caller(request)
+        owner = await self._known_owner(request)
         if owner is None:
             raise TaskNotFound(task_id)
         try:
@@ -245,10 +305,3 @@ def _origin_refused(request: RequestInfo) -> Response:
     """A state-changing request from a page of another site (cross-site request forgery)."""
     logger.info("refused a request from origin %r", request.headers.get("origin"))
     return error_response(403, "origin_not_allowed", "this origin may not start or cancel tasks")
-
-
-def _field_of(exc: msgspec.ValidationError) -> str | None:
-    match = _FIELD_IN_ERROR.search(str(exc))
-    if match is None:
-        return None
-    return match.group(1) or match.group(2)

@@ -4,7 +4,9 @@ For clients behind proxies that drop WebSockets. The same messages as the WebSoc
 ``event: <type>``, ``id: <seq>`` (events and snapshots) and ``data: <json>``; a browser's
 ``EventSource`` reconnects by itself and sends ``Last-Event-ID``, which resumes exactly
 like a WebSocket ``resume`` with ``lastSeq``. Identification is the HTTP routes' (headers),
-plus a ``clientId`` query parameter because ``EventSource`` cannot set headers.
+plus, because ``EventSource`` cannot set headers, a cookie that ``POST /api/events`` sets
+and ``?stream=<key>`` names (see ``_stream_cookie``), or the older ``clientId`` query
+parameter, which access logs write down.
 
 It is a plain ASGI app, so each adapter only mounts it.
 """
@@ -21,10 +23,13 @@ import anyio
 
 from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
+from progressq.messages import encode
 from progressq.transport._connection import Connection, ConnectionCounts, PeerGone
 from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._settings import RequestInfo, TransportSettings
-from progressq.transport.http import Response, error_response, forbidden_response
+from progressq.transport._shutdown import end_on_server_stop
+from progressq.transport._stream_cookie import stream_cookie, stream_key, streamed_identity
+from progressq.transport.http import Response, error_response, forbidden_response, identity_required_response
 
 __all__ = ("EventStreamSession",)
 
@@ -38,6 +43,10 @@ _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),  # proxies must not buffer a live stream
+    # Compression middleware buffers what it compresses, which holds a live stream back;
+    # an encoding already declared makes them pass the response through (Starlette's
+    # GZipMiddleware in every version, including those that do not exclude event streams).
+    (b"content-encoding", b"identity"),
 ]
 
 
@@ -129,6 +138,9 @@ class EventStreamSession:
         if isinstance(refusal, Response):
             await _reply(send, refusal)
             return
+        if scope.get("method") == "POST":  # the cookie for a stream (see _stream_cookie)
+            await _reply(send, await self._stream_cookie(scope, request))
+            return
         identity, last_seq = refusal
         peer = _EventStreamPeer(receive, send, self.keepalive)
         socket_id = self.hub.identities.mint()
@@ -137,22 +149,31 @@ class EventStreamSession:
             await peer.accept()
         except PeerGone:
             return
-        await connection.run(identity or socket_id, last_seq)
+        with end_on_server_stop():  # a stream never ends by itself; a stopping server ends it
+            await connection.run(identity or socket_id, last_seq)
         # ``run`` ends when the client left or broke a rule; end the response either way.
         with contextlib.suppress(PeerGone):
             await peer.close(1000)
 
     async def _refusal(self, scope: Scope, request: RequestInfo) -> Response | tuple[str | None, int | None]:
-        if scope.get("method", "GET") != "GET":
-            return error_response(405, "method_not_allowed", "use GET", headers={"Allow": "GET"})
+        if scope.get("method", "GET") not in ("GET", "POST"):
+            return error_response(405, "method_not_allowed", "use GET", headers={"Allow": "GET, POST"})
         if not origin_allowed(request, self.settings):
             logger.info("refused an event stream from origin %r", request.headers.get("origin"))
             return error_response(403, "origin_not_allowed", "this origin may not open an event stream")
+        if scope.get("method") == "POST":
+            return None, None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        # ``clientId`` in the URL is written by access logs; the stream cookie is not.
+        presented = (query.get("clientId") or [None])[0] or streamed_identity(
+            request.headers, (query.get("stream") or [None])[0]
+        )
         try:
-            identity = await self.identities.caller(request, (query.get("clientId") or [None])[0])
+            identity = await self.identities.caller(request, presented)
         except ForbiddenIdentity:
             return forbidden_response()
+        if identity is None and self.settings.require_identity:
+            return identity_required_response()
         if identity is not None and ConnectionCounts.of(self.hub).full(
             identity, self.settings.max_connections_per_identity
         ):
@@ -167,6 +188,22 @@ class EventStreamSession:
         if identity is None and last_seq is not None:
             last_seq = None  # a new identity has nothing to resume
         return identity, last_seq
+
+    async def _stream_cookie(self, scope: Scope, request: RequestInfo) -> Response:
+        try:
+            if self.settings.require_identity:
+                identity = await self.identities.caller(request)
+                if identity is None:
+                    return identity_required_response()
+            else:
+                identity = await self.identities.caller_or_new(request)
+        except ForbiddenIdentity:
+            return forbidden_response()
+        return Response(
+            200,
+            encode({"clientId": identity, "stream": stream_key(identity)}),
+            {"Set-Cookie": stream_cookie(scope, identity), "Cache-Control": "no-store"},
+        )
 
 
 async def _reply(send: Send, response: Response) -> None:

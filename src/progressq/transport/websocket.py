@@ -51,10 +51,15 @@ class WebSocketSession:
             logger.info("refused a WebSocket from origin %r", request.headers.get("origin"))
             await peer.close(CLOSE_POLICY_VIOLATION, "origin not allowed")
             return
+        vouched = await self.identities.vouched(request)
+        if vouched is None and self.settings.require_identity:
+            # Refused before the upgrade, as a foreign origin is: the handshake fails with 403.
+            await peer.close(CLOSE_POLICY_VIOLATION, "identity required")
+            return
         try:
             await peer.accept()
         except PeerGone:
             return  # the client left during the handshake
         socket_id = self.hub.identities.mint()
         connection = Connection(self.hub, self.settings, self.identities, peer, request, socket_id)
-        await connection.run(await self.identities.vouched(request) or socket_id)
+        await connection.run(vouched or socket_id)

@@ -13,6 +13,7 @@ import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._common import _Keys, _redacted, _Scripts
 from progressq.backends.redis._packing import pack_in_c
 from progressq.backends.redis._pubsub import _PubSub
@@ -191,6 +192,7 @@ class RedisBackend:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
             await self._queue.leave()
         await self._pubsub.aclose()
+        backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         if self._close_client:
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()

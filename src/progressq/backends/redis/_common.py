@@ -102,6 +102,7 @@ class _Keys:
         self.counters = f"{prefix}:counters"
         self.cancel_channel = f"{prefix}:cancel"
         self.unfinished = f"{prefix}:unfinished"
+        self.marker = f"{prefix}:marker"  # gone means Redis lost its data
         self.ring = f"{prefix}:ring"  # owners with waiting tasks, in turn order
         self.running = f"{prefix}:running"  # leased tasks per owner
         self.wake = f"{prefix}:wake"  # a token per task that a waiting worker may take

@@ -11,6 +11,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from redis.asyncio import Redis
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._common import (
     _GROUP,
     _Keys,
@@ -171,7 +172,7 @@ class _LeaseKeeping:
                             )
                         answers = await pipe.execute(raise_on_error=False)
             except BackendUnavailable as exc:
-                logger.warning("heartbeat of %d tasks failed: %s", len(leases), exc)
+                backend_outage.failed(f"a heartbeat of {len(leases)} tasks", exc)  # logged once per outage
                 continue
             for lease, answer in zip(leases, answers, strict=True):
                 held = self._held.get(lease.record.id)

@@ -11,6 +11,7 @@ import anyio.abc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._common import _REDIS_ERRORS, _unavailable
 from progressq.errors import BackendUnavailable
 
@@ -42,6 +43,8 @@ class _PubSub:
         # redis-py's PubSub opens its connection on the first command: two concurrent first
         # subscribes would each open one and lose a confirmation. One command at a time.
         self._lock = anyio.Lock()
+        self.connections = 0  # how many times a lost connection was replaced
+        self.broken = False  # lost, and not connected again yet
 
     async def subscribe(self, channel: str, sub: _Subscription) -> None:
         name = channel.encode()
@@ -66,12 +69,11 @@ class _PubSub:
 
     async def run(self) -> None:
         backoff = 0.05
-        broken = False
         while True:
-            if broken:
+            if self.broken:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                broken = not await self._reconnect()
+                self.broken = not await self._reconnect()
                 continue
             if not self._subs or self._pubsub.connection is None:
                 self._wake = anyio.Event()
@@ -84,8 +86,8 @@ class _PubSub:
                     await self._dispatch(message)
                 backoff = 0.05
             except (*_REDIS_ERRORS, BackendUnavailable) as exc:
-                logger.warning("pub/sub connection lost (%s); reconnecting", exc)
-                broken = True
+                backend_outage.failed("the pub/sub connection", exc)  # logged once per outage
+                self.broken = True
             except Exception:
                 logger.exception("pub/sub: a message could not be handled")
 
@@ -109,6 +111,7 @@ class _PubSub:
 
     async def _reconnect_locked(self) -> bool:
         old, self._pubsub = self._pubsub, self._client.pubsub()
+        self.connections += 1
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), suppress(Exception):  # broken already
             await old.aclose()  # type: ignore[no-untyped-call]
         channels = list(self._subs)
@@ -117,9 +120,9 @@ class _PubSub:
         try:
             await self._pubsub.subscribe(*channels)
         except _REDIS_ERRORS as exc:
-            logger.warning("pub/sub: Redis is not back yet (%s)", exc)
+            logger.debug("pub/sub: Redis is not back yet (%s)", exc)
             return False
-        logger.warning("pub/sub: connected again, %d channels subscribed", len(channels))
+        logger.info("pub/sub: connected again, %d channels subscribed", len(channels))
         return True
 
     async def aclose(self) -> None:

@@ -86,7 +86,6 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
         self._group_ready = False
         self._cursor = "0-0"
         self._next_reclaim = -math.inf
-        self._outage = False
         self._running_per_owner: int | None = None
 
     @property
@@ -264,10 +263,13 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
             fields = await self._client.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
         return _record_from(fields)
 
-    async def list_by_owner(self, owner: str) -> Sequence[TaskRecord]:
+    async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
         index = self._keys.owner(owner)
+        last = 999 if limit is None else min(limit, 1000) - 1
+        if last < 0:
+            return []
         with _unavailable("list"):
-            raw_ids: Any = await self._client.zrevrange(index, 0, 999)
+            raw_ids: Any = await self._client.zrevrange(index, 0, last)
             ids = [_text(i) for i in raw_ids]
             if not ids:
                 return []

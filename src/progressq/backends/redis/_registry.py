@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
+from progressq._logonce import fingerprint
 from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _Scripts, _text, _unavailable
 from progressq.backends.redis._pubsub import _PubSub, _Subscription
 from progressq.contracts import (
@@ -32,12 +34,19 @@ class _Identity(_Subscription):
         self.identity = identity
         self.sinks: set[EventSink] = set()
         self.last: int | None = None  # last seq delivered to the sinks
+        self.losses = 0  # the registry's count of data losses when ``last`` was read
         self.ready = anyio.Event()
 
     async def confirmed(self) -> None:
+        losses = await self.registry.data_losses()
         if self.last is None:
+            self.losses = losses
             self.last = await self.registry.current_seq(self.identity)
             self.ready.set()
+        elif losses != self.losses:
+            # Redis came back without its data: the seq starts again at 1, below ``last``.
+            self.losses = losses
+            await self._resync()
         else:  # subscribed again after a lost connection: fetch what was missed
             await self._fill()
 
@@ -53,9 +62,7 @@ class _Identity(_Subscription):
             if seq <= self.last:
                 return
             if seq > self.last + 1:
-                logger.warning(
-                    "identity %s: events %d to %d are no longer in the history", self.identity, self.last + 1, seq - 1
-                )
+                return  # history no longer holds the gap: ``_fill`` had the sinks resync
         length = int(length_text)
         self._deliver(Event(seq, _EVENT_KINDS[kind_text], rest[:length].decode(), int(rev_text), rest[length:]))
 
@@ -63,10 +70,26 @@ class _Identity(_Subscription):
         assert self.last is not None
         events = await self.registry.events_after(self.identity, self.last)
         if events is None:
+            await self._resync()
             return
         for event in events:
             if event.seq > self.last:
                 self._deliver(event)
+
+    async def _resync(self) -> None:
+        """History cannot say what was missed: every sink starts again from a snapshot."""
+        self.last = await self.registry.current_seq(self.identity)
+        logger.warning(
+            "identity %s: the event history has a gap (Redis lost data?); its connections resync from a snapshot",
+            fingerprint(self.identity),
+        )
+        for sink in tuple(self.sinks):
+            resync = getattr(sink, "resync", None)
+            if resync is not None:
+                try:
+                    resync()
+                except Exception:
+                    logger.exception("a sink of identity %s failed to resync", fingerprint(self.identity))
 
     def _deliver(self, event: Event) -> None:
         self.last = event.seq
@@ -74,7 +97,7 @@ class _Identity(_Subscription):
             try:
                 sink.deliver(event)
             except Exception:
-                logger.exception("a sink of identity %s failed to take event %d", self.identity, event.seq)
+                logger.exception("a sink of identity %s failed to take event %d", fingerprint(self.identity), event.seq)
 
 
 class RedisClientRegistry:
@@ -99,6 +122,11 @@ class RedisClientRegistry:
         self._history_ttl = max(1, math.ceil(history_ttl))
         self._attach_timeout = attach_timeout
         self._identities: dict[str, _Identity] = {}
+        # Data loss (Redis restarted without persistence) is told by a marker key: each
+        # process remembers the marker it saw and checks it again after every reconnect.
+        self._marker: str | None = None
+        self._marker_checked = -1  # the pub/sub connection it was checked on
+        self._losses = 0
 
     async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
         """Number, store and publish one event.
@@ -130,7 +158,13 @@ class RedisClientRegistry:
             if created:
                 await self._pubsub.subscribe(self._keys.channel(identity), state)
             with anyio.fail_after(self._attach_timeout):
-                await state.ready.wait()
+                # While the pub/sub connection is down, say so at once rather than after
+                # the whole timeout (a client of a server whose Redis is gone must hear it).
+                while not state.ready.is_set():
+                    if self._pubsub.broken:
+                        raise BackendUnavailable("Redis is unavailable (pub/sub connection lost)")
+                    with anyio.move_on_after(0.1):
+                        await state.ready.wait()
         except TimeoutError as exc:
             await self.detach(identity, sink)
             raise BackendUnavailable("Redis did not confirm the subscription") from exc
@@ -147,6 +181,23 @@ class RedisClientRegistry:
         if not state.sinks:
             del self._identities[identity]
             await self._pubsub.unsubscribe(self._keys.channel(identity))
+
+    async def data_losses(self) -> int:
+        """How many times this process has seen Redis come back without its data."""
+        if self._marker_checked == self._pubsub.connections:
+            return self._losses
+        with _unavailable("data_losses"):
+            marker = await self._client.get(self._keys.marker)
+            if marker is None:
+                await self._client.set(self._keys.marker, secrets.token_hex(8), nx=True)
+                marker = await self._client.get(self._keys.marker)
+        marker = None if marker is None else _text(marker)
+        if self._marker is not None and marker != self._marker:
+            self._losses += 1
+            logger.warning("Redis lost its data (restarted without persistence?): connected clients resync")
+        self._marker = marker
+        self._marker_checked = self._pubsub.connections
+        return self._losses
 
     async def current_seq(self, identity: str) -> int:
         with _unavailable("current_seq"):

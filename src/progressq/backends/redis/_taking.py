@@ -11,6 +11,7 @@ import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from progressq._outage import backend_outage
 from progressq.backends.redis._common import (
     _GROUP,
     _Keys,
@@ -42,7 +43,6 @@ class _Taking:
     _lease_ms: int
     _cursor: str
     _next_reclaim: float
-    _outage: bool
     _running_per_owner: int | None
     _publish: Callable[[TaskRecord], Awaitable[object]]
 
@@ -69,15 +69,11 @@ class _Taking:
             try:
                 leases = await self._next(limit)
             except BackendUnavailable as exc:
-                if not self._outage:
-                    logger.warning("waiting for Redis to come back: %s", exc)
-                    self._outage = True
+                backend_outage.failed("taking tasks", exc)  # logged once per outage
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if self._outage:
-                logger.warning("Redis answers again; taking tasks")
-                self._outage = False
+            backend_outage.answered()
             backoff = 0.1
             if leases:
                 return leases
@@ -205,7 +201,7 @@ class _Taking:
                 try:
                     await self._publish(record)
                 except BackendUnavailable as exc:
-                    logger.warning("task %s: its final state could not be published: %s", record.id, exc)
+                    backend_outage.failed(f"publishing the final state of task {record.id}", exc)
             return None
         deliveries = int(answer[5])
         self._held[record.id] = _Held(entry, record.attempt, record.status)

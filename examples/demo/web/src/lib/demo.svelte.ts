@@ -57,7 +57,7 @@ export class DemoState {
 
 	start(): void {
 		if (this.client !== null) return;
-		const client = new ProgressQClient({ storage: window.sessionStorage });
+		const client = new ProgressQClient({ storage: window.sessionStorage, streamCookie: true });
 		this.client = client;
 		this.clientId = client.clientId;
 		this.transport = client.transport;
