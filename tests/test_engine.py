@@ -666,7 +666,7 @@ async def test_cancel_a_finished_task_is_already_finished() -> None:
 
 async def test_the_concurrency_limit_is_respected() -> None:
     limit = 3
-    hub = make_hub(concurrency=limit)
+    hub = make_hub(concurrency=limit, max_running_per_owner=limit)
     current = peak = 0
 
     @hub.task("work")

@@ -45,7 +45,9 @@ def _console_script() -> list[str]:
 class Worker:
     """One ``progressq worker`` process; its log goes to a file."""
 
-    def __init__(self, prefix: str, log: Path, *, concurrency: int, grace: float) -> None:
+    def __init__(
+        self, prefix: str, log: Path, *, concurrency: int, grace: float, forget: float = 600.0, every: str = ""
+    ) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -53,6 +55,8 @@ class Worker:
             "PQ_TEST_PREFIX": prefix,
             "PQ_TEST_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
             "PQ_TEST_GRACE": str(grace),
+            "PQ_TEST_FORGET_CONSUMERS": str(forget),
+            "PQ_TEST_EVERY": every,
         }
         self.log = log
         with log.open("wb") as out:
@@ -95,8 +99,9 @@ def redis_prefix() -> Iterator[str]:
 def start_worker(redis_prefix: str, tmp_path: Path) -> Iterator[Any]:
     workers: list[Worker] = []
 
-    def start(concurrency: int = 3, grace: float = 5.0) -> Worker:
-        worker = Worker(redis_prefix, tmp_path / f"worker-{len(workers)}.log", concurrency=concurrency, grace=grace)
+    def start(concurrency: int = 3, grace: float = 5.0, forget: float = 600.0, every: str = "") -> Worker:
+        log = tmp_path / f"worker-{len(workers)}.log"
+        worker = Worker(redis_prefix, log, concurrency=concurrency, grace=grace, forget=forget, every=every)
         workers.append(worker)
         worker.wait_ready()
         return worker
@@ -187,9 +192,9 @@ async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(redis_pre
         takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
         paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
-        # the paused worker did try to write, and was refused
+        # the paused worker learnt of it (a write refused, or its heartbeat) and stopped
         with anyio.fail_after(PATIENCE):
-            while "lease lost" not in paused.text():
+            while "its handler was stopped" not in paused.text():
                 await anyio.sleep(0.1)
         await anyio.sleep(0.5)
         after = sink.events[sink.events.index(takeover) :]
@@ -237,3 +242,146 @@ async def test_sigterm_hands_unfinished_tasks_back(redis_prefix: str, start_work
         final = _terminal(sink.events)[task.id]
         assert (final["status"], final["attempt"], final["result"]["pid"]) == ("completed", 2, successor.pid)
         check_task_events(sink.events)
+
+
+async def test_a_worker_that_lost_its_lease_stops_the_handler(redis_prefix: str, start_worker: Any) -> None:
+    paused = start_worker(concurrency=1)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        # long enough (30 s) that its natural end comes far after the takeover
+        task = await hub.submit("steps", owner="alice", payload={"steps": 300, "delay": 0.1})
+        await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 2)
+        taker = start_worker(concurrency=1)
+        paused.signal(signal.SIGSTOP)
+        await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _pid_in(e) == taker.pid)
+        paused.signal(signal.SIGCONT)
+        # the resumed worker learns of the loss (heartbeat or a refused write) and stops the
+        # handler (the line is logged once its handler has returned), while the taker still
+        # runs the task: long before the handler's natural end
+        with anyio.fail_after(PATIENCE):
+            while "its handler was stopped" not in paused.text():
+                await anyio.sleep(0.1)
+        record = await hub.get(task.id, owner="alice")
+        assert (record.status, record.attempt) == ("running", 2)
+        assert f"task {task.id}: lease of attempt 1 lost" in paused.text()
+        assert all(_pid_in(e) in (None, taker.pid) for e in sink.events if _view(e)["attempt"] == 2)
+        await hub.cancel(task.id, owner="alice")
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+
+
+async def _consumers(hub: Hub) -> list[str]:
+    client: Any = hub.backend.client  # type: ignore[attr-defined]
+    stream = f"{hub.backend.prefix}:queue"  # type: ignore[attr-defined]
+    if not await client.exists(stream):
+        return []
+    return sorted(c["name"].decode() for c in await client.xinfo_consumers(stream, "workers"))
+
+
+async def test_workers_leave_the_group_and_dead_ones_are_removed(redis_prefix: str, start_worker: Any) -> None:
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        for _ in range(4):  # start, work, stop gracefully: the worker removes its own consumer
+            worker = start_worker(concurrency=1, forget=3.0)
+            task = await hub.submit("steps", owner="alice", payload={"steps": 2, "delay": 0.01})
+            await sink.wait_for(lambda events: task.id in _terminal(events), 60)  # noqa: B023
+            assert len(await _consumers(hub)) == 1
+            worker.signal(signal.SIGTERM)
+            worker.process.wait(30)
+            assert await _consumers(hub) == []
+        survivor = start_worker(concurrency=1, forget=3.0)
+        doomed = [start_worker(concurrency=1, forget=3.0) for _ in range(3)]
+        # a consumer is made by its first delivery: keep all four busy, then kill three
+        owners = [f"owner-{n}" for n in range(8)]  # one task each: no owner's cap in the way
+        busy = [await hub.submit("steps", owner=owner, payload={"steps": 40, "delay": 0.1}) for owner in owners]
+        with anyio.fail_after(PATIENCE):
+            while len(await _consumers(hub)) != 4:
+                await anyio.sleep(0.05)
+        for worker in doomed:  # killed outright: their consumers stay until a live worker prunes them
+            worker.signal(signal.SIGKILL)
+        # the survivor takes their tasks over (then the dead consumers hold nothing) ...
+        with anyio.fail_after(90):
+            while [(await hub.get(t.id, owner=t.owner)).status for t in busy] != ["completed"] * len(busy):
+                await anyio.sleep(0.2)
+        # ... and removes them once idle past the bound: the one left is the survivor's
+        with anyio.fail_after(60):
+            while len(await _consumers(hub)) != 1:
+                await anyio.sleep(0.2)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 2, "delay": 0.01})
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+        assert _terminal(sink.events)[task.id]["result"]["pid"] == survivor.pid
+
+
+async def test_two_workers_share_out_fairly_and_hold_the_cap_together(redis_prefix: str, start_worker: Any) -> None:
+    # 2 workers x 4 slots; each lets an owner run 2 at once (half its slots), across both
+    start_worker(concurrency=4)
+    start_worker(concurrency=4)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("newcomer", sink)
+        backlog = [await hub.submit("steps", owner="hog", payload={"steps": 30, "delay": 0.1}) for _ in range(20)]
+
+        async def hog_statuses() -> list[str]:
+            return [(await hub.get(t.id, owner="hog")).status for t in backlog]
+
+        with anyio.fail_after(PATIENCE):
+            while (await hog_statuses()).count("running") < 2:
+                await anyio.sleep(0.05)
+        quick = await hub.submit("steps", owner="newcomer", payload={"steps": 2, "delay": 0.05})
+        peak = 0
+        with anyio.fail_after(60):
+            while quick.id not in _terminal(sink.events):
+                peak = max(peak, (await hog_statuses()).count("running"))
+                await anyio.sleep(0.05)
+        # it did not wait behind the backlog: most of the hog's tasks had not started yet
+        assert (await hog_statuses()).count("queued") >= 10
+        assert _terminal(sink.events)[quick.id]["status"] == "completed"
+        assert peak <= 2
+        for task in backlog:
+            await hub.cancel(task.id, owner="hog")
+
+
+def _cli(redis_prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PQ_TEST_REDIS_URL": REDIS_URL, "PQ_TEST_PREFIX": redis_prefix}
+    return subprocess.run(
+        [*_console_script(), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: str, start_worker: Any) -> None:
+    start_worker(concurrency=2)
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        failed = [(await hub.submit("boom", owner="alice", payload={"n": n})).id for n in range(2)]
+        await sink.wait_for(lambda events: set(_terminal(events)) >= set(failed), 60)
+        status = await anyio.to_thread.run_sync(_cli, redis_prefix, "status", "tests.worker_app:hub")
+        assert status.returncode == 0, status.stderr
+        assert "queued 0  running 0  failed 2" in status.stdout
+        listed = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "list", "tests.worker_app:hub")
+        assert {line.split()[0] for line in listed.stdout.splitlines()} == set(failed)
+        assert "RuntimeError: boom 1" in listed.stdout
+        retried = await anyio.to_thread.run_sync(
+            _cli, redis_prefix, "dead", "retry", "tests.worker_app:hub", failed[0], "no-such-task"
+        )
+        assert retried.returncode == 1  # one id was not a failed task
+        assert "no-such-task: no such failed task" in retried.stderr
+        again = retried.stdout.split("submitted again as ")[1].split()[0]
+        await sink.wait_for(lambda events: again in _terminal(events), 60)  # its owner saw it run
+        assert _terminal(sink.events)[again]["error"] == "RuntimeError: boom 0"
+        purged = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "purge", "tests.worker_app:hub")
+        assert purged.stdout.strip() == "purged 2"  # the second and the retried one
+        assert await hub.dead_letters() == []
+
+
+async def test_three_worker_processes_fire_each_periodic_slot_once(redis_prefix: str, start_worker: Any) -> None:
+    for _ in range(3):
+        start_worker(concurrency=2, every="0.5")
+    async with _client_hub(redis_prefix) as hub:
+        with anyio.fail_after(60):
+            while len(await hub.list(owner="clock")) < 6:
+                await anyio.sleep(0.1)
+        fired = await hub.list(owner="clock")
+    slots = [int(r.created_at.timestamp() // 0.5) for r in fired]
+    assert len(set(slots)) == len(slots), sorted(slots)  # no slot fired twice

@@ -16,8 +16,18 @@ from progressq.backends.redis import RedisBackend
 SECRET = "multi-process-test-secret"
 
 
-def make_hub(url: str, prefix: str, *, lease_timeout: float = 1.0, shutdown_grace: float = 5.0, **hub: Any) -> Hub:
-    backend = RedisBackend.from_url(url, prefix=prefix, lease_timeout=lease_timeout, max_deliveries=4)
+def make_hub(
+    url: str,
+    prefix: str,
+    *,
+    lease_timeout: float = 1.0,
+    shutdown_grace: float = 5.0,
+    forget_consumers_after: float = 600.0,
+    **hub: Any,
+) -> Hub:
+    backend = RedisBackend.from_url(
+        url, prefix=prefix, lease_timeout=lease_timeout, max_deliveries=4, forget_consumers_after=forget_consumers_after
+    )
     app = Hub(backend, secret=SECRET, progress_interval=0.02, shutdown_grace=shutdown_grace, **hub)
 
     @app.task("steps", timeout=60)
@@ -30,6 +40,11 @@ def make_hub(url: str, prefix: str, *, lease_timeout: float = 1.0, shutdown_grac
             await ctx.report(step * 100 / count, f"step {step} pid {os.getpid()}")
         return {"pid": os.getpid()}
 
+    @app.task("boom")
+    async def boom(ctx: TaskContext) -> None:
+        """Always fails: a dead letter for the operator's commands."""
+        raise RuntimeError(f"boom {ctx.payload.get('n', 0)}")
+
     return app
 
 
@@ -38,5 +53,8 @@ hub = make_hub(
     os.environ.get("PQ_TEST_PREFIX", "pqtest:unset"),
     lease_timeout=float(os.environ.get("PQ_TEST_LEASE_TIMEOUT", "1.0")),
     shutdown_grace=float(os.environ.get("PQ_TEST_GRACE", "5.0")),
+    forget_consumers_after=float(os.environ.get("PQ_TEST_FORGET_CONSUMERS", "600")),
     concurrency=0,
 )
+if os.environ.get("PQ_TEST_EVERY"):  # a periodic task each worker process runs the schedule of
+    hub.every(float(os.environ["PQ_TEST_EVERY"]), "steps", owner="clock", params={"steps": 1, "delay": 0.0})

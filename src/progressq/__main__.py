@@ -1,4 +1,5 @@
-"""The ``progressq`` command: ``progressq worker MODULE:HUB [--concurrency N]``.
+"""The ``progressq`` command: ``progressq worker MODULE:HUB [--concurrency N]``, and for an
+operator ``progressq status MODULE:HUB`` and ``progressq dead list|retry|purge MODULE:HUB``.
 
 Runs the workers of an application's :class:`~progressq.Hub` in this process, on the hub's
 backend (a Redis backend, so that tasks submitted by web processes reach it). SIGTERM or
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import anyio
 
 from progressq._no_worker import describe_backend
+from progressq.errors import TaskNotFound
 from progressq.hub import Hub
 
 __all__ = ("load_hub", "main")
@@ -99,6 +101,35 @@ async def run_worker(hub: Hub, *, spec: str = "hub") -> None:
     logger.info("progressq worker %s: stopped", spec)
 
 
+async def run_operation(hub: Hub, command: str, action: str | None, task_ids: Sequence[str]) -> int:
+    """``status`` or ``dead ACTION``, on ``hub`` opened without workers; prints its answer."""
+    hub.concurrency = 0
+    async with hub:
+        if command == "status":
+            queue = await hub.queue.statistics()
+            dead = len(await hub.dead_letters(10_000))
+            print(f"queued {queue.queued}  running {queue.running}  failed {dead}")
+            return 0
+        if action == "list":
+            for record in await hub.dead_letters(1000):
+                when = record.finished_at.isoformat() if record.finished_at else "-"
+                print(f"{record.id}  {record.kind}  attempt {record.attempt}  {when}  {record.error}")
+            return 0
+        if action == "purge":
+            print(f"purged {await hub.purge_dead()}")
+            return 0
+        failed = 0
+        for task_id in task_ids:
+            try:
+                again = await hub.replay(task_id)
+            except TaskNotFound:
+                print(f"{task_id}: no such failed task", file=sys.stderr)
+                failed += 1
+            else:
+                print(f"{task_id}: submitted again as {again.id}")
+        return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``progressq`` console script."""
     parser = argparse.ArgumentParser(prog="progressq", description="progressq command line")
@@ -116,7 +147,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"tasks run at once (default: the hub's own, or {_DEFAULT_CONCURRENCY} if it runs none)",
     )
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    status = commands.add_parser("status", help="queue depths and failed tasks")
+    status.add_argument("hub", metavar="MODULE:HUB")
+    dead = commands.add_parser("dead", help="list, retry or purge the failed tasks")
+    dead.add_argument("action", choices=["list", "retry", "purge"])
+    dead.add_argument("hub", metavar="MODULE:HUB")
+    dead.add_argument("task_ids", metavar="TASK_ID", nargs="*", help="the failed tasks to submit again (retry)")
     args = parser.parse_args(argv)
+    if args.command != "worker":
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+        if args.command == "dead" and args.action == "retry" and not args.task_ids:
+            parser.error("dead retry needs the ids of the tasks to submit again")
+        try:
+            hub = load_hub(args.hub)
+        except HubNotFound as exc:
+            parser.error(str(exc))
+        operation = functools.partial(
+            run_operation, hub, args.command, getattr(args, "action", None), getattr(args, "task_ids", ())
+        )
+        return anyio.run(operation, backend="asyncio")
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.concurrency is not None and args.concurrency < 1:

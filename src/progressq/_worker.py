@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, Protocol, cast
 
 import anyio
@@ -14,7 +16,7 @@ from progressq._context import TaskContext
 from progressq._outage import backend_outage
 from progressq._tasklog import attempt_ended, attempt_started
 from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
-from progressq.errors import BackendUnavailable
+from progressq.errors import BackendUnavailable, Retry
 from progressq.hooks import AttemptOutcome, AttemptStatus, HookChain
 
 __all__ = ("TaskPolicy", "WorkerPool")
@@ -33,11 +35,30 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
         max_attempts: attempts before a failing task is ``failed`` (1 = no retry).
         progress_interval: least seconds between two progress events of one task; the
             hub's setting when ``None``.
+        retry_on: the exceptions (a timeout is a ``TimeoutError``) after which a task with
+            attempts left is tried again; any other fails it at once. ``Retry`` always retries.
+        retry_backoff: seconds before the second attempt; doubled for each next one.
+        retry_backoff_max: the most seconds between two attempts.
+        retry_jitter: wait a random 50-100 % of the backoff, so that tasks that failed
+            together do not all come back at once.
     """
 
     timeout: float | None = 300.0
     max_attempts: int = 1
     progress_interval: float | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    retry_jitter: bool = True
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether an attempt that raised ``error`` is tried again (attempts allowing)."""
+        return isinstance(error, (Retry, *self.retry_on))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (from 1)."""
+        delay = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** min(attempt - 1, 62))
+        return delay * random.uniform(0.5, 1.0) if self.retry_jitter else delay
 
 
 class BatchLeasing(Protocol):
@@ -45,6 +66,15 @@ class BatchLeasing(Protocol):
 
     async def lease_many(self, limit: int) -> list[Lease]:
         """Wait for the next tasks: at least one, at most ``limit`` (the pool's free slots)."""
+        ...
+
+
+class LeaseLossWatching(Protocol):
+    """An optional ``TaskQueue`` capability, for a queue that keeps leases alive itself (a
+    heartbeat): it tells the pool of the leases it found lost, so that their work stops."""
+
+    def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
+        """``(task id, attempt)`` of each lease held here that was found taken over."""
         ...
 
 
@@ -58,6 +88,17 @@ class SaveAndPublish(Protocol):
         """Store ``record`` if ``lease`` still holds, publish it (its view is ``view_json``) to
         its owner and, with ``finish``, acknowledge the task; nothing when fenced out (False)."""
         ...
+
+
+class _Run:
+    """One attempt running in this pool."""
+
+    __slots__ = ("attempt", "lost", "scope")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.scope = anyio.CancelScope()
+        self.lost = False  # its lease is gone: the handler is stopped, nothing is recorded
 
 
 class WorkerPool:
@@ -79,6 +120,7 @@ class WorkerPool:
         self._queue = queue
         self._batch = cast(BatchLeasing, queue) if hasattr(queue, "lease_many") else None
         self._combined = cast(SaveAndPublish, queue) if hasattr(queue, "save_and_publish") else None
+        self._losses = cast(LeaseLossWatching, queue) if hasattr(queue, "watch_lost_leases") else None
         self._processor = processor
         self._policy_for = policy_for
         self._publish = publish
@@ -86,14 +128,14 @@ class WorkerPool:
         self._progress_interval = progress_interval
         self._shutdown_grace = shutdown_grace
         self._intake = anyio.CancelScope()
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._runs: dict[str, _Run] = {}  # by task id: the latest attempt running here
         self._idle = anyio.Event()
         self._idle.set()
         self.alive = False  # between ``run``'s start and its end
 
     @property
     def running(self) -> int:
-        return len(self._scopes)
+        return len(self._runs)
 
     def stop(self) -> None:
         """Take no new task; running ones get ``shutdown_grace`` seconds, then are handed back."""
@@ -103,6 +145,8 @@ class WorkerPool:
         limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
+            if self._losses is not None:
+                runs.start_soon(self._watch_lost_leases, self._losses)
             self.alive = True
             task_status.started()
             try:
@@ -134,17 +178,22 @@ class WorkerPool:
                     self._start(runs, lease, limiter, more)
 
     def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
-        scope = anyio.CancelScope()
-        self._scopes[lease.record.id] = scope
-        if len(self._scopes) == 1:
+        run = _Run(lease.record.attempt)
+        earlier = self._runs.get(lease.record.id)
+        if earlier is not None:
+            # Its earlier attempt still runs here, yet the task was handed out again: that
+            # lease expired (Redis did not answer the heartbeat in time). It is lost.
+            self._lose(lease.record.id, earlier.attempt)
+        self._runs[lease.record.id] = run
+        if len(self._runs) == 1:
             self._idle = anyio.Event()
-        runs.start_soon(self._run_one, runs, lease, scope, limiter, slot)
+        runs.start_soon(self._run_one, runs, lease, run, limiter, slot)
 
     async def _run_one(
         self,
         runs: anyio.abc.TaskGroup,
         lease: Lease,
-        scope: anyio.CancelScope,
+        run: _Run,
         limiter: anyio.CapacityLimiter,
         slot: object,
     ) -> None:
@@ -152,9 +201,9 @@ class WorkerPool:
         outcome = "interrupted"
         try:
             if self._hooks:
-                outcome = await self._hooked_attempt(runs, lease, scope)
+                outcome = await self._hooked_attempt(runs, lease, run)
             else:
-                outcome, _ = await self._attempt(runs, lease, scope)
+                outcome, _ = await self._attempt(runs, lease, run)
         except BackendUnavailable as exc:
             # The worker lives on; with a durable backend the lease expires and the task
             # runs again. Logged once per outage.
@@ -166,17 +215,18 @@ class WorkerPool:
             logger.exception("task %s: could not record its outcome", lease.record.id)
         finally:
             attempt_ended(lease.record, outcome, began)
-            del self._scopes[lease.record.id]
-            if not self._scopes:
+            if self._runs.get(lease.record.id) is run:
+                del self._runs[lease.record.id]
+            if not self._runs:
                 self._idle.set()
             limiter.release_on_behalf_of(slot)
 
-    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope) -> AttemptStatus:
+    async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> AttemptStatus:
         """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
         started = time.monotonic()
         with self._hooks.attempt(lease.record):
             try:
-                status, error = await self._attempt(runs, lease, scope)
+                status, error = await self._attempt(runs, lease, run)
             except BaseException:
                 status, error = "interrupted", None
                 raise
@@ -185,14 +235,21 @@ class WorkerPool:
         return status
 
     async def _attempt(
-        self, runs: anyio.abc.TaskGroup, lease: Lease, scope: anyio.CancelScope
+        self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run
     ) -> tuple[AttemptStatus, BaseException | None]:
         record = lease.record
+        scope = run.scope
         if record.cancel_requested:  # asked to cancel while its last worker died
             await self._finish(lease, record.evolve(status="cancelled", finished_at=utc_now(), message="cancelled"))
             return "cancelled", None
         running = record.evolve(
-            status="running", started_at=utc_now(), finished_at=None, progress=0.0, message="started", error=None
+            status="running",
+            started_at=utc_now(),
+            finished_at=None,
+            progress=0.0,
+            message="started",
+            error=None,
+            run_at=None,
         )
         if not await self._commit(lease, running):
             return "lost", None
@@ -209,8 +266,11 @@ class WorkerPool:
                 if deadline.cancelled_caught:
                     error = f"timed out after {policy.timeout:g} s"
                     raised = TimeoutError(error)
+        except Retry as exc:
+            error, raised = _describe(exc), exc
         except Exception as exc:
-            logger.exception("task %s (%s) raised", record.id, record.kind)
+            if not run.lost:
+                logger.exception("task %s (%s) raised", record.id, record.kind)
             error, raised = _describe(exc), exc
         except BaseException:
             # Shutdown ran out of grace (or the process is going down): hand the task back.
@@ -218,6 +278,11 @@ class WorkerPool:
                 latest = await ctx.close()
                 await self._requeue(lease, latest.evolve(status="queued", message="interrupted; queued again"))
             raise
+        if run.lost:  # stopped: another worker has the task; nothing to record
+            with anyio.CancelScope(shield=True):
+                await ctx.close()
+            logger.warning("task %s: lease of attempt %d lost; its handler was stopped", record.id, record.attempt)
+            return "lost", None
         # The handler is done: its outcome is recorded even if shutdown's cancellation
         # arrives now, or the task would stay "running" with no worker.
         with anyio.CancelScope(shield=True):
@@ -239,8 +304,16 @@ class WorkerPool:
         if cancelled:  # the owner asked, even if the handler swallowed it
             await self._finish(lease, latest.evolve(status="cancelled", finished_at=now, message="cancelled"))
             return "cancelled", None
-        if error is not None and latest.attempt < policy.max_attempts:
-            await self._requeue(lease, latest.evolve(status="queued", message=f"retrying after: {error}", error=error))
+        if error is not None and raised is not None and latest.attempt < policy.max_attempts and policy.retries(raised):
+            after = raised.after if isinstance(raised, Retry) and raised.after is not None else None
+            delay = policy.backoff(latest.attempt) if after is None else after
+            retry = latest.evolve(
+                status="queued",
+                message=f"retrying in {delay:.3g} s after: {error}",
+                error=error,
+                run_at=now + timedelta(seconds=delay),
+            )
+            await self._requeue(lease, retry)
             return "retrying", raised
         if error is not None:
             await self._finish(lease, latest.evolve(status="failed", finished_at=now, error=error, message="failed"))
@@ -279,16 +352,34 @@ class WorkerPool:
                 await self._publish(record)
         if not stored:
             logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
+            self._lose(record.id, lease.record.attempt)
             return False
         return True
+
+    def _lose(self, task_id: str, attempt: int) -> None:
+        """The lease of ``attempt`` is gone: cancel its handler (another worker may run the
+        task now), so that it stops doing the work twice and frees its slot."""
+        run = self._runs.get(task_id)
+        if run is not None and run.attempt == attempt and not run.lost:
+            run.lost = True
+            run.scope.cancel()
+
+    async def _watch_lost_leases(self, losses: LeaseLossWatching) -> None:
+        while True:
+            try:
+                async for task_id, attempt in losses.watch_lost_leases():
+                    self._lose(task_id, attempt)
+            except Exception:
+                logger.warning("lost-lease watch interrupted; retrying", exc_info=True)
+                await anyio.sleep(1.0)
 
     async def _watch_cancellations(self) -> None:
         while True:
             try:
                 async for task_id in self._queue.watch_cancellations():
-                    scope = self._scopes.get(task_id)
-                    if scope is not None:
-                        scope.cancel()
+                    run = self._runs.get(task_id)
+                    if run is not None:
+                        run.scope.cancel()
             except BackendUnavailable as exc:
                 backend_outage.failed("watching for cancellations", exc)  # logged once per outage
                 await anyio.sleep(1.0)

@@ -19,12 +19,15 @@ __all__ = (
     "Backend",
     "CancelOutcome",
     "ClientRegistry",
+    "DeadLetters",
     "Event",
     "EventSink",
+    "FairDispatch",
     "Lease",
     "Processor",
     "QueueStatistics",
     "RegistryStatistics",
+    "SlotClaims",
     "TaskQueue",
     "TaskRecord",
     "utc_now",
@@ -60,6 +63,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     result: Any = None
     cancel_requested: bool = False
     context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
+    run_at: datetime | None = None  # not handed out before then (scheduled, or a retry's backoff)
 
     @property
     def finished(self) -> bool:
@@ -82,6 +86,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             attempt=self.attempt,
             error=self.error if self.error is not None else msgspec.UNSET,
             result=self.result if self.result is not None else msgspec.UNSET,
+            run_at=self.run_at if self.run_at is not None else msgspec.UNSET,
         )
 
     def view_json(self) -> bytes:
@@ -145,7 +150,8 @@ class TaskQueue(Protocol):
     """Hands tasks to workers and stores their records."""
 
     async def enqueue(self, record: TaskRecord) -> None:
-        """Store and queue a new task. Raises ``QueueFull`` when at capacity."""
+        """Store and queue a new task, to be handed out not before ``record.run_at`` when that
+        is set (status ``scheduled``). Raises ``QueueFull`` when at capacity."""
 
     async def lease(self) -> Lease:
         """Wait for the next runnable task; its ``attempt`` is already bumped."""
@@ -160,7 +166,8 @@ class TaskQueue(Protocol):
         """Acknowledge a task whose terminal record was saved."""
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
-        """Save ``record`` (status ``queued``) and hand the task back for another attempt."""
+        """Save ``record`` (status ``queued``) and hand the task back for another attempt,
+        not before ``record.run_at`` when that is set (meanwhile it holds no worker)."""
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
@@ -203,6 +210,45 @@ class ClientRegistry(Protocol):
 
     def statistics(self) -> RegistryStatistics:
         """Connections and identities attached in this process."""
+
+
+@runtime_checkable
+class FairDispatch(Protocol):
+    """A ``TaskQueue`` capability: fair dispatch between owners.
+
+    With it, ``lease`` hands out the waiting tasks round-robin across their owners: no
+    owner gets a second turn while another owner with a waiting task, below the cap, waits.
+    And no owner has more than the cap of leased (running) tasks at once, counted across
+    every process sharing the queue, atomically. A task handed back (``release``) waits
+    first in its owner's line. Without this capability the queue is first in, first out.
+    """
+
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Set the cap of running tasks per owner for this queue's leases; None: no cap."""
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """A ``TaskQueue`` capability: the failed tasks, for an operator to read and replay.
+
+    Every task stored ``failed`` (its attempts or deliveries used up) is listed, with its last
+    error, for as long as its record is kept (the backend's retention) or until forgotten.
+    """
+
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first."""
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the list (its record stays); False if it was not on it."""
+
+
+@runtime_checkable
+class SlotClaims(Protocol):
+    """A ``TaskQueue`` capability, for periodic tasks: claim a named slot once across every
+    process sharing the queue, so that a periodic slot fires once however many hubs run."""
+
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds, False for any other."""
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ __all__ = (
     "ForbiddenIdentity",
     "ProgressQError",
     "QueueFull",
+    "Retry",
     "TaskNotFound",
     "TooManyTasks",
     "TaskAlreadyFinished",
@@ -19,6 +20,25 @@ __all__ = (
 
 class ProgressQError(Exception):
     """Root of every error progressq raises on purpose."""
+
+
+class Retry(Exception):
+    """Raise it from a task handler to run the task again later, e.g. ``raise Retry(after=5)``.
+
+    The attempt ends and the task goes back to ``queued``, holding no worker, until ``after``
+    seconds have passed (the kind's backoff when ``None``). It counts as an attempt: once the
+    kind's ``max_attempts`` are used up, the task ends ``failed``.
+
+    Args:
+        after: seconds to wait before the next attempt; the kind's backoff when ``None``.
+        reason: why, shown to the task's owner as its ``error`` meanwhile.
+    """
+
+    def __init__(self, after: float | None = None, reason: str = "") -> None:
+        if after is not None and after < 0:
+            raise ValueError("Retry(after=...) must be >= 0 seconds")
+        super().__init__(reason or (f"retry requested in {after:g} s" if after is not None else "retry requested"))
+        self.after = after
 
 
 class ConfigurationError(ProgressQError):

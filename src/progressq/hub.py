@@ -8,16 +8,19 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 import anyio
 
+from progressq._hub_operations import HubOperations
 from progressq._kinds import Handler, KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
 from progressq._no_worker import warn_while_no_worker_takes_tasks
+from progressq._periodic import Periodic, run_schedules
 from progressq._worker import TaskPolicy, WorkerPool
-from progressq.contracts import Backend, ClientRegistry, TaskQueue, TaskRecord
+from progressq.contracts import Backend, ClientRegistry, FairDispatch, SlotClaims, TaskQueue, TaskRecord, utc_now
 from progressq.errors import (
     ConfigurationError,
     HubNotOpen,
@@ -50,7 +53,7 @@ class AnnouncingEnqueue(Protocol):
         ...
 
 
-class Hub:
+class Hub(HubOperations):
     """Task handlers, workers and delivery, on one backend.
 
     Create one per application, register handlers with :meth:`task`, and open it for the
@@ -88,6 +91,10 @@ class Hub:
             the limit and enqueues in one atomic step).
         hooks: callbacks around submits and attempts (metrics, traces, your own); see
             :class:`~progressq.hooks.TaskHooks`.
+        max_running_per_owner: running tasks one owner may have at once, counted across
+            every worker process of the backend; workers take tasks round-robin across the
+            owners with waiting tasks. ``None`` (the default): half of ``concurrency``, at
+            least 1. Each worker process enforces its own setting: give them all the same.
     """
 
     def __init__(
@@ -102,11 +109,14 @@ class Hub:
         shutdown_grace: float = 10.0,
         max_active_per_owner: int | None = 100,
         hooks: Sequence[TaskHooks] = (),
+        max_running_per_owner: int | None = None,
     ) -> None:
         if concurrency < 0 or progress_interval < 0 or shutdown_grace < 0:
             raise ConfigurationError("concurrency, progress_interval and shutdown_grace must be >= 0")
         if max_active_per_owner is not None and max_active_per_owner < 1:
             raise ConfigurationError("max_active_per_owner must be >= 1 (or None for no limit)")
+        if max_running_per_owner is not None and max_running_per_owner < 1:
+            raise ConfigurationError("max_running_per_owner must be >= 1 (or None for half the concurrency)")
         if backend is None:
             from progressq.backends.memory import MemoryBackend
 
@@ -121,12 +131,21 @@ class Hub:
         self.progress_interval = progress_interval
         self.shutdown_grace = shutdown_grace
         self.max_active_per_owner = max_active_per_owner
+        self.max_running_per_owner = max_running_per_owner
         self._owner_locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._over_limit = LogOnce()
         self._handlers = KindRegistry()
         self.hooks = HookChain(hooks)
         self._pool: WorkerPool | None = None
+        self._schedules: list[Periodic] = []
         self._stack: AsyncExitStack | None = None
+
+    @property
+    def running_per_owner(self) -> int:
+        """The most tasks of one owner this process's workers let run at once."""
+        if self.max_running_per_owner is not None:
+            return self.max_running_per_owner
+        return max(1, self.concurrency // 2)
 
     @property
     def queue(self) -> TaskQueue:
@@ -165,6 +184,10 @@ class Hub:
         timeout: float | None = 300.0,
         max_attempts: int = 1,
         progress_interval: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 300.0,
+        retry_jitter: bool = True,
     ) -> Callable[[H], H]:
         """Register an async function as the handler of a task kind.
 
@@ -181,6 +204,13 @@ class Hub:
             max_attempts: attempts before a failing task ends ``failed``.
             progress_interval: least seconds between two progress events of one task of
                 this kind; the hub's ``progress_interval`` when omitted.
+            retry_on: the exception types (a timeout is a ``TimeoutError``) after which a
+                task with attempts left runs again; others fail it at once. A handler may
+                also ``raise Retry(after=seconds)``.
+            retry_backoff: seconds before the second attempt, doubled for each next one;
+                the task waits ``queued`` (its ``run_at`` set) and holds no worker.
+            retry_backoff_max: the most seconds between two attempts.
+            retry_jitter: wait a random 50-100 % of the backoff.
 
         Raises:
             ConfigurationError: the kind is taken, the handler is not async, or its params
@@ -190,7 +220,17 @@ class Hub:
             raise ConfigurationError("max_attempts must be >= 1 and timeout > 0")
         if progress_interval is not None and progress_interval < 0:
             raise ConfigurationError("progress_interval must be >= 0")
-        policy = TaskPolicy(timeout=timeout, max_attempts=max_attempts, progress_interval=progress_interval)
+        if retry_backoff < 0 or retry_backoff_max < 0:
+            raise ConfigurationError("retry_backoff and retry_backoff_max must be >= 0")
+        policy = TaskPolicy(
+            timeout=timeout,
+            max_attempts=max_attempts,
+            progress_interval=progress_interval,
+            retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_jitter=retry_jitter,
+        )
 
         def register(handler: H) -> H:
             self._handlers.register(kind, handler, policy)
@@ -206,6 +246,8 @@ class Hub:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.backend)
             if self.concurrency:
+                if isinstance(self.queue, FairDispatch):
+                    self.queue.limit_running_per_owner(self.running_per_owner)
                 group = await stack.enter_async_context(anyio.create_task_group())
                 self._pool = WorkerPool(
                     queue=self.queue,
@@ -222,6 +264,12 @@ class Hub:
                 group = await stack.enter_async_context(anyio.create_task_group())
                 group.start_soon(warn_while_no_worker_takes_tasks, self.queue, self.backend)
                 stack.callback(group.cancel_scope.cancel)
+            if self._schedules:
+                if not isinstance(self.queue, SlotClaims):
+                    raise ConfigurationError(f"{type(self.queue).__name__} cannot run periodic tasks")
+                schedules = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(schedules.cancel_scope.cancel)  # on close, before the group is left
+                schedules.start_soon(run_schedules, self._schedules, self.queue, self._fire)
             self._stack = stack.pop_all()
         return self
 
@@ -245,6 +293,8 @@ class Hub:
         name: str | None = None,
         params: Any = None,
         payload: Any = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> TaskRecord:
         """Queue a task of ``kind`` for ``owner`` and tell the owner's connections.
 
@@ -255,6 +305,9 @@ class Hub:
             params: the task's input: an instance of the kind's params type, or builtins
                 (a dict...) that validate as one. ``None`` for a kind without params.
             payload: an older name of ``params``.
+            delay: run it no sooner than this many seconds from now: it is ``scheduled``
+                (its ``run_at`` set) until a worker takes it, and may be cancelled meanwhile.
+            at: run it no sooner than this time (timezone-aware), as with ``delay``.
 
         Raises:
             HubNotOpen: the hub was never opened (or is closed).
@@ -262,10 +315,12 @@ class Hub:
             ValidationError: ``params`` do not match the kind's type; nothing was queued.
             QueueFull: the backend is at capacity; nothing was queued.
             TooManyTasks: ``owner`` has ``max_active_per_owner`` unfinished tasks already.
-            ValueError: ``name`` is empty or longer than 200 characters.
+            ValueError: ``name`` is empty or longer than 200 characters, ``delay`` is
+                negative, ``at`` is naive, or both are given.
         """
         if self._stack is None:
             raise HubNotOpen()
+        run_at = _run_at(delay, at)
         task_kind = self._handlers.kinds.get(kind)
         if task_kind is None:
             raise UnknownTaskKind(f"no handler is registered for task kind {kind!r}")
@@ -273,20 +328,30 @@ class Hub:
         if not 1 <= len(display) <= _MAX_NAME_LENGTH:
             raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
         if not self.hooks:
-            return await self._queue_task(task_kind, owner, display, params if params is not None else payload, {})
+            return await self._queue_task(
+                task_kind, owner, display, params if params is not None else payload, {}, run_at
+            )
         submission = Submission(kind=kind, owner=owner, name=display)
         with self.hooks.submit(submission):
             submission.record = await self._queue_task(
-                task_kind, owner, display, params if params is not None else payload, submission.context
+                task_kind, owner, display, params if params is not None else payload, submission.context, run_at
             )
         return submission.record
 
     async def _queue_task(
-        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str]
+        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str], run_at: datetime | None
     ) -> TaskRecord:
         stored = kind.dump_params(params)
         record = TaskRecord(
-            id=secrets.token_urlsafe(12), kind=kind.name, name=name, owner=owner, payload=stored, context=context
+            id=secrets.token_urlsafe(12),
+            kind=kind.name,
+            name=name,
+            owner=owner,
+            payload=stored,
+            context=context,
+            status="queued" if run_at is None else "scheduled",
+            message="" if run_at is None else "scheduled",
+            run_at=run_at,
         )
         if hasattr(self.queue, "enqueue_and_announce"):  # one atomic step: limit, enqueue, announce
             queue = cast(AnnouncingEnqueue, self.queue)
@@ -374,3 +439,16 @@ class Hub:
 
     async def _publish_change(self, record: TaskRecord) -> None:
         await self.registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
+
+
+def _run_at(delay: float | None, at: datetime | None) -> datetime | None:
+    """When a submitted task may run: ``delay`` seconds from now, or ``at``; None: now."""
+    if delay is not None and at is not None:
+        raise ValueError("give a task's delay or its time (at), not both")
+    if delay is not None:
+        if not delay >= 0:
+            raise ValueError("a task's delay must be >= 0 seconds")
+        return utc_now() + timedelta(seconds=delay) if delay > 0 else None
+    if at is not None and at.tzinfo is None:
+        raise ValueError("a task's time (at) must be timezone-aware, e.g. datetime.now(UTC)")
+    return at

@@ -37,7 +37,7 @@ __all__ = (
     "frame_event",
 )
 
-TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal["scheduled", "queued", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 EventType = Literal["taskQueued", "taskProgress"]
 
@@ -56,6 +56,7 @@ class TaskView(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True,
     attempt: int
     error: str | msgspec.UnsetType = msgspec.UNSET
     result: Any | msgspec.UnsetType = msgspec.UNSET
+    run_at: datetime | msgspec.UnsetType = msgspec.UNSET  # a queued task waits until then
 
 
 class TaskList(msgspec.Struct, rename="camel", kw_only=True):

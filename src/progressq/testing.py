@@ -40,6 +40,7 @@ import anyio
 import msgspec
 import pytest
 
+from progressq._conformance_scheduling import SchedulingConformance
 from progressq._context import TaskContext
 from progressq.contracts import Backend, Event, Lease, TaskRecord
 from progressq.errors import QueueFull
@@ -117,8 +118,9 @@ def _gapless_from_one(seqs: Sequence[int]) -> bool:
     return list(seqs) == list(range(1, len(seqs) + 1))
 
 
-class BackendConformance:
-    """Contract tests for a backend's ``TaskQueue`` and ``ClientRegistry``, and the Hub on it.
+class BackendConformance(SchedulingConformance):
+    """Contract tests for a backend's ``TaskQueue`` and ``ClientRegistry``, and the Hub on it
+    (and its capabilities: fair dispatch between owners, delayed tasks, ...).
 
     Subclass it as ``Test...`` and provide the ``make_backend`` fixture (see the module doc).
     """

@@ -1,6 +1,13 @@
 import { TERMINAL_STATUSES, type TaskStatus, type TaskView } from './wire.js';
 
-const STATUS_RANK: Record<TaskStatus, number> = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+const STATUS_RANK: Record<TaskStatus, number> = {
+	scheduled: 0,
+	queued: 0,
+	running: 1,
+	completed: 2,
+	failed: 2,
+	cancelled: 2,
+};
 
 /** True when `incoming` is a later state of the task than `current`. */
 export function isNewerTask(incoming: TaskView, current: TaskView | undefined): boolean {

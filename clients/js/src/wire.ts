@@ -75,7 +75,7 @@ export interface TaskQueuedMessage {
 export interface TaskView {
 	id: string;
 	name: string;
-	status: "cancelled" | "completed" | "failed" | "queued" | "running";
+	status: "cancelled" | "completed" | "failed" | "queued" | "running" | "scheduled";
 	progress: number;
 	message: string;
 	createdAt: string;
@@ -84,6 +84,7 @@ export interface TaskView {
 	attempt: number;
 	error?: string;
 	result?: unknown;
+	runAt?: string;
 }
 
 export type ServerMessage = ConnectionMessage | SnapshotMessage | TaskQueuedMessage | TaskProgressMessage | PongMessage | ErrorMessage;
@@ -100,7 +101,7 @@ export interface TaskList {
 export interface StartedTask {
 	id: string;
 	name: string;
-	status: "cancelled" | "completed" | "failed" | "queued" | "running";
+	status: "cancelled" | "completed" | "failed" | "queued" | "running" | "scheduled";
 	progress: number;
 	message: string;
 	createdAt: string;
@@ -109,6 +110,7 @@ export interface StartedTask {
 	attempt: number;
 	error?: string;
 	result?: unknown;
+	runAt?: string;
 	clientId: string;
 }
 

@@ -1,21 +1,23 @@
 """The in-memory backend: one process, no dependencies, bounded everywhere.
 
-The queue is an anyio memory object stream (the analogue of ``System.Threading.Channels``)
-with an admission limit; the registry keeps per-identity sequences and ring buffers.
+The queue keeps each owner's waiting tasks in line and hands them out round-robin across
+owners, under a cap of running tasks per owner, with an admission limit; the registry keeps
+per-identity sequences and ring buffers.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from progressq.contracts import (
     Backend,
@@ -52,9 +54,16 @@ class MemoryTaskQueue:
         self._capacity = capacity
         self._retention = retention
         self._max_finished = max_finished
-        # Unbounded stream: admission is counted here so that a task handed back by a
-        # stopping worker can always be requeued, even when new work is refused.
-        self._streams: tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]] | None = None
+        # Admission is counted here, not bounded by the lines, so that a task handed back by
+        # a stopping worker can always be requeued, even when new work is refused.
+        self._waiting: dict[str, deque[str]] = {}  # each owner's line, oldest first
+        self._turns: OrderedDict[str, None] = OrderedDict()  # owners with waiting tasks, in turn order
+        self._running_by_owner: Counter[str] = Counter()
+        self._running_cap: int | None = None
+        self._dead: dict[str, None] = {}  # failed tasks, oldest first
+        self._slots: dict[str, float] = {}  # claimed periodic slots: until when (monotonic)
+        self._delayed: list[tuple[float, str]] = []  # (when it may run, epoch seconds; id), a heap
+        self._changed: anyio.Event | None = None  # set when a waiting lease may go ahead
         self._records: dict[str, TaskRecord] = {}
         self._by_owner: dict[str, dict[str, None]] = {}
         self._finished: deque[tuple[float, str]] = deque()  # (when it finished, monotonic; id)
@@ -68,19 +77,85 @@ class MemoryTaskQueue:
         self._store(record)
         self._by_owner.setdefault(record.owner, {})[record.id] = None
         self._queued += 1
-        self._stream()[0].send_nowait(record.id)
+        self._wait_in_line_or_until(record, first=False)
+
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Hand an owner no more than ``limit`` running tasks at once (``None``: no limit)."""
+        self._running_cap = limit
+        self._wake()
 
     async def lease(self) -> Lease:
+        """The next task: the first owner's in turn that is below the cap of running tasks."""
         while True:
-            task_id = await self._stream()[1].receive()
-            record = self._records.get(task_id)
-            if record is None or record.status != "queued":
-                continue  # cancelled while waiting, or forgotten
+            self._promote_due()
+            task_id = self._next_in_turn()
+            if task_id is None:
+                self._changed = anyio.Event()
+                due = self._delayed[0][0] - time.time() if self._delayed else math.inf
+                with anyio.move_on_after(due):
+                    await self._changed.wait()
+                continue
+            record = self._records[task_id]
             self._queued -= 1
             leased = record.evolve(attempt=record.attempt + 1)
             self._records[task_id] = leased
             self._running.add(task_id)
+            self._running_by_owner[record.owner] += 1
             return Lease(leased, str(leased.attempt))
+
+    def _next_in_turn(self) -> str | None:
+        """Take the next task round-robin across owners below the cap, or None."""
+        cap = self._running_cap
+        for _ in range(len(self._turns)):  # at most one look at each owner, without a copy
+            owner = next(iter(self._turns))
+            self._turns.move_to_end(owner)  # taken or passed over: its next turn is after the others
+            if cap is not None and self._running_by_owner[owner] >= cap:
+                continue
+            line = self._waiting[owner]
+            task_id = line.popleft()
+            if not line:
+                del self._waiting[owner], self._turns[owner]
+            return task_id
+        return None
+
+    def _wait_in_line_or_until(self, record: TaskRecord, *, first: bool) -> None:
+        if record.run_at is not None and record.run_at.timestamp() > time.time():
+            heapq.heappush(self._delayed, (record.run_at.timestamp(), record.id))
+            self._wake()  # a waiting lease now has a time to wake up at
+        else:
+            self._wait_in_line(record, first=first)
+
+    def _promote_due(self) -> None:
+        """Put the delayed tasks whose time has come in their owners' lines."""
+        now = time.time()
+        while self._delayed and self._delayed[0][0] <= now:
+            task_id = heapq.heappop(self._delayed)[1]
+            record = self._records.get(task_id)
+            if record is not None and not record.finished and task_id not in self._running:
+                self._wait_in_line(record, first=False)  # else cancelled (or forgotten) meanwhile
+
+    def _wait_in_line(self, record: TaskRecord, *, first: bool) -> None:
+        line = self._waiting.get(record.owner)
+        if line is None:
+            line = self._waiting[record.owner] = deque()
+            self._turns[record.owner] = None
+        if first:
+            line.appendleft(record.id)
+        else:
+            line.append(record.id)
+        self._wake()
+
+    def _stop_running(self, record: TaskRecord) -> None:
+        if record.id in self._running:
+            self._running.discard(record.id)
+            self._running_by_owner[record.owner] -= 1
+            if self._running_by_owner[record.owner] <= 0:
+                del self._running_by_owner[record.owner]
+            self._wake()  # its owner may be below the cap again
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
         current = self._holds(lease)
@@ -90,14 +165,14 @@ class MemoryTaskQueue:
             record = msgspec.structs.replace(record, cancel_requested=True)
         self._store(record)
         if record.finished:
-            self._running.discard(record.id)
+            self._stop_running(record)
         return True
 
     async def extend(self, lease: Lease) -> bool:
         return self._holds(lease) is not None
 
     async def finish(self, lease: Lease) -> None:
-        self._running.discard(lease.record.id)
+        self._stop_running(lease.record)
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
         current = self._holds(lease)
@@ -106,9 +181,9 @@ class MemoryTaskQueue:
         if current.cancel_requested and not record.cancel_requested:  # asked while it ran: keep it
             record = msgspec.structs.replace(record, cancel_requested=True)
         self._records[record.id] = record
-        self._running.discard(record.id)
+        self._stop_running(record)
         self._queued += 1
-        self._stream()[0].send_nowait(record.id)
+        self._wait_in_line_or_until(record, first=True)  # it had its turn: first in its owner's line
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -128,11 +203,16 @@ class MemoryTaskQueue:
             return None
         if record.finished:
             return CancelOutcome("finished", record)
-        if record.status == "queued" and task_id not in self._running:  # leased ones are their worker's
+        if record.status in ("queued", "scheduled") and task_id not in self._running:  # leased: its worker's
             cancelled = record.evolve(
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )
             self._queued -= 1
+            line = self._waiting.get(owner)
+            if line is not None and task_id in line:  # else it is delayed: left out when due
+                line.remove(task_id)
+                if not line:
+                    del self._waiting[owner], self._turns[owner]
             self._store(cancelled)
             return CancelOutcome("cancelled", cancelled)
         # Running: the flag is invisible to clients, so the revision stays.
@@ -157,16 +237,7 @@ class MemoryTaskQueue:
         return QueueStatistics(queued=self._queued, running=len(self._running))
 
     def close(self) -> None:
-        if self._streams is not None:
-            for stream in self._streams:
-                stream.close()
-            self._streams = None
-
-    def _stream(self) -> tuple[MemoryObjectSendStream[str], MemoryObjectReceiveStream[str]]:
-        # Made on first use, so a queue that is never used leaves nothing unclosed.
-        if self._streams is None:
-            self._streams = anyio.create_memory_object_stream[str](math.inf)
-        return self._streams
+        """Nothing to release: kept for the backend's ``__aexit__``."""
 
     def _holds(self, lease: Lease) -> TaskRecord | None:
         """The stored record if ``lease`` is still the current, unfinished attempt."""
@@ -175,8 +246,29 @@ class MemoryTaskQueue:
             return None
         return current
 
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds."""
+        now = time.monotonic()
+        if len(self._slots) > 1000:
+            self._slots = {k: until for k, until in self._slots.items() if until > now}
+        if self._slots.get(key, -math.inf) > now:
+            return False
+        self._slots[key] = now + ttl
+        return True
+
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first."""
+        self._expire()
+        return [self._records[task_id] for task_id in list(reversed(self._dead))[:limit]]
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the failed list; False if it was not on it."""
+        return self._dead.pop(task_id, False) is None
+
     def _store(self, record: TaskRecord) -> None:
         self._records[record.id] = record
+        if record.status == "failed":
+            self._dead[record.id] = None
         if record.finished:
             self._finished.append((time.monotonic(), record.id))
             while len(self._finished) > self._max_finished:
@@ -193,6 +285,7 @@ class MemoryTaskQueue:
 
     def _forget(self, task_id: str) -> None:
         record = self._records.pop(task_id, None)
+        self._dead.pop(task_id, None)
         if record is None:
             return
         owned = self._by_owner.get(record.owner)

@@ -50,6 +50,10 @@ class RedisBackend:
             stalled) before it is ``failed`` instead of run again.
         consumer: this process's name in the workers' group; host, pid and a random
             suffix when omitted.
+        forget_consumers_after: seconds after which a worker's consumer that holds no task
+            and did not read is removed from the group by the live workers (it died; a live
+            one that was only idle is made again by its next read). A worker removes its
+            own on a graceful exit.
         attach_timeout: seconds ``attach`` waits for Redis to confirm a subscription.
         close_client: close ``client`` when the backend closes (``from_url`` sets it).
     """
@@ -66,6 +70,7 @@ class RedisBackend:
         lease_timeout: float = 30.0,
         max_deliveries: int = 5,
         consumer: str | None = None,
+        forget_consumers_after: float = 600.0,
         attach_timeout: float = 10.0,
         close_client: bool = False,
     ) -> None:
@@ -73,8 +78,10 @@ class RedisBackend:
             raise ConfigurationError("the Redis backend needs a client made with decode_responses=False")
         if capacity is not None and capacity < 1:
             raise ConfigurationError("capacity must be >= 1 or None")
-        if retention <= 0 or history_ttl <= 0 or lease_timeout <= 0 or attach_timeout <= 0:
-            raise ConfigurationError("retention, history_ttl, lease_timeout and attach_timeout must be > 0")
+        if min(retention, history_ttl, lease_timeout, attach_timeout, forget_consumers_after) <= 0:
+            raise ConfigurationError(
+                "retention, history_ttl, lease_timeout, attach_timeout and forget_consumers_after must be > 0"
+            )
         if history_size < 1 or max_deliveries < 1:
             raise ConfigurationError("history_size and max_deliveries must be >= 1")
         self.client = client
@@ -98,6 +105,7 @@ class RedisBackend:
             lease_timeout=lease_timeout,
             max_deliveries=max_deliveries,
             consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            forget_consumers_after=forget_consumers_after,
             publish=self._publish_record,
             announce=self._announce_call,
             publish_call=self._progress_call,
@@ -181,6 +189,8 @@ class RedisBackend:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
         await self._queue._batcher.drain()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            await self._queue.leave()
         await self._pubsub.aclose()
         backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         if self._close_client:

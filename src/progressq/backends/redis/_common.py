@@ -88,6 +88,7 @@ class _Scripts:
         self.take = load("take", "claim")
         self.commit = load("commit", "save", "publish")
         self.submit = load("submit", "enqueue", "publish")
+        self.prune = load("prune")
 
 
 class _Keys:
@@ -102,6 +103,16 @@ class _Keys:
         self.cancel_channel = f"{prefix}:cancel"
         self.unfinished = f"{prefix}:unfinished"
         self.marker = f"{prefix}:marker"  # gone means Redis lost its data
+        self.ring = f"{prefix}:ring"  # owners with waiting tasks, in turn order
+        self.running = f"{prefix}:running"  # leased tasks per owner
+        self.wake = f"{prefix}:wake"  # a token per task that a waiting worker may take
+        self.waiting_prefix = f"{prefix}:waiting:"
+        self.delayed = f"{prefix}:delayed"  # tasks to run later, by when (ms since the epoch)
+        self.dead = f"{prefix}:dead"  # failed tasks, by when they failed
+
+    def waiting(self, owner: str) -> str:
+        """The owner's tasks waiting for a worker, oldest first."""
+        return f"{self.waiting_prefix}{owner}"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"

@@ -1,20 +1,22 @@
-"""The Redis task queue: a stream with a consumer group, fenced by attempt."""
+"""The Redis task queue.
+
+Each owner's waiting tasks are a list; the owners with waiting tasks, a ring that
+take.lua turns (fair dispatch, see ``_taking``). A task taken is added to a stream and read
+by the worker's consumer at once: the stream's consumer group keeps the leases (heartbeat,
+takeover, see ``_keeping``). Every write is fenced by the task's attempt.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import anyio
-import anyio.abc
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from progressq._outage import backend_outage
 from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._common import (
     _GROUP,
@@ -25,7 +27,9 @@ from progressq.backends.redis._common import (
     _text,
     _unavailable,
 )
-from progressq.backends.redis._pubsub import _PubSub, _Subscription
+from progressq.backends.redis._keeping import _CancelSubscription, _Held, _LeaseKeeping
+from progressq.backends.redis._pubsub import _PubSub
+from progressq.backends.redis._taking import _Taking
 from progressq.contracts import (
     CancelOutcome,
     Lease,
@@ -38,28 +42,8 @@ from progressq.errors import BackendUnavailable, ConfigurationError, QueueFull
 logger = logging.getLogger("progressq.redis")
 
 
-class _Held:
-    """A lease this process holds, kept alive by the heartbeat."""
-
-    __slots__ = ("attempt", "cancel_told", "entry", "status")
-
-    def __init__(self, entry: str, attempt: int, status: str) -> None:
-        self.entry = entry
-        self.attempt = attempt
-        self.status = status
-        self.cancel_told = False
-
-
-class _CancelSubscription(_Subscription):
-    def __init__(self, queue: RedisTaskQueue) -> None:
-        self._queue = queue
-
-    async def message(self, data: bytes) -> None:
-        self._queue._tell_cancel(data.decode())
-
-
-class RedisTaskQueue:
-    """The task queue on a Redis Stream. Made by :class:`RedisBackend`; see the module doc."""
+class RedisTaskQueue(_Taking, _LeaseKeeping):
+    """The task queue on Redis. Made by :class:`RedisBackend`; see the module doc."""
 
     def __init__(
         self,
@@ -73,6 +57,7 @@ class RedisTaskQueue:
         lease_timeout: float,
         max_deliveries: int,
         consumer: str,
+        forget_consumers_after: float,
         publish: Callable[[TaskRecord], Awaitable[object]],
         announce: Callable[[TaskRecord], tuple[list[str], list[Any]]],
         publish_call: Callable[[TaskRecord, bytes], tuple[list[str], list[Any]]],
@@ -90,13 +75,18 @@ class RedisTaskQueue:
         self._lease_timeout = lease_timeout
         self._max_deliveries = max_deliveries
         self._consumer = consumer
+        self._forget_consumers_ms = max(1, int(forget_consumers_after * 1000))
+        self._prune_every = max(1.0, min(60.0, forget_consumers_after / 2))
+        self._next_prune = -math.inf
         self._publish = publish
         self._held: dict[str, _Held] = {}
         self._watchers: set[MemoryObjectSendStream[str]] = set()
+        self._loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]] = set()
         self._cancel_sub = _CancelSubscription(self)
         self._group_ready = False
         self._cursor = "0-0"
         self._next_reclaim = -math.inf
+        self._running_per_owner: int | None = None
 
     @property
     def consumer(self) -> str:
@@ -126,8 +116,11 @@ class RedisTaskQueue:
                     self._keys.task(record.id),
                     self._keys.owner(record.owner),
                     self._keys.counters,
-                    self._keys.stream,
+                    self._keys.waiting(record.owner),
                     self._keys.unfinished,
+                    self._keys.ring,
+                    self._keys.wake,
+                    self._keys.delayed,
                     *announce_keys[:2],
                 ],
                 [
@@ -140,6 +133,7 @@ class RedisTaskQueue:
                     self._retention,
                     *announce_args[:7],
                     max_unfinished or 0,
+                    int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
                 ],
             )
         done = int(answer[0])
@@ -151,174 +145,18 @@ class RedisTaskQueue:
             raise ConfigurationError(f"a task with id {record.id!r} already exists")
         return None
 
-    async def lease(self) -> Lease:
-        """Wait for the next task; rides out a Redis outage (logs, then retries)."""
-        return (await self.lease_many(1))[0]
-
-    async def lease_many(self, limit: int) -> list[Lease]:
-        """Wait for the next tasks, at least one and at most ``limit`` (the caller's free
-        slots): one read and one claim script for all of them. Rides out a Redis outage."""
-        limit = max(1, limit)
-        backoff = 0.1
-        while True:
-            try:
-                leases = await self._next(limit)
-            except BackendUnavailable as exc:
-                backend_outage.failed("taking tasks", exc)  # logged once per outage
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backend_outage.answered()
-            backoff = 0.1
-            if leases:
-                return leases
-
-    async def _next(self, limit: int) -> list[Lease]:
-        try:
-            with _unavailable("lease"):
-                if not self._group_ready:
-                    await self._ensure_group()
-                entries: list[tuple[str, str]] = []
-                reclaimed = await self._reclaim_one()
-                if reclaimed is not None:
-                    entries.append(reclaimed)
-                    if limit > 1:
-                        entries += await self._read(limit - 1, block=False)
-                    return await self._claim_all(entries)
-                # what is waiting, read and claimed in one round trip; else wait for the next
-                answers = await self._scripts.take(
-                    keys=[self._keys.stream, self._keys.counters],
-                    args=[_GROUP, self._consumer, limit, self._keys.task("")],
-                )
-                if answers:
-                    return await self._leases([(_text(entry), answer) for entry, answer in answers])
-                entries = await self._read(limit, block=True)
-                if not entries:
-                    return []
-                return await self._claim_all(entries)
-        except redis_errors.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream is gone (Redis lost its data): start again
-                self._group_ready = False
-                self._cursor = "0-0"
-                return []
-            raise BackendUnavailable(f"Redis refused to hand out work: {exc}") from exc
-
-    async def _ensure_group(self) -> None:
-        try:
-            await self._client.xgroup_create(self._keys.stream, _GROUP, id="0", mkstream=True)
-        except redis_errors.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
-
-    async def _reclaim_one(self) -> tuple[str, str] | None:
-        """Take over one entry whose worker stopped heartbeating, following the cursor."""
-        now = anyio.current_time()
-        if now < self._next_reclaim:
-            return None
-        answer = await self._client.xautoclaim(
-            self._keys.stream, _GROUP, self._consumer, self._lease_ms, start_id=self._cursor, count=1
-        )
-        cursor, entries = answer[0], answer[1]
-        self._cursor = _text(cursor)
-        if self._cursor == "0-0":
-            self._next_reclaim = now + min(1.0, self._lease_timeout / 2)
-        for entry_id, fields in entries:
-            if fields and b"t" in fields:
-                return _text(entry_id), _text(fields[b"t"])
-        return None
-
-    async def _read(self, count: int, *, block: bool) -> list[tuple[str, str]]:
-        """Up to ``count`` new entries; waits for the first one when ``block``."""
-        wait = max(0.05, min(1.0, self._lease_timeout / 2, self._next_reclaim - anyio.current_time()))
-        try:
-            answer = await self._client.xreadgroup(
-                _GROUP, self._consumer, {self._keys.stream: ">"}, count=count, block=int(wait * 1000) if block else None
-            )
-        except redis_errors.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                self._group_ready = False
-                self._cursor = "0-0"
-                return []
-            raise
-        found: list[tuple[str, str]] = []
-        streams: Any = answer or []
-        for _stream, entries in streams:
-            for entry_id, fields in entries:
-                if fields and b"t" in fields:
-                    found.append((_text(entry_id), _text(fields[b"t"])))
-        return found
-
-    async def _claim_all(self, entries: list[tuple[str, str]]) -> list[Lease]:
-        """Claim ``entries`` in one script call; the leases of those that are to run."""
-        answers = await self._scripts.claim_many(
-            keys=[self._keys.stream, self._keys.counters, *(self._keys.task(task_id) for _, task_id in entries)],
-            args=[_GROUP, self._consumer, *(entry for entry, _ in entries)],
-        )
-        return await self._leases([(entry, answer) for (entry, _), answer in zip(entries, answers, strict=True)])
-
-    async def _leases(self, answers: list[tuple[str, Any]]) -> list[Lease]:
-        """The leases of claim.lua's answers (entry id, answer) of those that are to run."""
-        leases: list[Lease] = []
-        try:
-            for entry, answer in answers:
-                lease = await self._claimed(entry, answer)
-                if lease is not None:
-                    leases.append(lease)
-        except BaseException:
-            # Cancelled (or failed) while handling the answers: the leases not handed out are
-            # not kept alive, so that they expire and the tasks run again.
-            for lease in leases:
-                self._drop(lease)
-            raise
-        return leases
-
-    async def _claimed(self, entry: str, answer: Any) -> Lease | None:
-        """The lease of one claim.lua answer, or None when there is nothing to run."""
-        code = int(answer[0])
-        if code == 0:
-            return None
-        record = msgspec.structs.replace(
-            _record_decoder.decode(answer[1]),
-            attempt=int(answer[2]),
-            revision=int(answer[3]),
-            cancel_requested=bool(int(answer[4])),
-        )
-        if code == 2:
-            # Finished, but its worker died before acknowledging it: make sure its owner
-            # heard of the end (the publish script drops it if it was published already).
-            if int(answer[5]) < record.revision:
-                try:
-                    await self._publish(record)
-                except BackendUnavailable as exc:
-                    backend_outage.failed(f"publishing the final state of task {record.id}", exc)
-            return None
-        deliveries = int(answer[5])
-        self._held[record.id] = _Held(entry, record.attempt, record.status)
-        lease = Lease(record, entry)
-        if deliveries > self._max_deliveries:
-            await self._dead_letter(lease, deliveries - 1)
-            return None
-        return lease
-
-    async def _dead_letter(self, lease: Lease, deliveries: int) -> None:
-        record = lease.record.evolve(
-            status="failed",
-            finished_at=utc_now(),
-            message="failed",
-            error=(
-                f"gave up after {deliveries} deliveries: each time, the worker running this task "
-                "stopped answering before it finished (it may crash or hang its worker)"
-            ),
-        )
-        logger.error("task %s (%s): %s", record.id, record.kind, record.error)
-        if await self.save(lease, record):
-            await self._publish(record)
-            await self.finish(lease)
-
     def _save_call(self, lease: Lease, record: TaskRecord) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the save script (the commit script starts with them)."""
-        keys = [self._keys.task(record.id), self._keys.counters, self._keys.owner(record.owner), self._keys.unfinished]
+        keys = [
+            self._keys.task(record.id),
+            self._keys.counters,
+            self._keys.owner(record.owner),
+            self._keys.unfinished,
+            self._keys.running,
+            self._keys.waiting(record.owner),
+            self._keys.wake,
+            self._keys.dead,
+        ]
         args = [
             lease.record.attempt,
             _record_encoder.encode(record),
@@ -386,26 +224,6 @@ class RedisTaskQueue:
             held.status = record.status
         return True
 
-    async def extend(self, lease: Lease) -> bool:
-        with _unavailable("extend"):
-            answer = await self._scripts.extend(
-                keys=[self._keys.task(lease.record.id), self._keys.stream],
-                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
-            )
-        return self._extended(lease, answer)
-
-    def _extended(self, lease: Lease, answer: Any) -> bool:
-        """What the extend script's ``answer`` means for ``lease``."""
-        if not answer:
-            self._drop(lease)
-            return False
-        if int(answer) == 2:
-            held = self._held.get(lease.record.id)
-            if held is not None and not held.cancel_told:
-                held.cancel_told = True
-                self._tell_cancel(lease.record.id)
-        return True
-
     async def finish(self, lease: Lease) -> None:
         self._drop(lease)
         with _unavailable("finish"):
@@ -418,8 +236,25 @@ class RedisTaskQueue:
         self._drop(lease)
         with _unavailable("release"):
             done = await self._scripts.release(
-                keys=[self._keys.task(record.id), self._keys.stream, self._keys.counters],
-                args=[lease.record.attempt, _record_encoder.encode(record), record.revision, _GROUP, record.id],
+                keys=[
+                    self._keys.task(record.id),
+                    self._keys.stream,
+                    self._keys.counters,
+                    self._keys.running,
+                    self._keys.waiting(record.owner),
+                    self._keys.ring,
+                    self._keys.wake,
+                    self._keys.delayed,
+                ],
+                args=[
+                    lease.record.attempt,
+                    _record_encoder.encode(record),
+                    record.revision,
+                    _GROUP,
+                    record.id,
+                    record.owner,
+                    int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
+                ],
             )
         return bool(done)
 
@@ -467,7 +302,15 @@ class RedisTaskQueue:
             )
             with _unavailable("cancel"):
                 code = await self._scripts.cancel(
-                    keys=[key, self._keys.counters, self._keys.owner(owner), self._keys.unfinished],
+                    keys=[
+                        key,
+                        self._keys.counters,
+                        self._keys.owner(owner),
+                        self._keys.unfinished,
+                        self._keys.waiting(owner),
+                        self._keys.ring,
+                        self._keys.delayed,
+                    ],
                     args=[
                         owner,
                         record.revision,
@@ -490,71 +333,38 @@ class RedisTaskQueue:
             # 4: it changed between our read and the script; read again
         raise BackendUnavailable(f"task {task_id} kept changing; cancel not applied")
 
-    async def watch_cancellations(self) -> AsyncIterator[str]:
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
-        self._watchers.add(send)
-        try:
-            if len(self._watchers) == 1:
-                await self._pubsub.subscribe(self._keys.cancel_channel, self._cancel_sub)
-            async with receive:
-                async for task_id in receive:
-                    yield task_id
-        finally:
-            self._watchers.discard(send)
-            send.close()
-            if not self._watchers:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                    await self._pubsub.unsubscribe(self._keys.cancel_channel)
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds, in any process."""
+        with _unavailable("claim slot"):
+            return bool(await self._client.set(f"{self._keys.prefix}:slot:{key}", 1, nx=True, px=int(ttl * 1000)))
+
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first (those whose record
+        expired are taken off the list)."""
+        with _unavailable("dead letters"):
+            raw_ids: Any = await self._client.zrevrange(self._keys.dead, 0, max(0, limit - 1))
+            ids = [_text(i) for i in raw_ids]
+            if not ids:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
+                rows = await pipe.execute()
+            records = [_record_from(fields) for fields in rows]
+            gone = [task_id for task_id, record in zip(ids, records, strict=True) if record is None]
+            if gone:
+                await self._client.zrem(self._keys.dead, *gone)
+        return [record for record in records if record is not None]
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the failed list; False if it was not on it."""
+        with _unavailable("dead letters"):
+            return bool(await self._client.zrem(self._keys.dead, task_id))
 
     async def statistics(self) -> QueueStatistics:
         with _unavailable("statistics"):
             queued, running = await self._client.hmget(self._keys.counters, ["queued", "running"])
         return QueueStatistics(queued=max(0, int(queued or 0)), running=max(0, int(running or 0)))
-
-    def _tell_cancel(self, task_id: str) -> None:
-        if task_id not in self._held:
-            return  # not running in this process
-        for watcher in tuple(self._watchers):
-            watcher.send_nowait(task_id)
-
-    def _drop(self, lease: Lease) -> None:
-        held = self._held.get(lease.record.id)
-        if held is not None and held.attempt == lease.record.attempt:
-            del self._held[lease.record.id]
-
-    async def _heartbeat(self) -> None:
-        """Extend every held lease every ``lease_timeout / 3`` seconds."""
-        interval = self._lease_timeout / 3
-        while True:
-            await anyio.sleep(interval)
-            leases = [Lease(_placeholder(task_id, held.attempt), held.entry) for task_id, held in self._held.items()]
-            if not leases:
-                continue
-            try:  # every held lease in one round trip
-                with _unavailable("extend"):
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for lease in leases:
-                            await self._scripts.extend(
-                                keys=[self._keys.task(lease.record.id), self._keys.stream],
-                                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
-                                client=pipe,
-                            )
-                        answers = await pipe.execute(raise_on_error=False)
-            except BackendUnavailable as exc:
-                backend_outage.failed(f"a heartbeat of {len(leases)} tasks", exc)  # logged once per outage
-                continue
-            for lease, answer in zip(leases, answers, strict=True):
-                held = self._held.get(lease.record.id)
-                if held is None or held.attempt != lease.record.attempt:
-                    continue  # it finished (or was handed back) while the heartbeat was on its way
-                if isinstance(answer, Exception):
-                    logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
-                elif not self._extended(lease, answer):
-                    logger.warning("task %s: lease of attempt %d was taken over", lease.record.id, lease.record.attempt)
-
-
-def _placeholder(task_id: str, attempt: int) -> TaskRecord:
-    return TaskRecord(id=task_id, kind="", name="", owner="", attempt=attempt)
 
 
 def _record_from(fields: Sequence[Any]) -> TaskRecord | None:
@@ -568,6 +378,3 @@ def _record_from(fields: Sequence[Any]) -> TaskRecord | None:
         revision=int(rev),
         cancel_requested=bool(int(cancel or 0)),
     )
-
-
-# --- registry -------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 -- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
--- KEYS: 1 task hash, 2 stream, 3 counters
--- ARGV: 1 group, 2 consumer, 3 entry id
+-- KEYS: 1 task hash, 2 stream, 3 counters, 4 running tasks per owner
+-- ARGV: 1 group, 2 consumer, 3 entry id, 4 'fresh' when this script's caller has just read
+--       the entry for this consumer (it is pending here: no XCLAIM needed)
 -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished:
 -- its final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
-local claimed = redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-if #claimed == 0 then
+if ARGV[4] ~= 'fresh' and #redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID') == 0 then
   return {0}
 end
-local h = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub')
+local h = redis.call('HMGET', KEYS[1], 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
+  'owner')
 if not h[1] or h[2] ~= ARGV[3] then
   -- the task expired, or this entry is not its current one
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[3])
@@ -22,6 +23,7 @@ end
 if h[1] == 'queued' then
   redis.call('HINCRBY', KEYS[3], 'queued', -1)
   redis.call('HINCRBY', KEYS[3], 'running', 1)
+  redis.call('HINCRBY', KEYS[4], h[9], 1)  -- counted against its owner's cap until it ends
 end
 local attempt = tonumber(h[3]) + 1
 local rev = tonumber(h[4]) + 1

@@ -2,9 +2,9 @@
 -- one step, unless its owner already has the most unfinished tasks allowed. The bodies of
 -- enqueue.lua and publish.lua are prepended as the functions `enqueue(KEYS, ARGV)` and
 -- `publish(KEYS, ARGV)`.
--- KEYS: 1-5 enqueue.lua's KEYS, 6 seq counter, 7 history stream
+-- KEYS: 1-8 enqueue.lua's KEYS, 9 seq counter, 10 history stream
 -- ARGV: 1-7 enqueue.lua's ARGV, 8-14 publish.lua's ARGV 1-7, 15 most unfinished tasks per
---       owner (0: no limit)
+--       owner (0: no limit), 16 enqueue.lua's ARGV 8 (when it may run)
 -- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
 -- {-2, unfinished} when the owner is at its limit (nothing queued).
 local limit = tonumber(ARGV[15])
@@ -14,9 +14,9 @@ if limit > 0 then
     return {-2, unfinished}
   end
 end
-local done = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]},
-  {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
+local done = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]},
+  {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[16]})
 if done ~= 1 then
   return {done}
 end
-return {1, publish({KEYS[6], KEYS[7], KEYS[1]}, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})}
+return {1, publish({KEYS[9], KEYS[10], KEYS[1]}, {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})}

@@ -1,0 +1,190 @@
+"""Keeping the leases this process holds: heartbeat, lost leases, cancellations, consumers."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+from redis.asyncio import Redis
+
+from progressq._outage import backend_outage
+from progressq.backends.redis._common import (
+    _GROUP,
+    _Keys,
+    _Scripts,
+    _unavailable,
+)
+from progressq.backends.redis._pubsub import _PubSub, _Subscription
+from progressq.contracts import Lease, TaskRecord
+from progressq.errors import BackendUnavailable
+
+logger = logging.getLogger("progressq.redis")
+
+
+class _Held:
+    """A lease this process holds, kept alive by the heartbeat."""
+
+    __slots__ = ("attempt", "cancel_told", "entry", "status")
+
+    def __init__(self, entry: str, attempt: int, status: str) -> None:
+        self.entry = entry
+        self.attempt = attempt
+        self.status = status
+        self.cancel_told = False
+
+
+class _CancelSubscription(_Subscription):
+    def __init__(self, keeper: _LeaseKeeping) -> None:
+        self._keeper = keeper
+
+    async def message(self, data: bytes) -> None:
+        self._keeper._tell_cancel(data.decode())
+
+
+class _LeaseKeeping:
+    """The part of :class:`RedisTaskQueue` that keeps its leases alive and tells its workers
+    what became of them (taken over, cancel asked), and that keeps the group's consumers to
+    the live ones. The queue sets these attributes up."""
+
+    _client: Redis
+    _scripts: _Scripts
+    _keys: _Keys
+    _consumer: str
+    _lease_timeout: float
+    _held: dict[str, _Held]
+    _group_ready: bool
+    _pubsub: _PubSub
+    _watchers: set[MemoryObjectSendStream[str]]
+    _loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]]
+    _cancel_sub: _CancelSubscription
+    _forget_consumers_ms: int
+    _prune_every: float
+    _next_prune: float
+
+    async def _prune_consumers(self, *, leaving: bool = False) -> None:
+        """Remove the group's consumers that died (idle past ``forget_consumers_after``, with
+        nothing pending), and this process's own when ``leaving``."""
+        self._next_prune = anyio.current_time() + self._prune_every
+        removed = await self._scripts.prune(
+            keys=[self._keys.stream],
+            args=[_GROUP, self._consumer if leaving else "", self._forget_consumers_ms],
+        )
+        if int(removed) and not leaving:
+            logger.info("removed %d consumers of workers gone from the group", int(removed))
+
+    async def leave(self) -> None:
+        """Remove this process's consumer from the group, unless it still holds entries
+        (a graceful exit has handed its tasks back; they are then the live workers')."""
+        if not self._group_ready:
+            return  # this process took no task
+        try:
+            with _unavailable("leave"):
+                await self._prune_consumers(leaving=True)
+        except BackendUnavailable as exc:
+            logger.warning("could not remove this worker's consumer from the group: %s", exc)
+
+    async def extend(self, lease: Lease) -> bool:
+        with _unavailable("extend"):
+            answer = await self._scripts.extend(
+                keys=[self._keys.task(lease.record.id), self._keys.stream],
+                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
+            )
+        return self._extended(lease, answer)
+
+    def _extended(self, lease: Lease, answer: Any) -> bool:
+        """What the extend script's ``answer`` means for ``lease``."""
+        if not answer:
+            self._drop(lease)
+            return False
+        if int(answer) == 2:
+            held = self._held.get(lease.record.id)
+            if held is not None and not held.cancel_told:
+                held.cancel_told = True
+                self._tell_cancel(lease.record.id)
+        return True
+
+    async def watch_cancellations(self) -> AsyncIterator[str]:
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        self._watchers.add(send)
+        try:
+            if len(self._watchers) == 1:
+                await self._pubsub.subscribe(self._keys.cancel_channel, self._cancel_sub)
+            async with receive:
+                async for task_id in receive:
+                    yield task_id
+        finally:
+            self._watchers.discard(send)
+            send.close()
+            if not self._watchers:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await self._pubsub.unsubscribe(self._keys.cancel_channel)
+
+    async def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
+        """``(task id, attempt)`` of each lease the heartbeat found taken over (this process
+        was paused or cut off past ``lease_timeout``): the worker stops that attempt."""
+        send, receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
+        self._loss_watchers.add(send)
+        try:
+            async with receive:
+                async for lost in receive:
+                    yield lost
+        finally:
+            self._loss_watchers.discard(send)
+            send.close()
+
+    def _tell_cancel(self, task_id: str) -> None:
+        if task_id not in self._held:
+            return  # not running in this process
+        for watcher in tuple(self._watchers):
+            watcher.send_nowait(task_id)
+
+    def _drop(self, lease: Lease) -> None:
+        held = self._held.get(lease.record.id)
+        if held is not None and held.attempt == lease.record.attempt:
+            del self._held[lease.record.id]
+
+    async def _heartbeat(self) -> None:
+        """Extend every held lease every ``lease_timeout / 3`` seconds."""
+        interval = self._lease_timeout / 3
+        while True:
+            await anyio.sleep(interval)
+            if self._group_ready and anyio.current_time() >= self._next_prune:
+                try:
+                    with _unavailable("prune"):
+                        await self._prune_consumers()
+                except BackendUnavailable as exc:
+                    logger.warning("could not remove dead consumers: %s", exc)
+            leases = [Lease(_placeholder(task_id, held.attempt), held.entry) for task_id, held in self._held.items()]
+            if not leases:
+                continue
+            try:  # every held lease in one round trip
+                with _unavailable("extend"):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for lease in leases:
+                            await self._scripts.extend(
+                                keys=[self._keys.task(lease.record.id), self._keys.stream],
+                                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
+                                client=pipe,
+                            )
+                        answers = await pipe.execute(raise_on_error=False)
+            except BackendUnavailable as exc:
+                backend_outage.failed(f"a heartbeat of {len(leases)} tasks", exc)  # logged once per outage
+                continue
+            for lease, answer in zip(leases, answers, strict=True):
+                held = self._held.get(lease.record.id)
+                if held is None or held.attempt != lease.record.attempt:
+                    continue  # it finished (or was handed back) while the heartbeat was on its way
+                if isinstance(answer, Exception):
+                    logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
+                elif not self._extended(lease, answer):
+                    logger.warning("task %s: lease of attempt %d was taken over", lease.record.id, lease.record.attempt)
+                    for watcher in tuple(self._loss_watchers):
+                        watcher.send_nowait((lease.record.id, lease.record.attempt))
+
+
+def _placeholder(task_id: str, attempt: int) -> TaskRecord:
+    return TaskRecord(id=task_id, kind="", name="", owner="", attempt=attempt)
