@@ -7,7 +7,7 @@ PY="$VENV/bin/python"
 WEB="$ROOT/examples/demo/web"
 CLIENT="$ROOT/clients/js"
 
-EXTRAS="starlette,litestar,fastapi,redis,prometheus,otel"  # every published extra: the demo flags and tests need them
+EXTRAS="starlette,litestar,fastapi,redis,postgres,prometheus,otel"  # every published extra: the demo flags and tests need them
 
 ensure_venv() {  # $1: the dependency group to install beside the extras, "demo" or "dev"
     if [ ! -x "$PY" ]; then

@@ -9,6 +9,7 @@ import pytest
 from progressq._outage import backend_outage
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
+from tests.postgres_support import drop_session_database
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
@@ -76,3 +77,11 @@ def no_outage_left_over() -> Iterator[None]:
     backend_outage.reset()
     yield
     backend_outage.reset()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_database_dropped() -> Iterator[None]:
+    """The session's PostgreSQL database (made by the first test that needs one) is dropped
+    when the session ends."""
+    yield
+    drop_session_database()

@@ -1,4 +1,4 @@
-"""The backend conformance suite (progressq.testing) on the memory and the Redis backend."""
+"""The backend conformance suite (progressq.testing) on the memory, Redis and PostgreSQL backends."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from progressq.backends.memory import MemoryBackend
 from progressq.backends.redis import RedisBackend
 from progressq.testing import BackendConformance, BackendFactory
+from tests.postgres_support import database_url, drop_schema, new_schema
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
@@ -48,3 +49,24 @@ class TestRedisBackend(BackendConformance):
 
         yield make
         delete_prefix(prefix)
+
+
+@pytest.mark.postgres
+class TestPostgresBackend(BackendConformance):
+    shared_state = True
+
+    @pytest.fixture
+    def make_backend(self) -> Iterator[BackendFactory]:
+        url = database_url()
+        from progressq.backends.postgres import PostgresBackend
+
+        schema = new_schema("conformance")
+
+        def make(*, capacity: int | None = None, history_size: int | None = None) -> PostgresBackend:
+            options: dict[str, Any] = {"capacity": capacity}
+            if history_size is not None:
+                options["history_size"] = history_size
+            return PostgresBackend.from_url(url, schema=schema, **options)
+
+        yield make
+        drop_schema(schema)

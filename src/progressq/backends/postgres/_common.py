@@ -1,0 +1,87 @@
+"""Shared pieces of the PostgreSQL backend: errors, records, URLs and channel names."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import psycopg
+import psycopg_pool
+
+from progressq.contracts import TaskRecord
+from progressq.errors import BackendUnavailable
+
+logger = logging.getLogger("progressq.postgres")
+
+Connection: TypeAlias = psycopg.AsyncConnection[Any]
+Pool: TypeAlias = psycopg_pool.AsyncConnectionPool[Any]
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    psycopg_pool.TooManyRequests,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+_record_decoder = msgspec.json.Decoder(TaskRecord)
+_record_encoder = msgspec.json.Encoder()
+
+NOTIFY_LIMIT = 7900
+"""Bytes a notification's payload may have (PostgreSQL refuses 8000 or more); a larger
+event is told by reference (identity and seq) and read from its table."""
+
+RECORD_COLUMNS = "record, attempt, revision, cancel_requested"
+"""The columns :func:`record_from` reads, in its order."""
+
+
+@contextmanager
+def unavailable(what: str) -> Iterator[None]:
+    """Turn a lost or refused connection into ``BackendUnavailable``."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise BackendUnavailable(f"PostgreSQL did not answer ({what}): {exc}") from exc
+
+
+def encode_record(record: TaskRecord) -> bytes:
+    return _record_encoder.encode(record)
+
+
+def record_from(row: Any) -> TaskRecord:
+    """A record from a row starting with :data:`RECORD_COLUMNS`; the columns win."""
+    return msgspec.structs.replace(
+        _record_decoder.decode(row[0]), attempt=int(row[1]), revision=int(row[2]), cancel_requested=bool(row[3])
+    )
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Names:
+    """The quoted schema name for statements, and the notification channels."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.s = f'"{schema}"'  # as statements name it
+        self.events = f"{schema}_events"  # every event of every identity (or a reference to it)
+        self.wake = f"{schema}_wake"  # a task may be waiting: waiting workers look
+        self.cancel = f"{schema}_cancel"  # a running task's owner asked to cancel (its id)
+
+    def sql(self, statement: str) -> str:
+        """``statement`` with ``{s}`` naming this schema."""
+        return statement.replace("{s}", self.s)

@@ -1,0 +1,177 @@
+"""Handing tasks to this process's workers: fairly between owners, or taken over."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from progressq._outage import backend_outage
+from progressq.backends.postgres._common import Names, Pool, record_from, unavailable
+from progressq.backends.postgres._keeping import Held
+from progressq.contracts import Lease, TaskRecord, utc_now
+from progressq.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from progressq.backends.postgres._registry import PostgresClientRegistry
+
+logger = logging.getLogger("progressq.postgres")
+
+_LEASED = """RETURNING record, attempt, revision, cancel_requested, deliveries"""
+# A task whose worker stopped heartbeating: taken over (its running count stays its owner's).
+_TAKEOVER = f"""UPDATE {{s}}.tasks SET attempt = attempt + 1, revision = revision + 1, deliveries = deliveries + 1,
+        lease_until = statement_timestamp() + %(lease)s * interval '1 second'
+    WHERE id = (SELECT id FROM {{s}}.tasks WHERE state = 'leased' AND lease_until < statement_timestamp()
+        ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED)
+    {_LEASED}"""
+# The owner whose turn it is: the first in turn order with a task due and, under a cap,
+# fewer running tasks than the cap. Its row stays locked until the lease commits, so that
+# one owner's leases go one at a time (the cap holds) while other owners' go on beside.
+_NEXT_OWNER = """SELECT o.owner FROM {s}.owners o
+    WHERE EXISTS (SELECT 1 FROM {s}.tasks t
+            WHERE t.owner = o.owner AND t.state = 'queued' AND t.run_at <= statement_timestamp())
+        AND (%(cap)s = 0 OR (SELECT count(*) FROM {s}.tasks t WHERE t.owner = o.owner AND t.state = 'leased') < %(cap)s)
+    ORDER BY o.turn LIMIT 1 FOR UPDATE OF o SKIP LOCKED"""
+_RUNNING = "SELECT count(*) FROM {s}.tasks WHERE owner = %s AND state = 'leased'"
+_TAKE = f"""UPDATE {{s}}.tasks SET state = 'leased', attempt = attempt + 1, revision = revision + 1,
+        deliveries = deliveries + 1, lease_until = statement_timestamp() + %(lease)s * interval '1 second'
+    WHERE id = (SELECT id FROM {{s}}.tasks
+        WHERE owner = %(owner)s AND state = 'queued' AND run_at <= statement_timestamp()
+        ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED)
+    {_LEASED}"""
+_NEXT_TURN = "UPDATE {s}.owners SET turn = nextval('{s}.turns') WHERE owner = %s"
+_NEXT_DUE = """SELECT extract(epoch FROM min(run_at) - statement_timestamp()) FROM {s}.tasks
+    WHERE state = 'queued' AND run_at > statement_timestamp()"""
+
+
+class Leasing:
+    """The part of :class:`PostgresTaskQueue` that hands out tasks. The queue sets these
+    attributes up."""
+
+    _pool: Pool
+    _names: Names
+    _registry: PostgresClientRegistry
+    _lease_timeout: float
+    _max_deliveries: int
+    _running_per_owner: int | None
+    _held: dict[str, Held]
+    _wakeup: anyio.Event
+    _next_takeover: float
+
+    if TYPE_CHECKING:  # the queue's own, used here
+
+        async def save_and_publish(
+            self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+        ) -> bool: ...
+
+        def _drop(self, lease: Lease) -> None: ...
+
+    def _prepare_leasing(self) -> None:
+        sql = self._names.sql
+        self._takeover_sql = sql(_TAKEOVER)
+        self._next_owner_sql = sql(_NEXT_OWNER)
+        self._running_sql = sql(_RUNNING)
+        self._take_sql = sql(_TAKE)
+        self._next_turn_sql = sql(_NEXT_TURN)
+        self._next_due_sql = sql(_NEXT_DUE)
+
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Hand an owner no more than ``limit`` running tasks at once, counted across every
+        process on this schema (``None``: no limit). Tasks go round-robin across owners."""
+        self._running_per_owner = limit
+        self._wakeup.set()
+
+    async def lease(self) -> Lease:
+        """Wait for the next task; rides out a database outage (logs, then retries)."""
+        backoff = 0.1
+        while True:
+            wakeup = self._wakeup = anyio.Event()  # a wake-up from now on is not missed
+            try:
+                lease, wait = await self._next()
+            except BackendUnavailable as exc:
+                backend_outage.failed("taking tasks", exc)  # logged once per outage
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backend_outage.answered()
+            backoff = 0.1
+            if lease is not None:
+                return lease
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await wakeup.wait()
+
+    async def _next(self) -> tuple[Lease | None, float]:
+        """A task taken over or taken in turn (None when there is none) and, without one,
+        how long to wait at most before looking again."""
+        now = anyio.current_time()
+        takeover_every = min(1.0, self._lease_timeout / 2)
+        if now >= self._next_takeover:
+            row = await self._fetch(self._takeover_sql, {"lease": self._lease_timeout})
+            if row is None:
+                self._next_takeover = now + takeover_every
+            else:
+                lease = await self._leased(row)
+                if lease is not None:
+                    return lease, 0.0
+                return None, 0.0  # it was given up on: look again at once
+        lease = await self._take_in_turn()
+        if lease is not None:
+            return lease, 0.0
+        row = await self._fetch(self._next_due_sql, {})
+        due = float(row[0]) if row is not None and row[0] is not None else takeover_every
+        return None, max(0.0, min(due, self._next_takeover - anyio.current_time(), takeover_every))
+
+    async def _take_in_turn(self) -> Lease | None:
+        cap = self._running_per_owner or 0
+        with unavailable("lease"):
+            async with self._pool.connection() as conn, conn.transaction():
+                row = await (await conn.execute(self._next_owner_sql, {"cap": cap})).fetchone()
+                if row is None:
+                    return None
+                owner = row[0]
+                if cap:  # counted again now that the owner's row is locked: no lease of it is under way
+                    running = await (await conn.execute(self._running_sql, (owner,))).fetchone()
+                    if running is not None and int(running[0]) >= cap:
+                        return None
+                taken = await (
+                    await conn.execute(self._take_sql, {"lease": self._lease_timeout, "owner": owner})
+                ).fetchone()
+                if taken is None:
+                    return None
+                await conn.execute(self._next_turn_sql, (owner,))
+        return await self._leased(taken)
+
+    async def _fetch(self, statement: str, args: dict[str, Any]) -> Any:
+        with unavailable("lease"):
+            async with self._pool.connection() as conn:
+                return await (await conn.execute(statement, args)).fetchone()
+
+    async def _leased(self, row: Any) -> Lease | None:
+        """The lease of a task taken (None when it was given up on instead)."""
+        record = record_from(row)
+        lease = Lease(record, str(record.attempt))
+        self._held[record.id] = Held(record.attempt, record.status)
+        deliveries = int(row[4])
+        if deliveries > self._max_deliveries:
+            await self._dead_letter(lease, deliveries - 1)
+            return None
+        return lease
+
+    async def _dead_letter(self, lease: Lease, deliveries: int) -> None:
+        record = lease.record.evolve(
+            status="failed",
+            finished_at=utc_now(),
+            message="failed",
+            error=(
+                f"gave up after {deliveries} deliveries: each time, the worker running this task "
+                "stopped answering before it finished (it may crash or hang its worker)"
+            ),
+        )
+        logger.error("task %s (%s): %s", record.id, record.kind, record.error)
+        try:
+            await self.save_and_publish(lease, record, record.view_json(), finish=True)
+        except BackendUnavailable:
+            self._drop(lease)
+            raise

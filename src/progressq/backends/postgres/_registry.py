@@ -1,0 +1,238 @@
+"""The PostgreSQL client registry: per-identity seq, history table and LISTEN/NOTIFY delivery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anyio
+import msgspec
+
+from progressq._logonce import fingerprint
+from progressq.backends.postgres._common import NOTIFY_LIMIT, Connection, Names, Pool, unavailable
+from progressq.backends.postgres._listener import Listener
+from progressq.contracts import Event, EventSink, RegistryStatistics
+from progressq.errors import BackendUnavailable
+from progressq.messages import EventType
+
+logger = logging.getLogger("progressq.postgres")
+
+_KINDS: dict[str, EventType] = {"taskQueued": "taskQueued", "taskProgress": "taskProgress"}
+_TRIM_EVERY = 100  # history is trimmed on every 100th event of an identity: it holds n to n + 100
+
+
+class _Notice(msgspec.Struct, array_like=True):
+    """A notification's payload: the event itself, or (too large) where to read it."""
+
+    identity: str
+    seq: int
+    kind: str = ""
+    task_id: str = ""
+    revision: int = 0
+    task_json: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_notice_decoder = msgspec.json.Decoder(_Notice)
+_notice_encoder = msgspec.json.Encoder()
+
+
+class _Identity:
+    """The live state of one identity attached in this process."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.sinks: set[EventSink] = set()
+        self.last: int | None = None  # last seq delivered to the sinks
+        self.ready = anyio.Event()
+
+    def deliver(self, event: Event) -> None:
+        self.last = event.seq
+        for sink in tuple(self.sinks):
+            try:
+                sink.deliver(event)
+            except Exception:
+                logger.exception("a sink of identity %s failed to take event %d", fingerprint(self.identity), event.seq)
+
+
+class PostgresClientRegistry:
+    """Sequencing, history and live delivery on PostgreSQL. Made by :class:`PostgresBackend`."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        names: Names,
+        conninfo: str,
+        *,
+        history_size: int,
+        history_ttl: float,
+        attach_timeout: float,
+    ) -> None:
+        self._pool = pool
+        self._names = names
+        self._history_size = history_size
+        self.history_ttl = history_ttl
+        self._attach_timeout = attach_timeout
+        self._identities: dict[str, _Identity] = {}
+        self.listener = Listener(conninfo, (names.events,), self._notified, self._caught_up, needed=False)
+        sql = names.sql
+        self._task_sql = sql("SELECT revision, published FROM {s}.tasks WHERE id = %s FOR UPDATE")
+        self._published_sql = sql("UPDATE {s}.tasks SET published = %s WHERE id = %s")
+        self._seq_sql = sql(
+            "INSERT INTO {s}.identities AS i (identity, seq, last_event_at) VALUES (%s, 1, now()) "
+            "ON CONFLICT (identity) DO UPDATE SET seq = i.seq + 1, last_event_at = now() RETURNING seq"
+        )
+        self._insert_sql = sql("INSERT INTO {s}.events VALUES (%s, %s, %s, %s, %s, %s)")
+        self._trim_sql = sql("DELETE FROM {s}.events WHERE identity = %s AND seq <= %s")
+        self._current_sql = sql("SELECT seq FROM {s}.identities WHERE identity = %s")
+        self._after_sql = sql(
+            "SELECT seq, kind, task_id, revision, task_json FROM {s}.events "
+            "WHERE identity = %s AND seq > %s AND seq <= %s ORDER BY seq"
+        )
+
+    async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
+        """Number, store and notify one event, in one transaction.
+
+        Returns the event; its ``seq`` is 0 when it was dropped because its task has
+        moved on (a newer revision is stored, or this one was already published).
+        """
+        with unavailable("publish"):
+            async with self._pool.connection() as conn, conn.transaction():
+                return await self.publish_in(conn, identity, kind, task_id, revision, task_json)
+
+    async def publish_in(
+        self, conn: Connection, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes
+    ) -> Event:
+        """:meth:`publish` inside the caller's transaction on ``conn`` (the queue's save or
+        enqueue): the event is numbered and sent only if that transaction commits."""
+        row = await (await conn.execute(self._task_sql, (task_id,))).fetchone()
+        if row is not None:
+            stored, published = int(row[0]), int(row[1])
+            if stored > revision or published >= revision:
+                return Event(0, kind, task_id, revision, task_json)  # moved on: dropped
+            await conn.execute(self._published_sql, (revision, task_id))
+        seq_row = await (await conn.execute(self._seq_sql, (identity,))).fetchone()
+        assert seq_row is not None  # an upsert returns its row
+        seq = int(seq_row[0])
+        await conn.execute(self._insert_sql, (identity, seq, kind, task_id, revision, task_json))
+        if seq % _TRIM_EVERY == 0 and seq > self._history_size:
+            await conn.execute(self._trim_sql, (identity, seq - self._history_size))
+        payload = _notice_encoder.encode(_Notice(identity, seq, kind, task_id, revision, msgspec.Raw(task_json)))
+        if len(payload) > NOTIFY_LIMIT:
+            payload = _notice_encoder.encode(_Notice(identity, seq))
+        await conn.execute("SELECT pg_notify(%s, %s)", (self._names.events, payload.decode()))
+        return Event(seq, kind, task_id, revision, task_json)
+
+    async def attach(self, identity: str, sink: EventSink) -> None:
+        state = self._identities.get(identity)
+        created = state is None
+        if state is None:
+            state = self._identities[identity] = _Identity(identity)
+        state.sinks.add(sink)
+        try:
+            with anyio.fail_after(self._attach_timeout):
+                if created:
+                    self.listener.need()
+                    # While the listening connection is down, say so at once rather than
+                    # after the whole timeout (a client of a server whose database is gone must hear it).
+                    while not self.listener.listening.is_set():
+                        if self.listener.broken:
+                            raise BackendUnavailable("PostgreSQL is unavailable (the listening connection is lost)")
+                        with anyio.move_on_after(0.1):
+                            await self.listener.listening.wait()
+                    state.last = await self.current_seq(identity)  # listening already: nothing after it is missed
+                    state.ready.set()
+                else:
+                    await state.ready.wait()
+        except TimeoutError as exc:
+            await self.detach(identity, sink)
+            raise BackendUnavailable("PostgreSQL did not start listening in time") from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.detach(identity, sink)
+            raise
+
+    async def detach(self, identity: str, sink: EventSink) -> None:
+        state = self._identities.get(identity)
+        if state is None:
+            return
+        state.sinks.discard(sink)
+        if not state.sinks:
+            del self._identities[identity]
+
+    async def current_seq(self, identity: str) -> int:
+        with unavailable("current_seq"):
+            async with self._pool.connection() as conn:
+                row = await (await conn.execute(self._current_sql, (identity,))).fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
+        with unavailable("events_after"):
+            async with self._pool.connection() as conn, conn.transaction():
+                # One snapshot for both reads: repeatable read
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                row = await (await conn.execute(self._current_sql, (identity,))).fetchone()
+                current = 0 if row is None else int(row[0])
+                if seq >= current:
+                    return None if seq > current else []  # past the end: the client knows of more
+                rows = await (await conn.execute(self._after_sql, (identity, seq, current))).fetchall()
+        events = [Event(int(r[0]), _KINDS[r[1]], r[2], int(r[3]), bytes(r[4])) for r in rows]
+        if len(events) != current - seq or events[0].seq != seq + 1:
+            return None
+        return events
+
+    def statistics(self) -> RegistryStatistics:
+        connections = sum(len(state.sinks) for state in self._identities.values())
+        return RegistryStatistics(connections=connections, clients=len(self._identities))
+
+    async def _notified(self, channel: str, payload: str) -> None:
+        try:
+            notice = _notice_decoder.decode(payload)
+        except msgspec.DecodeError:
+            logger.warning("ignored a notification on %s that is not an event", channel)
+            return
+        state = self._identities.get(notice.identity)
+        if state is None or state.last is None or notice.seq <= state.last:
+            return  # not attached here (or not ready), or already delivered
+        if notice.seq > state.last + 1 or not notice.kind:  # a gap, or a reference to read
+            await self._fill(state)
+            return
+        state.deliver(Event(notice.seq, _KINDS[notice.kind], notice.task_id, notice.revision, bytes(notice.task_json)))
+
+    async def _caught_up(self) -> None:
+        """After a reconnect: what each attached identity missed, from its history."""
+        for state in tuple(self._identities.values()):
+            if state.last is not None:
+                await self._fill(state)
+
+    async def _fill(self, state: _Identity) -> None:
+        assert state.last is not None
+        try:
+            events = await self.events_after(state.identity, state.last)
+        except BackendUnavailable as exc:
+            logger.warning("identity %s: could not read the missed events: %s", fingerprint(state.identity), exc)
+            return
+        if events is None:
+            await self._resync(state)
+            return
+        for event in events:
+            if state.last is not None and event.seq > state.last:
+                state.deliver(event)
+
+    async def _resync(self, state: _Identity) -> None:
+        """History cannot say what was missed: every sink starts again from a snapshot."""
+        try:
+            state.last = await self.current_seq(state.identity)
+        except BackendUnavailable as exc:
+            logger.warning("identity %s: could not resync: %s", fingerprint(state.identity), exc)
+            return
+        logger.warning(
+            "identity %s: the event history has a gap; its connections resync from a snapshot",
+            fingerprint(state.identity),
+        )
+        for sink in tuple(state.sinks):
+            resync = getattr(sink, "resync", None)
+            if resync is not None:
+                try:
+                    resync()
+                except Exception:
+                    logger.exception("a sink of identity %s failed to resync", fingerprint(state.identity))
