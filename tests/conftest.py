@@ -9,7 +9,7 @@ import pytest
 from progressq._outage import backend_outage
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
-from tests.postgres_support import drop_session_database
+from tests.postgres_support import database_url, drop_schema, drop_session_database, new_schema
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
@@ -26,11 +26,20 @@ def framework(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def backend_kind(request: pytest.FixtureRequest) -> str:
-    """The integration suite runs on each backend: memory, and Redis on 127.0.0.1:6379."""
+    """The integration suite runs on each backend: memory, Redis on 127.0.0.1:6379 and
+    PostgreSQL on 127.0.0.1:5432."""
     if request.param == "redis":
         require_redis()
+    if request.param == "postgres":
+        database_url()  # skips without a server
     return str(request.param)
 
 
@@ -39,6 +48,7 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
     """Start a real server with the given transport settings / hub options, on ``backend_kind``
     (unless the test passes its own ``backend=``)."""
     prefixes: list[str] = []
+    schemas: list[str] = []
 
     @contextlib.contextmanager
     def factory(
@@ -54,6 +64,14 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
             prefixes.append(new_prefix("integration"))
             history_size = hub_options.pop("history_size", 1000)
             hub_options["backend"] = RedisBackend.from_url(REDIS_URL, prefix=prefixes[-1], history_size=history_size)
+        if backend_kind == "postgres" and "backend" not in hub_options:
+            from progressq.backends.postgres import PostgresBackend
+
+            schemas.append(new_schema("integration"))
+            history_size = hub_options.pop("history_size", 1000)
+            hub_options["backend"] = PostgresBackend.from_url(
+                database_url(), schema=schemas[-1], history_size=history_size
+            )
         hub = make_hub(**hub_options)
         app = build_app(framework, hub, settings or TransportSettings())
         with serve(app, hub, send_buffer=send_buffer, **(uvicorn or {})) as running:
@@ -62,6 +80,8 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
     yield factory
     for prefix in prefixes:
         delete_prefix(prefix)
+    for schema in schemas:
+        drop_schema(schema)
 
 
 @pytest.fixture

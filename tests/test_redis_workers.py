@@ -43,15 +43,24 @@ def _console_script() -> list[str]:
 
 
 class Worker:
-    """One ``progressq worker`` process; its log goes to a file."""
+    """One ``progressq worker`` process on ``url`` (Redis, or PostgreSQL with ``prefix`` as its
+    schema); its log goes to a file."""
 
     def __init__(
-        self, prefix: str, log: Path, *, concurrency: int, grace: float, forget: float = 600.0, every: str = ""
+        self,
+        prefix: str,
+        log: Path,
+        *,
+        concurrency: int,
+        grace: float,
+        forget: float = 600.0,
+        every: str = "",
+        url: str = REDIS_URL,
     ) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
-            "PQ_TEST_REDIS_URL": REDIS_URL,
+            "PQ_TEST_REDIS_URL": url,
             "PQ_TEST_PREFIX": prefix,
             "PQ_TEST_LEASE_TIMEOUT": str(LEASE_TIMEOUT),
             "PQ_TEST_GRACE": str(grace),

@@ -1,6 +1,7 @@
 """The application the multi-process tests run with ``progressq worker tests.worker_app:hub``.
 
-Configured by environment variables, so that each test gets its own key prefix.
+Configured by environment variables, so that each test gets its own key prefix (Redis) or
+schema (PostgreSQL, when the URL is a ``postgresql://`` one).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import anyio
 
 from progressq import Hub, TaskContext
 from progressq.backends.redis import RedisBackend
+from progressq.contracts import Backend
 
 SECRET = "multi-process-test-secret"
 
@@ -25,9 +27,19 @@ def make_hub(
     forget_consumers_after: float = 600.0,
     **hub: Any,
 ) -> Hub:
-    backend = RedisBackend.from_url(
-        url, prefix=prefix, lease_timeout=lease_timeout, max_deliveries=4, forget_consumers_after=forget_consumers_after
-    )
+    backend: Backend
+    if url.startswith("postgresql://"):
+        from progressq.backends.postgres import PostgresBackend
+
+        backend = PostgresBackend.from_url(url, schema=prefix, lease_timeout=lease_timeout, max_deliveries=4)
+    else:
+        backend = RedisBackend.from_url(
+            url,
+            prefix=prefix,
+            lease_timeout=lease_timeout,
+            max_deliveries=4,
+            forget_consumers_after=forget_consumers_after,
+        )
     app = Hub(backend, secret=SECRET, progress_interval=0.02, shutdown_grace=shutdown_grace, **hub)
 
     @app.task("steps", timeout=60)

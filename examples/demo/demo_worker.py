@@ -2,7 +2,7 @@
 folder) runs them on the backend in ``PROGRESSQ_BACKEND``, the variable the demo server
 reads too (its ``--backend`` flag overrides it there):
 
-    export PROGRESSQ_BACKEND=redis://127.0.0.1:6379/0
+    export PROGRESSQ_BACKEND=redis://127.0.0.1:6379/0    # or postgresql://postgres@127.0.0.1:5432/postgres
     bash scripts/demo --workers-in-process 0 &
     (cd examples/demo && progressq worker demo_worker:hub)
 

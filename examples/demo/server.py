@@ -28,13 +28,16 @@ from progressq.transport import TransportSettings
 PAGE_DIR = Path(__file__).resolve().parent / "web" / "build"
 BACKEND_VARIABLE = "PROGRESSQ_BACKEND"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_BACKEND_CHOICES = "memory, redis://HOST:PORT/DB or postgresql://USER@HOST:PORT/DATABASE"
 
 logger = logging.getLogger("progressq.demo")
 
 
 def make_backend(spec: str) -> Backend:
-    """``memory`` or a Redis URL (``redis://HOST:PORT/DB``); the web process and its workers
-    must be given the same one. Raises ImportError naming the extra when Redis is missing."""
+    """``memory``, a Redis URL (``redis://HOST:PORT/DB``) or a PostgreSQL URL
+    (``postgresql://USER@HOST:PORT/DATABASE``); the web process and its workers must be given
+    the same one. Raises ImportError naming the extra when its driver is missing."""
     if spec == "memory":
         return MemoryBackend()
     if spec.startswith(_REDIS_SCHEMES):
@@ -42,7 +45,12 @@ def make_backend(spec: str) -> Backend:
 
         backend: Backend = RedisBackend.from_url(spec)
         return backend
-    raise ValueError(f"--backend must be memory or redis://HOST:PORT/DB, not {spec!r}")
+    if spec.startswith(_POSTGRES_SCHEMES):
+        from progressq.backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
+
+        postgres: Backend = PostgresBackend.from_url(spec)
+        return postgres
+    raise ValueError(f"--backend must be {_BACKEND_CHOICES}, not {spec!r}")
 
 
 def build_app(args: argparse.Namespace) -> Any:
@@ -52,7 +60,7 @@ def build_app(args: argparse.Namespace) -> Any:
         concurrency=args.workers_in_process,
     )
     register_demo_task(hub)
-    where = getattr(hub.backend, "url", "memory")  # a Redis URL without its password
+    where = getattr(hub.backend, "url", "memory")  # a Redis or PostgreSQL URL without its password
     logger.info("backend: %s, running %d task(s) at once here", where, args.workers_in_process)
     if args.workers_in_process == 0:
         logger.warning(
@@ -79,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default=os.environ.get(BACKEND_VARIABLE) or "memory",
-        help=f"memory, or redis://HOST:PORT/DB (default: ${BACKEND_VARIABLE}, else memory)",
+        help=f"{_BACKEND_CHOICES} (default: ${BACKEND_VARIABLE}, else memory)",
     )
     parser.add_argument("--workers-in-process", type=int, default=8, help="tasks run at once here (0: none)")
     parser.add_argument("--allowed-origin", action="append", default=[], help="also accept WebSockets from URL")
@@ -90,14 +98,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.backend != "memory" and not args.backend.startswith(_REDIS_SCHEMES):
-        print(f"--backend must be memory or redis://HOST:PORT/DB, not {args.backend!r}", file=sys.stderr)
+    if args.backend != "memory" and not args.backend.startswith((*_REDIS_SCHEMES, *_POSTGRES_SCHEMES)):
+        print(f"--backend must be {_BACKEND_CHOICES}, not {args.backend!r}", file=sys.stderr)
         return 2
     try:
         app = build_app(args)
     except ImportError as exc:  # an extra this run needs is not installed: say which
         print(f"--framework {args.framework} --backend {args.backend}: {exc}", file=sys.stderr)
-        print('install it with: pip install -e ".[starlette,litestar,redis]" (bash scripts/demo does)', file=sys.stderr)
+        print(
+            'install it with: pip install -e ".[starlette,litestar,redis,postgres]" (bash scripts/demo does)',
+            file=sys.stderr,
+        )
         return 2
     if not (PAGE_DIR / "index.html").exists():
         logger.warning("the page is not built (%s); / answers with the API description", PAGE_DIR)

@@ -2,7 +2,7 @@
 operator ``progressq status MODULE:HUB`` and ``progressq dead list|retry|purge MODULE:HUB``.
 
 Runs the workers of an application's :class:`~progressq.Hub` in this process, on the hub's
-backend (a Redis backend, so that tasks submitted by web processes reach it). SIGTERM or
+backend (a Redis or PostgreSQL backend, so that tasks submitted by web processes reach it). SIGTERM or
 SIGINT stops it gracefully: no new task is taken, running ones get the hub's
 ``shutdown_grace`` seconds to finish, then the unfinished ones are handed back to the queue
 for another worker. A second signal hands them back at once.

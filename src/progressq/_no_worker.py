@@ -1,8 +1,8 @@
 """A warning for a web process whose queued tasks no worker takes.
 
 A process with ``concurrency=0`` only submits: its tasks run in ``progressq worker``
-processes on the same backend. When none runs, or one runs against another Redis database or
-key prefix, tasks wait forever and nothing fails. This watch makes that visible: it names the
+processes on the same backend. When none runs, or one runs against another database, key
+prefix or schema, tasks wait forever and nothing fails. This watch makes that visible: it names the
 backend this process uses, so that the worker's own startup line can be compared with it.
 """
 
@@ -23,12 +23,18 @@ CHECK_INTERVAL = 10.0
 
 
 def describe_backend(backend: Backend) -> str:
-    """The backend's class, and where it is (its URL without a password, its key prefix)."""
+    """The backend's class, and where it is (its URL without a password, its key prefix or
+    PostgreSQL schema)."""
     url = getattr(backend, "url", None)
     prefix = getattr(backend, "prefix", None)
+    schema = getattr(backend, "schema", None)
     if url is None:
         return type(backend).__name__
-    return f"{type(backend).__name__} {url}" + (f" prefix {prefix!r}" if prefix else "")
+    return (
+        f"{type(backend).__name__} {url}"
+        + (f" prefix {prefix!r}" if prefix else "")
+        + (f" schema {schema!r}" if schema else "")
+    )
 
 
 async def warn_while_no_worker_takes_tasks(queue: TaskQueue, backend: Backend) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.apps import free_port
 from tests.integration.client import WsClient, terminal
+from tests.postgres_support import database_url
 from tests.redis_support import require_redis
 from tests.waiting import PATIENCE
 
@@ -44,9 +45,15 @@ def start_demo(*flags: str, log: Path | None = None, **env: str) -> tuple[subpro
     raise RuntimeError("the demo server did not start")
 
 
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def demo_backend(request: pytest.FixtureRequest) -> str:
+    """The demo's ``--backend``: memory, and a PostgreSQL URL (the test session's database)."""
+    return "memory" if request.param == "memory" else database_url()
+
+
 @pytest.fixture
-def demo(framework: str) -> Iterator[int]:
-    process, port = start_demo("--framework", framework)
+def demo(framework: str, demo_backend: str) -> Iterator[int]:
+    process, port = start_demo("--framework", framework, "--backend", demo_backend)
     if process.poll() is not None:
         pytest.fail(f"the demo server exited with {process.returncode}")
     try:
@@ -89,11 +96,16 @@ def test_unknown_backend_is_refused_with_exit_code_2() -> None:
     assert process.wait(10) == 2
 
 
-@pytest.mark.redis
-async def test_web_process_and_worker_share_the_backend_variable(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "kind", [pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_web_process_and_worker_share_the_backend_variable(tmp_path: Path, kind: str) -> None:
     """As the README runs them: one PROGRESSQ_BACKEND for both; each names it in its log."""
-    require_redis()
-    url = "redis://127.0.0.1:6379/15"
+    if kind == "redis":
+        require_redis()
+        url, backend_class = "redis://127.0.0.1:6379/15", "RedisBackend"
+    else:
+        url, backend_class = database_url(), "PostgresBackend"
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
     web, port = start_demo("--workers-in-process", "0", log=web_log, PROGRESSQ_BACKEND=url)
     worker: subprocess.Popen[bytes] | None = None
@@ -121,7 +133,7 @@ async def test_web_process_and_worker_share_the_backend_variable(tmp_path: Path)
             final = (await ws.until(terminal(started.json()["id"])))[-1]["task"]
             assert final["status"] == "completed"
         text = worker_log.read_text()
-        assert f"RedisBackend {url}" in text
+        assert f"{backend_class} {url}" in text
         assert "secret" not in text, "a worker that only runs tasks needs no identity secret"
     finally:
         for process in (web, worker):
@@ -130,19 +142,26 @@ async def test_web_process_and_worker_share_the_backend_variable(tmp_path: Path)
                 process.wait(PATIENCE)
 
 
-def test_a_missing_extra_is_named_not_called_unsupported(tmp_path: Path) -> None:
-    """Without Redis installed the server says what to install (simulated: redis hidden)."""
+@pytest.mark.parametrize(
+    ("module", "url", "extra"),
+    [
+        ("redis", "redis://127.0.0.1:6379/15", "redis"),
+        ("psycopg", "postgresql://postgres@127.0.0.1:5432/postgres", "postgres"),
+    ],
+)
+def test_a_missing_extra_is_named_not_called_unsupported(tmp_path: Path, module: str, url: str, extra: str) -> None:
+    """Without its driver installed the server says what to install (simulated: the driver hidden)."""
     hide = tmp_path / "hide"
     hide.mkdir()
-    (hide / "redis.py").write_text("raise ImportError('No module named redis')\n")
+    (hide / f"{module}.py").write_text(f"raise ImportError('No module named {module}')\n")
     log = tmp_path / "web.log"
     process, _ = start_demo(
         "--backend",
-        "redis://127.0.0.1:6379/15",
+        url,
         log=log,
         PYTHONPATH=f"{hide}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
     assert process.wait(PATIENCE) == 2
     text = log.read_text()
     assert "not yet supported" not in text
-    assert 'pip install "progressq[redis]"' in text
+    assert f'pip install "progressq[{extra}]"' in text

@@ -1,5 +1,6 @@
-"""The Redis deployment how-to, run as written: its two modules laid out as ``myapp/``, a web
-process under uvicorn and a ``progressq worker`` process, both real, sharing one Redis."""
+"""The deployment how-tos (Redis, PostgreSQL), run as written: each page's two modules laid out
+as ``myapp/``, a web process under uvicorn and a ``progressq worker`` process, both real,
+sharing one Redis or one PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import httpx
 import pytest
 
 from tests.integration.client import WsClient, start_kind, terminal
+from tests.postgres_support import database_url, schema_of_its_own
 from tests.redis_support import REDIS_URL, free_port, prefixed
 from tests.waiting import PATIENCE
 
-pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "deploy-redis.md"
+HOWTO = Path(__file__).resolve().parents[2] / "docs" / "how-to"
 _PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -30,12 +32,31 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which page: deploy-redis.md or deploy-postgres.md."""
+    return str(request.param)
+
+
 @pytest.fixture
-def myapp(tmp_path: Path) -> Path:
+def place(kind: str) -> Iterator[dict[str, str]]:
+    """The environment the page's modules read: where the backend is, in a place of the test's own."""
+    if kind == "redis":
+        with prefixed("deploy-docs") as prefix:
+            yield {"REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix}
+    else:
+        with schema_of_its_own("deploy_docs") as schema:
+            yield {"DATABASE_URL": database_url(), "PROGRESSQ_SCHEMA": schema}
+
+
+@pytest.fixture
+def myapp(tmp_path: Path, kind: str) -> Path:
     """The page's blocks as the files their first lines name (``# myapp/tasks.py``)."""
     (tmp_path / "myapp").mkdir()
     (tmp_path / "myapp" / "__init__.py").write_text("")
-    for block in _PYTHON_BLOCK.findall(PAGE.read_text()):
+    for block in _PYTHON_BLOCK.findall((HOWTO / f"deploy-{kind}.md").read_text()):
         path = block.splitlines()[0].removeprefix("# ").strip()
         assert path.startswith("myapp/"), path
         (tmp_path / path).write_text(block)
@@ -43,7 +64,8 @@ def myapp(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def processes(myapp: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(myapp: Path, place: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The page's processes, ended before its place (a Redis prefix, a schema) is deleted."""
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
@@ -56,33 +78,31 @@ def processes(myapp: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 async def test_a_web_process_and_a_worker_process_run_a_task_as_the_page_says(
-    myapp: Path, processes: list[subprocess.Popen[bytes]]
+    myapp: Path, processes: list[subprocess.Popen[bytes]], place: dict[str, str]
 ) -> None:
     port = free_port()
-    with prefixed("deploy-docs") as prefix:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(myapp), *sys.path]),
-            "REDIS_URL": REDIS_URL,
-            "REDIS_PREFIX": prefix,
-            "PROGRESSQ_SECRET": "deploy-docs-secret-0123456789abcdef",
-        }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(myapp), *sys.path]),
+        **place,
+        "PROGRESSQ_SECRET": "deploy-docs-secret-0123456789abcdef",
+    }
 
-        def start(*command: str, log: str) -> None:
-            with (myapp / log).open("wb") as out:
-                processes.append(subprocess.Popen(command, cwd=myapp, env=env, stdout=out, stderr=subprocess.STDOUT))
+    def start(*command: str, log: str) -> None:
+        with (myapp / log).open("wb") as out:
+            processes.append(subprocess.Popen(command, cwd=myapp, env=env, stdout=out, stderr=subprocess.STDOUT))
 
-        start(sys.executable, "-m", "uvicorn", "myapp.web:app", "--port", str(port), log="web.log")
-        start(sys.executable, "-m", "progressq", "worker", "myapp.tasks:hub", "--concurrency", "2", log="worker.log")
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base) as http:
-            await _wait_healthy(http, myapp)
-            async with await WsClient.open(f"ws://127.0.0.1:{port}/ws") as ws:
-                await ws.next()  # the snapshot
-                started = await start_kind(http, "export", {"table": "orders"}, **{"X-Client-Id": ws.client_id})
-                assert started.status_code == 202, started.text
-                final = (await ws.until(terminal(started.json()["id"])))[-1]["task"]
-                refused = await start_kind(http, "export", {"table": 5}, **{"X-Client-Id": ws.client_id})
+    start(sys.executable, "-m", "uvicorn", "myapp.web:app", "--port", str(port), log="web.log")
+    start(sys.executable, "-m", "progressq", "worker", "myapp.tasks:hub", "--concurrency", "2", log="worker.log")
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        await _wait_healthy(http, myapp)
+        async with await WsClient.open(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.next()  # the snapshot
+            started = await start_kind(http, "export", {"table": "orders"}, **{"X-Client-Id": ws.client_id})
+            assert started.status_code == 202, started.text
+            final = (await ws.until(terminal(started.json()["id"])))[-1]["task"]
+            refused = await start_kind(http, "export", {"table": 5}, **{"X-Client-Id": ws.client_id})
     assert (final["status"], final["result"], final["message"]) == ("completed", {"rows": 1000}, "1000 rows of orders")
     assert (refused.status_code, refused.json()["error"]["field"]) == (422, "table")
     worker_log = (myapp / "worker.log").read_text()

@@ -1,6 +1,6 @@
-"""Two web processes and two worker processes on one Redis: every client gets all of its
-own events, whichever process it is connected to and whichever worker runs its tasks, and
-none of another's."""
+"""Two web processes and two worker processes on one Redis, or on one PostgreSQL database: every
+client gets all of its own events, whichever process it is connected to and whichever worker
+runs its tasks, and none of another's."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import pytest
 from tests.apps import free_port
 from tests.integration.client import WsClient, terminal
 from tests.integration.test_tasks import assert_gapless, assert_progress_never_decreases, task_events
+from tests.postgres_support import database_url, schema_of_its_own
 from tests.redis_support import REDIS_URL, prefixed
 from tests.test_redis_workers import Worker
 from tests.waiting import PATIENCE
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+pytestmark = [pytest.mark.anyio]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,9 +35,9 @@ def anyio_backend() -> str:
 
 
 class WebProcess:
-    def __init__(self, prefix: str, log: Path) -> None:
+    def __init__(self, prefix: str, log: Path, url: str = REDIS_URL) -> None:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PQ_TEST_REDIS_URL": REDIS_URL, "PQ_TEST_PREFIX": prefix}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PQ_TEST_REDIS_URL": url, "PQ_TEST_PREFIX": prefix}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [
@@ -70,17 +71,23 @@ class WebProcess:
         self.process.wait(15)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[WebProcess]]:
-    with prefixed("cluster") as prefix:
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[WebProcess]]:
+    if request.param == "redis":
+        url, place = REDIS_URL, prefixed("cluster")
+    else:
+        url, place = database_url(), schema_of_its_own("cluster")
+    with place as prefix:
         webs: list[WebProcess] = []
         workers: list[Worker] = []
         try:
             for n in range(2):
-                workers.append(Worker(prefix, tmp_path / f"worker-{n}.log", concurrency=4, grace=5.0))
+                workers.append(Worker(prefix, tmp_path / f"worker-{n}.log", concurrency=4, grace=5.0, url=url))
             for worker in workers:
                 worker.wait_ready()
-            webs = [WebProcess(prefix, tmp_path / f"web-{n}.log") for n in range(2)]
+            webs = [WebProcess(prefix, tmp_path / f"web-{n}.log", url) for n in range(2)]
             yield webs
         finally:
             for web in webs:

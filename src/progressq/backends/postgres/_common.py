@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import msgspec
 import psycopg
 import psycopg_pool
@@ -35,6 +36,9 @@ NOTIFY_LIMIT = 7900
 """Bytes a notification's payload may have (PostgreSQL refuses 8000 or more); a larger
 event is told by reference (identity and seq) and read from its table."""
 
+WRITE_TIMEOUT = 30.0
+"""Seconds a write may take (a connection waited for included) before it counts as failed."""
+
 RECORD_COLUMNS = "record, attempt, revision, cancel_requested"
 """The columns :func:`record_from` reads, in its order."""
 
@@ -46,6 +50,15 @@ def unavailable(what: str) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise BackendUnavailable(f"PostgreSQL did not answer ({what}): {exc}") from exc
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """A write that, once begun, is not interrupted by its caller's cancellation: its caller
+    learns whether it committed (a cancelled commit would leave that unknown, and a record
+    saved twice under one revision). Bounded by ``WRITE_TIMEOUT``; failures as ``unavailable``."""
+    with unavailable(what), anyio.CancelScope(shield=True), anyio.fail_after(WRITE_TIMEOUT):
+        yield
 
 
 def encode_record(record: TaskRecord) -> bytes:

@@ -6,9 +6,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from progressq._outage import backend_outage
-from progressq.backends.postgres._common import Names, Pool, record_from, unavailable
+from progressq.backends.postgres._common import Names, Pool, record_from, unavailable, writing
 from progressq.backends.postgres._keeping import Held
 from progressq.contracts import Lease, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable
@@ -67,6 +68,8 @@ class Leasing:
 
         def _drop(self, lease: Lease) -> None: ...
 
+        async def release(self, lease: Lease, record: TaskRecord) -> bool: ...
+
     def _prepare_leasing(self) -> None:
         sql = self._names.sql
         self._takeover_sql = sql(_TAKEOVER)
@@ -88,7 +91,8 @@ class Leasing:
         while True:
             wakeup = self._wakeup = anyio.Event()  # a wake-up from now on is not missed
             try:
-                lease, wait = await self._next()
+                with writing("lease"):  # a task taken is handed out, or back: never left leased to no one
+                    lease, wait = await self._next()
             except BackendUnavailable as exc:
                 backend_outage.failed("taking tasks", exc)  # logged once per outage
                 await anyio.sleep(backoff)
@@ -97,10 +101,24 @@ class Leasing:
             backend_outage.answered()
             backoff = 0.1
             if lease is not None:
+                try:
+                    await anyio.lowlevel.checkpoint()
+                except BaseException:  # the caller was cancelled meanwhile: the task waits again
+                    with anyio.CancelScope(shield=True):
+                        await self._hand_back(lease)
+                    raise
                 return lease
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await wakeup.wait()
+
+    async def _hand_back(self, lease: Lease) -> None:
+        try:
+            await self.release(lease, lease.record)
+        except BackendUnavailable as exc:
+            logger.warning(
+                "task %s: could not hand it back (it runs again once its lease expires): %s", lease.record.id, exc
+            )
 
     async def _next(self) -> tuple[Lease | None, float]:
         """A task taken over or taken in turn (None when there is none) and, without one,

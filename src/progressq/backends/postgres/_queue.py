@@ -20,6 +20,7 @@ from progressq.backends.postgres._common import (
     encode_record,
     record_from,
     unavailable,
+    writing,
 )
 from progressq.backends.postgres._keeping import Held, LeaseKeeping
 from progressq.backends.postgres._leasing import Leasing
@@ -117,7 +118,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
 
     async def _submit(self, record: TaskRecord, *, max_unfinished: int | None, announce: bool) -> int | None:
         sql = self._sql
-        with unavailable("enqueue"):
+        with writing("enqueue"):
             async with self._pool.connection() as conn, conn.transaction():
                 if self._capacity is not None:
                     # Every submit counts under one lock, so that the capacity holds across processes.
@@ -158,7 +159,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
     async def _store(self, lease: Lease, record: TaskRecord, view_json: bytes | None) -> bool:
         held = self._held.get(record.id)
         try:
-            with unavailable("save"):
+            with writing("save"):
                 async with self._pool.connection() as conn, conn.transaction():
                     row = await (await conn.execute(self._sql["save"], self._save_args(lease, record))).fetchone()
                     if row is None:
@@ -206,7 +207,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
         self._drop(lease)
         args = {**self._save_args(lease, record), "run_at": record.run_at}
-        with unavailable("release"):
+        with writing("release"):
             async with self._pool.connection() as conn, conn.transaction():
                 cursor = await conn.execute(self._sql["release"], args)
                 if cursor.rowcount != 1:
@@ -230,7 +231,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         return [record_from(row) for row in rows]
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
-        with unavailable("cancel"):
+        with writing("cancel"):
             async with self._pool.connection() as conn, conn.transaction():
                 row = await (await conn.execute(self._sql["cancel_read"], (task_id, owner))).fetchone()
                 if row is None:

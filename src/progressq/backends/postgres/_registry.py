@@ -9,7 +9,7 @@ import anyio
 import msgspec
 
 from progressq._logonce import fingerprint
-from progressq.backends.postgres._common import NOTIFY_LIMIT, Connection, Names, Pool, unavailable
+from progressq.backends.postgres._common import NOTIFY_LIMIT, Connection, Names, Pool, unavailable, writing
 from progressq.backends.postgres._listener import Listener
 from progressq.contracts import Event, EventSink, RegistryStatistics
 from progressq.errors import BackendUnavailable
@@ -95,7 +95,7 @@ class PostgresClientRegistry:
         Returns the event; its ``seq`` is 0 when it was dropped because its task has
         moved on (a newer revision is stored, or this one was already published).
         """
-        with unavailable("publish"):
+        with writing("publish"):
             async with self._pool.connection() as conn, conn.transaction():
                 return await self.publish_in(conn, identity, kind, task_id, revision, task_json)
 

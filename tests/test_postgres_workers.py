@@ -1,0 +1,118 @@
+"""Worker processes (``progressq worker``) on one PostgreSQL database: a worker killed with
+SIGKILL loses no task, and a paused one whose lease was taken over reaches no client.
+
+The same scenarios as on Redis (``test_redis_workers``), with real ``progressq worker
+tests.worker_app:hub`` processes in a schema of the test's own.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from progressq import Hub
+from progressq.testing import RecordingSink, check_task_events
+from tests.postgres_support import database_url, schema_of_its_own
+from tests.test_redis_workers import LEASE_TIMEOUT, Worker, _any_sink_event, _pid_in, _terminal, _view, _wait_event
+from tests.waiting import PATIENCE
+from tests.worker_app import make_hub
+
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    with schema_of_its_own("workers") as name:
+        yield name
+
+
+@pytest.fixture
+def start_worker(schema: str, tmp_path: Path) -> Iterator[Any]:
+    workers: list[Worker] = []
+
+    def start(concurrency: int = 3) -> Worker:
+        log = tmp_path / f"worker-{len(workers)}.log"
+        worker = Worker(schema, log, concurrency=concurrency, grace=5.0, url=database_url())
+        workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def _client_hub(schema: str) -> Hub:
+    return make_hub(database_url(), schema, lease_timeout=LEASE_TIMEOUT, concurrency=0)
+
+
+async def test_kill_9_of_a_worker_loses_no_task(schema: str, start_worker: Any) -> None:
+    doomed = start_worker(concurrency=3)
+    survivor = start_worker(concurrency=3)
+    async with _client_hub(schema) as hub:
+        owners = ["alice", "bob", "carol"]
+        sinks = {owner: RecordingSink() for owner in owners}
+        for owner, sink in sinks.items():
+            await hub.registry.attach(owner, sink)
+        tasks = {
+            owner: [(await hub.submit("steps", owner=owner, payload={"steps": 20, "delay": 0.1})).id for _ in range(3)]
+            for owner in owners
+        }
+        # wait until the doomed worker is in the middle of some task, then kill it outright
+        await _any_sink_event(sinks, lambda e: _pid_in(e) == doomed.pid and _view(e)["progress"] >= 20)
+        doomed.signal(signal.SIGKILL)
+        for owner, sink in sinks.items():
+            expected = set(tasks[owner])
+            await sink.wait_for(lambda events: set(_terminal(events)) >= expected, 90)  # noqa: B023
+        await anyio.sleep(0.5)  # anything stray would arrive now
+        rerun = 0
+        for owner, sink in sinks.items():
+            assert sink.seqs == list(range(1, len(sink.seqs) + 1)), owner
+            assert {e.task_id for e in sink.events} == set(tasks[owner]), owner
+            check_task_events(sink.events)
+            for view in _terminal(sink.events).values():
+                assert view["status"] == "completed"
+                if view["attempt"] > 1:
+                    rerun += 1
+                    assert view["result"]["pid"] == survivor.pid
+        assert rerun >= 1  # the killed worker's tasks ran again elsewhere
+        for owner in owners:
+            assert [r.status for r in await hub.list(owner=owner)] == ["completed"] * 3
+        statistics = await hub.queue.statistics()
+        assert (statistics.queued, statistics.running) == (0, 0)
+
+
+async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(schema: str, start_worker: Any) -> None:
+    paused = start_worker(concurrency=1)
+    async with _client_hub(schema) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 50, "delay": 0.08})
+        await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 10)
+        taker = start_worker(concurrency=1)
+        paused.signal(signal.SIGSTOP)
+        takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
+        paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+        # the paused worker learnt of it (a write refused, or its heartbeat) and stopped
+        with anyio.fail_after(PATIENCE):
+            while "its handler was stopped" not in paused.text():
+                await anyio.sleep(0.1)
+        await anyio.sleep(0.5)
+        after = sink.events[sink.events.index(takeover) :]
+        assert all(_view(e)["attempt"] == 2 for e in after), [(e.seq, _view(e)["attempt"]) for e in after]
+        assert all(_pid_in(e) in (None, taker.pid) for e in after)
+        check_task_events(sink.events)
+        final = _terminal(sink.events)[task.id]
+        assert (final["status"], final["attempt"], final["result"]["pid"]) == ("completed", 2, taker.pid)
+        assert sink.seqs == list(range(1, len(sink.seqs) + 1))
