@@ -161,6 +161,10 @@ class PostgresBackend:
         except _OPEN_ERRORS as exc:
             await self._pool.close()
             raise BackendUnavailable(f"could not open PostgreSQL at {self.url}: {exc}") from exc
+        except BaseException:  # a schema it cannot use, or cancelled
+            with anyio.CancelScope(shield=True):
+                await self._pool.close()
+            raise
         group = anyio.create_task_group()
         await group.__aenter__()
         group.start_soon(self._control.run)
