@@ -68,7 +68,7 @@ class LeaseKeeping:
     _held: dict[str, Held]
     _watchers: set[MemoryObjectSendStream[str]]
     _loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]]
-    _wakeup: anyio.Event
+    _wakeup: anyio.Event | None
     _next_sweep: float
 
     async def extend(self, lease: Lease) -> bool:
@@ -123,13 +123,14 @@ class LeaseKeeping:
         """A notification on the queue's channels: work may wait, or a cancel was asked."""
         if channel == self._names.cancel:
             self._tell_cancel(payload)
-        else:
+        elif self._wakeup is not None:
             self._wakeup.set()
 
     async def reconnected(self) -> None:
         """Notifications may have been missed: waiting workers look again (cancellations
         come with the next heartbeat)."""
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _tell_cancel(self, task_id: str) -> None:
         if task_id not in self._held:

@@ -57,7 +57,7 @@ class Leasing:
     _max_deliveries: int
     _running_per_owner: int | None
     _held: dict[str, Held]
-    _wakeup: anyio.Event
+    _wakeup: anyio.Event | None
     _next_takeover: float
 
     if TYPE_CHECKING:  # the queue's own, used here
@@ -83,7 +83,8 @@ class Leasing:
         """Hand an owner no more than ``limit`` running tasks at once, counted across every
         process on this schema (``None``: no limit). Tasks go round-robin across owners."""
         self._running_per_owner = limit
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def lease(self) -> Lease:
         """Wait for the next task; rides out a database outage (logs, then retries)."""

@@ -43,18 +43,22 @@ class Listener:
         self._channels = channels
         self._on_notify = on_notify
         self._on_connect = on_connect
-        self._needed = anyio.Event()
-        if needed:
-            self._needed.set()
-        self.listening = anyio.Event()  # set while LISTENing, renewed when the connection is lost
+        # Events are made in ``run``: a backend may be made outside any event loop.
+        self._need_it = needed
+        self._needed: anyio.Event | None = None
+        self.listening = False  # LISTENing now
         self.broken = False  # the connection was lost and is not back yet
         self.connections = 0  # how many times it connected
 
     def need(self) -> None:
-        self._needed.set()
+        self._need_it = True
+        if self._needed is not None:
+            self._needed.set()
 
     async def run(self) -> None:
-        await self._needed.wait()
+        if not self._need_it:
+            self._needed = anyio.Event()
+            await self._needed.wait()
         backoff = 0.1
         while True:
             try:
@@ -71,7 +75,7 @@ class Listener:
                 self.connections += 1
                 self.broken = False
                 backoff = 0.1
-                self.listening.set()
+                self.listening = True
                 backend_outage.answered()
                 await self._on_connect()
                 async for notify in conn.notifies():
@@ -80,8 +84,7 @@ class Listener:
                 self.broken = True
                 backend_outage.failed("listening for notifications", exc)
             finally:
-                if self.listening.is_set():
-                    self.listening = anyio.Event()
+                self.listening = False
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                     await conn.close()
             await anyio.sleep(backoff)

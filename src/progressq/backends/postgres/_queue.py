@@ -94,7 +94,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         self._held: dict[str, Held] = {}
         self._watchers: set[MemoryObjectSendStream[str]] = set()
         self._loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]] = set()
-        self._wakeup = anyio.Event()
+        self._wakeup: anyio.Event | None = None  # made by ``lease``: a backend may be made outside any event loop
         self._next_takeover = -math.inf
         self._next_sweep = -math.inf
         sql = names.sql

@@ -134,11 +134,10 @@ class PostgresClientRegistry:
                     self.listener.need()
                     # While the listening connection is down, say so at once rather than
                     # after the whole timeout (a client of a server whose database is gone must hear it).
-                    while not self.listener.listening.is_set():
+                    while not self.listener.listening:
                         if self.listener.broken:
                             raise BackendUnavailable("PostgreSQL is unavailable (the listening connection is lost)")
-                        with anyio.move_on_after(0.1):
-                            await self.listener.listening.wait()
+                        await anyio.sleep(0.01)
                     state.last = await self.current_seq(identity)  # listening already: nothing after it is missed
                     state.ready.set()
                 else:
