@@ -21,9 +21,9 @@ the user's session) and requires each breakage to be caught: checks that cannot 
 nothing.
 
 Sync clients (httpx, websockets' sync client) drive a real uvicorn serving each adapter, on
-the memory backend and on Redis where one answers (``make_server`` runs on both), and two web
-processes (one per adapter) on one Redis, where a client may connect to either and resume on
-the other.
+the memory backend, on Redis and on PostgreSQL where they answer (``make_server`` runs on
+each), and two web processes (one per adapter) on one Redis or one PostgreSQL database, where a
+client may connect to either and resume on the other.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from progressq.transport._identity import IdentityResolver
 from tests.apps import FRAMEWORKS, build_app, make_hub, serve
 from tests.integration.isolation_machine import MAX_AGE, SETTINGS, drive
 from tests.integration.security_support import LONG, budget, error_log
+from tests.postgres_support import database_url, drop_schema, new_schema
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 from tests.waiting import PATIENCE
 
@@ -65,18 +66,30 @@ def test_no_client_ever_sees_another_identitys_task(make_server: Any) -> None:
         assert errors.records == [], errors.text()
 
 
-@pytest.mark.redis
-def test_two_web_processes_on_one_redis_keep_clients_apart() -> None:
-    """A Starlette and a Litestar process on one Redis: clients connect to either, move, resume
-    on the other, and read and start tasks through both."""
-    require_redis()
+@pytest.mark.parametrize(
+    "kind", [pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_two_web_processes_on_one_backend_keep_clients_apart(kind: str) -> None:
+    """A Starlette and a Litestar process on one Redis, or one PostgreSQL database: clients
+    connect to either, move, resume on the other, and read and start tasks through both."""
     pytest.importorskip("litestar", reason='needs pip install "progressq[litestar]"')
-    from progressq.backends.redis import RedisBackend
+    if kind == "redis":
+        require_redis()
+        from progressq.backends.redis import RedisBackend
 
-    prefix = new_prefix("isolation-two")
-    hubs = [
-        make_hub(identity_max_age=MAX_AGE, backend=RedisBackend.from_url(REDIS_URL, prefix=prefix)) for _ in FRAMEWORKS
-    ]
+        place = new_prefix("isolation-two")
+        hubs = [
+            make_hub(identity_max_age=MAX_AGE, backend=RedisBackend.from_url(REDIS_URL, prefix=place))
+            for _ in FRAMEWORKS
+        ]
+    else:
+        url = database_url()
+        from progressq.backends.postgres import PostgresBackend
+
+        place = new_schema("isolation_two")
+        hubs = [
+            make_hub(identity_max_age=MAX_AGE, backend=PostgresBackend.from_url(url, schema=place)) for _ in FRAMEWORKS
+        ]
     try:
         with (
             serve(build_app(FRAMEWORKS[0], hubs[0], SETTINGS), hubs[0]) as first,
@@ -94,7 +107,10 @@ def test_two_web_processes_on_one_redis_keep_clients_apart() -> None:
             )
         assert errors.records == [], errors.text()
     finally:
-        delete_prefix(prefix)
+        if kind == "redis":
+            delete_prefix(place)
+        else:
+            drop_schema(place)
 
 
 # --- the same machine against deliberately broken servers: each break must be caught -------
