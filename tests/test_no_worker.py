@@ -64,3 +64,10 @@ def test_the_backend_is_described_without_its_password() -> None:
     assert "hunter2" not in described
     assert "127.0.0.1:6379/5" in described
     assert "'app'" in described
+
+
+def test_a_postgres_backend_is_described_with_its_schema_without_its_password() -> None:
+    postgres = pytest.importorskip("progressq.backends.postgres")
+    backend = postgres.PostgresBackend.from_url("postgresql://app:hunter2@127.0.0.1:5432/app", schema="shop")
+    described = _no_worker.describe_backend(backend)
+    assert described == "PostgresBackend postgresql://app:***@127.0.0.1:5432/app schema 'shop'"

@@ -24,7 +24,7 @@ from progressq.backends.postgres._common import (
 )
 from progressq.backends.postgres._keeping import Held, LeaseKeeping
 from progressq.backends.postgres._leasing import Leasing
-from progressq.backends.postgres._registry import PostgresClientRegistry
+from progressq.backends.postgres._registry import NOTIFIED, NUMBERED, PostgresClientRegistry
 from progressq.contracts import CancelOutcome, Lease, QueueStatistics, TaskRecord, utc_now
 from progressq.errors import ConfigurationError, QueueFull
 
@@ -39,18 +39,35 @@ _SAVE = """UPDATE {s}.tasks SET record = %(record)s, revision = %(revision)s, st
         failed_at = CASE WHEN %(status)s = 'failed' THEN statement_timestamp() ELSE failed_at END
     WHERE id = %(id)s AND state = 'leased' AND attempt = %(attempt)s
     RETURNING cancel_requested"""
+_SAVE_AND_PUBLISH = f"""WITH saved AS (
+        {_SAVE.replace("revision = %(revision)s,", "revision = %(revision)s, published = %(revision)s,", 1)}
+    ), go AS (SELECT 1 FROM saved), {NUMBERED}
+    SELECT saved.cancel_requested, {NOTIFIED},
+        CASE WHEN %(terminal)s AND EXISTS (SELECT 1 FROM {{s}}.tasks WHERE owner = %(owner)s AND state = 'queued')
+            THEN pg_notify(%(wake)s, '') END
+    FROM saved CROSS JOIN numbered"""
 _WAKE_IF_WAITING = """SELECT pg_notify(%s, '') WHERE EXISTS
     (SELECT 1 FROM {s}.tasks WHERE owner = %s AND state = 'queued')"""
 _RELEASE = """UPDATE {s}.tasks SET record = %(record)s, revision = %(revision)s, status = %(status)s,
         state = 'queued', position = -nextval('{s}.positions'), lease_until = NULL, deliveries = 0,
         run_at = coalesce(%(run_at)s::timestamptz, '-infinity'::timestamptz)
     WHERE id = %(id)s AND state = 'leased' AND attempt = %(attempt)s"""
-_INSERT = """INSERT INTO {s}.tasks (id, owner, record, state, status, attempt, revision, created_at, position, run_at)
-    VALUES (%(id)s, %(owner)s, %(record)s, 'queued', %(status)s, %(attempt)s, %(revision)s, %(created_at)s,
-        nextval('{s}.positions'), coalesce(%(run_at)s::timestamptz, '-infinity'::timestamptz))"""
+# A new task, under its owner's limit of unfinished tasks (counted after the owner's row was
+# locked), announced to its owner when asked, and waiting workers woken; one statement.
+_SUBMIT = f"""WITH active AS (SELECT count(*) AS n FROM {{s}}.tasks WHERE owner = %(owner)s AND state <> 'done'),
+    inserted AS (
+        INSERT INTO {{s}}.tasks
+            (id, owner, record, state, status, attempt, revision, published, created_at, position, run_at)
+        SELECT %(id)s, %(owner)s, %(record)s, 'queued', %(status)s, %(attempt)s, %(revision)s,
+            CASE WHEN %(announce)s THEN %(revision)s ELSE 0 END, %(created_at)s, nextval('{{s}}.positions'),
+            coalesce(%(run_at)s::timestamptz, '-infinity'::timestamptz)
+        FROM active WHERE %(max_unfinished)s::integer IS NULL OR active.n < %(max_unfinished)s::integer
+        RETURNING 1
+    ), go AS (SELECT 1 FROM inserted WHERE %(announce)s), {NUMBERED}
+    SELECT (SELECT n FROM active), EXISTS (SELECT 1 FROM inserted), (SELECT {NOTIFIED} FROM numbered),
+        CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN pg_notify(%(wake)s, '') END"""
 _OWNER = """INSERT INTO {s}.owners AS o (owner, turn) VALUES (%s, nextval('{s}.turns'))
     ON CONFLICT (owner) DO UPDATE SET turn = o.turn"""  # locks the owner's row: its submits one at a time
-_UNFINISHED = "SELECT count(*) FROM {s}.tasks WHERE owner = %s AND state <> 'done'"
 _QUEUED = "SELECT count(*) FROM {s}.tasks WHERE state = 'queued'"
 _GET = f"SELECT {RECORD_COLUMNS} FROM {{s}}.tasks WHERE id = %s AND {_LIVE}"
 _LIST = f"""SELECT {RECORD_COLUMNS} FROM {{s}}.tasks WHERE owner = %s AND {_LIVE}
@@ -126,20 +143,23 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
                     row = await (await conn.execute(sql["queued"])).fetchone()
                     if row is not None and int(row[0]) >= self._capacity:
                         raise QueueFull(retry_after=1.0)
-                await conn.execute(sql["owner"], (record.owner,))
-                if max_unfinished is not None:
-                    row = await (await conn.execute(sql["unfinished"], (record.owner,))).fetchone()
-                    active = 0 if row is None else int(row[0])
-                    if active >= max_unfinished:
-                        return active
+                await conn.execute(sql["owner"], (record.owner,))  # the owner's submits: one at a time
+                args = {
+                    **_insert_args(record),
+                    **self._registry.event_args(
+                        record.owner, "taskQueued", record.id, record.revision, record.view_json()
+                    ),
+                    "max_unfinished": max_unfinished,
+                    "announce": announce,
+                    "wake": self._names.wake,
+                }
                 try:
-                    await conn.execute(sql["insert"], _insert_args(record))
+                    row = await (await conn.execute(sql["submit"], args)).fetchone()
                 except psycopg.errors.UniqueViolation:
                     raise ConfigurationError(f"a task with id {record.id!r} already exists") from None
-                if announce:
-                    view = record.view_json()
-                    await self._registry.publish_in(conn, record.owner, "taskQueued", record.id, record.revision, view)
-                await conn.execute("SELECT pg_notify(%s, '')", (self._names.wake,))
+                assert row is not None  # the statement's final select has one row
+                if not row[1]:
+                    return int(row[0])  # the owner has max_unfinished unfinished tasks already
         return None
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
@@ -158,20 +178,25 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
 
     async def _store(self, lease: Lease, record: TaskRecord, view_json: bytes | None) -> bool:
         held = self._held.get(record.id)
+        args = self._save_args(lease, record)
         try:
             with writing("save"):
-                async with self._pool.connection() as conn, conn.transaction():
-                    row = await (await conn.execute(self._sql["save"], self._save_args(lease, record))).fetchone()
-                    if row is None:
-                        stored = False
-                    else:
-                        stored = True
-                        if view_json is not None:
-                            await self._registry.publish_in(
-                                conn, record.owner, "taskProgress", record.id, record.revision, view_json
-                            )
-                        if record.finished:  # its owner may be below the cap again
-                            await conn.execute(self._sql["wake_if_waiting"], (self._names.wake, record.owner))
+                async with self._pool.connection() as conn:
+                    if view_json is None:
+                        async with conn.transaction():
+                            row = await (await conn.execute(self._sql["save"], args)).fetchone()
+                            if row is not None and record.finished:  # its owner may be below the cap again
+                                await conn.execute(self._sql["wake_if_waiting"], (self._names.wake, record.owner))
+                    else:  # one statement: the save, its event, and a wake-up when it ends
+                        args.update(
+                            self._registry.event_args(
+                                record.owner, "taskProgress", record.id, record.revision, view_json
+                            ),
+                            wake=self._names.wake,
+                            owner=record.owner,
+                        )
+                        row = await (await conn.execute(self._sql["save_and_publish"], args)).fetchone()
+            stored = row is not None
         except Exception:
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
@@ -301,11 +326,11 @@ def _insert_args(record: TaskRecord) -> dict[str, Any]:
 
 _STATEMENTS = {
     "save": _SAVE,
+    "save_and_publish": _SAVE_AND_PUBLISH,
     "wake_if_waiting": _WAKE_IF_WAITING,
     "release": _RELEASE,
-    "insert": _INSERT,
+    "submit": _SUBMIT,
     "owner": _OWNER,
-    "unfinished": _UNFINISHED,
     "queued": _QUEUED,
     "get": _GET,
     "list": _LIST,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -18,7 +19,33 @@ from progressq.messages import EventType
 logger = logging.getLogger("progressq.postgres")
 
 _KINDS: dict[str, EventType] = {"taskQueued": "taskQueued", "taskProgress": "taskProgress"}
-_TRIM_EVERY = 100  # history is trimmed on every 100th event of an identity: it holds n to n + 100
+# An event numbered, stored and notified in one statement, after a CTE named ``go`` that has a
+# row when the event is to go out: the identity's seq is bumped (its row locked until commit:
+# one publisher at a time per identity), the event stored, the history trimmed on every 100th
+# event (it keeps n to n + 100), and ``NOTIFIED`` (in the final select) sends it at commit,
+# its payload built around the seq.
+NUMBERED = """numbered AS (
+        INSERT INTO {s}.identities AS i (identity, seq, last_event_at) SELECT %(identity)s, 1, now() FROM go
+        ON CONFLICT (identity) DO UPDATE SET seq = i.seq + 1, last_event_at = now()
+        RETURNING seq
+    ), stored AS (
+        INSERT INTO {s}.events (identity, seq, kind, task_id, revision, task_json)
+        SELECT %(identity)s, seq, %(kind)s, %(task_id)s, %(revision)s, %(task_json)s FROM numbered
+    ), trimmed AS (
+        DELETE FROM {s}.events WHERE identity = %(identity)s
+            AND seq <= (SELECT seq FROM numbered) - %(keep)s AND (SELECT seq FROM numbered) %% 100 = 0
+    )"""
+NOTIFIED = "pg_notify(%(channel)s, %(head)s || numbered.seq || %(tail)s)"
+# An event about a stored task goes out only if that task has not moved on (no newer revision
+# stored, this one not yet published); any other always.
+_PUBLISH = f"""WITH fresh AS (
+        UPDATE {{s}}.tasks SET published = %(revision)s
+        WHERE id = %(task_id)s AND revision <= %(revision)s AND published < %(revision)s
+        RETURNING 1
+    ), go AS (
+        SELECT 1 WHERE EXISTS (SELECT 1 FROM fresh) OR NOT EXISTS (SELECT 1 FROM {{s}}.tasks WHERE id = %(task_id)s)
+    ), {NUMBERED}
+    SELECT numbered.seq, {NOTIFIED} FROM numbered"""
 
 
 class _Notice(msgspec.Struct, array_like=True):
@@ -75,14 +102,7 @@ class PostgresClientRegistry:
         self._identities: dict[str, _Identity] = {}
         self.listener = Listener(conninfo, (names.events,), self._notified, self._caught_up, needed=False)
         sql = names.sql
-        self._task_sql = sql("SELECT revision, published FROM {s}.tasks WHERE id = %s FOR UPDATE")
-        self._published_sql = sql("UPDATE {s}.tasks SET published = %s WHERE id = %s")
-        self._seq_sql = sql(
-            "INSERT INTO {s}.identities AS i (identity, seq, last_event_at) VALUES (%s, 1, now()) "
-            "ON CONFLICT (identity) DO UPDATE SET seq = i.seq + 1, last_event_at = now() RETURNING seq"
-        )
-        self._insert_sql = sql("INSERT INTO {s}.events VALUES (%s, %s, %s, %s, %s, %s)")
-        self._trim_sql = sql("DELETE FROM {s}.events WHERE identity = %s AND seq <= %s")
+        self._publish_sql = sql(_PUBLISH)
         self._current_sql = sql("SELECT seq FROM {s}.identities WHERE identity = %s")
         self._after_sql = sql(
             "SELECT seq, kind, task_id, revision, task_json FROM {s}.events "
@@ -90,13 +110,13 @@ class PostgresClientRegistry:
         )
 
     async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
-        """Number, store and notify one event, in one transaction.
+        """Number, store and notify one event, in one statement.
 
         Returns the event; its ``seq`` is 0 when it was dropped because its task has
         moved on (a newer revision is stored, or this one was already published).
         """
         with writing("publish"):
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection() as conn:
                 return await self.publish_in(conn, identity, kind, task_id, revision, task_json)
 
     async def publish_in(
@@ -104,23 +124,31 @@ class PostgresClientRegistry:
     ) -> Event:
         """:meth:`publish` inside the caller's transaction on ``conn`` (the queue's save or
         enqueue): the event is numbered and sent only if that transaction commits."""
-        row = await (await conn.execute(self._task_sql, (task_id,))).fetchone()
-        if row is not None:
-            stored, published = int(row[0]), int(row[1])
-            if stored > revision or published >= revision:
-                return Event(0, kind, task_id, revision, task_json)  # moved on: dropped
-            await conn.execute(self._published_sql, (revision, task_id))
-        seq_row = await (await conn.execute(self._seq_sql, (identity,))).fetchone()
-        assert seq_row is not None  # an upsert returns its row
-        seq = int(seq_row[0])
-        await conn.execute(self._insert_sql, (identity, seq, kind, task_id, revision, task_json))
-        if seq % _TRIM_EVERY == 0 and seq > self._history_size:
-            await conn.execute(self._trim_sql, (identity, seq - self._history_size))
-        payload = _notice_encoder.encode(_Notice(identity, seq, kind, task_id, revision, msgspec.Raw(task_json)))
-        if len(payload) > NOTIFY_LIMIT:
-            payload = _notice_encoder.encode(_Notice(identity, seq))
-        await conn.execute("SELECT pg_notify(%s, %s)", (self._names.events, payload.decode()))
-        return Event(seq, kind, task_id, revision, task_json)
+        args = self.event_args(identity, kind, task_id, revision, task_json)
+        row = await (await conn.execute(self._publish_sql, args)).fetchone()
+        if row is None:
+            return Event(0, kind, task_id, revision, task_json)  # its task moved on: dropped
+        return Event(int(row[0]), kind, task_id, revision, task_json)
+
+    def event_args(
+        self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes
+    ) -> dict[str, Any]:
+        """The parameters of :data:`NUMBERED` and :data:`NOTIFIED` for one event."""
+        head = _notice_encoder.encode([identity])[:-1] + b","  # '["identity",' then the seq
+        tail = b"," + _notice_encoder.encode([kind, task_id, revision, msgspec.Raw(task_json)])[1:]
+        if len(head) + len(tail) + 20 > NOTIFY_LIMIT:
+            tail = b"]"  # a reference: listeners read the event from the history
+        return {
+            "identity": identity,
+            "kind": kind,
+            "task_id": task_id,
+            "revision": revision,
+            "task_json": task_json,
+            "keep": self._history_size,
+            "channel": self._names.events,
+            "head": head.decode(),
+            "tail": tail.decode(),
+        }
 
     async def attach(self, identity: str, sink: EventSink) -> None:
         state = self._identities.get(identity)
