@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import anyio
 
 from progressq._no_worker import describe_backend
+from progressq.backends.memory import MemoryBackend
 from progressq.errors import TaskNotFound
 from progressq.hub import Hub
 
@@ -94,7 +95,7 @@ async def run_worker(hub: Hub, *, spec: str = "hub") -> None:
                     hub.concurrency,
                     ", ".join(hub.kinds) or "(none)",
                 )
-                if type(hub.backend).__name__ == "MemoryBackend":
+                if isinstance(hub.backend, MemoryBackend):
                     logger.warning("the hub's backend is in memory: this worker sees only tasks submitted in it")
                 await stop.wait()
             group.cancel_scope.cancel()
