@@ -34,14 +34,21 @@ _NEXT_OWNER = """SELECT o.owner FROM {s}.owners o
             WHERE t.owner = o.owner AND t.state = 'queued' AND t.run_at <= statement_timestamp())
         AND (%(cap)s = 0 OR (SELECT count(*) FROM {s}.tasks t WHERE t.owner = o.owner AND t.state = 'leased') < %(cap)s)
     ORDER BY o.turn LIMIT 1 FOR UPDATE OF o SKIP LOCKED"""
-_RUNNING = "SELECT count(*) FROM {s}.tasks WHERE owner = %s AND state = 'leased'"
-_TAKE = f"""UPDATE {{s}}.tasks SET state = 'leased', attempt = attempt + 1, revision = revision + 1,
-        deliveries = deliveries + 1, lease_until = statement_timestamp() + %(lease)s * interval '1 second'
-    WHERE id = (SELECT id FROM {{s}}.tasks
-        WHERE owner = %(owner)s AND state = 'queued' AND run_at <= statement_timestamp()
-        ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED)
-    {_LEASED}"""
-_NEXT_TURN = "UPDATE {s}.owners SET turn = nextval('{s}.turns') WHERE owner = %s"
+# Then, in a statement of its own (its snapshot is taken with the owner's row locked, so it
+# counts every lease of that owner), the owner's first task due, if the owner is still below
+# the cap; and the owner's next turn is after every other's.
+_TAKE = f"""WITH taken AS (
+        UPDATE {{s}}.tasks SET state = 'leased', attempt = attempt + 1, revision = revision + 1,
+            deliveries = deliveries + 1, lease_until = statement_timestamp() + %(lease)s * interval '1 second'
+        WHERE id = (SELECT id FROM {{s}}.tasks
+            WHERE owner = %(owner)s AND state = 'queued' AND run_at <= statement_timestamp()
+            ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED)
+        AND (%(cap)s = 0 OR (SELECT count(*) FROM {{s}}.tasks WHERE owner = %(owner)s AND state = 'leased') < %(cap)s)
+        {_LEASED}
+    ), turned AS (
+        UPDATE {{s}}.owners SET turn = nextval('{{s}}.turns') WHERE owner = %(owner)s AND EXISTS (SELECT 1 FROM taken)
+    )
+    SELECT * FROM taken"""
 _NEXT_DUE = """SELECT extract(epoch FROM min(run_at) - statement_timestamp()) FROM {s}.tasks
     WHERE state = 'queued' AND run_at > statement_timestamp()"""
 
@@ -74,9 +81,7 @@ class Leasing:
         sql = self._names.sql
         self._takeover_sql = sql(_TAKEOVER)
         self._next_owner_sql = sql(_NEXT_OWNER)
-        self._running_sql = sql(_RUNNING)
         self._take_sql = sql(_TAKE)
-        self._next_turn_sql = sql(_NEXT_TURN)
         self._next_due_sql = sql(_NEXT_DUE)
 
     def limit_running_per_owner(self, limit: int | None) -> None:
@@ -149,17 +154,10 @@ class Leasing:
                 row = await (await conn.execute(self._next_owner_sql, {"cap": cap})).fetchone()
                 if row is None:
                     return None
-                owner = row[0]
-                if cap:  # counted again now that the owner's row is locked: no lease of it is under way
-                    running = await (await conn.execute(self._running_sql, (owner,))).fetchone()
-                    if running is not None and int(running[0]) >= cap:
-                        return None
-                taken = await (
-                    await conn.execute(self._take_sql, {"lease": self._lease_timeout, "owner": owner})
-                ).fetchone()
+                args = {"lease": self._lease_timeout, "owner": row[0], "cap": cap}
+                taken = await (await conn.execute(self._take_sql, args)).fetchone()
                 if taken is None:
                     return None
-                await conn.execute(self._next_turn_sql, (owner,))
         return await self._leased(taken)
 
     async def _fetch(self, statement: str, args: dict[str, Any]) -> Any:
