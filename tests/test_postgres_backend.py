@@ -296,3 +296,18 @@ def test_it_runs_on_asyncio_only() -> None:
 
     with pytest.raises(ConfigurationError, match="asyncio only"):
         anyio.run(open_on_trio, backend="trio")
+
+
+async def test_reads_go_on_when_the_pooled_connections_were_cut_while_idle(make: Make) -> None:
+    async with make(pool_size=2) as backend:
+        record = _record()
+        await backend.queue.enqueue(record)
+        for _ in range(3):  # every pooled connection (and the listening ones) cut: a restart, a proxy
+            cut = _sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cut[0][0] >= 1
+            assert await backend.queue.get(record.id) == record
+            assert [r.id for r in await backend.queue.list_by_owner("alice")] == [record.id]
+            assert (await backend.queue.statistics()).queued == 1

@@ -61,6 +61,25 @@ def writing(what: str) -> Iterator[None]:
         yield
 
 
+async def read(pool: Pool, what: str, statement: str, args: Any = None, *, every: bool = False) -> Any:
+    """The first row (or, with ``every``, all rows) ``statement`` reads. Tried again when the
+    connection fails: pooled connections that died while idle (the server restarted, a proxy
+    cut them) are only found out when used; the pool's idle ones are then checked (the dead
+    ones replaced), and a read can simply go again."""
+    for attempt in (1, 2):
+        try:
+            with unavailable(what):
+                async with pool.connection() as conn:
+                    cursor = await conn.execute(statement, args)
+                    return await (cursor.fetchall() if every else cursor.fetchone())
+        except BackendUnavailable as exc:
+            if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+            with unavailable(what):
+                await pool.check()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def encode_record(record: TaskRecord) -> bytes:
     return _record_encoder.encode(record)
 

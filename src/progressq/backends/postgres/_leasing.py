@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 
 from progressq._outage import backend_outage
-from progressq.backends.postgres._common import Names, Pool, record_from, unavailable, writing
+from progressq.backends.postgres._common import Names, Pool, read, record_from, unavailable, writing
 from progressq.backends.postgres._keeping import Held
 from progressq.contracts import Lease, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable
@@ -161,9 +161,7 @@ class Leasing:
         return await self._leased(taken)
 
     async def _fetch(self, statement: str, args: dict[str, Any]) -> Any:
-        with unavailable("lease"):
-            async with self._pool.connection() as conn:
-                return await (await conn.execute(statement, args)).fetchone()
+        return await read(self._pool, "lease", statement, args)
 
     async def _leased(self, row: Any) -> Lease | None:
         """The lease of a task taken (None when it was given up on instead)."""

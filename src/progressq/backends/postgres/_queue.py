@@ -18,6 +18,7 @@ from progressq.backends.postgres._common import (
     Names,
     Pool,
     encode_record,
+    read,
     record_from,
     unavailable,
     writing,
@@ -241,18 +242,14 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         return True
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        with unavailable("get"):
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(self._sql["get"], (task_id,))).fetchone()
+        row = await read(self._pool, "get", self._sql["get"], (task_id,))
         return None if row is None else record_from(row)
 
     async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
         count = 1000 if limit is None else min(limit, 1000)
         if count <= 0:
             return []
-        with unavailable("list"):
-            async with self._pool.connection() as conn:
-                rows = await (await conn.execute(self._sql["list"], (owner, count))).fetchall()
+        rows = await read(self._pool, "list", self._sql["list"], (owner, count), every=True)
         return [record_from(row) for row in rows]
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
@@ -286,9 +283,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
 
     async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
         """Up to ``limit`` failed tasks, the most recently failed first."""
-        with unavailable("dead letters"):
-            async with self._pool.connection() as conn:
-                rows = await (await conn.execute(self._sql["dead"], (max(0, limit),))).fetchall()
+        rows = await read(self._pool, "dead letters", self._sql["dead"], (max(0, limit),), every=True)
         return [record_from(row) for row in rows]
 
     async def forget_dead(self, task_id: str) -> bool:
@@ -299,9 +294,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         return bool(cursor.rowcount == 1)
 
     async def statistics(self) -> QueueStatistics:
-        with unavailable("statistics"):
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(self._sql["statistics"])).fetchone()
+        row = await read(self._pool, "statistics", self._sql["statistics"])
         queued, running = (0, 0) if row is None else (int(row[0]), int(row[1]))
         return QueueStatistics(queued=queued, running=running)
 

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 
 from progressq._logonce import fingerprint
-from progressq.backends.postgres._common import NOTIFY_LIMIT, Connection, Names, Pool, unavailable, writing
+from progressq.backends.postgres._common import NOTIFY_LIMIT, Connection, Names, Pool, read, unavailable, writing
 from progressq.backends.postgres._listener import Listener
 from progressq.contracts import Event, EventSink, RegistryStatistics
 from progressq.errors import BackendUnavailable
@@ -187,9 +187,7 @@ class PostgresClientRegistry:
             del self._identities[identity]
 
     async def current_seq(self, identity: str) -> int:
-        with unavailable("current_seq"):
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(self._current_sql, (identity,))).fetchone()
+        row = await read(self._pool, "current_seq", self._current_sql, (identity,))
         return 0 if row is None else int(row[0])
 
     async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
