@@ -311,3 +311,22 @@ async def test_reads_go_on_when_the_pooled_connections_were_cut_while_idle(make:
             assert await backend.queue.get(record.id) == record
             assert [r.id for r in await backend.queue.list_by_owner("alice")] == [record.id]
             assert (await backend.queue.statistics()).queued == 1
+
+
+async def test_lease_many_takes_owners_in_turn_at_most_the_free_slots_and_holds_each_lease(make: Make) -> None:
+    async with make(lease_timeout=0.6) as backend:
+        backend.queue.limit_running_per_owner(2)
+        for n in range(4):
+            await backend.queue.enqueue(_record("alice", n))
+        for n in range(4, 6):
+            await backend.queue.enqueue(_record("bob", n))
+        first = await backend.queue.lease_many(3)
+        assert [(lease.record.owner, lease.record.id) for lease in first] == [
+            ("alice", "task-0"),
+            ("bob", "task-4"),
+            ("alice", "task-1"),
+        ]
+        await anyio.sleep(1.2)  # two lease timeouts: only the heartbeat keeps them
+        rest = await backend.queue.lease_many(10)
+        assert [lease.record.id for lease in rest] == ["task-5"]  # alice at her cap of 2; none taken over
+        assert (await backend.queue.statistics()).running == 4

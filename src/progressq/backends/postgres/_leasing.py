@@ -93,12 +93,18 @@ class Leasing:
 
     async def lease(self) -> Lease:
         """Wait for the next task; rides out a database outage (logs, then retries)."""
+        return (await self.lease_many(1))[0]
+
+    async def lease_many(self, limit: int) -> list[Lease]:
+        """Wait for the next tasks, at least one and at most ``limit`` (the caller's free
+        slots), taken in turn in one transaction. Rides out a database outage."""
+        limit = max(1, limit)
         backoff = 0.1
         while True:
             wakeup = self._wakeup = anyio.Event()  # a wake-up from now on is not missed
             try:
-                with writing("lease"):  # a task taken is handed out, or back: never left leased to no one
-                    lease, wait = await self._next()
+                with writing("lease"):  # tasks taken are handed out, or back: never left leased to no one
+                    leases, wait = await self._next(limit)
             except BackendUnavailable as exc:
                 backend_outage.failed("taking tasks", exc)  # logged once per outage
                 await anyio.sleep(backoff)
@@ -106,14 +112,15 @@ class Leasing:
                 continue
             backend_outage.answered()
             backoff = 0.1
-            if lease is not None:
+            if leases:
                 try:
                     await anyio.lowlevel.checkpoint()
-                except BaseException:  # the caller was cancelled meanwhile: the task waits again
+                except BaseException:  # the caller was cancelled meanwhile: the tasks wait again
                     with anyio.CancelScope(shield=True):
-                        await self._hand_back(lease)
+                        for lease in leases:
+                            await self._hand_back(lease)
                     raise
-                return lease
+                return leases
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await wakeup.wait()
@@ -126,39 +133,59 @@ class Leasing:
                 "task %s: could not hand it back (it runs again once its lease expires): %s", lease.record.id, exc
             )
 
-    async def _next(self) -> tuple[Lease | None, float]:
-        """A task taken over or taken in turn (None when there is none) and, without one,
-        how long to wait at most before looking again."""
+    async def _next(self, limit: int) -> tuple[list[Lease], float]:
+        """Up to ``limit`` tasks, one taken over or taken in turn (none when there is none)
+        and, without any, how long to wait at most before looking again."""
         now = anyio.current_time()
         takeover_every = min(1.0, self._lease_timeout / 2)
+        rows: list[Any] = []
         if now >= self._next_takeover:
             row = await self._fetch(self._takeover_sql, {"lease": self._lease_timeout})
             if row is None:
                 self._next_takeover = now + takeover_every
             else:
-                lease = await self._leased(row)
-                if lease is not None:
-                    return lease, 0.0
-                return None, 0.0  # it was given up on: look again at once
-        lease = await self._take_in_turn()
-        if lease is not None:
-            return lease, 0.0
+                rows.append(row)
+        if len(rows) < limit:
+            rows += await self._take_in_turn(limit - len(rows))
+        if rows:
+            return await self._leases(rows), 0.0  # none if all were given up on: look again at once
         row = await self._fetch(self._next_due_sql, {})
         due = float(row[0]) if row is not None and row[0] is not None else takeover_every
-        return None, max(0.0, min(due, self._next_takeover - anyio.current_time(), takeover_every))
+        return [], max(0.0, min(due, self._next_takeover - anyio.current_time(), takeover_every))
 
-    async def _take_in_turn(self) -> Lease | None:
+    async def _take_in_turn(self, limit: int) -> list[Any]:
+        """Up to ``limit`` tasks taken round-robin across owners below the cap, in one
+        transaction (the owners' rows it locked stay its own until it commits)."""
         cap = self._running_per_owner or 0
+        taken: list[Any] = []
         with unavailable("lease"):
             async with self._pool.connection() as conn, conn.transaction():
-                row = await (await conn.execute(self._next_owner_sql, {"cap": cap})).fetchone()
-                if row is None:
-                    return None
-                args = {"lease": self._lease_timeout, "owner": row[0], "cap": cap}
-                taken = await (await conn.execute(self._take_sql, args)).fetchone()
-                if taken is None:
-                    return None
-        return await self._leased(taken)
+                while len(taken) < limit:
+                    row = await (await conn.execute(self._next_owner_sql, {"cap": cap})).fetchone()
+                    if row is None:
+                        break
+                    args = {"lease": self._lease_timeout, "owner": row[0], "cap": cap}
+                    task = await (await conn.execute(self._take_sql, args)).fetchone()
+                    if task is None:
+                        break
+                    taken.append(task)
+        return taken
+
+    async def _leases(self, rows: list[Any]) -> list[Lease]:
+        """The leases of the tasks taken, those given up on (dead letters) left out."""
+        leases: list[Lease] = []
+        try:
+            for row in rows:
+                lease = await self._leased(row)
+                if lease is not None:
+                    leases.append(lease)
+        except BaseException:
+            # Failed while handling them: the leases not handed out are not kept alive, so
+            # that they expire and the tasks run again.
+            for lease in leases:
+                self._drop(lease)
+            raise
+        return leases
 
     async def _fetch(self, statement: str, args: dict[str, Any]) -> Any:
         return await read(self._pool, "lease", statement, args)
