@@ -358,7 +358,7 @@ async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: 
         await sink.wait_for(lambda events: set(_terminal(events)) >= set(failed), 60)
         status = await anyio.to_thread.run_sync(_cli, redis_prefix, "status", "tests.worker_app:hub")
         assert status.returncode == 0, status.stderr
-        assert "queued 0  running 0  failed 2" in status.stdout
+        assert status.stdout.strip() == "queued 0  running 0  scheduled 0  dead 2  workers 1"
         listed = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "list", "tests.worker_app:hub")
         assert {line.split()[0] for line in listed.stdout.splitlines()} == set(failed)
         assert "RuntimeError: boom 1" in listed.stdout
@@ -373,6 +373,39 @@ async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: 
         purged = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "purge", "tests.worker_app:hub")
         assert purged.stdout.strip() == "purged 2"  # the second and the retried one
         assert await hub.dead_letters() == []
+
+
+async def test_status_counts_queued_running_scheduled_dead_and_live_workers(
+    redis_prefix: str, start_worker: Any
+) -> None:
+    first = start_worker(concurrency=1, grace=0.5)
+    start_worker(concurrency=1)
+
+    async def status() -> str:
+        answer = await anyio.to_thread.run_sync(_cli, redis_prefix, "status", "tests.worker_app:hub")
+        assert answer.returncode == 0, answer.stderr
+        return answer.stdout.strip()
+
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        failed = await hub.submit("boom", owner="alice")
+        await sink.wait_for(lambda events: failed.id in _terminal(events), PATIENCE)
+        long = {"steps": 600, "delay": 0.1}  # a minute: running until cancelled
+        running = [await hub.submit("steps", owner=owner, payload=long) for owner in ("alice", "bob")]
+        with anyio.fail_after(PATIENCE):
+            while [(await hub.get(t.id, owner=t.owner)).status for t in running] != ["running", "running"]:
+                await anyio.sleep(0.05)
+        waiting = await hub.submit("steps", owner="carol", payload=long)  # both workers' one slot is taken
+        later = await hub.submit("steps", owner="carol", payload=long, delay=3600)
+        assert await status() == "queued 2  running 2  scheduled 1  dead 1  workers 2"
+        first.signal(signal.SIGTERM)  # a graceful exit leaves the live workers at once
+        with anyio.fail_after(PATIENCE):
+            while (line := await status()).split("workers ")[1] != "1":
+                await anyio.sleep(0.2)
+        assert "dead 1" in line
+        for task in (*running, waiting, later):
+            await hub.cancel(task.id, owner=task.owner)
 
 
 async def test_three_worker_processes_fire_each_periodic_slot_once(redis_prefix: str, start_worker: Any) -> None:
