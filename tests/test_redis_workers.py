@@ -24,7 +24,7 @@ from progressq.contracts import Event
 from progressq.testing import RecordingSink, check_task_events
 from tests.redis_support import REDIS_URL, prefixed
 from tests.waiting import PATIENCE
-from tests.worker_app import make_hub
+from tests.worker_app import make_hub, runs_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -168,6 +168,44 @@ async def test_kill_9_of_a_worker_loses_no_task(redis_prefix: str, start_worker:
             assert [r.status for r in await hub.list(owner=owner)] == ["completed"] * 3
         statistics = await hub.queue.statistics()
         assert (statistics.queued, statistics.running) == (0, 0)
+
+
+async def test_delayed_tasks_run_once_while_workers_are_killed_9_and_restarted(
+    redis_prefix: str, start_worker: Any
+) -> None:
+    workers = [start_worker(concurrency=2) for _ in range(3)]
+    killed: set[int] = set()
+    async with _client_hub(redis_prefix) as hub:
+        owners = ["alice", "bob", "carol", "dave"]
+        tasks = [
+            await hub.submit("count", owner=owners[n % 4], payload={"delay": 0.05}, delay=1.0 + (n % 40) * 0.15)
+            for n in range(80)
+        ]  # due over six seconds, while the workers die and come back
+        for round_ in range(8):
+            await anyio.sleep(0.8)
+            doomed = workers.pop(round_ % len(workers))
+            doomed.signal(signal.SIGKILL)  # no goodbye: its takes and leases are cut anywhere
+            killed.add(doomed.pid)
+            workers.append(await anyio.to_thread.run_sync(start_worker, 2))
+        with anyio.fail_after(PATIENCE * 2):
+            for task in tasks:
+                while not (await hub.get(task.id, owner=task.owner)).finished:
+                    await anyio.sleep(0.2)
+        client = hub.backend.client  # type: ignore[attr-defined]
+        for task in tasks:
+            final = await hub.get(task.id, owner=task.owner)
+            runs = [run.decode().split(":") for run in await client.lrange(runs_key(redis_prefix, task.id), 0, -1)]
+            assert final.status == "completed", (task.id, final.status, final.error)
+            attempts = [int(attempt) for attempt, _ in runs]
+            assert len(set(attempts)) == len(attempts), f"an attempt of {task.id} ran twice: {runs}"
+            # promoted and run once: any other run was cut short by the kill of its worker
+            ended = [(attempt, pid) for attempt, pid in runs if int(attempt) == final.attempt]
+            assert ended == [(str(final.attempt), str(final.result["pid"]))], runs
+            others = {int(pid) for attempt, pid in runs if int(attempt) != final.attempt}
+            assert others <= killed, f"{task.id} ran again while its first worker lived: {runs}"
+        statistics = await hub.queue.statistics()
+        assert (statistics.queued, statistics.running, statistics.scheduled) == (0, 0, 0)
+    assert len(killed) == 8
 
 
 async def _any_sink_event(sinks: dict[str, RecordingSink], predicate: Any, within: float = PATIENCE) -> Event:
