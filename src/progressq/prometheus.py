@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from progressq._counters import delivery
 from progressq.contracts import TaskRecord
+from progressq.errors import DuplicateTask
 from progressq.hooks import AttemptOutcome, Submission, TaskHooks
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class PrometheusMetrics(TaskHooks):
     def on_submit(self, submission: Submission) -> Iterator[None]:
         try:
             yield
+        except DuplicateTask:
+            raise  # a racing submit with its key queued the task: the hub answers with that one
         except Exception as exc:
             reason = _REFUSALS.get(type(exc).__name__, "error")
             self.refused.labels(submission.kind, reason).inc()
