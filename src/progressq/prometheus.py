@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from progressq._counters import delivery
 from progressq.contracts import TaskRecord
-from progressq.errors import DuplicateTask
+from progressq.errors import DuplicateTask, QueueFull, TooManyTasks, ValidationError
 from progressq.hooks import AttemptOutcome, Submission, TaskHooks
 
 if TYPE_CHECKING:
@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 __all__ = ("PrometheusMetrics",)
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-_REFUSALS = {
-    "ValidationError": "invalid_params",
-    "TooManyTasks": "too_many_tasks",
-    "QueueFull": "queue_full",
-}
+# by type, so that a subclass an application raises (or a renamed one) keeps its reason
+_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (ValidationError, "invalid_params"),
+    (TooManyTasks, "too_many_tasks"),
+    (QueueFull, "queue_full"),
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -104,7 +105,7 @@ class PrometheusMetrics(TaskHooks):
         except DuplicateTask:
             raise  # a racing submit with its key queued the task: the hub answers with that one
         except Exception as exc:
-            reason = _REFUSALS.get(type(exc).__name__, "error")
+            reason = next((name for kind, name in _REFUSALS if isinstance(exc, kind)), "error")
             self.refused.labels(submission.kind, reason).inc()
             raise
         self.submitted.labels(submission.kind).inc()
