@@ -389,8 +389,8 @@ async def test_two_workers_share_out_fairly_and_hold_the_cap_together(redis_pref
             await hub.cancel(task.id, owner="hog")
 
 
-def _cli(redis_prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PQ_TEST_REDIS_URL": REDIS_URL, "PQ_TEST_PREFIX": redis_prefix}
+def _cli(redis_prefix: str, *args: str, url: str = REDIS_URL) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PQ_TEST_REDIS_URL": url, "PQ_TEST_PREFIX": redis_prefix}
     return subprocess.run(
         [*_console_script(), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )

@@ -59,9 +59,18 @@ def make_hub(
 
     @app.task("count", timeout=60)
     async def count(ctx: TaskContext) -> dict[str, int]:
-        """Notes each run in Redis (``attempt:pid`` on the list ``{prefix}:test:runs:{task id}``)
-        before it sleeps ``delay`` seconds: how often a task ran, and where, for the tests."""
-        await backend.client.rpush(runs_key(prefix, ctx.task_id), f"{ctx.attempt}:{os.getpid()}")
+        """Notes each run (``attempt:pid`` on the Redis list ``{prefix}:test:runs:{task id}``,
+        or a row of the table ``test_runs`` in the PostgreSQL schema) before it sleeps
+        ``delay`` seconds: how often a task ran, and where, for the tests."""
+        if url.startswith("postgresql://"):
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute(
+                    f'INSERT INTO "{prefix}".test_runs VALUES (%s, %s, %s)', (ctx.task_id, ctx.attempt, os.getpid())
+                )
+        else:
+            await backend.client.rpush(runs_key(prefix, ctx.task_id), f"{ctx.attempt}:{os.getpid()}")  # type: ignore[attr-defined]
         await anyio.sleep(float(ctx.payload.get("delay", 0.0)))
         return {"pid": os.getpid()}
 

@@ -184,6 +184,8 @@ class PostgresBackend:
         if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await self._queue.leave()
         backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         with anyio.CancelScope(shield=True):
             await self._pool.close()

@@ -36,7 +36,11 @@ _SWEEPS = (
     """DELETE FROM {s}.identities WHERE identity IN (SELECT identity FROM {s}.identities
         WHERE last_event_at < statement_timestamp() - %(history_ttl)s * interval '1 second' LIMIT 1000)""",
     "DELETE FROM {s}.slots WHERE until < statement_timestamp() - interval '1 minute'",
+    "DELETE FROM {s}.workers WHERE seen_at < statement_timestamp() - interval '1 hour'",
 )
+_SEEN = """INSERT INTO {s}.workers (id, seen_at) VALUES (%s, statement_timestamp())
+    ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"""
+_GONE = "DELETE FROM {s}.workers WHERE id = %s"
 # Owners without unfinished tasks, locked first so that a submit under way (it locks its
 # owner's row) is waited for and then seen.
 _IDLE_OWNERS = """SELECT owner FROM {s}.owners o WHERE NOT EXISTS
@@ -70,6 +74,8 @@ class LeaseKeeping:
     _loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]]
     _wakeup: anyio.Event | None
     _next_sweep: float
+    _taking: bool
+    worker_id: str
 
     async def extend(self, lease: Lease) -> bool:
         lost = await self._extend({lease.record.id: lease.record.attempt})
@@ -149,6 +155,8 @@ class LeaseKeeping:
         interval = self._lease_timeout / 3
         while True:
             await anyio.sleep(interval)
+            if self._taking:  # this process's workers take tasks: it is seen alive
+                await self.seen()
             if anyio.current_time() >= self._next_sweep:
                 await self._sweep()
             leases = {task_id: held.attempt for task_id, held in self._held.items()}
@@ -163,6 +171,27 @@ class LeaseKeeping:
                 logger.warning("task %s: lease of attempt %d was taken over", task_id, leases[task_id])
                 for watcher in tuple(self._loss_watchers):
                     watcher.send_nowait((task_id, leases[task_id]))
+
+    async def seen(self) -> None:
+        """Mark this process as a live worker (``statistics().workers`` counts those seen
+        within two lease timeouts)."""
+        try:
+            with unavailable("worker presence"):
+                async with self._pool.connection() as conn:
+                    await conn.execute(self._names.sql(_SEEN), (self.worker_id,))
+        except BackendUnavailable as exc:
+            backend_outage.failed("marking this worker alive", exc)  # logged once per outage
+
+    async def leave(self) -> None:
+        """No longer counted as a live worker (a graceful exit)."""
+        if not self._taking:
+            return
+        try:
+            with unavailable("leave"):
+                async with self._pool.connection() as conn:
+                    await conn.execute(self._names.sql(_GONE), (self.worker_id,))
+        except BackendUnavailable as exc:
+            logger.warning("could not remove this worker from the live ones: %s", exc)
 
     async def _sweep(self) -> None:
         """Forget finished tasks past their retention, idle identities, old slots and owners."""

@@ -66,6 +66,7 @@ class Leasing:
     _held: dict[str, Held]
     _wakeup: anyio.Event | None
     _next_takeover: float
+    _taking: bool
 
     if TYPE_CHECKING:  # the queue's own, used here
 
@@ -74,6 +75,8 @@ class Leasing:
         ) -> bool: ...
 
         def _drop(self, lease: Lease) -> None: ...
+
+        async def seen(self) -> None: ...
 
         async def release(self, lease: Lease, record: TaskRecord) -> bool: ...
 
@@ -99,6 +102,9 @@ class Leasing:
         """Wait for the next tasks, at least one and at most ``limit`` (the caller's free
         slots), taken in turn in one transaction. Rides out a database outage."""
         limit = max(1, limit)
+        if not self._taking:  # counted as a live worker from its first look for work on
+            self._taking = True
+            await self.seen()
         backoff = 0.1
         while True:
             wakeup = self._wakeup = anyio.Event()  # a wake-up from now on is not missed

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import secrets
+import socket
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +30,7 @@ from progressq.backends.postgres._keeping import Held, LeaseKeeping
 from progressq.backends.postgres._leasing import Leasing
 from progressq.backends.postgres._registry import NOTIFIED, NUMBERED, PostgresClientRegistry
 from progressq.contracts import CancelOutcome, Lease, QueueStatistics, TaskRecord, utc_now
-from progressq.errors import ConfigurationError, QueueFull
+from progressq.errors import ConfigurationError, DuplicateTask, QueueFull
 
 logger = logging.getLogger("progressq.postgres")
 
@@ -53,23 +56,35 @@ _RELEASE = """UPDATE {s}.tasks SET record = %(record)s, revision = %(revision)s,
         state = 'queued', position = -nextval('{s}.positions'), lease_until = NULL, deliveries = 0,
         run_at = coalesce(%(run_at)s::timestamptz, '-infinity'::timestamptz)
     WHERE id = %(id)s AND state = 'leased' AND attempt = %(attempt)s"""
-# A new task, under its owner's limit of unfinished tasks (counted after the owner's row was
-# locked), announced to its owner when asked, and waiting workers woken; one statement.
-_SUBMIT = f"""WITH active AS (SELECT count(*) AS n FROM {{s}}.tasks WHERE owner = %(owner)s AND state <> 'done'),
-    inserted AS (
+# A new task, unless its owner has an unfinished task with its unique key, or is at its limit
+# of unfinished tasks, or the queue is at its capacity (each counted in a snapshot taken with
+# the owner's row, and the capacity's lock, held); announced to its owner when asked, and
+# waiting workers woken; one statement.
+_SUBMIT = f"""WITH holder AS (
+        SELECT id FROM {{s}}.tasks
+        WHERE %(key)s::text IS NOT NULL AND owner = %(owner)s AND key = %(key)s AND state <> 'done' LIMIT 1
+    ), active AS (
+        SELECT count(*) AS n FROM {{s}}.tasks
+        WHERE %(max_unfinished)s::integer IS NOT NULL AND owner = %(owner)s AND state <> 'done'
+    ), waiting AS (
+        SELECT count(*) AS n FROM {{s}}.tasks WHERE %(capacity)s::integer IS NOT NULL AND state = 'queued'
+    ), inserted AS (
         INSERT INTO {{s}}.tasks
-            (id, owner, record, state, status, attempt, revision, published, created_at, position, run_at)
+            (id, owner, record, state, status, attempt, revision, published, created_at, position, run_at, key)
         SELECT %(id)s, %(owner)s, %(record)s, 'queued', %(status)s, %(attempt)s, %(revision)s,
             CASE WHEN %(announce)s THEN %(revision)s ELSE 0 END, %(created_at)s, nextval('{{s}}.positions'),
-            coalesce(%(run_at)s::timestamptz, '-infinity'::timestamptz)
-        FROM active WHERE %(max_unfinished)s::integer IS NULL OR active.n < %(max_unfinished)s::integer
+            coalesce(%(run_at)s::timestamptz, '-infinity'::timestamptz), %(key)s
+        FROM active, waiting
+        WHERE NOT EXISTS (SELECT 1 FROM holder)
+            AND (%(max_unfinished)s::integer IS NULL OR active.n < %(max_unfinished)s::integer)
+            AND (%(capacity)s::integer IS NULL OR waiting.n < %(capacity)s::integer)
         RETURNING 1
     ), go AS (SELECT 1 FROM inserted WHERE %(announce)s), {NUMBERED}
-    SELECT (SELECT n FROM active), EXISTS (SELECT 1 FROM inserted), (SELECT {NOTIFIED} FROM numbered),
-        CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN pg_notify(%(wake)s, '') END"""
+    SELECT (SELECT id FROM holder), (SELECT n FROM active), EXISTS (SELECT 1 FROM inserted),
+        (SELECT {NOTIFIED} FROM numbered), CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN pg_notify(%(wake)s, '') END"""
 _OWNER = """INSERT INTO {s}.owners AS o (owner, turn) VALUES (%s, nextval('{s}.turns'))
     ON CONFLICT (owner) DO UPDATE SET turn = o.turn"""  # locks the owner's row: its submits one at a time
-_QUEUED = "SELECT count(*) FROM {s}.tasks WHERE state = 'queued'"
+_KEYED = f"SELECT {RECORD_COLUMNS} FROM {{s}}.tasks WHERE owner = %s AND key = %s AND state <> 'done'"
 _GET = f"SELECT {RECORD_COLUMNS} FROM {{s}}.tasks WHERE id = %s AND {_LIVE}"
 _LIST = f"""SELECT {RECORD_COLUMNS} FROM {{s}}.tasks WHERE owner = %s AND {_LIVE}
     ORDER BY created_at DESC, id DESC LIMIT %s"""
@@ -83,8 +98,12 @@ _DEAD = f"""SELECT {RECORD_COLUMNS} FROM {{s}}.tasks WHERE failed_at IS NOT NULL
 _FORGET_DEAD = "UPDATE {s}.tasks SET failed_at = NULL WHERE id = %s AND failed_at IS NOT NULL"
 _SLOT = """INSERT INTO {s}.slots AS slot (key, until) VALUES (%s, statement_timestamp() + %s * interval '1 second')
     ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE slot.until <= statement_timestamp()"""
-_STATISTICS = """SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'leased')
-    FROM {s}.tasks WHERE state <> 'done'"""
+_STATISTICS = f"""SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'leased'),
+        count(*) FILTER (WHERE state = 'queued' AND run_at > statement_timestamp()),
+        (SELECT count(*) FROM {{s}}.tasks WHERE failed_at IS NOT NULL AND {_LIVE}),
+        (SELECT count(*) FROM {{s}}.workers
+            WHERE seen_at > statement_timestamp() - 2 * %(lease)s * interval '1 second')
+    FROM {{s}}.tasks WHERE state <> 'done'"""
 
 
 class PostgresTaskQueue(Leasing, LeaseKeeping):
@@ -115,12 +134,15 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         self._wakeup: anyio.Event | None = None  # made by ``lease``: a backend may be made outside any event loop
         self._next_takeover = -math.inf
         self._next_sweep = -math.inf
+        self._taking = False  # this process's workers take tasks from this queue
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         sql = names.sql
         self._sql = {name: sql(text) for name, text in _STATEMENTS.items()}
         self._prepare_leasing()
 
     async def enqueue(self, record: TaskRecord) -> None:
-        """Store and queue ``record``. Raises ``QueueFull`` at capacity."""
+        """Store and queue ``record``. Raises ``QueueFull`` at capacity, ``DuplicateTask``
+        when its owner has an unfinished task with ``record.key``."""
         await self._submit(record, max_unfinished=None, announce=False)
 
     async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
@@ -131,6 +153,8 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
 
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
+            DuplicateTask: the owner has an unfinished task with ``record.key``; nothing was
+                queued (the key is checked before the limit).
         """
         return await self._submit(record, max_unfinished=max_unfinished, announce=True)
 
@@ -138,29 +162,34 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         sql = self._sql
         with writing("enqueue"):
             async with self._pool.connection() as conn, conn.transaction():
-                if self._capacity is not None:
-                    # Every submit counts under one lock, so that the capacity holds across processes.
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._capacity_lock,))
-                    row = await (await conn.execute(sql["queued"])).fetchone()
-                    if row is not None and int(row[0]) >= self._capacity:
-                        raise QueueFull(retry_after=1.0)
                 await conn.execute(sql["owner"], (record.owner,))  # the owner's submits: one at a time
+                if self._capacity is not None:  # every submit counts under one lock: the capacity holds
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._capacity_lock,))
                 args = {
                     **_insert_args(record),
                     **self._registry.event_args(
                         record.owner, "taskQueued", record.id, record.revision, record.view_json()
                     ),
+                    "key": record.key,
                     "max_unfinished": max_unfinished,
+                    "capacity": self._capacity,
                     "announce": announce,
                     "wake": self._names.wake,
                 }
                 try:
                     row = await (await conn.execute(sql["submit"], args)).fetchone()
-                except psycopg.errors.UniqueViolation:
+                except psycopg.errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name != "tasks_pkey":
+                        raise
                     raise ConfigurationError(f"a task with id {record.id!r} already exists") from None
                 assert row is not None  # the statement's final select has one row
-                if not row[1]:
-                    return int(row[0])  # the owner has max_unfinished unfinished tasks already
+                holder, active, inserted = row[0], int(row[1]), bool(row[2])
+                if holder is not None:
+                    raise DuplicateTask(holder)  # checked before the limit, as on every backend
+                if not inserted and max_unfinished is not None and active >= max_unfinished:
+                    return active
+                if not inserted:
+                    raise QueueFull(retry_after=1.0)
         return None
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
@@ -241,6 +270,11 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
                 await conn.execute("SELECT pg_notify(%s, '')", (self._names.wake,))
         return True
 
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with the unique ``key``, or None."""
+        row = await read(self._pool, "unique key", self._sql["keyed"], (owner, key))
+        return None if row is None else record_from(row)
+
     async def get(self, task_id: str) -> TaskRecord | None:
         row = await read(self._pool, "get", self._sql["get"], (task_id,))
         return None if row is None else record_from(row)
@@ -294,9 +328,12 @@ class PostgresTaskQueue(Leasing, LeaseKeeping):
         return bool(cursor.rowcount == 1)
 
     async def statistics(self) -> QueueStatistics:
-        row = await read(self._pool, "statistics", self._sql["statistics"])
-        queued, running = (0, 0) if row is None else (int(row[0]), int(row[1]))
-        return QueueStatistics(queued=queued, running=running)
+        """The counts of every process on this schema; ``workers``: the processes whose workers
+        take tasks and were seen (every third of ``lease_timeout``) within two lease timeouts
+        (by the database's clock): a worker gone longer than that has lost its leases anyway."""
+        row = await read(self._pool, "statistics", self._sql["statistics"], {"lease": self._lease_timeout})
+        queued, running, scheduled, dead, workers = (int(value) for value in row)
+        return QueueStatistics(queued=queued, running=running, scheduled=scheduled, dead=dead, workers=workers)
 
     @property
     def _capacity_lock(self) -> int:
@@ -324,7 +361,7 @@ _STATEMENTS = {
     "release": _RELEASE,
     "submit": _SUBMIT,
     "owner": _OWNER,
-    "queued": _QUEUED,
+    "keyed": _KEYED,
     "get": _GET,
     "list": _LIST,
     "cancel_read": _CANCEL_READ,

@@ -13,10 +13,12 @@ Version 1:
   ``state`` is ``queued`` (waiting, from ``run_at`` on), ``leased`` (a worker has it until
   ``lease_until`` unless heartbeats extend it) or ``done``; ``position`` orders an owner's
   line; ``published`` is the last revision told to its owner; ``expires_at`` is set when it
-  finishes (retention); ``failed_at`` while it is on the dead-letter list.
+  finishes (retention); ``failed_at`` while it is on the dead-letter list; ``key`` its unique
+  key, if any (one unfinished task per owner and key).
 - ``owners``: owners in turn order (``turn``), for fair dispatch.
 - ``identities`` (``seq`` per identity) and ``events`` (its history, ``(identity, seq)``).
 - ``slots``: periodic slots claimed, until when.
+- ``workers``: the processes whose workers take tasks, when each was last seen.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             run_at timestamptz NOT NULL DEFAULT '-infinity',
             lease_until timestamptz,
             expires_at timestamptz,
-            failed_at timestamptz
+            failed_at timestamptz,
+            key text
         )""",
         "CREATE INDEX tasks_waiting ON {s}.tasks (owner, position) WHERE state = 'queued'",
         "CREATE INDEX tasks_scheduled ON {s}.tasks (run_at) WHERE state = 'queued'",
@@ -60,6 +63,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_by_owner ON {s}.tasks (owner, created_at DESC, id DESC)",
         "CREATE INDEX tasks_expiring ON {s}.tasks (expires_at) WHERE expires_at IS NOT NULL",
         "CREATE INDEX tasks_dead ON {s}.tasks (failed_at DESC) WHERE failed_at IS NOT NULL",
+        "CREATE UNIQUE INDEX tasks_key ON {s}.tasks (owner, key) WHERE key IS NOT NULL AND state <> 'done'",
         "CREATE TABLE {s}.owners (owner text PRIMARY KEY, turn bigint NOT NULL)",
         "CREATE INDEX owners_turn ON {s}.owners (turn)",
         """CREATE TABLE {s}.identities (
@@ -78,6 +82,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (identity, seq)
         )""",
         "CREATE TABLE {s}.slots (key text PRIMARY KEY, until timestamptz NOT NULL)",
+        "CREATE TABLE {s}.workers (id text PRIMARY KEY, seen_at timestamptz NOT NULL)",
     ),
 )
 """Each version's statements, in order; ``{s}`` is the quoted schema name. Append, never edit."""
