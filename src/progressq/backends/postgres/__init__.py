@@ -3,7 +3,8 @@
 ``PostgresBackend.from_url("postgresql://user@localhost:5432/app")`` is a queue and a
 registry sharing one connection pool and one PostgreSQL schema (``progressq`` unless
 ``schema=`` says otherwise). Needs the ``postgres`` extra (psycopg 3 and psycopg_pool) and
-PostgreSQL 13 or later. psycopg's async API runs on asyncio only, so this backend does too.
+PostgreSQL 13 or later (its tests run on 15). psycopg's async API runs on asyncio only, so
+this backend does too.
 Opening it creates its tables, or migrates them (a ``schema_version`` table records each
 migration applied).
 
