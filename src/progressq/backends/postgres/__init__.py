@@ -8,10 +8,11 @@ this backend does too.
 Opening it creates its tables, or migrates them (a ``schema_version`` table records each
 migration applied).
 
-**Queue.** Tasks are rows. A worker takes the next task in one transaction: the first owner
-in turn order with a task due and below the cap of running tasks (its row locked ``FOR UPDATE
-SKIP LOCKED``, so that one owner's leases go one at a time while other owners' go on beside),
-then that owner's first task (``FOR UPDATE SKIP LOCKED``), whose ``attempt`` is bumped. A
+**Queue.** Tasks are rows. A worker process takes the next tasks (up to its free slots) in one
+transaction, each the first owner's in turn order with a task due and below the cap of running
+tasks (its row locked ``FOR UPDATE SKIP LOCKED``, so that one owner's leases go one at a time
+while other owners' go on beside), then that owner's first task (``FOR UPDATE SKIP LOCKED``),
+whose ``attempt`` is bumped. A task's unique key names at most one unfinished task per owner. A
 lease lasts ``lease_timeout`` seconds and the backend extends every lease it holds every
 third of that (one statement for all); a task whose lease ran out (its worker died or
 stalled) is taken over by the next worker that looks for work. Every write (``save``,
