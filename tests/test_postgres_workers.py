@@ -1,6 +1,7 @@
 """Worker processes (``progressq worker``) on one PostgreSQL database: a worker killed with
-SIGKILL loses no task, a paused one whose lease was taken over reaches no client, delayed
-tasks run once while workers are killed and restarted, and the status command counts them.
+SIGKILL loses no task, a paused one whose lease was taken over reaches no client, one stopped
+with SIGTERM hands its task back, delayed tasks run once while workers are killed and
+restarted, and the status command counts them.
 
 The same scenarios as on Redis (``test_redis_workers``), with real ``progressq worker
 tests.worker_app:hub`` processes in a schema of the test's own.
@@ -196,6 +197,27 @@ async def test_status_counts_queued_running_scheduled_dead_and_live_workers(sche
         assert "dead 1" in line
         for task in (*running, waiting, later):
             await hub.cancel(task.id, owner=task.owner)
+
+
+async def test_sigterm_hands_unfinished_tasks_back(schema: str, start_worker: Any) -> None:
+    leaving = start_worker(concurrency=2, grace=0.3)
+    async with _client_hub(schema) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        task = await hub.submit("steps", owner="alice", payload={"steps": 100, "delay": 0.1})
+        await _wait_event(sink, lambda e: _view(e)["status"] == "running")
+        leaving.signal(signal.SIGTERM)
+        with anyio.fail_after(PATIENCE):
+            while leaving.process.poll() is None:
+                await anyio.sleep(0.05)
+        assert leaving.process.returncode == 0
+        record = await hub.get(task.id, owner="alice")
+        assert (record.status, record.message) == ("queued", "interrupted; queued again")
+        successor = start_worker(concurrency=1)
+        await sink.wait_for(lambda events: task.id in _terminal(events), 60)
+        final = _terminal(sink.events)[task.id]
+        assert (final["status"], final["attempt"], final["result"]["pid"]) == ("completed", 2, successor.pid)
+        check_task_events(sink.events)
 
 
 def _sql(statement: str, *args: Any) -> list[tuple[Any, ...]]:
