@@ -1,8 +1,9 @@
 """The conformance tests of scheduling, mixed into ``BackendConformance``.
 
-A backend with the ``FairDispatch`` capability hands out waiting tasks round-robin across
-their owners, under a cap of running tasks per owner. These tests hold it to that, and to
-the cap across two instances when the backend shares its state.
+A queue with its own ``FairDispatch`` (``limit_running_per_owner``) hands out waiting tasks
+round-robin across their owners, under a cap of running tasks per owner. These tests hold it
+to that, and to the cap across two instances when the backend shares its state; a queue with
+the default is held to the default (no cap). Likewise for dead letters and periodic slots.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import anyio
 import msgspec
 import pytest
 
-from progressq.contracts import Backend, DeadLetters, FairDispatch, Lease, TaskQueue, TaskRecord
+from progressq._conformance_support import uses_default
+from progressq.contracts import Backend, FairDispatch, Lease, TaskQueue, TaskRecord
+from progressq.errors import ConfigurationError
 
 __all__ = ("SchedulingConformance", "check_fair_dispatch")
 
@@ -47,8 +50,8 @@ async def _tick(ctx: Any) -> None:
 
 
 def _fair(queue: TaskQueue) -> FairDispatch:
-    if not isinstance(queue, FairDispatch):
-        pytest.skip("this backend does not dispatch fairly between owners (no FairDispatch)")
+    if uses_default(queue, "limit_running_per_owner"):
+        pytest.skip("this queue uses the default dispatch (no cap, its own order), tested on its own")
     return queue
 
 
@@ -169,6 +172,20 @@ class SchedulingConformance:
                 await backend.queue.request_cancel(record.id, "hog")
 
     @pytest.mark.anyio
+    async def test_the_default_dispatch_ignores_the_cap(self, make_backend: Callable[..., Backend]) -> None:
+        async with make_backend() as backend:
+            if not uses_default(backend.queue, "limit_running_per_owner"):
+                pytest.skip("this queue dispatches fairly (its own limit_running_per_owner)")
+            backend.queue.limit_running_per_owner(1)
+            records = [_task("busy", n) for n in range(3)]
+            for record in records:
+                await backend.queue.enqueue(record)
+            leases = [await _lease(backend) for _ in records]  # no cap: all three run at once
+            assert [lease.record.id for lease in leases] == [record.id for record in records]
+            for lease in leases:
+                await _end(backend, lease)
+
+    @pytest.mark.anyio
     async def test_the_cap_holds_across_instances(self, make_backend: Callable[..., Backend]) -> None:
         if not self.shared_state:
             pytest.skip("this backend does not share state between instances")
@@ -264,10 +281,13 @@ class SchedulingConformance:
     @pytest.mark.anyio
     async def test_failed_tasks_are_listed_as_dead_letters(self, make_backend: Callable[..., Backend]) -> None:
         async with make_backend() as backend:
-            queue = backend.queue
-            dead = queue
-            if not isinstance(dead, DeadLetters):
-                pytest.skip("this backend keeps no list of failed tasks (no DeadLetters)")
+            queue = dead = backend.queue
+            if uses_default(queue, "dead_letters") or uses_default(queue, "forget_dead"):
+                with pytest.raises(ConfigurationError):  # the default: no list, and it says so
+                    await dead.dead_letters(10)
+                with pytest.raises(ConfigurationError):
+                    await dead.forget_dead("any")
+                return
             failing, fine = _task("operator-view", 1), _task("operator-view", 2)
             for record in (failing, fine):
                 await queue.enqueue(record)

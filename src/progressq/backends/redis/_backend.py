@@ -22,6 +22,7 @@ from progressq.backends.redis._registry import RedisClientRegistry
 from progressq.contracts import (
     Backend,
     ClientRegistry,
+    Lease,
     TaskQueue,
     TaskRecord,
 )
@@ -199,6 +200,14 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.url}, prefix={self.prefix!r})"
+
+    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
+        return await self._queue.enqueue_and_announce(record, max_unfinished=max_unfinished)
+
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        return await self._queue.save_and_publish(lease, record, view_json, finish=finish)
 
     def _announce_call(self, record: TaskRecord) -> tuple[list[str], list[Any]]:
         keys, args = self._registry.publish_call(
