@@ -3,8 +3,8 @@
 The script (``scripts/operations.lua``) holds every operation; a call names the operation, its
 keys and its arguments, and the script binds the names (see its header). This module is the
 only place that knows what each operation takes: the queue, the registry and the backend ask
-it for a call and run it. Combined operations (``submit``, ``commit``) take the arguments of
-the operations they combine as named parts, never as slices of a longer list.
+it for a call and run it. A combined operation (``submit``, ``commit``) takes the union of the
+named arguments of the operations it combines; a name they share means one value.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
-import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -23,9 +22,8 @@ from progressq.messages import EventType
 
 __all__ = ("_Call", "_Calls")
 
-_Args = dict[str, Any]  # values: str (never bytes: Redis's MessagePack reader refuses them), lists of
-# str, or the _Args of an operation called inside
-_encode = msgspec.msgpack.Encoder().encode
+_Value = str | bytes
+_Named = Mapping[str, _Value]
 
 
 class _Call:
@@ -33,18 +31,21 @@ class _Call:
 
     __slots__ = ("args", "keys")
 
-    def __init__(self, op: str, keys: Mapping[str, str | Sequence[str]], args: _Args) -> None:
-        flat: list[str] = []
-        where: dict[str, int | list[int]] = {}
-        for name, value in keys.items():
-            if isinstance(value, str):
-                flat.append(value)
-                where[name] = len(flat)  # Lua counts from 1
-            else:
-                where[name] = list(range(len(flat) + 1, len(flat) + 1 + len(value)))
-                flat.extend(value)
-        self.keys = flat
-        self.args = [_encode({"op": op, "keys": where, "args": args})]
+    def __init__(self, op: str, keys: _Named, args: _Named) -> None:
+        self.keys = list(keys.values())
+        self.args: list[_Value] = [op, *keys]
+        for pair in args.items():
+            self.args += pair
+
+
+def _union(*parts: _Named) -> dict[str, Any]:
+    """The named arguments of the operations a call combines: a name they share is one value."""
+    union: dict[str, Any] = {}
+    for part in parts:
+        for name, value in part.items():
+            if union.setdefault(name, value) != value:
+                raise AssertionError(f"the parts of a combined call disagree on {name!r}")
+    return union
 
 
 class _Calls:
@@ -79,12 +80,9 @@ class _Calls:
 
     def submit(self, record: TaskRecord, max_unfinished: int | None) -> _Call:
         """``enqueue`` and the ``taskQueued`` publish in one step, under the owner's limit."""
-        keys = {**self._enqueue_keys(record), **self._publish_keys(record.owner, record.id)}
-        args = {
-            **self._enqueue_args(record),
-            "limit": str(max_unfinished or 0),
-            "announce": self._publish_args(record.owner, "taskQueued", record.id, record.revision, record.view_json()),
-        }
+        keys = _union(self._enqueue_keys(record), self._publish_keys(record.owner, record.id))
+        announce = self._publish_args(record.owner, "taskQueued", record.id, record.revision, record.view_json())
+        args = _union(self._enqueue_args(record), announce, {"limit": str(max_unfinished or 0)})
         return _Call("submit", keys, args)
 
     def save(self, lease: Lease, record: TaskRecord) -> _Call:
@@ -92,18 +90,18 @@ class _Calls:
 
     def commit(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Call:
         """``save``, the ``taskProgress`` publish and (with ``finish``) the acknowledgement."""
-        keys = {**self._save_keys(record), **self._publish_keys(record.owner, record.id), "stream": self._keys.stream}
-        args = {
-            "save": self._save_args(lease, record),
-            "publish": self._publish_args(record.owner, "taskProgress", record.id, record.revision, view_json),
-            "finish": "1" if finish else "0",
-            "group": _GROUP,
-            "entry": lease.token,
-        }
+        keys = _union(
+            self._save_keys(record), self._publish_keys(record.owner, record.id), {"stream": self._keys.stream}
+        )
+        args = _union(
+            self._save_args(lease, record),
+            self._publish_args(record.owner, "taskProgress", record.id, record.revision, view_json),
+            {"finish": "1" if finish else "0", "group": _GROUP, "entry": lease.token},
+        )
         return _Call("commit", keys, args)
 
     def release(self, lease: Lease, record: TaskRecord) -> _Call:
-        keys = {
+        keys: _Named = {
             "task": self._keys.task(record.id),
             "stream": self._keys.stream,
             "counters": self._keys.counters,
@@ -113,9 +111,9 @@ class _Calls:
             "wake": self._keys.wake,
             "delayed": self._keys.delayed,
         }
-        args = {
+        args: _Named = {
             "attempt": str(lease.record.attempt),
-            "record": _json(record),
+            "record": _record_encoder.encode(record),
             "revision": str(record.revision),
             "group": _GROUP,
             "task_id": record.id,
@@ -136,7 +134,7 @@ class _Calls:
     def cancel(self, current: TaskRecord, cancelled: TaskRecord) -> _Call:
         """Cancel ``current`` (as read) into ``cancelled``, unless it changed meanwhile."""
         owner = current.owner
-        keys = {
+        keys: _Named = {
             "task": self._keys.task(current.id),
             "counters": self._keys.counters,
             "owner_tasks": self._keys.owner(owner),
@@ -145,10 +143,10 @@ class _Calls:
             "ring": self._keys.ring,
             "delayed": self._keys.delayed,
         }
-        args = {
+        args: _Named = {
             "owner": owner,
             "expected_revision": str(current.revision),
-            "record": _json(cancelled),
+            "record": _record_encoder.encode(cancelled),
             "revision": str(cancelled.revision),
             "retention": self._retention,
             "cancel_channel": self._keys.cancel_channel,
@@ -158,24 +156,22 @@ class _Calls:
 
     def claim_many(self, consumer: str, entries: Sequence[tuple[str, str]]) -> _Call:
         """Claim reclaimed stream ``entries`` (entry id, task id) for ``consumer``."""
-        keys: dict[str, str | Sequence[str]] = {
-            "stream": self._keys.stream,
-            "counters": self._keys.counters,
-            "running": self._keys.running,
-            "tasks": [self._keys.task(task_id) for _, task_id in entries],
-        }
-        args = {"group": _GROUP, "consumer": consumer, "entries": [entry for entry, _ in entries]}
+        keys = {"stream": self._keys.stream, "counters": self._keys.counters, "running": self._keys.running}
+        args = {"group": _GROUP, "consumer": consumer, "count": str(len(entries))}
+        for n, (entry, task_id) in enumerate(entries, 1):  # a list, named item by item
+            keys[f"task {n}"] = self._keys.task(task_id)
+            args[f"entry {n}"] = entry
         return _Call("claim_many", keys, args)
 
     def take(self, consumer: str, limit: int, running_per_owner: int | None) -> _Call:
-        keys = {
+        keys: _Named = {
             "stream": self._keys.stream,
             "counters": self._keys.counters,
             "ring": self._keys.ring,
             "running": self._keys.running,
             "delayed": self._keys.delayed,
         }
-        args = {
+        args: _Named = {
             "group": _GROUP,
             "consumer": consumer,
             "count": str(limit),
@@ -198,7 +194,7 @@ class _Calls:
 
     # --- the parts ----------------------------------------------------------------------
 
-    def _enqueue_keys(self, record: TaskRecord) -> dict[str, str | Sequence[str]]:
+    def _enqueue_keys(self, record: TaskRecord) -> _Named:
         return {
             "task": self._keys.task(record.id),
             "owner_tasks": self._keys.owner(record.owner),
@@ -210,10 +206,10 @@ class _Calls:
             "delayed": self._keys.delayed,
         }
 
-    def _enqueue_args(self, record: TaskRecord) -> _Args:
+    def _enqueue_args(self, record: TaskRecord) -> _Named:
         return {
             "task_id": record.id,
-            "record": _json(record),
+            "record": _record_encoder.encode(record),
             "owner": record.owner,
             "created": str(int(record.created_at.timestamp() * 1000)),
             "revision": str(record.revision),
@@ -222,7 +218,7 @@ class _Calls:
             "run_at": _ms(record),
         }
 
-    def _save_keys(self, record: TaskRecord) -> dict[str, str | Sequence[str]]:
+    def _save_keys(self, record: TaskRecord) -> _Named:
         return {
             "task": self._keys.task(record.id),
             "counters": self._keys.counters,
@@ -234,10 +230,10 @@ class _Calls:
             "dead": self._keys.dead,
         }
 
-    def _save_args(self, lease: Lease, record: TaskRecord) -> _Args:
+    def _save_args(self, lease: Lease, record: TaskRecord) -> _Named:
         return {
             "attempt": str(lease.record.attempt),
-            "record": _json(record),
+            "record": _record_encoder.encode(record),
             "revision": str(record.revision),
             "status": record.status,
             "terminal": "1" if record.finished else "0",
@@ -247,16 +243,16 @@ class _Calls:
             "owner": record.owner,
         }
 
-    def _publish_keys(self, identity: str, task_id: str) -> dict[str, str | Sequence[str]]:
+    def _publish_keys(self, identity: str, task_id: str) -> _Named:
         keys = self._keys
         return {"seq": keys.seq(identity), "history": keys.history(identity), "task": keys.task(task_id)}
 
-    def _publish_args(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> _Args:
+    def _publish_args(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> _Named:
         return {
             "kind": kind,
             "task_id": task_id,
             "revision": str(revision),
-            "view": task_json.decode(),  # text: the script's MessagePack reader takes no bytes
+            "view": task_json,
             "history_size": self._history_size,
             "ttl": self._history_ttl,
             "channel": self._keys.channel(identity),
@@ -266,8 +262,3 @@ class _Calls:
 def _ms(record: TaskRecord) -> str:
     """When ``record`` may run, in ms since the epoch; '0': now."""
     return str(int(record.run_at.timestamp() * 1000)) if record.run_at is not None else "0"
-
-
-def _json(record: TaskRecord) -> str:
-    """``record`` as stored: JSON, as text (the script's MessagePack reader takes no bytes)."""
-    return _record_encoder.encode(record).decode()

@@ -1,11 +1,12 @@
 -- The Redis backend's operations: one script, registered once, whose every call names the
--- operation, its keys and its arguments. ARGV[1] is a MessagePack map (built in _calls.py):
---   op   = the operation's name (a function below),
---   keys = {name = its position in KEYS, or a list of positions},
---   args = {name = value}; values are strings (numbers as their decimal text), or maps of
---          the arguments of an operation called inside this one.
--- Operations call each other with tables of named keys and arguments: nothing is sliced by
--- position. Each call runs atomically, as one script.
+-- operation, its keys and its arguments (built in _calls.py):
+--   ARGV[1]                 the operation's name (a function below);
+--   ARGV[2 .. #KEYS + 1]    the names of KEYS[1 ..], in order;
+--   then name, value, name, value, ...: the arguments.
+-- A list is named item by item: "task 1", "task 2", ...
+-- An operation that combines others passes them the same named keys and arguments: each
+-- argument is named after what it is, so that the parts agree (one `revision`, one `task_id`).
+-- Nothing is sliced by position. Each call runs atomically, as one script.
 
 -- Store a task's state when the writer holds the current attempt (fencing).
 -- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
@@ -50,14 +51,10 @@ end
 -- revision is stored, or this revision was already published) is dropped: that is what keeps
 -- a worker that lost its lease from reaching a client, and a retried publish from repeating.
 -- keys: seq, history, task (may not exist)
--- args: kind, task_id, revision, view (JSON), history_size, ttl (s), channel,
---       only_stored ('1': publish only if the task is stored; optional)
+-- args: kind, task_id, revision, view (JSON), history_size, ttl (s), channel
 -- Returns the seq, or 0 when dropped.
 local function publish(k, a)
   local rev = tonumber(a.revision)
-  if a.only_stored == '1' and redis.call('EXISTS', k.task) == 0 then
-    return 0  -- announcing a new task that its enqueue (in the same call) refused
-  end
   if redis.call('EXISTS', k.task) == 1 then
     local h = redis.call('HMGET', k.task, 'rev', 'pub')
     if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
@@ -157,7 +154,7 @@ operations.enqueue = enqueue
 -- step, unless its owner already has the most unfinished tasks allowed.
 -- keys: enqueue's and publish's (task, owner_tasks, counters, waiting, unfinished, ring, wake,
 --       delayed, seq, history)
--- args: enqueue's, limit (most unfinished tasks per owner; '0': no limit), announce (publish's)
+-- args: enqueue's and publish's, limit (most unfinished tasks per owner; '0': no limit)
 -- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
 -- {-2, unfinished} when the owner is at its limit (nothing queued).
 function operations.submit(k, a)
@@ -172,20 +169,20 @@ function operations.submit(k, a)
   if done ~= 1 then
     return {done}
   end
-  return {1, publish(k, a.announce)}
+  return {1, publish(k, a)}
 end
 
 -- Save a task's new state and publish it to its owner in one step (and, for a terminal state,
 -- acknowledge its stream entry). A fenced-out save publishes and acknowledges nothing.
 -- keys: save's and publish's (task, counters, owner_tasks, unfinished, running, waiting, wake,
 --       dead, seq, history), stream
--- args: save (save's), publish (publish's), finish ('0'/'1'), group, entry
+-- args: save's and publish's, finish ('0'/'1'), group, entry
 -- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
 function operations.commit(k, a)
-  if save(k, a.save) == 0 then
+  if save(k, a) == 0 then
     return {0, 0}
   end
-  local seq = publish(k, a.publish)
+  local seq = publish(k, a)
   if a.finish == '1' then
     redis.call('XACK', k.stream, a.group, a.entry)
     redis.call('XDEL', k.stream, a.entry)
@@ -294,14 +291,14 @@ function operations.cancel(k, a)
 end
 
 -- Claim several reclaimed stream entries at once: `claim` for each, in one round trip.
--- keys: stream, counters, running, tasks (a list: each entry's task)
--- args: group, consumer, entries (a list, in the order of the tasks)
+-- keys: stream, counters, running, "task 1" .. "task <count>" (each entry's task)
+-- args: group, consumer, count, "entry 1" .. "entry <count>" (in the order of the tasks)
 -- Returns one `claim` answer per entry, in order.
 function operations.claim_many(k, a)
   local answers = {}
-  for i, task in ipairs(k.tasks) do
-    answers[i] = claim({task = task, stream = k.stream, counters = k.counters, running = k.running},
-      {group = a.group, consumer = a.consumer, entry = a.entries[i]})
+  for i = 1, tonumber(a.count) do
+    answers[i] = claim({task = k['task ' .. i], stream = k.stream, counters = k.counters, running = k.running},
+      {group = a.group, consumer = a.consumer, entry = a['entry ' .. i]})
   end
   return answers
 end
@@ -444,22 +441,16 @@ function operations.prune(k, a)
   return removed
 end
 
--- The call: bind each key's name to its value in KEYS, and run the operation.
-local call = cmsgpack.unpack(ARGV[1])
-local k = {}
-for name, at in pairs(call.keys) do
-  if type(at) == 'table' then
-    local list = {}
-    for i, position in ipairs(at) do
-      list[i] = KEYS[position]
-    end
-    k[name] = list
-  else
-    k[name] = KEYS[at]
-  end
+-- The call: bind each name to its value, and run the operation.
+local k, a = {}, {}
+for i = 1, #KEYS do
+  k[ARGV[i + 1]] = KEYS[i]
 end
-local operation = operations[call.op]
+for i = #KEYS + 2, #ARGV, 2 do
+  a[ARGV[i]] = ARGV[i + 1]
+end
+local operation = operations[ARGV[1]]
 if not operation then
-  return redis.error_reply('progressq: no operation ' .. tostring(call.op))
+  return redis.error_reply('progressq: no operation ' .. tostring(ARGV[1]))
 end
-return operation(k, call.args)
+return operation(k, a)
