@@ -171,7 +171,8 @@ class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, Slot
         changes a finished task afterwards. A cancel asked meanwhile stays asked."""
 
     async def extend(self, lease: Lease) -> bool:
-        """Keep the lease alive (a heartbeat). False: the lease was lost."""
+        """Keep the lease alive (a heartbeat). False: the lease was lost (the task was leased
+        again, handed back or finished), and nothing changed."""
 
     async def finish(self, lease: Lease) -> None:
         """Acknowledge a task whose terminal record was saved; nothing for a stale lease.
@@ -194,7 +195,8 @@ class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, Slot
         and its worker told through :meth:`watch_cancellations`."""
 
     def watch_cancellations(self) -> AsyncIterator[str]:
-        """Ids of running tasks whose owner asked to cancel, as they are asked."""
+        """Ids of the tasks leased in this process whose owner asked to cancel, as they are
+        asked (across processes). Telling one twice is harmless; missing one is not."""
 
     async def statistics(self) -> QueueStatistics:
         """How many tasks wait (queued or scheduled) and run, across every process."""
@@ -221,7 +223,8 @@ class ClientRegistry(Protocol):
         stored task whose stored revision is newer, or already published (``seq`` 0)."""
 
     async def attach(self, identity: str, sink: EventSink) -> None:
-        """Deliver the identity's events to ``sink`` from now on (every process)."""
+        """Deliver the identity's events to ``sink`` from now on, whichever process publishes
+        them: every event published after this returns, once each, in ``seq`` order."""
 
     async def detach(self, identity: str, sink: EventSink) -> None:
         """Stop delivering to ``sink``; harmless when it is not attached."""
@@ -294,11 +297,14 @@ class Backend(AnnouncingEnqueue, SaveAndPublish, Protocol):
     async def ping(self) -> bool:
         """True when the backend answers; False (never an exception) when it does not."""
 
-    async def __aenter__(self) -> Any: ...
+    async def __aenter__(self) -> Any:
+        """Open: connect, start what runs in the background. The hub opens its backend first
+        and closes it last."""
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
+    ) -> None:
+        """Close: stop the background work and release the connections."""
 
 
 @runtime_checkable
