@@ -149,6 +149,7 @@ def test_the_wrapped_backend_has_only_defaults_for_every_capability() -> None:
         "limit_running_per_owner",
         "dead_letters",
         "forget_dead",
+        "task_with_key",
         "claim_slot",
     ):
         assert uses_default(backend.queue, name), name

@@ -77,6 +77,13 @@ async def no_lease(backend: Backend, wait: float = 0.5) -> Lease | None:
     return None
 
 
+async def end_lease(backend: Backend, lease: Lease) -> None:
+    """Complete the leased task (save its terminal record, acknowledge it)."""
+    done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+    assert await backend.queue.save(lease, done)
+    await backend.queue.finish(lease)
+
+
 async def publish_n(backend: Backend, identity: str, n: int, task_id: str = "t") -> Event:
     return await backend.registry.publish(identity, "taskProgress", task_id, n, b'{"n":%d}' % n)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from progressq._records import Lease, TaskRecord
-from progressq.errors import ConfigurationError
+from progressq.errors import ConfigurationError, DuplicateTask
 
 if TYPE_CHECKING:
     from progressq.contracts import ClientRegistry, TaskQueue
@@ -23,16 +23,19 @@ __all__ = ("BackendDefaults", "QueueDefaults")
 class QueueDefaults:
     """Subclass it in a ``TaskQueue`` to get every capability the queue does not implement
     itself: one lease at a time, first in first out, no heartbeat of its own, no list of failed
-    tasks, periodic slots claimed in this object. Override a method to do better; the
-    conformance suite checks the queue's own methods and these defaults alike.
+    tasks, unique keys looked up in the owner's list, periodic slots claimed in this object.
+    Override a method to do better; the conformance suite checks the queue's own methods and
+    these defaults alike.
 
     The defaults keep what state they need in the instance, under names starting with
     ``_defaults_``; no ``__init__`` to call.
     """
 
-    if TYPE_CHECKING:  # the queue's own, required operation
+    if TYPE_CHECKING:  # the queue's own, required operations
 
         async def lease(self) -> Lease: ...
+
+        async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]: ...
 
     async def lease_many(self, limit: int) -> Sequence[Lease]:
         """One lease (``lease``), however many slots are free."""
@@ -56,6 +59,13 @@ class QueueDefaults:
     async def forget_dead(self, task_id: str) -> bool:
         """Raises ``ConfigurationError``: this queue keeps no list of failed tasks."""
         raise ConfigurationError(f"{type(self).__name__} keeps no list of failed tasks")
+
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with the unique ``key``, found in ``list_by_owner``."""
+        for task in await self.list_by_owner(owner):
+            if task.key == key and not task.finished:
+                return task
+        return None
 
     async def claim_slot(self, key: str, ttl: float) -> bool:
         """True for the first claim of ``key`` within ``ttl`` seconds made on this object.
@@ -89,16 +99,22 @@ class BackendDefaults:
         def registry(self) -> ClientRegistry: ...
 
     async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
-        """Count the owner's unfinished tasks, ``enqueue``, then publish ``taskQueued``: one
-        submit per owner at a time in this process (other processes may race it)."""
-        if max_unfinished is None:
+        """Refuse a duplicate unique key, count the owner's unfinished tasks, ``enqueue``,
+        then publish ``taskQueued``: one submit per owner at a time in this process (other
+        processes may race it)."""
+        if max_unfinished is None and record.key is None:
             await self.queue.enqueue(record)
         else:
             async with self._defaults_owner_lock(record.owner):
-                tasks = await self.queue.list_by_owner(record.owner)
-                unfinished = sum(1 for task in tasks if not task.finished)
-                if unfinished >= max_unfinished:
-                    return unfinished
+                if record.key is not None:  # before the limit: a duplicate adds no task
+                    holder = await self.queue.task_with_key(record.owner, record.key)
+                    if holder is not None:
+                        raise DuplicateTask(holder.id)
+                if max_unfinished is not None:
+                    tasks = await self.queue.list_by_owner(record.owner)
+                    unfinished = sum(1 for task in tasks if not task.finished)
+                    if unfinished >= max_unfinished:
+                        return unfinished
                 await self.queue.enqueue(record)
         await self.registry.publish(record.owner, "taskQueued", record.id, record.revision, record.view_json())
         return None

@@ -53,6 +53,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cancel_requested: bool = False
     context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
     run_at: datetime | None = None  # not handed out before then (scheduled, or a retry's backoff)
+    key: str | None = None  # submit's unique key: one unfinished task per owner and key (``UniqueKeys``)
 
     @property
     def finished(self) -> bool:
@@ -125,8 +126,22 @@ class CancelOutcome(msgspec.Struct, frozen=True):
 
 
 class QueueStatistics(msgspec.Struct, frozen=True):
+    """How many tasks are where, across every process sharing the queue.
+
+    ``queued`` counts every task not handed to a worker yet; ``scheduled`` is the part of
+    them waiting for their time (a delay, or a retry's backoff). ``dead`` counts the failed
+    tasks on the list of ``DeadLetters``; ``workers``, the worker processes taking tasks
+    from this queue lately (on Redis: heartbeats seen within two lease timeouts; in memory:
+    this process, if its workers take tasks). The last
+    three are ``None`` when the backend does not count them (their defaults, so that a
+    backend written before them still builds this record).
+    """
+
     queued: int
     running: int
+    scheduled: int | None = None
+    dead: int | None = None
+    workers: int | None = None
 
 
 class RegistryStatistics(msgspec.Struct, frozen=True):

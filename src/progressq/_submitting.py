@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from progressq._kinds import KindRegistry, TaskKind
 from progressq._logonce import LogOnce, fingerprint
 from progressq.contracts import Backend, TaskRecord, utc_now
-from progressq.errors import HubNotOpen, TooManyTasks, UnknownTaskKind
+from progressq.errors import BackendUnavailable, DuplicateTask, HubNotOpen, TooManyTasks, UnknownTaskKind
 from progressq.hooks import HookChain, Submission
 
 __all__ = ("Submitting",)
@@ -42,6 +42,7 @@ class Submitting:
         payload: Any = None,
         delay: float | None = None,
         at: datetime | None = None,
+        key: str | None = None,
     ) -> TaskRecord:
         """Queue a task of ``kind`` for ``owner`` and tell the owner's connections.
 
@@ -55,6 +56,11 @@ class Submitting:
             delay: run it no sooner than this many seconds from now: it is ``scheduled``
                 (its ``run_at`` set) until a worker takes it, and may be cancelled meanwhile.
             at: run it no sooner than this time (timezone-aware), as with ``delay``.
+            key: a unique key: while ``owner`` has an unfinished task submitted with this
+                key, that task is returned and nothing is queued (atomically across
+                processes on a backend with its own ``UniqueKeys``, as Redis; within one
+                process with the contract's default); once it finished, the key queues a new
+                task. 1 to 200 characters.
 
         Raises:
             HubNotOpen: the hub was never opened (or is closed).
@@ -62,8 +68,8 @@ class Submitting:
             ValidationError: ``params`` do not match the kind's type; nothing was queued.
             QueueFull: the backend is at capacity; nothing was queued.
             TooManyTasks: ``owner`` has ``max_active_per_owner`` unfinished tasks already.
-            ValueError: ``name`` is empty or longer than 200 characters, ``delay`` is
-                negative, ``at`` is naive, or both are given.
+            ValueError: ``name`` or ``key`` is empty or longer than 200 characters,
+                ``delay`` is negative, ``at`` is naive, or both are given.
         """
         if self._stack is None:
             raise HubNotOpen()
@@ -74,19 +80,46 @@ class Submitting:
         display = (name if name is not None else kind).strip()
         if not 1 <= len(display) <= _MAX_NAME_LENGTH:
             raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
+        params = params if params is not None else payload
+        if key is not None:
+            return await self._submit_unique(task_kind, owner, display, params, run_at, key)
+        return await self._submit(task_kind, owner, display, params, run_at)
+
+    async def _submit(
+        self, kind: TaskKind, owner: str, name: str, params: Any, run_at: datetime | None, key: str | None = None
+    ) -> TaskRecord:
         if not self.hooks:
-            return await self._queue_task(
-                task_kind, owner, display, params if params is not None else payload, {}, run_at
-            )
-        submission = Submission(kind=kind, owner=owner, name=display)
+            return await self._queue_task(kind, owner, name, params, {}, run_at, key)
+        submission = Submission(kind=kind.name, owner=owner, name=name)
         with self.hooks.submit(submission):
-            submission.record = await self._queue_task(
-                task_kind, owner, display, params if params is not None else payload, submission.context, run_at
-            )
+            submission.record = await self._queue_task(kind, owner, name, params, submission.context, run_at, key)
         return submission.record
 
+    async def _submit_unique(
+        self, kind: TaskKind, owner: str, name: str, params: Any, run_at: datetime | None, key: str
+    ) -> TaskRecord:
+        """``submit`` with a unique ``key``: the owner's unfinished task with it, else a new one."""
+        if not 1 <= len(key) <= _MAX_NAME_LENGTH:
+            raise ValueError(f"a task's key must have 1 to {_MAX_NAME_LENGTH} characters")
+        for _ in range(20):
+            holder = await self.backend.queue.task_with_key(owner, key)
+            if holder is not None:  # found before any limit is checked: it adds no task
+                return holder
+            try:
+                return await self._submit(kind, owner, name, params, run_at, key)
+            except DuplicateTask:
+                continue  # a racing submit with the key won: answer with its task (read again)
+        raise BackendUnavailable(f"the task with key {key!r} kept changing; nothing was submitted")
+
     async def _queue_task(
-        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str], run_at: datetime | None
+        self,
+        kind: TaskKind,
+        owner: str,
+        name: str,
+        params: Any,
+        context: dict[str, str],
+        run_at: datetime | None,
+        key: str | None = None,
     ) -> TaskRecord:
         stored = kind.dump_params(params)
         record = TaskRecord(
@@ -99,6 +132,7 @@ class Submitting:
             status="queued" if run_at is None else "scheduled",
             message="" if run_at is None else "scheduled",
             run_at=run_at,
+            key=key,
         )
         # queue and announce in one step (where the backend can): no worker publishes the
         # task's "running" before its owner was told it was queued

@@ -51,6 +51,7 @@ __all__ = (
     "SlotClaims",
     "TaskQueue",
     "TaskRecord",
+    "UniqueKeys",
     "utc_now",
 )
 
@@ -122,6 +123,23 @@ class DeadLetters(Protocol):
         ...
 
 
+class UniqueKeys(Protocol):
+    """A ``TaskQueue`` capability: unique tasks. At most one unfinished task per owner has a
+    given ``key``: ``enqueue`` of a record whose ``key`` its owner's unfinished task has
+    already stores nothing and raises ``DuplicateTask``, atomically across every process
+    sharing the queue. The key is free again once that task is finished (by any end:
+    completed, failed, cancelled, dead).
+
+    Default: the owner's unfinished task with the key is looked for in ``list_by_owner``, and
+    ``enqueue`` itself does not refuse; ``BackendDefaults.enqueue_and_announce`` refuses a
+    duplicate under its per-owner lock, so that a key is unique within one process only.
+    """
+
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with ``key``, or None."""
+        ...
+
+
 class SlotClaims(Protocol):
     """A ``TaskQueue`` capability, for periodic tasks: claim a named slot once across every
     process sharing the queue, so that a periodic slot fires once however many hubs run.
@@ -140,12 +158,12 @@ class SlotClaims(Protocol):
 
 
 @runtime_checkable
-class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, SlotClaims, Protocol):
+class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, UniqueKeys, SlotClaims, Protocol):
     """Hands tasks to workers and stores their records.
 
     Required: the methods below. The capabilities it inherits (``lease_many``,
     ``watch_lost_leases``, ``limit_running_per_owner``, ``dead_letters``, ``forget_dead``,
-    ``claim_slot``) have defaults in :class:`QueueDefaults`.
+    ``task_with_key``, ``claim_slot``) have defaults in :class:`QueueDefaults`.
 
     **Fencing.** ``lease`` bumps the task's ``attempt``; every write through a lease
     (``save``, ``extend``, ``finish``, ``release``) carries it and is refused (``False``, or
@@ -158,7 +176,8 @@ class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, Slot
         is set (status ``scheduled``). Atomic: stored and queued, or (raising) neither.
         Publishes nothing: ``Backend.enqueue_and_announce`` is the submit that tells the owner.
         Raises ``QueueFull`` when ``capacity`` tasks wait already (a task handed back with
-        ``release`` always fits); a task id stored already is refused with an error."""
+        ``release`` always fits), ``DuplicateTask`` for a ``record.key`` its owner's unfinished
+        task has (with its own ``UniqueKeys``); a task id stored already is refused with an error."""
 
     async def lease(self) -> Lease:
         """Wait for the next runnable task and hand it to this caller alone, its ``attempt``
@@ -246,8 +265,9 @@ class ClientRegistry(Protocol):
 class AnnouncingEnqueue(Protocol):
     """A ``Backend`` capability: submit a task in one step, spanning queue and registry.
 
-    Default: under a lock per owner in this process, count the owner's unfinished tasks
-    (``list_by_owner``), ``enqueue``, then publish ``taskQueued``. Two processes submitting
+    Default: under a lock per owner in this process, refuse a duplicate unique key
+    (``task_with_key``), count the owner's unfinished tasks (``list_by_owner``), ``enqueue``,
+    then publish ``taskQueued``. Two processes submitting
     for one owner at once may then both pass the limit, and a worker in another process may
     publish the task's ``running`` before its ``taskQueued``.
     """
@@ -258,7 +278,9 @@ class AnnouncingEnqueue(Protocol):
         (queued, scheduled or running) tasks already: then nothing, and that count is
         returned. None: queued and announced. A backend that can, does it atomically, so
         that no worker takes the task before its owner was told, and racing submits cannot
-        both pass the limit. Raises ``QueueFull`` like ``enqueue``, nothing queued."""
+        both pass the limit. Raises ``QueueFull`` like ``enqueue``, and ``DuplicateTask``
+        when the owner has an unfinished task with ``record.key`` (checked before the limit:
+        a submit answered with that task adds none); nothing queued either way."""
         ...
 
 

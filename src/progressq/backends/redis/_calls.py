@@ -204,6 +204,7 @@ class _Calls:
             "ring": self._keys.ring,
             "wake": self._keys.wake,
             "delayed": self._keys.delayed,
+            "unique": self._keys.unique(record.owner),
         }
 
     def _enqueue_args(self, record: TaskRecord) -> _Named:
@@ -216,6 +217,8 @@ class _Calls:
             "capacity": self._capacity,
             "retention": self._retention,
             "run_at": _ms(record),
+            "unique_key": record.key or "",
+            "task_prefix": self._keys.task(""),
         }
 
     def _save_keys(self, record: TaskRecord) -> _Named:

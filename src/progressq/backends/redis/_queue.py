@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from progressq.contracts import (
     TaskRecord,
     utc_now,
 )
-from progressq.errors import BackendUnavailable, ConfigurationError, QueueFull
+from progressq.errors import BackendUnavailable, ConfigurationError, DuplicateTask, QueueFull
 
 logger = logging.getLogger("progressq.redis")
 
@@ -88,12 +89,16 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
 
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
+            DuplicateTask: the owner has an unfinished task with ``record.key``; nothing was
+                queued (the key is checked before the limit).
         """
         with _unavailable("enqueue"):
             answer = await self._batcher.call(self._calls.script, call.keys, call.args)
-        code = int(answer[0]) if isinstance(answer, list) else int(answer)
+        code = int(answer[0])
         if code == -2:
             return int(answer[1])
+        if code == -3:
+            raise DuplicateTask(_text(answer[1]))
         if code == 0:
             raise QueueFull(retry_after=1.0)
         if code == -1:
@@ -138,6 +143,13 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         with _unavailable("release"):
             done = await self._calls.run(self._calls.release(lease, record))
         return bool(done)
+
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with the unique ``key``, or None."""
+        with _unavailable("unique key"):
+            task_id = await self._client.hget(self._keys.unique(owner), key)
+        record = None if task_id is None else await self.get(_text(task_id))
+        return record if record is not None and not record.finished else None
 
     async def get(self, task_id: str) -> TaskRecord | None:
         with _unavailable("get"):
@@ -224,9 +236,24 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
             return bool(await self._client.zrem(self._keys.dead, task_id))
 
     async def statistics(self) -> QueueStatistics:
+        """The counts of every process on this Redis; ``workers``: the worker processes
+        whose heartbeat (every third of ``lease_timeout``) was seen within two lease timeouts
+        (by this host's clock): a worker gone longer than that has lost its leases anyway."""
+        seen_since = int(time.time() * 1000) - 2 * self._lease_ms
         with _unavailable("statistics"):
-            queued, running = await self._client.hmget(self._keys.counters, ["queued", "running"])
-        return QueueStatistics(queued=max(0, int(queued or 0)), running=max(0, int(running or 0)))
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._keys.counters, ["queued", "running"])
+                pipe.zcard(self._keys.delayed)
+                pipe.zcard(self._keys.dead)
+                pipe.zcount(self._keys.workers, seen_since, "+inf")
+                (queued, running), scheduled, dead, workers = await pipe.execute()
+        return QueueStatistics(
+            queued=max(0, int(queued or 0)),
+            running=max(0, int(running or 0)),
+            scheduled=int(scheduled),
+            dead=int(dead),
+            workers=int(workers),
+        )
 
 
 def _record_from(fields: Sequence[Any]) -> TaskRecord | None:

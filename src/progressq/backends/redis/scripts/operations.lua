@@ -8,6 +8,32 @@
 -- argument is named after what it is, so that the parts agree (one `revision`, one `task_id`).
 -- Nothing is sliced by position. Each call runs atomically, as one script.
 
+-- The id of the owner's unfinished task with the new task's unique key, or nil.
+-- keys: unique (the owner's unique keys: a hash, key -> the id of its unfinished task)
+-- args: unique_key ('': none), task_prefix
+local function key_holder(k, a)
+  if a.unique_key == '' then
+    return nil
+  end
+  local holder = redis.call('HGET', k.unique, a.unique_key)
+  if holder then
+    local state = redis.call('HGET', a.task_prefix .. holder, 'state')
+    if state and state ~= 'done' then
+      return holder
+    end
+  end
+  return nil
+end
+
+-- A finished task's unique key may name a new task now (`enqueue` noted it in the task's hash).
+-- keys: task; args: task_id
+local function free_key(k, a)
+  local unique = redis.call('HMGET', k.task, 'uniq', 'ukey')
+  if unique[1] and redis.call('HGET', unique[1], unique[2]) == a.task_id then
+    redis.call('HDEL', unique[1], unique[2])
+  end
+end
+
 -- Store a task's state when the writer holds the current attempt (fencing).
 -- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
 -- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
@@ -27,6 +53,7 @@ local function save(k, a)
       redis.call('HDEL', k.unfinished, a.owner)
       redis.call('EXPIRE', k.owner_tasks, a.retention)
     end
+    free_key(k, a)
     if a.status == 'failed' then
       local now = redis.call('TIME')
       redis.call('ZADD', k.dead, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), a.task_id)
@@ -77,9 +104,11 @@ end
 -- Store a new task, index it under its owner and queue it, unless the queue is full. It
 -- waits in its owner's list; an owner with waiting tasks is in the ring that `take` turns.
 -- A task to run later waits in the delayed set instead, until `take` promotes it.
--- keys: task, owner_tasks, counters, waiting, unfinished, ring, wake, delayed
+-- A task with a unique key is noted as its key's holder until it ends (`free_key`); the caller
+-- has checked that no unfinished task holds it (`key_holder`).
+-- keys: task, owner_tasks, counters, waiting, unfinished, ring, wake, delayed, unique
 -- args: task_id, record, owner, created (ms), revision, capacity ('0': none), retention (s),
---       run_at (ms since the epoch; '0': now)
+--       run_at (ms since the epoch; '0': now), unique_key ('': none)
 -- Returns 1 when queued, 0 when the queue is full, -1 when the id is taken.
 local function enqueue(k, a)
   if redis.call('EXISTS', k.task) == 1 then
@@ -96,6 +125,10 @@ local function enqueue(k, a)
   redis.call('HINCRBY', k.unfinished, a.owner, 1)
   redis.call('PERSIST', k.owner_tasks)
   redis.call('HINCRBY', k.counters, 'queued', 1)
+  if a.unique_key ~= '' then
+    redis.call('HSET', k.unique, a.unique_key, a.task_id)
+    redis.call('HSET', k.task, 'uniq', k.unique, 'ukey', a.unique_key)
+  end
   if tonumber(a.run_at) > 0 then
     redis.call('ZADD', k.delayed, a.run_at, a.task_id)
     return 1
@@ -148,16 +181,33 @@ local operations = {}
 
 operations.save = save
 operations.publish = publish
-operations.enqueue = enqueue
+
+-- `enqueue`, unless the owner has an unfinished task with the new task's unique key.
+-- keys: enqueue's; args: enqueue's and key_holder's (task_prefix)
+-- Returns {1} when queued, {0} when the queue is full, {-1} when the id is taken, {-3, task id}
+-- when the owner's unfinished task of that id has the key (nothing queued).
+function operations.enqueue(k, a)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  return {enqueue(k, a)}
+end
 
 -- Store and queue a new task (`enqueue`) and announce it (`publish`, `taskQueued`) in one
--- step, unless its owner already has the most unfinished tasks allowed.
+-- step, unless its owner already has the most unfinished tasks allowed, or an unfinished task
+-- with its unique key (checked first: a submit answered with that task adds none).
 -- keys: enqueue's and publish's (task, owner_tasks, counters, waiting, unfinished, ring, wake,
---       delayed, seq, history)
--- args: enqueue's and publish's, limit (most unfinished tasks per owner; '0': no limit)
+--       delayed, unique, seq, history)
+-- args: enqueue's, publish's and key_holder's, limit (most unfinished tasks per owner; '0': none)
 -- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
--- {-2, unfinished} when the owner is at its limit (nothing queued).
+-- {-2, unfinished} when the owner is at its limit, {-3, task id} when the owner's unfinished
+-- task of that id has the key (nothing queued either way).
 function operations.submit(k, a)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
   local limit = tonumber(a.limit)
   if limit > 0 then
     local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
@@ -286,6 +336,7 @@ function operations.cancel(k, a)
   if redis.call('LREM', k.waiting, 1, a.task_id) == 1 and redis.call('LLEN', k.waiting) == 0 then
     redis.call('LREM', k.ring, 0, a.owner)
   end
+  free_key(k, a)
   redis.call('ZREM', k.delayed, a.task_id)
   return 1
 end
