@@ -4,9 +4,9 @@ A backend is a :class:`Backend`: a bundle of a :class:`TaskQueue` and a :class:`
 Each protocol names every operation the engine calls. Some are *required*; the others are
 *capabilities* with a default that :class:`QueueDefaults` and :class:`BackendDefaults` write in
 terms of the required ones. A backend subclasses the defaults and overrides what it can do
-better (in one round trip, atomically, fairly); the engine calls every operation on every
-backend, never asking which one it has. ``progressq.testing``'s conformance suite holds a
-backend to all of it, defaults included.
+better (in one round trip, atomically, fairly); the engine calls the operations alike on any
+backend, never asking which ones it implements itself. ``progressq.testing``'s conformance
+suite holds a backend to all of it, defaults included.
 
 The engine owns policy (identity, sequencing, coalescing, retries); backends move records and
 bytes.
