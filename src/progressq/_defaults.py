@@ -22,7 +22,7 @@ __all__ = ("BackendDefaults", "QueueDefaults")
 
 class QueueDefaults:
     """Subclass it in a ``TaskQueue`` to get every capability the queue does not implement
-    itself: one lease at a time, first in first out, no heartbeat of its own, no list of failed
+    itself: one lease at a time, no cap per owner, no heartbeat of its own, no list of failed
     tasks, unique keys looked up in the owner's list, periodic slots claimed in this object.
     Override a method to do better; the conformance suite checks the queue's own methods and
     these defaults alike.
@@ -50,7 +50,8 @@ class QueueDefaults:
             yield lost
 
     def limit_running_per_owner(self, limit: int | None) -> None:
-        """Ignored: this queue hands tasks out first in, first out, with no cap per owner."""
+        """Ignored: no cap per owner; tasks go out in the order of ``lease`` (first in, first
+        out within each owner)."""
 
     async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
         """Raises ``ConfigurationError``: this queue keeps no list of failed tasks."""

@@ -96,7 +96,8 @@ class FairDispatch(Protocol):
     every process sharing the queue, atomically. A task handed back (``release``) waits
     first in its owner's line.
 
-    Default: the cap is ignored and the queue is first in, first out.
+    Default: the cap is ignored; tasks go out in the queue's own order (``lease``: first in,
+    first out within each owner).
     """
 
     def limit_running_per_owner(self, limit: int | None) -> None:
