@@ -17,7 +17,7 @@ from progressq.backends.postgres._listener import Listener
 from progressq.backends.postgres._queue import PostgresTaskQueue
 from progressq.backends.postgres._registry import PostgresClientRegistry
 from progressq.backends.postgres._schema import checked_schema, migrate
-from progressq.contracts import Backend, ClientRegistry, TaskQueue
+from progressq.contracts import Backend, BackendDefaults, ClientRegistry, Lease, TaskQueue, TaskRecord
 from progressq.errors import BackendUnavailable, ConfigurationError
 
 logger = logging.getLogger("progressq.postgres")
@@ -25,7 +25,7 @@ logger = logging.getLogger("progressq.postgres")
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, psycopg.Error)
 
 
-class PostgresBackend:
+class PostgresBackend(BackendDefaults):
     """Queue and registry on one PostgreSQL database, for many web and worker processes.
 
     Open it for the application's lifetime (the Hub does): ``async with backend: ...``. Opening
@@ -86,7 +86,7 @@ class PostgresBackend:
             lease_timeout=lease_timeout,
             max_deliveries=max_deliveries,
         )
-        self._control = Listener(conninfo, (names.wake, names.cancel), self._queue.notified, self._queue.reconnected)
+        self._control = Listener(conninfo, (names.wake, names.cancel), self._queue.notified, self._reconnected)
         self._group: anyio.abc.TaskGroup | None = None
         self._opened_before = False
 
@@ -189,6 +189,29 @@ class PostgresBackend:
         backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         with anyio.CancelScope(shield=True):
             await self._pool.close()
+
+    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
+        """Store, queue and announce ``record`` in one transaction (see
+        :meth:`PostgresTaskQueue.enqueue_and_announce`): atomic across processes."""
+        return await self._queue.enqueue_and_announce(record, max_unfinished=max_unfinished)
+
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        """Save ``record``, fenced by the attempt, and publish it in one statement (see
+        :meth:`PostgresTaskQueue.save_and_publish`)."""
+        return await self._queue.save_and_publish(lease, record, view_json, finish=finish)
+
+    async def _reconnected(self) -> None:
+        """The control connection is back after it was lost: the pool's idle connections
+        were likely cut too (a restart); the dead ones are replaced before they fail a write."""
+        if self._control.connections > 1:
+            try:
+                with anyio.move_on_after(10.0):
+                    await self._pool.check()
+            except Exception as exc:  # the pool finds out by itself later
+                logger.warning("could not check the pooled connections: %s", exc)
+        await self._queue.reconnected()
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.url}, schema={self.schema!r})"

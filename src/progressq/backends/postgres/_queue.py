@@ -29,7 +29,7 @@ from progressq.backends.postgres._common import (
 from progressq.backends.postgres._keeping import Held, LeaseKeeping
 from progressq.backends.postgres._leasing import Leasing
 from progressq.backends.postgres._registry import NOTIFIED, NUMBERED, PostgresClientRegistry
-from progressq.contracts import CancelOutcome, Lease, QueueStatistics, TaskRecord, utc_now
+from progressq.contracts import CancelOutcome, Lease, QueueDefaults, QueueStatistics, TaskRecord, utc_now
 from progressq.errors import ConfigurationError, DuplicateTask, QueueFull
 
 logger = logging.getLogger("progressq.postgres")
@@ -106,7 +106,7 @@ _STATISTICS = f"""SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILT
     FROM {{s}}.tasks WHERE state <> 'done'"""
 
 
-class PostgresTaskQueue(Leasing, LeaseKeeping):
+class PostgresTaskQueue(Leasing, LeaseKeeping, QueueDefaults):
     """The task queue on PostgreSQL. Made by :class:`PostgresBackend`; see the package doc."""
 
     def __init__(
