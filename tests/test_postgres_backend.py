@@ -330,3 +330,20 @@ async def test_lease_many_takes_owners_in_turn_at_most_the_free_slots_and_holds_
         rest = await backend.queue.lease_many(10)
         assert [lease.record.id for lease in rest] == ["task-5"]  # alice at her cap of 2; none taken over
         assert (await backend.queue.statistics()).running == 4
+
+
+async def test_writes_go_on_once_the_control_connection_is_back(make: Make) -> None:
+    async with make(pool_size=2) as backend:
+        await backend.queue.enqueue(_record(n=1))
+        pool = backend._pool
+        cut = _sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cut[0][0] >= 2  # the pooled connection and the listening one, at least
+        # the listening connection comes back and has the pool's idle connections checked
+        with anyio.fail_after(PATIENCE):
+            while pool.get_stats().get("connections_lost", 0) < 1:
+                await anyio.sleep(0.05)
+        await backend.queue.enqueue(_record(n=2))  # a write: not tried again, so it must find a live connection
+        assert [r.id for r in await backend.queue.list_by_owner("alice")] == ["task-2", "task-1"]
