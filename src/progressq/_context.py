@@ -214,13 +214,19 @@ class TaskContext:
                 record = self._record.evolve(progress=self._percent, message=self._message)
                 try:
                     committed = await self._commit(record)
-                except BackendUnavailable as exc:  # logged once per outage, not per report
-                    backend_outage.failed("a progress report", exc)
-                    self._dirty = True
-                    return
-                except Exception:
-                    # Progress is best effort: the next report or the terminal state repairs it.
-                    logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+                except BaseException as exc:
+                    # Unanswered is not unwritten: the write may have been stored and published
+                    # (its reply lost, or the owner's cancel reaching this caller first). Its
+                    # revision is spent, so that the next write, the terminal state's too, has a
+                    # newer one: a backend drops an event whose revision it already published.
+                    self._record = record
+                    if isinstance(exc, BackendUnavailable):  # logged once per outage, not per report
+                        backend_outage.failed("a progress report", exc)
+                    elif isinstance(exc, Exception):
+                        # Progress is best effort: the next report or the terminal state repairs it.
+                        logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+                    else:
+                        raise
                     self._dirty = True
                     return
                 backend_outage.answered()
