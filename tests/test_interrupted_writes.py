@@ -54,12 +54,11 @@ async def running_hub(backend_kind: str) -> AsyncIterator[Hub]:
             yield hub
 
 
-def interrupt_the_write(hub: Hub, backend_kind: str, then: Callable[[TaskRecord], Awaitable[None]]) -> list[int]:
+def interrupt_the_write(hub: Hub, then: Callable[[TaskRecord], Awaitable[None]]) -> list[int]:
     """Make the worker's write of the progress report ``INTERRUPTED`` land, then run
     ``then`` instead of answering. Returns the revisions of every write the worker makes."""
-    queue: Any = hub.queue
-    name = "save_and_publish" if backend_kind == "redis" else "save"  # what the worker writes with
-    write = getattr(queue, name)
+    backend: Any = hub.backend
+    write = backend.save_and_publish  # how the worker stores and publishes, on either backend
     revisions: list[int] = []
 
     async def landing_unanswered(lease: Any, record: TaskRecord, *args: Any, **kwargs: Any) -> bool:
@@ -70,7 +69,7 @@ def interrupt_the_write(hub: Hub, backend_kind: str, then: Callable[[TaskRecord]
             await then(record)
         return stored
 
-    setattr(queue, name, landing_unanswered)
+    backend.save_and_publish = landing_unanswered
     return revisions
 
 
@@ -94,7 +93,7 @@ async def test_a_cancel_that_arrives_while_a_landed_write_is_unanswered_still_en
             await ctx.report(10, INTERRUPTED)
             await anyio.sleep_forever()
 
-        written = interrupt_the_write(hub, backend_kind, cancel_and_wait)
+        written = interrupt_the_write(hub, cancel_and_wait)
         sink = RecordingSink()
         await hub.registry.attach(OWNER, sink)
         record = await hub.submit("endless", owner=OWNER)
@@ -117,7 +116,7 @@ async def test_a_landed_write_whose_reply_was_lost_does_not_cost_the_task_its_en
             await ctx.report(80, "the next report")
             return "done"
 
-        written = interrupt_the_write(hub, backend_kind, lose_the_reply)
+        written = interrupt_the_write(hub, lose_the_reply)
         sink = RecordingSink()
         await hub.registry.attach(OWNER, sink)
         record = await hub.submit("short", owner=OWNER)
