@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import uuid
@@ -310,6 +311,10 @@ def main() -> None:
         app = socketio_app(redis_url, args.prefix)
     else:
         app = progressq_app(redis_url, args.prefix, not args.worker_apart)
+    profile = os.environ.get("E2E_PROFILE")  # a file: the web process's cProfile stats, written on exit
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     # The same settings for every system: one process, uvloop and httptools, no compression.
     uvicorn.run(
         app,
@@ -322,6 +327,9 @@ def main() -> None:
         ws_per_message_deflate=False,
         backlog=4096,
     )
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{args.system}")
 
 
 if __name__ == "__main__":
