@@ -315,21 +315,25 @@ def main() -> None:
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
         profiler.enable()
-    # The same settings for every system: one process, uvloop and httptools, no compression.
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        ws_per_message_deflate=False,
-        backlog=4096,
-    )
-    if profiler is not None:
-        profiler.disable()
-        profiler.dump_stats(f"{profile}.{args.system}")
+    try:
+        # The same settings for every system: one process, uvloop and httptools, no compression.
+        uvicorn.run(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            ws_per_message_deflate=False,
+            backlog=4096,
+        )
+    except KeyboardInterrupt:  # uvicorn raises the SIGINT it stopped on again, once stopped
+        pass
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{args.system}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,7 +215,7 @@ def process(args: list[str], port: int | None) -> Iterator[subprocess.Popen[byte
             wait_for_port(port, child)
         yield child
     finally:
-        child.terminate()
+        child.send_signal(signal.SIGINT)  # as Ctrl-C: a profiled server writes its stats
         try:
             child.wait(10)
         except subprocess.TimeoutExpired:

@@ -23,6 +23,7 @@ __all__ = ("TaskContext",)
 logger = logging.getLogger("progressq.worker")
 
 _MAX_MESSAGE_LENGTH = 1000
+_NUMBER = (int, float)  # a tuple: ``int | float`` would build a union on every report
 
 
 _YIELD_EVERY = 0.001
@@ -155,7 +156,7 @@ class TaskContext:
         Raises:
             ValueError: ``percent`` is not a number from 0 to 100.
         """
-        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+        if isinstance(percent, bool) or not isinstance(percent, _NUMBER) or not 0 <= percent <= 100:
             raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
         if self._closed:
             return

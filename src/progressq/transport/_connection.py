@@ -218,11 +218,13 @@ class Connection:
                 # The writer runs only while there is something to send (and a moment
                 # after): an idle connection is this one task.
                 self._group, self._outbox.on_idle_put = group, self._on_put
+                if self._inline:
+                    self._outbox.send_now = self._send_now
                 try:
                     await self._follow(identity, last_seq, resumed=last_seq is not None)
                     await self._read()
                 finally:
-                    self._group = self._outbox.on_idle_put = None
+                    self._group = self._outbox.on_idle_put = self._outbox.send_now = None
                 group.cancel_scope.cancel()
         except* _Close as closing:
             close = closing.exceptions[0]  # type: ignore[assignment]
@@ -264,6 +266,26 @@ class Connection:
         else:
             self._start_writer()
 
+    def _send_now(self, text: str) -> bool:
+        """One message into an empty outbox, sent on the publisher's stack if nothing else
+        sends on this connection right now (else False: it is queued as usual)."""
+        if self._writing or self._inlining or self._group is None:
+            return False
+        self._inlining = True
+        try:
+            unfinished = _inline.start(self._peer.send(text))
+            if unfinished is not None:
+                self._carry = (unfinished, [])
+                self._start_writer()
+        except Exception as exc:  # the peer is gone or broken; never the publisher's problem
+            self._failure = exc
+            self._start_writer()
+        finally:
+            self._inlining = False
+        if not self._writing and len(self._outbox):  # the send queued more (see _send_inline)
+            self._send_inline()
+        return True
+
     def _send_inline(self) -> None:
         # On the publisher's stack: every send that finishes at once is done here; the
         # first that would wait goes, with the rest of its batch, to a writer task.
@@ -272,7 +294,8 @@ class Connection:
         outbox = self._outbox
         self._inlining = True
         try:
-            while batch := outbox.take():
+            while len(outbox) or outbox.overflowed:
+                batch = outbox.take()
                 for index, text in enumerate(batch):
                     unfinished = _inline.start(self._peer.send(text))
                     if unfinished is not None:
