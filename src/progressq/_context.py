@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
+from msgspec.structs import replace
 
 from progressq._outage import backend_outage
 from progressq.contracts import TaskRecord
@@ -212,7 +213,9 @@ class TaskContext:
                     return
                 self._dirty = False
                 self._next_emit = now + self._interval
-                record = self._record.evolve(progress=self._percent, message=self._message)
+                # ``evolve`` spelled out: its ``**changes`` cost as much as the copy itself.
+                last = self._record
+                record = replace(last, revision=last.revision + 1, progress=self._percent, message=self._message)
                 try:
                     committed = await self._commit(record)
                 except BackendUnavailable as exc:  # logged once per outage, not per report
