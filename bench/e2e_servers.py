@@ -302,7 +302,8 @@ def main() -> None:
 
         assert redis_url, "only the Redis systems have a worker of their own"
         runner = port_worker_process if args.system == "port-redis" else progressq_worker_process
-        uvloop.run(runner(redis_url, args.prefix))
+        with contextlib.suppress(KeyboardInterrupt):  # how it is stopped
+            uvloop.run(runner(redis_url, args.prefix))
         return
     app: ASGIApp
     if args.system.startswith("port"):
@@ -327,6 +328,7 @@ def main() -> None:
             access_log=False,
             ws_per_message_deflate=False,
             backlog=4096,
+            timeout_keep_alive=60,  # a saturated server must not close the start requests' connections
         )
     except KeyboardInterrupt:  # uvicorn raises the SIGINT it stopped on again, once stopped
         pass
