@@ -188,12 +188,13 @@ async def test_prometheus_counts_tasks_and_attempts_and_serves_them() -> None:
         with pytest.raises(ValidationError):
             await hub.submit("count", owner=OWNER, params={})
         await finished(sink, *records)
+        await hub.submit("count", owner=OWNER, params=Numbers(2), delay=3600)  # scheduled
         transport = httpx.ASGITransport(app=metrics.asgi_app())
         async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as http:
             scraped = await http.get("/")
             refused_method = await http.post("/")
     sample = metrics.registry.get_sample_value
-    assert sample("progressq_tasks_submitted_total", {"kind": "count"}) == 3
+    assert sample("progressq_tasks_submitted_total", {"kind": "count"}) == 4
     assert sample("progressq_tasks_refused_total", {"kind": "count", "reason": "invalid_params"}) == 1
     assert sample("progressq_attempts_started_total", {"kind": "count"}) == 5
     assert sample("progressq_attempts_finished_total", {"kind": "count", "status": "completed"}) == 2
@@ -203,9 +204,12 @@ async def test_prometheus_counts_tasks_and_attempts_and_serves_them() -> None:
     assert scraped.status_code == 200
     assert scraped.headers["content-type"].startswith("text/plain")
     text = scraped.text
-    assert 'progressq_tasks_submitted_total{kind="count"} 3.0' in text
+    assert 'progressq_tasks_submitted_total{kind="count"} 4.0' in text
     assert "progressq_connections 1.0" in text  # the sink attached by ``finished``
-    assert 'progressq_queue_tasks{state="queued"} 0.0' in text
+    assert 'progressq_queue_tasks{state="queued"} 1.0' in text  # the scheduled one
+    assert 'progressq_queue_tasks{state="scheduled"} 1.0' in text
+    assert 'progressq_queue_tasks{state="dead"} 1.0' in text  # the one that failed
+    assert "progressq_workers 1.0" in text  # this process's
     assert "progressq_backend_up 1.0" in text
     assert OWNER not in text  # no identity in any label
     assert refused_method.status_code == 405

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 
 import anyio
 import pytest
@@ -23,6 +28,9 @@ def _hub(concurrency: int) -> Hub:
         await anyio.sleep(0.2)
 
     return hub
+
+
+memory_hub = _hub(concurrency=1)  # for the worker CLI below
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -64,3 +72,27 @@ def test_the_backend_is_described_without_its_password() -> None:
     assert "hunter2" not in described
     assert "127.0.0.1:6379/5" in described
     assert "'app'" in described
+
+
+def test_a_worker_process_on_a_memory_backend_warns_that_it_sees_only_its_own_tasks() -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "progressq", "worker", "tests.test_no_worker:memory_hub"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PROGRESSQ_SECRET": SECRET},
+    )
+    assert worker.stderr is not None
+    lines: list[str] = []
+    give_up = threading.Timer(PATIENCE, worker.kill)  # a worker that never warns ends the read
+    give_up.start()
+    try:
+        while not any("sees only tasks submitted in it" in line for line in lines):
+            line = worker.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+    finally:
+        give_up.cancel()
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=PATIENCE)
+    assert any("the hub's backend is in memory" in line for line in lines), lines

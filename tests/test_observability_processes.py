@@ -74,6 +74,8 @@ async def test_a_task_run_by_another_process_is_measured_and_traced_end_to_end(t
 
     assert 'progressq_tasks_submitted_total{kind="steps"} 1.0' in web_text
     assert 'progressq_queue_tasks{state="queued"} 0.0' in web_text
+    assert 'progressq_queue_tasks{state="dead"} 0.0' in web_text
+    assert "progressq_workers 1.0" in web_text  # the worker process, seen from the web one
     assert 'progressq_attempts_started_total{kind="steps"} 1.0' in worker_text
     assert 'progressq_attempts_finished_total{kind="steps",status="completed"} 1.0' in worker_text
 

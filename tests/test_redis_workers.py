@@ -24,7 +24,7 @@ from progressq.contracts import Event
 from progressq.testing import RecordingSink, check_task_events
 from tests.redis_support import REDIS_URL, prefixed
 from tests.waiting import PATIENCE
-from tests.worker_app import make_hub
+from tests.worker_app import make_hub, runs_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -168,6 +168,44 @@ async def test_kill_9_of_a_worker_loses_no_task(redis_prefix: str, start_worker:
             assert [r.status for r in await hub.list(owner=owner)] == ["completed"] * 3
         statistics = await hub.queue.statistics()
         assert (statistics.queued, statistics.running) == (0, 0)
+
+
+async def test_delayed_tasks_run_once_while_workers_are_killed_9_and_restarted(
+    redis_prefix: str, start_worker: Any
+) -> None:
+    workers = [start_worker(concurrency=2) for _ in range(3)]
+    killed: set[int] = set()
+    async with _client_hub(redis_prefix) as hub:
+        owners = ["alice", "bob", "carol", "dave"]
+        tasks = [
+            await hub.submit("count", owner=owners[n % 4], payload={"delay": 0.05}, delay=1.0 + (n % 40) * 0.15)
+            for n in range(80)
+        ]  # due over six seconds, while the workers die and come back
+        for round_ in range(8):
+            await anyio.sleep(0.8)
+            doomed = workers.pop(round_ % len(workers))
+            doomed.signal(signal.SIGKILL)  # no goodbye: its takes and leases are cut anywhere
+            killed.add(doomed.pid)
+            workers.append(await anyio.to_thread.run_sync(start_worker, 2))
+        with anyio.fail_after(PATIENCE * 2):
+            for task in tasks:
+                while not (await hub.get(task.id, owner=task.owner)).finished:
+                    await anyio.sleep(0.2)
+        client = hub.backend.client  # type: ignore[attr-defined]
+        for task in tasks:
+            final = await hub.get(task.id, owner=task.owner)
+            runs = [run.decode().split(":") for run in await client.lrange(runs_key(redis_prefix, task.id), 0, -1)]
+            assert final.status == "completed", (task.id, final.status, final.error)
+            attempts = [int(attempt) for attempt, _ in runs]
+            assert len(set(attempts)) == len(attempts), f"an attempt of {task.id} ran twice: {runs}"
+            # promoted and run once: any other run was cut short by the kill of its worker
+            ended = [(attempt, pid) for attempt, pid in runs if int(attempt) == final.attempt]
+            assert ended == [(str(final.attempt), str(final.result["pid"]))], runs
+            others = {int(pid) for attempt, pid in runs if int(attempt) != final.attempt}
+            assert others <= killed, f"{task.id} ran again while its first worker lived: {runs}"
+        statistics = await hub.queue.statistics()
+        assert (statistics.queued, statistics.running, statistics.scheduled) == (0, 0, 0)
+    assert len(killed) == 8
 
 
 async def _any_sink_event(sinks: dict[str, RecordingSink], predicate: Any, within: float = PATIENCE) -> Event:
@@ -358,7 +396,7 @@ async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: 
         await sink.wait_for(lambda events: set(_terminal(events)) >= set(failed), 60)
         status = await anyio.to_thread.run_sync(_cli, redis_prefix, "status", "tests.worker_app:hub")
         assert status.returncode == 0, status.stderr
-        assert "queued 0  running 0  failed 2" in status.stdout
+        assert status.stdout.strip() == "queued 0  running 0  scheduled 0  dead 2  workers 1"
         listed = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "list", "tests.worker_app:hub")
         assert {line.split()[0] for line in listed.stdout.splitlines()} == set(failed)
         assert "RuntimeError: boom 1" in listed.stdout
@@ -373,6 +411,39 @@ async def test_the_operator_lists_retries_and_purges_failed_tasks(redis_prefix: 
         purged = await anyio.to_thread.run_sync(_cli, redis_prefix, "dead", "purge", "tests.worker_app:hub")
         assert purged.stdout.strip() == "purged 2"  # the second and the retried one
         assert await hub.dead_letters() == []
+
+
+async def test_status_counts_queued_running_scheduled_dead_and_live_workers(
+    redis_prefix: str, start_worker: Any
+) -> None:
+    first = start_worker(concurrency=1, grace=0.5)
+    start_worker(concurrency=1)
+
+    async def status() -> str:
+        answer = await anyio.to_thread.run_sync(_cli, redis_prefix, "status", "tests.worker_app:hub")
+        assert answer.returncode == 0, answer.stderr
+        return answer.stdout.strip()
+
+    async with _client_hub(redis_prefix) as hub:
+        sink = RecordingSink()
+        await hub.registry.attach("alice", sink)
+        failed = await hub.submit("boom", owner="alice")
+        await sink.wait_for(lambda events: failed.id in _terminal(events), PATIENCE)
+        long = {"steps": 600, "delay": 0.1}  # a minute: running until cancelled
+        running = [await hub.submit("steps", owner=owner, payload=long) for owner in ("alice", "bob")]
+        with anyio.fail_after(PATIENCE):
+            while [(await hub.get(t.id, owner=t.owner)).status for t in running] != ["running", "running"]:
+                await anyio.sleep(0.05)
+        waiting = await hub.submit("steps", owner="carol", payload=long)  # both workers' one slot is taken
+        later = await hub.submit("steps", owner="carol", payload=long, delay=3600)
+        assert await status() == "queued 2  running 2  scheduled 1  dead 1  workers 2"
+        first.signal(signal.SIGTERM)  # a graceful exit leaves the live workers at once
+        with anyio.fail_after(PATIENCE):
+            while (line := await status()).split("workers ")[1] != "1":
+                await anyio.sleep(0.2)
+        assert "dead 1" in line
+        for task in (*running, waiting, later):
+            await hub.cancel(task.id, owner=task.owner)
 
 
 async def test_three_worker_processes_fire_each_periodic_slot_once(redis_prefix: str, start_worker: Any) -> None:

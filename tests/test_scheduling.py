@@ -254,6 +254,80 @@ def test_the_how_to_page_runs_as_written() -> None:
     assert policy.retries(TimeoutError())
 
 
+def _how_to_page() -> dict[str, Any]:
+    """The scheduling how-to's ``python`` blocks, run as one module: its namespace."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "scheduling.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+    namespace: dict[str, Any] = {"__name__": "scheduling_how_to"}
+    exec(compile("\n".join(blocks), str(page), "exec"), namespace)
+    return namespace
+
+
+async def test_the_how_to_page_s_unique_submit_answers_with_one_task() -> None:
+    namespace = _how_to_page()
+    hub = namespace["hub"] = Hub(MemoryBackend(), secret=SECRET, concurrency=0)  # the page's, in memory
+
+    @hub.task("fetch")
+    async def fetch(ctx: TaskContext) -> None: ...
+
+    async with hub:
+        clicks = [await namespace["refresh"](OWNER, "https://example.com") for _ in range(5)]
+        assert len(set(clicks)) == 1
+        assert [r.id for r in await hub.list(owner=OWNER)] == clicks[:1]
+
+
+# --- unique tasks ---------------------------------------------------------------------------
+
+
+async def test_a_unique_key_is_checked_before_the_owner_s_limit_and_freed_by_the_end() -> None:
+    hub = Hub(MemoryBackend(), secret=SECRET, concurrency=1, max_active_per_owner=1, progress_interval=0.0)
+    release = anyio.Event()
+
+    @hub.task("sync")
+    async def sync(ctx: TaskContext) -> str:
+        await release.wait()
+        return "synced"
+
+    async with hub:
+        sink = await attach(hub)
+        first = await hub.submit("sync", owner=OWNER, key="inbox")
+        await wait_until(lambda: sink.has_status(first.id, "running"))
+        again = await hub.submit("sync", owner=OWNER, key="inbox", name="another name")
+        assert (again.id, again.status, again.name) == (first.id, "running", "sync")  # the task as it is
+        queued = sum(1 for event in sink.events if event.kind == "taskQueued")
+        assert queued == 1  # nothing new was announced
+        release.set()
+        await wait_until(lambda: sink.has_status(first.id, "completed"))
+        fresh = await hub.submit("sync", owner=OWNER, key="inbox")
+        assert fresh.id != first.id
+        for bad in ("", "k" * 201):
+            with pytest.raises(ValueError, match="key"):
+                await hub.submit("sync", owner=OWNER, key=bad)
+
+
+async def test_a_key_on_a_backend_without_unique_keys_is_refused() -> None:
+    class PlainQueue:  # a third-party queue without the capability: every other call delegates
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "task_with_key":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    backend = MemoryBackend()
+    plain = PlainQueue(backend.queue)
+    hub = Hub(backend, secret=SECRET, concurrency=0)
+    hub.task("sync")(_nothing)
+    async with hub:
+        hub.backend = type("Plain", (), {"queue": plain, "registry": backend.registry})()  # type: ignore[assignment]
+        with pytest.raises(ConfigurationError, match="unique"):
+            await hub.submit("sync", owner=OWNER, key="inbox")
+
+
+async def _nothing(ctx: TaskContext) -> None: ...
+
+
 # --- dead letters ---------------------------------------------------------------------------
 
 

@@ -16,6 +16,11 @@ from progressq.backends.redis import RedisBackend
 SECRET = "multi-process-test-secret"
 
 
+def runs_key(prefix: str, task_id: str) -> str:
+    """Where the ``count`` task notes its runs."""
+    return f"{prefix}:test:runs:{task_id}"
+
+
 def make_hub(
     url: str,
     prefix: str,
@@ -38,6 +43,14 @@ def make_hub(
         for step in range(1, count + 1):
             await anyio.sleep(delay)
             await ctx.report(step * 100 / count, f"step {step} pid {os.getpid()}")
+        return {"pid": os.getpid()}
+
+    @app.task("count", timeout=60)
+    async def count(ctx: TaskContext) -> dict[str, int]:
+        """Notes each run in Redis (``attempt:pid`` on the list ``{prefix}:test:runs:{task id}``)
+        before it sleeps ``delay`` seconds: how often a task ran, and where, for the tests."""
+        await backend.client.rpush(runs_key(prefix, ctx.task_id), f"{ctx.attempt}:{os.getpid()}")
+        await anyio.sleep(float(ctx.payload.get("delay", 0.0)))
         return {"pid": os.getpid()}
 
     @app.task("boom")

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import anyio
 
 from progressq._no_worker import describe_backend
+from progressq.backends.memory import MemoryBackend
+from progressq.contracts import QueueStatistics
 from progressq.errors import TaskNotFound
 from progressq.hub import Hub
 
@@ -94,7 +96,7 @@ async def run_worker(hub: Hub, *, spec: str = "hub") -> None:
                     hub.concurrency,
                     ", ".join(hub.kinds) or "(none)",
                 )
-                if type(hub.backend).__name__ == "MemoryBackend":
+                if isinstance(hub.backend, MemoryBackend):
                     logger.warning("the hub's backend is in memory: this worker sees only tasks submitted in it")
                 await stop.wait()
             group.cancel_scope.cancel()
@@ -106,9 +108,7 @@ async def run_operation(hub: Hub, command: str, action: str | None, task_ids: Se
     hub.concurrency = 0
     async with hub:
         if command == "status":
-            queue = await hub.queue.statistics()
-            dead = len(await hub.dead_letters(10_000))
-            print(f"queued {queue.queued}  running {queue.running}  failed {dead}")
+            print(describe_statistics(await hub.queue.statistics()))
             return 0
         if action == "list":
             for record in await hub.dead_letters(1000):
@@ -130,6 +130,19 @@ async def run_operation(hub: Hub, command: str, action: str | None, task_ids: Se
         return 1 if failed else 0
 
 
+def describe_statistics(statistics: QueueStatistics) -> str:
+    """One line of counts: ``queued 3  running 2  scheduled 1  dead 0  workers 2``; a count
+    the backend does not keep is ``-``."""
+    counts = {
+        "queued": statistics.queued,
+        "running": statistics.running,
+        "scheduled": statistics.scheduled,
+        "dead": statistics.dead,
+        "workers": statistics.workers,
+    }
+    return "  ".join(f"{name} {'-' if count is None else count}" for name, count in counts.items())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``progressq`` console script."""
     parser = argparse.ArgumentParser(prog="progressq", description="progressq command line")
@@ -147,7 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"tasks run at once (default: the hub's own, or {_DEFAULT_CONCURRENCY} if it runs none)",
     )
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    status = commands.add_parser("status", help="queue depths and failed tasks")
+    status = commands.add_parser(
+        "status",
+        help="queue depths: queued (scheduled among them), running, dead (failed) tasks, workers alive",
+    )
     status.add_argument("hub", metavar="MODULE:HUB")
     dead = commands.add_parser("dead", help="list, retry or purge the failed tasks")
     dead.add_argument("action", choices=["list", "retry", "purge"])

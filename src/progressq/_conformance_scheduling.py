@@ -19,7 +19,8 @@ import anyio
 import msgspec
 import pytest
 
-from progressq.contracts import Backend, DeadLetters, FairDispatch, Lease, TaskQueue, TaskRecord
+from progressq.contracts import Backend, DeadLetters, FairDispatch, Lease, TaskQueue, TaskRecord, UniqueKeys
+from progressq.errors import DuplicateTask
 
 __all__ = ("SchedulingConformance", "check_fair_dispatch")
 
@@ -44,6 +45,12 @@ def _task(owner: str, n: int) -> TaskRecord:
 
 async def _tick(ctx: Any) -> None:
     """A periodic task's handler (no worker runs it in these tests)."""
+
+
+def _unique(queue: TaskQueue) -> UniqueKeys:
+    if not isinstance(queue, UniqueKeys):
+        pytest.skip("this backend does not keep tasks unique by key (no UniqueKeys)")
+    return queue
 
 
 def _fair(queue: TaskQueue) -> FairDispatch:
@@ -285,6 +292,98 @@ class SchedulingConformance:
             assert not await dead.forget_dead(failing.id)
             assert await dead.dead_letters(10) == []
             assert (await queue.get(failing.id)) is not None  # off the list, still readable
+
+    @pytest.mark.anyio
+    async def test_a_unique_key_names_one_unfinished_task_until_it_ends(
+        self, make_backend: Callable[..., Backend]
+    ) -> None:
+        async with make_backend() as backend:
+            queue = backend.queue
+            unique = _unique(queue)
+            owner, other = f"keyed-{secrets.token_hex(3)}", f"keyed-other-{secrets.token_hex(3)}"
+
+            def keyed(n: int, key: str, who: str = owner, **changes: Any) -> TaskRecord:
+                return msgspec.structs.replace(_task(who, n), key=key, **changes)
+
+            async def refused(record: TaskRecord, holder: TaskRecord) -> None:
+                with pytest.raises(DuplicateTask) as refusal:
+                    await queue.enqueue(record)
+                assert refusal.value.task_id == holder.id
+                assert await queue.get(record.id) is None  # nothing stored
+                found = await unique.task_with_key(holder.owner, holder.key or "")
+                assert found is not None
+                assert found.id == holder.id
+
+            async def free(record: TaskRecord) -> None:
+                assert await unique.task_with_key(record.owner, record.key or "") is None
+
+            # each end frees the key: completed, failed (dead), cancelled queued, running, scheduled
+            first, theirs, export = keyed(1, "report"), keyed(2, "report", other), keyed(3, "export")
+            for record in (first, theirs, export):  # another owner's key, or another key: its own task
+                await queue.enqueue(record)
+            await refused(keyed(4, "report"), first)
+            scheduled = keyed(5, "nightly", status="scheduled", run_at=datetime.now(UTC) + timedelta(hours=1))
+            await queue.enqueue(scheduled)
+            await refused(keyed(6, "nightly"), scheduled)
+            leases = {lease.record.id: lease for lease in [await _lease(backend) for _ in range(3)]}
+            assert set(leases) == {first.id, theirs.id, export.id}
+            await refused(keyed(7, "report"), first)  # running is unfinished too
+            await _end(backend, leases[first.id])
+            await free(first)
+            again = keyed(8, "report")
+            await queue.enqueue(again)  # once it finished, the key queues a new task
+            await refused(keyed(9, "report"), again)
+            outcome = await queue.request_cancel(again.id, owner)  # cancelled while queued
+            assert outcome is not None
+            assert outcome.result == "cancelled"
+            await free(again)
+            dead = leases[export.id]
+            failed = dead.record.evolve(status="failed", error="gave up", finished_at=datetime.now(UTC))
+            assert await queue.save(dead, failed)  # attempts used up: a dead letter
+            await queue.finish(dead)
+            await free(export)
+            outcome = await queue.request_cancel(scheduled.id, owner)  # cancelled while scheduled
+            assert outcome is not None
+            assert outcome.result == "cancelled"
+            await free(scheduled)
+            await queue.enqueue(keyed(10, "nightly"))
+            running = leases[theirs.id]
+            cancelled = running.record.evolve(status="cancelled", finished_at=datetime.now(UTC))
+            assert await queue.save(running, cancelled)  # cancelled while running
+            await queue.finish(running)
+            await free(theirs)
+
+    @pytest.mark.anyio
+    async def test_concurrent_submits_with_one_key_give_one_task(self, make_backend: Callable[..., Backend]) -> None:
+        from progressq.hub import Hub
+
+        owner = f"racer-{secrets.token_hex(3)}"
+        hubs = [
+            Hub(make_backend(), secret="unique-conformance-secret", concurrency=0, max_active_per_owner=1)
+            for _ in range(3 if self.shared_state else 1)
+        ]
+        for hub in hubs:
+            hub.task("tick")(_tick)
+        async with contextlib.AsyncExitStack() as stack:
+            for hub in hubs:
+                await stack.enter_async_context(hub)
+            _unique(hubs[0].queue)
+            answers: list[TaskRecord] = []
+
+            async def submit(hub: Hub) -> None:
+                answers.append(await hub.submit("tick", owner=owner, key="only-once"))
+
+            async with anyio.create_task_group() as group:
+                for n in range(30):
+                    group.start_soon(submit, hubs[n % len(hubs)])
+            stored = await hubs[0].queue.list_by_owner(owner)
+            # one task, and every submit answered with it (the limit of 1 refused none of them)
+            assert [record.id for record in stored] == [answers[0].id]
+            assert {record.id for record in answers} == {answers[0].id}
+            await hubs[0].cancel(answers[0].id, owner=owner)
+            fresh = await hubs[-1].submit("tick", owner=owner, key="only-once")
+            assert fresh.id != answers[0].id  # the first one ended: the key queues a new task
+            await hubs[0].cancel(fresh.id, owner=owner)
 
     @pytest.mark.anyio
     async def test_each_periodic_slot_fires_once_across_hubs(self, make_backend: Callable[..., Backend]) -> None:

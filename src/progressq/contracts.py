@@ -30,6 +30,7 @@ __all__ = (
     "SlotClaims",
     "TaskQueue",
     "TaskRecord",
+    "UniqueKeys",
     "utc_now",
 )
 
@@ -64,6 +65,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cancel_requested: bool = False
     context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
     run_at: datetime | None = None  # not handed out before then (scheduled, or a retry's backoff)
+    key: str | None = None  # submit's unique key: one unfinished task per owner and key (``UniqueKeys``)
 
     @property
     def finished(self) -> bool:
@@ -136,8 +138,22 @@ class CancelOutcome(msgspec.Struct, frozen=True):
 
 
 class QueueStatistics(msgspec.Struct, frozen=True):
+    """How many tasks are where, across every process sharing the queue.
+
+    ``queued`` counts every task not handed to a worker yet; ``scheduled`` is the part of
+    them waiting for their time (a delay, or a retry's backoff). ``dead`` counts the failed
+    tasks on the list of ``DeadLetters``; ``workers``, the worker processes taking tasks
+    from this queue lately (on Redis: heartbeats seen within two lease timeouts; in memory:
+    this process, if its workers take tasks). The last
+    three are ``None`` when the backend does not count them (their defaults, so that a
+    backend written before them still builds this record).
+    """
+
     queued: int
     running: int
+    scheduled: int | None = None
+    dead: int | None = None
+    workers: int | None = None
 
 
 class RegistryStatistics(msgspec.Struct, frozen=True):
@@ -240,6 +256,18 @@ class DeadLetters(Protocol):
 
     async def forget_dead(self, task_id: str) -> bool:
         """Take a task off the list (its record stays); False if it was not on it."""
+
+
+@runtime_checkable
+class UniqueKeys(Protocol):
+    """A ``TaskQueue`` capability: unique tasks. At most one unfinished task per owner has a
+    given ``key``: ``enqueue`` of a record whose ``key`` its owner's unfinished task has
+    already stores nothing and raises ``DuplicateTask``, atomically across every process
+    sharing the queue. The key is free again once that task is finished (by any end:
+    completed, failed, cancelled, dead)."""
+
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with ``key``, or None."""
 
 
 @runtime_checkable

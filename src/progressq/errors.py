@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = (
     "ConfigurationError",
+    "DuplicateTask",
     "ForbiddenIdentity",
     "ProgressQError",
     "QueueFull",
@@ -107,3 +108,12 @@ class ForbiddenIdentity(ProgressQError):
 
 class BackendUnavailable(ProgressQError):
     """The backend (e.g. Redis) did not answer; the operation did not take effect."""
+
+
+class DuplicateTask(ProgressQError):
+    """A queue refused a task: its owner has an unfinished task with the same unique key
+    (``hub.submit`` answers with that task instead)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"the owner has an unfinished task with this key ({task_id})")
+        self.task_id = task_id

@@ -109,7 +109,15 @@ def _start_openapi(kind: TaskKind | None) -> dict[str, Any]:
                 "required": False,
                 "description": "the task's display name (1 to 200 characters); the kind's name when omitted",
                 "schema": {"type": "string"},
-            }
+            },
+            {
+                "name": "key",
+                "in": "query",
+                "required": False,
+                "description": "a unique key (1 to 200 characters): the caller's unfinished task with it "
+                "is answered instead of starting another",
+                "schema": {"type": "string"},
+            },
         ],
     }
 

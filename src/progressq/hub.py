@@ -20,9 +20,20 @@ from progressq._logonce import LogOnce, fingerprint
 from progressq._no_worker import warn_while_no_worker_takes_tasks
 from progressq._periodic import Periodic, run_schedules
 from progressq._worker import TaskPolicy, WorkerPool
-from progressq.contracts import Backend, ClientRegistry, FairDispatch, SlotClaims, TaskQueue, TaskRecord, utc_now
+from progressq.contracts import (
+    Backend,
+    ClientRegistry,
+    FairDispatch,
+    SlotClaims,
+    TaskQueue,
+    TaskRecord,
+    UniqueKeys,
+    utc_now,
+)
 from progressq.errors import (
+    BackendUnavailable,
     ConfigurationError,
+    DuplicateTask,
     HubNotOpen,
     TaskAlreadyFinished,
     TaskNotFound,
@@ -295,6 +306,7 @@ class Hub(HubOperations):
         payload: Any = None,
         delay: float | None = None,
         at: datetime | None = None,
+        key: str | None = None,
     ) -> TaskRecord:
         """Queue a task of ``kind`` for ``owner`` and tell the owner's connections.
 
@@ -308,6 +320,10 @@ class Hub(HubOperations):
             delay: run it no sooner than this many seconds from now: it is ``scheduled``
                 (its ``run_at`` set) until a worker takes it, and may be cancelled meanwhile.
             at: run it no sooner than this time (timezone-aware), as with ``delay``.
+            key: a unique key: while ``owner`` has an unfinished task submitted with this
+                key, that task is returned and nothing is queued (atomically, across
+                processes, on a backend with ``UniqueKeys``); once it finished, the key
+                queues a new task. 1 to 200 characters.
 
         Raises:
             HubNotOpen: the hub was never opened (or is closed).
@@ -315,8 +331,9 @@ class Hub(HubOperations):
             ValidationError: ``params`` do not match the kind's type; nothing was queued.
             QueueFull: the backend is at capacity; nothing was queued.
             TooManyTasks: ``owner`` has ``max_active_per_owner`` unfinished tasks already.
-            ValueError: ``name`` is empty or longer than 200 characters, ``delay`` is
-                negative, ``at`` is naive, or both are given.
+            ValueError: ``name`` or ``key`` is empty or longer than 200 characters,
+                ``delay`` is negative, ``at`` is naive, or both are given.
+            ConfigurationError: a ``key`` for a backend without ``UniqueKeys``.
         """
         if self._stack is None:
             raise HubNotOpen()
@@ -327,19 +344,48 @@ class Hub(HubOperations):
         display = (name if name is not None else kind).strip()
         if not 1 <= len(display) <= _MAX_NAME_LENGTH:
             raise ValueError(f"a task name must have 1 to {_MAX_NAME_LENGTH} characters")
+        params = params if params is not None else payload
+        if key is not None:
+            return await self._submit_unique(task_kind, owner, display, params, run_at, key)
+        return await self._submit(task_kind, owner, display, params, run_at)
+
+    async def _submit(
+        self, kind: TaskKind, owner: str, name: str, params: Any, run_at: datetime | None, key: str | None = None
+    ) -> TaskRecord:
         if not self.hooks:
-            return await self._queue_task(
-                task_kind, owner, display, params if params is not None else payload, {}, run_at
-            )
-        submission = Submission(kind=kind, owner=owner, name=display)
+            return await self._queue_task(kind, owner, name, params, {}, run_at, key)
+        submission = Submission(kind=kind.name, owner=owner, name=name)
         with self.hooks.submit(submission):
-            submission.record = await self._queue_task(
-                task_kind, owner, display, params if params is not None else payload, submission.context, run_at
-            )
+            submission.record = await self._queue_task(kind, owner, name, params, submission.context, run_at, key)
         return submission.record
 
+    async def _submit_unique(
+        self, kind: TaskKind, owner: str, name: str, params: Any, run_at: datetime | None, key: str
+    ) -> TaskRecord:
+        """``submit`` with a unique ``key``: the owner's unfinished task with it, else a new one."""
+        if not 1 <= len(key) <= _MAX_NAME_LENGTH:
+            raise ValueError(f"a task's key must have 1 to {_MAX_NAME_LENGTH} characters")
+        if not isinstance(self.queue, UniqueKeys):
+            raise ConfigurationError(f"{type(self.queue).__name__} cannot keep tasks unique by key")
+        for _ in range(20):
+            holder = await self.queue.task_with_key(owner, key)
+            if holder is not None:  # found before any limit is checked: it adds no task
+                return holder
+            try:
+                return await self._submit(kind, owner, name, params, run_at, key)
+            except DuplicateTask:
+                continue  # a racing submit with the key won: answer with its task (read again)
+        raise BackendUnavailable(f"the task with key {key!r} kept changing; nothing was submitted")
+
     async def _queue_task(
-        self, kind: TaskKind, owner: str, name: str, params: Any, context: dict[str, str], run_at: datetime | None
+        self,
+        kind: TaskKind,
+        owner: str,
+        name: str,
+        params: Any,
+        context: dict[str, str],
+        run_at: datetime | None,
+        key: str | None = None,
     ) -> TaskRecord:
         stored = kind.dump_params(params)
         record = TaskRecord(
@@ -352,6 +398,7 @@ class Hub(HubOperations):
             status="queued" if run_at is None else "scheduled",
             message="" if run_at is None else "scheduled",
             run_at=run_at,
+            key=key,
         )
         if hasattr(self.queue, "enqueue_and_announce"):  # one atomic step: limit, enqueue, announce
             queue = cast(AnnouncingEnqueue, self.queue)
@@ -363,6 +410,8 @@ class Hub(HubOperations):
             await self.queue.enqueue(record)
         else:
             async with self._owner_lock(owner):  # this process's submits for one owner: one at a time
+                if key is not None:  # a submit answered with the holder of its key adds no task
+                    await self._check_key(owner, key)
                 await self._check_active(owner, self.max_active_per_owner)
                 await self.queue.enqueue(record)
         await self.registry.publish(owner, "taskQueued", record.id, record.revision, record.view_json())
@@ -381,6 +430,11 @@ class Hub(HubOperations):
                 del self._owner_locks[owner]
             else:
                 self._owner_locks[owner] = (lock, users - 1)
+
+    async def _check_key(self, owner: str, key: str) -> None:
+        holder = await cast(UniqueKeys, self.queue).task_with_key(owner, key)
+        if holder is not None:
+            raise DuplicateTask(holder.id)
 
     async def _check_active(self, owner: str, limit: int) -> None:
         active = sum(1 for record in await self.queue.list_by_owner(owner) if not record.finished)

@@ -154,7 +154,7 @@ def _handler(endpoints: Endpoints, spec: RouteSpec) -> BaseRouteHandler:
     if spec.endpoint == "start":
 
         async def start(request: Request[Any, Any, Any]) -> LitestarResponse[bytes]:
-            query = {"name": name} if (name := request.query_params.get("name")) is not None else {}
+            query = {k: v for k in ("name", "key") if (v := request.query_params.get(k)) is not None}
             return _reply(await endpoints.respond(spec, request, request.receive, request.path_params, query))
 
         start.__doc__ = spec.summary
@@ -165,7 +165,10 @@ def _handler(endpoints: Endpoints, spec: RouteSpec) -> BaseRouteHandler:
             status_code=202,
             include_in_schema=spec.in_schema,
             summary=f"Start a task: {spec.kind.name}" if spec.kind else None,
-            description=f"{spec.summary}. The body is the task's params; `?name=` sets its display name.",
+            description=(
+                f"{spec.summary}. The body is the task's params; `?name=` sets its display name; with "
+                "`?key=`, the caller's unfinished task with that unique key is answered instead of starting another."
+            ),
             dependencies={"progressq_start_body": Provide(_documented_body(spec.kind))},
             responses={
                 202: ResponseSpec(StartedTask, description="the task was queued", generate_examples=False),

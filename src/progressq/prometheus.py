@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from progressq._counters import delivery
 from progressq.contracts import TaskRecord
+from progressq.errors import DuplicateTask, QueueFull, TooManyTasks, ValidationError
 from progressq.hooks import AttemptOutcome, Submission, TaskHooks
 
 if TYPE_CHECKING:
@@ -36,11 +37,12 @@ if TYPE_CHECKING:
 __all__ = ("PrometheusMetrics",)
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-_REFUSALS = {
-    "ValidationError": "invalid_params",
-    "TooManyTasks": "too_many_tasks",
-    "QueueFull": "queue_full",
-}
+# by type, so that a subclass an application raises (or a renamed one) keeps its reason
+_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (ValidationError, "invalid_params"),
+    (TooManyTasks, "too_many_tasks"),
+    (QueueFull, "queue_full"),
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -82,7 +84,13 @@ class PrometheusMetrics(TaskHooks):
             registry=self.registry,
             buckets=_DURATION_BUCKETS,
         )
-        self.queue = gauge("queue_tasks", "Tasks in the backend's queue by state (at the last scrape).", ("state",))
+        self.queue = gauge(
+            "queue_tasks",
+            "Tasks in the backend's queue by state (at the last scrape): queued (scheduled among "
+            "them), running, scheduled (waiting for their time) and dead (failed, on the list).",
+            ("state",),
+        )
+        self.workers = gauge("workers", "Worker processes taking tasks from the backend (at the last scrape).")
         self.connections = gauge("connections", "Live WebSocket and event-stream connections in this process.")
         self.clients = gauge("clients", "Identities with at least one live connection in this process.")
         self.backend_up = gauge("backend_up", "1 when the backend answered the last scrape, else 0.")
@@ -94,8 +102,10 @@ class PrometheusMetrics(TaskHooks):
     def on_submit(self, submission: Submission) -> Iterator[None]:
         try:
             yield
+        except DuplicateTask:
+            raise  # a racing submit with its key queued the task: the hub answers with that one
         except Exception as exc:
-            reason = _REFUSALS.get(type(exc).__name__, "error")
+            reason = next((name for kind, name in _REFUSALS if isinstance(exc, kind)), "error")
             self.refused.labels(submission.kind, reason).inc()
             raise
         self.submitted.labels(submission.kind).inc()
@@ -118,7 +128,8 @@ class PrometheusMetrics(TaskHooks):
 
     async def refresh(self) -> None:
         """Read the watched hubs' gauges now (what a scrape of :meth:`asgi_app` does)."""
-        queued = running = connections = clients = 0
+        connections = clients = 0
+        counts: dict[str, int] = {}
         up = 1
         for hub in self._hubs:
             registry = hub.registry.statistics()
@@ -129,10 +140,15 @@ class PrometheusMetrics(TaskHooks):
             except Exception:
                 up = 0
                 continue
-            queued += queue.queued
-            running += queue.running
-        self.queue.labels("queued").set(queued)
-        self.queue.labels("running").set(running)
+            for state in ("queued", "running", "scheduled", "dead", "workers"):
+                count = getattr(queue, state)
+                if count is not None:  # a count the backend keeps (the last three are optional)
+                    counts[state] = counts.get(state, 0) + count
+        for state in ("queued", "running", "scheduled", "dead"):
+            if state in counts or state in ("queued", "running"):
+                self.queue.labels(state).set(counts.get(state, 0))
+        if "workers" in counts:
+            self.workers.set(counts["workers"])
         self.connections.set(connections)
         self.clients.set(clients)
         self.backend_up.set(up)

@@ -146,3 +146,36 @@ def test_a_missing_extra_is_named_not_called_unsupported(tmp_path: Path) -> None
     text = log.read_text()
     assert "not yet supported" not in text
     assert 'pip install "progressq[redis]"' in text
+
+
+async def test_one_identity_s_backlog_of_long_tasks_does_not_delay_another_s_short_task() -> None:
+    """The demo as it ships (8 workers, default settings): A queues 100 tasks of 30 s, then B
+    starts one of 1 s. B's task completes while A's first tasks are still running: it did not
+    wait behind A's backlog for a slot (an ordering, not a timing)."""
+    process, port = start_demo()
+    assert process.poll() is None, "the demo server did not start"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=PATIENCE) as http:
+            first = await http.post("/api/task/start", json={"name": "long 0", "duration": 30000})
+            assert first.status_code == 202, first.text
+            hog = {"X-Client-Id": first.json()["clientId"]}
+            for n in range(1, 100):
+                started = await http.post("/api/task/start", json={"name": f"long {n}", "duration": 30000}, headers=hog)
+                assert started.status_code == 202, started.text
+            async with await WsClient.open(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.next()  # the snapshot
+                started = await http.post(
+                    "/api/task/start", json={"name": "short", "duration": 1000}, headers={"X-Client-Id": ws.client_id}
+                )
+                assert started.status_code == 202, started.text
+                short = started.json()["id"]
+                ended = (await ws.until(terminal(short), timeout=PATIENCE * 2))[-1]["task"]
+            backlog = (await http.get("/api/tasks", headers=hog)).json()["tasks"]
+        assert ended["status"] == "completed"
+        statuses = [task["status"] for task in backlog]
+        assert "completed" not in statuses  # none of A's 30 s tasks had ended: B did not wait for one
+        assert 1 <= statuses.count("running") <= 4  # A's first tasks ran meanwhile, under its cap (half of 8)
+        assert statuses.count("queued") >= 96
+    finally:
+        process.kill()  # its tasks are in memory: nothing to hand back
+        process.wait(10)

@@ -152,6 +152,26 @@ async def test_a_kind_registered_after_the_app_was_built_is_served(adapter: str)
             assert started.status_code == 202, started.text
 
 
+async def test_a_unique_key_answers_with_the_unfinished_task_instead_of_a_second(adapter: str) -> None:
+    hub = typed_hub(concurrency=0)  # no worker: the first task stays queued
+    with serve(build_library_app(adapter, hub, TransportSettings(), prefix=PREFIX), hub) as server:
+        async with httpx.AsyncClient(base_url=server.http + PREFIX) as http:
+            first = await http.post("/api/tasks/resize", json=GOOD, params={"key": "a.png"})
+            assert first.status_code == 202, first.text
+            mine = {"X-Client-Id": first.json()["clientId"]}
+            again = await http.post("/api/tasks/resize", json=GOOD, params={"key": "a.png", "name": "x"}, headers=mine)
+            assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
+            other = await http.post("/api/tasks/resize", json=GOOD, params={"key": "b.png"}, headers=mine)
+            assert other.json()["id"] != first.json()["id"]
+            for key in ("", "k" * 201):
+                bad = await http.post("/api/tasks/resize", json=GOOD, params={"key": key}, headers=mine)
+                assert (bad.status_code, bad.json()["error"]["field"]) == (422, "key")
+            assert len((await http.get("/api/tasks", headers=mine)).json()["tasks"]) == 2
+            await http.post(f"/api/task/{first.json()['id']}/cancel", headers=mine)
+            fresh = await http.post("/api/tasks/resize", json=GOOD, params={"key": "a.png"}, headers=mine)
+            assert fresh.json()["id"] != first.json()["id"]  # the first ended: the key starts a new one
+
+
 async def test_require_identity_refuses_anonymous_callers_with_401(adapter: str) -> None:
     hub = typed_hub()
     settings = TransportSettings(require_identity=True)

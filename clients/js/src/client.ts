@@ -54,6 +54,11 @@ interface PendingPing {
 export interface StartOptions {
 	/** The task's display name (default: the server's, usually the kind). */
 	name?: string;
+	/**
+	 * A unique key: while this identity has an unfinished task started with it, the server
+	 * answers with that task instead of starting another.
+	 */
+	key?: string;
 }
 
 export class ProgressQClient {
@@ -233,8 +238,10 @@ export class ProgressQClient {
 	 * 422 naming the bad field) rejects with `ProgressQHttpError`.
 	 */
 	async start(kind: string, params: unknown = {}, options: StartOptions = {}): Promise<TaskHandle> {
-		let path = `/api/tasks/${encodeURIComponent(kind)}`;
-		if (options.name !== undefined) path += `?name=${encodeURIComponent(options.name)}`;
+		const query = (['name', 'key'] as const)
+			.filter((field) => options[field] !== undefined)
+			.map((field) => `${field}=${encodeURIComponent(options[field] as string)}`);
+		const path = `/api/tasks/${encodeURIComponent(kind)}${query.length ? `?${query.join('&')}` : ''}`;
 		const started = await this.call<StartedTask>('POST', this.endpoints.route(path), params);
 		return this.track(started);
 	}

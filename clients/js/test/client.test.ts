@@ -386,6 +386,17 @@ describe('HTTP', () => {
 		expect(client.tasks[0]).not.toHaveProperty('clientId');
 	});
 
+	it('start() names the unique key in the query', async () => {
+		const fetch = fakeFetch(202, { ...task('t1', { status: 'queued' }), clientId: 'me' });
+		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });
+		client.connect();
+		FakeSocket.last.open();
+		const started = client.start('resize', {}, { name: 'a b', key: 'photo/1' });
+		FakeSocket.last.receive(greeting('me'));
+		await started;
+		expect(fetch.mock.calls[0]?.[0]).toBe('/api/tasks/resize?name=a%20b&key=photo%2F1');
+	});
+
 	it('cancel() posts to the task and turns errors into ProgressQHttpError', async () => {
 		const fetch = fakeFetch(409, { error: { code: 'already_finished', message: 'task already finished' } });
 		const { client } = makeClient({ fetch: fetch as unknown as typeof globalThis.fetch });

@@ -32,7 +32,7 @@ from progressq.contracts import (
     TaskRecord,
     utc_now,
 )
-from progressq.errors import ConfigurationError, QueueFull
+from progressq.errors import ConfigurationError, DuplicateTask, QueueFull
 from progressq.messages import EventType
 
 __all__ = ("MemoryBackend", "MemoryClientRegistry", "MemoryTaskQueue")
@@ -70,10 +70,18 @@ class MemoryTaskQueue:
         self._queued = 0
         self._running: set[str] = set()
         self._watchers: set[MemoryObjectSendStream[str]] = set()
+        self._keyed: dict[tuple[str, str], str] = {}  # (owner, unique key): its unfinished task's id
+        self._leasing = False  # this process's workers take tasks from this queue
 
     async def enqueue(self, record: TaskRecord) -> None:
+        if record.key is not None:
+            holder = await self.task_with_key(record.owner, record.key)
+            if holder is not None:
+                raise DuplicateTask(holder.id)
         if self._queued >= self._capacity:
             raise QueueFull(retry_after=1.0)
+        if record.key is not None:
+            self._keyed[record.owner, record.key] = record.id
         self._store(record)
         self._by_owner.setdefault(record.owner, {})[record.id] = None
         self._queued += 1
@@ -84,8 +92,15 @@ class MemoryTaskQueue:
         self._running_cap = limit
         self._wake()
 
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with the unique ``key``, or None."""
+        task_id = self._keyed.get((owner, key))
+        record = None if task_id is None else self._records.get(task_id)
+        return record if record is not None and not record.finished else None
+
     async def lease(self) -> Lease:
         """The next task: the first owner's in turn that is below the cap of running tasks."""
+        self._leasing = True
         while True:
             self._promote_due()
             task_id = self._next_in_turn()
@@ -234,10 +249,25 @@ class MemoryTaskQueue:
             send.close()
 
     async def statistics(self) -> QueueStatistics:
-        return QueueStatistics(queued=self._queued, running=len(self._running))
+        self._expire()
+        scheduled = sum(1 for _, task_id in self._delayed if self._waits_for_its_time(task_id))
+        return QueueStatistics(
+            queued=self._queued,
+            running=len(self._running),
+            scheduled=scheduled,
+            dead=len(self._dead),
+            workers=1 if self._leasing else 0,  # this process's, the only one
+        )
+
+    def _waits_for_its_time(self, task_id: str) -> bool:
+        """Whether a task in the delayed heap is still to be handed out (the heap keeps the
+        entries of tasks cancelled meanwhile until they are due)."""
+        record = self._records.get(task_id)
+        return record is not None and not record.finished and task_id not in self._running
 
     def close(self) -> None:
-        """Nothing to release: kept for the backend's ``__aexit__``."""
+        """Nothing to release; its workers stopped taking tasks."""
+        self._leasing = False
 
     def _holds(self, lease: Lease) -> TaskRecord | None:
         """The stored record if ``lease`` is still the current, unfinished attempt."""
@@ -270,10 +300,16 @@ class MemoryTaskQueue:
         if record.status == "failed":
             self._dead[record.id] = None
         if record.finished:
+            self._free_key(record)
             self._finished.append((time.monotonic(), record.id))
             while len(self._finished) > self._max_finished:
                 self._forget(self._finished.popleft()[1])
             self._expire()
+
+    def _free_key(self, record: TaskRecord) -> None:
+        """Its unique key, if it has one, may name a new task: this one is finished."""
+        if record.key is not None and self._keyed.get((record.owner, record.key)) == record.id:
+            del self._keyed[record.owner, record.key]
 
     def _expire(self) -> None:
         """Forget finished tasks older than ``retention``."""
@@ -288,6 +324,7 @@ class MemoryTaskQueue:
         self._dead.pop(task_id, None)
         if record is None:
             return
+        self._free_key(record)
         owned = self._by_owner.get(record.owner)
         if owned is not None:
             owned.pop(task_id, None)

@@ -207,7 +207,7 @@ class Endpoints:
             request: the framework's request (headers, client).
             receive: its ASGI ``receive``, for the body of a start route.
             path_params: ``task_id`` or ``kind`` from the path.
-            query: the query parameters (a start route's ``name``).
+            query: the query parameters (a start route's ``name`` and ``key``).
         """
         api, info = self.api, request_info(request)
         match spec.endpoint:
@@ -219,7 +219,9 @@ class Endpoints:
                 return await api.status()
             case "start":
                 kind = spec.kind.name if spec.kind is not None else path_params["kind"]
-                return await api.start_task(info, kind, asgi_body(receive), name=query.get("name"))
+                return await api.start_task(
+                    info, kind, asgi_body(receive), name=query.get("name"), key=query.get("key")
+                )
             case "list_tasks":
                 return await api.list_tasks(info)
             case "get_task":

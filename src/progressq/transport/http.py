@@ -212,10 +212,18 @@ class HttpApi:
 
     @_guarded
     async def start_task(
-        self, request: RequestInfo, kind: str, chunks: AsyncIterable[bytes], *, name: str | None = None
+        self,
+        request: RequestInfo,
+        kind: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        name: str | None = None,
+        key: str | None = None,
     ) -> Response:
         """``POST /api/tasks/{kind}``: the body (read within ``max_body_bytes``, 413 beyond) is
-        the kind's params as JSON, validated by the kind's type (422 naming the field)."""
+        the kind's params as JSON, validated by the kind's type (422 naming the field).
+        ``key`` (``?key=``): the caller's unfinished task with this unique key is answered
+        instead of starting another."""
         if not origin_allowed(request, self.settings):
             return _origin_refused(request)
         task_kind = self.hub.task_kinds.get(kind)
@@ -238,7 +246,7 @@ class HttpApi:
             return error_response(400, "malformed_json", "the body is not valid JSON")
         except RecursionError:  # valid JSON, nested deeper than any params need
             return error_response(400, "malformed_json", "the body is nested too deeply")
-        return await self.start_for(request, kind, params, name=name)
+        return await self.start_for(request, kind, params, name=name, key=key)
 
     @_guarded
     async def start_for(
@@ -249,13 +257,15 @@ class HttpApi:
         *,
         name: str | None = None,
         client_id: str | None = None,
+        key: str | None = None,
     ) -> Response:
         """Start a task of ``kind`` for the caller of ``request``, answered like ``POST /api/tasks/{kind}``.
 
         For an app's own start route: checks the origin, names the caller (``client_id`` is an
         id the caller presents in its body, checked like the headers), submits ``params``
         (validated by the kind's type) and answers 202 with the task and the caller's
-        ``clientId``, or the documented error.
+        ``clientId``, or the documented error. With a unique ``key``, the caller's unfinished
+        task with that key is answered (202, the same body) instead of starting another.
         """
         if not origin_allowed(request, self.settings):
             return _origin_refused(request)
@@ -265,10 +275,12 @@ class HttpApi:
                 return error_response(
                     422, "invalid_field", f"name must have 1 to {_MAX_NAME_LENGTH} characters", "name"
                 )
+        if key is not None and not 1 <= len(key) <= _MAX_NAME_LENGTH:
+            return error_response(422, "invalid_field", f"key must have 1 to {_MAX_NAME_LENGTH} characters", "key")
         if kind not in self.hub.task_kinds:
             raise UnknownTaskKind(kind)
         owner = await self._owner(request, client_id)
-        record = await self.hub.submit(kind, owner=owner, name=name, params=params)
+        record = await self.hub.submit(kind, owner=owner, name=name, params=params, key=key)
         view = record.view()
         started = StartedTask(**{f: getattr(view, f) for f in view.__struct_fields__}, client_id=owner)
         return _json(202, started)

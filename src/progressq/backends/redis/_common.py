@@ -109,10 +109,15 @@ class _Keys:
         self.waiting_prefix = f"{prefix}:waiting:"
         self.delayed = f"{prefix}:delayed"  # tasks to run later, by when (ms since the epoch)
         self.dead = f"{prefix}:dead"  # failed tasks, by when they failed
+        self.workers = f"{prefix}:workers"  # worker processes' consumers, by when last seen (ms)
 
     def waiting(self, owner: str) -> str:
         """The owner's tasks waiting for a worker, oldest first."""
         return f"{self.waiting_prefix}{owner}"
+
+    def unique(self, owner: str) -> str:
+        """The owner's unique keys, each to the id of its unfinished task."""
+        return f"{self.prefix}:unique:{owner}"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"

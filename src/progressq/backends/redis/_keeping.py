@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,6 +77,15 @@ class _LeaseKeeping:
         if int(removed) and not leaving:
             logger.info("removed %d consumers of workers gone from the group", int(removed))
 
+    async def _seen(self) -> None:
+        """Mark this process as a live worker (``statistics().workers`` counts those seen
+        within the lease timeout), and forget the workers not seen for much longer."""
+        now_ms = int(time.time() * 1000)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keys.workers, {self._consumer: now_ms})
+            pipe.zremrangebyscore(self._keys.workers, "-inf", now_ms - self._forget_consumers_ms)
+            await pipe.execute()
+
     async def leave(self) -> None:
         """Remove this process's consumer from the group, unless it still holds entries
         (a graceful exit has handed its tasks back; they are then the live workers')."""
@@ -83,6 +93,7 @@ class _LeaseKeeping:
             return  # this process took no task
         try:
             with _unavailable("leave"):
+                await self._client.zrem(self._keys.workers, self._consumer)
                 await self._prune_consumers(leaving=True)
         except BackendUnavailable as exc:
             logger.warning("could not remove this worker's consumer from the group: %s", exc)
@@ -152,6 +163,12 @@ class _LeaseKeeping:
         interval = self._lease_timeout / 3
         while True:
             await anyio.sleep(interval)
+            if self._group_ready:  # this process's workers take tasks: it is seen alive
+                try:
+                    with _unavailable("worker presence"):
+                        await self._seen()
+                except BackendUnavailable as exc:
+                    backend_outage.failed("marking this worker alive", exc)  # logged once per outage
             if self._group_ready and anyio.current_time() >= self._next_prune:
                 try:
                     with _unavailable("prune"):

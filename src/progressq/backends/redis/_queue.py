@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from progressq.contracts import (
     TaskRecord,
     utc_now,
 )
-from progressq.errors import BackendUnavailable, ConfigurationError, QueueFull
+from progressq.errors import BackendUnavailable, ConfigurationError, DuplicateTask, QueueFull
 
 logger = logging.getLogger("progressq.redis")
 
@@ -106,6 +107,8 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
 
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
+            DuplicateTask: the owner has an unfinished task with ``record.key``; nothing was
+                queued (the key is checked before the limit).
         """
         created_ms = int(record.created_at.timestamp() * 1000)
         announce_keys, announce_args = self._announce(record)
@@ -122,6 +125,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                     self._keys.wake,
                     self._keys.delayed,
                     *announce_keys[:2],
+                    self._keys.unique(record.owner),
                 ],
                 [
                     record.id,
@@ -134,11 +138,15 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                     *announce_args[:7],
                     max_unfinished or 0,
                     int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
+                    record.key or "",
+                    self._keys.task(""),
                 ],
             )
         done = int(answer[0])
         if done == -2:
             return int(answer[1])
+        if done == -3:
+            raise DuplicateTask(_text(answer[1]))
         if done == 0:
             raise QueueFull(retry_after=1.0)
         if done == -1:
@@ -258,6 +266,13 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
             )
         return bool(done)
 
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with the unique ``key``, or None."""
+        with _unavailable("unique key"):
+            task_id = await self._client.hget(self._keys.unique(owner), key)
+        record = None if task_id is None else await self.get(_text(task_id))
+        return record if record is not None and not record.finished else None
+
     async def get(self, task_id: str) -> TaskRecord | None:
         with _unavailable("get"):
             fields = await self._client.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
@@ -362,9 +377,24 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
             return bool(await self._client.zrem(self._keys.dead, task_id))
 
     async def statistics(self) -> QueueStatistics:
+        """The counts of every process on this Redis; ``workers``: the worker processes
+        whose heartbeat (every third of ``lease_timeout``) was seen within two lease timeouts
+        (by this host's clock): a worker gone longer than that has lost its leases anyway."""
+        seen_since = int(time.time() * 1000) - 2 * self._lease_ms
         with _unavailable("statistics"):
-            queued, running = await self._client.hmget(self._keys.counters, ["queued", "running"])
-        return QueueStatistics(queued=max(0, int(queued or 0)), running=max(0, int(running or 0)))
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._keys.counters, ["queued", "running"])
+                pipe.zcard(self._keys.delayed)
+                pipe.zcard(self._keys.dead)
+                pipe.zcount(self._keys.workers, seen_since, "+inf")
+                (queued, running), scheduled, dead, workers = await pipe.execute()
+        return QueueStatistics(
+            queued=max(0, int(queued or 0)),
+            running=max(0, int(running or 0)),
+            scheduled=int(scheduled),
+            dead=int(dead),
+            workers=int(workers),
+        )
 
 
 def _record_from(fields: Sequence[Any]) -> TaskRecord | None:

@@ -56,6 +56,8 @@ class _Taking:
 
         async def _prune_consumers(self, *, leaving: bool = False) -> None: ...
 
+        async def _seen(self) -> None: ...
+
     async def lease(self) -> Lease:
         """Wait for the next task; rides out a Redis outage (logs, then retries)."""
         return (await self.lease_many(1))[0]
@@ -108,6 +110,7 @@ class _Taking:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
+        await self._seen()  # counted among the live workers at once, then by the heartbeat
         await self._prune_consumers()
 
     async def _reclaim_one(self) -> tuple[str, str] | None:

@@ -30,5 +30,10 @@ end
 if redis.call('LREM', KEYS[5], 1, ARGV[7]) == 1 and redis.call('LLEN', KEYS[5]) == 0 then
   redis.call('LREM', KEYS[6], 0, ARGV[1])
 end
+-- its unique key (enqueue.lua) may name a new task now
+local unique = redis.call('HMGET', KEYS[1], 'uniq', 'ukey')
+if unique[1] and redis.call('HGET', unique[1], unique[2]) == ARGV[7] then
+  redis.call('HDEL', unique[1], unique[2])
+end
 redis.call('ZREM', KEYS[7], ARGV[7])
 return 1

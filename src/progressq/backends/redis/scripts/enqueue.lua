@@ -3,9 +3,9 @@
 -- A task to run later waits in the delayed set instead, until take.lua promotes it.
 -- KEYS: 1 task hash, 2 owner index, 3 counters, 4 the owner's waiting list,
 --       5 unfinished tasks per owner, 6 ring of owners with waiting tasks, 7 wake-up list,
---       8 delayed tasks
+--       8 delayed tasks, 9 the owner's unique keys (a hash: key -> the id of its unfinished task)
 -- ARGV: 1 task id, 2 record, 3 owner, 4 created (ms), 5 revision, 6 capacity (0: none), 7 retention (s),
---       8 when it may run (ms since the epoch; 0: now)
+--       8 when it may run (ms since the epoch; 0: now), 9 its unique key ('': none)
 -- Returns 1 when queued, 0 when the queue is full, -1 when the id is taken.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
@@ -21,6 +21,11 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 redis.call('PERSIST', KEYS[2])
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
+if (ARGV[9] or '') ~= '' then
+  -- the key names this task until it ends: save.lua and cancel.lua free it (`uniq`, `ukey`)
+  redis.call('HSET', KEYS[9], ARGV[9], ARGV[1])
+  redis.call('HSET', KEYS[1], 'uniq', KEYS[9], 'ukey', ARGV[9])
+end
 if tonumber(ARGV[8] or '0') > 0 then
   redis.call('ZADD', KEYS[8], ARGV[8], ARGV[1])
   return 1

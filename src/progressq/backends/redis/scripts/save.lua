@@ -17,6 +17,11 @@ if ARGV[5] == '1' then
     redis.call('HDEL', KEYS[4], ARGV[9])
     redis.call('EXPIRE', KEYS[3], ARGV[6])
   end
+  -- its unique key (enqueue.lua) may name a new task now
+  local unique = redis.call('HMGET', KEYS[1], 'uniq', 'ukey')
+  if unique[1] and redis.call('HGET', unique[1], unique[2]) == ARGV[8] then
+    redis.call('HDEL', unique[1], unique[2])
+  end
   if ARGV[4] == 'failed' then
     local now = redis.call('TIME')
     redis.call('ZADD', KEYS[8], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), ARGV[8])
