@@ -95,7 +95,7 @@ def main() -> None:
         fig.savefig(out / "bench-slow-client.png", dpi=110)
         written.append("bench-slow-client.png")
     if data := load("end_to_end"):
-        fig, ax = plt.subplots(figsize=(6.5, 3.4))
+        fig, ax = plt.subplots(figsize=(9.0, 3.4))
         labels = data["labels"]
         cpu = data["median_server_cpu_us_per_event"]
         bars(ax, {labels[n]: v for n, v in cpu.items()}, "End to end: server CPU per event", "µs (lower is better)")
@@ -107,8 +107,7 @@ def main() -> None:
         sizes = data["sizes"]
         for name, by_size in data["summary"].items():
             style = {"marker": "o", "label": data["labels"][name], "linestyle": "--" if "redis" in name else "-"}
-            if name == "progressq":
-                style["color"] = PROGRESSQ
+            style["color"] = PROGRESSQ if name.startswith("progressq") else LIMIT
             left.plot(sizes, [by_size[str(n)]["server_cpu_us_per_event"] for n in sizes], **style)
             right.plot(sizes, [by_size[str(n)]["p99_ms"] for n in sizes], **style)
         left.set_title("Server CPU per event", fontsize=10)
