@@ -65,13 +65,13 @@ def one_round(system: str, users: int, seconds: float, warmup: float) -> dict[st
 
 def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--sizes", default="", help="comma-separated client counts (default 1000,5000,10000; quick 200,500)")
-    p.add_argument("--seconds", type=float, default=0.0, help="measured seconds per size (default 5, quick 2)")
+    p.add_argument("--sizes", default="", help="comma-separated client counts (default 1000,5000,10000; quick 200)")
+    p.add_argument("--seconds", type=float, default=0.0, help="measured seconds per size (default 5, quick 1.5)")
     args = p.parse_args()
     rounds = args.rounds or 1
-    sizes = [int(x) for x in (args.sizes or ("200,500" if args.quick else "1000,5000,10000")).split(",")]
-    seconds = args.seconds or (2.0 if args.quick else 5.0)
-    warmup = 2.0 if args.quick else 3.0
+    sizes = [int(x) for x in (args.sizes or ("200" if args.quick else "1000,5000,10000")).split(",")]
+    seconds = args.seconds or (1.5 if args.quick else 5.0)
+    warmup = 1.5 if args.quick else 3.0
     limit = raise_file_limit(max(sizes) + 1024)
     if limit < max(sizes) + 100:
         raise SystemExit(f"the open-file limit is {limit}: too low for {max(sizes)} clients")
