@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -159,6 +160,12 @@ def check(client: Client, reports: int) -> str | None:
     return None
 
 
+def system_seconds(pid: int) -> float:
+    """The kernel's share of a process's CPU time (``stime``): the socket writes and wake-ups."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def redis_cpu(url_port: int) -> float:
     import redis
 
@@ -183,9 +190,11 @@ async def measure(
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         redis0 = redis_cpu(redis_port) if redis_port else 0.0
         cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
+        kernel0 = sum(system_seconds(p) for p in pids)
         await asyncio.gather(*(start(http, system, port, c) for c in clients))
         finished = await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in clients)), 600)
         t1, cpu1 = time.perf_counter(), sum(cpu_seconds(p) for p in pids)
+        kernel1 = sum(system_seconds(p) for p in pids)
         redis1 = redis_cpu(redis_port) if redis_port else 0.0
     del finished
     await asyncio.sleep(0.2)  # anything sent after the terminal event would show in the check
@@ -202,6 +211,7 @@ async def measure(
         "server_cpu_us_per_event": (cpu1 - cpu0) / events * 1e6,
         "redis_cpu_us_per_event": (redis1 - redis0) / events * 1e6 if redis_port else float("nan"),
         "server_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        "server_kernel_us_per_event": (kernel1 - kernel0) / events * 1e6,
         "problems": len(problems),
         "first_problems": problems[:3],
     }
@@ -276,6 +286,7 @@ def main() -> None:
                 print(
                     f"  round {round_index + 1}: {name:22} {fmt(outcome['events_per_s'])} events/s, "
                     f"server {fmt(outcome['server_cpu_us_per_event'])} us CPU each "
+                    f"({fmt(outcome['server_kernel_us_per_event'])} in the kernel) "
                     f"(+{fmt(outcome['redis_cpu_us_per_event'])} in Redis), "
                     f"{outcome['problems']} clients with problems {outcome['first_problems'][:1]}",
                     flush=True,
