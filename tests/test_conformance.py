@@ -1,14 +1,26 @@
-"""The backend conformance suite (progressq.testing) on the memory and the Redis backend."""
+"""The backend conformance suite (progressq.testing) on the memory and the Redis backend, and
+on a memory backend wrapped so that only the contract's required operations are its own: the
+capabilities' defaults (``QueueDefaults``, ``BackendDefaults``) are held to the contract too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 import pytest
 
-from progressq.backends.memory import MemoryBackend
+from progressq._conformance_support import uses_default
+from progressq.backends.memory import MemoryBackend, MemoryClientRegistry, MemoryTaskQueue
 from progressq.backends.redis import RedisBackend
+from progressq.contracts import (
+    BackendDefaults,
+    CancelOutcome,
+    Lease,
+    QueueDefaults,
+    QueueStatistics,
+    TaskRecord,
+)
 from progressq.testing import BackendConformance, BackendFactory
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
@@ -48,3 +60,98 @@ class TestRedisBackend(BackendConformance):
 
         yield make
         delete_prefix(prefix)
+
+
+class RequiredOnlyQueue(QueueDefaults):
+    """A memory queue's required operations, and nothing more: every capability is the default."""
+
+    def __init__(self, inner: MemoryTaskQueue) -> None:
+        self._inner = inner
+
+    async def enqueue(self, record: TaskRecord) -> None:
+        await self._inner.enqueue(record)
+
+    async def lease(self) -> Lease:
+        return await self._inner.lease()
+
+    async def save(self, lease: Lease, record: TaskRecord) -> bool:
+        return await self._inner.save(lease, record)
+
+    async def extend(self, lease: Lease) -> bool:
+        return await self._inner.extend(lease)
+
+    async def finish(self, lease: Lease) -> None:
+        await self._inner.finish(lease)
+
+    async def release(self, lease: Lease, record: TaskRecord) -> bool:
+        return await self._inner.release(lease, record)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return await self._inner.get(task_id)
+
+    async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
+        return await self._inner.list_by_owner(owner, limit)
+
+    async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
+        return await self._inner.request_cancel(task_id, owner)
+
+    def watch_cancellations(self) -> AsyncIterator[str]:
+        return self._inner.watch_cancellations()
+
+    async def statistics(self) -> QueueStatistics:
+        return await self._inner.statistics()
+
+
+class RequiredOnlyBackend(BackendDefaults):
+    """A bundle with the required members only: submits and saves use the defaults."""
+
+    def __init__(self, queue: RequiredOnlyQueue, registry: MemoryClientRegistry) -> None:
+        self._queue = queue
+        self._registry = registry
+
+    @property
+    def queue(self) -> RequiredOnlyQueue:
+        return self._queue
+
+    @property
+    def registry(self) -> MemoryClientRegistry:
+        return self._registry
+
+    async def ping(self) -> bool:
+        return True
+
+    async def __aenter__(self) -> RequiredOnlyBackend:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pass
+
+
+class TestContractDefaults(BackendConformance):
+    @pytest.fixture
+    def make_backend(self) -> BackendFactory:
+        def make(*, capacity: int | None = None, history_size: int | None = None) -> RequiredOnlyBackend:
+            queue = MemoryTaskQueue(capacity=capacity or 10_000)
+            return RequiredOnlyBackend(
+                RequiredOnlyQueue(queue), MemoryClientRegistry(history_size=history_size or 1000)
+            )
+
+        return make
+
+
+def test_the_wrapped_backend_has_only_defaults_for_every_capability() -> None:
+    backend = RequiredOnlyBackend(RequiredOnlyQueue(MemoryTaskQueue()), MemoryClientRegistry())
+    for name in (
+        "lease_many",
+        "watch_lost_leases",
+        "limit_running_per_owner",
+        "dead_letters",
+        "forget_dead",
+        "task_with_key",
+        "claim_slot",
+    ):
+        assert uses_default(backend.queue, name), name
+    for name in ("enqueue_and_announce", "save_and_publish"):
+        assert uses_default(backend, name), name

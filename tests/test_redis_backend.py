@@ -52,6 +52,11 @@ async def _lease_within(backend: Backend, seconds: float) -> Lease | None:
     return None
 
 
+async def _submit(backend: Backend, record: TaskRecord) -> None:
+    """Queue ``record`` and announce it (``taskQueued``), as the hub's submit does."""
+    assert await backend.enqueue_and_announce(record, max_unfinished=None) is None
+
+
 async def _publish(backend: Backend, record: TaskRecord) -> int:
     event = await backend.registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
     return event.seq
@@ -66,7 +71,7 @@ async def test_a_dead_workers_task_is_reclaimed_and_its_writes_fenced(make: Make
     async with make(lease_timeout=0.5) as observer:
         sink = RecordingSink()
         await observer.registry.attach("alice", sink)
-        await observer.queue.enqueue(_record())
+        await _submit(observer, _record())
         async with make(lease_timeout=0.5) as dying:
             first = await dying.queue.lease()
             running = first.record.evolve(status="running", progress=40.0)
@@ -119,7 +124,7 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered(make: Make) ->
         sink = RecordingSink()
         await observer.registry.attach("alice", sink)
         record = _record()
-        await observer.queue.enqueue(record)
+        await _submit(observer, record)
         for attempt in (1, 2):  # two workers take it and die
             async with make(lease_timeout=0.3, max_deliveries=2) as doomed:
                 lease = await _lease_within(doomed, PATIENCE)
@@ -145,7 +150,7 @@ async def test_a_finished_task_whose_worker_died_before_publishing_is_published_
     async with make(lease_timeout=0.3) as observer:
         sink = RecordingSink()
         await observer.registry.attach("alice", sink)
-        await observer.queue.enqueue(_record())
+        await _submit(observer, _record())
         async with make(lease_timeout=0.3) as dying:
             lease = await dying.queue.lease()
             done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
@@ -162,7 +167,7 @@ async def test_a_finished_task_whose_worker_died_before_publishing_is_published_
 async def test_publish_drops_stale_and_repeated_revisions(make: Make) -> None:
     async with make() as backend:
         record = _record()
-        await backend.queue.enqueue(record)  # announces it: seq 1
+        await _submit(backend, record)  # announces it: seq 1
         assert await _publish(backend, record) == 0  # the same revision again
         lease = await backend.queue.lease()
         assert await _publish(backend, record) == 0  # older than the stored revision
@@ -364,15 +369,15 @@ async def test_save_and_publish_is_fenced_and_acknowledges_only_with_finish(make
     async with make(lease_timeout=0.3) as backend:
         sink = RecordingSink()
         await backend.registry.attach("alice", sink)
-        await backend.queue.enqueue(_record())
+        await _submit(backend, _record())
         lease = await backend.queue.lease()
         stale = Lease(msgspec.structs.replace(lease.record, attempt=lease.record.attempt - 1), lease.token)
         done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
-        assert not await backend.queue.save_and_publish(stale, done, done.view_json(), finish=True)
+        assert not await backend.save_and_publish(stale, done, done.view_json(), finish=True)
         running = lease.record.evolve(status="running")
-        assert await backend.queue.save_and_publish(lease, running, running.view_json())
+        assert await backend.save_and_publish(lease, running, running.view_json())
         done = running.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
-        assert await backend.queue.save_and_publish(lease, done, done.view_json(), finish=True)
+        assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)
         await sink.wait_count(3)
         assert [_view(e)["status"] for e in sink.events] == ["queued", "running", "completed"]
         assert sink.seqs == [1, 2, 3]

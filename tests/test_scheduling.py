@@ -305,26 +305,6 @@ async def test_a_unique_key_is_checked_before_the_owner_s_limit_and_freed_by_the
                 await hub.submit("sync", owner=OWNER, key=bad)
 
 
-async def test_a_key_on_a_backend_without_unique_keys_is_refused() -> None:
-    class PlainQueue:  # a third-party queue without the capability: every other call delegates
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> Any:
-            if name == "task_with_key":
-                raise AttributeError(name)
-            return getattr(self._inner, name)
-
-    backend = MemoryBackend()
-    plain = PlainQueue(backend.queue)
-    hub = Hub(backend, secret=SECRET, concurrency=0)
-    hub.task("sync")(_nothing)
-    async with hub:
-        hub.backend = type("Plain", (), {"queue": plain, "registry": backend.registry})()  # type: ignore[assignment]
-        with pytest.raises(ConfigurationError, match="unique"):
-            await hub.submit("sync", owner=OWNER, key="inbox")
-
-
 async def _nothing(ctx: TaskContext) -> None: ...
 
 

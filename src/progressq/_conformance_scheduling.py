@@ -1,8 +1,9 @@
 """The conformance tests of scheduling, mixed into ``BackendConformance``.
 
-A backend with the ``FairDispatch`` capability hands out waiting tasks round-robin across
-their owners, under a cap of running tasks per owner. These tests hold it to that, and to
-the cap across two instances when the backend shares its state.
+A queue with its own ``FairDispatch`` (``limit_running_per_owner``) hands out waiting tasks
+round-robin across their owners, under a cap of running tasks per owner. These tests hold it
+to that, and to the cap across two instances when the backend shares its state; a queue with
+the default is held to the default (no cap). Likewise for dead letters and periodic slots.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import anyio
 import msgspec
 import pytest
 
-from progressq.contracts import Backend, DeadLetters, FairDispatch, Lease, TaskQueue, TaskRecord, UniqueKeys
-from progressq.errors import DuplicateTask
+from progressq._conformance_support import uses_default
+from progressq.contracts import Backend, FairDispatch, Lease, TaskQueue, TaskRecord
+from progressq.errors import ConfigurationError
 
 __all__ = ("SchedulingConformance", "check_fair_dispatch")
 
@@ -47,15 +49,9 @@ async def _tick(ctx: Any) -> None:
     """A periodic task's handler (no worker runs it in these tests)."""
 
 
-def _unique(queue: TaskQueue) -> UniqueKeys:
-    if not isinstance(queue, UniqueKeys):
-        pytest.skip("this backend does not keep tasks unique by key (no UniqueKeys)")
-    return queue
-
-
 def _fair(queue: TaskQueue) -> FairDispatch:
-    if not isinstance(queue, FairDispatch):
-        pytest.skip("this backend does not dispatch fairly between owners (no FairDispatch)")
+    if uses_default(queue, "limit_running_per_owner"):
+        pytest.skip("this queue uses the default dispatch (no cap, its own order), tested on its own")
     return queue
 
 
@@ -176,6 +172,20 @@ class SchedulingConformance:
                 await backend.queue.request_cancel(record.id, "hog")
 
     @pytest.mark.anyio
+    async def test_the_default_dispatch_ignores_the_cap(self, make_backend: Callable[..., Backend]) -> None:
+        async with make_backend() as backend:
+            if not uses_default(backend.queue, "limit_running_per_owner"):
+                pytest.skip("this queue dispatches fairly (its own limit_running_per_owner)")
+            backend.queue.limit_running_per_owner(1)
+            records = [_task("busy", n) for n in range(3)]
+            for record in records:
+                await backend.queue.enqueue(record)
+            leases = [await _lease(backend) for _ in records]  # no cap: all three run at once
+            assert [lease.record.id for lease in leases] == [record.id for record in records]
+            for lease in leases:
+                await _end(backend, lease)
+
+    @pytest.mark.anyio
     async def test_the_cap_holds_across_instances(self, make_backend: Callable[..., Backend]) -> None:
         if not self.shared_state:
             pytest.skip("this backend does not share state between instances")
@@ -271,10 +281,13 @@ class SchedulingConformance:
     @pytest.mark.anyio
     async def test_failed_tasks_are_listed_as_dead_letters(self, make_backend: Callable[..., Backend]) -> None:
         async with make_backend() as backend:
-            queue = backend.queue
-            dead = queue
-            if not isinstance(dead, DeadLetters):
-                pytest.skip("this backend keeps no list of failed tasks (no DeadLetters)")
+            queue = dead = backend.queue
+            if uses_default(queue, "dead_letters") or uses_default(queue, "forget_dead"):
+                with pytest.raises(ConfigurationError):  # the default: no list, and it says so
+                    await dead.dead_letters(10)
+                with pytest.raises(ConfigurationError):
+                    await dead.forget_dead("any")
+                return
             failing, fine = _task("operator-view", 1), _task("operator-view", 2)
             for record in (failing, fine):
                 await queue.enqueue(record)
@@ -292,98 +305,6 @@ class SchedulingConformance:
             assert not await dead.forget_dead(failing.id)
             assert await dead.dead_letters(10) == []
             assert (await queue.get(failing.id)) is not None  # off the list, still readable
-
-    @pytest.mark.anyio
-    async def test_a_unique_key_names_one_unfinished_task_until_it_ends(
-        self, make_backend: Callable[..., Backend]
-    ) -> None:
-        async with make_backend() as backend:
-            queue = backend.queue
-            unique = _unique(queue)
-            owner, other = f"keyed-{secrets.token_hex(3)}", f"keyed-other-{secrets.token_hex(3)}"
-
-            def keyed(n: int, key: str, who: str = owner, **changes: Any) -> TaskRecord:
-                return msgspec.structs.replace(_task(who, n), key=key, **changes)
-
-            async def refused(record: TaskRecord, holder: TaskRecord) -> None:
-                with pytest.raises(DuplicateTask) as refusal:
-                    await queue.enqueue(record)
-                assert refusal.value.task_id == holder.id
-                assert await queue.get(record.id) is None  # nothing stored
-                found = await unique.task_with_key(holder.owner, holder.key or "")
-                assert found is not None
-                assert found.id == holder.id
-
-            async def free(record: TaskRecord) -> None:
-                assert await unique.task_with_key(record.owner, record.key or "") is None
-
-            # each end frees the key: completed, failed (dead), cancelled queued, running, scheduled
-            first, theirs, export = keyed(1, "report"), keyed(2, "report", other), keyed(3, "export")
-            for record in (first, theirs, export):  # another owner's key, or another key: its own task
-                await queue.enqueue(record)
-            await refused(keyed(4, "report"), first)
-            scheduled = keyed(5, "nightly", status="scheduled", run_at=datetime.now(UTC) + timedelta(hours=1))
-            await queue.enqueue(scheduled)
-            await refused(keyed(6, "nightly"), scheduled)
-            leases = {lease.record.id: lease for lease in [await _lease(backend) for _ in range(3)]}
-            assert set(leases) == {first.id, theirs.id, export.id}
-            await refused(keyed(7, "report"), first)  # running is unfinished too
-            await _end(backend, leases[first.id])
-            await free(first)
-            again = keyed(8, "report")
-            await queue.enqueue(again)  # once it finished, the key queues a new task
-            await refused(keyed(9, "report"), again)
-            outcome = await queue.request_cancel(again.id, owner)  # cancelled while queued
-            assert outcome is not None
-            assert outcome.result == "cancelled"
-            await free(again)
-            dead = leases[export.id]
-            failed = dead.record.evolve(status="failed", error="gave up", finished_at=datetime.now(UTC))
-            assert await queue.save(dead, failed)  # attempts used up: a dead letter
-            await queue.finish(dead)
-            await free(export)
-            outcome = await queue.request_cancel(scheduled.id, owner)  # cancelled while scheduled
-            assert outcome is not None
-            assert outcome.result == "cancelled"
-            await free(scheduled)
-            await queue.enqueue(keyed(10, "nightly"))
-            running = leases[theirs.id]
-            cancelled = running.record.evolve(status="cancelled", finished_at=datetime.now(UTC))
-            assert await queue.save(running, cancelled)  # cancelled while running
-            await queue.finish(running)
-            await free(theirs)
-
-    @pytest.mark.anyio
-    async def test_concurrent_submits_with_one_key_give_one_task(self, make_backend: Callable[..., Backend]) -> None:
-        from progressq.hub import Hub
-
-        owner = f"racer-{secrets.token_hex(3)}"
-        hubs = [
-            Hub(make_backend(), secret="unique-conformance-secret", concurrency=0, max_active_per_owner=1)
-            for _ in range(3 if self.shared_state else 1)
-        ]
-        for hub in hubs:
-            hub.task("tick")(_tick)
-        async with contextlib.AsyncExitStack() as stack:
-            for hub in hubs:
-                await stack.enter_async_context(hub)
-            _unique(hubs[0].queue)
-            answers: list[TaskRecord] = []
-
-            async def submit(hub: Hub) -> None:
-                answers.append(await hub.submit("tick", owner=owner, key="only-once"))
-
-            async with anyio.create_task_group() as group:
-                for n in range(30):
-                    group.start_soon(submit, hubs[n % len(hubs)])
-            stored = await hubs[0].queue.list_by_owner(owner)
-            # one task, and every submit answered with it (the limit of 1 refused none of them)
-            assert [record.id for record in stored] == [answers[0].id]
-            assert {record.id for record in answers} == {answers[0].id}
-            await hubs[0].cancel(answers[0].id, owner=owner)
-            fresh = await hubs[-1].submit("tick", owner=owner, key="only-once")
-            assert fresh.id != answers[0].id  # the first one ended: the key queues a new task
-            await hubs[0].cancel(fresh.id, owner=owner)
 
     @pytest.mark.anyio
     async def test_each_periodic_slot_fires_once_across_hubs(self, make_backend: Callable[..., Backend]) -> None:

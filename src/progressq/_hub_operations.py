@@ -91,6 +91,8 @@ class HubOperations:
 
         Raises:
             TaskNotFound: no failed task has this id (any more).
+            ConfigurationError: the backend keeps no list of failed tasks (the task was
+                submitted again all the same).
         """
         failed = await self.queue.get(task_id)
         if failed is None or failed.status != "failed":
@@ -109,8 +111,7 @@ class HubOperations:
         return purged
 
     def _dead_letters(self) -> DeadLetters:
+        """The queue, whose ``dead_letters`` raise ``ConfigurationError`` if it keeps no list."""
         if self._stack is None:
             raise HubNotOpen()
-        if not isinstance(self.queue, DeadLetters):
-            raise ConfigurationError(f"{type(self.queue).__name__} keeps no list of failed tasks")
         return self.queue

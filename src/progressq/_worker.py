@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Protocol, cast
+from typing import Any
 
 import anyio
 import msgspec
@@ -15,7 +15,7 @@ import msgspec
 from progressq._context import TaskContext
 from progressq._outage import backend_outage
 from progressq._tasklog import attempt_ended, attempt_started
-from progressq.contracts import Lease, Processor, TaskQueue, TaskRecord, utc_now
+from progressq.contracts import Backend, Lease, Processor, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable, Retry
 from progressq.hooks import AttemptOutcome, AttemptStatus, HookChain
 
@@ -61,35 +61,6 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
         return delay * random.uniform(0.5, 1.0) if self.retry_jitter else delay
 
 
-class BatchLeasing(Protocol):
-    """An optional ``TaskQueue`` capability: lease several tasks in one go."""
-
-    async def lease_many(self, limit: int) -> list[Lease]:
-        """Wait for the next tasks: at least one, at most ``limit`` (the pool's free slots)."""
-        ...
-
-
-class LeaseLossWatching(Protocol):
-    """An optional ``TaskQueue`` capability, for a queue that keeps leases alive itself (a
-    heartbeat): it tells the pool of the leases it found lost, so that their work stops."""
-
-    def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
-        """``(task id, attempt)`` of each lease held here that was found taken over."""
-        ...
-
-
-class SaveAndPublish(Protocol):
-    """An optional ``TaskQueue`` capability, for a queue that shares its store with the
-    registry: ``save`` and the ``taskProgress`` publish of a change in one step."""
-
-    async def save_and_publish(
-        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
-    ) -> bool:
-        """Store ``record`` if ``lease`` still holds, publish it (its view is ``view_json``) to
-        its owner and, with ``finish``, acknowledge the task; nothing when fenced out (False)."""
-        ...
-
-
 class _Run:
     """One attempt running in this pool."""
 
@@ -107,23 +78,19 @@ class WorkerPool:
     def __init__(
         self,
         *,
-        queue: TaskQueue,
+        backend: Backend,
         processor: Processor,
         policy_for: Callable[[str], TaskPolicy],
-        publish: Callable[[TaskRecord], Awaitable[None]],
         concurrency: int,
         progress_interval: float,
         shutdown_grace: float,
         hooks: HookChain | None = None,
     ) -> None:
         self._hooks = hooks if hooks is not None else HookChain(())
-        self._queue = queue
-        self._batch = cast(BatchLeasing, queue) if hasattr(queue, "lease_many") else None
-        self._combined = cast(SaveAndPublish, queue) if hasattr(queue, "save_and_publish") else None
-        self._losses = cast(LeaseLossWatching, queue) if hasattr(queue, "watch_lost_leases") else None
+        self._backend = backend
+        self._queue = backend.queue
         self._processor = processor
         self._policy_for = policy_for
-        self._publish = publish
         self._concurrency = concurrency
         self._progress_interval = progress_interval
         self._shutdown_grace = shutdown_grace
@@ -145,8 +112,7 @@ class WorkerPool:
         limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
-            if self._losses is not None:
-                runs.start_soon(self._watch_lost_leases, self._losses)
+            runs.start_soon(self._watch_lost_leases)
             self.alive = True
             task_status.started()
             try:
@@ -163,11 +129,8 @@ class WorkerPool:
             while True:
                 slot = object()
                 await limiter.acquire_on_behalf_of(slot)
-                try:
-                    if self._batch is not None:  # as many as there are free slots
-                        leases = await self._batch.lease_many(1 + int(limiter.available_tokens))
-                    else:
-                        leases = [await self._queue.lease()]
+                try:  # as many as there are free slots (this one and the others)
+                    leases = await self._queue.lease_many(1 + int(limiter.available_tokens))
                 except BaseException:
                     limiter.release_on_behalf_of(slot)
                     raise
@@ -329,12 +292,9 @@ class WorkerPool:
         return "completed", None
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
-        if self._combined is not None:
-            if not await self._combined.save_and_publish(lease, record, record.view_json(), finish=True):
-                logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
-            return
-        if await self._commit(lease, record):
-            await self._queue.finish(lease)
+        """Store the terminal ``record``, tell its owner and acknowledge the task."""
+        if not await self._backend.save_and_publish(lease, record, record.view_json(), finish=True):
+            logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
 
     async def _requeue(self, lease: Lease, record: TaskRecord) -> None:
         # Saved and published before it is handed back, so that no other worker's
@@ -344,13 +304,7 @@ class WorkerPool:
 
     async def _commit(self, lease: Lease, record: TaskRecord) -> bool:
         """Store ``record`` if the lease still holds, then send it to its owner."""
-        if self._combined is not None:
-            stored = await self._combined.save_and_publish(lease, record, record.view_json())
-        else:
-            stored = await self._queue.save(lease, record)
-            if stored:
-                await self._publish(record)
-        if not stored:
+        if not await self._backend.save_and_publish(lease, record, record.view_json()):
             logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
             self._lose(record.id, lease.record.attempt)
             return False
@@ -364,10 +318,10 @@ class WorkerPool:
             run.lost = True
             run.scope.cancel()
 
-    async def _watch_lost_leases(self, losses: LeaseLossWatching) -> None:
+    async def _watch_lost_leases(self) -> None:
         while True:
             try:
-                async for task_id, attempt in losses.watch_lost_leases():
+                async for task_id, attempt in self._queue.watch_lost_leases():
                     self._lose(task_id, attempt)
             except Exception:
                 logger.warning("lost-lease watch interrupted; retrying", exc_info=True)

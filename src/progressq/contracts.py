@@ -1,22 +1,40 @@
-"""The three contracts a backend or an application plugs in, and the records they move.
+"""The backend contract: everything the engine asks of a backend, and what it must guarantee.
 
-Backends implement these protocols structurally (no inheritance). The engine owns policy
-(identity, sequencing, coalescing, retries); backends move records and bytes.
+A backend is a :class:`Backend`: a bundle of a :class:`TaskQueue` and a :class:`ClientRegistry`.
+Each protocol names every operation the engine calls. Some are *required*; the others are
+*capabilities* with a default that :class:`QueueDefaults` and :class:`BackendDefaults` write in
+terms of the required ones. A backend subclasses the defaults and overrides what it can do
+better (in one round trip, atomically, fairly); the engine calls the operations alike on any
+backend, never asking which ones it implements itself. ``progressq.testing``'s conformance
+suite holds a backend to all of it, defaults included.
+
+The engine owns policy (identity, sequencing, coalescing, retries); backends move records and
+bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-import msgspec
-
-from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode, frame_event
+from progressq._defaults import BackendDefaults, QueueDefaults
+from progressq._records import (
+    CancelOutcome,
+    Event,
+    Lease,
+    QueueStatistics,
+    RegistryStatistics,
+    TaskRecord,
+    utc_now,
+)
+from progressq.messages import EventType
 
 __all__ = (
+    "AnnouncingEnqueue",
     "Backend",
+    "BackendDefaults",
+    "BatchLeasing",
     "CancelOutcome",
     "ClientRegistry",
     "DeadLetters",
@@ -24,9 +42,12 @@ __all__ = (
     "EventSink",
     "FairDispatch",
     "Lease",
+    "LeaseLossWatching",
     "Processor",
+    "QueueDefaults",
     "QueueStatistics",
     "RegistryStatistics",
+    "SaveAndPublish",
     "SlotClaims",
     "TaskQueue",
     "TaskRecord",
@@ -35,168 +56,173 @@ __all__ = (
 )
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+# --- the queue's capabilities (defaults: QueueDefaults) ------------------------------------
 
 
-class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The stored state of one task. Immutable: changes make a new record (``evolve``).
+class BatchLeasing(Protocol):
+    """A ``TaskQueue`` capability: lease several tasks in one go.
 
-    ``attempt`` is the lease generation: a backend bumps it when it hands the task to a
-    worker, and refuses writes carrying an older one (fencing). ``revision`` counts saved
-    changes, so two views of one task can be ordered.
+    Default: one :meth:`TaskQueue.lease`.
     """
 
-    id: str
-    kind: str
-    name: str
-    owner: str
-    payload: Any = msgspec.field(default_factory=dict)  # the params, as JSON builtins
-    status: TaskStatus = "queued"
-    progress: float = 0.0
-    message: str = ""
-    created_at: datetime = msgspec.field(default_factory=utc_now)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    attempt: int = 0
-    revision: int = 1
-    error: str | None = None
-    result: Any = None
-    cancel_requested: bool = False
-    context: dict[str, str] = msgspec.field(default_factory=dict)  # written by submit hooks, e.g. a trace
-    run_at: datetime | None = None  # not handed out before then (scheduled, or a retry's backoff)
-    key: str | None = None  # submit's unique key: one unfinished task per owner and key (``UniqueKeys``)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    def evolve(self, **changes: Any) -> TaskRecord:
-        """A copy with ``changes`` applied and the revision bumped."""
-        return msgspec.structs.replace(self, revision=self.revision + 1, **changes)
-
-    def view(self) -> TaskView:
-        return TaskView(
-            id=self.id,
-            name=self.name,
-            status=self.status,
-            progress=self.progress,
-            message=self.message,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            attempt=self.attempt,
-            error=self.error if self.error is not None else msgspec.UNSET,
-            result=self.result if self.result is not None else msgspec.UNSET,
-            run_at=self.run_at if self.run_at is not None else msgspec.UNSET,
-        )
-
-    def view_json(self) -> bytes:
-        return encode(self.view())
+    async def lease_many(self, limit: int) -> Sequence[Lease]:
+        """Wait for the next runnable tasks: at least one, at most ``limit`` (the worker
+        pool's free slots), each leased exactly as :meth:`TaskQueue.lease` leases one (its
+        ``attempt`` bumped, counted as running, under the fair-dispatch cap). Never more than
+        ``limit``: the pool has no slot for a surplus lease."""
+        ...
 
 
-class Event(msgspec.Struct, eq=False, gc=False):
-    """One event of an identity's sequence: what a backend stores and delivers.
+class LeaseLossWatching(Protocol):
+    """A ``TaskQueue`` capability, for a queue that keeps leases alive itself (a heartbeat):
+    it tells the pool of the leases it found lost, so that their handlers stop.
 
-    ``frame`` (the exact WebSocket text) is built on first use and shared by every
-    connection that receives this object, so an event is framed once per process.
+    Default: never tells (a queue without a heartbeat loses a lease only through the engine's
+    own calls, whose ``False`` the engine sees).
     """
 
-    seq: int
-    kind: EventType
-    task_id: str
-    revision: int
-    task_json: bytes
-    frame_text: str | None = None  # ``frame`` once built
-
-    @property
-    def frame(self) -> str:
-        if self.frame_text is None:
-            self.frame_text = frame_event(self.kind, self.seq, self.task_json).decode()
-        return self.frame_text
-
-    def __repr__(self) -> str:
-        return f"Event(seq={self.seq}, kind={self.kind!r}, task_id={self.task_id!r}, revision={self.revision})"
+    def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
+        """``(task id, attempt)`` of each lease held in this process that was found taken
+        over, once each, as it is found; runs until the caller stops iterating."""
+        ...
 
 
-class Lease(msgspec.Struct, frozen=True, gc=False):
-    """A task handed to one worker. ``token`` is backend-specific (e.g. a stream entry id)."""
+class FairDispatch(Protocol):
+    """A ``TaskQueue`` capability: fair dispatch between owners.
 
-    record: TaskRecord
-    token: str
+    With it, ``lease`` hands out the waiting tasks round-robin across their owners: no
+    owner gets a second turn while another owner with a waiting task, below the cap, waits.
+    And no owner has more than the cap of leased (running) tasks at once, counted across
+    every process sharing the queue, atomically. A task handed back (``release``) waits
+    first in its owner's line.
 
-
-class CancelOutcome(msgspec.Struct, frozen=True):
-    """What ``TaskQueue.request_cancel`` did.
-
-    ``cancelled``: it was queued and is now cancelled (``record`` is the terminal record);
-    ``requested``: it is running, its worker was told; ``finished``: too late.
+    Default: the cap is ignored; tasks go out in the queue's own order (``lease``: first in,
+    first out within each owner).
     """
 
-    result: Literal["cancelled", "requested", "finished"]
-    record: TaskRecord
+    def limit_running_per_owner(self, limit: int | None) -> None:
+        """Set the cap of running tasks per owner for this queue's leases; None: no cap.
+        The hub calls it once, before its workers lease anything."""
+        ...
 
 
-class QueueStatistics(msgspec.Struct, frozen=True):
-    """How many tasks are where, across every process sharing the queue.
+class DeadLetters(Protocol):
+    """A ``TaskQueue`` capability: the failed tasks, for an operator to read and replay.
 
-    ``queued`` counts every task not handed to a worker yet; ``scheduled`` is the part of
-    them waiting for their time (a delay, or a retry's backoff). ``dead`` counts the failed
-    tasks on the list of ``DeadLetters``; ``workers``, the worker processes taking tasks
-    from this queue lately (on Redis: heartbeats seen within two lease timeouts; in memory:
-    this process, if its workers take tasks). The last
-    three are ``None`` when the backend does not count them (their defaults, so that a
-    backend written before them still builds this record).
+    Every task stored ``failed`` (its attempts or deliveries used up) is listed, with its last
+    error, for as long as its record is kept (the backend's retention) or until forgotten.
+
+    Default: no list; both methods raise ``ConfigurationError`` saying so.
     """
 
-    queued: int
-    running: int
-    scheduled: int | None = None
-    dead: int | None = None
-    workers: int | None = None
+    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
+        """Up to ``limit`` failed tasks, the most recently failed first."""
+        ...
+
+    async def forget_dead(self, task_id: str) -> bool:
+        """Take a task off the list (its record stays); False if it was not on it."""
+        ...
 
 
-class RegistryStatistics(msgspec.Struct, frozen=True):
-    connections: int
-    clients: int
+class UniqueKeys(Protocol):
+    """A ``TaskQueue`` capability: unique tasks. At most one unfinished task per owner has a
+    given ``key``: ``enqueue`` of a record whose ``key`` its owner's unfinished task has
+    already stores nothing and raises ``DuplicateTask``, atomically across every process
+    sharing the queue. The key is free again once that task is finished (by any end:
+    completed, failed, cancelled, dead).
+
+    Default: the owner's unfinished task with the key is looked for in ``list_by_owner``, and
+    ``enqueue`` itself does not refuse; ``BackendDefaults.enqueue_and_announce`` refuses a
+    duplicate under its per-owner lock, so that a key is unique within one process only.
+    """
+
+    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
+        """The owner's unfinished task with ``key``, or None."""
+        ...
+
+
+class SlotClaims(Protocol):
+    """A ``TaskQueue`` capability, for periodic tasks: claim a named slot once across every
+    process sharing the queue, so that a periodic slot fires once however many hubs run.
+
+    Default: claims kept in this queue object: right for a queue no other process shares,
+    wrong for one that is shared (the conformance suite's ``shared_state`` check fails it).
+    """
+
+    async def claim_slot(self, key: str, ttl: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl`` seconds, False for any other,
+        atomically across every process sharing the queue."""
+        ...
+
+
+# --- the queue -----------------------------------------------------------------------------
 
 
 @runtime_checkable
-class TaskQueue(Protocol):
-    """Hands tasks to workers and stores their records."""
+class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, UniqueKeys, SlotClaims, Protocol):
+    """Hands tasks to workers and stores their records.
+
+    Required: the methods below. The capabilities it inherits (``lease_many``,
+    ``watch_lost_leases``, ``limit_running_per_owner``, ``dead_letters``, ``forget_dead``,
+    ``task_with_key``, ``claim_slot``) have defaults in :class:`QueueDefaults`.
+
+    **Fencing.** ``lease`` bumps the task's ``attempt``; every write through a lease
+    (``save``, ``extend``, ``finish``, ``release``) carries it and is refused (``False``, or
+    nothing for ``finish``) once the task was leased again, handed back, or finished. A
+    stored ``revision`` only rises. A task is leased to one worker at a time.
+    """
 
     async def enqueue(self, record: TaskRecord) -> None:
         """Store and queue a new task, to be handed out not before ``record.run_at`` when that
-        is set (status ``scheduled``). Raises ``QueueFull`` when at capacity."""
+        is set (status ``scheduled``). Atomic: stored and queued, or (raising) neither.
+        Publishes nothing: ``Backend.enqueue_and_announce`` is the submit that tells the owner.
+        Raises ``QueueFull`` when ``capacity`` tasks wait already (a task handed back with
+        ``release`` always fits), ``DuplicateTask`` for a ``record.key`` its owner's unfinished
+        task has (with its own ``UniqueKeys``); a task id stored already is refused with an error."""
 
     async def lease(self) -> Lease:
-        """Wait for the next runnable task; its ``attempt`` is already bumped."""
+        """Wait for the next runnable task and hand it to this caller alone, its ``attempt``
+        (and ``revision``) bumped and stored; it counts as running until it is finished or
+        handed back. Tasks of one owner are handed out in the order they were queued."""
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
-        """Store ``record`` if ``lease`` still holds the task. False: fenced out."""
+        """Store ``record`` if ``lease`` still holds the task (fencing); False: fenced out,
+        nothing stored. A terminal ``record`` stops the task counting as running, and nothing
+        changes a finished task afterwards. A cancel asked meanwhile stays asked."""
 
     async def extend(self, lease: Lease) -> bool:
-        """Keep the lease alive (a heartbeat). False: the lease was lost."""
+        """Keep the lease alive (a heartbeat). False: the lease was lost (the task was leased
+        again, handed back or finished), and nothing changed."""
 
     async def finish(self, lease: Lease) -> None:
-        """Acknowledge a task whose terminal record was saved."""
+        """Acknowledge a task whose terminal record was saved; nothing for a stale lease.
+        Idempotent."""
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
         """Save ``record`` (status ``queued``) and hand the task back for another attempt,
-        not before ``record.run_at`` when that is set (meanwhile it holds no worker)."""
+        first in its owner's line, and not before ``record.run_at`` when that is set
+        (meanwhile it holds no worker). Atomic; False: fenced out, nothing changed."""
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The stored record, or None (unknown, or forgotten after the retention)."""
 
     async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
         """The owner's tasks, newest first; only the newest ``limit`` when given."""
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
-        """Cancel atomically; None when no such task belongs to ``owner``."""
+        """Cancel atomically; None when no such task belongs to ``owner``. A waiting task is
+        stored ``cancelled`` and never leased; a leased one is flagged (``cancel_requested``)
+        and its worker told through :meth:`watch_cancellations`."""
 
     def watch_cancellations(self) -> AsyncIterator[str]:
-        """Ids of running tasks whose owner asked to cancel, as they are asked."""
+        """Ids of the tasks leased in this process whose owner asked to cancel, as they are
+        asked (across processes). Telling one twice is harmless; missing one is not."""
 
-    async def statistics(self) -> QueueStatistics: ...
+    async def statistics(self) -> QueueStatistics:
+        """How many tasks wait (queued or scheduled) and run, across every process."""
+
+
+# --- the registry --------------------------------------------------------------------------
 
 
 class EventSink(Protocol):
@@ -208,87 +234,82 @@ class EventSink(Protocol):
 
 @runtime_checkable
 class ClientRegistry(Protocol):
-    """Who is connected, per-identity sequencing, history and delivery."""
+    """Who is connected, per-identity sequencing, history and delivery. All required."""
 
     async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
-        """Give the event the identity's next ``seq``, keep it in history, deliver it live."""
+        """Give the event the identity's next ``seq`` (gapless from 1, atomically across
+        processes), keep it in history and deliver it live to every sink attached to the
+        identity, in any process, in ``seq`` order. A backend may drop an event about a
+        stored task whose stored revision is newer, or already published (``seq`` 0)."""
 
     async def attach(self, identity: str, sink: EventSink) -> None:
-        """Deliver the identity's events to ``sink`` from now on (every process)."""
+        """Deliver the identity's events to ``sink`` from now on, whichever process publishes
+        them: every event published after this returns, once each, in ``seq`` order."""
 
-    async def detach(self, identity: str, sink: EventSink) -> None: ...
+    async def detach(self, identity: str, sink: EventSink) -> None:
+        """Stop delivering to ``sink``; harmless when it is not attached."""
 
     async def current_seq(self, identity: str) -> int:
         """The last ``seq`` given to the identity (0 if none)."""
 
     async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
-        """Every event after ``seq``, in order; None if history no longer holds them all."""
+        """Every event after ``seq``, in order; None if history no longer holds them all
+        (never a partial answer)."""
 
     def statistics(self) -> RegistryStatistics:
         """Connections and identities attached in this process."""
 
 
-@runtime_checkable
-class FairDispatch(Protocol):
-    """A ``TaskQueue`` capability: fair dispatch between owners.
+# --- the bundle ----------------------------------------------------------------------------
 
-    With it, ``lease`` hands out the waiting tasks round-robin across their owners: no
-    owner gets a second turn while another owner with a waiting task, below the cap, waits.
-    And no owner has more than the cap of leased (running) tasks at once, counted across
-    every process sharing the queue, atomically. A task handed back (``release``) waits
-    first in its owner's line. Without this capability the queue is first in, first out.
+
+class AnnouncingEnqueue(Protocol):
+    """A ``Backend`` capability: submit a task in one step, spanning queue and registry.
+
+    Default: under a lock per owner in this process, refuse a duplicate unique key
+    (``task_with_key``), count the owner's unfinished tasks (``list_by_owner``), ``enqueue``,
+    then publish ``taskQueued``. Two processes submitting
+    for one owner at once may then both pass the limit, and a worker in another process may
+    publish the task's ``running`` before its ``taskQueued``.
     """
 
-    def limit_running_per_owner(self, limit: int | None) -> None:
-        """Set the cap of running tasks per owner for this queue's leases; None: no cap."""
+    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
+        """Store and queue ``record`` (as ``TaskQueue.enqueue``) and publish its
+        ``taskQueued`` to its owner, unless the owner has ``max_unfinished`` unfinished
+        (queued, scheduled or running) tasks already: then nothing, and that count is
+        returned. None: queued and announced. A backend that can, does it atomically, so
+        that no worker takes the task before its owner was told, and racing submits cannot
+        both pass the limit. Raises ``QueueFull`` like ``enqueue``, and ``DuplicateTask``
+        when the owner has an unfinished task with ``record.key`` (checked before the limit:
+        a submit answered with that task adds none); nothing queued either way."""
+        ...
 
 
-@runtime_checkable
-class DeadLetters(Protocol):
-    """A ``TaskQueue`` capability: the failed tasks, for an operator to read and replay.
+class SaveAndPublish(Protocol):
+    """A ``Backend`` capability: record a task's change and tell its owner in one step.
 
-    Every task stored ``failed`` (its attempts or deliveries used up) is listed, with its last
-    error, for as long as its record is kept (the backend's retention) or until forgotten.
+    Default: ``queue.save``; if stored, ``registry.publish`` (``taskProgress``); then, with
+    ``finish``, ``queue.finish``.
     """
 
-    async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
-        """Up to ``limit`` failed tasks, the most recently failed first."""
-
-    async def forget_dead(self, task_id: str) -> bool:
-        """Take a task off the list (its record stays); False if it was not on it."""
-
-
-@runtime_checkable
-class UniqueKeys(Protocol):
-    """A ``TaskQueue`` capability: unique tasks. At most one unfinished task per owner has a
-    given ``key``: ``enqueue`` of a record whose ``key`` its owner's unfinished task has
-    already stores nothing and raises ``DuplicateTask``, atomically across every process
-    sharing the queue. The key is free again once that task is finished (by any end:
-    completed, failed, cancelled, dead)."""
-
-    async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
-        """The owner's unfinished task with ``key``, or None."""
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        """Store ``record`` if ``lease`` still holds (fenced as ``TaskQueue.save``), publish
+        it to its owner (``taskProgress``, its view ``view_json``) and, with ``finish``,
+        acknowledge the task (``TaskQueue.finish``). False: fenced out, and nothing was
+        published or acknowledged. A backend that can make these one atomic step keeps a
+        worker paused between save and publish from publishing a stale view."""
+        ...
 
 
 @runtime_checkable
-class SlotClaims(Protocol):
-    """A ``TaskQueue`` capability, for periodic tasks: claim a named slot once across every
-    process sharing the queue, so that a periodic slot fires once however many hubs run."""
+class Backend(AnnouncingEnqueue, SaveAndPublish, Protocol):
+    """A bundle of a queue and a registry, opened and closed as one async resource.
 
-    async def claim_slot(self, key: str, ttl: float) -> bool:
-        """True for the first claim of ``key`` within ``ttl`` seconds, False for any other."""
-
-
-@runtime_checkable
-class Processor(Protocol):
-    """Runs one task. The everyday one is the hub's registry of ``@hub.task`` handlers."""
-
-    async def __call__(self, task: TaskRecord, ctx: Any) -> Any: ...
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """A bundle of a queue and a registry, opened and closed as one async resource."""
+    Required: the members below. The operations spanning both (``enqueue_and_announce``,
+    ``save_and_publish``) have defaults in :class:`BackendDefaults`.
+    """
 
     @property
     def queue(self) -> TaskQueue: ...
@@ -297,10 +318,20 @@ class Backend(Protocol):
     def registry(self) -> ClientRegistry: ...
 
     async def ping(self) -> bool:
-        """True when the backend answers."""
+        """True when the backend answers; False (never an exception) when it does not."""
 
-    async def __aenter__(self) -> Any: ...
+    async def __aenter__(self) -> Any:
+        """Open: connect, start what runs in the background. The hub opens its backend first
+        and closes it last."""
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
+    ) -> None:
+        """Close: stop the background work and release the connections."""
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """Runs one task. The everyday one is the hub's registry of ``@hub.task`` handlers."""
+
+    async def __call__(self, task: TaskRecord, ctx: Any) -> Any: ...

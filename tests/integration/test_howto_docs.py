@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -255,3 +256,30 @@ async def test_the_home_page_app_runs_as_written(page: Any) -> None:
     with serve(docs.app, docs.hub) as server:
         final = await run_a_task(server.http, server.ws, kind="import", params={"url": "https://example.com/a.csv"})
     assert (final["status"], final["progress"], final["message"]) == ("completed", 100.0, "step 10 of 10")
+
+
+async def test_the_backend_written_on_the_page_runs_a_hub_and_passes_the_suite(page: Any, tmp_path: Path) -> None:
+    docs = page("write-a-backend.md")
+    from tests.test_engine import attach, wait_until
+
+    async with docs.hub:
+        sink = await attach(docs.hub, "owner-docs")
+        task = await docs.hub.submit("count", owner="owner-docs")
+        await wait_until(lambda: sink.has_status(task.id, "completed"), 60)
+    final = sink.last(task.id)
+    assert final is not None
+    assert (final.result, final.message) == ({"counted": 3}, "counted 3")
+    # the page's conformance class, run by pytest as a reader would (a part of the suite: the
+    # whole of it runs on the memory backend in tests/test_conformance.py)
+    blocks = _PYTHON_BLOCK.findall((HOW_TO / "write-a-backend.md").read_text())
+    (tmp_path / "test_my_backend.py").write_text("\n".join(blocks))
+    selected = "task_life or stale_lease or enqueue_and_announce or save_and_publish or lease_many or seq_is_gapless"
+    run = await anyio.run_process(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selected, str(tmp_path)],
+        cwd=tmp_path,
+        check=False,
+    )
+    output = run.stdout.decode()
+    assert run.returncode == 0, output
+    assert " passed" in output, output
+    assert "failed" not in output, output

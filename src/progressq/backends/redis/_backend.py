@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -14,14 +15,17 @@ import anyio.abc
 from redis.asyncio import Redis
 
 from progressq._outage import backend_outage
-from progressq.backends.redis._common import _Keys, _redacted, _Scripts
+from progressq.backends.redis._calls import _Calls
+from progressq.backends.redis._common import _Keys, _redacted
 from progressq.backends.redis._packing import pack_in_c
 from progressq.backends.redis._pubsub import _PubSub
 from progressq.backends.redis._queue import RedisTaskQueue
 from progressq.backends.redis._registry import RedisClientRegistry
 from progressq.contracts import (
     Backend,
+    BackendDefaults,
     ClientRegistry,
+    Lease,
     TaskQueue,
     TaskRecord,
 )
@@ -30,7 +34,7 @@ from progressq.errors import ConfigurationError
 logger = logging.getLogger("progressq.redis")
 
 
-class RedisBackend:
+class RedisBackend(BackendDefaults):
     """Queue and registry on one Redis, for many web and worker processes.
 
     Open it for the application's lifetime (the Hub does): ``async with backend: ...``.
@@ -89,26 +93,28 @@ class RedisBackend:
         self._keys = _Keys(prefix)
         self._close_client = close_client
         self._url: str | None = None
-        scripts = _Scripts(client)
+        # one place builds every script call, for the queue, the registry and this bundle
+        self._calls = _Calls(
+            client,
+            self._keys,
+            capacity=capacity or 0,
+            retention=max(1, math.ceil(retention)),
+            history_size=history_size,
+            history_ttl=max(1, math.ceil(history_ttl)),
+        )
         self._pubsub = _PubSub(client)
         self._registry = RedisClientRegistry(
-            client, scripts, self._keys, self._pubsub, history_size=history_size, history_ttl=history_ttl,
-            attach_timeout=attach_timeout,
-        )  # fmt: skip
+            client, self._calls, self._keys, self._pubsub, attach_timeout=attach_timeout
+        )
         self._queue = RedisTaskQueue(
             client,
-            scripts,
+            self._calls,
             self._keys,
             self._pubsub,
-            capacity=capacity,
-            retention=retention,
             lease_timeout=lease_timeout,
             max_deliveries=max_deliveries,
             consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             forget_consumers_after=forget_consumers_after,
-            publish=self._publish_record,
-            announce=self._announce_call,
-            publish_call=self._progress_call,
         )
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -200,17 +206,25 @@ class RedisBackend:
     def __repr__(self) -> str:
         return f"RedisBackend({self.url}, prefix={self.prefix!r})"
 
-    def _announce_call(self, record: TaskRecord) -> tuple[list[str], list[Any]]:
-        keys, args = self._registry.publish_call(
-            record.owner, "taskQueued", record.id, record.revision, record.view_json()
-        )
-        return keys, [*args, "stored"]
+    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
+        """Check the owner's limit (a count the queue keeps), store and queue ``record`` and
+        announce it (``taskQueued``), in one script: atomic, so that no worker can take the
+        task, and publish its "running", before its owner was told it was queued, and two
+        racing submits cannot both pass the limit.
 
-    def _progress_call(self, record: TaskRecord, view_json: bytes) -> tuple[list[str], list[Any]]:
-        return self._registry.publish_call(record.owner, "taskProgress", record.id, record.revision, view_json)
+        Raises:
+            QueueFull: the queue is at capacity; nothing was queued.
+        """
+        return await self._queue._enqueue_by(self._calls.submit(record, max_unfinished), record)
 
-    async def _publish_record(self, record: TaskRecord) -> None:
-        await self._registry.publish(record.owner, "taskProgress", record.id, record.revision, record.view_json())
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        """Save ``record`` (fenced by the lease's attempt), publish it to its owner
+        (``taskProgress``) and, with ``finish``, acknowledge the task: one script, one round
+        trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
+        call = self._calls.commit(lease, record, view_json, finish=finish)
+        return await self._queue._save_by(call, lease, record, finish=finish, batched=True)
 
 
 if TYPE_CHECKING:  # mypy proves that the Redis backend satisfies the contracts

@@ -5,13 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.resources import files
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from progressq.contracts import (
     TaskRecord,
@@ -59,36 +56,6 @@ def _redacted(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-class _Scripts:
-    """The Lua scripts shipped next to this module, registered on one client."""
-
-    def __init__(self, client: Redis) -> None:
-        folder = files("progressq.backends.redis").joinpath("scripts")
-
-        def text(name: str) -> str:
-            return folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-
-        def load(name: str, *parts: str) -> AsyncScript:
-            """``name``'s script, after the scripts ``parts`` as local functions of the same
-            name (``local function save(KEYS, ARGV) ... end``): one script, one round trip."""
-            functions = [f"local function {part}(KEYS, ARGV)\n{text(part)}\nend\n" for part in parts]
-            return client.register_script("".join(functions) + text(name))
-
-        self.enqueue = load("enqueue")
-        self.claim = load("claim")
-        self.save = load("save")
-        self.release = load("release")
-        self.finish = load("finish")
-        self.extend = load("extend")
-        self.cancel = load("cancel")
-        self.publish = load("publish")
-        self.claim_many = load("claim_many", "claim")
-        self.take = load("take", "claim")
-        self.commit = load("commit", "save", "publish")
-        self.submit = load("submit", "enqueue", "publish")
-        self.prune = load("prune")
 
 
 class _Keys:

@@ -13,12 +13,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 from redis.asyncio import Redis
 
 from progressq._outage import backend_outage
-from progressq.backends.redis._common import (
-    _GROUP,
-    _Keys,
-    _Scripts,
-    _unavailable,
-)
+from progressq.backends.redis._calls import _Calls
+from progressq.backends.redis._common import _Keys, _unavailable
 from progressq.backends.redis._pubsub import _PubSub, _Subscription
 from progressq.contracts import Lease, TaskRecord
 from progressq.errors import BackendUnavailable
@@ -52,7 +48,7 @@ class _LeaseKeeping:
     the live ones. The queue sets these attributes up."""
 
     _client: Redis
-    _scripts: _Scripts
+    _calls: _Calls
     _keys: _Keys
     _consumer: str
     _lease_timeout: float
@@ -70,10 +66,7 @@ class _LeaseKeeping:
         """Remove the group's consumers that died (idle past ``forget_consumers_after``, with
         nothing pending), and this process's own when ``leaving``."""
         self._next_prune = anyio.current_time() + self._prune_every
-        removed = await self._scripts.prune(
-            keys=[self._keys.stream],
-            args=[_GROUP, self._consumer if leaving else "", self._forget_consumers_ms],
-        )
+        removed = await self._calls.run(self._calls.prune(self._consumer if leaving else "", self._forget_consumers_ms))
         if int(removed) and not leaving:
             logger.info("removed %d consumers of workers gone from the group", int(removed))
 
@@ -100,9 +93,8 @@ class _LeaseKeeping:
 
     async def extend(self, lease: Lease) -> bool:
         with _unavailable("extend"):
-            answer = await self._scripts.extend(
-                keys=[self._keys.task(lease.record.id), self._keys.stream],
-                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
+            answer = await self._calls.run(
+                self._calls.extend(lease.record.id, lease.record.attempt, self._consumer, lease.token)
             )
         return self._extended(lease, answer)
 
@@ -182,11 +174,10 @@ class _LeaseKeeping:
                 with _unavailable("extend"):
                     async with self._client.pipeline(transaction=False) as pipe:
                         for lease in leases:
-                            await self._scripts.extend(
-                                keys=[self._keys.task(lease.record.id), self._keys.stream],
-                                args=[lease.record.attempt, _GROUP, self._consumer, lease.token],
-                                client=pipe,
+                            extend = self._calls.extend(
+                                lease.record.id, lease.record.attempt, self._consumer, lease.token
                             )
+                            await self._calls.run(extend, pipe)
                         answers = await pipe.execute(raise_on_error=False)
             except BackendUnavailable as exc:
                 backend_outage.failed(f"a heartbeat of {len(leases)} tasks", exc)  # logged once per outage

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -19,21 +19,15 @@ from anyio.streams.memory import MemoryObjectSendStream
 from redis.asyncio import Redis
 
 from progressq.backends.redis._batch import _Batcher
-from progressq.backends.redis._common import (
-    _GROUP,
-    _Keys,
-    _record_decoder,
-    _record_encoder,
-    _Scripts,
-    _text,
-    _unavailable,
-)
+from progressq.backends.redis._calls import _Call, _Calls
+from progressq.backends.redis._common import _Keys, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _CancelSubscription, _Held, _LeaseKeeping
 from progressq.backends.redis._pubsub import _PubSub
 from progressq.backends.redis._taking import _Taking
 from progressq.contracts import (
     CancelOutcome,
     Lease,
+    QueueDefaults,
     QueueStatistics,
     TaskRecord,
     utc_now,
@@ -43,35 +37,26 @@ from progressq.errors import BackendUnavailable, ConfigurationError, DuplicateTa
 logger = logging.getLogger("progressq.redis")
 
 
-class RedisTaskQueue(_Taking, _LeaseKeeping):
+class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
     """The task queue on Redis. Made by :class:`RedisBackend`; see the module doc."""
 
     def __init__(
         self,
         client: Redis,
-        scripts: _Scripts,
+        calls: _Calls,
         keys: _Keys,
         pubsub: _PubSub,
         *,
-        capacity: int | None,
-        retention: float,
         lease_timeout: float,
         max_deliveries: int,
         consumer: str,
         forget_consumers_after: float,
-        publish: Callable[[TaskRecord], Awaitable[object]],
-        announce: Callable[[TaskRecord], tuple[list[str], list[Any]]],
-        publish_call: Callable[[TaskRecord, bytes], tuple[list[str], list[Any]]],
     ) -> None:
         self._client = client
-        self._announce = announce
-        self._publish_call = publish_call
         self._batcher = _Batcher(client)
-        self._scripts = scripts
+        self._calls = calls
         self._keys = keys
         self._pubsub = pubsub
-        self._capacity = capacity or 0
-        self._retention = max(1, math.ceil(retention))
         self._lease_ms = max(1, int(lease_timeout * 1000))
         self._lease_timeout = lease_timeout
         self._max_deliveries = max_deliveries
@@ -79,7 +64,6 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
         self._forget_consumers_ms = max(1, int(forget_consumers_after * 1000))
         self._prune_every = max(1.0, min(60.0, forget_consumers_after / 2))
         self._next_prune = -math.inf
-        self._publish = publish
         self._held: dict[str, _Held] = {}
         self._watchers: set[MemoryObjectSendStream[str]] = set()
         self._loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]] = set()
@@ -95,135 +79,52 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
         return self._consumer
 
     async def enqueue(self, record: TaskRecord) -> None:
-        """Store and queue ``record`` and announce it (``taskQueued``) in one step, so that no
-        worker can take the task, and publish its "running", before its owner was told it was
-        queued. (The hub's own publish of that event is then dropped as already done.)"""
-        await self.enqueue_and_announce(record, max_unfinished=None)
+        """Store and queue ``record`` in one script (its announcement is the backend's
+        ``enqueue_and_announce``)."""
+        await self._enqueue_by(self._calls.enqueue(record), record)
 
-    async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
-        """Store, queue and announce ``record`` (``taskQueued``) in one script, one round
-        trip, unless its owner already has ``max_unfinished`` unfinished tasks: then nothing
-        is queued and the owner's count of unfinished tasks is returned. None: queued.
+    async def _enqueue_by(self, call: _Call, record: TaskRecord) -> int | None:
+        """Run an enqueue or a submit ``call`` of ``record``: None when queued, else the owner's
+        count of unfinished tasks that refused it (a submit's limit).
 
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
             DuplicateTask: the owner has an unfinished task with ``record.key``; nothing was
                 queued (the key is checked before the limit).
         """
-        created_ms = int(record.created_at.timestamp() * 1000)
-        announce_keys, announce_args = self._announce(record)
         with _unavailable("enqueue"):
-            answer = await self._batcher.call(
-                self._scripts.submit,
-                [
-                    self._keys.task(record.id),
-                    self._keys.owner(record.owner),
-                    self._keys.counters,
-                    self._keys.waiting(record.owner),
-                    self._keys.unfinished,
-                    self._keys.ring,
-                    self._keys.wake,
-                    self._keys.delayed,
-                    *announce_keys[:2],
-                    self._keys.unique(record.owner),
-                ],
-                [
-                    record.id,
-                    _record_encoder.encode(record),
-                    record.owner,
-                    created_ms,
-                    record.revision,
-                    self._capacity,
-                    self._retention,
-                    *announce_args[:7],
-                    max_unfinished or 0,
-                    int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
-                    record.key or "",
-                    self._keys.task(""),
-                ],
-            )
-        done = int(answer[0])
-        if done == -2:
+            answer = await self._batcher.call(self._calls.script, call.keys, call.args)
+        code = int(answer[0])
+        if code == -2:
             return int(answer[1])
-        if done == -3:
+        if code == -3:
             raise DuplicateTask(_text(answer[1]))
-        if done == 0:
+        if code == 0:
             raise QueueFull(retry_after=1.0)
-        if done == -1:
+        if code == -1:
             raise ConfigurationError(f"a task with id {record.id!r} already exists")
         return None
 
-    def _save_call(self, lease: Lease, record: TaskRecord) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the save script (the commit script starts with them)."""
-        keys = [
-            self._keys.task(record.id),
-            self._keys.counters,
-            self._keys.owner(record.owner),
-            self._keys.unfinished,
-            self._keys.running,
-            self._keys.waiting(record.owner),
-            self._keys.wake,
-            self._keys.dead,
-        ]
-        args = [
-            lease.record.attempt,
-            _record_encoder.encode(record),
-            record.revision,
-            record.status,
-            1 if record.finished else 0,
-            self._retention,
-            self._keys.cancel_channel,
-            record.id,
-            record.owner,
-        ]
-        return keys, args
-
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
+        return await self._save_by(self._calls.save(lease, record), lease, record, finish=False, batched=False)
+
+    async def _save_by(self, call: _Call, lease: Lease, record: TaskRecord, *, finish: bool, batched: bool) -> bool:
+        """Run a save or a commit ``call`` of ``record`` under ``lease`` (with ``finish``: one
+        that acknowledges the task too), keeping the held lease's state. False: fenced out."""
         held = self._held.get(record.id)
-        save_keys, save_args = self._save_call(lease, record)
         try:
             with _unavailable("save"):
-                stored = await self._scripts.save(keys=save_keys, args=save_args)
+                if batched:
+                    answer = await self._batcher.call(self._calls.script, call.keys, call.args)
+                else:
+                    answer = await self._calls.run(call)
         except BackendUnavailable:
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
-            if held is not None and held.attempt == lease.record.attempt and held.status != record.status:
-                del self._held[record.id]
-            raise
-        if not stored:
-            self._drop(lease)
-            return False
-        if held is not None and held.attempt == lease.record.attempt:
-            held.status = record.status
-        return True
-
-    async def save_and_publish(
-        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
-    ) -> bool:
-        """:meth:`save`, then publish ``record`` to its owner (``taskProgress``, its view
-        ``view_json``) and, with ``finish``, :meth:`finish` the lease: one script, one round
-        trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
-        held = self._held.get(record.id)
-        save_keys, save_args = self._save_call(lease, record)
-        publish_keys, publish_args = self._publish_call(record, view_json)
-        try:
-            with _unavailable("save"):
-                answer = await self._batcher.call(
-                    self._scripts.commit,
-                    [*save_keys, *publish_keys[:2], self._keys.stream],
-                    [
-                        *save_args,
-                        *publish_args,
-                        1 if finish else 0,
-                        _GROUP,
-                        lease.token,
-                    ],
-                )
-        except BackendUnavailable:
             if held is not None and held.attempt == lease.record.attempt and (finish or held.status != record.status):
                 del self._held[record.id]
             raise
-        if not int(answer[0]):
+        if not int(answer[0] if isinstance(answer, list) else answer):
             self._drop(lease)
             return False
         if finish:
@@ -235,35 +136,12 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
     async def finish(self, lease: Lease) -> None:
         self._drop(lease)
         with _unavailable("finish"):
-            await self._scripts.finish(
-                keys=[self._keys.task(lease.record.id), self._keys.stream],
-                args=[lease.record.attempt, _GROUP, lease.token],
-            )
+            await self._calls.run(self._calls.finish(lease))
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
         self._drop(lease)
         with _unavailable("release"):
-            done = await self._scripts.release(
-                keys=[
-                    self._keys.task(record.id),
-                    self._keys.stream,
-                    self._keys.counters,
-                    self._keys.running,
-                    self._keys.waiting(record.owner),
-                    self._keys.ring,
-                    self._keys.wake,
-                    self._keys.delayed,
-                ],
-                args=[
-                    lease.record.attempt,
-                    _record_encoder.encode(record),
-                    record.revision,
-                    _GROUP,
-                    record.id,
-                    record.owner,
-                    int(record.run_at.timestamp() * 1000) if record.run_at is not None else 0,
-                ],
-            )
+            done = await self._calls.run(self._calls.release(lease, record))
         return bool(done)
 
     async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
@@ -316,26 +194,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping):
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )
             with _unavailable("cancel"):
-                code = await self._scripts.cancel(
-                    keys=[
-                        key,
-                        self._keys.counters,
-                        self._keys.owner(owner),
-                        self._keys.unfinished,
-                        self._keys.waiting(owner),
-                        self._keys.ring,
-                        self._keys.delayed,
-                    ],
-                    args=[
-                        owner,
-                        record.revision,
-                        _record_encoder.encode(cancelled),
-                        cancelled.revision,
-                        self._retention,
-                        self._keys.cancel_channel,
-                        task_id,
-                    ],
-                )
+                code = await self._calls.run(self._calls.cancel(record, cancelled))
             if code == 0:
                 return None
             if code == 1:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
 from progressq._logonce import fingerprint
-from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _Scripts, _text, _unavailable
+from progressq.backends.redis._calls import _Calls
+from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _text, _unavailable
 from progressq.backends.redis._pubsub import _PubSub, _Subscription
 from progressq.contracts import (
     Event,
@@ -106,20 +105,16 @@ class RedisClientRegistry:
     def __init__(
         self,
         client: Redis,
-        scripts: _Scripts,
+        calls: _Calls,
         keys: _Keys,
         pubsub: _PubSub,
         *,
-        history_size: int,
-        history_ttl: float,
         attach_timeout: float,
     ) -> None:
         self._client = client
-        self._scripts = scripts
+        self._calls = calls
         self._keys = keys
         self._pubsub = pubsub
-        self._history_size = history_size
-        self._history_ttl = max(1, math.ceil(history_ttl))
         self._attach_timeout = attach_timeout
         self._identities: dict[str, _Identity] = {}
         # Data loss (Redis restarted without persistence) is told by a marker key: each
@@ -134,19 +129,9 @@ class RedisClientRegistry:
         Returns the event; its ``seq`` is 0 when it was dropped because its task has
         moved on (a newer revision is stored, or this one was already published).
         """
-        keys, args = self.publish_call(identity, kind, task_id, revision, task_json)
         with _unavailable("publish"):
-            seq = await self._scripts.publish(keys=keys, args=args)
+            seq = await self._calls.run(self._calls.publish(identity, kind, task_id, revision, task_json))
         return Event(int(seq), kind, task_id, revision, task_json)
-
-    def publish_call(
-        self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes
-    ) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the publish script for one event (the queue runs it in
-        the same transaction as a new task's enqueue)."""
-        keys = [self._keys.seq(identity), self._keys.history(identity), self._keys.task(task_id)]
-        args = [kind, task_id, revision, task_json, self._history_size, self._history_ttl, self._keys.channel(identity)]
-        return keys, args
 
     async def attach(self, identity: str, sink: EventSink) -> None:
         state = self._identities.get(identity)
@@ -229,6 +214,3 @@ class RedisClientRegistry:
 def _event_from(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
     seq = int(_text(entry_id).partition("-")[0])
     return Event(seq, _EVENT_KINDS[fields[b"k"]], fields[b"t"].decode(), int(fields[b"r"]), fields[b"j"])
-
-
-# --- the backend ----------------------------------------------------------------------

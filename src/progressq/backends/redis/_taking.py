@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -12,14 +11,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from progressq._outage import backend_outage
-from progressq.backends.redis._common import (
-    _GROUP,
-    _Keys,
-    _record_decoder,
-    _Scripts,
-    _text,
-    _unavailable,
-)
+from progressq.backends.redis._calls import _Call, _Calls
+from progressq.backends.redis._common import _GROUP, _Keys, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _Held
 from progressq.contracts import Lease, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable
@@ -33,7 +26,7 @@ class _Taking:
     worker stopped heartbeating (taken over). The queue sets these attributes up."""
 
     _client: Redis
-    _scripts: _Scripts
+    _calls: _Calls
     _keys: _Keys
     _consumer: str
     _lease_timeout: float
@@ -44,13 +37,12 @@ class _Taking:
     _cursor: str
     _next_reclaim: float
     _running_per_owner: int | None
-    _publish: Callable[[TaskRecord], Awaitable[object]]
 
     if TYPE_CHECKING:  # the queue's own, used here
 
-        async def save(self, lease: Lease, record: TaskRecord) -> bool: ...
-
-        async def finish(self, lease: Lease) -> None: ...
+        async def _save_by(
+            self, call: _Call, lease: Lease, record: TaskRecord, *, finish: bool, batched: bool
+        ) -> bool: ...
 
         def _drop(self, lease: Lease) -> None: ...
 
@@ -133,17 +125,7 @@ class _Taking:
     async def _take(self, limit: int) -> list[Lease]:
         """Up to ``limit`` waiting tasks, round-robin across owners below their cap of
         running tasks, taken and claimed in one script."""
-        answers = await self._scripts.take(
-            keys=[self._keys.stream, self._keys.counters, self._keys.ring, self._keys.running, self._keys.delayed],
-            args=[
-                _GROUP,
-                self._consumer,
-                limit,
-                self._keys.task(""),
-                self._keys.waiting_prefix,
-                self._running_per_owner or 0,
-            ],
-        )
+        answers = await self._calls.run(self._calls.take(self._consumer, limit, self._running_per_owner))
         return await self._leases([(_text(entry), answer) for entry, answer in answers])
 
     async def _wait_for_work(self) -> None:
@@ -159,15 +141,7 @@ class _Taking:
 
     async def _claim_all(self, entries: list[tuple[str, str]]) -> list[Lease]:
         """Claim ``entries`` in one script call; the leases of those that are to run."""
-        answers = await self._scripts.claim_many(
-            keys=[
-                self._keys.stream,
-                self._keys.counters,
-                self._keys.running,
-                *(self._keys.task(task_id) for _, task_id in entries),
-            ],
-            args=[_GROUP, self._consumer, *(entry for entry, _ in entries)],
-        )
+        answers = await self._calls.run(self._calls.claim_many(self._consumer, entries))
         return await self._leases([(entry, answer) for (entry, _), answer in zip(entries, answers, strict=True)])
 
     async def _leases(self, answers: list[tuple[str, Any]]) -> list[Lease]:
@@ -201,8 +175,11 @@ class _Taking:
             # Finished, but its worker died before acknowledging it: make sure its owner
             # heard of the end (the publish script drops it if it was published already).
             if int(answer[5]) < record.revision:
+                view = record.view_json()
+                republish = self._calls.publish(record.owner, "taskProgress", record.id, record.revision, view)
                 try:
-                    await self._publish(record)
+                    with _unavailable("publish"):
+                        await self._calls.run(republish)
                 except BackendUnavailable as exc:
                     backend_outage.failed(f"publishing the final state of task {record.id}", exc)
             return None
@@ -225,6 +202,6 @@ class _Taking:
             ),
         )
         logger.error("task %s (%s): %s", record.id, record.kind, record.error)
-        if await self.save(lease, record):
-            await self._publish(record)
-            await self.finish(lease)
+        # stored, told to its owner and acknowledged in one step
+        commit = self._calls.commit(lease, record, record.view_json(), finish=True)
+        await self._save_by(commit, lease, record, finish=True, batched=False)

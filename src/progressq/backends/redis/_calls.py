@@ -1,0 +1,267 @@
+"""Every call of the backend's Redis script, built by name in one place.
+
+The script (``scripts/operations.lua``) holds every operation; a call names the operation, its
+keys and its arguments, and the script binds the names (see its header). This module is the
+only place that knows what each operation takes: the queue, the registry and the backend ask
+it for a call and run it. A combined operation (``submit``, ``commit``) takes the union of the
+named arguments of the operations it combines; a name they share means one value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder
+from progressq.contracts import Lease, TaskRecord
+from progressq.messages import EventType
+
+__all__ = ("_Call", "_Calls")
+
+_Value = str | bytes
+_Named = Mapping[str, _Value]
+
+
+class _Call:
+    """One call of the script: ``keys`` and ``args`` as Redis takes them (``KEYS``, ``ARGV``)."""
+
+    __slots__ = ("args", "keys")
+
+    def __init__(self, op: str, keys: _Named, args: _Named) -> None:
+        self.keys = list(keys.values())
+        self.args: list[_Value] = [op, *keys]
+        for pair in args.items():
+            self.args += pair
+
+
+def _union(*parts: _Named) -> dict[str, Any]:
+    """The named arguments of the operations a call combines: a name they share is one value."""
+    union: dict[str, Any] = {}
+    for part in parts:
+        for name, value in part.items():
+            if union.setdefault(name, value) != value:
+                raise AssertionError(f"the parts of a combined call disagree on {name!r}")
+    return union
+
+
+class _Calls:
+    """The script registered on one client, and each of its operations' calls."""
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: _Keys,
+        *,
+        capacity: int,
+        retention: int,
+        history_size: int,
+        history_ttl: int,
+    ) -> None:
+        text = files("progressq.backends.redis").joinpath("scripts", "operations.lua").read_text(encoding="utf-8")
+        self.script = client.register_script(text)
+        self._keys = keys
+        self._capacity = str(capacity)
+        self._retention = str(retention)
+        self._history_size = str(history_size)
+        self._history_ttl = str(history_ttl)
+
+    async def run(self, call: _Call, pipe: Pipeline | None = None) -> Any:
+        """Run ``call`` now (or queue it on ``pipe``)."""
+        return await self.script(keys=call.keys, args=call.args, client=pipe)
+
+    # --- the queue's --------------------------------------------------------------------
+
+    def enqueue(self, record: TaskRecord) -> _Call:
+        return _Call("enqueue", self._enqueue_keys(record), self._enqueue_args(record))
+
+    def submit(self, record: TaskRecord, max_unfinished: int | None) -> _Call:
+        """``enqueue`` and the ``taskQueued`` publish in one step, under the owner's limit."""
+        keys = _union(self._enqueue_keys(record), self._publish_keys(record.owner, record.id))
+        announce = self._publish_args(record.owner, "taskQueued", record.id, record.revision, record.view_json())
+        args = _union(self._enqueue_args(record), announce, {"limit": str(max_unfinished or 0)})
+        return _Call("submit", keys, args)
+
+    def save(self, lease: Lease, record: TaskRecord) -> _Call:
+        return _Call("save", self._save_keys(record), self._save_args(lease, record))
+
+    def commit(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Call:
+        """``save``, the ``taskProgress`` publish and (with ``finish``) the acknowledgement."""
+        keys = _union(
+            self._save_keys(record), self._publish_keys(record.owner, record.id), {"stream": self._keys.stream}
+        )
+        args = _union(
+            self._save_args(lease, record),
+            self._publish_args(record.owner, "taskProgress", record.id, record.revision, view_json),
+            {"finish": "1" if finish else "0", "group": _GROUP, "entry": lease.token},
+        )
+        return _Call("commit", keys, args)
+
+    def release(self, lease: Lease, record: TaskRecord) -> _Call:
+        keys: _Named = {
+            "task": self._keys.task(record.id),
+            "stream": self._keys.stream,
+            "counters": self._keys.counters,
+            "running": self._keys.running,
+            "waiting": self._keys.waiting(record.owner),
+            "ring": self._keys.ring,
+            "wake": self._keys.wake,
+            "delayed": self._keys.delayed,
+        }
+        args: _Named = {
+            "attempt": str(lease.record.attempt),
+            "record": _record_encoder.encode(record),
+            "revision": str(record.revision),
+            "group": _GROUP,
+            "task_id": record.id,
+            "owner": record.owner,
+            "run_at": _ms(record),
+        }
+        return _Call("release", keys, args)
+
+    def finish(self, lease: Lease) -> _Call:
+        keys = {"task": self._keys.task(lease.record.id), "stream": self._keys.stream}
+        return _Call("finish", keys, {"attempt": str(lease.record.attempt), "group": _GROUP, "entry": lease.token})
+
+    def extend(self, task_id: str, attempt: int, consumer: str, entry: str) -> _Call:
+        keys = {"task": self._keys.task(task_id), "stream": self._keys.stream}
+        args = {"attempt": str(attempt), "group": _GROUP, "consumer": consumer, "entry": entry}
+        return _Call("extend", keys, args)
+
+    def cancel(self, current: TaskRecord, cancelled: TaskRecord) -> _Call:
+        """Cancel ``current`` (as read) into ``cancelled``, unless it changed meanwhile."""
+        owner = current.owner
+        keys: _Named = {
+            "task": self._keys.task(current.id),
+            "counters": self._keys.counters,
+            "owner_tasks": self._keys.owner(owner),
+            "unfinished": self._keys.unfinished,
+            "waiting": self._keys.waiting(owner),
+            "ring": self._keys.ring,
+            "delayed": self._keys.delayed,
+        }
+        args: _Named = {
+            "owner": owner,
+            "expected_revision": str(current.revision),
+            "record": _record_encoder.encode(cancelled),
+            "revision": str(cancelled.revision),
+            "retention": self._retention,
+            "cancel_channel": self._keys.cancel_channel,
+            "task_id": current.id,
+        }
+        return _Call("cancel", keys, args)
+
+    def claim_many(self, consumer: str, entries: Sequence[tuple[str, str]]) -> _Call:
+        """Claim reclaimed stream ``entries`` (entry id, task id) for ``consumer``."""
+        keys = {"stream": self._keys.stream, "counters": self._keys.counters, "running": self._keys.running}
+        args = {"group": _GROUP, "consumer": consumer, "count": str(len(entries))}
+        for n, (entry, task_id) in enumerate(entries, 1):  # a list, named item by item
+            keys[f"task {n}"] = self._keys.task(task_id)
+            args[f"entry {n}"] = entry
+        return _Call("claim_many", keys, args)
+
+    def take(self, consumer: str, limit: int, running_per_owner: int | None) -> _Call:
+        keys: _Named = {
+            "stream": self._keys.stream,
+            "counters": self._keys.counters,
+            "ring": self._keys.ring,
+            "running": self._keys.running,
+            "delayed": self._keys.delayed,
+        }
+        args: _Named = {
+            "group": _GROUP,
+            "consumer": consumer,
+            "count": str(limit),
+            "task_prefix": self._keys.task(""),
+            "waiting_prefix": self._keys.waiting_prefix,
+            "cap": str(running_per_owner or 0),
+        }
+        return _Call("take", keys, args)
+
+    def prune(self, leaving: str, idle_ms: int) -> _Call:
+        """Remove dead consumers (idle over ``idle_ms``) and ``leaving`` ('' for none)."""
+        args = {"group": _GROUP, "leaving": leaving, "idle_ms": str(idle_ms)}
+        return _Call("prune", {"stream": self._keys.stream}, args)
+
+    # --- the registry's -----------------------------------------------------------------
+
+    def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> _Call:
+        keys = self._publish_keys(identity, task_id)
+        return _Call("publish", keys, self._publish_args(identity, kind, task_id, revision, task_json))
+
+    # --- the parts ----------------------------------------------------------------------
+
+    def _enqueue_keys(self, record: TaskRecord) -> _Named:
+        return {
+            "task": self._keys.task(record.id),
+            "owner_tasks": self._keys.owner(record.owner),
+            "counters": self._keys.counters,
+            "waiting": self._keys.waiting(record.owner),
+            "unfinished": self._keys.unfinished,
+            "ring": self._keys.ring,
+            "wake": self._keys.wake,
+            "delayed": self._keys.delayed,
+            "unique": self._keys.unique(record.owner),
+        }
+
+    def _enqueue_args(self, record: TaskRecord) -> _Named:
+        return {
+            "task_id": record.id,
+            "record": _record_encoder.encode(record),
+            "owner": record.owner,
+            "created": str(int(record.created_at.timestamp() * 1000)),
+            "revision": str(record.revision),
+            "capacity": self._capacity,
+            "retention": self._retention,
+            "run_at": _ms(record),
+            "unique_key": record.key or "",
+            "task_prefix": self._keys.task(""),
+        }
+
+    def _save_keys(self, record: TaskRecord) -> _Named:
+        return {
+            "task": self._keys.task(record.id),
+            "counters": self._keys.counters,
+            "owner_tasks": self._keys.owner(record.owner),
+            "unfinished": self._keys.unfinished,
+            "running": self._keys.running,
+            "waiting": self._keys.waiting(record.owner),
+            "wake": self._keys.wake,
+            "dead": self._keys.dead,
+        }
+
+    def _save_args(self, lease: Lease, record: TaskRecord) -> _Named:
+        return {
+            "attempt": str(lease.record.attempt),
+            "record": _record_encoder.encode(record),
+            "revision": str(record.revision),
+            "status": record.status,
+            "terminal": "1" if record.finished else "0",
+            "retention": self._retention,
+            "cancel_channel": self._keys.cancel_channel,
+            "task_id": record.id,
+            "owner": record.owner,
+        }
+
+    def _publish_keys(self, identity: str, task_id: str) -> _Named:
+        keys = self._keys
+        return {"seq": keys.seq(identity), "history": keys.history(identity), "task": keys.task(task_id)}
+
+    def _publish_args(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> _Named:
+        return {
+            "kind": kind,
+            "task_id": task_id,
+            "revision": str(revision),
+            "view": task_json,
+            "history_size": self._history_size,
+            "ttl": self._history_ttl,
+            "channel": self._keys.channel(identity),
+        }
+
+
+def _ms(record: TaskRecord) -> str:
+    """When ``record`` may run, in ms since the epoch; '0': now."""
+    return str(int(record.run_at.timestamp() * 1000)) if record.run_at is not None else "0"

@@ -1,0 +1,507 @@
+-- The Redis backend's operations: one script, registered once, whose every call names the
+-- operation, its keys and its arguments (built in _calls.py):
+--   ARGV[1]                 the operation's name (a function below);
+--   ARGV[2 .. #KEYS + 1]    the names of KEYS[1 ..], in order;
+--   then name, value, name, value, ...: the arguments.
+-- A list is named item by item: "task 1", "task 2", ...
+-- An operation that combines others passes them the same named keys and arguments: each
+-- argument is named after what it is, so that the parts agree (one `revision`, one `task_id`).
+-- Nothing is sliced by position. Each call runs atomically, as one script.
+
+-- The id of the owner's unfinished task with the new task's unique key, or nil.
+-- keys: unique (the owner's unique keys: a hash, key -> the id of its unfinished task)
+-- args: unique_key ('': none), task_prefix
+local function key_holder(k, a)
+  if a.unique_key == '' then
+    return nil
+  end
+  local holder = redis.call('HGET', k.unique, a.unique_key)
+  if holder then
+    local state = redis.call('HGET', a.task_prefix .. holder, 'state')
+    if state and state ~= 'done' then
+      return holder
+    end
+  end
+  return nil
+end
+
+-- A finished task's unique key may name a new task now (`enqueue` noted it in the task's hash).
+-- keys: task; args: task_id
+local function free_key(k, a)
+  local unique = redis.call('HMGET', k.task, 'uniq', 'ukey')
+  if unique[1] and redis.call('HGET', unique[1], unique[2]) == a.task_id then
+    redis.call('HDEL', unique[1], unique[2])
+  end
+end
+
+-- Store a task's state when the writer holds the current attempt (fencing).
+-- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
+-- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
+--       task_id, owner
+-- Returns 1 when stored, 0 when fenced out.
+local function save(k, a)
+  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
+  if h[1] ~= 'leased' or h[2] ~= a.attempt then
+    return 0
+  end
+  redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
+  if a.terminal == '1' then
+    redis.call('HSET', k.task, 'state', 'done')
+    redis.call('HINCRBY', k.counters, 'running', -1)
+    redis.call('EXPIRE', k.task, a.retention)
+    if redis.call('HINCRBY', k.unfinished, a.owner, -1) <= 0 then
+      redis.call('HDEL', k.unfinished, a.owner)
+      redis.call('EXPIRE', k.owner_tasks, a.retention)
+    end
+    free_key(k, a)
+    if a.status == 'failed' then
+      local now = redis.call('TIME')
+      redis.call('ZADD', k.dead, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), a.task_id)
+    end
+    if redis.call('HINCRBY', k.running, a.owner, -1) <= 0 then
+      redis.call('HDEL', k.running, a.owner)
+    end
+    if redis.call('EXISTS', k.waiting) == 1 then
+      -- below its cap again: a waiting worker may take the owner's next task
+      redis.call('LPUSH', k.wake, 1)
+      redis.call('LTRIM', k.wake, 0, 63)
+    end
+  elseif h[3] == '1' and a.status == 'running' then
+    -- cancel was asked before this attempt started: tell its worker again
+    redis.call('PUBLISH', a.cancel_channel, a.task_id)
+  end
+  return 1
+end
+
+-- Give an event the identity's next seq, keep it in the history and publish it, in one step,
+-- so that publish order is seq order. An event about a task that has moved on (a newer
+-- revision is stored, or this revision was already published) is dropped: that is what keeps
+-- a worker that lost its lease from reaching a client, and a retried publish from repeating.
+-- keys: seq, history, task (may not exist)
+-- args: kind, task_id, revision, view (JSON), history_size, ttl (s), channel
+-- Returns the seq, or 0 when dropped.
+local function publish(k, a)
+  local rev = tonumber(a.revision)
+  if redis.call('EXISTS', k.task) == 1 then
+    local h = redis.call('HMGET', k.task, 'rev', 'pub')
+    if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
+      return 0
+    end
+    redis.call('HSET', k.task, 'pub', rev)
+  end
+  if redis.call('EXISTS', k.seq) == 0 then
+    redis.call('DEL', k.history)
+  end
+  local seq = redis.call('INCR', k.seq)
+  redis.call('XADD', k.history, 'MAXLEN', '~', a.history_size, seq .. '-0',
+    'k', a.kind, 't', a.task_id, 'r', a.revision, 'j', a.view)
+  redis.call('EXPIRE', k.seq, a.ttl)
+  redis.call('EXPIRE', k.history, a.ttl)
+  redis.call('PUBLISH', a.channel, seq .. ':' .. a.revision .. ':' .. a.kind .. ':' .. #a.task_id .. ':' .. a.task_id .. a.view)
+  return seq
+end
+
+-- Store a new task, index it under its owner and queue it, unless the queue is full. It
+-- waits in its owner's list; an owner with waiting tasks is in the ring that `take` turns.
+-- A task to run later waits in the delayed set instead, until `take` promotes it.
+-- A task with a unique key is noted as its key's holder until it ends (`free_key`); the caller
+-- has checked that no unfinished task holds it (`key_holder`).
+-- keys: task, owner_tasks, counters, waiting, unfinished, ring, wake, delayed, unique
+-- args: task_id, record, owner, created (ms), revision, capacity ('0': none), retention (s),
+--       run_at (ms since the epoch; '0': now), unique_key ('': none)
+-- Returns 1 when queued, 0 when the queue is full, -1 when the id is taken.
+local function enqueue(k, a)
+  if redis.call('EXISTS', k.task) == 1 then
+    return -1
+  end
+  local capacity = tonumber(a.capacity)
+  if capacity > 0 and tonumber(redis.call('HGET', k.counters, 'queued') or '0') >= capacity then
+    return 0
+  end
+  redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', 0,
+    'state', 'queued', 'entry', '', 'deliveries', 0, 'cancel', 0, 'pub', 0)
+  redis.call('ZADD', k.owner_tasks, a.created, a.task_id)
+  -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more
+  redis.call('HINCRBY', k.unfinished, a.owner, 1)
+  redis.call('PERSIST', k.owner_tasks)
+  redis.call('HINCRBY', k.counters, 'queued', 1)
+  if a.unique_key ~= '' then
+    redis.call('HSET', k.unique, a.unique_key, a.task_id)
+    redis.call('HSET', k.task, 'uniq', k.unique, 'ukey', a.unique_key)
+  end
+  if tonumber(a.run_at) > 0 then
+    redis.call('ZADD', k.delayed, a.run_at, a.task_id)
+    return 1
+  end
+  if redis.call('RPUSH', k.waiting, a.task_id) == 1 then
+    redis.call('RPUSH', k.ring, a.owner)  -- its first waiting task: the owner joins the ring
+  end
+  -- one waiting worker wakes up per task (a few tokens kept for workers not yet waiting)
+  redis.call('LPUSH', k.wake, 1)
+  redis.call('LTRIM', k.wake, 0, 63)
+  return 1
+end
+
+-- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
+-- keys: task, stream, counters, running
+-- args: group, consumer, entry, fresh ('1' when the caller has just read the entry for this
+--       consumer: it is pending here, no XCLAIM needed)
+-- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
+-- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
+local function claim(k, a)
+  if a.fresh ~= '1' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, 0, a.entry, 'JUSTID') == 0 then
+    return {0}
+  end
+  local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
+    'owner')
+  if not h[1] or h[2] ~= a.entry then
+    -- the task expired, or this entry is not its current one
+    redis.call('XACK', k.stream, a.group, a.entry)
+    redis.call('XDEL', k.stream, a.entry)
+    return {0}
+  end
+  if h[1] == 'done' then
+    redis.call('XACK', k.stream, a.group, a.entry)
+    redis.call('XDEL', k.stream, a.entry)
+    return {2, h[6], tonumber(h[3]), tonumber(h[4]), tonumber(h[7]), tonumber(h[8])}
+  end
+  if h[1] == 'queued' then
+    redis.call('HINCRBY', k.counters, 'queued', -1)
+    redis.call('HINCRBY', k.counters, 'running', 1)
+    redis.call('HINCRBY', k.running, h[9], 1)  -- counted against its owner's cap until it ends
+  end
+  local attempt = tonumber(h[3]) + 1
+  local rev = tonumber(h[4]) + 1
+  local deliveries = tonumber(h[5]) + 1
+  redis.call('HSET', k.task, 'state', 'leased', 'attempt', attempt, 'rev', rev, 'deliveries', deliveries)
+  return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
+end
+
+local operations = {}
+
+operations.save = save
+operations.publish = publish
+
+-- `enqueue`, unless the owner has an unfinished task with the new task's unique key.
+-- keys: enqueue's; args: enqueue's and key_holder's (task_prefix)
+-- Returns {1} when queued, {0} when the queue is full, {-1} when the id is taken, {-3, task id}
+-- when the owner's unfinished task of that id has the key (nothing queued).
+function operations.enqueue(k, a)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  return {enqueue(k, a)}
+end
+
+-- Store and queue a new task (`enqueue`) and announce it (`publish`, `taskQueued`) in one
+-- step, unless its owner already has the most unfinished tasks allowed, or an unfinished task
+-- with its unique key (checked first: a submit answered with that task adds none).
+-- keys: enqueue's and publish's (task, owner_tasks, counters, waiting, unfinished, ring, wake,
+--       delayed, unique, seq, history)
+-- args: enqueue's, publish's and key_holder's, limit (most unfinished tasks per owner; '0': none)
+-- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
+-- {-2, unfinished} when the owner is at its limit, {-3, task id} when the owner's unfinished
+-- task of that id has the key (nothing queued either way).
+function operations.submit(k, a)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  local limit = tonumber(a.limit)
+  if limit > 0 then
+    local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
+    if unfinished >= limit then
+      return {-2, unfinished}
+    end
+  end
+  local done = enqueue(k, a)
+  if done ~= 1 then
+    return {done}
+  end
+  return {1, publish(k, a)}
+end
+
+-- Save a task's new state and publish it to its owner in one step (and, for a terminal state,
+-- acknowledge its stream entry). A fenced-out save publishes and acknowledges nothing.
+-- keys: save's and publish's (task, counters, owner_tasks, unfinished, running, waiting, wake,
+--       dead, seq, history), stream
+-- args: save's and publish's, finish ('0'/'1'), group, entry
+-- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
+function operations.commit(k, a)
+  if save(k, a) == 0 then
+    return {0, 0}
+  end
+  local seq = publish(k, a)
+  if a.finish == '1' then
+    redis.call('XACK', k.stream, a.group, a.entry)
+    redis.call('XDEL', k.stream, a.entry)
+  end
+  return {1, seq}
+end
+
+-- Store a task's state (queued) and queue it again, if the writer holds the current attempt:
+-- first in its owner's waiting list (it had its turn already), or, when it is to run later (a
+-- retry's backoff), in the delayed set that `take` promotes from.
+-- keys: task, stream, counters, running, waiting, ring, wake, delayed
+-- args: attempt, record, revision, group, task_id, owner, run_at (ms since the epoch; '0': now)
+-- Returns 1 when queued again, 0 when fenced out.
+function operations.release(k, a)
+  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'entry')
+  if h[1] ~= 'leased' or h[2] ~= a.attempt then
+    return 0
+  end
+  redis.call('XACK', k.stream, a.group, h[3])
+  redis.call('XDEL', k.stream, h[3])
+  redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', 'queued', 'state', 'queued',
+    'entry', '', 'deliveries', 0)
+  redis.call('HINCRBY', k.counters, 'running', -1)
+  redis.call('HINCRBY', k.counters, 'queued', 1)
+  if redis.call('HINCRBY', k.running, a.owner, -1) <= 0 then
+    redis.call('HDEL', k.running, a.owner)
+  end
+  local now = redis.call('TIME')
+  if tonumber(a.run_at) > tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
+    redis.call('ZADD', k.delayed, a.run_at, a.task_id)
+    return 1
+  end
+  if redis.call('LPUSH', k.waiting, a.task_id) == 1 then
+    redis.call('RPUSH', k.ring, a.owner)
+  end
+  redis.call('LPUSH', k.wake, 1)
+  redis.call('LTRIM', k.wake, 0, 63)
+  return 1
+end
+
+-- Acknowledge a task's stream entry, if the caller's attempt is still the task's current one.
+-- keys: task, stream
+-- args: attempt, group, entry
+function operations.finish(k, a)
+  if redis.call('HGET', k.task, 'attempt') ~= a.attempt then
+    return 0
+  end
+  redis.call('XACK', k.stream, a.group, a.entry)
+  redis.call('XDEL', k.stream, a.entry)
+  return 1
+end
+
+-- Heartbeat: reset the idle time of a held lease so that no one reclaims it.
+-- keys: task, stream
+-- args: attempt, group, consumer, entry
+-- Returns 0 when the lease is lost, 1 when extended, 2 when extended and cancel was asked.
+function operations.extend(k, a)
+  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
+  if h[1] ~= 'leased' or h[2] ~= a.attempt then
+    return 0
+  end
+  local claimed = redis.call('XCLAIM', k.stream, a.group, a.consumer, 0, a.entry, 'JUSTID')
+  if #claimed == 0 then
+    return 0
+  end
+  if h[3] == '1' then
+    return 2
+  end
+  return 1
+end
+
+-- Cancel a task for its owner: a queued one becomes cancelled (and leaves its owner's waiting
+-- list), a leased one is flagged and its worker told.
+-- keys: task, counters, owner_tasks, unfinished, waiting, ring, delayed
+-- args: owner, expected_revision, record (the cancelled one), revision (its), retention (s),
+--       cancel_channel, task_id
+-- Returns 0 not theirs, 1 cancelled, 2 requested, 3 already finished, 4 changed meanwhile.
+function operations.cancel(k, a)
+  local h = redis.call('HMGET', k.task, 'owner', 'state', 'rev')
+  if h[1] ~= a.owner then
+    return 0
+  end
+  if h[2] == 'done' then
+    return 3
+  end
+  if h[2] == 'leased' then
+    redis.call('HSET', k.task, 'cancel', 1)
+    redis.call('PUBLISH', a.cancel_channel, a.task_id)
+    return 2
+  end
+  if h[3] ~= a.expected_revision then
+    return 4
+  end
+  redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', 'cancelled', 'state', 'done', 'cancel', 1)
+  redis.call('HINCRBY', k.counters, 'queued', -1)
+  redis.call('EXPIRE', k.task, a.retention)
+  if redis.call('HINCRBY', k.unfinished, a.owner, -1) <= 0 then
+    redis.call('HDEL', k.unfinished, a.owner)
+    redis.call('EXPIRE', k.owner_tasks, a.retention)
+  end
+  if redis.call('LREM', k.waiting, 1, a.task_id) == 1 and redis.call('LLEN', k.waiting) == 0 then
+    redis.call('LREM', k.ring, 0, a.owner)
+  end
+  free_key(k, a)
+  redis.call('ZREM', k.delayed, a.task_id)
+  return 1
+end
+
+-- Claim several reclaimed stream entries at once: `claim` for each, in one round trip.
+-- keys: stream, counters, running, "task 1" .. "task <count>" (each entry's task)
+-- args: group, consumer, count, "entry 1" .. "entry <count>" (in the order of the tasks)
+-- Returns one `claim` answer per entry, in order.
+function operations.claim_many(k, a)
+  local answers = {}
+  for i = 1, tonumber(a.count) do
+    answers[i] = claim({task = k['task ' .. i], stream = k.stream, counters = k.counters, running = k.running},
+      {group = a.group, consumer = a.consumer, entry = a['entry ' .. i]})
+  end
+  return answers
+end
+
+-- Take up to `count` waiting tasks for this consumer, fairly between owners, and claim them
+-- (`claim` for each), in one round trip.
+--
+-- Fairness: the ring lists the owners with waiting tasks. Each task taken comes from the first
+-- owner in the ring below its cap of running tasks (counted across every worker), who then goes
+-- to the back of the ring; an owner at its cap is passed over (to the back too). So no owner
+-- takes a second turn while another one below its cap waits, and none runs more than the cap.
+-- Each task taken is added to the stream and read at once by this consumer: the stream's group
+-- then keeps its lease (heartbeat, takeover).
+--
+-- A task's keys are its id or owner after a prefix (task_prefix, waiting_prefix), only known
+-- once it is read: this operation names keys it was not passed, which a single Redis allows
+-- (the backend does not support Redis Cluster).
+-- Delayed tasks (a retry's backoff) whose time has come are first put in their owners' lines,
+-- by whichever worker's take gets there first: each exactly once (the call is atomic).
+--
+-- keys: stream, counters, ring, running, delayed
+-- args: group, consumer, count, task_prefix, waiting_prefix, cap (most running tasks per owner;
+--       '0': no limit)
+-- Returns {entry id, claim's answer} per task taken, in order (none: nothing could be).
+function operations.take(k, a)
+  local limit = tonumber(a.count)
+  local cap = tonumber(a.cap)
+  local answers = {}
+
+  -- Read up to `count` entries new to the group for this consumer and claim each.
+  local function deliver(count)
+    local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', count, 'STREAMS', k.stream, '>')
+    if not read then
+      return
+    end
+    for _, delivered in ipairs(read[1][2]) do
+      local fields = delivered[2]
+      local id = nil
+      for i = 1, #fields, 2 do
+        if fields[i] == 't' then
+          id = fields[i + 1]
+        end
+      end
+      if id then
+        answers[#answers + 1] = {delivered[1],
+          claim({task = a.task_prefix .. id, stream = k.stream, counters = k.counters, running = k.running},
+            {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = '1'})}
+      end
+    end
+  end
+
+  local now = redis.call('TIME')
+  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf',
+    tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), 'LIMIT', 0, 100)
+  for _, task in ipairs(due) do
+    redis.call('ZREM', k.delayed, task)
+    local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
+    if h[1] == 'queued' then  -- else cancelled (or gone) meanwhile
+      if redis.call('RPUSH', a.waiting_prefix .. h[2], task) == 1 then
+        redis.call('RPUSH', k.ring, h[2])
+      end
+    end
+  end
+
+  local owners = redis.call('LLEN', k.ring)
+  if owners == 0 and redis.call('EXISTS', k.stream) == 0 then
+    return answers
+  end
+  -- the group may be gone (Redis lost its data): make it, or reading below fails midway
+  redis.pcall('XGROUP', 'CREATE', k.stream, a.group, '0', 'MKSTREAM')
+  if owners == 0 then
+    -- nothing waits in the ring; entries left unread (by an older version) are taken here
+    deliver(limit)
+    return answers
+  end
+  local passed = 0  -- owners passed over in a row, at their cap
+  local taken = 0
+  local added = {}  -- tasks taken per owner by this call, not yet counted as running
+  while taken < limit and owners > 0 and passed < owners do
+    local owner = redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
+    if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (added[owner] or 0) >= cap then
+      passed = passed + 1
+    else
+      local waiting = a.waiting_prefix .. owner
+      local task = redis.call('LPOP', waiting)
+      if redis.call('LLEN', waiting) == 0 then
+        redis.call('RPOP', k.ring)  -- no task of its own left waiting: out of the ring
+        owners = owners - 1
+      end
+      if task then
+        passed = 0
+        taken = taken + 1
+        added[owner] = (added[owner] or 0) + 1
+        local entry = redis.call('XADD', k.stream, '*', 't', task)
+        redis.call('HSET', a.task_prefix .. task, 'entry', entry)
+      end
+    end
+  end
+  if taken > 0 then
+    -- these entries, unless entries of an older version were left unread: each entry read is
+    -- claimed (or dropped) by `claim`; ours then by a later take
+    deliver(taken)
+  end
+  return answers
+end
+
+-- Remove consumers of the workers' group that hold no entry: this process's own (when it
+-- leaves) and any other idle for longer than the bound (a worker that died). A consumer with
+-- pending entries is kept: removing it would lose them before they are reclaimed. One removed
+-- while alive and idle costs nothing: its next read makes it again.
+-- keys: stream
+-- args: group, leaving (this process's consumer; '' for none), idle_ms (the bound)
+-- Returns the number of consumers removed.
+function operations.prune(k, a)
+  if redis.call('EXISTS', k.stream) == 0 then
+    return 0
+  end
+  local consumers = redis.pcall('XINFO', 'CONSUMERS', k.stream, a.group)
+  if consumers.err then
+    return 0  -- no group (yet)
+  end
+  local bound = tonumber(a.idle_ms)
+  local removed = 0
+  for _, consumer in ipairs(consumers) do
+    local name, pending, idle = nil, 0, 0
+    for i = 1, #consumer, 2 do
+      if consumer[i] == 'name' then
+        name = consumer[i + 1]
+      elseif consumer[i] == 'pending' then
+        pending = tonumber(consumer[i + 1])
+      elseif consumer[i] == 'idle' then
+        idle = tonumber(consumer[i + 1])
+      end
+    end
+    if name and pending == 0 and (name == a.leaving or idle > bound) then
+      redis.call('XGROUP', 'DELCONSUMER', k.stream, a.group, name)
+      removed = removed + 1
+    end
+  end
+  return removed
+end
+
+-- The call: bind each name to its value, and run the operation.
+local k, a = {}, {}
+for i = 1, #KEYS do
+  k[ARGV[i + 1]] = KEYS[i]
+end
+for i = #KEYS + 2, #ARGV, 2 do
+  a[ARGV[i]] = ARGV[i + 1]
+end
+local operation = operations[ARGV[1]]
+if not operation then
+  return redis.error_reply('progressq: no operation ' .. tostring(ARGV[1]))
+end
+return operation(k, a)
