@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
-from typing import ClassVar, Protocol
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from progressq._logonce import LogOnce, fingerprint
 from progressq.contracts import utc_now
 from progressq.errors import BackendUnavailable, TaskAlreadyFinished, TaskNotFound
 from progressq.hub import Hub
@@ -33,7 +30,18 @@ from progressq.messages import (
 )
 from progressq.transport import _inline
 from progressq.transport._identity import IdentityResolver
+from progressq.transport._limits import ConnectionCounts, TokenBucket
 from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
+from progressq.transport._peer import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    Peer,
+    PeerGone,
+)
 from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = (
@@ -51,21 +59,6 @@ __all__ = (
 
 logger = logging.getLogger("progressq.transport")
 
-CLOSE_GOING_AWAY = 1001
-"""The server is shutting down."""
-CLOSE_POLICY_VIOLATION = 1008
-"""A forged or unknown client id, a refused origin, too many messages too fast, or too many
-connections of one identity."""
-CLOSE_TOO_BIG = 1009
-"""A client frame over ``max_frame_bytes``."""
-CLOSE_INTERNAL_ERROR = 1011
-"""The server failed unexpectedly (logged on the server; the reason says nothing more)."""
-CLOSE_SLOW_CONSUMER = 1013
-"""The client did not keep up; reconnect and resume with ``lastSeq``."""
-CLOSE_TRY_AGAIN_LATER = 1013
-"""The backend is unavailable (after an ``error`` message ``backend_unavailable``);
-reconnect later and resume."""
-
 
 _WRITER_LINGER = 0.25
 """Seconds a writer that has sent at most ``_FEW`` messages waits for the next before it ends
@@ -74,101 +67,11 @@ its last send. A busy connection keeps its writer; an idle one has none."""
 _FEW = 4
 
 
-class PeerGone(Exception):
-    """The client went away (closed, or the connection broke)."""
-
-
-class Peer(Protocol):
-    """The four things a connection needs of what carries it.
-
-    A peer may also set ``sends_inline = True`` when its ``send`` normally finishes without
-    suspending and never captures the current task (no ``asyncio.timeout()``, no anyio
-    cancel scopes or locks): a raw ASGI ``send`` does. On asyncio the connection then sends
-    on the publisher's stack and starts a writer task only for a send that has to wait
-    (see ``_inline``).
-    """
-
-    async def accept(self) -> None: ...
-
-    async def receive(self) -> str | bytes:
-        """The next client frame. Raises ``PeerGone`` when the client has gone."""
-
-    async def send(self, text: str) -> None:
-        """Send one message. Raises ``PeerGone`` when the client has gone."""
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close (or, before ``accept``, refuse) the connection."""
-
-
 class _Close(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-class ConnectionCounts:
-    """Open connections per identity in this process, shared by a hub's WebSockets and
-    event streams (see :meth:`of`)."""
-
-    _of_hub: ClassVar[weakref.WeakKeyDictionary[Hub, ConnectionCounts]] = weakref.WeakKeyDictionary()
-
-    def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-        self._refusals = LogOnce()
-
-    @classmethod
-    def of(cls, hub: Hub) -> ConnectionCounts:
-        """The counts of ``hub``'s connections (one per hub, whichever transport asks)."""
-        counts = cls._of_hub.get(hub)
-        if counts is None:
-            counts = cls._of_hub[hub] = ConnectionCounts()
-        return counts
-
-    def full(self, identity: str, limit: int) -> bool:
-        """True (and logged, once a minute per identity) when ``identity`` is at ``limit``."""
-        if self._counts.get(identity, 0) < limit:
-            return False
-        if self._refusals.first(identity):
-            logger.warning(
-                "refused a connection: identity %s already has %d connections (max_connections_per_identity); "
-                "further refusals for this identity are not logged for a minute",
-                fingerprint(identity),
-                limit,
-            )
-        return True
-
-    def add(self, identity: str, limit: int) -> bool:
-        if self.full(identity, limit):
-            return False
-        self._counts[identity] = self._counts.get(identity, 0) + 1
-        return True
-
-    def remove(self, identity: str) -> None:
-        left = self._counts.get(identity, 0) - 1
-        if left > 0:
-            self._counts[identity] = left
-        else:
-            self._counts.pop(identity, None)
-
-
-class _TokenBucket:
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = anyio.current_time()
-
-    def take(self) -> bool:
-        now = anyio.current_time()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 class Connection:
@@ -194,7 +97,7 @@ class Connection:
         self._peer = peer
         self._request = request
         self._outbox = Outbox(settings.outbox_size)
-        self._bucket = _TokenBucket(settings.messages_per_second, settings.message_burst)
+        self._bucket = TokenBucket(settings.messages_per_second, settings.message_burst)
         self._socket_id = socket_id
         self._identity = socket_id
         self._sink: IdentitySink | None = None
