@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 _MARK = '"message":"'
+_SPACED_MARK = '"message": "'
 
 
 def ws_url(system: str, port: int, user: str) -> str:
@@ -29,7 +30,10 @@ def ws_url(system: str, port: int, user: str) -> str:
 def sent_at(text: str) -> float | None:
     at = text.find(_MARK)
     if at < 0:
-        return None
+        at = text.find(_SPACED_MARK)  # json.dumps's default separators
+        if at < 0:
+            return None
+        at += 1
     start = at + len(_MARK)
     try:
         return float(text[start : start + 17])  # "1764000000.123456", then padding if any

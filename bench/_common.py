@@ -131,6 +131,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Until ``process`` accepts connections on ``port``; raises if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args!r} did not start (exit {process.poll()})")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def server(app: str, *extra: str, ready_timeout: float = 20.0) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Run ``bench/servers.py APP`` with uvicorn in its own process on a free port."""
@@ -138,13 +149,7 @@ def server(app: str, *extra: str, ready_timeout: float = 20.0) -> Iterator[tuple
     command = [sys.executable, str(BENCH / "servers.py"), app, "--port", str(port), *extra]
     process = subprocess.Popen(command, cwd=BENCH.parent)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server {app} did not start (exit {process.poll()})")
-            time.sleep(0.05)
+        wait_for_port(port, process, ready_timeout)
         yield process, port
     finally:
         process.terminate()

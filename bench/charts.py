@@ -94,6 +94,33 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(out / "bench-slow-client.png", dpi=110)
         written.append("bench-slow-client.png")
+    if data := load("end_to_end"):
+        fig, ax = plt.subplots(figsize=(9.0, 3.4))
+        labels = data["labels"]
+        cpu = data["median_server_cpu_us_per_event"]
+        bars(ax, {labels[n]: v for n, v in cpu.items()}, "End to end: server CPU per event", "µs (lower is better)")
+        fig.tight_layout()
+        fig.savefig(out / "bench-end-to-end.png", dpi=110)
+        written.append("bench-end-to-end.png")
+    if data := load("scaling"):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.2))
+        sizes = data["sizes"]
+        for name, by_size in data["summary"].items():
+            style = {"marker": "o", "label": data["labels"][name], "linestyle": "--" if "redis" in name else "-"}
+            style["color"] = PROGRESSQ if name.startswith("progressq") else LIMIT
+            left.plot(sizes, [by_size[str(n)]["server_cpu_us_per_event"] for n in sizes], **style)
+            right.plot(sizes, [by_size[str(n)]["p99_ms"] for n in sizes], **style)
+        left.set_title("Server CPU per event", fontsize=10)
+        left.set_ylabel("µs (lower is better)")
+        right.set_title("Delivery latency, p99", fontsize=10)
+        right.set_ylabel("ms (log scale)")
+        right.set_yscale("log")
+        for ax in (left, right):
+            ax.set_xlabel("live clients, one report a second each")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "bench-scaling.png", dpi=110)
+        written.append("bench-scaling.png")
     print("charts:", ", ".join(str(out / w) for w in written))
 
 

@@ -1,6 +1,6 @@
 """The servers the WebSocket scenarios measure, each run by uvicorn in its own process.
 
-    python bench/servers.py progressq|progressq-redis|socketio|litestar|raw --port P [--interval S]
+    python bench/servers.py progressq|progressq-redis|socketio|litestar|raw|port --port P [--interval S]
 
 Every app serves WebSockets at a path the clients know (see ``_clients.py``), names the
 connection's user from the query string (``?user=u17``), and answers
@@ -136,8 +136,9 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
     async def start(scope: Scope, receive: Receive, send: Send) -> None:
         params = query(scope)
         load = Load(params)
-        for user in load.names():
-            await hub.submit("flood", owner=user, name="bench", payload=dict(params))
+        # At once, not one after another: a submit waits for a few turns of a loop that the
+        # tasks already started keep busy, and thousands in turn took longer than the warm-up.
+        await asyncio.gather(*(hub.submit("flood", owner=u, name="bench", payload=dict(params)) for u in load.names()))
         await http_reply(send, b"{}")
 
     async def outer(scope: Scope, receive: Receive, send: Send) -> None:
@@ -282,9 +283,58 @@ def raw_app() -> ASGIApp:
     return app
 
 
+# --- the hand-written port: a dict of user -> WebSocket, json.dumps + send_text -------------
+
+
+def port_app() -> ASGIApp:
+    """What a user could write instead of adopting progressq (see ``e2e_servers.py``), with
+    one producer coroutine per user here: every user's task runs at once."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    sockets: dict[str, WebSocket] = {}
+    producers: set[asyncio.Task[None]] = set()
+
+    async def produce(user: str, load: Load) -> None:
+        async def step(i: int) -> None:
+            socket = sockets.get(user)
+            if socket is not None:
+                with contextlib.suppress(Exception):
+                    await socket.send_text(json.dumps(view(user, i, load.size)))
+
+        await pace(load, user, step)
+
+    async def ws(socket: WebSocket) -> None:
+        user = socket.query_params.get("user", "anonymous")
+        await socket.accept()
+        sockets[user] = socket
+        try:
+            while True:
+                await socket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if sockets.get(user) is socket:
+                del sockets[user]
+
+    async def start(request: Request) -> JSONResponse:
+        load = Load(dict(request.query_params))
+        for user in load.names():
+            task = asyncio.create_task(produce(user, load))
+            producers.add(task)
+            task.add_done_callback(producers.discard)
+        return JSONResponse({})
+
+    app: ASGIApp = Starlette(routes=[WebSocketRoute("/ws", ws), Route("/bench/start", start, methods=["POST"])])
+    return app
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("app", choices=["progressq", "progressq-redis", "socketio", "litestar", "raw"])
+    p.add_argument("app", choices=["progressq", "progressq-redis", "socketio", "litestar", "raw", "port"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--interval", type=float, default=0.05, help="progressq's progress_interval")
     p.add_argument("--concurrency", type=int, default=2000, help="progressq's tasks at once")
@@ -297,6 +347,8 @@ def main() -> None:
         app = socketio_app()
     elif args.app == "litestar":
         app = litestar_app()
+    elif args.app == "port":
+        app = port_app()
     else:
         app = raw_app()
     # The same settings for every app: one process, compression off, no access log.

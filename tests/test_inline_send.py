@@ -204,11 +204,32 @@ async def test_a_send_that_queues_another_message_keeps_the_order(served: Served
 
     served.peer.send = echoing_send  # type: ignore[method-assign]
     hook, outbox.on_idle_put = outbox.on_idle_put, None
+    now, outbox.send_now = outbox.send_now, None
     outbox.put("a")
     outbox.put("b")
-    outbox.on_idle_put = hook
+    outbox.on_idle_put, outbox.send_now = hook, now
     served.connection._on_put()
     assert served.peer.sent[2:] == ["a", "b", "echo"]
+
+
+@pytest.mark.anyio
+async def test_a_message_sent_at_once_that_queues_another_keeps_the_order(served: Served) -> None:
+    # "a" goes out at once (an empty outbox, nothing sending): its send queues "echo",
+    # which must follow it, before "b" that is put after "a" was sent.
+    outbox = served.connection._outbox
+    original_send = served.peer.send
+
+    async def echoing_send(text: str) -> None:
+        await original_send(text)
+        if text == "a":
+            outbox.put("echo")
+
+    served.peer.send = echoing_send  # type: ignore[method-assign]
+    outbox.put("a")
+    assert served.peer.sent[2:] == ["a", "echo"]  # both on this stack: nothing left queued
+    assert len(outbox) == 0
+    outbox.put("b")
+    assert served.peer.sent[2:] == ["a", "echo", "b"]
 
 
 @pytest.mark.anyio

@@ -31,6 +31,29 @@ def view_json(task_id: str, revision: int, *, snapshot: bool = False) -> bytes:
 # --- Outbox -------------------------------------------------------------------------------
 
 
+def test_outbox_offers_a_message_to_send_now_only_when_nothing_is_queued() -> None:
+    outbox = Outbox(limit=3)
+    offered: list[str] = []
+    taking = True
+
+    def send_now(text: str) -> bool:
+        offered.append(text)
+        return taking
+
+    outbox.send_now = send_now
+    outbox.put("a")  # empty outbox, taken: never queued
+    assert offered == ["a"]
+    assert len(outbox) == 0
+    taking = False
+    outbox.put("b")  # refused (something is sending): queued
+    outbox.put("c")  # not offered: "b" waits before it
+    assert offered == ["a", "b"]
+    assert outbox.take() == ["b", "c"]
+    outbox.overflow()
+    outbox.put("d")  # an overflowed outbox offers nothing
+    assert offered == ["a", "b"]
+
+
 @pytest.mark.anyio
 async def test_outbox_hands_out_everything_in_order_and_empties() -> None:
     outbox = Outbox(limit=3)

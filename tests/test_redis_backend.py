@@ -312,6 +312,25 @@ async def test_workers_and_listeners_recover_when_redis_comes_back(tmp_path: Any
             assert sink.seqs == list(range(1, len(sink.seqs) + 1))
 
 
+async def test_once_ping_says_redis_is_back_a_client_can_attach() -> None:
+    """Health is a readiness probe: once it says Redis is back, a new client is not refused
+    because the pub/sub connection still waits out its reconnect backoff (which grows to
+    seconds during a long outage)."""
+    with private_redis() as server:
+        async with RedisBackend.from_url(server.url, prefix="pqtest:ready") as backend:
+            await backend.registry.attach("alice", RecordingSink())  # the pub/sub connection is up
+            server.kill()
+            with anyio.fail_after(PATIENCE):
+                while await backend.ping():
+                    await anyio.sleep(0.05)
+            await anyio.sleep(4.0)  # long enough for the backoff to reach its longest
+            server.start()
+            with anyio.fail_after(PATIENCE):
+                while not await backend.ping():
+                    await anyio.sleep(0.05)
+            await backend.registry.attach("bob", RecordingSink())  # not refused as unavailable
+
+
 def _last_status(events: list[Any], ids: list[str]) -> list[str]:
     last: dict[str, str] = {}
     for event in events:

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
+from msgspec.structs import replace
 
 from progressq._outage import backend_outage
 from progressq.contracts import TaskRecord
@@ -23,6 +24,7 @@ __all__ = ("TaskContext",)
 logger = logging.getLogger("progressq.worker")
 
 _MAX_MESSAGE_LENGTH = 1000
+_NUMBER = (int, float)  # a tuple: ``int | float`` would build a union on every report
 
 
 _YIELD_EVERY = 0.001
@@ -155,7 +157,7 @@ class TaskContext:
         Raises:
             ValueError: ``percent`` is not a number from 0 to 100.
         """
-        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+        if isinstance(percent, bool) or not isinstance(percent, _NUMBER) or not 0 <= percent <= 100:
             raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
         if self._closed:
             return
@@ -211,16 +213,24 @@ class TaskContext:
                     return
                 self._dirty = False
                 self._next_emit = now + self._interval
-                record = self._record.evolve(progress=self._percent, message=self._message)
+                # ``evolve`` spelled out: its ``**changes`` cost as much as the copy itself.
+                last = self._record
+                record = replace(last, revision=last.revision + 1, progress=self._percent, message=self._message)
                 try:
                     committed = await self._commit(record)
-                except BackendUnavailable as exc:  # logged once per outage, not per report
-                    backend_outage.failed("a progress report", exc)
-                    self._dirty = True
-                    return
-                except Exception:
-                    # Progress is best effort: the next report or the terminal state repairs it.
-                    logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+                except BaseException as exc:
+                    # Unanswered is not unwritten: the write may have been stored and published
+                    # (its reply lost, or the owner's cancel reaching this caller first). Its
+                    # revision is spent, so that the next write, the terminal state's too, has a
+                    # newer one: a backend drops an event whose revision it already published.
+                    self._record = record
+                    if isinstance(exc, BackendUnavailable):  # logged once per outage, not per report
+                        backend_outage.failed("a progress report", exc)
+                    elif isinstance(exc, Exception):
+                        # Progress is best effort: the next report or the terminal state repairs it.
+                        logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+                    else:
+                        raise
                     self._dirty = True
                     return
                 backend_outage.answered()

@@ -129,9 +129,14 @@ async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
                 await anyio.sleep(2)  # reports and heartbeats keep failing meanwhile
                 redis_server.start()
                 await wait_for_health(http, 200)
-                fresh = (await start_task(http, "after", 1000, **{"X-Client-Id": ws.client_id})).json()
+                with anyio.fail_after(30):  # a pooled connection from before the restart may fail once more (503)
+                    while (
+                        answer := await start_task(http, "after", 1000, **{"X-Client-Id": ws.client_id})
+                    ).status_code == 503:
+                        await anyio.sleep(0.1)
+                fresh = answer.json()
                 with anyio.fail_after(30):
-                    while True:  # a pooled connection from before the restart may fail once more (503)
+                    while True:  # likewise
                         polled = await http.get(f"/api/task/{fresh['id']}", headers={"X-Client-Id": ws.client_id})
                         if polled.status_code == 200 and polled.json()["status"] == "completed":
                             break

@@ -99,7 +99,11 @@ class AsgiWebSocketPeer:
         return text if text is not None else message.get("bytes") or b""
 
     async def send(self, text: str) -> None:
-        await self._deliver({"type": "websocket.send", "text": text})
+        # Not through ``_deliver``: one coroutine less on every event's path.
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except self._gone as exc:
+            raise PeerGone from exc
 
     async def close(self, code: int, reason: str = "") -> None:
         await self._deliver({"type": "websocket.close", "code": code, "reason": reason})

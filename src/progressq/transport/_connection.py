@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
-from typing import ClassVar, Protocol
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from progressq._logonce import LogOnce, fingerprint
 from progressq.contracts import utc_now
 from progressq.errors import BackendUnavailable, TaskAlreadyFinished, TaskNotFound
 from progressq.hub import Hub
@@ -33,7 +30,18 @@ from progressq.messages import (
 )
 from progressq.transport import _inline
 from progressq.transport._identity import IdentityResolver
+from progressq.transport._limits import ConnectionCounts, TokenBucket
 from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
+from progressq.transport._peer import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    Peer,
+    PeerGone,
+)
 from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = (
@@ -51,21 +59,6 @@ __all__ = (
 
 logger = logging.getLogger("progressq.transport")
 
-CLOSE_GOING_AWAY = 1001
-"""The server is shutting down."""
-CLOSE_POLICY_VIOLATION = 1008
-"""A forged or unknown client id, a refused origin, too many messages too fast, or too many
-connections of one identity."""
-CLOSE_TOO_BIG = 1009
-"""A client frame over ``max_frame_bytes``."""
-CLOSE_INTERNAL_ERROR = 1011
-"""The server failed unexpectedly (logged on the server; the reason says nothing more)."""
-CLOSE_SLOW_CONSUMER = 1013
-"""The client did not keep up; reconnect and resume with ``lastSeq``."""
-CLOSE_TRY_AGAIN_LATER = 1013
-"""The backend is unavailable (after an ``error`` message ``backend_unavailable``);
-reconnect later and resume."""
-
 
 _WRITER_LINGER = 0.25
 """Seconds a writer that has sent at most ``_FEW`` messages waits for the next before it ends
@@ -74,101 +67,11 @@ its last send. A busy connection keeps its writer; an idle one has none."""
 _FEW = 4
 
 
-class PeerGone(Exception):
-    """The client went away (closed, or the connection broke)."""
-
-
-class Peer(Protocol):
-    """The four things a connection needs of what carries it.
-
-    A peer may also set ``sends_inline = True`` when its ``send`` normally finishes without
-    suspending and never captures the current task (no ``asyncio.timeout()``, no anyio
-    cancel scopes or locks): a raw ASGI ``send`` does. On asyncio the connection then sends
-    on the publisher's stack and starts a writer task only for a send that has to wait
-    (see ``_inline``).
-    """
-
-    async def accept(self) -> None: ...
-
-    async def receive(self) -> str | bytes:
-        """The next client frame. Raises ``PeerGone`` when the client has gone."""
-
-    async def send(self, text: str) -> None:
-        """Send one message. Raises ``PeerGone`` when the client has gone."""
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close (or, before ``accept``, refuse) the connection."""
-
-
 class _Close(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-class ConnectionCounts:
-    """Open connections per identity in this process, shared by a hub's WebSockets and
-    event streams (see :meth:`of`)."""
-
-    _of_hub: ClassVar[weakref.WeakKeyDictionary[Hub, ConnectionCounts]] = weakref.WeakKeyDictionary()
-
-    def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-        self._refusals = LogOnce()
-
-    @classmethod
-    def of(cls, hub: Hub) -> ConnectionCounts:
-        """The counts of ``hub``'s connections (one per hub, whichever transport asks)."""
-        counts = cls._of_hub.get(hub)
-        if counts is None:
-            counts = cls._of_hub[hub] = ConnectionCounts()
-        return counts
-
-    def full(self, identity: str, limit: int) -> bool:
-        """True (and logged, once a minute per identity) when ``identity`` is at ``limit``."""
-        if self._counts.get(identity, 0) < limit:
-            return False
-        if self._refusals.first(identity):
-            logger.warning(
-                "refused a connection: identity %s already has %d connections (max_connections_per_identity); "
-                "further refusals for this identity are not logged for a minute",
-                fingerprint(identity),
-                limit,
-            )
-        return True
-
-    def add(self, identity: str, limit: int) -> bool:
-        if self.full(identity, limit):
-            return False
-        self._counts[identity] = self._counts.get(identity, 0) + 1
-        return True
-
-    def remove(self, identity: str) -> None:
-        left = self._counts.get(identity, 0) - 1
-        if left > 0:
-            self._counts[identity] = left
-        else:
-            self._counts.pop(identity, None)
-
-
-class _TokenBucket:
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = anyio.current_time()
-
-    def take(self) -> bool:
-        now = anyio.current_time()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 class Connection:
@@ -194,7 +97,7 @@ class Connection:
         self._peer = peer
         self._request = request
         self._outbox = Outbox(settings.outbox_size)
-        self._bucket = _TokenBucket(settings.messages_per_second, settings.message_burst)
+        self._bucket = TokenBucket(settings.messages_per_second, settings.message_burst)
         self._socket_id = socket_id
         self._identity = socket_id
         self._sink: IdentitySink | None = None
@@ -218,11 +121,13 @@ class Connection:
                 # The writer runs only while there is something to send (and a moment
                 # after): an idle connection is this one task.
                 self._group, self._outbox.on_idle_put = group, self._on_put
+                if self._inline:
+                    self._outbox.send_now = self._send_now
                 try:
                     await self._follow(identity, last_seq, resumed=last_seq is not None)
                     await self._read()
                 finally:
-                    self._group = self._outbox.on_idle_put = None
+                    self._group = self._outbox.on_idle_put = self._outbox.send_now = None
                 group.cancel_scope.cancel()
         except* _Close as closing:
             close = closing.exceptions[0]  # type: ignore[assignment]
@@ -264,6 +169,26 @@ class Connection:
         else:
             self._start_writer()
 
+    def _send_now(self, text: str) -> bool:
+        """One message into an empty outbox, sent on the publisher's stack if nothing else
+        sends on this connection right now (else False: it is queued as usual)."""
+        if self._writing or self._inlining or self._group is None:
+            return False
+        self._inlining = True
+        try:
+            unfinished = _inline.start(self._peer.send(text))
+            if unfinished is not None:
+                self._carry = (unfinished, [])
+                self._start_writer()
+        except Exception as exc:  # the peer is gone or broken; never the publisher's problem
+            self._failure = exc
+            self._start_writer()
+        finally:
+            self._inlining = False
+        if not self._writing and len(self._outbox):  # the send queued more (see _send_inline)
+            self._send_inline()
+        return True
+
     def _send_inline(self) -> None:
         # On the publisher's stack: every send that finishes at once is done here; the
         # first that would wait goes, with the rest of its batch, to a writer task.
@@ -272,7 +197,8 @@ class Connection:
         outbox = self._outbox
         self._inlining = True
         try:
-            while batch := outbox.take():
+            while len(outbox) or outbox.overflowed:
+                batch = outbox.take()
                 for index, text in enumerate(batch):
                     unfinished = _inline.start(self._peer.send(text))
                     if unfinished is not None:

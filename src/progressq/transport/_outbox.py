@@ -45,7 +45,7 @@ class Outbox:
     never slows anyone else.
     """
 
-    __slots__ = ("_batch", "_items", "_wakeup", "limit", "merged", "on_idle_put", "overflowed")
+    __slots__ = ("_batch", "_items", "_wakeup", "limit", "merged", "on_idle_put", "overflowed", "send_now")
 
     def __init__(self, limit: int, *, batch: int = 64) -> None:
         self.limit = limit
@@ -57,6 +57,11 @@ class Outbox:
         # Called when a message (or the overflow) arrives and no writer waits for it: the
         # connection starts one then, so an idle connection needs no writer task.
         self.on_idle_put: Callable[[], None] | None = None
+        # Offered a message put into an empty outbox that no writer waits on: True when it
+        # took the message (sent it, or handed it to a writer it started), so that the
+        # message is never queued. The common case of a client that keeps up: no entry, no
+        # batch, no wake-up per message.
+        self.send_now: Callable[[str], bool] | None = None
         self.overflowed = False
         self.merged = 0  # events merged away, for statistics and tests
 
@@ -65,6 +70,11 @@ class Outbox:
 
     def put(self, text: str, *, task_id: str | None = None, task_json: bytes | None = None) -> None:
         """Queue a message; an event names its task (``task_id``, ``task_json``) so it can be merged."""
+        if not self._items:
+            send_now = self.send_now
+            if send_now is not None and self._wakeup is None and not self.overflowed and send_now(text):
+                delivery.messages_sent += 1
+                return
         if len(self._items) >= self.limit:
             self._merge()
             if len(self._items) >= self.limit:

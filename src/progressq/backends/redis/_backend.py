@@ -160,10 +160,11 @@ class RedisBackend(BackendDefaults):
         return self._registry
 
     async def ping(self) -> bool:
-        """True when Redis answers; False (never an exception) when it does not."""
+        """True when Redis answers, on the pub/sub connection too (made again at once if it
+        was lost); False (never an exception) when it does not."""
         try:
             with anyio.fail_after(2.0):
-                return bool(await self.client.ping())
+                return bool(await self.client.ping()) and await self._pubsub.reconnect_now()
         except Exception:
             return False
 

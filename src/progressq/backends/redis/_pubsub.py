@@ -71,9 +71,11 @@ class _PubSub:
         backoff = 0.05
         while True:
             if self.broken:
-                await anyio.sleep(backoff)
+                self._wake = anyio.Event()
+                with anyio.move_on_after(backoff):
+                    await self._wake.wait()  # or until a health check made the connection again
                 backoff = min(backoff * 2, 2.0)
-                self.broken = not await self._reconnect()
+                await self._reconnect()
                 continue
             if not self._subs or self._pubsub.connection is None:
                 self._wake = anyio.Event()
@@ -104,10 +106,22 @@ class _PubSub:
             if isinstance(data, bytes):
                 await sub.message(data)
 
-    async def _reconnect(self) -> bool:
-        """A new connection subscribed to every wanted channel; False if Redis is not back yet."""
+    async def reconnect_now(self) -> bool:
+        """Whether the connection is up: a lost one is made again now if Redis is back, not
+        after the backoff (a health check that says Redis is back must mean that a client
+        attaching now is not refused)."""
+        if self.broken:
+            await self._reconnect()
+            if not self.broken:
+                self._wake.set()  # the run loop reads at once instead of ending its backoff
+        return not self.broken
+
+    async def _reconnect(self) -> None:
+        """A new connection subscribed to every wanted channel, unless one was made meanwhile;
+        still ``broken`` if Redis is not back yet."""
         async with self._lock:
-            return await self._reconnect_locked()
+            if self.broken:
+                self.broken = not await self._reconnect_locked()
 
     async def _reconnect_locked(self) -> bool:
         old, self._pubsub = self._pubsub, self._client.pubsub()
