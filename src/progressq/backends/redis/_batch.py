@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from progressq.backends.redis._common import _Client
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -28,7 +29,7 @@ class _Batcher:
     all of the batch, as it would have concerned each of them alone).
     """
 
-    def __init__(self, client: Redis, *, in_flight: int = 2, max_batch: int = 512) -> None:
+    def __init__(self, client: _Client, *, in_flight: int = 2, max_batch: int = 512) -> None:
         self._client = client
         self._in_flight = in_flight
         self._max_batch = max_batch

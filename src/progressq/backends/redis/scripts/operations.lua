@@ -7,6 +7,10 @@
 -- An operation that combines others passes them the same named keys and arguments: each
 -- argument is named after what it is, so that the parts agree (one `revision`, one `task_id`).
 -- Nothing is sliced by position. Each call runs atomically, as one script.
+-- Every call names the keys of one shard (one hash tag on Redis Cluster: one slot), and the keys
+-- an operation names from what it reads (`take`) are of that shard too.
+-- Publishing uses the optional argument publish_command: SPUBLISH on Redis Cluster (sharded
+-- pub/sub), else PUBLISH.
 
 -- The id of the owner's unfinished task with the new task's unique key, or nil.
 -- keys: unique (the owner's unique keys: a hash, key -> the id of its unfinished task)
@@ -68,7 +72,7 @@ local function save(k, a)
     end
   elseif h[3] == '1' and a.status == 'running' then
     -- cancel was asked before this attempt started: tell its worker again
-    redis.call('PUBLISH', a.cancel_channel, a.task_id)
+    redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
   end
   return 1
 end
@@ -97,7 +101,7 @@ local function publish(k, a)
     'k', a.kind, 't', a.task_id, 'r', a.revision, 'j', a.view)
   redis.call('EXPIRE', k.seq, a.ttl)
   redis.call('EXPIRE', k.history, a.ttl)
-  redis.call('PUBLISH', a.channel, seq .. ':' .. a.revision .. ':' .. a.kind .. ':' .. #a.task_id .. ':' .. a.task_id .. a.view)
+  redis.call(a.publish_command or 'PUBLISH', a.channel, seq .. ':' .. a.revision .. ':' .. a.kind .. ':' .. #a.task_id .. ':' .. a.task_id .. a.view)
   return seq
 end
 
@@ -320,7 +324,7 @@ function operations.cancel(k, a)
   end
   if h[2] == 'leased' then
     redis.call('HSET', k.task, 'cancel', 1)
-    redis.call('PUBLISH', a.cancel_channel, a.task_id)
+    redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
     return 2
   end
   if h[3] ~= a.expected_revision then
