@@ -10,6 +10,7 @@ from progressq._outage import backend_outage
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
 from tests.postgres_support import database_url, drop_schema, drop_session_database, new_schema
+from tests.redis_cluster_support import SharedCluster, shared_cluster
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
@@ -97,6 +98,14 @@ def no_outage_left_over() -> Iterator[None]:
     backend_outage.reset()
     yield
     backend_outage.reset()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[SharedCluster]:
+    """The test run's Redis Cluster (three masters, three replicas), started by the first test
+    that needs it and stopped when the run is done; skipped without redis-server."""
+    with shared_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -73,7 +74,7 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -84,7 +85,7 @@ class LocalCluster:
         cli = shutil.which("redis-cli")
         if binary is None or cli is None:
             pytest.skip("redis-server and redis-cli are needed for the Redis Cluster tests")
-        self._dir = tempfile.TemporaryDirectory(prefix="progressq-cluster-")
+        self._dir = tempfile.mkdtemp(prefix="progressq-cluster-")
         count = self.masters * (1 + self.replicas)
         with _port_lock():
             self.ports = [port for port in range(FIRST_PORT, LAST_PORT + 1) if _free(port)][:count]
@@ -105,7 +106,7 @@ class LocalCluster:
 
     def _start_node(self, binary: str, port: int) -> None:
         assert self._dir is not None
-        node_dir = Path(self._dir.name) / str(port)
+        node_dir = Path(self._dir) / str(port)
         node_dir.mkdir()
         command = [
             binary,
@@ -193,7 +194,7 @@ class LocalCluster:
                 process.wait(10)
         self.processes.clear()
         if self._dir is not None:
-            self._dir.cleanup()
+            shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
 
@@ -207,24 +208,107 @@ def local_cluster(**options: int) -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-def cluster_client(cluster: LocalCluster) -> redis.RedisCluster:
-    return redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
-
-
-def delete_cluster_prefix(cluster: LocalCluster, prefix: str) -> int:
+def delete_cluster_prefix(url: str, prefix: str) -> int:
     """Delete every key of ``prefix`` (hash-tagged ``{prefix:N}:...`` and plain ``prefix:...``)
-    on every master."""
+    on every master of the cluster at ``url``."""
+    ports = [int(node.rpartition(":")[2]) for node in url.removeprefix("redis+cluster://").split(",")]
     deleted = 0
-    with cluster_client(cluster) as client:
+    with redis.RedisCluster(host="127.0.0.1", port=ports[0]) as client:
         for node in client.get_primaries():
-            node_client = client.get_redis_connection(node)
-            for pattern in (f"{{{prefix}:*}}:*", f"{prefix}:*"):
-                keys = list(node_client.scan_iter(match=pattern, count=500))
-                for key in keys:
-                    deleted += int(node_client.delete(key))
+            with redis.Redis(host=node.host, port=node.port) as node_client:
+                for pattern in (f"{{{prefix}:*", f"{prefix}:*"):
+                    for key in list(node_client.scan_iter(match=pattern, count=500)):
+                        deleted += int(node_client.delete(key))
     return deleted
 
 
-__all__ = ("LocalCluster", "cluster_client", "delete_cluster_prefix", "local_cluster")
+class SharedCluster:
+    """The test run's cluster, as its users see it: where it is."""
 
-_ = os  # the environment is read by the fixtures that share a cluster
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+
+@contextlib.contextmanager
+def shared_cluster() -> Iterator[SharedCluster]:
+    """One cluster for the whole test run, however many worker processes it has (pytest-xdist):
+    the first to need it starts it, the last to be done with it stops it (its processes, by the
+    ids recorded when they were started). A file lock keeps the count."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    folder = Path(tempfile.gettempdir()) / f"progressq-test-cluster-{run}"
+    folder.mkdir(exist_ok=True)
+    state_file = folder / "state.json"
+
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        with open(folder / "lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    with locked():
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        if state is None:
+            cluster = LocalCluster()
+            cluster.start()
+            state = {"ports": cluster.ports, "pids": [p.pid for p in cluster.processes.values()], "users": 0}
+            state["dir"] = cluster._dir
+            cluster._dir = None  # removed by whoever stops it
+            _STARTED.update({p.pid: p for p in cluster.processes.values()})  # kept: waited for when stopped
+        state["users"] += 1
+        state_file.write_text(json.dumps(state))
+    try:
+        yield SharedCluster(state["ports"])
+    finally:
+        with locked():
+            state = json.loads(state_file.read_text())
+            state["users"] -= 1
+            if state["users"] > 0:
+                state_file.write_text(json.dumps(state))
+            else:
+                for pid in state["pids"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                for pid in state["pids"]:
+                    _wait_gone(pid)
+                if state.get("dir"):
+                    shutil.rmtree(state["dir"], ignore_errors=True)
+                state_file.unlink()
+
+
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}  # the shared cluster's processes this process started
+
+
+def _wait_gone(pid: int) -> None:
+    started = _STARTED.pop(pid, None)
+    if started is not None:
+        try:
+            started.wait(10)
+        except subprocess.TimeoutExpired:
+            started.kill()
+            started.wait(10)
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+            if waited == pid:
+                return
+        except ChildProcessError:  # another process's child: wait until it is gone (or a zombie)
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    return
+            except (FileNotFoundError, ProcessLookupError):
+                return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+__all__ = ("LocalCluster", "SharedCluster", "delete_cluster_prefix", "local_cluster", "shared_cluster")

@@ -119,6 +119,7 @@ class RedisBackend(BackendDefaults):
                 history_size=history_size,
                 history_ttl=max(1, math.ceil(history_ttl)),
                 sharded_pubsub=cluster,
+                stamps=count > 1,
             )
             for keys in self._shards.keys
         ]

@@ -9,6 +9,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
+from progressq.backends.redis._calls import queue_script
 from progressq.backends.redis._common import _Client
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
@@ -83,7 +84,7 @@ class _Batcher:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for script, keys, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    queue_script(pipe, script, keys, args)
                 answers = await pipe.execute(raise_on_error=False)
             for (script, keys, args, future), answer in zip(batch, answers, strict=True):
                 if isinstance(answer, redis_errors.NoScriptError):

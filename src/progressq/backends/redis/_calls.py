@@ -20,7 +20,7 @@ from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder
 from progressq.contracts import Lease, TaskRecord
 from progressq.messages import EventType
 
-__all__ = ("_Call", "_Calls")
+__all__ = ("_Call", "_Calls", "queue_script")
 
 _Value = str | bytes
 _Named = Mapping[str, _Value]
@@ -45,7 +45,14 @@ class _Call:
     def queue_on(self, pipe: Any) -> None:
         """Queue the call on a pipeline (of a single Redis or of Redis Cluster); an answer
         ``NoScriptError`` means Redis lost the script: ``run`` the call again."""
-        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+        queue_script(pipe, self.script, self.keys, self.args)
+
+
+def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """``EVALSHA`` of ``script`` on a pipeline. As a command, not as the pipeline's ``evalsha``:
+    redis-py 5.0 refuses that method on a cluster pipeline (a node may lack the script);
+    the callers run a call again where Redis answers ``NoScriptError``, loading the script."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def _union(*parts: _Named) -> dict[str, Any]:
@@ -68,7 +75,9 @@ class _Calls:
     of one shard.
 
     With ``sharded_pubsub`` the scripts publish with ``SPUBLISH`` (Redis Cluster's sharded
-    pub/sub: a message stays on the nodes of its channel's slot) instead of ``PUBLISH``.
+    pub/sub: a message stays on the nodes of its channel's slot) instead of ``PUBLISH``. With
+    ``stamps`` (several shards) they note when each owner goes to the back of the shard's
+    ring, for ``due``.
     """
 
     def __init__(
@@ -81,9 +90,12 @@ class _Calls:
         history_size: int,
         history_ttl: int,
         sharded_pubsub: bool = False,
+        stamps: bool = False,
     ) -> None:
         self.script = client.register_script(_script_text())
         self._keys = keys
+        # with several shards, the ring's stamps (see the script's `due`); absent, none are kept
+        self._stamps: _Named = {"stamps": keys.stamps} if stamps else {}
         # absent, the script publishes with PUBLISH: a single Redis's calls stay as they were
         self._publishing: _Named = {"publish_command": "SPUBLISH"} if sharded_pubsub else {}
         self._capacity = str(capacity)
@@ -131,6 +143,7 @@ class _Calls:
             "ring": self._keys.ring,
             "wake": self._keys.wake,
             "delayed": self._keys.delayed,
+            **self._stamps,
         }
         args: _Named = {
             "attempt": str(lease.record.attempt),
@@ -163,6 +176,7 @@ class _Calls:
             "waiting": self._keys.waiting(owner),
             "ring": self._keys.ring,
             "delayed": self._keys.delayed,
+            **self._stamps,
         }
         args: _Named = {
             "owner": owner,
@@ -192,6 +206,7 @@ class _Calls:
             "ring": self._keys.ring,
             "running": self._keys.running,
             "delayed": self._keys.delayed,
+            **self._stamps,
         }
         args: _Named = {
             "group": _GROUP,
@@ -202,6 +217,22 @@ class _Calls:
             "cap": str(running_per_owner or 0),
         }
         return self._call("take", keys, args)
+
+    def due(self, limit: int, running_per_owner: int | None) -> _Call:
+        """The owners a ``take`` would serve now (at most ``limit``), with their stamps."""
+        keys: _Named = {
+            "ring": self._keys.ring,
+            "running": self._keys.running,
+            "delayed": self._keys.delayed,
+            "stamps": self._keys.stamps,
+        }
+        args: _Named = {
+            "task_prefix": self._keys.task(""),
+            "waiting_prefix": self._keys.waiting_prefix,
+            "cap": str(running_per_owner or 0),
+            "count": str(limit),
+        }
+        return self._call("due", keys, args)
 
     def prune(self, leaving: str, idle_ms: int) -> _Call:
         """Remove dead consumers (idle over ``idle_ms``) and ``leaving`` ('' for none)."""
@@ -227,6 +258,7 @@ class _Calls:
             "wake": self._keys.wake,
             "delayed": self._keys.delayed,
             "unique": self._keys.unique(record.owner),
+            **self._stamps,
         }
 
     def _enqueue_args(self, record: TaskRecord) -> _Named:

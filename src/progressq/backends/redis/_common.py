@@ -102,6 +102,7 @@ class _Keys:
         self.unfinished = f"{base}:unfinished"
         self.marker = f"{base}:marker"  # gone means Redis lost its data
         self.ring = f"{base}:ring"  # owners with waiting tasks, in turn order
+        self.stamps = f"{base}:stamps"  # with several shards: when each owner in the ring went to its back
         self.running = f"{base}:running"  # leased tasks per owner
         self.wake = f"{base}:wake"  # a token per task that a waiting worker may take
         self.waiting_prefix = f"{base}:waiting:"

@@ -76,6 +76,7 @@ class _PubSub:
         self._source = source
         self._pubsub: PubSub | None = None  # opened by the first subscribe
         self._subs: dict[bytes, _Subscription] = {}
+        self._unsubscribing: dict[bytes, int] = {}  # our unsubscribes not answered yet, per channel
         self._wake = anyio.Event()
         # redis-py's PubSub opens its connection on the first command: two concurrent first
         # subscribes would each open one and lose a confirmation. One command at a time.
@@ -108,6 +109,7 @@ class _PubSub:
         with suppress(*_REDIS_ERRORS):
             async with self._lock:
                 if self._pubsub is not None:
+                    self._unsubscribing[name] = self._unsubscribing.get(name, 0) + 1
                     await self._source.unsubscribe(self._pubsub, [name])
 
     async def run(self) -> None:
@@ -164,12 +166,19 @@ class _PubSub:
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
-        sub = self._subs.get(channel) if isinstance(channel, bytes) else None
-        if sub is None:
+        if not isinstance(channel, bytes):
             return
         kind = message.get("type")
         if isinstance(kind, bytes):
             kind = kind.decode()
+        if kind == self._source.unsubscribed_kind and self._unsubscribing.get(channel):
+            self._unsubscribing[channel] -= 1  # the answer to our own unsubscribe
+            if not self._unsubscribing[channel]:
+                del self._unsubscribing[channel]
+            return
+        sub = self._subs.get(channel)
+        if sub is None:
+            return
         if kind == self._source.subscribed_kind:
             await sub.confirmed()
         elif kind == self._source.message_kind:
@@ -199,6 +208,7 @@ class _PubSub:
 
     async def _reconnect_locked(self) -> bool:
         old, self._pubsub = self._pubsub, None
+        self._unsubscribing.clear()  # their answers went with the old connection
         self.connections += 1
         if old is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), suppress(Exception):  # broken already
@@ -225,6 +235,7 @@ class _PubSub:
 
     async def aclose(self) -> None:
         self._subs.clear()
+        self._unsubscribing.clear()
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0), suppress(Exception):  # closing anyway

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,6 +16,7 @@ from progressq.backends.redis._calls import _Call, _Calls
 from progressq.backends.redis._common import _GROUP, _blpop, _Client, _Keys, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _Held
 from progressq.backends.redis._shards import _Shards
+from progressq.backends.redis._turns import Due, plan_turns
 from progressq.backends.redis._waking import _ShardWaking
 from progressq.contracts import Lease, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable
@@ -94,26 +95,38 @@ class _Taking:
                 return leases
 
     async def _next(self, limit: int) -> list[Lease]:
-        """Up to ``limit`` leases from the shards in turn; none: waits for work first. A
-        shard that does not answer (its master failing over) is passed over while the others
+        """Up to ``limit`` leases; none: waits for work first."""
+        if len(self._taking) > 1:
+            return await self._next_sharded(limit)
+        leases, found = await self._next_of(self._taking[0], limit)
+        if not leases and not found:
+            with _unavailable("lease"):
+                await self._wait_for_work()
+        return leases
+
+    async def _next_sharded(self, limit: int) -> list[Lease]:
+        """Up to ``limit`` leases from several shards: first tasks taken over, shard by shard;
+        then the waiting ones, as many from each shard as the next turns give it (``_turns``).
+        A shard that does not answer (its master failing over) is passed over while the others
         have work; with none from the others, its failure is raised."""
-        count = len(self._taking)
-        start, self._turn = self._turn, (self._turn + 1) % count
         leases: list[Lease] = []
-        failure: BackendUnavailable | None = None
-        progressed = False
+        failures: list[BackendUnavailable] = []
+        found = False
         try:
-            for step in range(count):
+            count = len(self._taking)
+            start, self._turn = self._turn, (self._turn + 1) % count
+            for step in range(count):  # one at a time: each may add a lease, and limit is a bound
                 shard = self._taking[(start + step) % count]
-                try:
-                    taken, moved = await self._next_of(shard, limit - len(leases))
-                except BackendUnavailable as exc:
-                    failure = exc
-                    continue
-                leases += taken
-                progressed = progressed or moved
-                if len(leases) >= limit:
-                    break
+                if len(leases) < limit and anyio.current_time() >= shard.next_reclaim:
+                    found = await self._shard_step(failures, self._reclaim_into, shard, leases) or found
+            if len(leases) < limit:
+                planned = await self._plan(limit - len(leases), failures)
+                async with anyio.create_task_group() as group:
+                    for index, turns in planned.items():
+                        group.start_soon(
+                            self._shard_step, failures, self._take_into, self._taking[index], leases, turns
+                        )
+                found = found or bool(planned)
         except BaseException:
             # Cancelled midway: the leases not handed out are not kept alive, so that they
             # expire and their tasks run again.
@@ -122,12 +135,57 @@ class _Taking:
             raise
         if leases:
             return leases
-        if failure is not None:
-            raise failure
-        if not progressed:
+        if failures:
+            raise failures[0]
+        if not found:
             with _unavailable("lease"):
                 await self._wait_for_work()
         return leases
+
+    async def _plan(self, limit: int, failures: list[BackendUnavailable]) -> dict[int, int]:
+        """How many tasks to take from each shard: every shard's due owners, asked at once."""
+        due: dict[int, list[Due]] = {}
+
+        async def ask(shard: _ShardTaking) -> None:
+            answer = await self._calls[shard.index].due(limit, self._running_per_owner).run()
+            due[shard.index] = [(_text(owner), int(stamp), int(turns)) for owner, stamp, turns in answer]
+
+        async with anyio.create_task_group() as group:
+            for shard in self._taking:
+                group.start_soon(self._shard_step, failures, ask, shard)
+        return plan_turns(due, limit)
+
+    async def _shard_step(
+        self, failures: list[BackendUnavailable], step: Callable[..., Awaitable[Any]], shard: _ShardTaking, *args: Any
+    ) -> Any:
+        """``step(shard, *args)``, with the shard's group made first and its failure noted
+        (the other shards go on). A lost stream (Redis lost its data) is made again."""
+        try:
+            with _unavailable("lease"):
+                try:
+                    if not shard.group_ready:
+                        await self._ensure_group(shard)
+                    return await step(shard, *args)
+                except redis_errors.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise BackendUnavailable(f"Redis refused to hand out work: {exc}") from exc
+                    shard.group_ready = False
+                    shard.cursor = "0-0"
+                    return True
+        except BackendUnavailable as exc:
+            failures.append(exc)
+            return False
+
+    async def _reclaim_into(self, shard: _ShardTaking, leases: list[Lease]) -> bool:
+        """One task of the shard taken over (into ``leases``); whether one was found."""
+        reclaimed = await self._reclaim_one(shard)
+        if reclaimed is None:
+            return False
+        leases += await self._claim_all(shard, [reclaimed])
+        return True
+
+    async def _take_into(self, shard: _ShardTaking, leases: list[Lease], limit: int) -> None:
+        leases += await self._take(shard, limit)
 
     async def _next_of(self, shard: _ShardTaking, limit: int) -> tuple[list[Lease], bool]:
         """Up to ``limit`` leases from one shard: one taken over, then what waits; and
