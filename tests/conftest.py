@@ -10,7 +10,7 @@ from progressq._outage import backend_outage
 from progressq.transport import TransportSettings
 from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
 from tests.postgres_support import database_url, drop_schema, drop_session_database, new_schema
-from tests.redis_cluster_support import SharedCluster, shared_cluster
+from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix, shared_cluster
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
@@ -31,12 +31,13 @@ def framework(request: pytest.FixtureRequest) -> str:
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis_cluster),
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def backend_kind(request: pytest.FixtureRequest) -> str:
-    """The integration suite runs on each backend: memory, Redis on 127.0.0.1:6379 and
-    PostgreSQL on 127.0.0.1:5432."""
+    """The integration suite runs on each backend: memory, Redis on 127.0.0.1:6379, a Redis
+    Cluster of its own and PostgreSQL on 127.0.0.1:5432."""
     if request.param == "redis":
         require_redis()
     if request.param == "postgres":
@@ -45,11 +46,15 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
+def make_server(framework: str, backend_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """Start a real server with the given transport settings / hub options, on ``backend_kind``
     (unless the test passes its own ``backend=``)."""
     prefixes: list[str] = []
+    cluster_prefixes: list[str] = []
     schemas: list[str] = []
+    cluster: SharedCluster | None = (
+        request.getfixturevalue("redis_cluster") if backend_kind == "redis-cluster" else None
+    )
 
     @contextlib.contextmanager
     def factory(
@@ -65,6 +70,14 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
             prefixes.append(new_prefix("integration"))
             history_size = hub_options.pop("history_size", 1000)
             hub_options["backend"] = RedisBackend.from_url(REDIS_URL, prefix=prefixes[-1], history_size=history_size)
+        if cluster is not None and "backend" not in hub_options:
+            from progressq.backends.redis import RedisBackend
+
+            cluster_prefixes.append(new_prefix("integration"))
+            history_size = hub_options.pop("history_size", 1000)
+            hub_options["backend"] = RedisBackend.from_url(
+                cluster.url, prefix=cluster_prefixes[-1], history_size=history_size
+            )
         if backend_kind == "postgres" and "backend" not in hub_options:
             from progressq.backends.postgres import PostgresBackend
 
@@ -81,6 +94,9 @@ def make_server(framework: str, backend_kind: str) -> Iterator[Any]:
     yield factory
     for prefix in prefixes:
         delete_prefix(prefix)
+    for prefix in cluster_prefixes:
+        assert cluster is not None
+        delete_cluster_prefix(cluster.url, prefix)
     for schema in schemas:
         drop_schema(schema)
 

@@ -103,6 +103,20 @@ class LocalCluster:
             timeout=PATIENCE,
         )
         self.wait_until_ok()
+        # a replica that has not synced with its master once cannot take its place
+        self._wait(self._replicas_in_sync, "every replica to sync with its master")
+
+    def _replicas_in_sync(self) -> bool:
+        try:
+            links = []
+            for port in self.processes:
+                with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=2) as client:
+                    info = client.info("replication")
+                if info.get("role") == "slave":
+                    links.append(info.get("master_link_status") == "up")
+            return len(links) == self.masters * self.replicas and all(links)
+        except (redis.RedisError, OSError):
+            return False
 
     def _start_node(self, binary: str, port: int) -> None:
         assert self._dir is not None
@@ -118,6 +132,8 @@ class LocalCluster:
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--save", "",
             "--appendonly", "no",
+            "--repl-diskless-sync-delay", "0",  # replicas in sync at once, not after 5 s
+            "--logfile", str(node_dir / "redis.log"),
         ]  # fmt: skip
         self.processes[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -217,7 +217,13 @@ class RedisBackend(BackendDefaults):
         if self._group is not None:
             raise ConfigurationError("this backend is already open")
         if self._shards.tagged:
-            await self._check_shards()
+            try:
+                await self._check_shards()
+            except BaseException:
+                if self._close_client:
+                    with anyio.CancelScope(shield=True):
+                        await self.client.aclose()
+                raise
         group = anyio.create_task_group()
         await group.__aenter__()
         for pubsub in self._pubsubs:
