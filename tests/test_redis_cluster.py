@@ -79,12 +79,19 @@ async def test_a_master_killed_mid_run_loses_nothing() -> None:
             cluster.wait_for_failover(killed)
             for owner, sink in sinks.items():
                 expected = set(ids[owner])
-                await sink.wait_for(
-                    lambda events, expected=expected: (
-                        {t for t, s in _final(events).items() if s == "completed"} >= expected
-                    ),
-                    PATIENCE * 2,
-                )
+                try:
+                    await sink.wait_for(
+                        lambda events, expected=expected: (
+                            {t for t, s in _final(events).items() if s == "completed"} >= expected
+                        ),
+                        PATIENCE * 2,
+                    )
+                except TimeoutError:
+                    stored = {task_id: (await web.get(task_id, owner=owner)).status for task_id in ids[owner]}
+                    raise AssertionError(
+                        f"{owner} (shard {shards[owner]}, killed {killed}): seen {_final(sink.events)}, "
+                        f"stored {stored}, seqs {sink.seqs}"
+                    ) from None
             await anyio.sleep(0.5)  # nothing more comes
             for owner, sink in sinks.items():
                 assert gapless_from_one(sink.seqs), (owner, sink.seqs)
