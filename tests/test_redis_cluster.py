@@ -93,6 +93,11 @@ async def test_a_master_killed_mid_run_loses_nothing() -> None:
                         f"stored {stored}, seqs {sink.seqs}"
                     ) from None
             await anyio.sleep(0.5)  # nothing more comes
+            # the victim's subscription moved to the master that serves its shard now
+            channel = backend._shards.keys[shards[victim]].channel(victim)
+            with redis.Redis(port=cluster.master_of(channel)) as node:
+                assert channel.encode() in node.execute_command("PUBSUB SHARDCHANNELS")
+            assert backend._pubsubs[shards[victim]].connections >= 1  # made again after the failover
             for owner, sink in sinks.items():
                 assert gapless_from_one(sink.seqs), (owner, sink.seqs)
                 assert set(_final(sink.events)) == set(ids[owner])
