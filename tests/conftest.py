@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,10 +118,14 @@ def no_outage_left_over() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[SharedCluster]:
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedCluster]:
     """The test run's Redis Cluster (three masters, three replicas), started by the first test
     that needs it and stopped when the run is done; skipped without redis-server."""
-    with shared_cluster() as cluster:
+    # the run's temporary folder, which its xdist workers share (each has one of its own below)
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_folder = run_folder.parent
+    with shared_cluster(run_folder) as cluster:
         yield cluster
 
 

@@ -250,18 +250,16 @@ class SharedCluster:
 
 
 @contextlib.contextmanager
-def shared_cluster() -> Iterator[SharedCluster]:
+def shared_cluster(folder: Path) -> Iterator[SharedCluster]:
     """One cluster for the whole test run, however many worker processes it has (pytest-xdist):
     the first to need it starts it, the last to be done with it stops it (its processes, by the
-    ids recorded when they were started). A file lock keeps the count."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
-    folder = Path(tempfile.gettempdir()) / f"progressq-test-cluster-{run}"
-    folder.mkdir(exist_ok=True)
-    state_file = folder / "state.json"
+    ids recorded when they were started). ``folder`` is the run's own (the workers share it);
+    a file lock in it keeps the count."""
+    state_file = folder / "redis-cluster.json"
 
     @contextlib.contextmanager
     def locked() -> Iterator[None]:
-        with open(folder / "lock", "a") as handle:
+        with open(folder / "redis-cluster.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -38,6 +38,7 @@ def _final(events: list[Event]) -> dict[str, str]:
     return {event.task_id: _view(event)["status"] for event in events}
 
 
+@pytest.mark.timeout(300)  # a cluster of its own, a failover, and tasks run again after it
 async def test_a_master_killed_mid_run_loses_nothing() -> None:
     """One master dies (SIGKILL) while tasks of its shards are queued and running and their
     owners are attached in another process; its replica takes over. Every task still
