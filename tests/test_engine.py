@@ -686,22 +686,30 @@ async def test_the_concurrency_limit_is_respected() -> None:
     assert peak == limit
 
 
+async def _set(event: anyio.Event) -> None:
+    event.set()
+
+
 async def test_graceful_shutdown_lets_a_running_task_finish() -> None:
     hub = make_hub(concurrency=1, shutdown_grace=10.0)
     started: list[str] = []
+    release = anyio.Event()
 
     @hub.task("short")
     async def short(ctx: TaskContext) -> str:
         started.append(ctx.name)
-        await anyio.sleep(0.1)
+        await release.wait()  # runs until shutdown has begun, however slow the machine
         return "done"
 
     with anyio.fail_after(PATIENCE):
-        async with hub:
+        async with anyio.create_task_group() as group, hub:
             sink = await attach(hub)
             running = await hub.submit("short", owner=OWNER, name="running")
             await wait_until(lambda: sink.has_status(running.id, "running"))
             waiting = await hub.submit("short", owner=OWNER, name="waiting")
+            # runs at this task's next await, which is inside the hub's exit: shutdown
+            # (no new task taken) begins before that exit first awaits
+            group.start_soon(_set, release)
     assert started == ["running"]  # no new task is taken once shutdown begins
     assert (await hub.queue.get(running.id)).status == "completed"  # type: ignore[union-attr]
     assert (await hub.queue.get(waiting.id)).status == "queued"  # type: ignore[union-attr]
