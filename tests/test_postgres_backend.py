@@ -126,7 +126,7 @@ async def test_a_connection_stalled_inside_a_transaction_is_ended_with_its_locks
             with anyio.fail_after(PATIENCE):  # the server ends the session, and its locks go
                 while _sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid):
                     await anyio.sleep(0.2)
-            with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            with pytest.raises(psycopg.Error, match="idle-in-transaction"):
                 await conn.execute("SELECT 1")
         record = _record()
         await backend.queue.enqueue(record)  # the pool replaced the dead connection

@@ -113,7 +113,16 @@ async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(schema: s
         await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 10)
         taker = start_worker(concurrency=1)
         paused.signal(signal.SIGSTOP)
-        takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
+        try:
+            takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
+        except TimeoutError:
+            activity = _sql(
+                "SELECT pid, state, wait_event_type, left(query, 120) FROM pg_stat_activity"
+                " WHERE datname = current_database()"
+            )
+            raise AssertionError(
+                f"no takeover; sessions: {activity}\npaused:\n{paused.text()}\ntaker:\n{taker.text()}"
+            ) from None
         paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
         # the paused worker learnt of it (a write refused, or its heartbeat) and stopped
