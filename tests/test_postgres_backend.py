@@ -337,7 +337,9 @@ async def test_reads_go_on_when_the_pooled_connections_were_cut_while_idle(make:
 
 
 async def test_lease_many_takes_owners_in_turn_at_most_the_free_slots_and_holds_each_lease(make: Make) -> None:
-    async with make(lease_timeout=0.6) as backend:
+    # A lease long enough that a busy machine's stalls (the heartbeat goes every second) do
+    # not let it lapse, and a wait longer than the lease: only the heartbeat keeps them.
+    async with make(lease_timeout=3.0) as backend:
         backend.queue.limit_running_per_owner(2)
         for n in range(4):
             await backend.queue.enqueue(_record("alice", n))
@@ -349,7 +351,7 @@ async def test_lease_many_takes_owners_in_turn_at_most_the_free_slots_and_holds_
             ("bob", "task-4"),
             ("alice", "task-1"),
         ]
-        await anyio.sleep(1.2)  # two lease timeouts: only the heartbeat keeps them
+        await anyio.sleep(3.5)
         rest = await backend.queue.lease_many(10)
         assert [lease.record.id for lease in rest] == ["task-5"]  # alice at her cap of 2; none taken over
         assert (await backend.queue.statistics()).running == 4
