@@ -113,6 +113,29 @@ async def test_a_dead_workers_task_is_taken_over_and_its_writes_fenced(make: Mak
             ]
 
 
+async def test_a_connection_stalled_inside_a_transaction_is_ended_with_its_locks(make: Make) -> None:
+    # A worker paused mid-transaction (SIGSTOP, a frozen VM) held its task's row lock for as
+    # long as it was paused, and the takeover of its expired lease waited on it.
+    async with make(lease_timeout=0.5) as backend:
+        async with backend._pool.connection() as conn:
+            setting = await (await conn.execute("SHOW idle_in_transaction_session_timeout")).fetchone()
+            assert setting == ("5s",)  # the lease, but never below 5 s
+            pid = conn.info.backend_pid
+            await conn.execute("BEGIN")
+            await conn.execute(f'SELECT 1 FROM "{backend.schema}".tasks FOR UPDATE')
+            with anyio.fail_after(PATIENCE):  # the server ends the session, and its locks go
+                while _sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid):
+                    await anyio.sleep(0.2)
+            with pytest.raises(psycopg.Error, match="idle-in-transaction"):
+                await conn.execute("SELECT 1")
+        record = _record()
+        await backend.queue.enqueue(record)  # the pool replaced the dead connection
+        assert await backend.queue.get(record.id) == record
+    async with make() as default, default._pool.connection() as conn:
+        setting = await (await conn.execute("SHOW idle_in_transaction_session_timeout")).fetchone()
+        assert setting == ("30s",)
+
+
 async def test_heartbeats_keep_a_live_lease(make: Make) -> None:
     async with make(lease_timeout=0.6) as holder, make(lease_timeout=0.6) as other:
         await holder.queue.enqueue(_record())
@@ -314,7 +337,9 @@ async def test_reads_go_on_when_the_pooled_connections_were_cut_while_idle(make:
 
 
 async def test_lease_many_takes_owners_in_turn_at_most_the_free_slots_and_holds_each_lease(make: Make) -> None:
-    async with make(lease_timeout=0.6) as backend:
+    # A lease long enough that a busy machine's stalls (the heartbeat goes every second) do
+    # not let it lapse, and a wait longer than the lease: only the heartbeat keeps them.
+    async with make(lease_timeout=3.0) as backend:
         backend.queue.limit_running_per_owner(2)
         for n in range(4):
             await backend.queue.enqueue(_record("alice", n))
@@ -326,7 +351,7 @@ async def test_lease_many_takes_owners_in_turn_at_most_the_free_slots_and_holds_
             ("bob", "task-4"),
             ("alice", "task-1"),
         ]
-        await anyio.sleep(1.2)  # two lease timeouts: only the heartbeat keeps them
+        await anyio.sleep(3.5)
         rest = await backend.queue.lease_many(10)
         assert [lease.record.id for lease in rest] == ["task-5"]  # alice at her cap of 2; none taken over
         assert (await backend.queue.statistics()).running == 4

@@ -105,15 +105,26 @@ async def test_kill_9_of_a_worker_loses_no_task(schema: str, start_worker: Any) 
 
 
 async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(schema: str, start_worker: Any) -> None:
-    paused = start_worker(concurrency=1)
+    # Both workers are up before the task is queued (one that starts only now may take longer
+    # on a busy machine than the task does); whichever takes it is paused, the other takes over.
+    workers = [start_worker(concurrency=1), start_worker(concurrency=1)]
     async with _client_hub(schema) as hub:
         sink = RecordingSink()
         await hub.registry.attach("alice", sink)
         task = await hub.submit("steps", owner="alice", payload={"steps": 50, "delay": 0.08})
-        await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 10)
-        taker = start_worker(concurrency=1)
+        running = await _wait_event(sink, lambda e: _pid_in(e) is not None and _view(e)["progress"] >= 10)
+        paused, taker = workers if _pid_in(running) == workers[0].pid else workers[::-1]
         paused.signal(signal.SIGSTOP)
-        takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
+        try:
+            takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
+        except TimeoutError:
+            activity = _sql(
+                "SELECT pid, state, wait_event_type, left(query, 120) FROM pg_stat_activity"
+                " WHERE datname = current_database()"
+            )
+            raise AssertionError(
+                f"no takeover; sessions: {activity}\npaused:\n{paused.text()}\ntaker:\n{taker.text()}"
+            ) from None
         paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task
         await sink.wait_for(lambda events: task.id in _terminal(events), 60)
         # the paused worker learnt of it (a write refused, or its heartbeat) and stopped

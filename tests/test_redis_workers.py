@@ -228,13 +228,15 @@ async def _any_sink_event(sinks: dict[str, RecordingSink], predicate: Any, withi
 
 
 async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(redis_prefix: str, start_worker: Any) -> None:
-    paused = start_worker(concurrency=1)
+    # Both workers are up before the task is queued (one that starts only now may take longer
+    # on a busy machine than the task does); whichever takes it is paused, the other takes over.
+    workers = [start_worker(concurrency=1), start_worker(concurrency=1)]
     async with _client_hub(redis_prefix) as hub:
         sink = RecordingSink()
         await hub.registry.attach("alice", sink)
         task = await hub.submit("steps", owner="alice", payload={"steps": 50, "delay": 0.08})
-        await _wait_event(sink, lambda e: _pid_in(e) == paused.pid and _view(e)["progress"] >= 10)
-        taker = start_worker(concurrency=1)
+        running = await _wait_event(sink, lambda e: _pid_in(e) is not None and _view(e)["progress"] >= 10)
+        paused, taker = workers if _pid_in(running) == workers[0].pid else workers[::-1]
         paused.signal(signal.SIGSTOP)
         takeover = await _wait_event(sink, lambda e: _view(e)["attempt"] == 2 and _view(e)["status"] == "running")
         paused.signal(signal.SIGCONT)  # it wakes up believing it still runs the task

@@ -22,6 +22,7 @@ from progressq.errors import BackendUnavailable, ConfigurationError
 
 logger = logging.getLogger("progressq.postgres")
 
+_MIN_STALLED_TRANSACTION = 5.0  # seconds; see ``_stalled_transaction_ms``
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, psycopg.Error)
 
 
@@ -72,6 +73,12 @@ class PostgresBackend(BackendDefaults):
         self.schema = checked_schema(schema)
         names = Names(self.schema)
         self._pool_size = pool_size
+        # A worker that stalls inside a transaction (a pause, a frozen VM) would hold its
+        # row locks for as long as it stalls, and the takeover of its expired lease would wait
+        # on them: the server ends such a session once it has idled in a transaction for as
+        # long as a lease lasts (never less than a few seconds, which a busy event loop may
+        # take between two statements), and its locks go with it.
+        self._stalled_transaction_ms = int(max(lease_timeout, _MIN_STALLED_TRANSACTION) * 1000)
         self._pool = self._new_pool()
         self._registry = PostgresClientRegistry(
             self._pool, names, conninfo, history_size=history_size, history_ttl=history_ttl,
@@ -98,8 +105,13 @@ class PostgresBackend(BackendDefaults):
             open=False,
             timeout=10.0,  # a connection waited for longer: BackendUnavailable
             kwargs={"autocommit": True},  # transactions are begun where needed
+            configure=self._configure,
             name=f"progressq-{self.schema}",
         )
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Settings of every pooled connection, made when it is opened (autocommit keeps them)."""
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {self._stalled_transaction_ms}")
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBackend:

@@ -23,6 +23,8 @@ Pool: TypeAlias = psycopg_pool.AsyncConnectionPool[Any]
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
+    # the server ended a session that stalled inside a transaction (see the pool's settings)
+    psycopg.errors.IdleInTransactionSessionTimeout,
     psycopg_pool.PoolTimeout,
     psycopg_pool.TooManyRequests,
     ConnectionError,
