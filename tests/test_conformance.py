@@ -23,6 +23,7 @@ from progressq.contracts import (
 )
 from progressq.testing import BackendConformance, BackendFactory
 from tests.postgres_support import database_url, drop_schema, new_schema
+from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 
@@ -61,6 +62,46 @@ class TestRedisBackend(BackendConformance):
 
         yield make
         delete_prefix(prefix)
+
+
+@pytest.mark.redis
+class TestShardedRedisBackend(BackendConformance):
+    """Keys spread over four hash-tagged shards on one Redis: what Redis Cluster gets."""
+
+    shared_state = True
+
+    @pytest.fixture
+    def make_backend(self) -> Iterator[BackendFactory]:
+        require_redis()
+        prefix = new_prefix("sharded")
+
+        def make(*, capacity: int | None = None, history_size: int | None = None) -> RedisBackend:
+            options: dict[str, Any] = {"capacity": capacity, "shards": 4}
+            if history_size is not None:
+                options["history_size"] = history_size
+            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
+
+        yield make
+        delete_prefix("{" + prefix)  # the shards' keys: {prefix:N}:...
+        delete_prefix(prefix)
+
+
+@pytest.mark.redis_cluster
+class TestRedisClusterBackend(BackendConformance):
+    shared_state = True
+
+    @pytest.fixture
+    def make_backend(self, redis_cluster: SharedCluster) -> Iterator[BackendFactory]:
+        prefix = new_prefix("conformance")
+
+        def make(*, capacity: int | None = None, history_size: int | None = None) -> RedisBackend:
+            options: dict[str, Any] = {"capacity": capacity}
+            if history_size is not None:
+                options["history_size"] = history_size
+            return RedisBackend.from_url(redis_cluster.url, prefix=prefix, **options)
+
+        yield make
+        delete_cluster_prefix(redis_cluster.url, prefix)
 
 
 @pytest.mark.postgres
@@ -173,6 +214,7 @@ def test_the_wrapped_backend_has_only_defaults_for_every_capability() -> None:
         "forget_dead",
         "task_with_key",
         "claim_slot",
+        "new_task_id",
     ):
         assert uses_default(backend.queue, name), name
     for name in ("enqueue_and_announce", "save_and_publish"):

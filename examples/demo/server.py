@@ -27,15 +27,18 @@ from progressq.transport import TransportSettings
 
 PAGE_DIR = Path(__file__).resolve().parent / "web" / "build"
 BACKEND_VARIABLE = "PROGRESSQ_BACKEND"
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-_BACKEND_CHOICES = "memory, redis://HOST:PORT/DB or postgresql://USER@HOST:PORT/DATABASE"
+_BACKEND_CHOICES = (
+    "memory, redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT,... or postgresql://USER@HOST:PORT/DATABASE"
+)
 
 logger = logging.getLogger("progressq.demo")
 
 
 def make_backend(spec: str) -> Backend:
-    """``memory``, a Redis URL (``redis://HOST:PORT/DB``) or a PostgreSQL URL
+    """``memory``, a Redis URL (``redis://HOST:PORT/DB``), a Redis Cluster URL
+    (``redis+cluster://HOST:PORT,HOST:PORT,...``) or a PostgreSQL URL
     (``postgresql://USER@HOST:PORT/DATABASE``); the web process and its workers must be given
     the same one. Raises ImportError naming the extra when its driver is missing."""
     if spec == "memory":

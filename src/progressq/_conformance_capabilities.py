@@ -1,5 +1,6 @@
 """The conformance tests of the contract's capabilities that the engine's workers and submits
-use: batch leasing, lost-lease watching, announcing enqueue, save-and-publish, unique keys. Each
+use: batch leasing, lost-lease watching, announcing enqueue, save-and-publish, unique keys,
+task ids. Each
 runs on
 whatever the backend has: its own implementation, or the default of ``QueueDefaults`` /
 ``BackendDefaults``; both must keep the contract."""
@@ -7,6 +8,7 @@ whatever the backend has: its own implementation, or the default of ``QueueDefau
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -35,7 +37,7 @@ __all__ = ("CapabilityConformance",)
 
 class CapabilityConformance:
     """``lease_many``, ``watch_lost_leases``, ``enqueue_and_announce``, ``save_and_publish``,
-    ``task_with_key``."""
+    ``task_with_key``, ``new_task_id``."""
 
     shared_state: ClassVar[bool] = False
 
@@ -259,6 +261,38 @@ class CapabilityConformance:
             fresh = await hubs[-1].submit("tick", owner=owner, key="only-once")
             assert fresh.id != answers[0].id  # the first one ended: the key queues a new task
             await hubs[0].cancel(fresh.id, owner=owner)
+
+    @pytest.mark.anyio
+    async def test_new_task_ids_are_unique_url_safe_and_found(self, make_backend: BackendFactory) -> None:
+        async with make_backend() as backend:
+            queue = backend.queue
+            owners = [f"minted-{n}-{secrets.token_hex(3)}" for n in range(12)]
+            ids = [queue.new_task_id(owner) for owner in owners for _ in range(5)]
+            assert len(set(ids)) == len(ids)
+            assert all(_URL_SAFE.fullmatch(task_id) for task_id in ids), ids
+            records = [
+                msgspec.structs.replace(new_record(owner, n), id=queue.new_task_id(owner))
+                for n, owner in enumerate(owners)
+            ]
+            for record in records:
+                await queue.enqueue(record)
+            for record in records:  # found from the id alone, and by its owner
+                stored = await queue.get(record.id)
+                assert stored is not None
+                assert stored.owner == record.owner
+                assert [r.id for r in await queue.list_by_owner(record.owner)] == [record.id]
+            leased: dict[str, Lease] = {}
+            with anyio.fail_after(60):
+                while len(leased) < len(records):
+                    for lease in await queue.lease_many(len(records) - len(leased)):
+                        leased[lease.record.id] = lease
+            assert set(leased) == {record.id for record in records}
+            for lease in leased.values():
+                await end_lease(backend, lease)
+            assert counts(await queue.statistics()) == (0, 0)
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]{16,}")
 
 
 async def _tick(ctx: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,8 @@ __all__ = ("BackendDefaults", "QueueDefaults")
 class QueueDefaults:
     """Subclass it in a ``TaskQueue`` to get every capability the queue does not implement
     itself: one lease at a time, no cap per owner, no heartbeat of its own, no list of failed
-    tasks, unique keys looked up in the owner's list, periodic slots claimed in this object.
+    tasks, unique keys looked up in the owner's list, periodic slots claimed in this object,
+    random task ids.
     Override a method to do better; the conformance suite checks the queue's own methods and
     these defaults alike.
 
@@ -67,6 +69,10 @@ class QueueDefaults:
             if task.key == key and not task.finished:
                 return task
         return None
+
+    def new_task_id(self, owner: str) -> str:
+        """16 random URL-safe characters (96 bits), whoever the owner."""
+        return secrets.token_urlsafe(12)
 
     async def claim_slot(self, key: str, ttl: float) -> bool:
         """True for the first claim of ``key`` within ``ttl`` seconds made on this object.

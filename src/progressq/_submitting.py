@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +122,7 @@ class Submitting:
     ) -> TaskRecord:
         stored = kind.dump_params(params)
         record = TaskRecord(
-            id=secrets.token_urlsafe(12),
+            id=self.backend.queue.new_task_id(owner),  # the queue's: it may name where it keeps the task
             kind=kind.name,
             name=name,
             owner=owner,

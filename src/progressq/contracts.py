@@ -49,6 +49,7 @@ __all__ = (
     "RegistryStatistics",
     "SaveAndPublish",
     "SlotClaims",
+    "TaskIds",
     "TaskQueue",
     "TaskRecord",
     "UniqueKeys",
@@ -155,16 +156,32 @@ class SlotClaims(Protocol):
         ...
 
 
+class TaskIds(Protocol):
+    """A ``TaskQueue`` capability: the ids of new tasks. The hub asks the queue for the id of
+    each task it submits, so that a queue that spreads its tasks over several places (the
+    Redis backend's shards on Redis Cluster) can name the place in the id, and later find a
+    task from its id alone.
+
+    Default: 16 random URL-safe characters (``secrets.token_urlsafe(12)``).
+    """
+
+    def new_task_id(self, owner: str) -> str:
+        """A new task id for a task of ``owner``: unique (random, 96 bits or more), of
+        URL-safe characters (letters, digits, ``-_.~``). A queue must still take records
+        whose ids it did not mint, and find them by id."""
+        ...
+
+
 # --- the queue -----------------------------------------------------------------------------
 
 
 @runtime_checkable
-class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, UniqueKeys, SlotClaims, Protocol):
+class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, UniqueKeys, SlotClaims, TaskIds, Protocol):
     """Hands tasks to workers and stores their records.
 
     Required: the methods below. The capabilities it inherits (``lease_many``,
     ``watch_lost_leases``, ``limit_running_per_owner``, ``dead_letters``, ``forget_dead``,
-    ``task_with_key``, ``claim_slot``) have defaults in :class:`QueueDefaults`.
+    ``task_with_key``, ``claim_slot``, ``new_task_id``) have defaults in :class:`QueueDefaults`.
 
     **Fencing.** ``lease`` bumps the task's ``attempt``; every write through a lease
     (``save``, ``extend``, ``finish``, ``release``) carries it and is refused (``False``, or

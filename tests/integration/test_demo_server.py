@@ -16,6 +16,7 @@ import pytest
 from tests.apps import free_port
 from tests.integration.client import WsClient, terminal
 from tests.postgres_support import database_url
+from tests.redis_cluster_support import SharedCluster, local_cluster
 from tests.redis_support import require_redis
 from tests.waiting import PATIENCE
 
@@ -45,9 +46,19 @@ def start_demo(*flags: str, log: Path | None = None, **env: str) -> tuple[subpro
     raise RuntimeError("the demo server did not start")
 
 
-@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis-cluster", marks=pytest.mark.redis_cluster),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def demo_backend(request: pytest.FixtureRequest) -> str:
-    """The demo's ``--backend``: memory, and a PostgreSQL URL (the test session's database)."""
+    """The demo's ``--backend``: memory, a Redis Cluster URL (the test run's cluster) and a
+    PostgreSQL URL (the test session's database)."""
+    if request.param == "redis-cluster":
+        cluster: SharedCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
     return "memory" if request.param == "memory" else database_url()
 
 
@@ -97,15 +108,27 @@ def test_unknown_backend_is_refused_with_exit_code_2() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", [pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+    "kind",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis_cluster),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
 )
 async def test_web_process_and_worker_share_the_backend_variable(tmp_path: Path, kind: str) -> None:
     """As the README runs them: one PROGRESSQ_BACKEND for both; each names it in its log."""
-    if kind == "redis":
-        require_redis()
-        url, backend_class = "redis://127.0.0.1:6379/15", "RedisBackend"
-    else:
-        url, backend_class = database_url(), "PostgresBackend"
+    with contextlib.ExitStack() as stack:
+        if kind == "redis":
+            require_redis()
+            url, backend_class = "redis://127.0.0.1:6379/15", "RedisBackend"
+        elif kind == "redis-cluster":  # a cluster of its own: the demo keeps its keys under one prefix
+            url, backend_class = stack.enter_context(local_cluster(replicas=0)).url, "RedisBackend"
+        else:
+            url, backend_class = database_url(), "PostgresBackend"
+        await _web_and_worker(tmp_path, url, backend_class)
+
+
+async def _web_and_worker(tmp_path: Path, url: str, backend_class: str) -> None:
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
     web, port = start_demo("--workers-in-process", "0", log=web_log, PROGRESSQ_BACKEND=url)
     worker: subprocess.Popen[bytes] | None = None

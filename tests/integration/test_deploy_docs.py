@@ -18,7 +18,8 @@ import pytest
 
 from tests.integration.client import WsClient, start_kind, terminal
 from tests.postgres_support import database_url, schema_of_its_own
-from tests.redis_support import REDIS_URL, free_port, prefixed
+from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix
+from tests.redis_support import REDIS_URL, free_port, new_prefix, prefixed
 from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -33,19 +34,31 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(
-    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis_cluster),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
 )
 def kind(request: pytest.FixtureRequest) -> str:
-    """Which page: deploy-redis.md or deploy-postgres.md."""
+    """Which page: deploy-redis.md (on one Redis, and with a Redis Cluster URL, as its section
+    on Redis Cluster says) or deploy-postgres.md."""
     return str(request.param)
 
 
 @pytest.fixture
-def place(kind: str) -> Iterator[dict[str, str]]:
+def place(kind: str, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """The environment the page's modules read: where the backend is, in a place of the test's own."""
     if kind == "redis":
         with prefixed("deploy-docs") as prefix:
             yield {"REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix}
+    elif kind == "redis-cluster":
+        cluster: SharedCluster = request.getfixturevalue("redis_cluster")
+        prefix = new_prefix("deploy-docs")
+        try:
+            yield {"REDIS_URL": cluster.url, "REDIS_PREFIX": prefix}
+        finally:
+            delete_cluster_prefix(cluster.url, prefix)
     else:
         with schema_of_its_own("deploy_docs") as schema:
             yield {"DATABASE_URL": database_url(), "PROGRESSQ_SCHEMA": schema}
@@ -56,7 +69,8 @@ def myapp(tmp_path: Path, kind: str) -> Path:
     """The page's blocks as the files their first lines name (``# myapp/tasks.py``)."""
     (tmp_path / "myapp").mkdir()
     (tmp_path / "myapp" / "__init__.py").write_text("")
-    for block in _PYTHON_BLOCK.findall((HOWTO / f"deploy-{kind}.md").read_text()):
+    page = "redis" if kind == "redis-cluster" else kind
+    for block in _PYTHON_BLOCK.findall((HOWTO / f"deploy-{page}.md").read_text()):
         path = block.splitlines()[0].removeprefix("# ").strip()
         assert path.startswith("myapp/"), path
         (tmp_path / path).write_text(block)

@@ -1,9 +1,15 @@
-"""The Redis backend: any number of web and worker processes on one Redis.
+"""The Redis backend: any number of web and worker processes on one Redis, or on Redis Cluster.
 
 ``RedisBackend.from_url("redis://localhost:6379/0")`` is a queue and a registry sharing one
 client and one key prefix. Needs the ``redis`` extra (redis-py 5.0.1 or later) and Redis 6.2 or
 later. redis-py's asyncio client runs on asyncio only, so this backend does too (the memory
 backend also runs on trio).
+
+**Redis Cluster.** ``RedisBackend.from_url("redis+cluster://host:port,host:port")`` (Redis
+7.0 or later) spreads the keys over ``shards`` slot groups, each under its hash tag, so that
+every script still touches one slot; an owner's tasks and events live in one shard, workers
+take from every shard in turn, and events use sharded pub/sub (see ``_shards``, ``_turns``
+and ``_cluster``).
 
 **Queue.** Tasks go through a Redis Stream read by one consumer group. A lease is the
 stream entry pending with the worker's consumer; the backend keeps it alive with heartbeats

@@ -1,4 +1,5 @@
-"""The Redis backend bundle: a queue and a registry on one client and prefix."""
+"""The Redis backend bundle: a queue and a registry on one client and prefix (a single
+Redis's client, or Redis Cluster's)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.abc
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from progressq._outage import backend_outage
 from progressq.backends.redis._calls import _Calls
-from progressq.backends.redis._common import _Keys, _redacted
+from progressq.backends.redis._cluster import _SlotSource, cluster_client, is_cluster_url
+from progressq.backends.redis._common import _Client, _redacted, _text, _unavailable
 from progressq.backends.redis._packing import pack_in_c
-from progressq.backends.redis._pubsub import _PubSub
+from progressq.backends.redis._pubsub import _PubSub, _Source
 from progressq.backends.redis._queue import RedisTaskQueue
 from progressq.backends.redis._registry import RedisClientRegistry
+from progressq.backends.redis._shards import _Shards
 from progressq.contracts import (
     Backend,
     BackendDefaults,
@@ -29,22 +33,26 @@ from progressq.contracts import (
     TaskQueue,
     TaskRecord,
 )
-from progressq.errors import ConfigurationError
+from progressq.errors import BackendUnavailable, ConfigurationError
 
 logger = logging.getLogger("progressq.redis")
 
+_CLUSTER_SHARDS = 8  # on three masters, two to three shards each
+
 
 class RedisBackend(BackendDefaults):
-    """Queue and registry on one Redis, for many web and worker processes.
+    """Queue and registry on one Redis or one Redis Cluster, for many web and worker processes.
 
     Open it for the application's lifetime (the Hub does): ``async with backend: ...``.
 
     Args:
-        client: a ``redis.asyncio.Redis`` made with ``decode_responses=False`` (the default).
-        prefix: every key and channel starts with ``prefix:``; apps sharing a Redis use
-            different prefixes.
+        client: a ``redis.asyncio.Redis``, or a ``redis.asyncio.cluster.RedisCluster``, made
+            with ``decode_responses=False`` (the default).
+        prefix: every key and channel starts with ``prefix:`` (with several shards,
+            ``{prefix:N}:``); apps sharing a Redis use different prefixes.
         capacity: most tasks waiting at once (``enqueue`` raises ``QueueFull`` beyond it);
-            ``None`` for no limit.
+            ``None`` for no limit. With several shards it holds per shard (a shard's script
+            cannot see the others' counts): the queue then holds up to ``capacity * shards``.
         retention: seconds a finished task's record stays readable and listed.
         history_size: events kept per identity for resuming (approximately: at least this many).
         history_ttl: seconds an identity's history and seq outlive its last event.
@@ -60,11 +68,15 @@ class RedisBackend(BackendDefaults):
             own on a graceful exit.
         attach_timeout: seconds ``attach`` waits for Redis to confirm a subscription.
         close_client: close ``client`` when the backend closes (``from_url`` sets it).
+        shards: slot groups the keys are spread over (see the Redis Cluster section of the
+            backends page); every process of an application must use the same number, fixed
+            for the life of its data. Default: 1 on a single Redis (the key names without
+            hash tags), 8 on Redis Cluster.
     """
 
     def __init__(
         self,
-        client: Redis,
+        client: _Client,
         *,
         prefix: str = "progressq",
         capacity: int | None = None,
@@ -77,8 +89,9 @@ class RedisBackend(BackendDefaults):
         forget_consumers_after: float = 600.0,
         attach_timeout: float = 10.0,
         close_client: bool = False,
+        shards: int | None = None,
     ) -> None:
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if client.get_encoder().decode_responses:
             raise ConfigurationError("the Redis backend needs a client made with decode_responses=False")
         if capacity is not None and capacity < 1:
             raise ConfigurationError("capacity must be >= 1 or None")
@@ -88,29 +101,39 @@ class RedisBackend(BackendDefaults):
             )
         if history_size < 1 or max_deliveries < 1:
             raise ConfigurationError("history_size and max_deliveries must be >= 1")
+        cluster = isinstance(client, RedisCluster)
+        count = shards if shards is not None else (_CLUSTER_SHARDS if cluster else 1)
         self.client = client
         self.prefix = prefix
-        self._keys = _Keys(prefix)
+        self.cluster = cluster
+        self._shards = _Shards(prefix, count, tagged=cluster or count > 1)
         self._close_client = close_client
         self._url: str | None = None
         # one place builds every script call, for the queue, the registry and this bundle
-        self._calls = _Calls(
-            client,
-            self._keys,
-            capacity=capacity or 0,
-            retention=max(1, math.ceil(retention)),
-            history_size=history_size,
-            history_ttl=max(1, math.ceil(history_ttl)),
-        )
-        self._pubsub = _PubSub(client)
-        self._registry = RedisClientRegistry(
-            client, self._calls, self._keys, self._pubsub, attach_timeout=attach_timeout
-        )
+        calls = [
+            _Calls(
+                client,
+                keys,
+                capacity=capacity or 0,
+                retention=max(1, math.ceil(retention)),
+                history_size=history_size,
+                history_ttl=max(1, math.ceil(history_ttl)),
+                sharded_pubsub=cluster,
+                stamps=count > 1,
+            )
+            for keys in self._shards.keys
+        ]
+        if isinstance(client, RedisCluster):  # each shard's channels on its slot's master
+            pubsubs = [_PubSub(_SlotSource(client, keys.marker)) for keys in self._shards.keys]
+        else:  # one connection for every channel
+            pubsubs = [_PubSub(_Source(client))] * count
+        self._pubsubs = list({id(pubsub): pubsub for pubsub in pubsubs}.values())
+        self._registry = RedisClientRegistry(client, calls, self._shards, pubsubs, attach_timeout=attach_timeout)
         self._queue = RedisTaskQueue(
             client,
-            self._calls,
-            self._keys,
-            self._pubsub,
+            calls,
+            self._shards,
+            pubsubs,
             lease_timeout=lease_timeout,
             max_deliveries=max_deliveries,
             consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
@@ -121,22 +144,29 @@ class RedisBackend(BackendDefaults):
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "progressq", **options: Any) -> RedisBackend:
         """A backend with its own client for ``url`` (``redis://[:password@]host:port/db``,
-        ``rediss://`` for TLS, ``unix://``), closed with the backend.
+        ``rediss://`` for TLS, ``unix://``; for Redis Cluster
+        ``redis+cluster://[:password@]host:port,host:port,...``, ``rediss+cluster://`` for
+        TLS), closed with the backend.
 
         ``options`` are the keyword arguments of :class:`RedisBackend` (``capacity``,
-        ``lease_timeout``, ...).
+        ``lease_timeout``, ``shards``, ...).
         """
-        try:
-            client = Redis.from_url(
-                url,
-                decode_responses=False,
-                socket_connect_timeout=5.0,
-                socket_timeout=15.0,  # above the longest blocking read (1 s)
-                health_check_interval=10,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"not a Redis URL: {_redacted(url)!r} ({exc})") from exc
-        pack_in_c(client)
+        client: _Client
+        if is_cluster_url(url):
+            # above the longest blocking read (1 s)
+            client = cluster_client(url, decode_responses=False, socket_connect_timeout=5.0, socket_timeout=15.0)
+        else:
+            try:
+                client = single = Redis.from_url(
+                    url,
+                    decode_responses=False,
+                    socket_connect_timeout=5.0,
+                    socket_timeout=15.0,  # above the longest blocking read (1 s)
+                    health_check_interval=10,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"not a Redis URL: {_redacted(url)!r} ({exc})") from exc
+            pack_in_c(single)
         backend = cls(client, prefix=prefix, close_client=True, **options)
         backend._url = url
         return backend
@@ -146,6 +176,9 @@ class RedisBackend(BackendDefaults):
         """Where this backend's Redis is, without a password."""
         if self._url is not None:
             return _redacted(self._url)
+        if isinstance(self.client, RedisCluster):
+            nodes = self.client.nodes_manager.startup_nodes.values()
+            return "redis+cluster://" + ",".join(f"{node.host}:{node.port}" for node in nodes)
         kwargs = self.client.connection_pool.connection_kwargs
         if "path" in kwargs:
             return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
@@ -164,7 +197,13 @@ class RedisBackend(BackendDefaults):
         was lost); False (never an exception) when it does not."""
         try:
             with anyio.fail_after(2.0):
-                return bool(await self.client.ping()) and await self._pubsub.reconnect_now()
+                if isinstance(self.client, RedisCluster):
+                    answered = bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+                else:
+                    answered = bool(await self.client.ping())
+                for pubsub in self._pubsubs:
+                    answered = answered and await pubsub.reconnect_now()
+                return answered
         except Exception:
             return False
 
@@ -177,12 +216,39 @@ class RedisBackend(BackendDefaults):
             raise ConfigurationError("the Redis backend runs on asyncio only (redis-py's client needs it)") from None
         if self._group is not None:
             raise ConfigurationError("this backend is already open")
+        if self._shards.tagged:
+            try:
+                await self._check_shards()
+            except BaseException:
+                if self._close_client:
+                    with anyio.CancelScope(shield=True):
+                        await self.client.aclose()
+                raise
         group = anyio.create_task_group()
         await group.__aenter__()
-        group.start_soon(self._pubsub.run)
+        for pubsub in self._pubsubs:
+            group.start_soon(pubsub.run)
         group.start_soon(self._queue._heartbeat)
         self._group = group
         return self
+
+    async def _check_shards(self) -> None:
+        """Refuse to open on data kept with another number of shards: its owners would be
+        looked for in the wrong shards. (Not checked while Redis does not answer.)"""
+        key = f"{self._shards.keys[0].base}:shards"
+        count = str(self._shards.count).encode()
+        try:
+            with _unavailable("shard count"):
+                await self.client.set(key, count, nx=True)
+                stored = await self.client.get(key)
+        except BackendUnavailable as exc:
+            logger.warning("could not check the shard count against the stored one: %s", exc)
+            return
+        if stored is not None and stored != count:
+            raise ConfigurationError(
+                f"this Redis holds data of {_text(stored)} shards under prefix {self.prefix!r}, "
+                f"not {self._shards.count}: give every process the same shards"
+            )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -196,16 +262,20 @@ class RedisBackend(BackendDefaults):
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
         await self._queue._batcher.drain()
+        if self._queue._waking is not None:
+            await self._queue._waking.aclose()
         with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
             await self._queue.leave()
-        await self._pubsub.aclose()
+        for pubsub in self._pubsubs:
+            await pubsub.aclose()
         backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         if self._close_client:
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()
 
     def __repr__(self) -> str:
-        return f"RedisBackend({self.url}, prefix={self.prefix!r})"
+        shards = f", shards={self._shards.count}" if self._shards.tagged else ""
+        return f"RedisBackend({self.url}, prefix={self.prefix!r}{shards})"
 
     async def enqueue_and_announce(self, record: TaskRecord, *, max_unfinished: int | None) -> int | None:
         """Check the owner's limit (a count the queue keeps), store and queue ``record`` and
@@ -216,7 +286,8 @@ class RedisBackend(BackendDefaults):
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
         """
-        return await self._queue._enqueue_by(self._calls.submit(record, max_unfinished), record)
+        call = self._queue._calls_of(record.owner).submit(record, max_unfinished)
+        return await self._queue._enqueue_by(call, record)
 
     async def save_and_publish(
         self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
@@ -224,7 +295,7 @@ class RedisBackend(BackendDefaults):
         """Save ``record`` (fenced by the lease's attempt), publish it to its owner
         (``taskProgress``) and, with ``finish``, acknowledge the task: one script, one round
         trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
-        call = self._calls.commit(lease, record, view_json, finish=finish)
+        call = self._queue._calls_of(record.owner).commit(lease, record, view_json, finish=finish)
         return await self._queue._save_by(call, lease, record, finish=finish, batched=True)
 
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from progressq.backends.redis._calls import queue_script
+from progressq.backends.redis._common import _Client
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -28,7 +30,7 @@ class _Batcher:
     all of the batch, as it would have concerned each of them alone).
     """
 
-    def __init__(self, client: Redis, *, in_flight: int = 2, max_batch: int = 512) -> None:
+    def __init__(self, client: _Client, *, in_flight: int = 2, max_batch: int = 512) -> None:
         self._client = client
         self._in_flight = in_flight
         self._max_batch = max_batch
@@ -82,7 +84,7 @@ class _Batcher:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for script, keys, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    queue_script(pipe, script, keys, args)
                 answers = await pipe.execute(raise_on_error=False)
             for (script, keys, args, future), answer in zip(batch, answers, strict=True):
                 if isinstance(answer, redis_errors.NoScriptError):

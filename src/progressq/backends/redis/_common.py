@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from progressq.contracts import (
     TaskRecord,
@@ -19,6 +22,20 @@ from progressq.messages import EventType
 logger = logging.getLogger("progressq.redis")
 
 
+_Client = Redis | RedisCluster  # a single Redis's client, or Redis Cluster's
+
+
+def _loose(client: _Client) -> Any:
+    """``client``, for a call whose types the lowest redis-py allowed states only for one of
+    the two clients (their commands are the same)."""
+    return client
+
+
+async def _blpop(client: _Client, key: str, seconds: float) -> Any:
+    """``BLPOP`` of one list, waiting up to ``seconds`` (fractions allowed)."""
+    return await _loose(client).blpop([key], timeout=seconds)
+
+
 _GROUP = "workers"
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
@@ -26,6 +43,11 @@ _REDIS_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
     OSError,
+    # Redis Cluster's, while a master fails over (they never come from a single Redis)
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.AskError,
 )
 _EVENT_KINDS: dict[bytes, EventType] = {b"taskQueued": "taskQueued", b"taskProgress": "taskProgress"}
 _record_decoder = msgspec.json.Decoder(TaskRecord)
@@ -39,6 +61,10 @@ def _unavailable(what: str) -> Iterator[None]:
         yield
     except _REDIS_ERRORS as exc:
         raise BackendUnavailable(f"Redis did not answer ({what}): {exc}") from exc
+    except redis_errors.RedisClusterException as exc:
+        if "cannot be connected" not in str(exc):
+            raise  # a mistake (keys of two slots in one call), not an outage
+        raise BackendUnavailable(f"Redis Cluster did not answer ({what}): {exc}") from exc
 
 
 def _text(value: bytes | str) -> str:
@@ -46,37 +72,43 @@ def _text(value: bytes | str) -> str:
 
 
 def _redacted(url: str) -> str:
-    """``url`` without its password."""
+    """``url`` without its password (its hosts as written: one, or a cluster's list)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = user + parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class _Keys:
-    """Every key and channel name, under one prefix."""
+    """Every key and channel name of one shard, under one prefix.
 
-    def __init__(self, prefix: str) -> None:
+    Without a shard (a single Redis, one shard), names are ``prefix:...``. A shard's names
+    carry its hash tag, ``{prefix:N}:...``: Redis Cluster puts every key and shard channel of
+    one shard in one slot, so each script call touches one slot and stays atomic.
+    """
+
+    def __init__(self, prefix: str, shard: int | None = None) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise ConfigurationError("the key prefix must be a non-empty string without spaces")
+        if shard is not None and ("{" in prefix or "}" in prefix):
+            raise ConfigurationError("a sharded backend's key prefix must not contain '{' or '}' (its hash tags)")
         self.prefix = prefix
-        self.stream = f"{prefix}:queue"
-        self.counters = f"{prefix}:counters"
-        self.cancel_channel = f"{prefix}:cancel"
-        self.unfinished = f"{prefix}:unfinished"
-        self.marker = f"{prefix}:marker"  # gone means Redis lost its data
-        self.ring = f"{prefix}:ring"  # owners with waiting tasks, in turn order
-        self.running = f"{prefix}:running"  # leased tasks per owner
-        self.wake = f"{prefix}:wake"  # a token per task that a waiting worker may take
-        self.waiting_prefix = f"{prefix}:waiting:"
-        self.delayed = f"{prefix}:delayed"  # tasks to run later, by when (ms since the epoch)
-        self.dead = f"{prefix}:dead"  # failed tasks, by when they failed
-        self.workers = f"{prefix}:workers"  # worker processes' consumers, by when last seen (ms)
+        base = self.base = prefix if shard is None else f"{{{prefix}:{shard}}}"
+        self.stream = f"{base}:queue"
+        self.counters = f"{base}:counters"
+        self.cancel_channel = f"{base}:cancel"
+        self.unfinished = f"{base}:unfinished"
+        self.marker = f"{base}:marker"  # gone means Redis lost its data
+        self.ring = f"{base}:ring"  # owners with waiting tasks, in turn order
+        self.stamps = f"{base}:stamps"  # with several shards: when each owner in the ring went to its back
+        self.running = f"{base}:running"  # leased tasks per owner
+        self.wake = f"{base}:wake"  # a token per task that a waiting worker may take
+        self.waiting_prefix = f"{base}:waiting:"
+        self.delayed = f"{base}:delayed"  # tasks to run later, by when (ms since the epoch)
+        self.dead = f"{base}:dead"  # failed tasks, by when they failed
+        self.workers = f"{base}:workers"  # worker processes' consumers, by when last seen (ms)
 
     def waiting(self, owner: str) -> str:
         """The owner's tasks waiting for a worker, oldest first."""
@@ -84,22 +116,22 @@ class _Keys:
 
     def unique(self, owner: str) -> str:
         """The owner's unique keys, each to the id of its unfinished task."""
-        return f"{self.prefix}:unique:{owner}"
+        return f"{self.base}:unique:{owner}"
 
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{task_id}"
+        return f"{self.base}:task:{task_id}"
 
     def owner(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}"
+        return f"{self.base}:owner:{owner}"
 
     def seq(self, identity: str) -> str:
-        return f"{self.prefix}:seq:{identity}"
+        return f"{self.base}:seq:{identity}"
 
     def history(self, identity: str) -> str:
-        return f"{self.prefix}:history:{identity}"
+        return f"{self.base}:history:{identity}"
 
     def channel(self, identity: str) -> str:
-        return f"{self.prefix}:events:{identity}"
+        return f"{self.base}:events:{identity}"
 
 
 # --- pub/sub --------------------------------------------------------------------------

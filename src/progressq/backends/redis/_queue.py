@@ -1,9 +1,13 @@
 """The Redis task queue.
 
 Each owner's waiting tasks are a list; the owners with waiting tasks, a ring that
-take.lua turns (fair dispatch, see ``_taking``). A task taken is added to a stream and read
+``take`` turns (fair dispatch, see ``_taking``). A task taken is added to a stream and read
 by the worker's consumer at once: the stream's consumer group keeps the leases (heartbeat,
 takeover, see ``_keeping``). Every write is fenced by the task's attempt.
+
+With several shards (Redis Cluster, see ``_shards``) each shard has all of that; an operation
+on a task or an owner goes to the owner's shard, workers take from the shards in turn, and
+the counts and lists over every shard are summed or merged here.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from typing import Any
 
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
-from redis.asyncio import Redis
 
 from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._calls import _Call, _Calls
-from progressq.backends.redis._common import _Keys, _record_decoder, _text, _unavailable
+from progressq.backends.redis._common import _Client, _Keys, _loose, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _CancelSubscription, _Held, _LeaseKeeping
 from progressq.backends.redis._pubsub import _PubSub
-from progressq.backends.redis._taking import _Taking
+from progressq.backends.redis._shards import _Shards
+from progressq.backends.redis._taking import _ShardTaking, _Taking
+from progressq.backends.redis._waking import _ShardWaking
 from progressq.contracts import (
     CancelOutcome,
     Lease,
@@ -42,10 +47,10 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
 
     def __init__(
         self,
-        client: Redis,
-        calls: _Calls,
-        keys: _Keys,
-        pubsub: _PubSub,
+        client: _Client,
+        calls: Sequence[_Calls],
+        shards: _Shards,
+        pubsubs: Sequence[_PubSub],
         *,
         lease_timeout: float,
         max_deliveries: int,
@@ -54,9 +59,10 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
     ) -> None:
         self._client = client
         self._batcher = _Batcher(client)
-        self._calls = calls
-        self._keys = keys
-        self._pubsub = pubsub
+        self._calls = calls  # per shard
+        self._shards = shards
+        self._keys = shards.keys  # per shard
+        self._pubsubs = pubsubs  # per shard (one shared by all on a single Redis)
         self._lease_ms = max(1, int(lease_timeout * 1000))
         self._lease_timeout = lease_timeout
         self._max_deliveries = max_deliveries
@@ -68,20 +74,37 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         self._watchers: set[MemoryObjectSendStream[str]] = set()
         self._loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]] = set()
         self._cancel_sub = _CancelSubscription(self)
-        self._group_ready = False
-        self._cursor = "0-0"
-        self._next_reclaim = -math.inf
+        self._taking = [_ShardTaking(n) for n in range(shards.count)]
+        self._taking_started = False  # this process's workers have taken tasks (it is a worker)
+        self._turn = 0  # the shard the next take starts with
         self._running_per_owner: int | None = None
+        # several shards: one wait per shard's wake-up list (no BLPOP across slots)
+        self._waking = None if shards.count == 1 else _ShardWaking(client, [keys.wake for keys in shards.keys])
 
     @property
     def consumer(self) -> str:
         """This process's consumer name in the stream's group."""
         return self._consumer
 
+    def new_task_id(self, owner: str) -> str:
+        """A new task id; with several shards it ends with its owner's (``<random>.<N>``), so
+        that ``get`` goes straight to it."""
+        return self._shards.new_task_id(owner)
+
+    def _calls_of(self, owner: str) -> _Calls:
+        """The calls of the shard that holds ``owner``'s tasks."""
+        return self._calls[self._shards.of_owner(owner)]
+
+    def _keys_of(self, owner: str) -> _Keys:
+        return self._keys[self._shards.of_owner(owner)]
+
+    def _shard_of(self, owner: str) -> int:
+        return self._shards.of_owner(owner)
+
     async def enqueue(self, record: TaskRecord) -> None:
         """Store and queue ``record`` in one script (its announcement is the backend's
         ``enqueue_and_announce``)."""
-        await self._enqueue_by(self._calls.enqueue(record), record)
+        await self._enqueue_by(self._calls_of(record.owner).enqueue(record), record)
 
     async def _enqueue_by(self, call: _Call, record: TaskRecord) -> int | None:
         """Run an enqueue or a submit ``call`` of ``record``: None when queued, else the owner's
@@ -93,7 +116,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
                 queued (the key is checked before the limit).
         """
         with _unavailable("enqueue"):
-            answer = await self._batcher.call(self._calls.script, call.keys, call.args)
+            answer = await self._batcher.call(call.script, call.keys, call.args)
         code = int(answer[0])
         if code == -2:
             return int(answer[1])
@@ -106,7 +129,8 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         return None
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
-        return await self._save_by(self._calls.save(lease, record), lease, record, finish=False, batched=False)
+        call = self._calls_of(record.owner).save(lease, record)
+        return await self._save_by(call, lease, record, finish=False, batched=False)
 
     async def _save_by(self, call: _Call, lease: Lease, record: TaskRecord, *, finish: bool, batched: bool) -> bool:
         """Run a save or a commit ``call`` of ``record`` under ``lease`` (with ``finish``: one
@@ -115,9 +139,9 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         try:
             with _unavailable("save"):
                 if batched:
-                    answer = await self._batcher.call(self._calls.script, call.keys, call.args)
+                    answer = await self._batcher.call(call.script, call.keys, call.args)
                 else:
-                    answer = await self._calls.run(call)
+                    answer = await call.run()
         except BackendUnavailable:
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
@@ -136,39 +160,56 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
     async def finish(self, lease: Lease) -> None:
         self._drop(lease)
         with _unavailable("finish"):
-            await self._calls.run(self._calls.finish(lease))
+            await self._calls_of(lease.record.owner).finish(lease).run()
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
         self._drop(lease)
         with _unavailable("release"):
-            done = await self._calls.run(self._calls.release(lease, record))
+            done = await self._calls_of(record.owner).release(lease, record).run()
         return bool(done)
 
     async def task_with_key(self, owner: str, key: str) -> TaskRecord | None:
         """The owner's unfinished task with the unique ``key``, or None."""
         with _unavailable("unique key"):
-            task_id = await self._client.hget(self._keys.unique(owner), key)
+            task_id = await _loose(self._client).hget(self._keys_of(owner).unique(owner), key)
         record = None if task_id is None else await self.get(_text(task_id))
         return record if record is not None and not record.finished else None
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        """The record, from the shard its id names; an id that names none (or a task not
+        found there) is looked for in every other shard, in one round of requests."""
+        shards = self._shards.search_order(task_id)
         with _unavailable("get"):
-            fields = await self._client.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
-        return _record_from(fields)
+            if self._shards.of_task(task_id) is not None:
+                fields = await _loose(self._client).hmget(self._keys[shards[0]].task(task_id), _RECORD_FIELDS)
+                record = _record_from(fields)
+                if record is not None or len(shards) == 1:
+                    return record
+                shards = shards[1:]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.hmget(self._keys[shard].task(task_id), _RECORD_FIELDS)
+                rows = await pipe.execute()
+        for fields in rows:
+            record = _record_from(fields)
+            if record is not None:
+                return record
+        return None
 
     async def list_by_owner(self, owner: str, limit: int | None = None) -> Sequence[TaskRecord]:
-        index = self._keys.owner(owner)
+        keys = self._keys_of(owner)
+        index = keys.owner(owner)
         last = 999 if limit is None else min(limit, 1000) - 1
         if last < 0:
             return []
         with _unavailable("list"):
-            raw_ids: Any = await self._client.zrevrange(index, 0, last)
+            raw_ids: Any = await _loose(self._client).zrevrange(index, 0, last)
             ids = [_text(i) for i in raw_ids]
             if not ids:
                 return []
             async with self._client.pipeline(transaction=False) as pipe:
                 for task_id in ids:
-                    pipe.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
+                    pipe.hmget(keys.task(task_id), _RECORD_FIELDS)
                 rows = await pipe.execute()
             records: list[TaskRecord] = []
             gone: list[str] = []
@@ -183,10 +224,11 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         return records
 
     async def request_cancel(self, task_id: str, owner: str) -> CancelOutcome | None:
-        key = self._keys.task(task_id)
+        calls = self._calls_of(owner)
+        key = self._keys_of(owner).task(task_id)
         for _ in range(20):
             with _unavailable("cancel"):
-                fields = await self._client.hmget(key, ["data", "attempt", "rev", "cancel", "owner", "state"])
+                fields = await _loose(self._client).hmget(key, ["data", "attempt", "rev", "cancel", "owner", "state"])
             record = _record_from(fields[:4])
             if record is None or fields[4] is None or _text(fields[4]) != owner:
                 return None
@@ -194,7 +236,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
             )
             with _unavailable("cancel"):
-                code = await self._calls.run(self._calls.cancel(record, cancelled))
+                code = await calls.cancel(record, cancelled).run()
             if code == 0:
                 return None
             if code == 1:
@@ -210,50 +252,64 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
     async def claim_slot(self, key: str, ttl: float) -> bool:
         """True for the first claim of ``key`` within ``ttl`` seconds, in any process."""
         with _unavailable("claim slot"):
-            return bool(await self._client.set(f"{self._keys.prefix}:slot:{key}", 1, nx=True, px=int(ttl * 1000)))
+            return bool(await self._client.set(f"{self._keys[0].prefix}:slot:{key}", 1, nx=True, px=int(ttl * 1000)))
 
     async def dead_letters(self, limit: int) -> Sequence[TaskRecord]:
-        """Up to ``limit`` failed tasks, the most recently failed first (those whose record
-        expired are taken off the list)."""
+        """Up to ``limit`` failed tasks, the most recently failed first, over every shard
+        (those whose record expired are taken off the list)."""
         with _unavailable("dead letters"):
-            raw_ids: Any = await self._client.zrevrange(self._keys.dead, 0, max(0, limit - 1))
-            ids = [_text(i) for i in raw_ids]
-            if not ids:
+            listed: list[tuple[float, int, str]] = []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys in self._keys:
+                    pipe.zrevrange(keys.dead, 0, max(0, limit - 1), withscores=True)
+                for shard, rows in enumerate(await pipe.execute()):
+                    listed += [(float(score), shard, _text(task_id)) for task_id, score in rows]
+            listed = sorted(listed, reverse=True)[: max(0, limit)]
+            if not listed:
                 return []
             async with self._client.pipeline(transaction=False) as pipe:
-                for task_id in ids:
-                    pipe.hmget(self._keys.task(task_id), ["data", "attempt", "rev", "cancel"])
+                for _, shard, task_id in listed:
+                    pipe.hmget(self._keys[shard].task(task_id), _RECORD_FIELDS)
                 rows = await pipe.execute()
             records = [_record_from(fields) for fields in rows]
-            gone = [task_id for task_id, record in zip(ids, records, strict=True) if record is None]
-            if gone:
-                await self._client.zrem(self._keys.dead, *gone)
+            for (_, shard, task_id), record in zip(listed, records, strict=True):
+                if record is None:
+                    await self._client.zrem(self._keys[shard].dead, task_id)
         return [record for record in records if record is not None]
 
     async def forget_dead(self, task_id: str) -> bool:
         """Take a task off the failed list; False if it was not on it."""
         with _unavailable("dead letters"):
-            return bool(await self._client.zrem(self._keys.dead, task_id))
+            for shard in self._shards.search_order(task_id):
+                if await self._client.zrem(self._keys[shard].dead, task_id):
+                    return True
+        return False
 
     async def statistics(self) -> QueueStatistics:
-        """The counts of every process on this Redis; ``workers``: the worker processes
-        whose heartbeat (every third of ``lease_timeout``) was seen within two lease timeouts
-        (by this host's clock): a worker gone longer than that has lost its leases anyway."""
+        """The counts of every process on this Redis (every shard); ``workers``: the worker
+        processes whose heartbeat (every third of ``lease_timeout``) was seen within two lease
+        timeouts (by this host's clock): a worker gone longer than that has lost its leases
+        anyway."""
         seen_since = int(time.time() * 1000) - 2 * self._lease_ms
+        queued = running = scheduled = dead = 0
         with _unavailable("statistics"):
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hmget(self._keys.counters, ["queued", "running"])
-                pipe.zcard(self._keys.delayed)
-                pipe.zcard(self._keys.dead)
-                pipe.zcount(self._keys.workers, seen_since, "+inf")
-                (queued, running), scheduled, dead, workers = await pipe.execute()
-        return QueueStatistics(
-            queued=max(0, int(queued or 0)),
-            running=max(0, int(running or 0)),
-            scheduled=int(scheduled),
-            dead=int(dead),
-            workers=int(workers),
-        )
+                for keys in self._keys:
+                    pipe.hmget(keys.counters, ["queued", "running"])
+                    pipe.zcard(keys.delayed)
+                    pipe.zcard(keys.dead)
+                pipe.zcount(self._keys[0].workers, seen_since, "+inf")
+                *per_shard, workers = await pipe.execute()
+        for n in range(0, len(per_shard), 3):
+            (shard_queued, shard_running), shard_scheduled, shard_dead = per_shard[n : n + 3]
+            queued += max(0, int(shard_queued or 0))
+            running += max(0, int(shard_running or 0))
+            scheduled += int(shard_scheduled)
+            dead += int(shard_dead)
+        return QueueStatistics(queued=queued, running=running, scheduled=scheduled, dead=dead, workers=int(workers))
+
+
+_RECORD_FIELDS = ["data", "attempt", "rev", "cancel"]
 
 
 def _record_from(fields: Sequence[Any]) -> TaskRecord | None:

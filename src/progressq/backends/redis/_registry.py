@@ -1,4 +1,8 @@
-"""The Redis client registry: per-identity seq, history stream and pub/sub delivery."""
+"""The Redis client registry: per-identity seq, history stream and pub/sub delivery.
+
+An identity's seq, history and channel live in its shard (see ``_shards``); a process listens
+to each shard's channels on that shard's pub/sub connection (one for all on a single Redis).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ from collections.abc import Sequence
 
 import anyio
 import anyio.abc
-from redis.asyncio import Redis
 
 from progressq._logonce import fingerprint
 from progressq.backends.redis._calls import _Calls
-from progressq.backends.redis._common import _EVENT_KINDS, _Keys, _text, _unavailable
+from progressq.backends.redis._common import _EVENT_KINDS, _Client, _Keys, _text, _unavailable
 from progressq.backends.redis._pubsub import _PubSub, _Subscription
+from progressq.backends.redis._shards import _Shards
 from progressq.contracts import (
     Event,
     EventSink,
@@ -28,16 +32,17 @@ logger = logging.getLogger("progressq.redis")
 class _Identity(_Subscription):
     """The live state of one identity attached in this process."""
 
-    def __init__(self, registry: RedisClientRegistry, identity: str) -> None:
+    def __init__(self, registry: RedisClientRegistry, identity: str, shard: int) -> None:
         self.registry = registry
         self.identity = identity
+        self.shard = shard
         self.sinks: set[EventSink] = set()
         self.last: int | None = None  # last seq delivered to the sinks
         self.losses = 0  # the registry's count of data losses when ``last`` was read
         self.ready = anyio.Event()
 
     async def confirmed(self) -> None:
-        losses = await self.registry.data_losses()
+        losses = await self.registry.data_losses(self.shard)
         if self.last is None:
             self.losses = losses
             self.last = await self.registry.current_seq(self.identity)
@@ -104,24 +109,23 @@ class RedisClientRegistry:
 
     def __init__(
         self,
-        client: Redis,
-        calls: _Calls,
-        keys: _Keys,
-        pubsub: _PubSub,
+        client: _Client,
+        calls: Sequence[_Calls],
+        shards: _Shards,
+        pubsubs: Sequence[_PubSub],
         *,
         attach_timeout: float,
     ) -> None:
         self._client = client
-        self._calls = calls
-        self._keys = keys
-        self._pubsub = pubsub
+        self._calls = calls  # per shard
+        self._shards = shards
+        self._keys: Sequence[_Keys] = shards.keys
+        self._pubsubs = pubsubs  # per shard
         self._attach_timeout = attach_timeout
         self._identities: dict[str, _Identity] = {}
-        # Data loss (Redis restarted without persistence) is told by a marker key: each
-        # process remembers the marker it saw and checks it again after every reconnect.
-        self._marker: str | None = None
-        self._marker_checked = -1  # the pub/sub connection it was checked on
-        self._losses = 0
+        # Data loss (Redis restarted without persistence) is told by a marker key per shard:
+        # each process remembers the marker it saw and checks it again after every reconnect.
+        self._markers: dict[int, _Marker] = {}
 
     async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
         """Number, store and publish one event.
@@ -129,24 +133,27 @@ class RedisClientRegistry:
         Returns the event; its ``seq`` is 0 when it was dropped because its task has
         moved on (a newer revision is stored, or this one was already published).
         """
+        call = self._calls[self._shards.of_owner(identity)].publish(identity, kind, task_id, revision, task_json)
         with _unavailable("publish"):
-            seq = await self._calls.run(self._calls.publish(identity, kind, task_id, revision, task_json))
+            seq = await call.run()
         return Event(int(seq), kind, task_id, revision, task_json)
 
     async def attach(self, identity: str, sink: EventSink) -> None:
         state = self._identities.get(identity)
         created = state is None
         if state is None:
-            state = self._identities[identity] = _Identity(self, identity)
+            shard = self._shards.of_owner(identity)
+            state = self._identities[identity] = _Identity(self, identity, shard)
+        pubsub = self._pubsubs[state.shard]
         state.sinks.add(sink)
         try:
             if created:
-                await self._pubsub.subscribe(self._keys.channel(identity), state)
+                await pubsub.subscribe(self._keys[state.shard].channel(identity), state)
             with anyio.fail_after(self._attach_timeout):
                 # While the pub/sub connection is down, say so at once rather than after
                 # the whole timeout (a client of a server whose Redis is gone must hear it).
                 while not state.ready.is_set():
-                    if self._pubsub.broken:
+                    if pubsub.broken:
                         raise BackendUnavailable("Redis is unavailable (pub/sub connection lost)")
                     with anyio.move_on_after(0.1):
                         await state.ready.wait()
@@ -165,35 +172,42 @@ class RedisClientRegistry:
         state.sinks.discard(sink)
         if not state.sinks:
             del self._identities[identity]
-            await self._pubsub.unsubscribe(self._keys.channel(identity))
+            await self._pubsubs[state.shard].unsubscribe(self._keys[state.shard].channel(identity))
 
-    async def data_losses(self) -> int:
-        """How many times this process has seen Redis come back without its data."""
-        if self._marker_checked == self._pubsub.connections:
-            return self._losses
+    async def data_losses(self, shard: int) -> int:
+        """How many times this process has seen the shard's Redis come back without its data."""
+        pubsub = self._pubsubs[shard]
+        state = self._markers.setdefault(shard, _Marker())
+        if state.checked == pubsub.connections:
+            return state.losses
+        key = self._keys[shard].marker
         with _unavailable("data_losses"):
-            marker = await self._client.get(self._keys.marker)
+            marker = await self._client.get(key)
             if marker is None:
-                await self._client.set(self._keys.marker, secrets.token_hex(8), nx=True)
-                marker = await self._client.get(self._keys.marker)
+                await self._client.set(key, secrets.token_hex(8), nx=True)
+                marker = await self._client.get(key)
         marker = None if marker is None else _text(marker)
-        if self._marker is not None and marker != self._marker:
-            self._losses += 1
+        if state.marker is not None and marker != state.marker:
+            state.losses += 1
             logger.warning("Redis lost its data (restarted without persistence?): connected clients resync")
-        self._marker = marker
-        self._marker_checked = self._pubsub.connections
-        return self._losses
+        state.marker = marker
+        state.checked = pubsub.connections
+        return state.losses
 
     async def current_seq(self, identity: str) -> int:
         with _unavailable("current_seq"):
-            value = await self._client.get(self._keys.seq(identity))
+            value = await self._client.get(self._keys[self._shards.of_owner(identity)].seq(identity))
         return int(value or 0)
 
     async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
+        keys = self._keys[self._shards.of_owner(identity)]
         with _unavailable("events_after"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.get(self._keys.seq(identity))
-                pipe.xrange(self._keys.history(identity), min=f"{seq + 1}-0", max="+")
+            # Not a transaction (Redis Cluster's client has none): the seq is read first, so
+            # the history read after it holds at least every event up to that seq, and those
+            # after it are left out below.
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(keys.seq(identity))
+                pipe.xrange(keys.history(identity), min=f"{seq + 1}-0", max="+")
                 current_raw, entries = await pipe.execute()
         current = int(current_raw or 0)
         if seq > current:
@@ -209,6 +223,17 @@ class RedisClientRegistry:
     def statistics(self) -> RegistryStatistics:
         connections = sum(len(state.sinks) for state in self._identities.values())
         return RegistryStatistics(connections=connections, clients=len(self._identities))
+
+
+class _Marker:
+    """What this process knows of one shard's data-loss marker."""
+
+    __slots__ = ("checked", "losses", "marker")
+
+    def __init__(self) -> None:
+        self.marker: str | None = None
+        self.checked = -1  # the pub/sub connection it was checked on
+        self.losses = 0
 
 
 def _event_from(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:

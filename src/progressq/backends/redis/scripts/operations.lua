@@ -7,6 +7,10 @@
 -- An operation that combines others passes them the same named keys and arguments: each
 -- argument is named after what it is, so that the parts agree (one `revision`, one `task_id`).
 -- Nothing is sliced by position. Each call runs atomically, as one script.
+-- Every call names the keys of one shard (one hash tag on Redis Cluster: one slot), and the keys
+-- an operation names from what it reads (`take`) are of that shard too.
+-- Publishing uses the optional argument publish_command: SPUBLISH on Redis Cluster (sharded
+-- pub/sub), else PUBLISH.
 
 -- The id of the owner's unfinished task with the new task's unique key, or nil.
 -- keys: unique (the owner's unique keys: a hash, key -> the id of its unfinished task)
@@ -31,6 +35,44 @@ local function free_key(k, a)
   local unique = redis.call('HMGET', k.task, 'uniq', 'ukey')
   if unique[1] and redis.call('HGET', unique[1], unique[2]) == a.task_id then
     redis.call('HDEL', unique[1], unique[2])
+  end
+end
+
+-- An owner went to the back of the ring. With several shards (`stamps` passed), note when, in
+-- microseconds of this Redis's clock: workers compare the owners at the front of each shard's
+-- ring by it, so that turns go round the owners of every shard (see `due`).
+-- keys: stamps (may be absent: one shard)
+local function stamp(k, owner)
+  if k.stamps then
+    local now = redis.call('TIME')
+    redis.call('HSET', k.stamps, owner, now[1] .. string.format('%06d', tonumber(now[2])))
+  end
+end
+
+-- An owner left the ring.
+local function unstamp(k, owner)
+  if k.stamps then
+    redis.call('HDEL', k.stamps, owner)
+  end
+end
+
+-- Delayed tasks (a retry's backoff, a scheduled task) whose time has come go to their owners'
+-- lines, by whichever worker's call gets there first: each exactly once (the call is atomic).
+-- keys: delayed, ring, stamps (may be absent)
+-- args: task_prefix, waiting_prefix
+local function promote(k, a)
+  local now = redis.call('TIME')
+  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf',
+    tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), 'LIMIT', 0, 100)
+  for _, task in ipairs(due) do
+    redis.call('ZREM', k.delayed, task)
+    local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
+    if h[1] == 'queued' then  -- else cancelled (or gone) meanwhile
+      if redis.call('RPUSH', a.waiting_prefix .. h[2], task) == 1 then
+        redis.call('RPUSH', k.ring, h[2])
+        stamp(k, h[2])
+      end
+    end
   end
 end
 
@@ -68,7 +110,7 @@ local function save(k, a)
     end
   elseif h[3] == '1' and a.status == 'running' then
     -- cancel was asked before this attempt started: tell its worker again
-    redis.call('PUBLISH', a.cancel_channel, a.task_id)
+    redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
   end
   return 1
 end
@@ -97,7 +139,7 @@ local function publish(k, a)
     'k', a.kind, 't', a.task_id, 'r', a.revision, 'j', a.view)
   redis.call('EXPIRE', k.seq, a.ttl)
   redis.call('EXPIRE', k.history, a.ttl)
-  redis.call('PUBLISH', a.channel, seq .. ':' .. a.revision .. ':' .. a.kind .. ':' .. #a.task_id .. ':' .. a.task_id .. a.view)
+  redis.call(a.publish_command or 'PUBLISH', a.channel, seq .. ':' .. a.revision .. ':' .. a.kind .. ':' .. #a.task_id .. ':' .. a.task_id .. a.view)
   return seq
 end
 
@@ -135,6 +177,7 @@ local function enqueue(k, a)
   end
   if redis.call('RPUSH', k.waiting, a.task_id) == 1 then
     redis.call('RPUSH', k.ring, a.owner)  -- its first waiting task: the owner joins the ring
+    stamp(k, a.owner)
   end
   -- one waiting worker wakes up per task (a few tokens kept for workers not yet waiting)
   redis.call('LPUSH', k.wake, 1)
@@ -267,6 +310,7 @@ function operations.release(k, a)
   end
   if redis.call('LPUSH', k.waiting, a.task_id) == 1 then
     redis.call('RPUSH', k.ring, a.owner)
+    stamp(k, a.owner)
   end
   redis.call('LPUSH', k.wake, 1)
   redis.call('LTRIM', k.wake, 0, 63)
@@ -320,7 +364,7 @@ function operations.cancel(k, a)
   end
   if h[2] == 'leased' then
     redis.call('HSET', k.task, 'cancel', 1)
-    redis.call('PUBLISH', a.cancel_channel, a.task_id)
+    redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
     return 2
   end
   if h[3] ~= a.expected_revision then
@@ -335,6 +379,7 @@ function operations.cancel(k, a)
   end
   if redis.call('LREM', k.waiting, 1, a.task_id) == 1 and redis.call('LLEN', k.waiting) == 0 then
     redis.call('LREM', k.ring, 0, a.owner)
+    unstamp(k, a.owner)
   end
   free_key(k, a)
   redis.call('ZREM', k.delayed, a.task_id)
@@ -365,12 +410,11 @@ end
 -- then keeps its lease (heartbeat, takeover).
 --
 -- A task's keys are its id or owner after a prefix (task_prefix, waiting_prefix), only known
--- once it is read: this operation names keys it was not passed, which a single Redis allows
--- (the backend does not support Redis Cluster).
--- Delayed tasks (a retry's backoff) whose time has come are first put in their owners' lines,
--- by whichever worker's take gets there first: each exactly once (the call is atomic).
+-- once it is read: this operation names keys it was not passed. Redis Cluster allows that for
+-- keys of the slot of those passed, which they are: a shard's keys all carry its hash tag.
+-- Delayed tasks whose time has come are first put in their owners' lines (`promote`).
 --
--- keys: stream, counters, ring, running, delayed
+-- keys: stream, counters, ring, running, delayed, stamps (with several shards)
 -- args: group, consumer, count, task_prefix, waiting_prefix, cap (most running tasks per owner;
 --       '0': no limit)
 -- Returns {entry id, claim's answer} per task taken, in order (none: nothing could be).
@@ -401,18 +445,7 @@ function operations.take(k, a)
     end
   end
 
-  local now = redis.call('TIME')
-  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf',
-    tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), 'LIMIT', 0, 100)
-  for _, task in ipairs(due) do
-    redis.call('ZREM', k.delayed, task)
-    local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
-    if h[1] == 'queued' then  -- else cancelled (or gone) meanwhile
-      if redis.call('RPUSH', a.waiting_prefix .. h[2], task) == 1 then
-        redis.call('RPUSH', k.ring, h[2])
-      end
-    end
-  end
+  promote(k, a)
 
   local owners = redis.call('LLEN', k.ring)
   if owners == 0 and redis.call('EXISTS', k.stream) == 0 then
@@ -430,6 +463,7 @@ function operations.take(k, a)
   local added = {}  -- tasks taken per owner by this call, not yet counted as running
   while taken < limit and owners > 0 and passed < owners do
     local owner = redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
+    stamp(k, owner)
     if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (added[owner] or 0) >= cap then
       passed = passed + 1
     else
@@ -437,6 +471,7 @@ function operations.take(k, a)
       local task = redis.call('LPOP', waiting)
       if redis.call('LLEN', waiting) == 0 then
         redis.call('RPOP', k.ring)  -- no task of its own left waiting: out of the ring
+        unstamp(k, owner)
         owners = owners - 1
       end
       if task then
@@ -454,6 +489,42 @@ function operations.take(k, a)
     deliver(taken)
   end
   return answers
+end
+
+-- The owners a `take` of this shard would serve now, in its turn order (at most `count`): each
+-- with when it went to the back of the ring (its stamp) and how many tasks it could take now
+-- (waiting, and below its cap). With several shards, workers ask every shard and take from
+-- those whose owners' stamps are oldest: turns go round the owners of every shard as they go
+-- round one ring. Delayed tasks whose time has come are put in line first (`promote`).
+-- keys: ring, running, delayed, stamps
+-- args: task_prefix, waiting_prefix, cap ('0': none), count
+-- Returns {owner, stamp, turns} per owner, in turn order.
+function operations.due(k, a)
+  promote(k, a)
+  local cap = tonumber(a.cap)
+  local count = tonumber(a.count)
+  local found = {}
+  local start = 0
+  while #found < count do
+    local owners = redis.call('LRANGE', k.ring, start, start + 99)
+    if #owners == 0 then
+      break
+    end
+    for _, owner in ipairs(owners) do
+      local turns = redis.call('LLEN', a.waiting_prefix .. owner)
+      if cap > 0 then
+        turns = math.min(turns, cap - tonumber(redis.call('HGET', k.running, owner) or '0'))
+      end
+      if turns > 0 then
+        found[#found + 1] = {owner, redis.call('HGET', k.stamps, owner) or '0', math.min(turns, count)}
+        if #found >= count then
+          break
+        end
+      end
+    end
+    start = start + 100
+  end
+  return found
 end
 
 -- Remove consumers of the workers' group that hold no entry: this process's own (when it

@@ -1,0 +1,96 @@
+"""Redis Cluster: its client from a URL, and sharded pub/sub on the master of a slot.
+
+A shard's channels all carry its hash tag: they are in one slot, served by one master, and a
+message published there with ``SPUBLISH`` stays on that master and its replicas (a classic
+``PUBLISH`` would cross the whole cluster). redis-py's asyncio cluster client has no pub/sub
+at all in the lowest redis-py the ``redis`` extra allows (5.0.1); so each shard's pub/sub is
+a plain connection to the master of its slot, found through the cluster client. When that
+connection is lost (the master failed), when Redis unsubscribes the channels (their slot
+moved) or when it refuses them (``MOVED``), the connection is made again to whichever master
+serves the slot then, and every channel is subscribed again (``_pubsub`` then fills what was
+missed from the history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import ConnectionPool
+
+from progressq.backends.redis._pubsub import _aclose, _Source
+from progressq.errors import ConfigurationError
+
+__all__ = ("CLUSTER_SCHEMES", "_SlotSource", "cluster_client", "is_cluster_url")
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def cluster_client(url: str, **options: Any) -> RedisCluster:
+    """A cluster client for ``redis+cluster://[user:password@]host:port[,host:port...]``
+    (``rediss+cluster://`` for TLS): each listed node is a startup node, so that the client
+    finds the cluster while one of them is down. ``options``: ``RedisCluster``'s arguments."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.removesuffix("+cluster")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for written in hosts.split(","):
+        host, colon, port = written.strip().rpartition(":")
+        if not colon or not port.isdigit() or not host:
+            raise ConfigurationError(f"a Redis Cluster URL lists host:port pairs, not {written!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigurationError("Redis Cluster has one database: no /DB in its URL")
+    first = urlunsplit((scheme, f"{userinfo}{at}{hosts.split(',')[0].strip()}", "", parts.query, ""))
+    others = [ClusterNode(host, port) for host, port in nodes[1:]]
+    try:
+        return RedisCluster.from_url(first, startup_nodes=others, **options)
+    except ValueError as exc:
+        raise ConfigurationError(f"not a Redis Cluster URL ({exc})") from exc
+
+
+class _SlotSource(_Source):
+    """Sharded pub/sub on the master that serves one slot (named by a key in it)."""
+
+    sharded = True
+    subscribed_kind = "ssubscribe"
+    message_kind = "smessage"
+    unsubscribed_kind = "sunsubscribe"
+    # redis-py's health check would read a subscribed connection's PING answer as a reply to
+    # a (S)SUBSCRIBE it sends meanwhile: it is off, and the connection is pinged here instead
+    ping_every: float | None = 5.0
+
+    def __init__(self, client: RedisCluster, slot_key: str) -> None:
+        super().__init__()
+        self._cluster = client
+        self._slot_key = slot_key
+
+    async def open(self) -> PubSub:
+        # A read of a key in the slot goes where the client thinks the slot is; after a
+        # failover or a move that fails or is redirected, and the client learns the new map.
+        await self._cluster.exists(self._slot_key)
+        node = self._cluster.get_node_from_key(self._slot_key)
+        if node is None:  # pragma: no cover - a master is asked for, and a covered slot has one
+            raise ConfigurationError(f"no master serves the slot of {self._slot_key!r}")
+        kwargs = {**node.connection_kwargs, "health_check_interval": 0}
+        pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
+        return PubSub(pool)
+
+    async def subscribe(self, pubsub: PubSub, channels: Sequence[bytes]) -> None:
+        await pubsub.execute_command("SSUBSCRIBE", *channels)
+
+    async def unsubscribe(self, pubsub: PubSub, channels: Sequence[bytes]) -> None:
+        await pubsub.execute_command("SUNSUBSCRIBE", *channels)
+
+    async def close(self, pubsub: PubSub) -> None:
+        try:
+            await _aclose(pubsub)
+        finally:
+            await pubsub.connection_pool.disconnect()
