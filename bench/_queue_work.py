@@ -1,7 +1,9 @@
 """What every system of the queue scenario shares: the task, its tally, the enqueue lanes.
 
 Every task carries its index; the handler ticks it in the tally, which fires ``done`` when
-every index has run, counts repeats, and refuses a round in which any task ran twice or never.
+every index has run and counts the runs beyond each task's first. A task that never runs fails
+the round (it times out); one that runs twice is counted and reported beside the rate, since
+an at-least-once queue may do that and still be measured.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class Tally:
             self.done.set()
 
     def check(self) -> None:
-        """Every task ran exactly once, or the round is refused."""
-        if self.count != self.target or self.repeats:
-            raise AssertionError(f"{self.count} of {self.target} tasks ran, {self.repeats} of them more than once")
+        """Every task ran, or the round is refused."""
+        if self.count != self.target:
+            raise AssertionError(f"{self.count} of {self.target} tasks ran")
 
 
 TALLY = Tally(0)
@@ -90,12 +92,18 @@ async def quietly(*steps: Awaitable[Any]) -> None:
 
 
 async def finish(start: float, enqueue_s: float, limit_s: float) -> dict[str, float]:
-    """Wait for the last task; the round's timings, once the tally says each ran once."""
+    """Wait for the last task; the round's timings, and how many runs were repeats."""
     await asyncio.wait_for(TALLY.done.wait(), limit_s)
     TALLY.check()
     total = TALLY.last - start
     cpu_us = (TALLY.cpu_last - TALLY.cpu_start) / TALLY.target * 1e6
-    return {"enqueue_s": enqueue_s, "total_s": total, "tasks_per_s": TALLY.target / total, "cpu_us_per_task": cpu_us}
+    return {
+        "enqueue_s": enqueue_s,
+        "total_s": total,
+        "tasks_per_s": TALLY.target / total,
+        "cpu_us_per_task": cpu_us,
+        "repeats": TALLY.repeats,
+    }
 
 
 async def await_statuses(url: str, query: str, expected: dict[str, int], limit_s: float = 60.0) -> None:

@@ -7,8 +7,9 @@ task's handler. No-op tasks and tasks that sleep 25 ms. Per backend: progressq's
 backend; on Redis progressq, SAQ, streaQ, arq and taskiq, and a bare Redis Streams loop
 (pipelined XADD, XREADGROUP, XACK) as the limit; on PostgreSQL progressq and SAQ.
 
-Every task carries its index and every round checks that each ran exactly once; on PostgreSQL
-also that the system's own table records every task as complete. The PostgreSQL systems run
+Every task carries its index and every round checks that each ran exactly once (a task that
+never ran fails the round; repeats are counted and shown in the table); on PostgreSQL also
+that the system's own table records every task as complete. The PostgreSQL systems run
 in a database of their own (created afresh for each round, dropped at the end).
 """
 
@@ -188,14 +189,17 @@ def measure(label: str, n: int, sleep: float, systems: list[str], rounds: int, l
     """Every system's rounds of one workload, its table and its ratios."""
     per_system: dict[str, list[float]] = {s: [] for s in systems}
     cpu: dict[str, list[float]] = {s: [] for s in systems}
+    repeats: dict[str, list[int]] = {s: [] for s in systems}
     for round_index in range(rounds):
         for system in systems:
             outcome = one_round(system, n, sleep, limit_s)
             per_system[system].append(outcome["tasks_per_s"] if outcome else float("nan"))
             cpu[system].append(outcome["cpu_us_per_task"] if outcome else float("nan"))
+            repeats[system].append(int(outcome["repeats"]) if outcome else 0)
             print(
                 f"  [{label}] round {round_index + 1}: {system:18} {fmt(per_system[system][-1])} tasks/s, "
-                f"{fmt(cpu[system][-1])} us CPU a task",
+                f"{fmt(cpu[system][-1])} us CPU a task"
+                + (f", {repeats[system][-1]} tasks ran twice or more" if repeats[system][-1] else ""),
                 flush=True,
             )
     medians = {s: median([v for v in vs if v == v]) for s, vs in per_system.items()}
@@ -211,12 +215,13 @@ def measure(label: str, n: int, sleep: float, systems: list[str], rounds: int, l
                 fmt(m),
                 f"{spread([v for v in per_system[system] if v == v]) * 100:.0f}%",
                 fmt(cpu_medians[system]),
+                str(sum(repeats[system])),
                 fmt(pq / m, 2) if m == m and m else "-",
             ]
         )
     table(
         f"Queue throughput, {label}: {n} tasks, concurrency {CONCURRENCY} (tasks/s, median of {rounds})",
-        ["system", "backend", "tasks/s", "spread", "CPU us/task", "progressq on this backend / this"],
+        ["system", "backend", "tasks/s", "spread", "CPU us/task", "repeats", "progressq on this backend / this"],
         rows,
     )
     ratios = compare(label, medians)
@@ -225,6 +230,7 @@ def measure(label: str, n: int, sleep: float, systems: list[str], rounds: int, l
         "sleep_s": sleep,
         "rounds": per_system,
         "cpu_us_per_task": cpu,
+        "repeats": repeats,
         "median_tasks_per_s": medians,
         "median_cpu_us_per_task": cpu_medians,
         "progressq_vs_best_peer": ratios,
