@@ -41,7 +41,8 @@ def bars(ax: Any, values: dict[str, float], title: str, unit: str, *, log: bool 
     ax.set_xlabel(unit)
     for i, v in enumerate(numbers):
         if v == v:
-            ax.text(v, i, f" {v:,.0f}" if v >= 100 else f" {v:.2f}", va="center", fontsize=8)
+            label = f" {v:,.0f}" if v >= 100 else f" {v:.1f}" if v >= 10 else f" {v:.2f}"
+            ax.text(v, i, label, va="center", fontsize=8)
 
 
 def load(name: str) -> dict[str, Any] | None:
