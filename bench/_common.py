@@ -23,10 +23,17 @@ REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "14"))
 SECRET = "bench-secret-0123456789abcdef0123"
+# The PostgreSQL server (trust auth) and the database the benchmarks make, empty and drop.
+POSTGRES_SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
+POSTGRES_DB = "progressq_bench"
 
 
 def redis_url(db: int = REDIS_DB) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def postgres_url() -> str:
+    return f"{POSTGRES_SERVER}/{POSTGRES_DB}"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -169,3 +176,21 @@ def flush_bench_db(db: int = REDIS_DB) -> None:
         client.flushdb()
     finally:
         client.close()
+
+
+def _postgres_admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def fresh_postgres_db() -> None:
+    """An empty benchmark database: dropped (its connections ended) if it exists, created again."""
+    drop_postgres_db()
+    _postgres_admin(f'CREATE DATABASE "{POSTGRES_DB}"')
+
+
+def drop_postgres_db() -> None:
+    """Drop the benchmark's own PostgreSQL database (never any other), if it exists."""
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{POSTGRES_DB}" WITH (FORCE)')

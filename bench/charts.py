@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,24 @@ def colour(name: str) -> str:
     return LIMIT if name in ("raw", "redis-streams") else OTHER
 
 
-def bars(ax: Any, values: dict[str, float], title: str, unit: str) -> None:
+def bars(ax: Any, values: dict[str, float], title: str, unit: str, *, log: bool = False) -> None:
+    """One horizontal bar per system, its value written beside it; ``log`` for values that
+    span orders of magnitude (the backends of one scenario)."""
     names = list(values)
     numbers = [values[n] for n in names]
     ax.barh(names, numbers, color=[colour(n) for n in names])
+    if log:
+        ax.set_xscale("log")
+        shown = [v for v in numbers if v == v and v > 0]
+        if shown:  # bars start at the power of ten below the smallest, not at an arbitrary edge
+            ax.set_xlim(left=10 ** math.floor(math.log10(min(shown))))
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(unit)
     for i, v in enumerate(numbers):
         if v == v:
-            ax.text(v, i, f" {v:,.0f}" if v >= 100 else f" {v:.2f}", va="center", fontsize=8)
+            label = f" {v:,.0f}" if v >= 100 else f" {v:.1f}" if v >= 10 else f" {v:.2f}"
+            ax.text(v, i, label, va="center", fontsize=8)
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -49,15 +58,18 @@ def main() -> None:
     written = []
     if data := load("queue_throughput"):
         workloads = data["workloads"]
-        fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 3.2))
+        systems = max(len(w["median_tasks_per_s"]) for w in workloads.values())
+        fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 1.0 + 0.32 * systems))
         for ax, (label, w) in zip(axes if len(workloads) > 1 else [axes], workloads.items(), strict=True):
-            bars(ax, w["median_tasks_per_s"], f"{label}: {w['n']:,} tasks", "tasks/s (higher is better)")
+            unit = "tasks/s, log scale (higher is better)"
+            bars(ax, w["median_tasks_per_s"], f"{label}: {w['n']:,} tasks", unit, log=True)
         fig.tight_layout()
         fig.savefig(out / "bench-queue-throughput.png", dpi=110)
         written.append("bench-queue-throughput.png")
     if data := load("fanout"):
-        fig, ax = plt.subplots(figsize=(6.5, 2.8))
-        bars(ax, data["median_deliveries_per_s"], f"Progress fan-out, {data['users']} clients", "deliveries/s")
+        fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.32 * len(data["median_deliveries_per_s"])))
+        title = f"Progress fan-out, {data['users']} clients"
+        bars(ax, data["median_deliveries_per_s"], title, "deliveries/s, log scale", log=True)
         fig.tight_layout()
         fig.savefig(out / "bench-fanout.png", dpi=110)
         written.append("bench-fanout.png")

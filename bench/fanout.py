@@ -3,21 +3,31 @@
 Each user has one connection and one producer that sends progress as fast as it can
 (progressq: a task calling ``ctx.report()`` in a loop, ``progress_interval=0`` so no report is
 coalesced away at the source; the peers: a coroutine publishing to the user's room or channel;
-raw ASGI: pre-encoded bytes sent straight to the socket). The server runs in its own process
-(uvicorn, one worker, compression off), the clients in this one. Counted: progress messages
-received by all clients per second, after a warm-up; and the server's CPU time per delivery.
+raw ASGI: pre-encoded bytes sent straight to the socket). progressq runs on each backend:
+memory, Redis (the shared server, database 14 emptied after each round) and PostgreSQL (a
+database of its own, created afresh for each round and dropped at the end); the peers keep
+their rooms and channels in memory. The server runs in its own process (uvicorn, one worker,
+compression off), the clients in this one. Counted: progress messages received by all clients
+per second, after a warm-up; the server's CPU time per delivery, and on PostgreSQL the
+database's too (its server processes serving the benchmark's database).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 from _clients import reading_clients, start_load
 from _common import (
+    POSTGRES_DB,
+    POSTGRES_SERVER,
     cpu_seconds,
+    drop_postgres_db,
+    flush_bench_db,
     fmt,
+    fresh_postgres_db,
     median,
     parser,
     raise_file_limit,
@@ -28,33 +38,68 @@ from _common import (
     write_results,
 )
 
-SYSTEMS = ("progressq", "socketio", "litestar", "raw")
+# Each system and where it keeps what it delivers; the table lists them in this order.
+BACKEND = {
+    "progressq-memory": "memory",
+    "progressq-redis": "redis",
+    "progressq-postgres": "postgres",
+    "socketio": "memory",
+    "litestar": "memory",
+    "raw": "-",
+}
+SYSTEMS = tuple(BACKEND)
 PEERS = ("socketio", "litestar")
 WARMUP = 1.0  # seconds before measuring (0.5 with --quick)
+
+
+def database_cpu(system: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL server process serving the benchmark's database
+    (none for the other systems)."""
+    if BACKEND[system] != "postgres":
+        return {}
+    import psycopg
+
+    with psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (POSTGRES_DB,)).fetchall()
+    seconds = {}
+    for (pid,) in rows:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            seconds[int(pid)] = cpu_seconds(int(pid))
+    return seconds
 
 
 async def measure(system: str, port: int, pid: int, users: int, seconds: float) -> dict[str, float]:
     async with reading_clients(system, port, [f"u{i}" for i in range(users)]) as tally:
         await start_load(port, users=users, seconds=seconds + WARMUP + 0.5, rate=0)
         await asyncio.sleep(WARMUP)
-        count0, cpu0, t0 = tally.deliveries, cpu_seconds(pid), time.perf_counter()
+        count0, cpu0, db0, t0 = tally.deliveries, cpu_seconds(pid), database_cpu(system), time.perf_counter()
         await asyncio.sleep(seconds)
-        count1, cpu1, t1 = tally.deliveries, cpu_seconds(pid), time.perf_counter()
+        count1, cpu1, db1, t1 = tally.deliveries, cpu_seconds(pid), database_cpu(system), time.perf_counter()
         await asyncio.sleep(0.5)  # the producers end: closing 200+ sockets under a flood is slow
     delivered = count1 - count0
+    # The database's processes alive at both readings (the pool keeps its connections open).
+    db_cpu = sum(db1[p] - db0[p] for p in db1 if p in db0) if db0 else float("nan")
     return {
         "deliveries_per_s": delivered / (t1 - t0),
         "server_cpu_us_per_delivery": (cpu1 - cpu0) / delivered * 1e6 if delivered else float("nan"),
         "server_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        "database_cpu_us_per_delivery": db_cpu / delivered * 1e6 if delivered else float("nan"),
         "clients": users,
         "closed": tally.closed,
     }
 
 
 def one_round(system: str, users: int, seconds: float) -> dict[str, float]:
-    extra = ["--interval", "0"] if system == "progressq" else []
-    with server(system, *extra) as (process, port):
-        return asyncio.run(measure(system, port, process.pid, users, seconds))
+    progressq = system.startswith("progressq")
+    app = "progressq" if system == "progressq-memory" else system
+    if BACKEND[system] == "postgres":
+        fresh_postgres_db()
+    try:
+        with server(app, *(["--interval", "0"] if progressq else [])) as (process, port):
+            return asyncio.run(measure(system, port, process.pid, users, seconds))
+    finally:
+        if BACKEND[system] == "redis":
+            flush_bench_db()
 
 
 def main() -> None:
@@ -71,39 +116,54 @@ def main() -> None:
     seconds = args.seconds or (1.5 if args.quick else 4.0)
     systems = selected(args.only, SYSTEMS)
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
-    for round_index in range(rounds):
-        for system in systems:
-            outcome = one_round(system, users, seconds)
-            runs[system].append(outcome)
-            print(
-                f"  round {round_index + 1}: {system:10} {fmt(outcome['deliveries_per_s'])} deliveries/s, "
-                f"server {fmt(outcome['server_cpu_us_per_delivery'])} us CPU each "
-                f"({outcome['server_cpu_share'] * 100:.0f}% of a core), {outcome['closed']} closed",
-                flush=True,
-            )
+    try:
+        for round_index in range(rounds):
+            for system in systems:
+                outcome = one_round(system, users, seconds)
+                runs[system].append(outcome)
+                database = outcome["database_cpu_us_per_delivery"]
+                print(
+                    f"  round {round_index + 1}: {system:18} {fmt(outcome['deliveries_per_s'])} deliveries/s, "
+                    f"server {fmt(outcome['server_cpu_us_per_delivery'])} us CPU each "
+                    f"({outcome['server_cpu_share'] * 100:.0f}% of a core)"
+                    + (f", database {fmt(database)} us" if database == database else "")
+                    + f", {outcome['closed']} closed",
+                    flush=True,
+                )
+    finally:
+        if any(BACKEND[s] == "postgres" for s in systems):
+            drop_postgres_db()
     rate = {s: median([r["deliveries_per_s"] for r in runs[s]]) for s in systems}
     cpu = {s: median([r["server_cpu_us_per_delivery"] for r in runs[s]]) for s in systems}
-    pq = rate.get("progressq", float("nan"))
+    db_cpu = {s: median([r["database_cpu_us_per_delivery"] for r in runs[s]]) for s in systems}
+    pq = rate.get("progressq-memory", float("nan"))
     rows = [
         [
             s,
+            BACKEND[s],
             fmt(rate[s]),
             f"{spread([r['deliveries_per_s'] for r in runs[s]]) * 100:.0f}%",
             fmt(cpu[s]),
+            fmt(db_cpu[s]),
             fmt(pq / rate[s], 2) if rate[s] else "-",
         ]
         for s in systems
     ]
     table(
         f"Progress fan-out: {users} WebSocket clients, {seconds:g} s (median of {rounds})",
-        ["system", "deliveries/s", "spread", "server CPU us/delivery", "progressq / this"],
+        ["system", "backend", "deliveries/s", "spread", "server CPU us/delivery", "database CPU us", "memory / this"],
         rows,
     )
     peers = [rate[s] for s in PEERS if s in rate]
     best = max(peers) if peers else float("nan")
     limit = rate.get("raw", float("nan"))
+    versus = {}
+    for backend in ("memory", "redis", "postgres"):
+        mine = rate.get(f"progressq-{backend}", float("nan"))
+        versus[backend] = mine / best if mine == mine and best == best else None
+        print(f"progressq-{backend} vs best peer (in memory): {fmt(mine / best, 2)}x", flush=True)
     print(
-        f"progressq vs best peer: {fmt(pq / best, 2)}x (target >= 1.5x); "
+        f"progressq-memory vs best peer: {fmt(pq / best, 2)}x (target >= 1.5x); "
         f"vs raw ASGI: {fmt(pq / limit, 2)}x (target >= 0.8x)",
         flush=True,
     )
@@ -111,10 +171,12 @@ def main() -> None:
         "users": users,
         "seconds": seconds,
         "rounds": rounds,
+        "backends": BACKEND,
         "runs": runs,
         "median_deliveries_per_s": rate,
         "median_server_cpu_us_per_delivery": cpu,
-        "progressq_vs_best_peer": pq / best if best == best else None,
+        "median_database_cpu_us_per_delivery": db_cpu,
+        "progressq_vs_best_peer": versus,
         "progressq_vs_limit": pq / limit if limit == limit else None,
     }
     write_results("fanout", results)

@@ -3,97 +3,61 @@
 Each round runs one system in a fresh process: its worker (32 at once) starts, then the
 same process enqueues N tasks (64 enqueues in flight at a time, each library's own call)
 while the worker drains them. Measured: from the first enqueue to the end of the last
-task's handler. No-op tasks and tasks that sleep 25 ms. A bare Redis Streams loop
-(pipelined XADD, XREADGROUP, XACK) is the limit; progressq's memory backend is shown too.
+task's handler. No-op tasks and tasks that sleep 25 ms. Per backend: progressq's memory
+backend; on Redis progressq, SAQ, streaQ, arq and taskiq, and a bare Redis Streams loop
+(pipelined XADD, XREADGROUP, XACK) as the limit; on PostgreSQL progressq and SAQ.
+
+Every task carries its index and every round checks that each ran exactly once (a task that
+never ran fails the round; repeats are counted and shown in the table); on PostgreSQL also
+that the system's own table records every task as complete. The PostgreSQL systems run
+in a database of their own (created afresh for each round, dropped at the end).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+import _queue_work
 from _common import (
     BENCH,
-    REDIS_DB,
     SECRET,
+    drop_postgres_db,
     flush_bench_db,
     fmt,
+    fresh_postgres_db,
     median,
     parser,
+    postgres_url,
     redis_url,
     selected,
     spread,
     table,
     write_results,
 )
+from _queue_peers import CONCURRENCY, run_arq, run_redis_streams, run_saq, run_streaq, run_taskiq
+from _queue_work import await_statuses, begin, enqueue_all, finish
 
-SYSTEMS = ("progressq-redis", "progressq-memory", "saq", "streaq", "arq", "taskiq", "redis-streams")
-PEERS = ("saq", "streaq", "arq", "taskiq")
-CONCURRENCY = 32
-IN_FLIGHT = 64
-
-
-class Tally:
-    """Counts finished handlers; ``done`` fires at ``target``."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.done = asyncio.Event()
-        self.last = 0.0
-
-    def tick(self) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.last = time.perf_counter()
-            self.done.set()
-
-
-TALLY = Tally(0)
-SLEEP = 0.0
-
-
-async def work() -> None:
-    if SLEEP:
-        await asyncio.sleep(SLEEP)
-    TALLY.tick()
-
-
-async def enqueue_all(n: int, enqueue: Callable[[int], Awaitable[Any]]) -> float:
-    """Enqueue ``n`` tasks, ``IN_FLIGHT`` at a time; the seconds it took."""
-    start = time.perf_counter()
-    next_index = 0
-
-    async def lane() -> None:
-        nonlocal next_index
-        while next_index < n:
-            index = next_index
-            next_index += 1
-            await enqueue(index)
-
-    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
-    return time.perf_counter() - start
-
-
-async def quietly(*steps: Awaitable[Any]) -> None:
-    """Tear down after the measurement: a peer's shutdown noise must not lose the result."""
-    for step in steps:
-        with contextlib.suppress(BaseException):
-            await step
-
-
-async def finish(start: float, enqueue_s: float, limit_s: float) -> dict[str, float]:
-    await asyncio.wait_for(TALLY.done.wait(), limit_s)
-    total = TALLY.last - start
-    return {"enqueue_s": enqueue_s, "total_s": total, "tasks_per_s": TALLY.target / total}
+# Each system and the backend it runs on; the table lists them in this order.
+BACKEND = {
+    "progressq-memory": "memory",
+    "progressq-redis": "redis",
+    "saq-redis": "redis",
+    "streaq": "redis",
+    "arq": "redis",
+    "taskiq": "redis",
+    "redis-streams": "redis",
+    "progressq-postgres": "postgres",
+    "saq-postgres": "postgres",
+}
+SYSTEMS = tuple(BACKEND)
+# The peers progressq is compared with on each backend (the bare loop is a limit, not a peer).
+PEERS = {"redis": ("saq-redis", "streaq", "arq", "taskiq"), "postgres": ("saq-postgres",)}
 
 
 # --- the systems ----------------------------------------------------------------------------
@@ -107,6 +71,10 @@ async def run_progressq(n: int, backend_kind: str, tag: str, limit_s: float) -> 
         from progressq.backends.redis import RedisBackend
 
         backend = RedisBackend.from_url(redis_url(), prefix=f"bench-{tag}")
+    elif backend_kind == "postgres":
+        from progressq.backends.postgres import PostgresBackend
+
+        backend = PostgresBackend.from_url(postgres_url())
     else:
         backend = MemoryBackend(capacity=n + 1, retention=n + 1)
     # BENCH_OWNER_LIMIT=0 turns off the per-owner limit on unfinished tasks (default 100),
@@ -117,183 +85,35 @@ async def run_progressq(n: int, backend_kind: str, tag: str, limit_s: float) -> 
 
     @hub.task("work")
     async def _work(ctx: TaskContext) -> None:
-        await work()
+        await _queue_work.work(ctx.payload["i"])
 
     # At most 50 tasks per owner, so that the default per-owner limit (100 unfinished tasks)
     # never refuses one, whatever the load.
     owners = [f"owner-{i}" for i in range(max(100, n // 50))]
     async with hub:
-        start = time.perf_counter()
-        enqueue_s = await enqueue_all(n, lambda i: hub.submit("work", owner=owners[i % len(owners)]))
-        return await finish(start, enqueue_s, limit_s)
-
-
-async def run_saq(n: int, tag: str, limit_s: float) -> dict[str, float]:
-    from saq import Queue, Worker
-
-    async def noop(ctx: Any) -> None:
-        await work()
-
-    queue = Queue.from_url(redis_url(), name=f"bench-{tag}")
-    await queue.connect()
-    worker = Worker(queue, functions=[("work", noop)], concurrency=CONCURRENCY)
-    runner = asyncio.create_task(worker.start())
-    try:
-        start = time.perf_counter()
-        enqueue_s = await enqueue_all(n, lambda i: queue.enqueue("work"))
-        return await finish(start, enqueue_s, limit_s)
-    finally:
-        runner.cancel()
-        await quietly(worker.stop(), runner, queue.disconnect())
-
-
-async def run_streaq(n: int, tag: str, limit_s: float) -> dict[str, float]:
-    from streaq import Worker
-
-    worker = Worker(redis_url=redis_url(), concurrency=CONCURRENCY, queue_name=f"bench-{tag}", handle_signals=False)
-
-    @worker.task
-    async def noop() -> None:
-        await work()
-
-    runner = asyncio.create_task(worker.run_async())  # enters the worker; enqueue through it
-    try:
-        await asyncio.sleep(0.3)
-
-        async def enqueue(i: int) -> None:
-            await noop.enqueue()
-
-        start = time.perf_counter()
-        enqueue_s = await enqueue_all(n, enqueue)
-        return await finish(start, enqueue_s, limit_s)
-    finally:
-        runner.cancel()
-        await quietly(runner)
-
-
-async def run_arq(n: int, tag: str, limit_s: float) -> dict[str, float]:
-    from arq import create_pool
-    from arq.connections import RedisSettings
-    from arq.worker import Worker, func
-
-    async def noop(ctx: Any) -> None:
-        await work()
-
-    queue_name = f"bench-{tag}"
-    pool = await create_pool(RedisSettings(host="127.0.0.1", port=6379, database=REDIS_DB))
-    # arq polls; its default poll delay (0.5 s) would measure the delay, not the queue.
-    worker = Worker(
-        functions=[func(noop, name="work")],
-        redis_pool=pool,
-        queue_name=queue_name,
-        max_jobs=CONCURRENCY,
-        handle_signals=False,
-        poll_delay=0.002,
-        keep_result=0,
-    )
-    runner = asyncio.create_task(worker.main())
-    try:
-        start = time.perf_counter()
-        enqueue_s = await enqueue_all(n, lambda i: pool.enqueue_job("work", _queue_name=queue_name))
-        return await finish(start, enqueue_s, limit_s)
-    finally:
-        runner.cancel()
-        await quietly(runner, worker.close())
-
-
-async def run_taskiq(n: int, tag: str, limit_s: float) -> dict[str, float]:
-    from taskiq.receiver import Receiver
-    from taskiq_redis import RedisStreamBroker
-
-    broker = RedisStreamBroker(redis_url(), queue_name=f"bench-{tag}", xread_block=100)
-
-    @broker.task(task_name="work")
-    async def noop() -> None:
-        await work()
-
-    broker.is_worker_process = True
-    await broker.startup()
-    receiver = Receiver(broker, max_async_tasks=CONCURRENCY, run_startup=False)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(receiver.listen(stop))
-    try:
-        await asyncio.sleep(0.2)
-
-        async def enqueue(i: int) -> None:
-            await noop.kiq()
-
-        start = time.perf_counter()
-        enqueue_s = await enqueue_all(n, enqueue)
-        return await finish(start, enqueue_s, limit_s)
-    finally:
-        stop.set()
-        runner.cancel()
-        await quietly(runner, broker.shutdown())
-
-
-async def run_redis_streams(n: int, tag: str, limit_s: float) -> dict[str, float]:
-    """The limit: XADD pipelined by 500, XREADGROUP up to the free slots, XACK batched."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    stream, group = f"bench-{tag}", "g"
-    await client.xgroup_create(stream, group, id="0", mkstream=True)
-    acks: list[bytes] = []
-    running: set[asyncio.Task[None]] = set()
-    freed = asyncio.Event()
-
-    async def run_one(entry: bytes) -> None:
-        await work()
-        acks.append(entry)
-        freed.set()
-
-    async def consume() -> None:
-        while True:
-            free = CONCURRENCY - len(running)
-            if free == 0:
-                freed.clear()
-                await freed.wait()
-                await asyncio.sleep(0)  # let the finished tasks' callbacks leave ``running``
-                continue
-            pipe = client.pipeline(transaction=False)
-            if acks:
-                pipe.xack(stream, group, *acks)
-                acks.clear()
-            pipe.xreadgroup(group, "c", {stream: ">"}, count=free, block=50)
-            answer = (await pipe.execute())[-1]
-            for _name, entries in answer or []:
-                for entry_id, _fields in entries:
-                    task = asyncio.create_task(run_one(entry_id))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-
-    consumer = asyncio.create_task(consume())
-    try:
-        start = time.perf_counter()
-        for first in range(0, n, 500):
-            pipe = client.pipeline(transaction=False)
-            for _ in range(first, min(n, first + 500)):
-                pipe.xadd(stream, {"t": b"work"})
-            await pipe.execute()
-        enqueue_s = time.perf_counter() - start
-        return await finish(start, enqueue_s, limit_s)
-    finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, *running, return_exceptions=True)
-        await client.aclose()
+        start = begin()
+        enqueue_s = await enqueue_all(n, lambda i: hub.submit("work", owner=owners[i % len(owners)], params={"i": i}))
+        result = await finish(start, enqueue_s, limit_s)
+        if backend_kind == "postgres":  # progressq's own record: every task completed
+            query = "SELECT status, count(*) FROM progressq.tasks GROUP BY status"
+            await await_statuses(postgres_url(), query, {"completed": n})
+        return result
 
 
 async def child(system: str, n: int, sleep: float, limit_s: float) -> dict[str, float]:
-    global TALLY, SLEEP
-    TALLY, SLEEP = Tally(n), sleep
+    _queue_work.reset(n, sleep)
     tag = uuid.uuid4().hex[:8]
     match system:
         case "progressq-redis":
             return await run_progressq(n, "redis", tag, limit_s)
         case "progressq-memory":
             return await run_progressq(n, "memory", tag, limit_s)
-        case "saq":
+        case "progressq-postgres":
+            return await run_progressq(n, "postgres", tag, limit_s)
+        case "saq-redis":
             return await run_saq(n, tag, limit_s)
+        case "saq-postgres":
+            return await run_saq(n, tag, limit_s, postgres=True)
         case "streaq":
             return await run_streaq(n, tag, limit_s)
         case "arq":
@@ -308,6 +128,8 @@ async def child(system: str, n: int, sleep: float, limit_s: float) -> dict[str, 
 def one_round(system: str, n: int, sleep: float, limit_s: float) -> dict[str, float] | None:
     command = [sys.executable, str(BENCH / "queue_throughput.py"), "--child", system, "--n", str(n)]
     command += ["--sleep", str(sleep), "--timeout", str(limit_s)]
+    if BACKEND[system] == "postgres":
+        fresh_postgres_db()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit_s + 30, cwd=BENCH.parent)
     except subprocess.TimeoutExpired:
@@ -321,6 +143,21 @@ def one_round(system: str, n: int, sleep: float, limit_s: float) -> dict[str, fl
         return None
     result: dict[str, float] = json.loads(lines[-1])
     return result
+
+
+def compare(label: str, medians: dict[str, float]) -> dict[str, float | None]:
+    """Print and return each backend's progressq against its best peer (and Redis's limit)."""
+    ratios: dict[str, float | None] = {}
+    for backend, peers in PEERS.items():
+        pq = medians.get(f"progressq-{backend}", float("nan"))
+        rates = [medians[s] for s in peers if medians.get(s, float("nan")) == medians.get(s, float("nan"))]
+        ratio = pq / max(rates) if rates and pq == pq else float("nan")
+        ratios[backend] = ratio if ratio == ratio else None
+        print(f"[{label}] progressq-{backend} vs best {backend} peer: {fmt(ratio, 2)}x", flush=True)
+    pq, limit = medians.get("progressq-redis", float("nan")), medians.get("redis-streams", float("nan"))
+    ratios["redis_limit"] = pq / limit if pq == pq and limit == limit else None
+    print(f"[{label}] progressq-redis vs bare Redis Streams: {fmt(pq / limit, 2)}x (target >= 0.7x)", flush=True)
+    return ratios
 
 
 def main() -> None:
@@ -337,54 +174,68 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     workloads = [("no-op", 1_500 if args.quick else 20_000, 0.0), ("sleep 25 ms", 320 if args.quick else 2_000, 0.025)]
     systems = selected(args.only, SYSTEMS)
-    results: dict[str, Any] = {"rounds": rounds, "concurrency": CONCURRENCY, "workloads": {}}
-    texts = []
-    for label, n, sleep in workloads:
-        per_system: dict[str, list[float]] = {}
-        for round_index in range(rounds):
-            for system in systems:
-                outcome = one_round(system, n, sleep, limit_s=60.0 if args.quick else 180.0)
-                rate = outcome["tasks_per_s"] if outcome else float("nan")
-                per_system.setdefault(system, []).append(rate)
-                print(f"  [{label}] round {round_index + 1}: {system:17} {fmt(rate)} tasks/s", flush=True)
-        medians = {s: median([v for v in vs if v == v]) for s, vs in per_system.items()}
-        peers = [medians[s] for s in PEERS if s in medians and medians[s] == medians[s]]
-        best_peer = max(peers) if peers else float("nan")
-        pq = medians.get("progressq-redis", float("nan"))
-        limit = medians.get("redis-streams", float("nan"))
-        rows = []
-        for system in systems:
-            values = [v for v in per_system[system] if v == v]
-            m = medians[system]
-            rows.append(
-                [
-                    system,
-                    fmt(m),
-                    f"{spread(values) * 100:.0f}%",
-                    fmt(pq / m, 2) if m == m and m else "-",
-                ]
-            )
-        texts.append(
-            table(
-                f"Queue throughput, {label}: {n} tasks, concurrency {CONCURRENCY} (tasks/s, median of {rounds})",
-                ["system", "tasks/s", "spread", "progressq-redis / this"],
-                rows,
-            )
-        )
-        print(
-            f"progressq-redis vs best peer: {fmt(pq / best_peer, 2)}x (target >= 1.5x); "
-            f"vs bare Redis Streams: {fmt(pq / limit, 2)}x (target >= 0.7x)",
-            flush=True,
-        )
-        results["workloads"][label] = {
-            "n": n,
-            "sleep_s": sleep,
-            "rounds": per_system,
-            "median_tasks_per_s": medians,
-            "progressq_vs_best_peer": pq / best_peer if best_peer == best_peer else None,
-            "progressq_vs_limit": pq / limit if limit == limit else None,
-        }
+    results: dict[str, Any] = {"rounds": rounds, "concurrency": CONCURRENCY, "backends": BACKEND, "workloads": {}}
+    limit_s = 60.0 if args.quick else 600.0  # PostgreSQL on a busy machine: 20,000 tasks at ~75 a second
+    try:
+        for label, n, sleep in workloads:
+            results["workloads"][label] = measure(label, n, sleep, systems, rounds, limit_s)
+    finally:
+        if any(BACKEND[s] == "postgres" for s in systems):
+            drop_postgres_db()
     write_results("queue_throughput", results)
+
+
+def measure(label: str, n: int, sleep: float, systems: list[str], rounds: int, limit_s: float) -> dict[str, Any]:
+    """Every system's rounds of one workload, its table and its ratios."""
+    per_system: dict[str, list[float]] = {s: [] for s in systems}
+    cpu: dict[str, list[float]] = {s: [] for s in systems}
+    repeats: dict[str, list[int]] = {s: [] for s in systems}
+    for round_index in range(rounds):
+        for system in systems:
+            outcome = one_round(system, n, sleep, limit_s)
+            per_system[system].append(outcome["tasks_per_s"] if outcome else float("nan"))
+            cpu[system].append(outcome["cpu_us_per_task"] if outcome else float("nan"))
+            repeats[system].append(int(outcome["repeats"]) if outcome else 0)
+            print(
+                f"  [{label}] round {round_index + 1}: {system:18} {fmt(per_system[system][-1])} tasks/s, "
+                f"{fmt(cpu[system][-1])} us CPU a task"
+                + (f", {repeats[system][-1]} tasks ran twice or more" if repeats[system][-1] else ""),
+                flush=True,
+            )
+    medians = {s: median([v for v in vs if v == v]) for s, vs in per_system.items()}
+    cpu_medians = {s: median([v for v in vs if v == v]) for s, vs in cpu.items()}
+    rows = []
+    for system in systems:
+        m = medians[system]
+        pq = medians.get(f"progressq-{BACKEND[system]}", float("nan"))
+        rows.append(
+            [
+                system,
+                BACKEND[system],
+                fmt(m),
+                f"{spread([v for v in per_system[system] if v == v]) * 100:.0f}%",
+                fmt(cpu_medians[system]),
+                str(sum(repeats[system])),
+                fmt(pq / m, 2) if m == m and m else "-",
+            ]
+        )
+    table(
+        f"Queue throughput, {label}: {n} tasks, concurrency {CONCURRENCY} (tasks/s, median of {rounds})",
+        ["system", "backend", "tasks/s", "spread", "CPU us/task", "repeats", "progressq on this backend / this"],
+        rows,
+    )
+    ratios = compare(label, medians)
+    return {
+        "n": n,
+        "sleep_s": sleep,
+        "rounds": per_system,
+        "cpu_us_per_task": cpu,
+        "repeats": repeats,
+        "median_tasks_per_s": medians,
+        "median_cpu_us_per_task": cpu_medians,
+        "progressq_vs_best_peer": ratios,
+        "progressq_vs_limit": ratios["redis_limit"],
+    }
 
 
 if __name__ == "__main__":

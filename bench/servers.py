@@ -1,6 +1,9 @@
 """The servers the WebSocket scenarios measure, each run by uvicorn in its own process.
 
-    python bench/servers.py progressq|progressq-redis|socketio|litestar|raw|port --port P [--interval S]
+    python bench/servers.py APP --port P [--interval S]
+
+APP: progressq (memory backend), progressq-redis, progressq-postgres, socketio, litestar, raw
+or port.
 
 Every app serves WebSockets at a path the clients know (see ``_clients.py``), names the
 connection's user from the query string (``?user=u17``), and answers
@@ -24,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import uvicorn
-from _common import SECRET, redis_url
+from _common import SECRET, postgres_url, redis_url
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -113,6 +116,10 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
         from progressq.backends.redis import RedisBackend
 
         backend = RedisBackend.from_url(redis_url(), prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    elif backend_kind == "postgres":
+        from progressq.backends.postgres import PostgresBackend
+
+        backend = PostgresBackend.from_url(postgres_url())  # the benchmark's own database
     else:
         backend = MemoryBackend()
     hub = Hub(backend, secret=SECRET, concurrency=concurrency, progress_interval=interval, shutdown_grace=0.5)
@@ -334,14 +341,15 @@ def port_app() -> ASGIApp:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("app", choices=["progressq", "progressq-redis", "socketio", "litestar", "raw", "port"])
+    apps = ["progressq", "progressq-redis", "progressq-postgres", "socketio", "litestar", "raw", "port"]
+    p.add_argument("app", choices=apps)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--interval", type=float, default=0.05, help="progressq's progress_interval")
     p.add_argument("--concurrency", type=int, default=2000, help="progressq's tasks at once")
     args = p.parse_args()
     app: ASGIApp
     if args.app.startswith("progressq"):
-        kind = "redis" if args.app == "progressq-redis" else "memory"
+        kind = args.app.removeprefix("progressq").removeprefix("-") or "memory"
         app = progressq_app(kind, args.interval, args.concurrency)
     elif args.app == "socketio":
         app = socketio_app()
