@@ -216,14 +216,13 @@ class RedisBackend(BackendDefaults):
             raise ConfigurationError("the Redis backend runs on asyncio only (redis-py's client needs it)") from None
         if self._group is not None:
             raise ConfigurationError("this backend is already open")
-        if self._shards.tagged:
-            try:
-                await self._check_shards()
-            except BaseException:
-                if self._close_client:
-                    with anyio.CancelScope(shield=True):
-                        await self.client.aclose()
-                raise
+        try:
+            await self._check_shards()
+        except BaseException:
+            if self._close_client:
+                with anyio.CancelScope(shield=True):
+                    await self.client.aclose()
+            raise
         group = anyio.create_task_group()
         await group.__aenter__()
         for pubsub in self._pubsubs:
@@ -234,21 +233,36 @@ class RedisBackend(BackendDefaults):
 
     async def _check_shards(self) -> None:
         """Refuse to open on data kept with another number of shards: its owners would be
-        looked for in the wrong shards. (Not checked while Redis does not answer.)"""
-        key = f"{self._shards.keys[0].base}:shards"
+        looked for in the wrong shards, or (one shard without tags beside tagged shards) in
+        keys that hold none of them. Every layout records its count under the untagged key
+        ``prefix:shards``, which all layouts of a prefix share; a sharded one also under its
+        first shard's (where earlier versions recorded it, so that their data is recognised
+        too). (Not checked while Redis does not answer.)"""
         count = str(self._shards.count).encode()
+        # checked in this order, so that a refused layout records nothing
+        first_shard = f"{{{self.prefix}:0}}:shards"
         try:
             with _unavailable("shard count"):
-                await self.client.set(key, count, nx=True)
-                stored = await self.client.get(key)
+                # a sharded layout of an earlier version recorded its count only there
+                self._refuse_another(await self.client.get(first_shard))
+                self._refuse_another(await self._record_count(f"{self.prefix}:shards", count))
+                if self._shards.tagged:
+                    self._refuse_another(await self._record_count(first_shard, count))
         except BackendUnavailable as exc:
             logger.warning("could not check the shard count against the stored one: %s", exc)
-            return
-        if stored is not None and stored != count:
+
+    def _refuse_another(self, stored: bytes | None) -> None:
+        if stored is not None and stored != str(self._shards.count).encode():
             raise ConfigurationError(
                 f"this Redis holds data of {_text(stored)} shards under prefix {self.prefix!r}, "
                 f"not {self._shards.count}: give every process the same shards"
             )
+
+    async def _record_count(self, key: str, count: bytes) -> bytes | None:
+        """Record ``count`` under ``key`` unless one is recorded; the one recorded."""
+        await self.client.set(key, count, nx=True)
+        stored: bytes | None = await self.client.get(key)
+        return stored
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
