@@ -20,6 +20,7 @@ from progressq._outage import backend_outage
 from progressq.backends.redis._calls import _Calls
 from progressq.backends.redis._cluster import _SlotSource, cluster_client, is_cluster_url
 from progressq.backends.redis._common import _Client, _redacted, _text, _unavailable
+from progressq.backends.redis._health import ClusterHealth
 from progressq.backends.redis._packing import pack_in_c
 from progressq.backends.redis._pubsub import _PubSub, _Source
 from progressq.backends.redis._queue import RedisTaskQueue
@@ -128,6 +129,7 @@ class RedisBackend(BackendDefaults):
         else:  # one connection for every channel
             pubsubs = [_PubSub(_Source(client))] * count
         self._pubsubs = list({id(pubsub): pubsub for pubsub in pubsubs}.values())
+        self._health = ClusterHealth(client, self._shards.keys, pubsubs) if isinstance(client, RedisCluster) else None
         self._registry = RedisClientRegistry(client, calls, self._shards, pubsubs, attach_timeout=attach_timeout)
         self._queue = RedisTaskQueue(
             client,
@@ -194,18 +196,30 @@ class RedisBackend(BackendDefaults):
 
     async def ping(self) -> bool:
         """True when Redis answers, on the pub/sub connection too (made again at once if it
-        was lost); False (never an exception) when it does not."""
+        was lost); False (never an exception) when it does not.
+
+        On Redis Cluster: True while any shard answers (its master, and its pub/sub
+        connection), as this process can serve that shard's owners; the shards that do not
+        answer are logged as degraded and listed in :attr:`degraded_shards`."""
+        if self._health is not None:
+            try:
+                return await self._health.check()
+            except Exception:
+                return False
         try:
             with anyio.fail_after(2.0):
-                if isinstance(self.client, RedisCluster):
-                    answered = bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
-                else:
-                    answered = bool(await self.client.ping())
+                answered = bool(await self.client.ping())
                 for pubsub in self._pubsubs:
                     answered = answered and await pubsub.reconnect_now()
                 return answered
         except Exception:
             return False
+
+    @property
+    def degraded_shards(self) -> frozenset[int]:
+        """On Redis Cluster, the shards that did not answer the last :meth:`ping`; empty on a
+        single Redis (where a failed ping is the whole backend's)."""
+        return frozenset() if self._health is None else self._health.degraded
 
     async def __aenter__(self) -> RedisBackend:
         try:
@@ -251,18 +265,17 @@ class RedisBackend(BackendDefaults):
         except BackendUnavailable as exc:
             logger.warning("could not check the shard count against the stored one: %s", exc)
 
-    def _refuse_another(self, stored: bytes | None) -> None:
-        if stored is not None and stored != str(self._shards.count).encode():
+    def _refuse_another(self, stored: bytes | str | None) -> None:
+        if stored is not None and _text(stored) != str(self._shards.count):
             raise ConfigurationError(
                 f"this Redis holds data of {_text(stored)} shards under prefix {self.prefix!r}, "
                 f"not {self._shards.count}: give every process the same shards"
             )
 
-    async def _record_count(self, key: str, count: bytes) -> bytes | None:
+    async def _record_count(self, key: str, count: bytes) -> bytes | str | None:
         """Record ``count`` under ``key`` unless one is recorded; the one recorded."""
         await self.client.set(key, count, nx=True)
-        stored: bytes | None = await self.client.get(key)
-        return stored
+        return await self.client.get(key)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
