@@ -38,7 +38,10 @@ from progressq.errors import BackendUnavailable, ConfigurationError
 
 logger = logging.getLogger("progressq.redis")
 
-_CLUSTER_SHARDS = 8  # on three masters, two to three shards each
+# On three masters, 8 shards average two to three each; which master serves which shard is
+# the hash of its tag (of the prefix), so a prefix's shards may land 4/2/2 (the default
+# prefix's do on the standard layout of evenly split slots).
+_CLUSTER_SHARDS = 8
 
 
 class RedisBackend(BackendDefaults):
