@@ -99,9 +99,10 @@ class _LeaseKeeping:
 
     @property
     def _shard_deadline(self) -> float:
-        """How long one shard's heartbeat step may take: under the heartbeat's interval, so
-        that a hung master never delays the next beat of the others."""
-        return self._lease_timeout / 4
+        """How long one shard's heartbeat step may take, with several shards: the heartbeat's
+        interval, so that a hung master never delays the next beat of the others. With one
+        shard there are no others to protect: no deadline (a slow beat is better than none)."""
+        return self._lease_timeout / 3 if len(self._keys) > 1 else math.inf
 
     async def _seen(self) -> None:
         """Mark this process as a live worker (``statistics().workers`` counts those seen
