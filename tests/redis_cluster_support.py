@@ -74,6 +74,7 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._paused: set[int] = set()
         self._dir: str | None = None
 
     @property
@@ -184,6 +185,17 @@ class LocalCluster:
         process.send_signal(signal.SIGKILL)
         process.wait(PATIENCE)
 
+    def pause(self, port: int) -> None:
+        """SIGSTOP one node: it hangs, its connections open and unanswered (unlike a killed
+        node, which loopback clients find refusing at once)."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+        self._paused.add(port)
+
+    def resume(self, port: int) -> None:
+        """SIGCONT a paused node: it answers again, what it was sent meanwhile first."""
+        self.processes[port].send_signal(signal.SIGCONT)
+        self._paused.discard(port)
+
     def wait_for_failover(self, killed: int) -> None:
         """Until a replica serves the slots the killed master served, and every node agrees."""
         self.wait_until_ok()
@@ -200,6 +212,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop exactly the processes this cluster started."""
+        for port in list(self._paused):
+            self.resume(port)  # a stopped process would not see its SIGTERM
         for process in self.processes.values():
             process.terminate()
         for process in self.processes.values():

@@ -38,9 +38,9 @@ def new_prefix(name: str = "t") -> str:
 
 
 def delete_prefix(prefix: str, url: str = REDIS_URL) -> int:
-    """Delete every key under ``prefix:`` (and only those)."""
+    """Delete every key under ``prefix:`` and its shards' ``{prefix:N}:`` (and only those)."""
     with redis.Redis.from_url(url) as client:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        keys = [key for match in (f"{prefix}:*", f"{{{prefix}:*") for key in client.scan_iter(match=match, count=500)]
         if keys:
             client.delete(*keys)
         return len(keys)

@@ -507,3 +507,16 @@ async def test_a_flush_cancelled_before_it_started_strands_no_call() -> None:
         await batcher.drain()
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(("first", "then"), [(4, 1), (1, 4), (4, 2)])
+async def test_data_of_another_number_of_shards_is_refused(make: Make, first: int, then: int) -> None:
+    """One shard (keys without hash tags) and several (tagged keys) share one record of the
+    count, so neither opens on the other's data and finds no tasks there."""
+    async with make(shards=first) as backend:
+        await _submit(backend, _record())
+    with pytest.raises(ConfigurationError, match=f"{first} shards"):
+        async with make(shards=then):
+            pass
+    async with make(shards=first) as backend:  # the same count still opens, and sees its task
+        assert await backend.queue.get("task-0") is not None

@@ -168,7 +168,9 @@ class TaskIds(Protocol):
     def new_task_id(self, owner: str) -> str:
         """A new task id for a task of ``owner``: unique (random, 96 bits or more), of
         URL-safe characters (letters, digits, ``-_.~``). A queue must still take records
-        whose ids it did not mint, and find them by id."""
+        whose ids it did not mint, and find them by id. A sharded queue (the Redis backend
+        with several shards) checks such an id for duplicates only within its owner's shard:
+        only the ids it mints are unique across the whole queue."""
         ...
 
 
@@ -194,7 +196,8 @@ class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, Uniq
         is set (status ``scheduled``). Atomic: stored and queued, or (raising) neither.
         Publishes nothing: ``Backend.enqueue_and_announce`` is the submit that tells the owner.
         Raises ``QueueFull`` when ``capacity`` tasks wait already (a task handed back with
-        ``release`` always fits), ``DuplicateTask`` for a ``record.key`` its owner's unfinished
+        ``release`` always fits; on a sharded queue capacity holds per shard, so up to
+        ``capacity`` times the shards wait in all), ``DuplicateTask`` for a ``record.key`` its owner's unfinished
         task has (with its own ``UniqueKeys``); a task id stored already is refused with an error."""
 
     async def lease(self) -> Lease:

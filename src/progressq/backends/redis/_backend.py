@@ -20,6 +20,7 @@ from progressq._outage import backend_outage
 from progressq.backends.redis._calls import _Calls
 from progressq.backends.redis._cluster import _SlotSource, cluster_client, is_cluster_url
 from progressq.backends.redis._common import _Client, _redacted, _text, _unavailable
+from progressq.backends.redis._health import ClusterHealth
 from progressq.backends.redis._packing import pack_in_c
 from progressq.backends.redis._pubsub import _PubSub, _Source
 from progressq.backends.redis._queue import RedisTaskQueue
@@ -37,7 +38,10 @@ from progressq.errors import BackendUnavailable, ConfigurationError
 
 logger = logging.getLogger("progressq.redis")
 
-_CLUSTER_SHARDS = 8  # on three masters, two to three shards each
+# On three masters, 8 shards average two to three each; which master serves which shard is
+# the hash of its tag (of the prefix), so a prefix's shards may land 4/2/2 (the default
+# prefix's do on the standard layout of evenly split slots).
+_CLUSTER_SHARDS = 8
 
 
 class RedisBackend(BackendDefaults):
@@ -128,6 +132,7 @@ class RedisBackend(BackendDefaults):
         else:  # one connection for every channel
             pubsubs = [_PubSub(_Source(client))] * count
         self._pubsubs = list({id(pubsub): pubsub for pubsub in pubsubs}.values())
+        self._health = ClusterHealth(client, self._shards.keys, pubsubs) if isinstance(client, RedisCluster) else None
         self._registry = RedisClientRegistry(client, calls, self._shards, pubsubs, attach_timeout=attach_timeout)
         self._queue = RedisTaskQueue(
             client,
@@ -194,18 +199,30 @@ class RedisBackend(BackendDefaults):
 
     async def ping(self) -> bool:
         """True when Redis answers, on the pub/sub connection too (made again at once if it
-        was lost); False (never an exception) when it does not."""
+        was lost); False (never an exception) when it does not.
+
+        On Redis Cluster: True while any shard answers (its master, and its pub/sub
+        connection), as this process can serve that shard's owners; the shards that do not
+        answer are logged as degraded and listed in :attr:`degraded_shards`."""
+        if self._health is not None:
+            try:
+                return await self._health.check()
+            except Exception:
+                return False
         try:
             with anyio.fail_after(2.0):
-                if isinstance(self.client, RedisCluster):
-                    answered = bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
-                else:
-                    answered = bool(await self.client.ping())
+                answered = bool(await self.client.ping())
                 for pubsub in self._pubsubs:
                     answered = answered and await pubsub.reconnect_now()
                 return answered
         except Exception:
             return False
+
+    @property
+    def degraded_shards(self) -> frozenset[int]:
+        """On Redis Cluster, the shards that did not answer the last :meth:`ping`; empty on a
+        single Redis (where a failed ping is the whole backend's)."""
+        return frozenset() if self._health is None else self._health.degraded
 
     async def __aenter__(self) -> RedisBackend:
         try:
@@ -216,14 +233,13 @@ class RedisBackend(BackendDefaults):
             raise ConfigurationError("the Redis backend runs on asyncio only (redis-py's client needs it)") from None
         if self._group is not None:
             raise ConfigurationError("this backend is already open")
-        if self._shards.tagged:
-            try:
-                await self._check_shards()
-            except BaseException:
-                if self._close_client:
-                    with anyio.CancelScope(shield=True):
-                        await self.client.aclose()
-                raise
+        try:
+            await self._check_shards()
+        except BaseException:
+            if self._close_client:
+                with anyio.CancelScope(shield=True):
+                    await self.client.aclose()
+            raise
         group = anyio.create_task_group()
         await group.__aenter__()
         for pubsub in self._pubsubs:
@@ -234,21 +250,35 @@ class RedisBackend(BackendDefaults):
 
     async def _check_shards(self) -> None:
         """Refuse to open on data kept with another number of shards: its owners would be
-        looked for in the wrong shards. (Not checked while Redis does not answer.)"""
-        key = f"{self._shards.keys[0].base}:shards"
+        looked for in the wrong shards, or (one shard without tags beside tagged shards) in
+        keys that hold none of them. Every layout records its count under the untagged key
+        ``prefix:shards``, which all layouts of a prefix share; a sharded one also under its
+        first shard's (where earlier versions recorded it, so that their data is recognised
+        too). (Not checked while Redis does not answer.)"""
         count = str(self._shards.count).encode()
+        # checked in this order, so that a refused layout records nothing
+        first_shard = f"{{{self.prefix}:0}}:shards"
         try:
             with _unavailable("shard count"):
-                await self.client.set(key, count, nx=True)
-                stored = await self.client.get(key)
+                # a sharded layout of an earlier version recorded its count only there
+                self._refuse_another(await self.client.get(first_shard))
+                self._refuse_another(await self._record_count(f"{self.prefix}:shards", count))
+                if self._shards.tagged:
+                    self._refuse_another(await self._record_count(first_shard, count))
         except BackendUnavailable as exc:
             logger.warning("could not check the shard count against the stored one: %s", exc)
-            return
-        if stored is not None and stored != count:
+
+    def _refuse_another(self, stored: bytes | str | None) -> None:
+        if stored is not None and _text(stored) != str(self._shards.count):
             raise ConfigurationError(
                 f"this Redis holds data of {_text(stored)} shards under prefix {self.prefix!r}, "
                 f"not {self._shards.count}: give every process the same shards"
             )
+
+    async def _record_count(self, key: str, count: bytes) -> bytes | str | None:
+        """Record ``count`` under ``key`` unless one is recorded; the one recorded."""
+        await self.client.set(key, count, nx=True)
+        return await self.client.get(key)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

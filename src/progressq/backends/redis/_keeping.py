@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -63,30 +64,55 @@ class _LeaseKeeping:
     _watchers: set[MemoryObjectSendStream[str]]
     _loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]]
     _cancel_sub: _CancelSubscription
+    _cancel_subscribed: set[int]
     _forget_consumers_ms: int
+    _presence_busy: bool
     _prune_every: float
     _next_prune: float
 
     async def _prune_consumers(self, *, leaving: bool = False) -> None:
         """Remove the group's consumers that died (idle past ``forget_consumers_after``, with
-        nothing pending), and this process's own when ``leaving``."""
+        nothing pending), and this process's own when ``leaving``. Every shard at once, each
+        within its deadline, so that a hung master holds up only its own; the first failure
+        is raised once all are done."""
         self._next_prune = anyio.current_time() + self._prune_every
         removed = 0
-        for shard in self._taking:
-            if shard.group_ready:
-                prune = self._calls[shard.index].prune(self._consumer if leaving else "", self._forget_consumers_ms)
-                removed += int(await prune.run())
+        failures: list[BaseException] = []
+
+        async def prune(index: int) -> None:
+            nonlocal removed
+            call = self._calls[index].prune(self._consumer if leaving else "", self._forget_consumers_ms)
+            try:
+                with _unavailable("prune"), _within(self._shard_deadline, f"prune of shard {index}"):
+                    removed += int(await call.run())
+            except BackendUnavailable as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for shard in self._taking:
+                if shard.group_ready:
+                    group.start_soon(prune, shard.index)
         if removed and not leaving:
             logger.info("removed %d consumers of workers gone from the group", removed)
+        if failures:
+            raise failures[0]
+
+    @property
+    def _shard_deadline(self) -> float:
+        """How long one shard's heartbeat step may take, with several shards: the heartbeat's
+        interval, so that a hung master never delays the next beat of the others. With one
+        shard there are no others to protect: no deadline (a slow beat is better than none)."""
+        return self._lease_timeout / 3 if len(self._keys) > 1 else math.inf
 
     async def _seen(self) -> None:
         """Mark this process as a live worker (``statistics().workers`` counts those seen
         within the lease timeout), and forget the workers not seen for much longer."""
         now_ms = int(time.time() * 1000)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._keys[0].workers, {self._consumer: now_ms})
-            pipe.zremrangebyscore(self._keys[0].workers, "-inf", now_ms - self._forget_consumers_ms)
-            await pipe.execute()
+        with _within(self._shard_deadline, "worker presence"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zadd(self._keys[0].workers, {self._consumer: now_ms})
+                pipe.zremrangebyscore(self._keys[0].workers, "-inf", now_ms - self._forget_consumers_ms)
+                await pipe.execute()
 
     async def leave(self) -> None:
         """Remove this process's consumer from the group, unless it still holds entries
@@ -125,20 +151,45 @@ class _LeaseKeeping:
     async def watch_cancellations(self) -> AsyncIterator[str]:
         send, receive = anyio.create_memory_object_stream[str](math.inf)
         self._watchers.add(send)
-        try:
-            if len(self._watchers) == 1:  # each shard's cancellations, on the shard's connection
-                for keys, pubsub in zip(self._keys, self._pubsubs, strict=True):
-                    await pubsub.subscribe(keys.cancel_channel, self._cancel_sub)
-            async with receive:
+        # ``receive`` is closed however this ends, even while the first subscription is made
+        # (a shutdown that cancels it, a shard that fails it).
+        with receive:
+            try:
+                if len(self._watchers) == 1:
+                    await self._subscribe_cancellations()
                 async for task_id in receive:
                     yield task_id
-        finally:
-            self._watchers.discard(send)
-            send.close()
-            if not self._watchers:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                    for keys, pubsub in zip(self._keys, self._pubsubs, strict=True):
-                        await pubsub.unsubscribe(keys.cancel_channel)
+            finally:
+                self._watchers.discard(send)
+                send.close()
+                if not self._watchers:
+                    subscribed, self._cancel_subscribed = self._cancel_subscribed, set()
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                        for index in subscribed:
+                            await self._pubsubs[index].unsubscribe(self._keys[index].cancel_channel)
+
+    async def _subscribe_cancellations(self) -> None:
+        """Subscribe each shard's cancellations on the shard's connection, every shard at once
+        and each within its deadline: a shard that does not answer is left out, not the others,
+        and the heartbeat tries it again while anyone watches. (Its running tasks' cancellations
+        also reach them through the heartbeat's extend answers meanwhile.)"""
+
+        async def subscribe(index: int) -> None:
+            try:
+                with _within(self._shard_deadline, f"cancellations of shard {index}"):
+                    await self._pubsubs[index].subscribe(self._keys[index].cancel_channel, self._cancel_sub)
+            except BackendUnavailable as exc:
+                backend_outage.failed(f"listening for cancellations on shard {index}", exc)  # logged once
+                return
+            if self._watchers:
+                self._cancel_subscribed.add(index)
+            else:  # the last watcher left meanwhile
+                await self._pubsubs[index].unsubscribe(self._keys[index].cancel_channel)
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(self._keys)):
+                if index not in self._cancel_subscribed:
+                    group.start_soon(subscribe, index)
 
     async def watch_lost_leases(self) -> AsyncIterator[tuple[str, int]]:
         """``(task id, attempt)`` of each lease the heartbeat found taken over (this process
@@ -165,46 +216,69 @@ class _LeaseKeeping:
             del self._held[lease.record.id]
 
     async def _heartbeat(self) -> None:
-        """Extend every held lease every ``lease_timeout / 3`` seconds."""
+        """Extend every held lease every ``lease_timeout / 3`` seconds, each shard's on its
+        own and within its deadline (a hung master must not let the others' leases expire);
+        the worker's presence, the pruning of dead consumers and missing cancellation
+        subscriptions go beside it, never in its way."""
         interval = self._lease_timeout / 3
-        while True:
-            await anyio.sleep(interval)
-            if self._taking_started:  # this process's workers take tasks: it is seen alive
+        next_beat = anyio.current_time()
+        async with anyio.create_task_group() as chores:
+            while True:
+                next_beat += interval
+                await anyio.sleep(max(0.0, next_beat - anyio.current_time()))
+                next_beat = max(next_beat, anyio.current_time())
+                if self._taking_started:
+                    chores.start_soon(self._keep_presence)
+                if self._watchers and len(self._cancel_subscribed) < len(self._keys):
+                    chores.start_soon(self._subscribe_cancellations)
+                by_shard: dict[int, list[tuple[str, _Held]]] = {}
+                for task_id, held in list(self._held.items()):
+                    by_shard.setdefault(held.shard, []).append((task_id, held))
+                async with anyio.create_task_group() as beats:
+                    for index, held_now in by_shard.items():
+                        beats.start_soon(self._beat_shard, index, held_now)
+
+    async def _keep_presence(self) -> None:
+        """Mark this worker alive and, when due, prune the dead consumers (once at a time)."""
+        if self._presence_busy:
+            return  # the last one still waits for a hung master
+        self._presence_busy = True
+        try:
+            try:
+                with _unavailable("worker presence"):
+                    await self._seen()
+            except BackendUnavailable as exc:
+                backend_outage.failed("marking this worker alive", exc)  # logged once per outage
+            if anyio.current_time() >= self._next_prune:
                 try:
-                    with _unavailable("worker presence"):
-                        await self._seen()
-                except BackendUnavailable as exc:
-                    backend_outage.failed("marking this worker alive", exc)  # logged once per outage
-            if self._taking_started and anyio.current_time() >= self._next_prune:
-                try:
-                    with _unavailable("prune"):
-                        await self._prune_consumers()
+                    await self._prune_consumers()
                 except BackendUnavailable as exc:
                     logger.warning("could not remove dead consumers: %s", exc)
-            held_now = list(self._held.items())
-            if not held_now:
-                continue
-            leases = [Lease(_placeholder(task_id, held.attempt), held.entry) for task_id, held in held_now]
-            calls = [
-                self._calls[held.shard].extend(task_id, held.attempt, self._consumer, held.entry)
-                for task_id, held in held_now
-            ]
-            try:  # every held lease in one round trip (one per node on Redis Cluster)
-                with _unavailable("extend"):
-                    answers = await self._run_all(calls)
-            except BackendUnavailable as exc:
-                backend_outage.failed(f"a heartbeat of {len(leases)} tasks", exc)  # logged once per outage
-                continue
-            for lease, answer in zip(leases, answers, strict=True):
-                held = self._held.get(lease.record.id)
-                if held is None or held.attempt != lease.record.attempt:
-                    continue  # it finished (or was handed back) while the heartbeat was on its way
-                if isinstance(answer, Exception):
-                    logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
-                elif not self._extended(lease, answer):
-                    logger.warning("task %s: lease of attempt %d was taken over", lease.record.id, lease.record.attempt)
-                    for watcher in tuple(self._loss_watchers):
-                        watcher.send_nowait((lease.record.id, lease.record.attempt))
+        finally:
+            self._presence_busy = False
+
+    async def _beat_shard(self, index: int, held_now: list[tuple[str, _Held]]) -> None:
+        """Extend the leases held on one shard, in one round trip, within the shard's deadline."""
+        leases = [Lease(_placeholder(task_id, held.attempt), held.entry) for task_id, held in held_now]
+        calls = [
+            self._calls[index].extend(task_id, held.attempt, self._consumer, held.entry) for task_id, held in held_now
+        ]
+        try:
+            with _unavailable("extend"), _within(self._shard_deadline, f"heartbeat of shard {index}"):
+                answers = await self._run_all(calls)
+        except BackendUnavailable as exc:
+            backend_outage.failed(f"a heartbeat of {len(leases)} tasks on shard {index}", exc)  # logged once per outage
+            return
+        for lease, answer in zip(leases, answers, strict=True):
+            held = self._held.get(lease.record.id)
+            if held is None or held.attempt != lease.record.attempt:
+                continue  # it finished (or was handed back) while the heartbeat was on its way
+            if isinstance(answer, Exception):
+                logger.warning("heartbeat of task %s failed: %s", lease.record.id, answer)
+            elif not self._extended(lease, answer):
+                logger.warning("task %s: lease of attempt %d was taken over", lease.record.id, lease.record.attempt)
+                for watcher in tuple(self._loss_watchers):
+                    watcher.send_nowait((lease.record.id, lease.record.attempt))
 
     async def _run_all(self, calls: list[_Call]) -> list[Any]:
         """Run script calls in one pipeline; an answer is the call's error where it failed.
@@ -220,6 +294,16 @@ class _LeaseKeeping:
                 except redis_errors.RedisError as exc:
                     answers[n] = exc
         return answers
+
+
+@contextmanager
+def _within(seconds: float, what: str) -> Iterator[None]:
+    """Give up on a Redis call after ``seconds``, as on an outage (``BackendUnavailable``):
+    a hung master answers nothing, and its connection's own timeout is far longer."""
+    with anyio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise BackendUnavailable(f"Redis did not answer within {seconds:g} s ({what})")
 
 
 def _placeholder(task_id: str, attempt: int) -> TaskRecord:

@@ -70,10 +70,12 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         self._forget_consumers_ms = max(1, int(forget_consumers_after * 1000))
         self._prune_every = max(1.0, min(60.0, forget_consumers_after / 2))
         self._next_prune = -math.inf
+        self._presence_busy = False  # marking this worker alive (and pruning) is under way
         self._held: dict[str, _Held] = {}
         self._watchers: set[MemoryObjectSendStream[str]] = set()
         self._loss_watchers: set[MemoryObjectSendStream[tuple[str, int]]] = set()
         self._cancel_sub = _CancelSubscription(self)
+        self._cancel_subscribed: set[int] = set()  # the shards whose cancel channel is subscribed
         self._taking = [_ShardTaking(n) for n in range(shards.count)]
         self._taking_started = False  # this process's workers have taken tasks (it is a worker)
         self._turn = 0  # the shard the next take starts with

@@ -14,7 +14,7 @@ from redis import exceptions as redis_errors
 from progressq._outage import backend_outage
 from progressq.backends.redis._calls import _Call, _Calls
 from progressq.backends.redis._common import _GROUP, _blpop, _Client, _Keys, _record_decoder, _text, _unavailable
-from progressq.backends.redis._keeping import _Held
+from progressq.backends.redis._keeping import _Held, _within
 from progressq.backends.redis._shards import _Shards
 from progressq.backends.redis._turns import Due, plan_turns
 from progressq.backends.redis._waking import _ShardWaking
@@ -23,17 +23,21 @@ from progressq.errors import BackendUnavailable
 
 logger = logging.getLogger("progressq.redis")
 
+_SHARD_DEADLINE = 1.0  # one shard's step of taking: a hung master must not hold up the others
+_SHARD_PAUSE = 5.0  # a shard that did not answer in time is passed over this long
+
 
 class _ShardTaking:
     """What this process keeps about one shard while its workers take from it."""
 
-    __slots__ = ("cursor", "group_ready", "index", "next_reclaim")
+    __slots__ = ("cursor", "group_ready", "index", "next_reclaim", "skip_until")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.group_ready = False  # the shard's stream and group exist (made by this process or another)
         self.cursor = "0-0"  # where the takeover scan of the shard's stream goes on
         self.next_reclaim = -math.inf
+        self.skip_until = -math.inf  # it did not answer in time: passed over until then
 
 
 class _Taking:
@@ -105,20 +109,30 @@ class _Taking:
         return leases
 
     async def _next_sharded(self, limit: int) -> list[Lease]:
-        """Up to ``limit`` leases from several shards: first tasks taken over, shard by shard;
-        then the waiting ones, as many from each shard as the next turns give it (``_turns``).
-        A shard that does not answer (its master failing over) is passed over while the others
-        have work; with none from the others, its failure is raised."""
+        """Up to ``limit`` leases from several shards: first tasks taken over, one from each
+        shard at once; then the waiting ones, as many from each shard as the next turns give it
+        (``_turns``). Each shard's step has a deadline; a shard that does not answer in time
+        (its master hangs or fails over) is passed over for a while, and the others go on;
+        with no work from the others, its failure is raised."""
         leases: list[Lease] = []
         failures: list[BackendUnavailable] = []
         found = False
         try:
             count = len(self._taking)
             start, self._turn = self._turn, (self._turn + 1) % count
-            for step in range(count):  # one at a time: each may add a lease, and limit is a bound
-                shard = self._taking[(start + step) % count]
-                if len(leases) < limit and anyio.current_time() >= shard.next_reclaim:
-                    found = await self._shard_step(failures, self._reclaim_into, shard, leases) or found
+            now = anyio.current_time()
+            in_turn = [self._taking[(start + step) % count] for step in range(count)]
+            # one takeover from each shard due for one, at once, no more of them than the limit
+            reclaiming = [shard for shard in in_turn if now >= max(shard.next_reclaim, shard.skip_until)][:limit]
+            reclaimed: list[Any] = [False] * len(reclaiming)
+
+            async def reclaim(n: int, shard: _ShardTaking) -> None:
+                reclaimed[n] = await self._shard_step(failures, self._reclaim_into, shard, leases)
+
+            async with anyio.create_task_group() as group:
+                for n, shard in enumerate(reclaiming):
+                    group.start_soon(reclaim, n, shard)
+            found = any(reclaimed)
             if len(leases) < limit:
                 planned = await self._plan(limit - len(leases), failures)
                 async with anyio.create_task_group() as group:
@@ -150,9 +164,11 @@ class _Taking:
             answer = await self._calls[shard.index].due(limit, self._running_per_owner).run()
             due[shard.index] = [(_text(owner), int(stamp), int(turns)) for owner, stamp, turns in answer]
 
+        now = anyio.current_time()
         async with anyio.create_task_group() as group:
             for shard in self._taking:
-                group.start_soon(self._shard_step, failures, ask, shard)
+                if now >= shard.skip_until:
+                    group.start_soon(self._shard_step, failures, ask, shard)
         return plan_turns(due, limit)
 
     async def _shard_step(
@@ -161,7 +177,7 @@ class _Taking:
         """``step(shard, *args)``, with the shard's group made first and its failure noted
         (the other shards go on). A lost stream (Redis lost its data) is made again."""
         try:
-            with _unavailable("lease"):
+            with _unavailable("lease"), _within(_SHARD_DEADLINE, f"taking from shard {shard.index}"):
                 try:
                     if not shard.group_ready:
                         await self._ensure_group(shard)
@@ -173,6 +189,8 @@ class _Taking:
                     shard.cursor = "0-0"
                     return True
         except BackendUnavailable as exc:
+            # passed over for a while, so that the healthy shards' work is not held up by it
+            shard.skip_until = anyio.current_time() + _SHARD_PAUSE
             failures.append(exc)
             return False
 
