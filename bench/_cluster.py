@@ -109,7 +109,8 @@ class LocalCluster:
             stderr=subprocess.DEVNULL,
             timeout=PATIENCE,
         )
-        self._wait(lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in self.ports), "cluster_state:ok")
+        every_node_ok = lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in self.ports)  # noqa: E731
+        self._wait(every_node_ok, "cluster_state:ok on every node")
 
     def _start_node(self, port: int) -> None:
         assert self._dir is not None
