@@ -5,11 +5,14 @@ Each user has one connection and one producer that sends progress as fast as it 
 coalesced away at the source; the peers: a coroutine publishing to the user's room or channel;
 raw ASGI: pre-encoded bytes sent straight to the socket). progressq runs on each backend:
 memory, Redis (the shared server, database 14 emptied after each round) and PostgreSQL (a
-database of its own, created afresh for each round and dropped at the end); the peers keep
-their rooms and channels in memory. The server runs in its own process (uvicorn, one worker,
+database of its own, created afresh for each round and dropped at the end) and a local Redis
+Cluster (three masters, no replicas, started by the scenario on the same machine, emptied after
+each round, stopped at the end; skipped when redis-server or redis-cli is missing); the peers
+keep their rooms and channels in memory. The server runs in its own process (uvicorn, one worker,
 compression off), the clients in this one. Counted: progress messages received by all clients
 per second, after a warm-up; the server's CPU time per delivery, and on PostgreSQL the
-database's too (its server processes serving the benchmark's database).
+database's too (its server processes serving the benchmark's database), on the cluster its
+masters' (the shared Redis's is not counted: other clients' load would be in it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from typing import Any
 
 from _clients import reading_clients, start_load
+from _cluster import ClusterUnavailable, LocalCluster, local_cluster, missing_tools
 from _common import (
     POSTGRES_DB,
     POSTGRES_SERVER,
@@ -42,6 +46,7 @@ from _common import (
 BACKEND = {
     "progressq-memory": "memory",
     "progressq-redis": "redis",
+    "progressq-redis-cluster": "redis-cluster",
     "progressq-postgres": "postgres",
     "socketio": "memory",
     "litestar": "memory",
@@ -50,11 +55,15 @@ BACKEND = {
 SYSTEMS = tuple(BACKEND)
 PEERS = ("socketio", "litestar")
 WARMUP = 1.0  # seconds before measuring (0.5 with --quick)
+# The local cluster of this run, while a system on it is selected.
+CLUSTER: LocalCluster | None = None
 
 
 def database_cpu(system: str) -> dict[int, float]:
-    """CPU seconds so far of each PostgreSQL server process serving the benchmark's database
-    (none for the other systems)."""
+    """CPU seconds so far of each PostgreSQL server process serving the benchmark's database,
+    or of each master of the local cluster (none for the other systems)."""
+    if BACKEND[system] == "redis-cluster" and CLUSTER is not None:
+        return {process.pid: cpu_seconds(process.pid) for process in CLUSTER.processes.values()}
     if BACKEND[system] != "postgres":
         return {}
     import psycopg
@@ -92,14 +101,19 @@ async def measure(system: str, port: int, pid: int, users: int, seconds: float) 
 def one_round(system: str, users: int, seconds: float) -> dict[str, float]:
     progressq = system.startswith("progressq")
     app = "progressq" if system == "progressq-memory" else system
+    extra = ["--interval", "0"] if progressq else []
+    if BACKEND[system] == "redis-cluster" and CLUSTER is not None:
+        extra += ["--cluster-url", CLUSTER.url]
     if BACKEND[system] == "postgres":
         fresh_postgres_db()
     try:
-        with server(app, *(["--interval", "0"] if progressq else [])) as (process, port):
+        with server(app, *extra) as (process, port):
             return asyncio.run(measure(system, port, process.pid, users, seconds))
     finally:
         if BACKEND[system] == "redis":
             flush_bench_db()
+        if BACKEND[system] == "redis-cluster" and CLUSTER is not None:
+            CLUSTER.flush()
 
 
 def main() -> None:
@@ -115,6 +129,17 @@ def main() -> None:
     users = args.users or (200 if args.quick else 1000)
     seconds = args.seconds or (1.5 if args.quick else 4.0)
     systems = selected(args.only, SYSTEMS)
+    global CLUSTER
+    stack = contextlib.ExitStack()
+    if "progressq-redis-cluster" in systems:
+        reason = missing_tools()
+        try:
+            CLUSTER = None if reason else stack.enter_context(local_cluster())
+        except ClusterUnavailable as exc:
+            reason = str(exc)
+        if reason:
+            print(f"  progressq-redis-cluster: skipped, {reason}", flush=True)
+            systems.remove("progressq-redis-cluster")
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     try:
         for round_index in range(rounds):
@@ -131,6 +156,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
+        stack.close()
         if any(BACKEND[s] == "postgres" for s in systems):
             drop_postgres_db()
     rate = {s: median([r["deliveries_per_s"] for r in runs[s]]) for s in systems}
@@ -158,10 +184,14 @@ def main() -> None:
     best = max(peers) if peers else float("nan")
     limit = rate.get("raw", float("nan"))
     versus = {}
-    for backend in ("memory", "redis", "postgres"):
+    for backend in ("memory", "redis", "redis-cluster", "postgres"):
         mine = rate.get(f"progressq-{backend}", float("nan"))
         versus[backend] = mine / best if mine == mine and best == best else None
         print(f"progressq-{backend} vs best peer (in memory): {fmt(mine / best, 2)}x", flush=True)
+    cluster, single = rate.get("progressq-redis-cluster", float("nan")), rate.get("progressq-redis", float("nan"))
+    if cluster == cluster:
+        versus["redis_cluster_vs_redis"] = cluster / single if single == single else None
+        print(f"progressq-redis-cluster vs progressq-redis: {fmt(cluster / single, 2)}x", flush=True)
     print(
         f"progressq-memory vs best peer: {fmt(pq / best, 2)}x (target >= 1.5x); "
         f"vs raw ASGI: {fmt(pq / limit, 2)}x (target >= 0.8x)",

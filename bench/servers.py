@@ -2,8 +2,9 @@
 
     python bench/servers.py APP --port P [--interval S]
 
-APP: progressq (memory backend), progressq-redis, progressq-postgres, socketio, litestar, raw
-or port.
+APP: progressq (memory backend), progressq-redis, progressq-redis-cluster, progressq-postgres,
+socketio, litestar, raw or port. progressq-redis-cluster runs on the cluster at ``--cluster-url``
+(or ``BENCH_CLUSTER_URL``), ``redis+cluster://host:port,...``.
 
 Every app serves WebSockets at a path the clients know (see ``_clients.py``), names the
 connection's user from the query string (``?user=u17``), and answers
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -106,7 +108,7 @@ async def http_reply(send: Send, body: bytes, status: int = 200) -> None:
 # --- progressq ----------------------------------------------------------------------------------
 
 
-def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIApp:
+def progressq_app(backend_kind: str, interval: float, concurrency: int, cluster_url: str = "") -> ASGIApp:
     from progressq import Hub, MemoryBackend, TaskContext
     from progressq.starlette import create_app
     from progressq.transport import RequestInfo, TransportSettings
@@ -116,6 +118,12 @@ def progressq_app(backend_kind: str, interval: float, concurrency: int) -> ASGIA
         from progressq.backends.redis import RedisBackend
 
         backend = RedisBackend.from_url(redis_url(), prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    elif backend_kind == "redis-cluster":
+        from progressq.backends.redis import RedisBackend
+
+        if not cluster_url:
+            raise SystemExit("progressq-redis-cluster needs --cluster-url or BENCH_CLUSTER_URL")
+        backend = RedisBackend.from_url(cluster_url, prefix=f"bench-{uuid.uuid4().hex[:8]}")  # 8 shards
     elif backend_kind == "postgres":
         from progressq.backends.postgres import PostgresBackend
 
@@ -341,16 +349,26 @@ def port_app() -> ASGIApp:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    apps = ["progressq", "progressq-redis", "progressq-postgres", "socketio", "litestar", "raw", "port"]
+    apps = [
+        "progressq",
+        "progressq-redis",
+        "progressq-redis-cluster",
+        "progressq-postgres",
+        "socketio",
+        "litestar",
+        "raw",
+        "port",
+    ]
     p.add_argument("app", choices=apps)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--interval", type=float, default=0.05, help="progressq's progress_interval")
     p.add_argument("--concurrency", type=int, default=2000, help="progressq's tasks at once")
+    p.add_argument("--cluster-url", default=os.environ.get("BENCH_CLUSTER_URL", ""), help="for progressq-redis-cluster")
     args = p.parse_args()
     app: ASGIApp
     if args.app.startswith("progressq"):
         kind = args.app.removeprefix("progressq").removeprefix("-") or "memory"
-        app = progressq_app(kind, args.interval, args.concurrency)
+        app = progressq_app(kind, args.interval, args.concurrency, args.cluster_url)
     elif args.app == "socketio":
         app = socketio_app()
     elif args.app == "litestar":
