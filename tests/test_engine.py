@@ -1077,3 +1077,16 @@ def test_owners_see_only_their_own_tasks_in_gapless_order(ops: list[tuple[str, s
             for earlier, later in itertools.pairwise(views):
                 if earlier.attempt == later.attempt and later.status != "queued":
                     assert later.progress >= earlier.progress
+
+
+def test_minted_task_ids_never_start_with_a_dash() -> None:
+    # ``progressq dead retry APP ID`` would read such an id as an option (1 id in 64 did).
+    from progressq._defaults import random_task_id
+
+    pytest.importorskip("redis", reason='needs pip install "progressq[redis]"')
+    from progressq.backends.redis._shards import _Shards
+
+    sharded = _Shards("ids", 4, tagged=True)
+    ids = [random_task_id() for _ in range(2000)] + [sharded.new_task_id(f"o{n}") for n in range(2000)]
+    assert not [task_id for task_id in ids if task_id.startswith("-")]
+    assert len(set(ids)) == len(ids)

@@ -18,7 +18,16 @@ from progressq.errors import ConfigurationError, DuplicateTask
 if TYPE_CHECKING:
     from progressq.contracts import ClientRegistry, TaskQueue
 
-__all__ = ("BackendDefaults", "QueueDefaults")
+__all__ = ("BackendDefaults", "QueueDefaults", "random_task_id")
+
+
+def random_task_id() -> str:
+    """16 random URL-safe characters (96 bits, less the ids starting with ``-``): an id is
+    typed on command lines (``progressq dead retry APP ID``), where a leading ``-`` reads as
+    an option."""
+    while (token := secrets.token_urlsafe(12)).startswith("-"):
+        pass
+    return token
 
 
 class QueueDefaults:
@@ -71,8 +80,8 @@ class QueueDefaults:
         return None
 
     def new_task_id(self, owner: str) -> str:
-        """16 random URL-safe characters (96 bits), whoever the owner."""
-        return secrets.token_urlsafe(12)
+        """16 random URL-safe characters, never starting with ``-``, whoever the owner."""
+        return random_task_id()
 
     async def claim_slot(self, key: str, ttl: float) -> bool:
         """True for the first claim of ``key`` within ``ttl`` seconds made on this object.

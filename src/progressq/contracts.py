@@ -162,7 +162,8 @@ class TaskIds(Protocol):
     Redis backend's shards on Redis Cluster) can name the place in the id, and later find a
     task from its id alone.
 
-    Default: 16 random URL-safe characters (``secrets.token_urlsafe(12)``).
+    Default: 16 random URL-safe characters (``secrets.token_urlsafe(12)``), never starting
+    with ``-`` (ids are typed on command lines, where a leading ``-`` reads as an option).
     """
 
     def new_task_id(self, owner: str) -> str:

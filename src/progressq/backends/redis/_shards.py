@@ -16,10 +16,10 @@ One shard without a tag is a single Redis's keyspace as it always was (``prefix:
 
 from __future__ import annotations
 
-import secrets
 import zlib
 from collections.abc import Sequence
 
+from progressq._defaults import random_task_id
 from progressq.backends.redis._common import _Keys
 from progressq.errors import ConfigurationError
 
@@ -46,7 +46,7 @@ class _Shards:
 
     def new_task_id(self, owner: str) -> str:
         """A new task id; with several shards, it names its owner's shard."""
-        token = secrets.token_urlsafe(12)
+        token = random_task_id()
         return token if self.count == 1 else f"{token}.{self.of_owner(owner)}"
 
     def of_task(self, task_id: str) -> int | None:
