@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -228,15 +228,15 @@ class _LeaseKeeping:
                 await anyio.sleep(max(0.0, next_beat - anyio.current_time()))
                 next_beat = max(next_beat, anyio.current_time())
                 if self._taking_started:
-                    chores.start_soon(self._keep_presence)
+                    chores.start_soon(_guarded, self._keep_presence(), "marking this worker alive")
                 if self._watchers and len(self._cancel_subscribed) < len(self._keys):
-                    chores.start_soon(self._subscribe_cancellations)
+                    chores.start_soon(_guarded, self._subscribe_cancellations(), "listening for cancellations")
                 by_shard: dict[int, list[tuple[str, _Held]]] = {}
                 for task_id, held in list(self._held.items()):
                     by_shard.setdefault(held.shard, []).append((task_id, held))
                 async with anyio.create_task_group() as beats:
                     for index, held_now in by_shard.items():
-                        beats.start_soon(self._beat_shard, index, held_now)
+                        beats.start_soon(_guarded, self._beat_shard(index, held_now), f"a heartbeat of shard {index}")
 
     async def _keep_presence(self) -> None:
         """Mark this worker alive and, when due, prune the dead consumers (once at a time)."""
@@ -294,6 +294,16 @@ class _LeaseKeeping:
                 except redis_errors.RedisError as exc:
                     answers[n] = exc
         return answers
+
+
+async def _guarded(chore: Coroutine[Any, Any, None], what: str) -> None:
+    """Run one of the heartbeat's chores; an error it did not expect is a failed round (logged
+    once per outage), never the end of the heartbeat: mid-failover, redis-py's cluster client
+    raises errors of its own (``AttributeError`` from a pipeline whose slot has no node yet)."""
+    try:
+        await chore
+    except Exception as exc:
+        backend_outage.failed(what, exc)
 
 
 @contextmanager
