@@ -141,6 +141,8 @@ async def test_a_paused_worker_whose_lease_was_taken_reaches_no_client(schema: s
         assert sink.seqs == list(range(1, len(sink.seqs) + 1))
 
 
+# Its own wait is PATIENCE * 2 after eight worker restarts, each a process start: more than the file's 180 s.
+@pytest.mark.timeout(360)
 async def test_delayed_tasks_run_once_while_workers_are_killed_9_and_restarted(schema: str, start_worker: Any) -> None:
     workers = [start_worker(concurrency=2) for _ in range(3)]
     killed: set[int] = set()

@@ -15,6 +15,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from progressq.identity import IdentityAuthority, _b64, _base36
 from tests.apps import SECRET
+from tests.waiting import PATIENCE
 
 LONG = os.environ.get("PROGRESSQ_LONG", "") not in ("", "0")
 """``PROGRESSQ_LONG=1``: the property tests run ten times as many examples (and longer
@@ -71,7 +72,8 @@ def forged_ids(draw: st.DrawFn, secret: str = SECRET) -> tuple[str, str]:
 
 def open_ws(url: str, **options: Any) -> ClientConnection:
     """A sync WebSocket client, open (close it with ``.close()``)."""
-    options = {"proxy": None, "open_timeout": 5, "close_timeout": 1, **options}
+    # the handshake may wait as long as any test waits: a busy machine answers late, not never
+    options = {"proxy": None, "open_timeout": PATIENCE, "close_timeout": 1, **options}
     connection: ClientConnection = connect(url, **options).__enter__()
     return connection
 
