@@ -137,6 +137,37 @@ def test_a_killed_node_keeps_its_ports_from_other_clusters() -> None:
     assert redis_cluster_support._free(killed)
 
 
+@pytest.mark.timeout(180)
+async def test_a_cluster_client_error_while_pubsub_reconnects_is_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mid-failover, the lowest redis-py allowed fails a read with an ``AttributeError`` of its
+    own (a connection that another call closed under it). Met while a shard's pub/sub
+    connection is made again, it is an outage like any other: tried again after the backoff,
+    and the owner's events still arrive, instead of the backend's listening ending."""
+    with local_cluster(masters=3, replicas=0) as cluster:
+        prefix = new_prefix("reconnect")
+        async with RedisBackend.from_url(cluster.url, prefix=prefix) as backend:
+            sink = RecordingSink()
+            await backend.registry.attach("alice", sink)
+            client = backend.client
+            ask = client.exists
+            failed: list[tuple[Any, ...]] = []
+
+            async def fails_once(*keys: Any) -> Any:
+                if not failed:
+                    failed.append(keys)
+                    raise AttributeError("'NoneType' object has no attribute 'writelines'")
+                return await ask(*keys)
+
+            monkeypatch.setattr(client, "exists", fails_once)
+            node = client.get_node_from_key(backend._shards.keys[backend._shards.of_owner("alice")].marker)
+            with redis.Redis(host=node.host, port=node.port) as admin:  # the shard's connection cut
+                assert int(admin.execute_command("CLIENT KILL TYPE pubsub")) >= 1
+            await backend.registry.publish("alice", "taskProgress", "t", 1, b'{"n":1}')
+            await sink.wait_count(1)  # made again, and what was missed meanwhile filled in
+            assert failed
+            assert sink.seqs == [1]
+
+
 async def test_sharded_channels_live_on_the_master_of_their_shard(redis_cluster: SharedCluster) -> None:
     prefix = new_prefix("channels")
     try:
