@@ -5,6 +5,13 @@ when done.
 Ports come from 7100-7199 (their cluster bus ports are 10000 higher): a port is taken when
 both it and its bus port are free, chosen and bound under a file lock, so that test sessions
 running side by side (the suite's worker processes, the two virtualenvs) never pick the same.
+
+A node killed mid-test keeps its ports taken until its cluster stops (a socket listens on
+each and resets every connection at once, as a dead node's host would refuse it). Were they
+free, another session's cluster could start a node there, and the killed node's peers would
+meet a stranger at its address: they mark the dead master ``noaddr`` (port 0), so that it is
+never failed over and clients are sent to ``127.0.0.1:0``, and its replica syncs with the
+stranger, dropping its data.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +51,41 @@ def _free(port: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+class _DeadPort:
+    """A killed node's port, kept from every other process: a listening socket, so that
+    neither a Redis nor :func:`_free` can bind it (its dead node's connections in TIME_WAIT
+    would keep a socket without ``SO_REUSEADDR`` from binding it, and one with it would not
+    keep out the others), whose connections are reset as soon as they are made: a caller
+    meets a dead node, never a stranger, and never waits."""
+
+    def __init__(self, port: int) -> None:
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
+        self._socket.listen(64)
+        self._socket.settimeout(0.1)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._reset_each, name=f"dead port {port}", daemon=True)
+        self._thread.start()
+
+    def _reset_each(self) -> None:
+        while not self._closing.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            # closed with a linger of zero: a reset, as from a host with nothing on the port
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(PATIENCE)
+        self._socket.close()
 
 
 @contextlib.contextmanager
@@ -75,6 +119,7 @@ class LocalCluster:
         self.ports: list[int] = []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._paused: set[int] = set()
+        self._held: list[_DeadPort] = []  # the killed nodes' ports, kept from other clusters
         self._dir: str | None = None
 
     @property
@@ -180,10 +225,15 @@ class LocalCluster:
 
     def kill(self, port: int) -> None:
         """SIGKILL one node: it goes away without a word (its replica, if it was a master,
-        takes over once the others agree that it failed)."""
-        process = self.processes.pop(port)
-        process.send_signal(signal.SIGKILL)
-        process.wait(PATIENCE)
+        takes over once the others agree that it failed). Its ports stay taken until the
+        cluster stops (see the module's docstring), taken over under the lock that other
+        sessions choose ports under, so that none starts a node there meanwhile."""
+        with _port_lock():
+            process = self.processes.pop(port)
+            process.send_signal(signal.SIGKILL)
+            process.wait(PATIENCE)
+            for held in (port, port + _BUS_OFFSET):
+                self._held.append(_DeadPort(held))
 
     def pause(self, port: int) -> None:
         """SIGSTOP one node: it hangs, its connections open and unanswered (unlike a killed
@@ -197,9 +247,15 @@ class LocalCluster:
         self._paused.discard(port)
 
     def wait_for_failover(self, killed: int) -> None:
-        """Until a replica serves the slots the killed master served, and every node agrees."""
+        """Until a replica serves the slots the killed master served, and every node agrees:
+        every slot's master is a live node of this cluster (not the killed one, nor one
+        that its peers no longer know the address of, shown with port 0)."""
         self.wait_until_ok()
-        self._wait(lambda: killed not in self._master_ports(), "a replica to take over")
+        self._wait(self._masters_all_live, "a replica to take over")
+
+    def _masters_all_live(self) -> bool:
+        masters = self._master_ports()
+        return bool(masters) and masters <= set(self.processes)
 
     def _master_ports(self) -> set[int]:
         for port in self.processes:
@@ -223,6 +279,9 @@ class LocalCluster:
                 process.kill()
                 process.wait(10)
         self.processes.clear()
+        for held in self._held:
+            held.close()
+        self._held.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

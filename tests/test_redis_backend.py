@@ -3,6 +3,7 @@ recovery, outages. Against a real Redis; each test under its own key prefix."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -520,3 +521,33 @@ async def test_data_of_another_number_of_shards_is_refused(make: Make, first: in
             pass
     async with make(shards=first) as backend:  # the same count still opens, and sees its task
         assert await backend.queue.get("task-0") is not None
+
+
+async def test_a_save_cut_off_after_its_lease_was_let_go_fails_as_an_outage() -> None:
+    """A worker's last save waits on a Redis that then dies; meanwhile the heartbeat found the
+    lease taken over and let go of it. The save fails as an outage (``BackendUnavailable``,
+    which the worker logs once and outlives), not with an error of the backend's own making."""
+    with private_redis() as server:
+        async with RedisBackend.from_url(server.url, prefix="pqtest:cutoff", lease_timeout=60.0) as backend:
+            await _submit(backend, _record())
+            lease = await backend.queue.lease()
+            done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)  # the save goes out and waits for its answer
+            failures: list[BaseException] = []
+
+            async def save() -> None:
+                try:
+                    await backend.save_and_publish(lease, done, done.view_json(), finish=True)
+                except Exception as exc:
+                    failures.append(exc)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(save)
+                with anyio.fail_after(PATIENCE):
+                    while not backend.queue._batcher._flushes:  # on its way, its lease read before
+                        await anyio.sleep(0.01)
+                backend.queue._drop(lease)  # as the heartbeat does with a lease taken over
+                server.kill()
+            assert len(failures) == 1
+            assert isinstance(failures[0], BackendUnavailable), repr(failures[0])

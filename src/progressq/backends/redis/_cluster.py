@@ -56,6 +56,18 @@ def cluster_client(url: str, **options: Any) -> RedisCluster:
         raise ConfigurationError(f"not a Redis Cluster URL ({exc})") from exc
 
 
+async def _ask_for_slot(client: RedisCluster, key: str) -> None:
+    """Read ``key`` through the cluster client, which learns where its slot is served now.
+    Mid-failover, the lowest redis-py allowed also fails with an ``AttributeError`` of its own
+    (a connection that another call closed under it): that is the outage's, as a lost
+    connection is, so that the pub/sub connection is made again after its backoff instead of
+    ending the backend's listening."""
+    try:
+        await client.exists(key)
+    except AttributeError as exc:
+        raise ConnectionError(f"the cluster client failed mid-failover: {exc!r}") from exc
+
+
 class _SlotSource(_Source):
     """Sharded pub/sub on the master that serves one slot (named by a key in it)."""
 
@@ -75,7 +87,7 @@ class _SlotSource(_Source):
     async def open(self) -> PubSub:
         # A read of a key in the slot goes where the client thinks the slot is; after a
         # failover or a move that fails or is redirected, and the client learns the new map.
-        await self._cluster.exists(self._slot_key)
+        await _ask_for_slot(self._cluster, self._slot_key)
         node = self._cluster.get_node_from_key(self._slot_key)
         if node is None:  # pragma: no cover - a master is asked for, and a covered slot has one
             raise ConfigurationError(f"no master serves the slot of {self._slot_key!r}")
