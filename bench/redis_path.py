@@ -2,8 +2,9 @@
 Redis pub/sub and hands to a local subscriber, beside the hand-written port's subscriber.
 
 A receiving process subscribes for ``--identities`` owners, then another process publishes
-``--events`` events to them, in bursts of ``--burst`` with ``--gap`` ms between bursts (the
-same pace for every system, so that each reads as many messages per socket read):
+``--events`` events to them, in bursts of ``--burst`` concurrent calls (each on its own
+connection, as a worker's concurrent tasks publish) with ``--gap`` ms between bursts: the
+same pace for every system, so that each reads about as many messages per socket read.
 
 - ``progressq``: ``RedisBackend.registry.attach`` of one sink per owner (a sink that only
   counts); the events published with ``registry.publish`` (its script: seq, history);
@@ -21,6 +22,7 @@ Two measures, each printed with progressq's ratio to the port:
 
     bench/.venv/bin/python bench/redis_path.py [--events 20000] [--identities 200] [--rounds 3]
     bench/.venv/bin/python bench/redis_path.py --callgrind --events 5000
+    bench/.venv/bin/python bench/redis_path.py --only progressq --rounds 1 --profile /tmp/rp  # /tmp/rp.progressq
 
 Uses the shared Redis (``BENCH_REDIS_DB``) under a key prefix of its own, deleted afterwards.
 """
@@ -126,10 +128,12 @@ async def publish(system: str, url: str, prefix: str, identities: int, events: i
         redis = Redis.from_url(url)
         channel = f"{prefix}:owner:"
         for start in range(0, events, burst):
-            async with redis.pipeline(transaction=False) as pipe:
-                for n in range(start, min(start + burst, events)):
-                    pipe.publish(channel + owners[n % identities], VIEW % {b"n": n})
-                await pipe.execute()
+            await asyncio.gather(
+                *(
+                    redis.publish(channel + owners[n % identities], VIEW % {b"n": n})
+                    for n in range(start, min(start + burst, events))
+                )
+            )
             await asyncio.sleep(gap)
         await redis.aclose()
 
@@ -148,6 +152,8 @@ def one_round(system: str, args: Any, events: int, callgrind_out: str | None = N
     prefix = f"redis-path-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, __file__, "--receive", system, "--prefix", prefix]
     command += ["--identities", str(args.identities), "--events", str(events)]
+    if args.profile:
+        command += ["--profile", f"{args.profile}.{system}"]
     if callgrind_out:
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}", *command]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -177,13 +183,22 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=20, help="events published at once")
     p.add_argument("--gap", type=float, default=2.0, help="ms between bursts")
     p.add_argument("--callgrind", action="store_true", help="instructions per event under valgrind's callgrind")
+    p.add_argument("--profile", default="", help="write a cProfile of the receiving process to this file")
     p.add_argument("--receive", default="", help=argparse_hidden())
     p.add_argument("--prefix", default="", help=argparse_hidden())
     args = p.parse_args()
     if args.receive:
         import uvloop
 
-        uvloop.run(receive(args.receive, redis_url(), args.prefix, args.identities, args.events))
+        running = receive(args.receive, redis_url(), args.prefix, args.identities, args.events)
+        if not args.profile:
+            uvloop.run(running)
+            return
+        import cProfile
+
+        with cProfile.Profile() as profile:
+            uvloop.run(running)
+        profile.dump_stats(args.profile)
         return
     names = selected(args.only, list(SYSTEMS))
     if args.callgrind:
