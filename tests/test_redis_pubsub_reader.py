@@ -12,7 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -24,7 +29,15 @@ from progressq.backends.redis import RedisBackend
 from progressq.backends.redis._cluster import _SlotSource
 from progressq.backends.redis._pubsub import _PubSub, _Source, _Subscription
 from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+from tests.redis_support import (
+    REDIS_URL,
+    delete_prefix,
+    free_port,
+    new_prefix,
+    private_redis,
+    redis_answers,
+    require_redis,
+)
 from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.anyio]
@@ -269,3 +282,85 @@ async def test_sharded_messages_and_an_unsolicited_sunsubscribe(redis_cluster: S
         await pubsub.aclose()
         await client.aclose()
         delete_cluster_prefix(redis_cluster.url, prefix)
+
+
+@pytest.fixture
+def tls_redis_with_a_user(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of the test's own that speaks only TLS and lets in only a user with a
+    password: the URL to reach it."""
+    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    if binary is None or openssl is None:
+        pytest.skip("needs redis-server and openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    request = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+    subprocess.run([*request, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = free_port()
+    command = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    command += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    command += ["--user", "default", "off", "--user", "alice", "on", ">s3cret", "~*", "&*", "+@all"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"rediss://alice:s3cret@127.0.0.1:{port}/0?ssl_cert_reqs=none"
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while not redis_answers(url):
+            if server.poll() is not None:
+                pytest.skip("this redis-server does not speak TLS")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the TLS redis-server did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_tls_and_a_password_through_a_lost_connection(tls_redis_with_a_user: str) -> None:
+    """The reader's connection is opened as the client's are: TLS and ``user:password`` from
+    the URL, on the first connection and on the one made after it was lost."""
+    url = tls_redis_with_a_user
+    async with RedisBackend.from_url(url, prefix="tls") as listener, RedisBackend.from_url(url, prefix="tls") as other:
+        sink = RecordingSink()
+        await listener.registry.attach("alice", sink)
+        for n in range(1, 4):
+            await other.registry.publish("alice", "taskProgress", "t", n, b'{"n":%d}' % n)
+        await sink.wait_count(3)
+        assert await other.client.execute_command("CLIENT KILL TYPE pubsub") >= 1
+        with anyio.fail_after(PATIENCE):
+            while listener._pubsubs[0].connections < 1 or listener._pubsubs[0].broken:
+                await anyio.sleep(0.05)
+        for n in range(4, 7):
+            await other.registry.publish("alice", "taskProgress", "t", n, b'{"n":%d}' % n)
+        await sink.wait_count(6)
+        assert sink.seqs == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_silent_connection_is_pinged_then_dropped_and_made_again() -> None:
+    """A Redis that stops answering without closing anything (here: stopped with SIGSTOP) is
+    found out by the reader's ping, not by a timeout on every read; once Redis answers again
+    the connection is made again and nothing is lost."""
+    with private_redis() as server:
+        assert server.process is not None
+        async with (
+            RedisBackend.from_url(server.url, prefix="silent") as listener,
+            RedisBackend.from_url(server.url, prefix="silent") as other,
+        ):
+            sink = RecordingSink()
+            await listener.registry.attach("alice", sink)
+            await other.registry.publish("alice", "taskProgress", "t", 1, b'{"n":1}')
+            await sink.wait_count(1)
+            pubsub = listener._pubsubs[0]
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                with anyio.fail_after(PATIENCE):
+                    while not pubsub.broken:
+                        await anyio.sleep(0.1)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            await other.registry.publish("alice", "taskProgress", "t", 2, b'{"n":2}')
+            with anyio.fail_after(PATIENCE):
+                while pubsub.broken:
+                    await anyio.sleep(0.1)
+            await other.registry.publish("alice", "taskProgress", "t", 3, b'{"n":3}')
+            await sink.wait_count(3)
+            assert sink.seqs == [1, 2, 3]
