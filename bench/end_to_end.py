@@ -189,11 +189,13 @@ async def measure(
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         redis0 = redis_cpu(redis_port) if redis_port else 0.0
+        web0 = cpu_seconds(pids[0])
         cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
         kernel0 = sum(system_seconds(p) for p in pids)
         await asyncio.gather(*(start(http, system, port, c) for c in clients))
         finished = await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in clients)), 600)
         t1, cpu1 = time.perf_counter(), sum(cpu_seconds(p) for p in pids)
+        web1 = cpu_seconds(pids[0])
         kernel1 = sum(system_seconds(p) for p in pids)
         redis1 = redis_cpu(redis_port) if redis_port else 0.0
     del finished
@@ -209,6 +211,7 @@ async def measure(
         "seconds": t1 - t0,
         "events_per_s": events / (t1 - t0),
         "server_cpu_us_per_event": (cpu1 - cpu0) / events * 1e6,
+        "web_cpu_us_per_event": (web1 - web0) / events * 1e6,  # the web process alone
         "redis_cpu_us_per_event": (redis1 - redis0) / events * 1e6 if redis_port else float("nan"),
         "server_cpu_share": (cpu1 - cpu0) / (t1 - t0),
         "server_kernel_us_per_event": (kernel1 - kernel0) / events * 1e6,
@@ -286,7 +289,8 @@ def main() -> None:
                 print(
                     f"  round {round_index + 1}: {name:22} {fmt(outcome['events_per_s'])} events/s, "
                     f"server {fmt(outcome['server_cpu_us_per_event'])} us CPU each "
-                    f"({fmt(outcome['server_kernel_us_per_event'])} in the kernel) "
+                    f"({fmt(outcome['server_kernel_us_per_event'])} in the kernel, "
+                    f"{fmt(outcome['web_cpu_us_per_event'])} in the web process) "
                     f"(+{fmt(outcome['redis_cpu_us_per_event'])} in Redis), "
                     f"{outcome['problems']} clients with problems {outcome['first_problems'][:1]}",
                     flush=True,

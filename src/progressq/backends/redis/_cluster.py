@@ -13,15 +13,13 @@ missed from the history).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import ConnectionPool
 
-from progressq.backends.redis._pubsub import _aclose, _Source
+from progressq.backends.redis._pubsub import _Source
+from progressq.backends.redis._wire import _Wire
 from progressq.errors import ConfigurationError
 
 __all__ = ("CLUSTER_SCHEMES", "_SlotSource", "cluster_client", "is_cluster_url")
@@ -72,37 +70,22 @@ class _SlotSource(_Source):
     """Sharded pub/sub on the master that serves one slot (named by a key in it)."""
 
     sharded = True
-    subscribed_kind = "ssubscribe"
-    message_kind = "smessage"
-    unsubscribed_kind = "sunsubscribe"
-    # redis-py's health check would read a subscribed connection's PING answer as a reply to
-    # a (S)SUBSCRIBE it sends meanwhile: it is off, and the connection is pinged here instead
-    ping_every: float | None = 5.0
+    subscribe_command = b"SSUBSCRIBE"
+    unsubscribe_command = b"SUNSUBSCRIBE"
+    subscribed_kind = b"ssubscribe"
+    message_kind = b"smessage"
+    unsubscribed_kind = b"sunsubscribe"
 
     def __init__(self, client: RedisCluster, slot_key: str) -> None:
         super().__init__()
         self._cluster = client
         self._slot_key = slot_key
 
-    async def open(self) -> PubSub:
+    async def open(self) -> _Wire:
         # A read of a key in the slot goes where the client thinks the slot is; after a
         # failover or a move that fails or is redirected, and the client learns the new map.
         await _ask_for_slot(self._cluster, self._slot_key)
         node = self._cluster.get_node_from_key(self._slot_key)
         if node is None:  # pragma: no cover - a master is asked for, and a covered slot has one
             raise ConfigurationError(f"no master serves the slot of {self._slot_key!r}")
-        kwargs = {**node.connection_kwargs, "health_check_interval": 0}
-        pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
-        return PubSub(pool)
-
-    async def subscribe(self, pubsub: PubSub, channels: Sequence[bytes]) -> None:
-        await pubsub.execute_command("SSUBSCRIBE", *channels)
-
-    async def unsubscribe(self, pubsub: PubSub, channels: Sequence[bytes]) -> None:
-        await pubsub.execute_command("SUNSUBSCRIBE", *channels)
-
-    async def close(self, pubsub: PubSub) -> None:
-        try:
-            await _aclose(pubsub)
-        finally:
-            await pubsub.connection_pool.disconnect()
+        return await _Wire.open(node.connection_class, node.connection_kwargs)

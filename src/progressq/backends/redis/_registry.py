@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import anyio
 import anyio.abc
@@ -54,19 +54,30 @@ class _Identity(_Subscription):
         else:  # subscribed again after a lost connection: fetch what was missed
             await self._fill()
 
-    async def message(self, data: bytes) -> None:
-        if self.last is None:
-            return
+    def received(self, data: bytes) -> Awaitable[None] | None:
+        # The next event in order is delivered here and now: no coroutine, no await.
+        last = self.last
+        if last is None:
+            return None  # not confirmed yet: the seq read at confirmation covers this event
         seq_text, rev_text, kind_text, length_text, rest = data.split(b":", 4)
         seq = int(seq_text)
-        if seq <= self.last:
-            return
-        if seq > self.last + 1:
-            await self._fill()
-            if seq <= self.last:
-                return
-            if seq > self.last + 1:
-                return  # history no longer holds the gap: ``_fill`` had the sinks resync
+        if seq != last + 1:
+            return None if seq <= last else self._after_gap(seq, rev_text, kind_text, length_text, rest)
+        length = int(length_text)
+        self._deliver(Event(seq, _EVENT_KINDS[kind_text], rest[:length].decode(), int(rev_text), rest[length:]))
+        return None
+
+    async def message(self, data: bytes) -> None:
+        pending = self.received(data)
+        if pending is not None:
+            await pending
+
+    async def _after_gap(self, seq: int, rev_text: bytes, kind_text: bytes, length_text: bytes, rest: bytes) -> None:
+        """Events were missed before this one: fill them from the history first."""
+        await self._fill()
+        assert self.last is not None
+        if seq != self.last + 1:
+            return  # delivered by the fill, or history no longer holds the gap (the sinks resync)
         length = int(length_text)
         self._deliver(Event(seq, _EVENT_KINDS[kind_text], rest[:length].decode(), int(rev_text), rest[length:]))
 
