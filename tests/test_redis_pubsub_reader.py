@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -220,6 +221,34 @@ async def test_a_connection_cut_mid_message_loses_no_event() -> None:
             assert listener._pubsubs[0].connections >= 1
     finally:
         delete_prefix(prefix)
+
+
+async def test_an_unexpected_error_while_connecting_again_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error the client library did not map, met while the lost connection is made again,
+    is an outage like any other (tried again after the backoff), not the end of listening."""
+    channel = new_prefix("unmapped")
+    async with reading(REDIS_URL) as pubsub, Redis.from_url(REDIS_URL) as publisher:
+        sub = Collecting()
+        await pubsub.subscribe(channel, sub)
+        await sub.until(lambda: sub.confirmations == 1)
+        source = pubsub._source
+        open_for_real = source.open
+        failures: list[str] = []
+
+        async def fails_once() -> Any:
+            if not failures:
+                failures.append("raised")
+                raise RuntimeError("a client library's own bug")
+            return await open_for_real()
+
+        monkeypatch.setattr(source, "open", fails_once)
+        wire = pubsub._wire
+        assert wire is not None
+        wire.abort("cut by the test")
+        await sub.until(lambda: sub.confirmations == 2)  # subscribed again on a new connection
+        await publisher.publish(channel, b"after")
+        await sub.until(lambda: sub.messages == [b"after"])
+        assert failures == ["raised"]
 
 
 async def test_a_subscription_is_confirmed_and_a_message_nobody_wants_is_passed_over(

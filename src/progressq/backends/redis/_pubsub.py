@@ -247,6 +247,11 @@ class _PubSub:
         except _NOT_BACK as exc:
             logger.debug("pub/sub: Redis is not back yet (%s)", exc)
             return False
+        except Exception as exc:
+            # An error the client library did not map (its cluster client mid-failover, say):
+            # tried again after the backoff like an outage, never the end of listening.
+            backend_outage.failed("the pub/sub connection", exc)
+            return False
         self._wire = wire
         logger.info("pub/sub: connected again, %d channels subscribed", len(channels))
         return True
