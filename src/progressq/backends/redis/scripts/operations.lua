@@ -140,18 +140,20 @@ end
 
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
--- starts a fresh history. `revision` may be a number or a string.
+-- starts a fresh history. `revision` is a string.
 local function emit(seq_key, history_key, kind, task_id, revision, view, history_size, ttl, publish_command,
                     channel)
   local seq = redis.call('INCR', seq_key)
   if seq == 1 then
     redis.call('DEL', history_key)
   end
-  redis.call('XADD', history_key, 'MAXLEN', '~', history_size, seq .. '-0',
+  local seq_text = tostring(seq)  -- formatted once (see the rows' note on numbers)
+  redis.call('XADD', history_key, 'MAXLEN', '~', history_size, seq_text .. '-0',
     'k', kind, 't', task_id, 'r', revision, 'j', view)
   redis.call('EXPIRE', seq_key, ttl)
   redis.call('EXPIRE', history_key, ttl)
-  redis.call(publish_command or 'PUBLISH', channel, seq .. ':' .. revision .. ':' .. kind .. ':' .. #task_id .. ':' .. task_id .. view)
+  redis.call(publish_command or 'PUBLISH', channel,
+    seq_text .. ':' .. revision .. ':' .. kind .. ':' .. #task_id .. ':' .. task_id .. view)
   return seq
 end
 
@@ -547,7 +549,8 @@ end
 -- ROW commit: op task owner_tasks waiting seq history attempt record revision status terminal task_id owner view channel finish entry
 -- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit view channel
 -- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit view channel
--- Numbers are MessagePack integers, flags booleans, the rest strings.
+-- Flags are booleans, key indices and `limit` integers, everything else strings (numbers too:
+-- a Lua number handed to Redis is formatted with snprintf, dearer than the command itself).
 
 local batched = {}
 
@@ -559,11 +562,11 @@ local batched = {}
 function batched.commit(shard, s, r)
   local task, revision, status = KEYS[r[2]], r[9], r[10]
   local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub')
-  if h[1] ~= 'leased' or tonumber(h[2]) ~= r[7] then
+  if h[1] ~= 'leased' or h[2] ~= r[7] then
     return {0, 0}
   end
   -- this revision not published yet (a commit sent again after a lost answer may have been)
-  local fresh = tonumber(h[4] or '0') < revision
+  local fresh = tonumber(h[4] or '0') < tonumber(revision)
   local state = 'leased'
   if r[11] then
     state = 'done'
@@ -635,7 +638,7 @@ function batched.submit(shard, s, r)
       return {-2, unfinished}
     end
   end
-  if a.revision > 0 then  -- else `publish` would drop it (revision 0 is never newer)
+  if tonumber(a.revision) > 0 then  -- else `publish` would drop it (revision 0 is never newer)
     a.pub = a.revision
   end
   local done = enqueue(k, a)
