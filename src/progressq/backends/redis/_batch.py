@@ -41,10 +41,15 @@ class _Batcher(Generic[_Item]):
 
     async def call(self, item: _Item) -> Any:
         """Send ``item`` with the calls made meanwhile; its answer (its error raised)."""
+        return await self.submit(item)
+
+    def submit(self, item: _Item) -> asyncio.Future[Any]:
+        """``call`` without a coroutine of its own (for a call per event): the future of
+        ``item``'s answer."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._schedule()
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Wait for the batches on their way (before the client closes). Cancelling the

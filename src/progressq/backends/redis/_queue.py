@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._calls import _Calls, _Row
-from progressq.backends.redis._common import _Client, _Keys, _loose, _record_decoder, _text, _unavailable
+from progressq.backends.redis._common import _Client, _Keys, _loose, _outage, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _CancelSubscription, _Held, _LeaseKeeping
 from progressq.backends.redis._pubsub import _PubSub
 from progressq.backends.redis._shards import _Shards
@@ -147,21 +147,23 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         batch of its owner's shard. False: fenced out."""
         shard = self._shards.of_owner(record.owner)
         row = self._calls[shard].commit_row(lease, record, view_json, finish=finish)
-        return await self._save_by(self._batchers[shard].call(row), lease, record, finish=finish)
+        return await self._save_by(self._batchers[shard].submit(row), lease, record, finish=finish)
 
     async def _save_by(self, answering: Awaitable[Any], lease: Lease, record: TaskRecord, *, finish: bool) -> bool:
         """Await a save or a commit of ``record`` under ``lease`` (with ``finish``: one that
         acknowledges the task too), keeping the held lease's state. False: fenced out."""
         held = self._held.get(record.id)
         try:
-            with _unavailable("save"):
-                answer = await answering
-        except BackendUnavailable:
+            answer = await answering
+        except Exception as exc:  # (not `_unavailable`: a context manager per event costs)
+            outage = _outage(exc, "save")
+            if outage is None:
+                raise
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
             if held is not None and held.attempt == lease.record.attempt and (finish or held.status != record.status):
                 del self._held[record.id]
-            raise
+            raise outage from exc
         if not int(answer[0] if isinstance(answer, list) else answer):
             self._drop(lease)
             return False
