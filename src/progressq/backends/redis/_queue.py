@@ -161,8 +161,9 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
                 raise
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
+            # (The heartbeat may have let go of the lease while the call was out: taken over.)
             if held is not None and held.attempt == lease.record.attempt and (finish or held.status != record.status):
-                del self._held[record.id]
+                self._drop(lease)
             raise outage from exc
         if not int(answer[0] if isinstance(answer, list) else answer):
             self._drop(lease)
