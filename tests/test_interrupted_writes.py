@@ -130,8 +130,8 @@ async def test_a_landed_write_whose_reply_was_lost_does_not_cost_the_task_its_en
 
 @pytest.mark.redis
 async def test_a_caller_cancelled_while_its_batch_is_out_leaves_the_others_and_the_connections_right() -> None:
-    # The batcher sends many callers' script calls in one pipeline. One caller cancelled while
-    # that pipeline waits for Redis: its call still runs (Redis has it), every other caller
+    # The batcher sends many callers' calls in one script call. One caller cancelled while
+    # that call waits for Redis: its call still runs (Redis has it), every other caller
     # gets its own answer, and the connections answer the next calls with their own replies.
     from redis.asyncio import Redis
 
@@ -139,13 +139,17 @@ async def test_a_caller_cancelled_while_its_batch_is_out_leaves_the_others_and_t
 
     with private_redis() as server:
         client, control = Redis.from_url(server.url), Redis.from_url(server.url)
-        push = client.register_script("redis.call('RPUSH', KEYS[1], ARGV[1]) return ARGV[1]")
+        push = client.register_script("for _, v in ipairs(ARGV) do redis.call('RPUSH', KEYS[1], v) end return ARGV")
         await client.script_load(push.script)
-        batcher = _Batcher(client, in_flight=1)
+
+        async def send(items: Any) -> Any:
+            return await push(keys=["ran"], args=items)
+
+        batcher = _Batcher(send, in_flight=1)
         try:
-            await control.client_pause(int(PATIENCE * 1000), all=False)  # writes wait: the pipeline stays out
-            calls = [asyncio.ensure_future(batcher.call(push, ["ran"], [n])) for n in range(8)]
-            with anyio.fail_after(PATIENCE):  # one pipeline of the eight, sent and held by Redis
+            await control.client_pause(int(PATIENCE * 1000), all=False)  # writes wait: the batch stays out
+            calls = [asyncio.ensure_future(batcher.call(n)) for n in range(8)]
+            with anyio.fail_after(PATIENCE):  # one batch of the eight, sent and held by Redis
                 while (await control.info("clients"))["blocked_clients"] < 1:
                     await asyncio.sleep(0.01)
             assert len(batcher._flushes) == 1
@@ -163,7 +167,7 @@ async def test_a_caller_cancelled_while_its_batch_is_out_leaves_the_others_and_t
                 assert await asyncio.gather(*(client.echo(f"next {n}") for n in range(8))) == [
                     f"next {n}".encode() for n in range(8)
                 ]
-                assert await batcher.call(push, ["ran"], ["after"]) == b"after"
+                assert await batcher.call("after") == b"after"
         finally:
             await client.aclose()
             await control.aclose()

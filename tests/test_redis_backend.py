@@ -4,7 +4,7 @@ recovery, outages. Against a real Redis; each test under its own key prefix."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -429,30 +429,28 @@ async def test_batched_script_calls_recover_when_redis_forgot_the_scripts(make: 
         assert len(sink.seqs) == 20 * 4  # queued, running, progress, completed: each once
 
 
-async def test_calls_made_while_pipelines_are_out_go_together_when_one_returns() -> None:
-    # Group commit: with one pipeline allowed out, calls spread over many turns of the event
-    # loop travel in a few pipelines, not one round trip each; every caller gets its own
+async def test_calls_made_while_batches_are_out_go_together_when_one_returns() -> None:
+    # Group commit: with one batch allowed out, calls spread over many turns of the event
+    # loop travel in a few batches, not one round trip each; every caller gets its own
     # answer, in order.
     from redis.asyncio import Redis
 
     from progressq.backends.redis._batch import _Batcher
 
     client = Redis.from_url(REDIS_URL)
-    echo = client.register_script("return ARGV[1]")
-    pipelines = 0
-    make_pipeline = client.pipeline
+    echo = client.register_script("return ARGV")
+    batches = 0
 
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return make_pipeline(*args, **kwargs)
+    async def send(items: Sequence[int]) -> Any:
+        nonlocal batches
+        batches += 1
+        return await echo(keys=[], args=items)
 
-    client.pipeline = counting_pipeline  # type: ignore[method-assign]
-    batcher = _Batcher(client, in_flight=1)
+    batcher = _Batcher(send, in_flight=1)
     answers: dict[int, bytes] = {}
 
     async def one(n: int) -> None:
-        answers[n] = await batcher.call(echo, [], [n])
+        answers[n] = await batcher.call(n)
 
     try:
         async with anyio.create_task_group() as group:
@@ -464,7 +462,72 @@ async def test_calls_made_while_pipelines_are_out_go_together_when_one_returns()
     finally:
         await client.aclose()
     assert answers == {n: str(n).encode() for n in range(200)}
-    assert pipelines <= 12  # 20 turns; without group commit, about one pipeline per turn
+    assert batches <= 12  # 20 turns; without group commit, about one batch per turn
+
+
+async def test_an_error_in_one_batched_call_reaches_only_that_call(make: Make) -> None:
+    # Submits of several owners made at once go to Redis as one script call; one of them
+    # fails in Redis (its owner's waiting list is a key of the wrong type): its caller gets
+    # the error, and every other submit of the batch is queued and announced.
+    async with make() as backend:
+        await backend.client.set(f"{backend.prefix}:waiting:mallory", "not a list")
+        owners = ["alice", "mallory", "bob", "carol"]
+        outcomes: dict[str, Any] = {}
+
+        async def submit(owner: str) -> None:
+            record = _record(owner, owners.index(owner))
+            try:
+                outcomes[owner] = await backend.enqueue_and_announce(record, max_unfinished=None)
+            except Exception as exc:
+                outcomes[owner] = exc
+
+        sent: list[int] = []
+        send = backend.queue._calls[0].send
+
+        def counting_send(rows: Any) -> Any:
+            sent.append(len(rows))
+            return send(rows)
+
+        backend.queue._batchers[0]._send = counting_send
+        async with anyio.create_task_group() as group:
+            for owner in owners:
+                group.start_soon(submit, owner)
+        assert sent == [4]  # one script call for the four
+        assert isinstance(outcomes.pop("mallory"), redis.ResponseError)
+        assert outcomes == {"alice": None, "bob": None, "carol": None}
+        for owner in ["alice", "bob", "carol"]:
+            assert await backend.registry.current_seq(owner) == 1  # announced
+            assert [r.owner for r in await backend.queue.list_by_owner(owner)] == [owner]
+        leases = await backend.queue.lease_many(10)
+        assert sorted(lease.record.owner for lease in leases) == ["alice", "bob", "carol"]
+
+
+def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
+    # The batched rows are positional: the script's ROW lines and _calls.py's layouts must
+    # list the same fields in the same order, and the rows built must have that many fields.
+    import re
+    from importlib.resources import files
+
+    from progressq.backends.redis._calls import _ROW_LAYOUTS, _SHARD_KEYS, _Calls
+    from progressq.backends.redis._common import _Keys
+
+    script = files("progressq.backends.redis").joinpath("scripts", "operations.lua").read_text(encoding="utf-8")
+    in_script = {op: tuple(fields.split()) for op, fields in re.findall(r"^-- ROW (\w+): (.+)$", script, re.M)}
+    assert in_script == _ROW_LAYOUTS
+    shard_keys = re.search(r"^-- SHARD_KEYS: (.+)$", script, re.M)
+    assert shard_keys is not None
+    assert tuple(shard_keys.group(1).split()) == _SHARD_KEYS
+    calls = _Calls(redis.Redis(), _Keys("pq"), capacity=0, retention=1, history_size=1, history_ttl=1)
+    record = _record()
+    lease = Lease(record, "1-0")
+    rows = [
+        calls.commit_row(lease, record, record.view_json(), finish=False),
+        calls.submit_row(record, None),
+        calls.enqueue_row(record),
+    ]
+    for op, keys, fields in rows:
+        assert 1 + len(keys) + len(fields) == len(_ROW_LAYOUTS[op])
+        assert _ROW_LAYOUTS[op][len(keys)] == "history"  # the keys come first, history last
 
 
 def test_from_url_clients_pack_commands_in_c_exactly_as_redis_py_does() -> None:
@@ -496,15 +559,19 @@ async def test_a_flush_cancelled_before_it_started_strands_no_call() -> None:
     from progressq.backends.redis._batch import _Batcher
 
     client = Redis.from_url(REDIS_URL)
-    echo = client.register_script("return ARGV[1]")
-    batcher = _Batcher(client)
+    echo = client.register_script("return ARGV")
+
+    async def send(items: Sequence[int]) -> Any:
+        return await echo(keys=[], args=items)
+
+    batcher = _Batcher(send)
     try:
-        first = asyncio.ensure_future(batcher.call(echo, [], [1]))
+        first = asyncio.ensure_future(batcher.call(1))
         await asyncio.sleep(0)  # the call waits; its flush is scheduled, not started
         assert batcher._scheduled is not None
         batcher._scheduled.cancel()  # e.g. the loop's shutdown reached it first
         assert await asyncio.wait_for(first, 2) == b"1"
-        assert await asyncio.wait_for(batcher.call(echo, [], [2]), 2) == b"2"
+        assert await asyncio.wait_for(batcher.call(2), 2) == b"2"
         await batcher.drain()
     finally:
         await client.aclose()

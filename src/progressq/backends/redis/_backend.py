@@ -291,7 +291,7 @@ class RedisBackend(BackendDefaults):
         if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
-        await self._queue._batcher.drain()
+        await self._queue._drain_batches()
         if self._queue._waking is not None:
             await self._queue._waking.aclose()
         with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
@@ -316,8 +316,9 @@ class RedisBackend(BackendDefaults):
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
         """
-        call = self._queue._calls_of(record.owner).submit(record, max_unfinished)
-        return await self._queue._enqueue_by(call, record)
+        shard = self._shards.of_owner(record.owner)
+        row = self._queue._calls[shard].submit_row(record, max_unfinished)
+        return await self._queue._enqueue_by(shard, row, record)
 
     async def save_and_publish(
         self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
@@ -325,8 +326,7 @@ class RedisBackend(BackendDefaults):
         """Save ``record`` (fenced by the lease's attempt), publish it to its owner
         (``taskProgress``) and, with ``finish``, acknowledge the task: one script, one round
         trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
-        call = self._queue._calls_of(record.owner).commit(lease, record, view_json, finish=finish)
-        return await self._queue._save_by(call, lease, record, finish=finish, batched=True)
+        return await self._queue._commit(lease, record, view_json, finish=finish)
 
 
 if TYPE_CHECKING:  # mypy proves that the Redis backend satisfies the contracts

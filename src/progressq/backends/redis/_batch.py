@@ -1,48 +1,55 @@
-"""Script calls made at the same moment go to Redis together: one pipelined round trip."""
+"""Calls of one shard made at the same moment go to Redis together: one script call."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from redis import exceptions as redis_errors
-from redis.commands.core import AsyncScript
 
-from progressq.backends.redis._calls import queue_script
-from progressq.backends.redis._common import _Client
-
-_Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+_Item = TypeVar("_Item")
 
 
-class _Batcher:
-    """Collects script calls and sends them in pipelines (not transactions: each script is
-    atomic on its own; the calls of one pipeline run in the order made, those of two
-    pipelines out at once in either order, as concurrent calls would).
+class _Batcher(Generic[_Item]):
+    """Collects the calls of one shard (rows, see ``_calls``) and sends them in batches, each
+    one script call (``send``: the items' answers, in order; an answer that is an exception is
+    that item's error). Each item runs atomically on its own; the items of one batch run in the
+    order made, those of two batches out at once in either order, as concurrent calls would.
+    Every shard has its own batcher, so a shard whose master hangs holds up only its own calls.
 
-    Group commit: at most ``in_flight`` pipelines are on their way at once. A call made while
+    Group commit: at most ``in_flight`` batches are on their way at once. A call made while
     that many are out waits for one of them to return and then goes with every call made
-    meanwhile, in one pipeline. At a low rate every call leaves on the next turn of the event
-    loop, as alone as it came; under load, batches grow by themselves, so the client's
-    per-call cost (a round trip, a connection checkout, a pair of socket calls) is paid once
-    per batch and the rate Redis sustains rises instead of the latency. A caller waits for
-    its own answer; an error reaches only the calls it concerns (a lost connection concerns
-    all of the batch, as it would have concerned each of them alone).
+    meanwhile, in one batch. At a low rate every call leaves on the next turn of the event
+    loop, as alone as it came; under load, batches grow by themselves, so the per-call cost (a
+    round trip, a connection checkout, a pair of socket calls, the script's start and the
+    values every call of the shard shares) is paid once per batch and the rate Redis sustains
+    rises instead of the latency. A caller waits for its own answer; an error reaches only the
+    calls it concerns (a lost connection concerns all of the batch, as it would have concerned
+    each of them alone).
     """
 
-    def __init__(self, client: _Client, *, in_flight: int = 2, max_batch: int = 512) -> None:
-        self._client = client
+    def __init__(
+        self, send: Callable[[Sequence[_Item]], Awaitable[Any]], *, in_flight: int = 2, max_batch: int = 512
+    ) -> None:
+        self._send = send
         self._in_flight = in_flight
         self._max_batch = max_batch
-        self._pending: list[_Call] = []
+        self._pending: list[tuple[_Item, asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self._scheduled: asyncio.Task[None] | None = None  # a flush that has not taken its batch yet
 
-    async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def call(self, item: _Item) -> Any:
+        """Send ``item`` with the calls made meanwhile; its answer (its error raised)."""
+        return await self.submit(item)
+
+    def submit(self, item: _Item) -> asyncio.Future[Any]:
+        """``call`` without a coroutine of its own (for a call per event): the future of
+        ``item``'s answer."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
+        self._pending.append((item, future))
         self._schedule()
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Wait for the batches on their way (before the client closes). Cancelling the
@@ -67,32 +74,15 @@ class _Batcher:
         self._scheduled = None
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
         self._schedule()  # more than one batch waits: the next may go at once
-        batch = [call for call in batch if not call[3].done()]  # cancelled meanwhile: not sent
+        batch = [call for call in batch if not call[1].done()]  # cancelled meanwhile: not sent
         if not batch:
             return
-        if len(batch) == 1:
-            script, keys, args, future = batch[0]
-            try:
-                answer = await script(keys=keys, args=args)
-            except BaseException as exc:
-                _settle(future, exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                _settle(future, answer)
-            return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    queue_script(pipe, script, keys, args)
-                answers = await pipe.execute(raise_on_error=False)
-            for (script, keys, args, future), answer in zip(batch, answers, strict=True):
-                if isinstance(answer, redis_errors.NoScriptError):
-                    # Redis lost its scripts (a restart): this one did not run; load it, run it
-                    answer = await script(keys=keys, args=args)
+            answers = await self._send([item for item, _ in batch])
+            for (_, future), answer in zip(batch, answers, strict=True):
                 _settle(future, answer)
         except BaseException as exc:
-            for *_, future in batch:
+            for _, future in batch:
                 _settle(future, exc)
             if not isinstance(exc, Exception):
                 raise

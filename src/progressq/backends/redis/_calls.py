@@ -1,29 +1,59 @@
-"""Every call of the backend's Redis script, built by name in one place.
+"""Every call of the backend's Redis script, built in one place.
 
-The script (``scripts/operations.lua``) holds every operation; a call names the operation, its
-keys and its arguments, and the script binds the names (see its header). This module is the
-only place that knows what each operation takes: the queue, the registry and the backend ask
-it for a call and run it. A combined operation (``submit``, ``commit``) takes the union of the
-named arguments of the operations it combines; a name they share means one value.
+The script (``scripts/operations.lua``) holds every operation. Most calls name the operation,
+its keys and its arguments, and the script binds the names (see its header). The calls made
+many at a time (the worker's commits, the submits) are rows instead, sent a shard's batch at a
+time in one script call (``_Calls.send``): positional, as laid out in ``_ROW_LAYOUTS``, the same
+lists the script reads them by. This module is the only place that knows what each operation
+takes: the queue, the registry and the backend ask it for a call or a row and run it. A
+combined operation takes the union of the named arguments of the operations it combines; a name
+they share means one value.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
+import msgspec
 from redis.commands.core import AsyncScript
 
 from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder
 from progressq.contracts import Lease, TaskRecord
 from progressq.messages import EventType
 
-__all__ = ("_Call", "_Calls", "queue_script")
+__all__ = ("_ROW_LAYOUTS", "_SHARD_KEYS", "_Call", "_Calls", "_Row", "queue_script")
 
 _Value = str | bytes
 _Named = Mapping[str, _Value]
+
+# A batched call: the operation, the keys it names (besides the shard's own) and its other
+# fields, in the order of its layout.
+_Row = tuple[str, tuple[str, ...], list[Any]]
+
+# The shard's own keys, the first of every batch's KEYS, in this order (`_Keys` attributes).
+_SHARD_KEYS = ("counters", "unfinished", "running", "wake", "dead", "stream", "ring", "delayed", "stamps")
+
+# Each batched operation's row, field by field (bytes as strings: Redis's MessagePack has no
+# bytes; a number the script hands to Redis as a string, not a Lua number: Redis would format
+# each with snprintf, a tenth of its work per commit): the script reads a row by position, in this
+# order (the ``ROW`` lines of operations.lua; a test checks that they agree). The fields after
+# ``op`` up to ``history`` are the row's keys, sent as their index in KEYS.
+_NEW_TASK_ROW = (
+    "op", "task", "owner_tasks", "waiting", "unique", "seq", "history",
+    "task_id", "record", "owner", "created", "revision", "run_at", "unique_key", "limit", "view", "channel",
+)  # fmt: skip
+_ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "commit": (
+        "op", "task", "owner_tasks", "waiting", "seq", "history",
+        "attempt", "record", "revision", "status", "terminal", "task_id", "owner", "view", "channel", "finish", "entry",
+    ),
+    "submit": _NEW_TASK_ROW,
+    "enqueue": _NEW_TASK_ROW,
+}  # fmt: skip
+_rows_encoder = msgspec.msgpack.Encoder()
 
 
 class _Call:
@@ -53,16 +83,6 @@ def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any], args: Sequ
     redis-py 5.0 refuses that method on a cluster pipeline (a node may lack the script);
     the callers run a call again where Redis answers ``NoScriptError``, loading the script."""
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-def _union(*parts: _Named) -> dict[str, Any]:
-    """The named arguments of the operations a call combines: a name they share is one value."""
-    union: dict[str, Any] = {}
-    for part in parts:
-        for name, value in part.items():
-            if union.setdefault(name, value) != value:
-                raise AssertionError(f"the parts of a combined call disagree on {name!r}")
-    return union
 
 
 @functools.cache
@@ -102,36 +122,116 @@ class _Calls:
         self._retention = str(retention)
         self._history_size = str(history_size)
         self._history_ttl = str(history_ttl)
+        # what every batch of this shard shares, encoded once (the script's `s`)
+        self._settings = _rows_encoder.encode(
+            {
+                "capacity": capacity,
+                "retention": retention,
+                "history_size": history_size,
+                "ttl": history_ttl,
+                "group": _GROUP,
+                "cancel_channel": keys.cancel_channel,
+                "publish_command": "SPUBLISH" if sharded_pubsub else "PUBLISH",
+                "stamps": stamps,
+                "task_prefix": keys.task(""),
+            }
+        )
+        self._shard_keys = [getattr(keys, name) for name in _SHARD_KEYS]
+        self._shard_index = {key: n for n, key in enumerate(self._shard_keys, 1)}
+        self._owner_keys: dict[str, tuple[str, str, str, str, str, str]] = {}
+
+    def _of_owner(self, owner: str) -> tuple[str, str, str, str, str, str]:
+        """An owner's keys and channel (owner_tasks, waiting, unique, seq, history, channel),
+        made once: a busy worker names the same owners' keys over and over."""
+        known = self._owner_keys.get(owner)
+        if known is None:
+            if len(self._owner_keys) >= 4096:
+                self._owner_keys.clear()  # bounded: the owners of the moment come back at once
+            keys = self._keys
+            known = self._owner_keys[owner] = (
+                keys.owner(owner),
+                keys.waiting(owner),
+                keys.unique(owner),
+                keys.seq(owner),
+                keys.history(owner),
+                keys.channel(owner),
+            )
+        return known
+
+    # --- batched: rows, sent a shard's batch at a time ------------------------------------
+
+    def send(self, rows: Sequence[_Row]) -> Awaitable[Any]:
+        """One script call for ``rows`` (all of this shard): their answers, in order, each a
+        row's answer or its error (an exception among the answers). Where Redis lost the
+        script, it is loaded and the call made again (nothing of it ran)."""
+        keys = list(self._shard_keys)
+        index = dict(self._shard_index)
+        encoded: list[list[Any]] = []
+        for op, row_keys, fields in rows:
+            row: list[Any] = [op]
+            for key in row_keys:
+                at = index.get(key)
+                if at is None:
+                    keys.append(key)
+                    at = index[key] = len(keys)
+                row.append(at)
+            row += fields
+            encoded.append(row)
+        sent: Awaitable[Any] = self.script(keys=keys, args=["batch", self._settings, _rows_encoder.encode(encoded)])
+        return sent
+
+    def commit_row(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Row:
+        """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
+        (layout ``commit``)."""
+        owner = record.owner
+        owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
+        fields = [
+            str(lease.record.attempt),
+            _record_encoder.encode(record).decode(),  # Redis's MessagePack reads strings, not bytes
+            str(record.revision),
+            record.status,
+            record.finished,
+            record.id,
+            owner,
+            view_json.decode(),
+            channel,
+            finish,
+            lease.token,
+        ]
+        return "commit", (self._keys.task(record.id), owner_tasks, waiting, seq, history), fields
+
+    def submit_row(self, record: TaskRecord, max_unfinished: int | None) -> _Row:
+        """``enqueue`` and the ``taskQueued`` publish in one step, under the owner's limit (layout
+        ``submit``)."""
+        return self._new_task_row("submit", record, max_unfinished or 0)
+
+    def enqueue_row(self, record: TaskRecord) -> _Row:
+        """Store and queue a task, announcing nothing (layout ``enqueue``)."""
+        return self._new_task_row("enqueue", record, 0)
+
+    def _new_task_row(self, op: str, record: TaskRecord, limit: int) -> _Row:
+        owner_tasks, waiting, unique, seq, history, channel = self._of_owner(record.owner)
+        fields = [
+            record.id,
+            _record_encoder.encode(record).decode(),
+            record.owner,
+            str(int(record.created_at.timestamp() * 1000)),
+            str(record.revision),
+            _ms(record),
+            record.key or "",
+            limit,
+            record.view_json().decode() if op == "submit" else "",
+            channel,
+        ]
+        return op, (self._keys.task(record.id), owner_tasks, waiting, unique, seq, history), fields
 
     def _call(self, op: str, keys: _Named, args: _Named) -> _Call:
         return _Call(self.script, op, keys, args)
 
     # --- the queue's --------------------------------------------------------------------
 
-    def enqueue(self, record: TaskRecord) -> _Call:
-        return self._call("enqueue", self._enqueue_keys(record), self._enqueue_args(record))
-
-    def submit(self, record: TaskRecord, max_unfinished: int | None) -> _Call:
-        """``enqueue`` and the ``taskQueued`` publish in one step, under the owner's limit."""
-        keys = _union(self._enqueue_keys(record), self._publish_keys(record.owner, record.id))
-        announce = self._publish_args(record.owner, "taskQueued", record.id, record.revision, record.view_json())
-        args = _union(self._enqueue_args(record), announce, {"limit": str(max_unfinished or 0)})
-        return self._call("submit", keys, args)
-
     def save(self, lease: Lease, record: TaskRecord) -> _Call:
         return self._call("save", self._save_keys(record), self._save_args(lease, record))
-
-    def commit(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Call:
-        """``save``, the ``taskProgress`` publish and (with ``finish``) the acknowledgement."""
-        keys = _union(
-            self._save_keys(record), self._publish_keys(record.owner, record.id), {"stream": self._keys.stream}
-        )
-        args = _union(
-            self._save_args(lease, record),
-            self._publish_args(record.owner, "taskProgress", record.id, record.revision, view_json),
-            {"finish": "1" if finish else "0", "group": _GROUP, "entry": lease.token},
-        )
-        return self._call("commit", keys, args)
 
     def release(self, lease: Lease, record: TaskRecord) -> _Call:
         keys: _Named = {
@@ -246,34 +346,6 @@ class _Calls:
         return self._call("publish", keys, self._publish_args(identity, kind, task_id, revision, task_json))
 
     # --- the parts ----------------------------------------------------------------------
-
-    def _enqueue_keys(self, record: TaskRecord) -> _Named:
-        return {
-            "task": self._keys.task(record.id),
-            "owner_tasks": self._keys.owner(record.owner),
-            "counters": self._keys.counters,
-            "waiting": self._keys.waiting(record.owner),
-            "unfinished": self._keys.unfinished,
-            "ring": self._keys.ring,
-            "wake": self._keys.wake,
-            "delayed": self._keys.delayed,
-            "unique": self._keys.unique(record.owner),
-            **self._stamps,
-        }
-
-    def _enqueue_args(self, record: TaskRecord) -> _Named:
-        return {
-            "task_id": record.id,
-            "record": _record_encoder.encode(record),
-            "owner": record.owner,
-            "created": str(int(record.created_at.timestamp() * 1000)),
-            "revision": str(record.revision),
-            "capacity": self._capacity,
-            "retention": self._retention,
-            "run_at": _ms(record),
-            "unique_key": record.key or "",
-            "task_prefix": self._keys.task(""),
-        }
 
     def _save_keys(self, record: TaskRecord) -> _Named:
         return {

@@ -59,12 +59,22 @@ def _unavailable(what: str) -> Iterator[None]:
     """Turn a Redis connection failure into ``BackendUnavailable``."""
     try:
         yield
-    except _REDIS_ERRORS as exc:
-        raise BackendUnavailable(f"Redis did not answer ({what}): {exc}") from exc
-    except redis_errors.RedisClusterException as exc:
-        if "cannot be connected" not in str(exc):
-            raise  # a mistake (keys of two slots in one call), not an outage
-        raise BackendUnavailable(f"Redis Cluster did not answer ({what}): {exc}") from exc
+    except Exception as exc:
+        outage = _outage(exc, what)
+        if outage is None:
+            raise
+        raise outage from exc
+
+
+def _outage(exc: Exception, what: str) -> BackendUnavailable | None:
+    """The ``BackendUnavailable`` that a Redis connection failure ``exc`` means, or None for
+    any other error (for a hot path, where ``_unavailable``'s context manager costs too much)."""
+    if isinstance(exc, _REDIS_ERRORS):
+        return BackendUnavailable(f"Redis did not answer ({what}): {exc}")
+    if isinstance(exc, redis_errors.RedisClusterException) and "cannot be connected" in str(exc):
+        # (any other: a mistake, keys of two slots in one call, not an outage)
+        return BackendUnavailable(f"Redis Cluster did not answer ({what}): {exc}")
+    return None
 
 
 def _text(value: bytes | str) -> str:

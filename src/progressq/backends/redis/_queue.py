@@ -15,15 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
 from progressq.backends.redis._batch import _Batcher
-from progressq.backends.redis._calls import _Call, _Calls
-from progressq.backends.redis._common import _Client, _Keys, _loose, _record_decoder, _text, _unavailable
+from progressq.backends.redis._calls import _Calls, _Row
+from progressq.backends.redis._common import _Client, _Keys, _loose, _outage, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _CancelSubscription, _Held, _LeaseKeeping
 from progressq.backends.redis._pubsub import _PubSub
 from progressq.backends.redis._shards import _Shards
@@ -58,8 +58,9 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         forget_consumers_after: float,
     ) -> None:
         self._client = client
-        self._batcher = _Batcher(client)
         self._calls = calls  # per shard
+        # per shard: a batch is one script call, of one slot on Redis Cluster
+        self._batchers: list[_Batcher[_Row]] = [_Batcher(shard_calls.send) for shard_calls in calls]
         self._shards = shards
         self._keys = shards.keys  # per shard
         self._pubsubs = pubsubs  # per shard (one shared by all on a single Redis)
@@ -106,11 +107,18 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
     async def enqueue(self, record: TaskRecord) -> None:
         """Store and queue ``record`` in one script (its announcement is the backend's
         ``enqueue_and_announce``)."""
-        await self._enqueue_by(self._calls_of(record.owner).enqueue(record), record)
+        shard = self._shards.of_owner(record.owner)
+        await self._enqueue_by(shard, self._calls[shard].enqueue_row(record), record)
 
-    async def _enqueue_by(self, call: _Call, record: TaskRecord) -> int | None:
-        """Run an enqueue or a submit ``call`` of ``record``: None when queued, else the owner's
-        count of unfinished tasks that refused it (a submit's limit).
+    async def _drain_batches(self) -> None:
+        """Wait for the batches on their way (before the client closes)."""
+        for batcher in self._batchers:
+            await batcher.drain()
+
+    async def _enqueue_by(self, shard: int, row: _Row, record: TaskRecord) -> int | None:
+        """Run an enqueue or a submit ``row`` of ``record`` (in the shard's next batch): None
+        when queued, else the owner's count of unfinished tasks that refused it (a submit's
+        limit).
 
         Raises:
             QueueFull: the queue is at capacity; nothing was queued.
@@ -118,7 +126,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
                 queued (the key is checked before the limit).
         """
         with _unavailable("enqueue"):
-            answer = await self._batcher.call(call.script, call.keys, call.args)
+            answer = await self._batchers[shard].call(row)
         code = int(answer[0])
         if code == -2:
             return int(answer[1])
@@ -132,25 +140,31 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
         call = self._calls_of(record.owner).save(lease, record)
-        return await self._save_by(call, lease, record, finish=False, batched=False)
+        return await self._save_by(call.run(), lease, record, finish=False)
 
-    async def _save_by(self, call: _Call, lease: Lease, record: TaskRecord, *, finish: bool, batched: bool) -> bool:
-        """Run a save or a commit ``call`` of ``record`` under ``lease`` (with ``finish``: one
-        that acknowledges the task too), keeping the held lease's state. False: fenced out."""
+    async def _commit(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> bool:
+        """Save ``record``, publish it and (with ``finish``) acknowledge the task, in the next
+        batch of its owner's shard. False: fenced out."""
+        shard = self._shards.of_owner(record.owner)
+        row = self._calls[shard].commit_row(lease, record, view_json, finish=finish)
+        return await self._save_by(self._batchers[shard].submit(row), lease, record, finish=finish)
+
+    async def _save_by(self, answering: Awaitable[Any], lease: Lease, record: TaskRecord, *, finish: bool) -> bool:
+        """Await a save or a commit of ``record`` under ``lease`` (with ``finish``: one that
+        acknowledges the task too), keeping the held lease's state. False: fenced out."""
         held = self._held.get(record.id)
         try:
-            with _unavailable("save"):
-                if batched:
-                    answer = await self._batcher.call(call.script, call.keys, call.args)
-                else:
-                    answer = await call.run()
-        except BackendUnavailable:
+            answer = await answering
+        except Exception as exc:  # (not `_unavailable`: a context manager per event costs)
+            outage = _outage(exc, "save")
+            if outage is None:
+                raise
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
             # (The heartbeat may have let go of the lease while the call was out: taken over.)
             if held is not None and held.attempt == lease.record.attempt and (finish or held.status != record.status):
                 self._drop(lease)
-            raise
+            raise outage from exc
         if not int(answer[0] if isinstance(answer, list) else answer):
             self._drop(lease)
             return False

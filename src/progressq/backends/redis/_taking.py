@@ -12,7 +12,7 @@ import msgspec
 from redis import exceptions as redis_errors
 
 from progressq._outage import backend_outage
-from progressq.backends.redis._calls import _Call, _Calls
+from progressq.backends.redis._calls import _Calls
 from progressq.backends.redis._common import _GROUP, _blpop, _Client, _Keys, _record_decoder, _text, _unavailable
 from progressq.backends.redis._keeping import _Held, _within
 from progressq.backends.redis._shards import _Shards
@@ -64,9 +64,7 @@ class _Taking:
 
     if TYPE_CHECKING:  # the queue's own, used here
 
-        async def _save_by(
-            self, call: _Call, lease: Lease, record: TaskRecord, *, finish: bool, batched: bool
-        ) -> bool: ...
+        async def _commit(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> bool: ...
 
         def _drop(self, lease: Lease) -> None: ...
 
@@ -344,5 +342,4 @@ class _Taking:
         )
         logger.error("task %s (%s): %s", record.id, record.kind, record.error)
         # stored, told to its owner and acknowledged in one step
-        commit = self._calls_of(record.owner).commit(lease, record, record.view_json(), finish=True)
-        await self._save_by(commit, lease, record, finish=True, batched=False)
+        await self._commit(lease, record, record.view_json(), finish=True)

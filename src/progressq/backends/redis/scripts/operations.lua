@@ -1,12 +1,24 @@
--- The Redis backend's operations: one script, registered once, whose every call names the
--- operation, its keys and its arguments (built in _calls.py):
---   ARGV[1]                 the operation's name (a function below);
+-- The Redis backend's operations: one script, registered once. A call takes one of two forms
+-- (both built in _calls.py):
+--
+-- Named, one operation per call:
+--   ARGV[1]                 the operation's name (a function of `operations` below);
 --   ARGV[2 .. #KEYS + 1]    the names of KEYS[1 ..], in order;
 --   then name, value, name, value, ...: the arguments.
 -- A list is named item by item: "task 1", "task 2", ...
 -- An operation that combines others passes them the same named keys and arguments: each
 -- argument is named after what it is, so that the parts agree (one `revision`, one `task_id`).
--- Nothing is sliced by position. Each call runs atomically, as one script.
+--
+-- Batched, the calls of one shard made at the same moment (the worker's commits, the submits),
+-- in one script call (see `batch` at the end):
+--   ARGV[1] = 'batch', ARGV[2] the shard's settings (a MessagePack map, the same for every
+--   batch), ARGV[3] the rows (a MessagePack array, one row per call);
+--   KEYS: the shard's own keys first (SHARD_KEYS below), then every other key the rows name,
+--   each once; a row names a key by its index in KEYS.
+-- A row is positional: its layout is in ROWS below, and _calls.py builds rows from that same
+-- table (_ROW_LAYOUTS, checked against this file by the tests). Each row runs atomically and
+-- on its own: an error in one row is that row's answer, and the others still run.
+--
 -- Every call names the keys of one shard (one hash tag on Redis Cluster: one slot), and the keys
 -- an operation names from what it reads (`take`) are of that shard too.
 -- Publishing uses the optional argument publish_command: SPUBLISH on Redis Cluster (sharded
@@ -76,6 +88,33 @@ local function promote(k, a)
   end
 end
 
+-- A task reached a terminal state (stored as 'done' by the caller): it no longer counts as
+-- running or unfinished, its record and (with no unfinished task left) its owner's index
+-- expire after `retention`, its unique key is freed, a failed task is a dead letter, and a
+-- worker waiting for its owner's next task (the owner was at its cap) is woken.
+-- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
+local function ended(k, retention, owner, task_id, status)
+  redis.call('HINCRBY', k.counters, 'running', -1)
+  redis.call('EXPIRE', k.task, retention)
+  if redis.call('HINCRBY', k.unfinished, owner, -1) <= 0 then
+    redis.call('HDEL', k.unfinished, owner)
+    redis.call('EXPIRE', k.owner_tasks, retention)
+  end
+  free_key(k, {task_id = task_id})
+  if status == 'failed' then
+    local now = redis.call('TIME')
+    redis.call('ZADD', k.dead, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), task_id)
+  end
+  if redis.call('HINCRBY', k.running, owner, -1) <= 0 then
+    redis.call('HDEL', k.running, owner)
+  end
+  if redis.call('EXISTS', k.waiting) == 1 then
+    -- below its cap again: a waiting worker may take the owner's next task
+    redis.call('LPUSH', k.wake, 1)
+    redis.call('LTRIM', k.wake, 0, 63)
+  end
+end
+
 -- Store a task's state when the writer holds the current attempt (fencing).
 -- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
 -- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
@@ -86,39 +125,41 @@ local function save(k, a)
   if h[1] ~= 'leased' or h[2] ~= a.attempt then
     return 0
   end
-  redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
   if a.terminal == '1' then
-    redis.call('HSET', k.task, 'state', 'done')
-    redis.call('HINCRBY', k.counters, 'running', -1)
-    redis.call('EXPIRE', k.task, a.retention)
-    if redis.call('HINCRBY', k.unfinished, a.owner, -1) <= 0 then
-      redis.call('HDEL', k.unfinished, a.owner)
-      redis.call('EXPIRE', k.owner_tasks, a.retention)
+    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status, 'state', 'done')
+    ended(k, a.retention, a.owner, a.task_id, a.status)
+  else
+    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
+    if h[3] == '1' and a.status == 'running' then
+      -- cancel was asked before this attempt started: tell its worker again
+      redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
     end
-    free_key(k, a)
-    if a.status == 'failed' then
-      local now = redis.call('TIME')
-      redis.call('ZADD', k.dead, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), a.task_id)
-    end
-    if redis.call('HINCRBY', k.running, a.owner, -1) <= 0 then
-      redis.call('HDEL', k.running, a.owner)
-    end
-    if redis.call('EXISTS', k.waiting) == 1 then
-      -- below its cap again: a waiting worker may take the owner's next task
-      redis.call('LPUSH', k.wake, 1)
-      redis.call('LTRIM', k.wake, 0, 63)
-    end
-  elseif h[3] == '1' and a.status == 'running' then
-    -- cancel was asked before this attempt started: tell its worker again
-    redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
   end
   return 1
 end
 
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
--- so that publish order is seq order. An event about a task that has moved on (a newer
--- revision is stored, or this revision was already published) is dropped: that is what keeps
--- a worker that lost its lease from reaching a client, and a retried publish from repeating.
+-- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
+-- starts a fresh history. `revision` is a string.
+local function emit(seq_key, history_key, kind, task_id, revision, view, history_size, ttl, publish_command,
+                    channel)
+  local seq = redis.call('INCR', seq_key)
+  if seq == 1 then
+    redis.call('DEL', history_key)
+  end
+  local seq_text = tostring(seq)  -- formatted once (see the rows' note on numbers)
+  redis.call('XADD', history_key, 'MAXLEN', '~', history_size, seq_text .. '-0',
+    'k', kind, 't', task_id, 'r', revision, 'j', view)
+  redis.call('EXPIRE', seq_key, ttl)
+  redis.call('EXPIRE', history_key, ttl)
+  redis.call(publish_command or 'PUBLISH', channel,
+    seq_text .. ':' .. revision .. ':' .. kind .. ':' .. #task_id .. ':' .. task_id .. view)
+  return seq
+end
+
+-- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
+-- is stored, or this revision was already published): that is what keeps a worker that lost
+-- its lease from reaching a client, and a retried publish from repeating.
 -- keys: seq, history, task (may not exist)
 -- args: kind, task_id, revision, view (JSON), history_size, ttl (s), channel
 -- Returns the seq, or 0 when dropped.
@@ -131,16 +172,8 @@ local function publish(k, a)
     end
     redis.call('HSET', k.task, 'pub', rev)
   end
-  if redis.call('EXISTS', k.seq) == 0 then
-    redis.call('DEL', k.history)
-  end
-  local seq = redis.call('INCR', k.seq)
-  redis.call('XADD', k.history, 'MAXLEN', '~', a.history_size, seq .. '-0',
-    'k', a.kind, 't', a.task_id, 'r', a.revision, 'j', a.view)
-  redis.call('EXPIRE', k.seq, a.ttl)
-  redis.call('EXPIRE', k.history, a.ttl)
-  redis.call(a.publish_command or 'PUBLISH', a.channel, seq .. ':' .. a.revision .. ':' .. a.kind .. ':' .. #a.task_id .. ':' .. a.task_id .. a.view)
-  return seq
+  return emit(k.seq, k.history, a.kind, a.task_id, a.revision, a.view, a.history_size, a.ttl, a.publish_command,
+    a.channel)
 end
 
 -- Store a new task, index it under its owner and queue it, unless the queue is full. It
@@ -150,7 +183,8 @@ end
 -- has checked that no unfinished task holds it (`key_holder`).
 -- keys: task, owner_tasks, counters, waiting, unfinished, ring, wake, delayed, unique
 -- args: task_id, record, owner, created (ms), revision, capacity ('0': none), retention (s),
---       run_at (ms since the epoch; '0': now), unique_key ('': none)
+--       run_at (ms since the epoch; '0': now), unique_key ('': none), pub (the revision already
+--       announced; absent: none)
 -- Returns 1 when queued, 0 when the queue is full, -1 when the id is taken.
 local function enqueue(k, a)
   if redis.call('EXISTS', k.task) == 1 then
@@ -161,7 +195,7 @@ local function enqueue(k, a)
     return 0
   end
   redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', 0,
-    'state', 'queued', 'entry', '', 'deliveries', 0, 'cancel', 0, 'pub', 0)
+    'state', 'queued', 'entry', '', 'deliveries', 0, 'cancel', 0, 'pub', a.pub or 0)
   redis.call('ZADD', k.owner_tasks, a.created, a.task_id)
   -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more
   redis.call('HINCRBY', k.unfinished, a.owner, 1)
@@ -224,64 +258,6 @@ local operations = {}
 
 operations.save = save
 operations.publish = publish
-
--- `enqueue`, unless the owner has an unfinished task with the new task's unique key.
--- keys: enqueue's; args: enqueue's and key_holder's (task_prefix)
--- Returns {1} when queued, {0} when the queue is full, {-1} when the id is taken, {-3, task id}
--- when the owner's unfinished task of that id has the key (nothing queued).
-function operations.enqueue(k, a)
-  local holder = key_holder(k, a)
-  if holder then
-    return {-3, holder}
-  end
-  return {enqueue(k, a)}
-end
-
--- Store and queue a new task (`enqueue`) and announce it (`publish`, `taskQueued`) in one
--- step, unless its owner already has the most unfinished tasks allowed, or an unfinished task
--- with its unique key (checked first: a submit answered with that task adds none).
--- keys: enqueue's and publish's (task, owner_tasks, counters, waiting, unfinished, ring, wake,
---       delayed, unique, seq, history)
--- args: enqueue's, publish's and key_holder's, limit (most unfinished tasks per owner; '0': none)
--- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
--- {-2, unfinished} when the owner is at its limit, {-3, task id} when the owner's unfinished
--- task of that id has the key (nothing queued either way).
-function operations.submit(k, a)
-  local holder = key_holder(k, a)
-  if holder then
-    return {-3, holder}
-  end
-  local limit = tonumber(a.limit)
-  if limit > 0 then
-    local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
-    if unfinished >= limit then
-      return {-2, unfinished}
-    end
-  end
-  local done = enqueue(k, a)
-  if done ~= 1 then
-    return {done}
-  end
-  return {1, publish(k, a)}
-end
-
--- Save a task's new state and publish it to its owner in one step (and, for a terminal state,
--- acknowledge its stream entry). A fenced-out save publishes and acknowledges nothing.
--- keys: save's and publish's (task, counters, owner_tasks, unfinished, running, waiting, wake,
---       dead, seq, history), stream
--- args: save's and publish's, finish ('0'/'1'), group, entry
--- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
-function operations.commit(k, a)
-  if save(k, a) == 0 then
-    return {0, 0}
-  end
-  local seq = publish(k, a)
-  if a.finish == '1' then
-    redis.call('XACK', k.stream, a.group, a.entry)
-    redis.call('XDEL', k.stream, a.entry)
-  end
-  return {1, seq}
-end
 
 -- Store a task's state (queued) and queue it again, if the writer holds the current attempt:
 -- first in its owner's waiting list (it had its turn already), or, when it is to run later (a
@@ -563,7 +539,152 @@ function operations.prune(k, a)
   return removed
 end
 
--- The call: bind each name to its value, and run the operation.
+-- --- Batched calls ---------------------------------------------------------------------
+
+-- The shard's own keys, KEYS[1 ..] of every batch, in this order (_calls.py: _SHARD_KEYS).
+-- SHARD_KEYS: counters unfinished running wake dead stream ring delayed stamps
+
+-- Each row's fields, in order: a key field holds the key's index in KEYS. _calls.py builds the
+-- rows from the same lists (_ROW_LAYOUTS), and a test checks that the two agree.
+-- ROW commit: op task owner_tasks waiting seq history attempt record revision status terminal task_id owner view channel finish entry
+-- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit view channel
+-- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit view channel
+-- Flags are booleans, key indices and `limit` integers, everything else strings (numbers too:
+-- a Lua number handed to Redis is formatted with snprintf, dearer than the command itself).
+
+local batched = {}
+
+-- Save a task's new state and publish it to its owner in one step (and, with `finish`,
+-- acknowledge its stream entry): `save` and `publish` in seven commands where the two cost
+-- eleven (one read of the task's hash and one write, for the fencing and the staleness check
+-- both). A fenced-out save publishes and acknowledges nothing.
+-- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
+function batched.commit(shard, s, r)
+  local task, revision, status = KEYS[r[2]], r[9], r[10]
+  local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub')
+  if h[1] ~= 'leased' or h[2] ~= r[7] then
+    return {0, 0}
+  end
+  -- this revision not published yet (a commit sent again after a lost answer may have been)
+  local fresh = tonumber(h[4] or '0') < tonumber(revision)
+  local state = 'leased'
+  if r[11] then
+    state = 'done'
+  end
+  if fresh then
+    redis.call('HSET', task, 'data', r[8], 'rev', revision, 'status', status, 'state', state, 'pub', revision)
+  else
+    redis.call('HSET', task, 'data', r[8], 'rev', revision, 'status', status, 'state', state)
+  end
+  if r[11] then
+    ended({task = task, counters = shard.counters, owner_tasks = KEYS[r[3]], unfinished = shard.unfinished,
+      running = shard.running, waiting = KEYS[r[4]], wake = shard.wake, dead = shard.dead},
+      s.retention, r[13], r[12], status)
+  elseif h[3] == '1' and status == 'running' then
+    -- cancel was asked before this attempt started: tell its worker again
+    redis.call(s.publish_command, s.cancel_channel, r[12])
+  end
+  local seq = 0
+  if fresh then
+    seq = emit(KEYS[r[5]], KEYS[r[6]], 'taskProgress', r[12], revision, r[14], s.history_size, s.ttl,
+      s.publish_command, r[15])
+  end
+  if r[16] then
+    redis.call('XACK', shard.stream, s.group, r[17])
+    redis.call('XDEL', shard.stream, r[17])
+  end
+  return {1, seq}
+end
+
+-- A submit's or an enqueue's row, as `enqueue`'s named keys and arguments.
+local function new_task(shard, s, r)
+  local k = {task = KEYS[r[2]], owner_tasks = KEYS[r[3]], waiting = KEYS[r[4]], unique = KEYS[r[5]],
+    seq = KEYS[r[6]], history = KEYS[r[7]], counters = shard.counters, unfinished = shard.unfinished,
+    ring = shard.ring, wake = shard.wake, delayed = shard.delayed, stamps = shard.stamps}
+  local a = {task_id = r[8], record = r[9], owner = r[10], created = r[11], revision = r[12], run_at = r[13],
+    unique_key = r[14], capacity = s.capacity, retention = s.retention, task_prefix = s.task_prefix}
+  return k, a
+end
+
+-- `enqueue`, unless the owner has an unfinished task with the new task's unique key.
+-- Returns {1} when queued, {0} when the queue is full, {-1} when the id is taken, {-3, task id}
+-- when the owner's unfinished task of that id has the key (nothing queued).
+function batched.enqueue(shard, s, r)
+  local k, a = new_task(shard, s, r)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  return {enqueue(k, a)}
+end
+
+-- Store and queue a new task (`enqueue`) and announce it (`emit`, `taskQueued`) in one step,
+-- unless its owner already has the most unfinished tasks allowed (`limit`, 0: none), or an
+-- unfinished task with its unique key (checked first: a submit answered with that task adds
+-- none). The task is new: its announcement is noted as published as it is stored.
+-- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
+-- {-2, unfinished} when the owner is at its limit, {-3, task id} when the owner's unfinished
+-- task of that id has the key (nothing queued either way).
+function batched.submit(shard, s, r)
+  local k, a = new_task(shard, s, r)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  local limit = r[15]
+  if limit > 0 then
+    local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
+    if unfinished >= limit then
+      return {-2, unfinished}
+    end
+  end
+  if tonumber(a.revision) > 0 then  -- else `publish` would drop it (revision 0 is never newer)
+    a.pub = a.revision
+  end
+  local done = enqueue(k, a)
+  if done ~= 1 then
+    return {done}
+  end
+  if not a.pub then
+    return {1, 0}
+  end
+  return {1, emit(k.seq, k.history, 'taskQueued', a.task_id, a.revision, r[16], s.history_size, s.ttl,
+    s.publish_command, r[17])}
+end
+
+-- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
+-- row's answer, an error reply among the others' answers.
+local function batch()
+  local s = cmsgpack.unpack(ARGV[2])
+  local rows = cmsgpack.unpack(ARGV[3])
+  local shard = {counters = KEYS[1], unfinished = KEYS[2], running = KEYS[3], wake = KEYS[4], dead = KEYS[5],
+    stream = KEYS[6], ring = KEYS[7], delayed = KEYS[8]}
+  if s.stamps then
+    shard.stamps = KEYS[9]
+  end
+  local answers = {}
+  for i, r in ipairs(rows) do
+    local operation = batched[r[1]]
+    if not operation then
+      answers[i] = redis.error_reply('progressq: no batched operation ' .. tostring(r[1]))
+    else
+      local ok, answer = pcall(operation, shard, s, r)
+      if ok then
+        answers[i] = answer
+      elseif type(answer) == 'table' and answer.err then
+        answers[i] = answer
+      else
+        answers[i] = redis.error_reply(tostring(answer))
+      end
+    end
+  end
+  return answers
+end
+
+-- The call: a batch, or one named operation (bind each name to its value, and run it).
+if ARGV[1] == 'batch' then
+  return batch()
+end
 local k, a = {}, {}
 for i = 1, #KEYS do
   k[ARGV[i + 1]] = KEYS[i]

@@ -1,0 +1,164 @@
+"""progressq's worker side on Redis, in instructions: what the worker and the submits send.
+
+``--tasks`` tasks (``--concurrency`` at once, one owner each) are submitted through a Hub on
+Redis; each reports ``--reports`` times with only a cooperative yield in between, so a task
+makes ``reports + 3`` events (queued, running, the reports, completed), each a script call.
+No client listens: what is measured is the worker's commits and the submits, not delivery.
+
+One run prints the events and this process's CPU time. ``--count`` measures instead, in
+instruction counts that a busy machine does not move: it starts a private ``redis-server``
+under ``valgrind --tool=callgrind``, runs this script under callgrind against it for
+``--tasks`` and for twice as many, and prints the difference per extra event for this
+process and for Redis (start-up and imports cancel out; Redis's timer, whose cost grows with
+the run's length rather than its load, is left out).
+
+    bench/.venv/bin/python bench/redis_worker_path.py [--tasks 64] [--reports 50] [--url URL]
+    bench/.venv/bin/python bench/redis_worker_path.py --count [--tasks 16] [--reports 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from progressq import Hub, TaskContext
+from progressq.backends.redis import RedisBackend
+
+SECRET = "bench-secret-bench-secret-bench-secret"
+
+
+async def workload(url: str, tasks: int, reports: int, concurrency: int, shards: int | None) -> tuple[float, int]:
+    prefix = f"wpath{os.getpid()}"
+    options = {} if shards is None else {"shards": shards}
+    hub = Hub(
+        RedisBackend.from_url(url, prefix=prefix, **options),
+        secret=SECRET,
+        concurrency=concurrency,
+        progress_interval=0,
+    )
+    done = 0
+    all_done = asyncio.Event()
+
+    @hub.task("noop", timeout=600)
+    async def noop(ctx: TaskContext) -> None:
+        nonlocal done
+        for i in range(reports):
+            await ctx.report((i + 1) * 100 / reports, f"r{i}")
+            await asyncio.sleep(0)
+        done += 1
+        if done == tasks:
+            all_done.set()
+
+    async with hub:
+        cpu0 = time.process_time()
+        for i in range(tasks):
+            await hub.submit("noop", owner=f"u{i}", name="noop", payload={})
+        await all_done.wait()  # no polling meanwhile: its cost would grow with the run's length
+        queue = hub.backend.queue
+        while True:  # the last commits land after the handlers return
+            stats = await queue.statistics()
+            if stats.queued == 0 and stats.running == 0:
+                break
+            await asyncio.sleep(0.02)
+        cpu = time.process_time() - cpu0
+        client = hub.backend.client
+        async for key in client.scan_iter(match=f"*{prefix}*", count=1000):  # leave the Redis as found
+            await client.delete(key)
+    return cpu, tasks * (reports + 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _total(callgrind_out: Path, *, without: str = "") -> int:
+    """The instructions of a callgrind profile, less those spent in (and below) ``without``."""
+    match = re.search(r"^(?:summary|totals):\s*(\d+)", callgrind_out.read_text(), re.MULTILINE)
+    assert match, f"no total in {callgrind_out}"
+    total = int(match.group(1))
+    if without:
+        annotated = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(callgrind_out)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        spent = re.search(rf"^\s*([\d,]+) .*:{without} \[", annotated, re.MULTILINE)
+        total -= int(spent.group(1).replace(",", "")) if spent else 0
+    return total
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"redis-server on {port} did not start")
+
+
+def count(args: argparse.Namespace) -> None:
+    """Instructions per event of this process and of a private Redis, by the difference of
+    two sizes."""
+    results: dict[int, tuple[int, int, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tasks in (args.tasks, 2 * args.tasks):
+            port = _free_port()
+            redis_out = Path(tmp, f"redis.{tasks}")
+            python_out = Path(tmp, f"python.{tasks}")
+            redis = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={redis_out}", "redis-server",
+                 "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                _wait_for_port(port)
+                run = subprocess.run(
+                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={python_out}", sys.executable,
+                     __file__, "--url", f"redis://127.0.0.1:{port}/0", "--tasks", str(tasks),
+                     "--reports", str(args.reports), "--concurrency", str(args.concurrency),
+                     *(["--shards", str(args.shards)] if args.shards else [])],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                events = int(re.search(r"events (\d+)", run.stdout).group(1))  # type: ignore[union-attr]
+            finally:
+                subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+                redis.wait(timeout=120)
+            # Redis's timer (memory statistics, expiry sampling) runs ten times a second,
+            # whatever the load: under callgrind a longer run gets more of it, so it is left out
+            results[tasks] = (events, _total(python_out), _total(redis_out, without="serverCron"))
+    (e1, p1, r1), (e2, p2, r2) = results[args.tasks], results[2 * args.tasks]
+    print(f"events {e1} and {e2}: per extra event, process {(p2 - p1) / (e2 - e1):,.0f} instructions, "
+          f"Redis {(r2 - r1) / (e2 - e1):,.0f}")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default="redis://127.0.0.1:6379/13")
+    p.add_argument("--tasks", type=int, default=64)
+    p.add_argument("--reports", type=int, default=50)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--shards", type=int, default=0, help="shards on a single Redis (default: the backend's)")
+    p.add_argument("--count", action="store_true", help="instruction counts under callgrind (see above)")
+    args = p.parse_args()
+    if args.count:
+        count(args)
+        return
+    cpu, events = uvloop.run(workload(args.url, args.tasks, args.reports, args.concurrency, args.shards or None))
+    print(f"events {events} cpu {cpu:.3f} s ({cpu / events * 1e6:.1f} us per event)")
+
+
+if __name__ == "__main__":
+    main()
