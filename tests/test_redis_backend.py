@@ -612,7 +612,7 @@ async def test_a_save_cut_off_after_its_lease_was_let_go_fails_as_an_outage() ->
             async with anyio.create_task_group() as group:
                 group.start_soon(save)
                 with anyio.fail_after(PATIENCE):
-                    while not backend.queue._batcher._flushes:  # on its way, its lease read before
+                    while not backend.queue._batchers[0]._flushes:  # on its way, its lease read before
                         await anyio.sleep(0.01)
                 backend.queue._drop(lease)  # as the heartbeat does with a lease taken over
                 server.kill()
