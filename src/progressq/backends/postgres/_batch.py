@@ -11,16 +11,20 @@ notifications go out together at that commit (in the order they were made, per i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
 
 from progressq.backends.postgres._common import Connection, Pool
 
-Write = Callable[[Connection], Awaitable[Any]]
-"""Statements run inside an open transaction on ``conn``; what it returns is its caller's,
-who acts on it only once the transaction has committed."""
+Write = Callable[[Connection], Awaitable[psycopg.AsyncCursor[Any]]]
+"""Sends its statements inside an open transaction on ``conn`` (in pipeline mode: none of
+them may wait for another's result) and returns the cursor of the one whose first row is
+the write's outcome, read once every write of the batch is sent. Its caller acts on that
+row only once the transaction has committed."""
 
 
 class _Pending:
@@ -122,13 +126,22 @@ class WriteBatcher:
             _settle(pending.future, outcome)
 
     async def _commit(self, batch: list[_Pending]) -> list[Any]:
-        async with self.pool.connection() as conn, conn.transaction():
+        # In pipeline mode the batch (its begin and commit too) goes in one round trip.
+        async with self.pool.connection() as conn, _pipeline(conn), conn.transaction():
             if self._capacity_lock is not None and any(pending.capacity for pending in batch):
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._capacity_lock,))
-            outcomes = [await pending.write(conn) for pending in batch]
+            cursors = [await pending.write(conn) for pending in batch]
+            outcomes = [await cursor.fetchone() for cursor in cursors]
         self.batches += 1
         self.writes += len(batch)
         return outcomes
+
+
+def _pipeline(conn: Connection) -> AbstractAsyncContextManager[Any]:
+    return conn.pipeline() if _PIPELINES else contextlib.nullcontext()
+
+
+_PIPELINES = psycopg.AsyncPipeline.is_supported()  # libpq 14 and later
 
 
 def _one_writes_fault(exc: psycopg.Error) -> bool:

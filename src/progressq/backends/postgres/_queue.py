@@ -176,7 +176,7 @@ class PostgresTaskQueue(Leasing, LeaseKeeping, QueueDefaults):
 
         async def submit(conn: Connection) -> Any:
             await conn.execute(sql["owner"], (record.owner,))  # the owner's submits: one at a time
-            return await (await conn.execute(sql["submit"], args)).fetchone()
+            return await conn.execute(sql["submit"], args)
 
         try:
             with writing("enqueue"):
@@ -225,11 +225,11 @@ class PostgresTaskQueue(Leasing, LeaseKeeping, QueueDefaults):
 
         async def store(conn: Connection) -> Any:
             if view_json is not None:
-                return await (await conn.execute(sql["save_and_publish"], args)).fetchone()
-            row = await (await conn.execute(sql["save"], args)).fetchone()
-            if row is not None and record.finished:  # its owner may be below the cap again
+                return await conn.execute(sql["save_and_publish"], args)
+            saved = await conn.execute(sql["save"], args)
+            if record.finished:  # its owner may be below the cap again (a spare wake-up if fenced out)
                 await conn.execute(sql["wake_if_waiting"], (wake, record.owner))
-            return row
+            return saved
 
         try:
             with writing("save"):
