@@ -25,7 +25,7 @@ REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "14"))
 SECRET = "bench-secret-0123456789abcdef0123"
 # The PostgreSQL server (trust auth) and the database the benchmarks make, empty and drop.
 POSTGRES_SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
-POSTGRES_DB = "progressq_bench"
+POSTGRES_DB = os.environ.get("BENCH_POSTGRES_DB", "progressq_bench")  # one of its own per concurrent run
 
 
 def redis_url(db: int = REDIS_DB) -> str:

@@ -164,7 +164,7 @@ class PostgresBackend(BackendDefaults):
         if self._group is not None:
             raise ConfigurationError("this backend is already open")
         if self._pool.closed and self._opened_before:  # a pool cannot be opened twice
-            self._pool = self._queue._pool = self._registry._pool = self._new_pool()
+            self._pool = self._queue._pool = self._registry._pool = self._queue._batcher.pool = self._new_pool()
         self._opened_before = True
         try:
             await self._pool.open(wait=True, timeout=10.0)
@@ -198,6 +198,8 @@ class PostgresBackend(BackendDefaults):
             await group.__aexit__(None, None, None)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await self._queue.leave()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+            await self._queue._batcher.drain()  # the writes on their way commit (or fail) first
         backend_outage.reset()  # an outage of this backend ends with it, whatever its state
         with anyio.CancelScope(shield=True):
             await self._pool.close()

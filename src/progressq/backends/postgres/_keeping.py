@@ -21,9 +21,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("progressq.postgres")
 
-_EXTEND = """UPDATE {s}.tasks t SET lease_until = statement_timestamp() + %s * interval '1 second'
-    FROM unnest(%s::text[], %s::integer[]) AS held(id, attempt)
-    WHERE t.id = held.id AND t.attempt = held.attempt AND t.state = 'leased'
+# The leases are locked in (owner, id) order, the order in which a batch of writes locks them
+# (see ``_batch``): the heartbeat and a batch never wait on each other in a cycle.
+_EXTEND = """WITH locked AS (
+        SELECT t.id FROM {s}.tasks t, unnest(%s::text[], %s::integer[]) AS held(id, attempt)
+        WHERE t.id = held.id AND t.attempt = held.attempt AND t.state = 'leased'
+        ORDER BY t.owner, t.id FOR UPDATE OF t
+    )
+    UPDATE {s}.tasks t SET lease_until = statement_timestamp() + %s * interval '1 second'
+    FROM locked WHERE t.id = locked.id
     RETURNING t.id, t.cancel_requested"""
 _SWEEPS = (
     # finished tasks past their retention
@@ -86,7 +92,7 @@ class LeaseKeeping:
         with unavailable("extend"):
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(
-                    self._names.sql(_EXTEND), (self._lease_timeout, list(leases), list(leases.values()))
+                    self._names.sql(_EXTEND), (list(leases), list(leases.values()), self._lease_timeout)
                 )
                 rows = await cursor.fetchall()
         for task_id, cancel_requested in rows:

@@ -16,8 +16,10 @@ import msgspec
 import psycopg
 from anyio.streams.memory import MemoryObjectSendStream
 
+from progressq.backends.postgres._batch import WriteBatcher
 from progressq.backends.postgres._common import (
     RECORD_COLUMNS,
+    Connection,
     Names,
     Pool,
     encode_record,
@@ -139,6 +141,8 @@ class PostgresTaskQueue(Leasing, LeaseKeeping, QueueDefaults):
         sql = names.sql
         self._sql = {name: sql(text) for name, text in _STATEMENTS.items()}
         self._prepare_leasing()
+        # submits and saves made at the same moment commit together
+        self._batcher = WriteBatcher(pool, self._capacity_lock if capacity is not None else None)
 
     async def enqueue(self, record: TaskRecord) -> None:
         """Store and queue ``record``. Raises ``QueueFull`` at capacity, ``DuplicateTask``
@@ -160,36 +164,38 @@ class PostgresTaskQueue(Leasing, LeaseKeeping, QueueDefaults):
 
     async def _submit(self, record: TaskRecord, *, max_unfinished: int | None, announce: bool) -> int | None:
         sql = self._sql
-        with writing("enqueue"):
-            async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute(sql["owner"], (record.owner,))  # the owner's submits: one at a time
-                if self._capacity is not None:  # every submit counts under one lock: the capacity holds
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._capacity_lock,))
-                args = {
-                    **_insert_args(record),
-                    **self._registry.event_args(
-                        record.owner, "taskQueued", record.id, record.revision, record.view_json()
-                    ),
-                    "key": record.key,
-                    "max_unfinished": max_unfinished,
-                    "capacity": self._capacity,
-                    "announce": announce,
-                    "wake": self._names.wake,
-                }
-                try:
-                    row = await (await conn.execute(sql["submit"], args)).fetchone()
-                except psycopg.errors.UniqueViolation as exc:
-                    if exc.diag.constraint_name != "tasks_pkey":
-                        raise
-                    raise ConfigurationError(f"a task with id {record.id!r} already exists") from None
-                assert row is not None  # the statement's final select has one row
-                holder, active, inserted = row[0], int(row[1]), bool(row[2])
-                if holder is not None:
-                    raise DuplicateTask(holder)  # checked before the limit, as on every backend
-                if not inserted and max_unfinished is not None and active >= max_unfinished:
-                    return active
-                if not inserted:
-                    raise QueueFull(retry_after=1.0)
+        args = {
+            **_insert_args(record),
+            **self._registry.event_args(record.owner, "taskQueued", record.id, record.revision, record.view_json()),
+            "key": record.key,
+            "max_unfinished": max_unfinished,
+            "capacity": self._capacity,
+            "announce": announce,
+            "wake": self._names.wake,
+        }
+
+        async def submit(conn: Connection) -> Any:
+            await conn.execute(sql["owner"], (record.owner,))  # the owner's submits: one at a time
+            return await conn.execute(sql["submit"], args)
+
+        try:
+            with writing("enqueue"):
+                # every submit counts under one lock when there is a capacity: it holds
+                row = await self._batcher.write(
+                    submit, owner=record.owner, task_id=record.id, capacity=self._capacity is not None
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != "tasks_pkey":
+                raise
+            raise ConfigurationError(f"a task with id {record.id!r} already exists") from None
+        assert row is not None  # the statement's final select has one row
+        holder, active, inserted = row[0], int(row[1]), bool(row[2])
+        if holder is not None:
+            raise DuplicateTask(holder)  # checked before the limit, as on every backend
+        if not inserted and max_unfinished is not None and active >= max_unfinished:
+            return active
+        if not inserted:
+            raise QueueFull(retry_after=1.0)
         return None
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
@@ -209,23 +215,25 @@ class PostgresTaskQueue(Leasing, LeaseKeeping, QueueDefaults):
     async def _store(self, lease: Lease, record: TaskRecord, view_json: bytes | None) -> bool:
         held = self._held.get(record.id)
         args = self._save_args(lease, record)
+        sql, wake = self._sql, self._names.wake
+        if view_json is not None:  # one statement: the save, its event, and a wake-up when it ends
+            args.update(
+                self._registry.event_args(record.owner, "taskProgress", record.id, record.revision, view_json),
+                wake=wake,
+                owner=record.owner,
+            )
+
+        async def store(conn: Connection) -> Any:
+            if view_json is not None:
+                return await conn.execute(sql["save_and_publish"], args)
+            saved = await conn.execute(sql["save"], args)
+            if record.finished:  # its owner may be below the cap again (a spare wake-up if fenced out)
+                await conn.execute(sql["wake_if_waiting"], (wake, record.owner))
+            return saved
+
         try:
             with writing("save"):
-                async with self._pool.connection() as conn:
-                    if view_json is None:
-                        async with conn.transaction():
-                            row = await (await conn.execute(self._sql["save"], args)).fetchone()
-                            if row is not None and record.finished:  # its owner may be below the cap again
-                                await conn.execute(self._sql["wake_if_waiting"], (self._names.wake, record.owner))
-                    else:  # one statement: the save, its event, and a wake-up when it ends
-                        args.update(
-                            self._registry.event_args(
-                                record.owner, "taskProgress", record.id, record.revision, view_json
-                            ),
-                            wake=self._names.wake,
-                            owner=record.owner,
-                        )
-                        row = await (await conn.execute(self._sql["save_and_publish"], args)).fetchone()
+                row = await self._batcher.write(store, owner=record.owner, task_id=record.id)
             stored = row is not None
         except Exception:
             # A failed change of status means the engine gives up on this attempt: stop the
