@@ -157,7 +157,12 @@ class TaskContext:
         Raises:
             ValueError: ``percent`` is not a number from 0 to 100.
         """
-        if isinstance(percent, bool) or not isinstance(percent, _NUMBER) or not 0 <= percent <= 100:
+        kind = type(percent)
+        if (kind is not float and kind is not int) and (  # the common types first: cheapest
+            isinstance(percent, bool) or not isinstance(percent, _NUMBER)
+        ):
+            raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
+        if not 0 <= percent <= 100:
             raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
         if self._closed:
             return
@@ -173,7 +178,7 @@ class TaskContext:
             # ``_emit``'s loop, spelled out here: one coroutine less on every report.
             self._emitting = True
             try:
-                while (record := self._due(now)) is not None:
+                while self._dirty and (record := self._due(now)) is not None:
                     try:
                         committed = await self._commit(record)
                     except BaseException as exc:

@@ -68,7 +68,7 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, text: str, *, task_id: str | None = None, task_json: bytes | None = None) -> None:
+    def put(self, text: str, task_id: str | None = None, task_json: bytes | None = None) -> None:
         """Queue a message; an event names its task (``task_id``, ``task_json``) so it can be merged."""
         if not self._items:
             send_now = self.send_now
@@ -178,7 +178,11 @@ class IdentitySink:
             if len(self._held) > self._outbox.limit:
                 self._outbox.overflow()
             return
-        self._forward(event)
+        if self._fresher:
+            self._forward(event)
+        elif event.seq > self._watermark:  # ``_forward`` without a snapshot to repair from
+            self._watermark = event.seq
+            self._outbox.put(event.frame, event.task_id, event.task_json)
 
     def resync(self) -> None:
         """The identity's history was lost: hold what arrives until a new snapshot is sent
