@@ -74,6 +74,8 @@ class Outbox:
             send_now = self.send_now
             if send_now is not None and self._wakeup is None and not self.overflowed and send_now(text):
                 delivery.messages_sent += 1
+                if self._items:  # the send queued more meanwhile: whoever sends them goes on
+                    self._wake()
                 return
         if len(self._items) >= self.limit:
             self._merge()
