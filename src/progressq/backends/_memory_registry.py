@@ -67,6 +67,11 @@ class MemoryClientRegistry:
         else:  # a copy: a delivery may (indirectly) attach or detach a sink
             for sink in tuple(sinks):
                 sink.deliver(event)
+        # Every connection has sent or queued the frame by now: history keeps the view, not a
+        # second copy of it as text (a replay frames it again), so that 1,000 events of
+        # history per identity cost half the memory, and each event's frame is freed, for
+        # the next one to reuse while it is still in the cache.
+        event.frame_text = None
         return event
 
     async def attach(self, identity: str, sink: EventSink) -> None:
