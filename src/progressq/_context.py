@@ -177,14 +177,15 @@ class TaskContext:
         elif not self._emitting:
             # ``_emit``'s loop, spelled out here: one coroutine less on every report.
             self._emitting = True
+            due = now  # ``now`` stays the report's time: the yielding below counts from it
             try:
-                while self._dirty and (record := self._due(now)) is not None:
+                while self._dirty and (record := self._due(due)) is not None:
                     try:
                         committed = await self._commit(record)
                     except BaseException as exc:
                         self._not_committed(record, exc)
                         break
-                    now = self._committed(record, committed)
+                    due = self._committed(record, committed)
             finally:
                 self._emitting = False
                 if self._emitted is not None:
