@@ -157,7 +157,12 @@ class TaskContext:
         Raises:
             ValueError: ``percent`` is not a number from 0 to 100.
         """
-        if isinstance(percent, bool) or not isinstance(percent, _NUMBER) or not 0 <= percent <= 100:
+        kind = type(percent)
+        if (kind is not float and kind is not int) and (  # the common types first: cheapest
+            isinstance(percent, bool) or not isinstance(percent, _NUMBER)
+        ):
+            raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
+        if not 0 <= percent <= 100:
             raise ValueError(f"percent must be a number from 0 to 100, got {percent!r}")
         if self._closed:
             return
@@ -167,10 +172,24 @@ class TaskContext:
             self._message = self._reported_message = str(message)[:_MAX_MESSAGE_LENGTH]
         self._dirty = True
         now = time.monotonic()
-        if now >= self._next_emit:
-            await self._emit(now)
-        else:
+        if now < self._next_emit:
             self._schedule_flush()
+        elif not self._emitting:
+            # ``_emit``'s loop, spelled out here: one coroutine less on every report.
+            self._emitting = True
+            due = now  # ``now`` stays the report's time: the yielding below counts from it
+            try:
+                while self._dirty and (record := self._due(due)) is not None:
+                    try:
+                        committed = await self._commit(record)
+                    except BaseException as exc:
+                        self._not_committed(record, exc)
+                        break
+                    due = self._committed(record, committed)
+            finally:
+                self._emitting = False
+                if self._emitted is not None:
+                    self._emitted.set()
         # ``report`` may not suspend at all (its sends are made on this stack), so it yields
         # to the event loop itself when the handler has kept it busy for a millisecond
         # without the loop going round: a handler looping on ``report``, or computing between
@@ -202,48 +221,62 @@ class TaskContext:
 
     async def _emit(self, now: float) -> None:
         # One emission at a time, in order; one that finds another in flight leaves its
-        # values to it (``_dirty``), which sends them when they are due.
+        # values to it (``_dirty``), which sends them when they are due. ``report`` has the
+        # same loop inline.
         if self._emitting:
             return
         self._emitting = True
         try:
-            while self._dirty and not self._closed:
-                if now < self._next_emit:
-                    self._schedule_flush()
-                    return
-                self._dirty = False
-                self._next_emit = now + self._interval
-                # ``evolve`` spelled out: its ``**changes`` cost as much as the copy itself.
-                last = self._record
-                record = replace(last, revision=last.revision + 1, progress=self._percent, message=self._message)
+            while (record := self._due(now)) is not None:
                 try:
                     committed = await self._commit(record)
                 except BaseException as exc:
-                    # Unanswered is not unwritten: the write may have been stored and published
-                    # (its reply lost, or the owner's cancel reaching this caller first). Its
-                    # revision is spent, so that the next write, the terminal state's too, has a
-                    # newer one: a backend drops an event whose revision it already published.
-                    self._record = record
-                    if isinstance(exc, BackendUnavailable):  # logged once per outage, not per report
-                        backend_outage.failed("a progress report", exc)
-                    elif isinstance(exc, Exception):
-                        # Progress is best effort: the next report or the terminal state repairs it.
-                        logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
-                    else:
-                        raise
-                    self._dirty = True
+                    self._not_committed(record, exc)
                     return
-                backend_outage.answered()
-                if committed:
-                    self._record = record
-                else:
-                    self._closed = True  # our lease was taken over: write nothing more
-                if self._dirty:  # reported while this one was in flight
-                    now = time.monotonic()
+                now = self._committed(record, committed)
         finally:
             self._emitting = False
             if self._emitted is not None:
                 self._emitted.set()
+
+    def _due(self, now: float) -> TaskRecord | None:
+        """The record to commit now with the latest values, or None: nothing new, closed, or
+        not due yet (then a flush is scheduled)."""
+        if not self._dirty or self._closed:
+            return None
+        if now < self._next_emit:
+            self._schedule_flush()
+            return None
+        self._dirty = False
+        self._next_emit = now + self._interval
+        # ``evolve`` spelled out: its ``**changes`` cost as much as the copy itself.
+        last = self._record
+        return replace(last, revision=last.revision + 1, progress=self._percent, message=self._message)
+
+    def _committed(self, record: TaskRecord, committed: bool) -> float:
+        """Note a commit's answer; the time, if the loop must look again."""
+        backend_outage.answered()
+        if committed:
+            self._record = record
+        else:
+            self._closed = True  # our lease was taken over: write nothing more
+        return time.monotonic() if self._dirty else 0.0  # reported while this one was in flight
+
+    def _not_committed(self, record: TaskRecord, exc: BaseException) -> None:
+        """A commit raised: note it (re-raising a cancellation), and keep the values to send."""
+        # Unanswered is not unwritten: the write may have been stored and published (its
+        # reply lost, or the owner's cancel reaching this caller first). Its revision is
+        # spent, so that the next write, the terminal state's too, has a newer one: a
+        # backend drops an event whose revision it already published.
+        self._record = record
+        if isinstance(exc, BackendUnavailable):  # logged once per outage, not per report
+            backend_outage.failed("a progress report", exc)
+        elif isinstance(exc, Exception):
+            # Progress is best effort: the next report or the terminal state repairs it.
+            logger.warning("progress of task %s could not be sent", record.id, exc_info=True)
+        else:
+            raise exc
+        self._dirty = True
 
     async def close(self) -> TaskRecord:
         """Stop reporting; the latest record with the latest reported values."""

@@ -43,6 +43,11 @@ class MemoryClientRegistry:
         self._connected_identities = 0
 
     async def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
+        return self.publish_now(identity, kind, task_id, revision, task_json)
+
+    def publish_now(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> Event:
+        """:meth:`publish` without a coroutine: nothing in it waits. The memory backend's
+        save-and-publish calls it, so that a progress report is one coroutine less deep."""
         state = self._states.get(identity)
         if state is None:
             state = self._states[identity] = _IdentityState()
@@ -55,8 +60,18 @@ class MemoryClientRegistry:
         if history is None:
             history = state.history = deque(maxlen=self._history_size)
         history.append(event)
-        for sink in tuple(state.sinks):
+        sinks = state.sinks
+        if len(sinks) == 1:  # the common case: one connection; no copy of the set to iterate
+            (sink,) = sinks
             sink.deliver(event)
+        else:  # a copy: a delivery may (indirectly) attach or detach a sink
+            for sink in tuple(sinks):
+                sink.deliver(event)
+        # Every connection has sent or queued the frame by now: history keeps the view, not a
+        # second copy of it as text (a replay frames it again), so that 1,000 events of
+        # history per identity cost half the memory, and each event's frame is freed, for
+        # the next one to reuse while it is still in the cache.
+        event.frame_text = None
         return event
 
     async def attach(self, identity: str, sink: EventSink) -> None:

@@ -33,6 +33,7 @@ from progressq.contracts import (
     utc_now,
 )
 from progressq.errors import ConfigurationError, DuplicateTask, QueueFull
+from progressq.messages import TERMINAL_STATUSES
 
 __all__ = ("MemoryBackend", "MemoryClientRegistry", "MemoryTaskQueue")
 
@@ -172,20 +173,31 @@ class MemoryTaskQueue(QueueDefaults):
             self._changed.set()
 
     async def save(self, lease: Lease, record: TaskRecord) -> bool:
+        return self.save_now(lease, record)
+
+    def save_now(self, lease: Lease, record: TaskRecord) -> bool:
+        """:meth:`save` without a coroutine (nothing in it waits), for the backend's
+        ``save_and_publish``."""
         current = self._holds(lease)
         if current is None:
             return False
         if current.cancel_requested and not record.cancel_requested:
             record = msgspec.structs.replace(record, cancel_requested=True)
-        self._store(record)
         if record.finished:
+            self._store(record)
             self._stop_running(record)
+        else:  # all that ``_store`` does for an unfinished record, on every progress report
+            self._records[record.id] = record
         return True
 
     async def extend(self, lease: Lease) -> bool:
         return self._holds(lease) is not None
 
     async def finish(self, lease: Lease) -> None:
+        self.finish_now(lease)
+
+    def finish_now(self, lease: Lease) -> None:
+        """:meth:`finish` without a coroutine."""
         self._stop_running(lease.record)
 
     async def release(self, lease: Lease, record: TaskRecord) -> bool:
@@ -270,8 +282,9 @@ class MemoryTaskQueue(QueueDefaults):
 
     def _holds(self, lease: Lease) -> TaskRecord | None:
         """The stored record if ``lease`` is still the current, unfinished attempt."""
-        current = self._records.get(lease.record.id)
-        if current is None or current.attempt != lease.record.attempt or current.finished:
+        leased = lease.record
+        current = self._records.get(leased.id)
+        if current is None or current.attempt != leased.attempt or current.status in TERMINAL_STATUSES:
             return None
         return current
 
@@ -334,8 +347,9 @@ class MemoryTaskQueue(QueueDefaults):
 class MemoryBackend(BackendDefaults):
     """Queue and registry for one process. ``async with MemoryBackend() as backend``.
 
-    Submits and saves use the contract's defaults (``BackendDefaults``): in one process,
-    nothing runs between a save and its publish.
+    Submits use the contract's default (``BackendDefaults``): in one process, nothing runs
+    between an enqueue and its announcement. A save and its publish are one step of its own,
+    without a coroutine per part: every progress report takes that path.
     """
 
     def __init__(
@@ -357,6 +371,18 @@ class MemoryBackend(BackendDefaults):
     @property
     def registry(self) -> MemoryClientRegistry:
         return self._registry
+
+    async def save_and_publish(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        """``save``, ``publish`` (``taskProgress``) and, with ``finish``, ``finish``, as the
+        default does them, in one call that never suspends."""
+        if not self._queue.save_now(lease, record):
+            return False
+        self._registry.publish_now(record.owner, "taskProgress", record.id, record.revision, view_json)
+        if finish:
+            self._queue.finish_now(lease)
+        return True
 
     async def ping(self) -> bool:
         return True

@@ -185,9 +185,7 @@ class Connection:
             self._start_writer()
         finally:
             self._inlining = False
-        if not self._writing and len(self._outbox):  # the send queued more (see _send_inline)
-            self._send_inline()
-        return True
+        return True  # what the send queued meanwhile, the outbox hands to ``_on_put``
 
     def _send_inline(self) -> None:
         # On the publisher's stack: every send that finishes at once is done here; the

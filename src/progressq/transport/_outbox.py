@@ -68,12 +68,14 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, text: str, *, task_id: str | None = None, task_json: bytes | None = None) -> None:
+    def put(self, text: str, task_id: str | None = None, task_json: bytes | None = None) -> None:
         """Queue a message; an event names its task (``task_id``, ``task_json``) so it can be merged."""
         if not self._items:
             send_now = self.send_now
             if send_now is not None and self._wakeup is None and not self.overflowed and send_now(text):
                 delivery.messages_sent += 1
+                if self._items:  # the send queued more meanwhile: whoever sends them goes on
+                    self._wake()
                 return
         if len(self._items) >= self.limit:
             self._merge()
@@ -178,7 +180,11 @@ class IdentitySink:
             if len(self._held) > self._outbox.limit:
                 self._outbox.overflow()
             return
-        self._forward(event)
+        if self._fresher:
+            self._forward(event)
+        elif event.seq > self._watermark:  # ``_forward`` without a snapshot to repair from
+            self._watermark = event.seq
+            self._outbox.put(event.frame, event.task_id, event.task_json)
 
     def resync(self) -> None:
         """The identity's history was lost: hold what arrives until a new snapshot is sent
