@@ -62,14 +62,24 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Run:
-    """One attempt running in this pool."""
+    """One attempt running in this pool.
 
-    __slots__ = ("attempt", "lost", "scope")
+    One cancel scope stops its handler for every reason: the owner's cancel, a lost lease
+    and the attempt's timeout (the scope's deadline). The flags say which one it was.
+    """
+
+    __slots__ = ("attempt", "cancelled", "lost", "scope")
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
         self.scope = anyio.CancelScope()
+        self.cancelled = False  # the owner asked
         self.lost = False  # its lease is gone: the handler is stopped, nothing is recorded
+
+    def cancel(self) -> None:
+        """The owner asked: stop the handler; the attempt ends ``cancelled``."""
+        self.cancelled = True
+        self.scope.cancel()
 
 
 class WorkerPool:
@@ -222,13 +232,14 @@ class WorkerPool:
         result: Any = None
         error: str | None = None
         raised: BaseException | None = None
+        if policy.timeout is not None:
+            scope.deadline = anyio.current_time() + policy.timeout
         try:
             with scope:
-                with anyio.move_on_after(policy.timeout) as deadline:
-                    result = await self._processor(running, ctx)
-                if deadline.cancelled_caught:
-                    error = f"timed out after {policy.timeout:g} s"
-                    raised = TimeoutError(error)
+                result = await self._processor(running, ctx)
+            if scope.cancelled_caught and not run.cancelled and not run.lost:  # its deadline
+                error = f"timed out after {policy.timeout:g} s"
+                raised = TimeoutError(error)
         except Retry as exc:
             error, raised = _describe(exc), exc
         except Exception as exc:
@@ -249,7 +260,7 @@ class WorkerPool:
         # The handler is done: its outcome is recorded even if shutdown's cancellation
         # arrives now, or the task would stay "running" with no worker.
         with anyio.CancelScope(shield=True):
-            return await self._record_outcome(lease, ctx, policy, scope.cancel_called, result, error, raised)
+            return await self._record_outcome(lease, ctx, policy, run.cancelled, result, error, raised)
         raise AssertionError("unreachable: a shielded scope is not cancelled")  # pragma: no cover
 
     async def _record_outcome(
@@ -333,7 +344,7 @@ class WorkerPool:
                 async for task_id in self._queue.watch_cancellations():
                     run = self._runs.get(task_id)
                     if run is not None:
-                        run.scope.cancel()
+                        run.cancel()
             except BackendUnavailable as exc:
                 backend_outage.failed("watching for cancellations", exc)  # logged once per outage
                 await anyio.sleep(1.0)
