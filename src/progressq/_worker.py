@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from progressq._context import TaskContext
@@ -106,6 +107,11 @@ class WorkerPool:
         self._shutdown_grace = shutdown_grace
         self._intake = anyio.CancelScope()
         self._runs: dict[str, _Run] = {}  # by task id: the latest attempt running here
+        # Free slots, counted here: only ``_take_tasks`` takes them, so a counter and an event
+        # to wait on when none is free replace a capacity limiter, whose acquire costs a
+        # cancel scope and a turn of the event loop for every task taken.
+        self._free_slots = concurrency
+        self._slot_freed: anyio.Event | None = None
         self._idle = anyio.Event()
         self._idle.set()
         self.alive = False  # between ``run``'s start and its end
@@ -119,38 +125,42 @@ class WorkerPool:
         self._intake.cancel()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
             runs.start_soon(self._watch_lost_leases)
             self.alive = True
             task_status.started()
             try:
-                await self._take_tasks(runs, limiter)
+                await self._take_tasks(runs)
             finally:
                 self.alive = False
             with anyio.move_on_after(self._shutdown_grace):
                 await self._idle.wait()
             runs.cancel_scope.cancel()
 
-    async def _take_tasks(self, runs: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+    async def _take_tasks(self, runs: anyio.abc.TaskGroup) -> None:
         """Lease tasks into free slots until :meth:`stop`."""
         with self._intake:
             while True:
-                slot = object()
-                await limiter.acquire_on_behalf_of(slot)
-                try:  # as many as there are free slots (this one and the others)
-                    leases = await self._queue.lease_many(1 + int(limiter.available_tokens))
-                except BaseException:
-                    limiter.release_on_behalf_of(slot)
-                    raise
-                self._start(runs, leases[0], limiter, slot)
-                for lease in leases[1:]:
-                    more = object()
-                    limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
-                    self._start(runs, lease, limiter, more)
+                if self._free_slots > 0:
+                    # The tasks just started take their first step before more are leased
+                    # (and the order the handlers start in stays the order of their leases).
+                    await anyio.lowlevel.checkpoint()
+                while self._free_slots <= 0:
+                    self._slot_freed = freed = anyio.Event()
+                    await freed.wait()
+                leases = await self._queue.lease_many(self._free_slots)  # as many as are free
+                for lease in leases:
+                    self._free_slots -= 1
+                    self._start(runs, lease)
 
-    def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
+    def _free_slot(self) -> None:
+        self._free_slots += 1
+        freed, self._slot_freed = self._slot_freed, None
+        if freed is not None:
+            freed.set()
+
+    def _start(self, runs: anyio.abc.TaskGroup, lease: Lease) -> None:
         run = _Run(lease.record.attempt)
         earlier = self._runs.get(lease.record.id)
         if earlier is not None:
@@ -160,16 +170,9 @@ class WorkerPool:
         self._runs[lease.record.id] = run
         if len(self._runs) == 1:
             self._idle = anyio.Event()
-        runs.start_soon(self._run_one, runs, lease, run, limiter, slot)
+        runs.start_soon(self._run_one, runs, lease, run)
 
-    async def _run_one(
-        self,
-        runs: anyio.abc.TaskGroup,
-        lease: Lease,
-        run: _Run,
-        limiter: anyio.CapacityLimiter,
-        slot: object,
-    ) -> None:
+    async def _run_one(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> None:
         began = attempt_started(lease.record)
         outcome = "interrupted"
         try:
@@ -192,7 +195,7 @@ class WorkerPool:
                 del self._runs[lease.record.id]
             if not self._runs:
                 self._idle.set()
-            limiter.release_on_behalf_of(slot)
+            self._free_slot()
 
     async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> AttemptStatus:
         """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
