@@ -37,20 +37,21 @@ _MASK = b"\x00\x00\x00\x00"  # a client must mask; a zero mask leaves the payloa
 class Window:
     """The measured window, the same for every connection of a process."""
 
-    __slots__ = ("deliveries", "end", "latencies", "start", "total")
+    __slots__ = ("deliveries", "end", "latencies", "live", "start", "total")
 
     def __init__(self) -> None:
         self.start = float("inf")
         self.end = float("inf")
         self.deliveries = 0  # progress frames that arrived inside the window
         self.total = 0  # progress frames that arrived at all
+        self.live = 0  # connections that have had a progress frame (their task runs)
         self.latencies: list[float] = []  # seconds, for the frames inside the window
 
 
 class RawClient(asyncio.Protocol):
     """One WebSocket connection that counts progress frames and reads their send time."""
 
-    __slots__ = ("buffer", "closed", "opened", "request", "transport", "window")
+    __slots__ = ("buffer", "closed", "live", "opened", "request", "transport", "window")
 
     def __init__(self, request: bytes, window: Window, opened: asyncio.Future[None]) -> None:
         self.request = request
@@ -59,6 +60,7 @@ class RawClient(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.live = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -110,6 +112,9 @@ class RawClient(asyncio.Protocol):
             if opcode == 1:
                 if buffer.find(_PROGRESS, begin, end) >= 0:
                     window.total += 1
+                    if not self.live:
+                        self.live = True
+                        window.live += 1
                     if sampling:
                         window.deliveries += 1
                         sent = _sent_at(buffer, begin, end)
@@ -177,7 +182,9 @@ async def _child_main(pipe: Connection, port: int, paths: Sequence[str], at_once
     window = Window()
     clients = await _open_all(port, paths, window, at_once)
     pipe.send(("open", len(clients)))
-    start, end = await loop.run_in_executor(None, pipe.recv)
+    while (command := await loop.run_in_executor(None, pipe.recv)) == "live":
+        pipe.send(("live", window.live))
+    start, end = command
     window.start, window.end = start, end
     cpu_start = _own_cpu()
     await asyncio.sleep(max(0.0, end - time.monotonic()) + 0.05)
@@ -245,6 +252,18 @@ class Swarm:
         if message[0] != kind:
             raise RuntimeError(f"a client process answered {message!r}, not {kind!r}")
         return message
+
+    def wait_live(self, wanted: int, timeout: float) -> int:
+        """Wait until ``wanted`` connections have had a progress frame (or ``timeout`` seconds
+        went by): how many had."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for pipe in self._pipes:
+                pipe.send("live")
+            live = sum(self._expect(pipe, "live")[1] for pipe in self._pipes)
+            if live >= wanted or time.monotonic() >= deadline:
+                return int(live)
+            time.sleep(0.25)
 
     def open_window(self, start: float, end: float) -> None:
         """Count what arrives between ``start`` and ``end`` (``time.monotonic()``)."""
