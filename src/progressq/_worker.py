@@ -24,6 +24,8 @@ __all__ = ("TaskPolicy", "WorkerPool")
 
 logger = logging.getLogger("progressq.worker")
 
+_TAKE_BURST = 0.001
+"""Seconds the pool may keep leasing tasks without letting the event loop go round."""
 _MAX_ERROR_LENGTH = 1000
 _MAX_RESULT_BYTES = 16 * 1024
 
@@ -141,18 +143,26 @@ class WorkerPool:
     async def _take_tasks(self, runs: anyio.abc.TaskGroup) -> None:
         """Lease tasks into free slots until :meth:`stop`."""
         with self._intake:
+            burst_start = time.monotonic()
             while True:
-                if self._free_slots > 0:
-                    # The tasks just started take their first step before more are leased
-                    # (and the order the handlers start in stays the order of their leases).
-                    await anyio.lowlevel.checkpoint()
                 while self._free_slots <= 0:
                     self._slot_freed = freed = anyio.Event()
                     await freed.wait()
+                    burst_start = time.monotonic()
                 leases = await self._queue.lease_many(self._free_slots)  # as many as are free
                 for lease in leases:
                     self._free_slots -= 1
                     self._start(runs, lease)
+                # A queue with tasks waiting answers a lease at once (the default
+                # ``lease_many`` takes one), so a backlog is taken in one go, not one task per
+                # turn of the event loop: thousands submitted at once were started at a few
+                # hundred a second while the running ones kept the loop busy. The started
+                # handlers get the loop after a millisecond of taking, and at once after a
+                # lease that waited (a task that came alone runs before the next is taken).
+                now = time.monotonic()
+                if now - burst_start >= _TAKE_BURST:
+                    await anyio.lowlevel.checkpoint()
+                    burst_start = time.monotonic()
 
     def _free_slot(self) -> None:
         self._free_slots += 1
