@@ -51,15 +51,17 @@ class Window:
 class RawClient(asyncio.Protocol):
     """One WebSocket connection that counts progress frames and reads their send time."""
 
-    __slots__ = ("buffer", "closed", "live", "opened", "request", "transport", "window")
+    __slots__ = ("buffer", "closed", "greeting", "handshaken", "live", "opened", "request", "transport", "window")
 
-    def __init__(self, request: bytes, window: Window, opened: asyncio.Future[None]) -> None:
+    def __init__(self, request: bytes, window: Window, opened: asyncio.Future[None], greeting: int) -> None:
         self.request = request
+        self.greeting = greeting  # text frames the server sends first; open once they came
         self.window = window
         self.opened: asyncio.Future[None] | None = opened
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.handshaken = False
         self.live = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,18 +76,26 @@ class RawClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
-        if self.opened is not None:
+        if not self.handshaken:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
             status = bytes(buffer[: buffer.find(b"\r\n")])
             del buffer[: end + 4]
-            opened, self.opened = self.opened, None
-            if b" 101 " not in status:
+            self.handshaken = True
+            if b" 101 " not in status and self.opened is not None:
+                opened, self.opened = self.opened, None
                 opened.set_exception(ConnectionError(f"handshake refused: {status!r}"))
                 return
-            opened.set_result(None)
+            self.opened = self._greeted(self.opened)
         self._frames(buffer)
+
+    def _greeted(self, opened: asyncio.Future[None] | None) -> asyncio.Future[None] | None:
+        """None once the connection is open: the handshake done and the greeting received."""
+        if opened is not None and self.greeting <= 0:
+            opened.set_result(None)
+            return None
+        return opened
 
     def _frames(self, buffer: bytearray) -> None:
         window = self.window
@@ -110,7 +120,10 @@ class RawClient(asyncio.Protocol):
             if end > size:
                 break
             if opcode == 1:
-                if buffer.find(_PROGRESS, begin, end) >= 0:
+                if self.opened is not None:  # a greeting frame (progressq: connection, snapshot)
+                    self.greeting -= 1
+                    self.opened = self._greeted(self.opened)
+                elif buffer.find(_PROGRESS, begin, end) >= 0:
                     window.total += 1
                     if not self.live:
                         self.live = True
@@ -149,7 +162,7 @@ def _request(port: int, path: str) -> bytes:
     ).encode()
 
 
-async def _open_all(port: int, paths: Sequence[str], window: Window, at_once: int) -> list[RawClient]:
+async def _open_all(port: int, paths: Sequence[str], window: Window, at_once: int, greeting: int) -> list[RawClient]:
     loop = asyncio.get_running_loop()
     clients: list[RawClient] = []
     queue = list(reversed(paths))
@@ -161,7 +174,7 @@ async def _open_all(port: int, paths: Sequence[str], window: Window, at_once: in
                 opened: asyncio.Future[None] = loop.create_future()
                 try:
                     _, client = await loop.create_connection(
-                        lambda: RawClient(_request(port, path), window, opened),  # noqa: B023
+                        lambda: RawClient(_request(port, path), window, opened, greeting),  # noqa: B023
                         "127.0.0.1",
                         port,
                     )
@@ -177,10 +190,10 @@ async def _open_all(port: int, paths: Sequence[str], window: Window, at_once: in
     return clients
 
 
-async def _child_main(pipe: Connection, port: int, paths: Sequence[str], at_once: int) -> None:
+async def _child_main(pipe: Connection, port: int, paths: Sequence[str], at_once: int, greeting: int) -> None:
     loop = asyncio.get_running_loop()
     window = Window()
-    clients = await _open_all(port, paths, window, at_once)
+    clients = await _open_all(port, paths, window, at_once, greeting)
     pipe.send(("open", len(clients)))
     while (command := await loop.run_in_executor(None, pipe.recv)) == "live":
         pipe.send(("live", window.live))
@@ -203,11 +216,11 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child(pipe: Connection, port: int, paths: Sequence[str], at_once: int) -> None:
+def _child(pipe: Connection, port: int, paths: Sequence[str], at_once: int, greeting: int) -> None:
     try:
         import uvloop
 
-        uvloop.run(_child_main(pipe, port, paths, at_once))
+        uvloop.run(_child_main(pipe, port, paths, at_once, greeting))
     except BaseException as exc:
         with contextlib.suppress(Exception):
             pipe.send(("error", repr(exc)))
@@ -228,7 +241,7 @@ class Measured:
 class Swarm:
     """Client processes holding one connection per path; see the module's docstring."""
 
-    def __init__(self, port: int, paths: Sequence[str], processes: int, at_once: int = 32) -> None:
+    def __init__(self, port: int, paths: Sequence[str], processes: int, *, greeting: int, at_once: int = 32) -> None:
         context = multiprocessing.get_context("spawn")
         self._pipes: list[Connection] = []
         self._children: list[Any] = []
@@ -238,7 +251,7 @@ class Swarm:
             if not share:
                 continue
             ours, theirs = context.Pipe()
-            child = context.Process(target=_child, args=(theirs, port, share, at_once), daemon=True)
+            child = context.Process(target=_child, args=(theirs, port, share, at_once, greeting), daemon=True)
             child.start()
             self._pipes.append(ours)
             self._children.append(child)
@@ -297,8 +310,11 @@ class Swarm:
 
 
 @contextlib.contextmanager
-def swarm(port: int, paths: Sequence[str], processes: int) -> Iterator[Swarm]:
-    clients = Swarm(port, paths, processes)
+def swarm(port: int, paths: Sequence[str], processes: int, *, greeting: int = 0) -> Iterator[Swarm]:
+    """``greeting``: the text frames each server sends a new connection before anything else
+    (progressq: its connection and snapshot messages); a client counts as open after them,
+    as a browser's page would, so that the load starts on connections that are set up."""
+    clients = Swarm(port, paths, processes, greeting=greeting)
     try:
         yield clients
     finally:
