@@ -495,6 +495,52 @@ async def test_a_kind_timeout_fails_the_task() -> None:
     assert saw == ["cancelled"]
 
 
+async def test_a_timed_out_attempt_is_retried_with_a_deadline_of_its_own() -> None:
+    hub = make_hub()
+    attempts: list[int] = []
+
+    @hub.task("stuck once", timeout=0.2, max_attempts=2, retry_backoff=0.01)
+    async def stuck_once(ctx: TaskContext) -> str:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await anyio.sleep(60)  # stopped by its deadline
+        await anyio.sleep(0.1)  # the second attempt, well inside a fresh deadline
+        return "done"
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("stuck once", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    assert attempts == [1, 2]
+    retried = [v for v in sink.views(record.id) if v.status == "queued" and v.attempt == 1]
+    assert retried
+    assert retried[-1].message.startswith("retrying in ")
+    assert retried[-1].error == "timed out after 0.2 s"
+
+
+async def test_an_owner_cancel_within_the_timeout_is_a_cancel_not_a_timeout() -> None:
+    hub = make_hub()
+    running = anyio.Event()
+
+    @hub.task("bounded", timeout=0.5, max_attempts=3)
+    async def bounded(ctx: TaskContext) -> None:
+        running.set()
+        await anyio.sleep(60)
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("bounded", owner=OWNER)
+        with anyio.fail_after(PATIENCE):
+            await running.wait()
+        await hub.cancel(record.id, owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "cancelled"))
+        await anyio.sleep(0.6)  # past the deadline the attempt had: nothing more happens
+    final = sink.last(record.id)
+    assert final is not None
+    assert (final.status, final.attempt, final.error) == ("cancelled", 1, msgspec.UNSET)
+    assert [v.status for v in sink.views(record.id)].count("cancelled") == 1
+
+
 async def test_max_attempts_retries_and_the_client_sees_queued_again() -> None:
     hub = make_hub()
     attempts: list[int] = []

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from progressq._context import TaskContext
@@ -23,6 +24,8 @@ __all__ = ("TaskPolicy", "WorkerPool")
 
 logger = logging.getLogger("progressq.worker")
 
+_TAKE_BURST = 0.001
+"""Seconds the pool may keep leasing tasks without letting the event loop go round."""
 _MAX_ERROR_LENGTH = 1000
 _MAX_RESULT_BYTES = 16 * 1024
 
@@ -62,14 +65,24 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Run:
-    """One attempt running in this pool."""
+    """One attempt running in this pool.
 
-    __slots__ = ("attempt", "lost", "scope")
+    One cancel scope stops its handler for every reason: the owner's cancel, a lost lease
+    and the attempt's timeout (the scope's deadline). The flags say which one it was.
+    """
+
+    __slots__ = ("attempt", "cancelled", "lost", "scope")
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
         self.scope = anyio.CancelScope()
+        self.cancelled = False  # the owner asked
         self.lost = False  # its lease is gone: the handler is stopped, nothing is recorded
+
+    def cancel(self) -> None:
+        """The owner asked: stop the handler; the attempt ends ``cancelled``."""
+        self.cancelled = True
+        self.scope.cancel()
 
 
 class WorkerPool:
@@ -96,6 +109,11 @@ class WorkerPool:
         self._shutdown_grace = shutdown_grace
         self._intake = anyio.CancelScope()
         self._runs: dict[str, _Run] = {}  # by task id: the latest attempt running here
+        # Free slots, counted here: only ``_take_tasks`` takes them, so a counter and an event
+        # to wait on when none is free replace a capacity limiter, whose acquire costs a
+        # cancel scope and a turn of the event loop for every task taken.
+        self._free_slots = concurrency
+        self._slot_freed: anyio.Event | None = None
         self._idle = anyio.Event()
         self._idle.set()
         self.alive = False  # between ``run``'s start and its end
@@ -109,38 +127,50 @@ class WorkerPool:
         self._intake.cancel()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        limiter = anyio.CapacityLimiter(self._concurrency)
         async with anyio.create_task_group() as runs:
             runs.start_soon(self._watch_cancellations)
             runs.start_soon(self._watch_lost_leases)
             self.alive = True
             task_status.started()
             try:
-                await self._take_tasks(runs, limiter)
+                await self._take_tasks(runs)
             finally:
                 self.alive = False
             with anyio.move_on_after(self._shutdown_grace):
                 await self._idle.wait()
             runs.cancel_scope.cancel()
 
-    async def _take_tasks(self, runs: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+    async def _take_tasks(self, runs: anyio.abc.TaskGroup) -> None:
         """Lease tasks into free slots until :meth:`stop`."""
         with self._intake:
+            burst_start = time.monotonic()
             while True:
-                slot = object()
-                await limiter.acquire_on_behalf_of(slot)
-                try:  # as many as there are free slots (this one and the others)
-                    leases = await self._queue.lease_many(1 + int(limiter.available_tokens))
-                except BaseException:
-                    limiter.release_on_behalf_of(slot)
-                    raise
-                self._start(runs, leases[0], limiter, slot)
-                for lease in leases[1:]:
-                    more = object()
-                    limiter.acquire_on_behalf_of_nowait(more)  # free: only this loop takes slots
-                    self._start(runs, lease, limiter, more)
+                while self._free_slots <= 0:
+                    self._slot_freed = freed = anyio.Event()
+                    await freed.wait()
+                    burst_start = time.monotonic()
+                leases = await self._queue.lease_many(self._free_slots)  # as many as are free
+                for lease in leases:
+                    self._free_slots -= 1
+                    self._start(runs, lease)
+                # A queue with tasks waiting answers a lease at once (the default
+                # ``lease_many`` takes one), so a backlog is taken in one go, not one task per
+                # turn of the event loop: thousands submitted at once were started at a few
+                # hundred a second while the running ones kept the loop busy. The started
+                # handlers get the loop after a millisecond of taking, and at once after a
+                # lease that waited (a task that came alone runs before the next is taken).
+                now = time.monotonic()
+                if now - burst_start >= _TAKE_BURST:
+                    await anyio.lowlevel.checkpoint()
+                    burst_start = time.monotonic()
 
-    def _start(self, runs: anyio.abc.TaskGroup, lease: Lease, limiter: anyio.CapacityLimiter, slot: object) -> None:
+    def _free_slot(self) -> None:
+        self._free_slots += 1
+        freed, self._slot_freed = self._slot_freed, None
+        if freed is not None:
+            freed.set()
+
+    def _start(self, runs: anyio.abc.TaskGroup, lease: Lease) -> None:
         run = _Run(lease.record.attempt)
         earlier = self._runs.get(lease.record.id)
         if earlier is not None:
@@ -150,16 +180,9 @@ class WorkerPool:
         self._runs[lease.record.id] = run
         if len(self._runs) == 1:
             self._idle = anyio.Event()
-        runs.start_soon(self._run_one, runs, lease, run, limiter, slot)
+        runs.start_soon(self._run_one, runs, lease, run)
 
-    async def _run_one(
-        self,
-        runs: anyio.abc.TaskGroup,
-        lease: Lease,
-        run: _Run,
-        limiter: anyio.CapacityLimiter,
-        slot: object,
-    ) -> None:
+    async def _run_one(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> None:
         began = attempt_started(lease.record)
         outcome = "interrupted"
         try:
@@ -182,7 +205,7 @@ class WorkerPool:
                 del self._runs[lease.record.id]
             if not self._runs:
                 self._idle.set()
-            limiter.release_on_behalf_of(slot)
+            self._free_slot()
 
     async def _hooked_attempt(self, runs: anyio.abc.TaskGroup, lease: Lease, run: _Run) -> AttemptStatus:
         """:meth:`_attempt` inside the hooks' ``on_attempt``, and its outcome told to them."""
@@ -222,13 +245,14 @@ class WorkerPool:
         result: Any = None
         error: str | None = None
         raised: BaseException | None = None
+        if policy.timeout is not None:
+            scope.deadline = anyio.current_time() + policy.timeout
         try:
             with scope:
-                with anyio.move_on_after(policy.timeout) as deadline:
-                    result = await self._processor(running, ctx)
-                if deadline.cancelled_caught:
-                    error = f"timed out after {policy.timeout:g} s"
-                    raised = TimeoutError(error)
+                result = await self._processor(running, ctx)
+            if scope.cancelled_caught and not run.cancelled and not run.lost:  # its deadline
+                error = f"timed out after {policy.timeout:g} s"
+                raised = TimeoutError(error)
         except Retry as exc:
             error, raised = _describe(exc), exc
         except Exception as exc:
@@ -249,7 +273,7 @@ class WorkerPool:
         # The handler is done: its outcome is recorded even if shutdown's cancellation
         # arrives now, or the task would stay "running" with no worker.
         with anyio.CancelScope(shield=True):
-            return await self._record_outcome(lease, ctx, policy, scope.cancel_called, result, error, raised)
+            return await self._record_outcome(lease, ctx, policy, run.cancelled, result, error, raised)
         raise AssertionError("unreachable: a shielded scope is not cancelled")  # pragma: no cover
 
     async def _record_outcome(
@@ -333,7 +357,7 @@ class WorkerPool:
                 async for task_id in self._queue.watch_cancellations():
                     run = self._runs.get(task_id)
                     if run is not None:
-                        run.scope.cancel()
+                        run.cancel()
             except BackendUnavailable as exc:
                 backend_outage.failed("watching for cancellations", exc)  # logged once per outage
                 await anyio.sleep(1.0)
