@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from progressq.backends._group_commit import GroupCommit, settle
 from progressq.backends.postgres._common import Connection, Pool
 
 Write = Callable[[Connection], Awaitable[psycopg.AsyncCursor[Any]]]
@@ -28,21 +29,17 @@ row only once the transaction has committed."""
 
 
 class _Pending:
-    __slots__ = ("capacity", "future", "order", "write")
+    __slots__ = ("capacity", "order", "write")
 
-    def __init__(self, write: Write, order: tuple[str, str], capacity: bool, future: asyncio.Future[Any]) -> None:
+    def __init__(self, write: Write, order: tuple[str, str], capacity: bool) -> None:
         self.write = write
         self.order = order
         self.capacity = capacity
-        self.future = future
 
 
-class WriteBatcher:
-    """Collects writes and commits them in batches.
-
-    At most ``in_flight`` batches are on their way at once; a write made while that many are
-    out waits for one to return and then goes with every write made meanwhile. At a low rate
-    every write goes alone on the next turn of the event loop.
+class WriteBatcher(GroupCommit[_Pending]):
+    """Collects writes and commits them in batches (group commit, scheduled as
+    ``progressq.backends._group_commit`` says: at a low rate every write goes alone).
 
     Locks are taken in one order by every batch, so that batches of different processes never
     wait on each other in a cycle: the capacity lock first (when any write of the batch needs
@@ -58,13 +55,9 @@ class WriteBatcher:
     """
 
     def __init__(self, pool: Pool, capacity_lock: int | None, *, in_flight: int = 2, max_batch: int = 128) -> None:
+        super().__init__(in_flight=in_flight, max_batch=max_batch)
         self.pool = pool
         self._capacity_lock = capacity_lock
-        self._in_flight = in_flight
-        self._max_batch = max_batch
-        self._pending: list[_Pending] = []
-        self._flushes: set[asyncio.Task[None]] = set()
-        self._scheduled: asyncio.Task[None] | None = None  # a flush that has not taken its batch yet
         self.batches = 0  # committed, for tests and measurements
         self.writes = 0
 
@@ -72,48 +65,21 @@ class WriteBatcher:
         """Run ``write`` in a transaction, maybe with others made at the same moment; what it
         returned, once committed. ``capacity``: it counts against the queue's capacity (the
         capacity lock is taken before any of the batch's other locks)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(write, (owner, task_id), capacity, future))
-        self._schedule()
-        return await future
+        return await self.submit(_Pending(write, (owner, task_id), capacity))
 
-    async def drain(self) -> None:
-        """Wait for the batches on their way (before the pool closes)."""
-        while self._flushes:
-            await asyncio.wait(set(self._flushes))
-
-    def _schedule(self) -> None:
-        if self._scheduled is not None or not self._pending or len(self._flushes) >= self._in_flight:
-            return  # one will take these writes: the scheduled flush, or the next when one returns
-        flush = self._scheduled = asyncio.get_running_loop().create_task(self._flush())
-        self._flushes.add(flush)
-        flush.add_done_callback(self._flushed)
-
-    def _flushed(self, flush: asyncio.Task[None]) -> None:
-        self._flushes.discard(flush)
-        if self._scheduled is flush:  # cancelled before it took its batch: the writes still wait
-            self._scheduled = None
-        self._schedule()  # what arrived meanwhile leaves now, together
-
-    async def _flush(self) -> None:
-        self._scheduled = None
-        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-        self._schedule()  # more than one batch waits: the next may go at once
-        batch = [pending for pending in batch if not pending.future.done()]  # given up on: not run
-        if not batch:
-            return
-        batch.sort(key=lambda pending: pending.order)
+    async def _run(self, batch: list[tuple[_Pending, asyncio.Future[Any]]]) -> None:
+        batch.sort(key=lambda waiting: waiting[0].order)
         try:
-            outcomes = await self._commit(batch)
+            outcomes = await self._commit([pending for pending, _ in batch])
         except psycopg.Error as exc:
             if len(batch) == 1 or not _one_writes_fault(exc):
                 _settle_all(batch, exc)
                 return
-            for pending in batch:  # each alone: the error reaches only its own write
+            for pending, future in batch:  # each alone: the error reaches only its own write
                 try:
-                    _settle(pending.future, (await self._commit([pending]))[0])
+                    settle(future, (await self._commit([pending]))[0], _cancelled)
                 except BaseException as alone:
-                    _settle(pending.future, alone)
+                    settle(future, alone, _cancelled)
                     if not isinstance(alone, Exception):
                         raise
             return
@@ -122,8 +88,8 @@ class WriteBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            _settle(pending.future, outcome)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            settle(future, outcome, _cancelled)
 
     async def _commit(self, batch: list[_Pending]) -> list[Any]:
         # In pipeline mode the batch (its begin and commit too) goes in one round trip.
@@ -152,17 +118,10 @@ def _one_writes_fault(exc: psycopg.Error) -> bool:
     return not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
-def _settle_all(batch: list[_Pending], exc: BaseException) -> None:
-    for pending in batch:
-        _settle(pending.future, exc)
+def _settle_all(batch: list[tuple[_Pending, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, future in batch:
+        settle(future, exc, _cancelled)
 
 
-def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        if isinstance(outcome, asyncio.CancelledError):
-            outcome = psycopg.OperationalError("the write was cancelled before PostgreSQL answered")
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _cancelled() -> Exception:
+    return psycopg.OperationalError("the write was cancelled before PostgreSQL answered")
