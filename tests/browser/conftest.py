@@ -92,6 +92,25 @@ def free_port() -> int:
         return port
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the listening socket of 127.0.0.1:``port`` (Linux)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.rpartition(":")[2], 16) == port:
+            inodes.add(f"socket:[{inode}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                return True
+    return False
+
+
 class DemoServer:
     """``examples/demo/server.py`` as a subprocess on a fixed port; can be stopped and started again."""
 
@@ -119,7 +138,9 @@ class DemoServer:
                 raise RuntimeError(f"the demo server exited with {self._process.returncode}: {self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                    if answer.status == 200:
+                    # the port is chosen before the process binds it: another test's server
+                    # may have taken it meanwhile, and its answer is not this server's
+                    if answer.status == 200 and _listens(self._process.pid, self.port):
                         return
             except (urllib.error.URLError, OSError):
                 pass
@@ -153,8 +174,14 @@ def demo_framework() -> str:
 def demo_server(built_page: Path, tmp_path: Path, demo_framework: str) -> Iterator[DemoServer]:
     if not (SERVER.parent / f"demo_{demo_framework}.py").exists():
         pytest.skip(f"the demo has no {demo_framework} app")
-    server = DemoServer(free_port(), tmp_path, demo_framework)
-    server.start()
+    for attempt in range(3):  # a free port may be taken by another test before the server binds it
+        server = DemoServer(free_port(), tmp_path, demo_framework)
+        try:
+            server.start()
+            break
+        except RuntimeError as exc:
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
     try:
         yield server
     finally:
