@@ -510,15 +510,24 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
     import re
     from importlib.resources import files
 
-    from progressq.backends.redis._calls import _ROW_LAYOUTS, _SHARD_KEYS, _Calls
+    from progressq.backends.redis._calls import _ROW_LAYOUTS, _SETTINGS, _SHARD_KEYS, _Calls
     from progressq.backends.redis._common import _Keys
 
     script = files("progressq.backends.redis").joinpath("scripts", "operations.lua").read_text(encoding="utf-8")
     in_script = {op: tuple(fields.split()) for op, fields in re.findall(r"^-- ROW (\w+): (.+)$", script, re.M)}
     assert in_script == _ROW_LAYOUTS
-    shard_keys = re.search(r"^-- SHARD_KEYS: (.+)$", script, re.M)
-    assert shard_keys is not None
-    assert tuple(shard_keys.group(1).split()) == _SHARD_KEYS
+    for name, listed in [("SHARD_KEYS", _SHARD_KEYS), ("SETTINGS", _SETTINGS)]:
+        in_lua = re.search(rf"^-- {name}: (.+)$", script, re.M)
+        assert in_lua is not None
+        assert tuple(in_lua.group(1).split()) == listed
+    # the script steps from row to row by each operation's count of keys and of other fields
+    sizes = re.search(r"^local ROW_SIZES = \{(.+)\}$", script, re.M)
+    assert sizes is not None
+    in_sizes = {op: (int(k), int(f)) for op, k, f in re.findall(r"(\w+) = \{(\d+), (\d+)\}", sizes.group(1))}
+    layouts = {
+        op: (fields.index("history"), len(fields) - 1 - fields.index("history")) for op, fields in _ROW_LAYOUTS.items()
+    }
+    assert in_sizes == layouts
     calls = _Calls(redis.Redis(), _Keys("pq"), capacity=0, retention=1, history_size=1, history_ttl=1)
     record = _record()
     lease = Lease(record, "1-0")
@@ -530,6 +539,7 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
     for op, keys, fields in rows:
         assert 1 + len(keys) + len(fields) == len(_ROW_LAYOUTS[op])
         assert _ROW_LAYOUTS[op][len(keys)] == "history"  # the keys come first, history last
+        assert all(isinstance(field, str | bytes) for field in fields)  # ARGV: strings only (flags '1'/'')
 
 
 def test_from_url_clients_pack_commands_in_c_exactly_as_redis_py_does() -> None:

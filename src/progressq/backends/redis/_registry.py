@@ -249,4 +249,10 @@ class _Marker:
 
 def _event_from(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
     seq = int(_text(entry_id).partition("-")[0])
-    return Event(seq, _EVENT_KINDS[fields[b"k"]], fields[b"t"].decode(), int(fields[b"r"]), fields[b"j"])
+    event = fields.get(b"e")
+    if event is None:  # kept by an earlier version, field by field
+        return Event(seq, _EVENT_KINDS[fields[b"k"]], fields[b"t"].decode(), int(fields[b"r"]), fields[b"j"])
+    # as published, after the seq: revision:kind:length of the task id:task id, then the view
+    rev_text, kind_text, length_text, rest = event.split(b":", 3)
+    length = int(length_text)
+    return Event(seq, _EVENT_KINDS[kind_text], rest[:length].decode(), int(rev_text), rest[length:])
