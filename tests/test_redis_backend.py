@@ -532,10 +532,15 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
     record = _record()
     lease = Lease(record, "1-0")
     rows = [
-        calls.commit_row(lease, record, record.view_json(), finish=False),
+        calls.commit_row(lease, record, record.view_json(), finish=False),  # a progress row
+        calls.commit_row(lease, record, record.view_json(), finish=True),  # a commit row
         calls.submit_row(record, None),
         calls.enqueue_row(record),
     ]
+    assert [op for op, _, _ in rows] == ["progress", "commit", "submit", "enqueue"]
+    # one function reads both: a progress row's fields are a commit row's first ones
+    progress_fields = _ROW_LAYOUTS["progress"][4:]
+    assert _ROW_LAYOUTS["commit"][6 : 6 + len(progress_fields)] == progress_fields
     for op, keys, fields in rows:
         assert 1 + len(keys) + len(fields) == len(_ROW_LAYOUTS[op])
         assert _ROW_LAYOUTS[op][len(keys)] == "history"  # the keys come first, history last

@@ -36,8 +36,8 @@ _Row = tuple[str, tuple[str, ...], list[_Value]]
 _SHARD_KEYS = ("counters", "unfinished", "running", "wake", "dead", "stream", "ring", "delayed", "stamps")
 # The shard's settings, the first of every batch's arguments after 'batch', in this order.
 _SETTINGS = (
-    "capacity", "retention", "history_size", "expiry", "refresh", "group", "cancel_channel", "publish_command",
-    "stamps", "task_prefix",
+    "capacity", "retention", "history_size", "trim_above", "expiry", "refresh", "group", "cancel_channel",
+    "publish_command", "stamps", "task_prefix",
 )  # fmt: skip
 
 # Each batched operation's row, field by field: the script reads a row by position, in this
@@ -52,8 +52,13 @@ _NEW_TASK_ROW = (
 _ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
     "commit": (
         "op", "task", "owner_tasks", "waiting", "seq", "history",
-        "attempt", "record", "revision", "status", "terminal", "task_id", "owner", "event", "channel", "finish",
+        "attempt", "record", "revision", "status", "task_id", "event", "channel", "terminal", "owner", "finish",
         "entry",
+    ),
+    # a commit that neither ends its task nor acknowledges it: a `commit` row's first fields
+    "progress": (
+        "op", "task", "seq", "history",
+        "attempt", "record", "revision", "status", "task_id", "event", "channel",
     ),
     "submit": _NEW_TASK_ROW,
     "enqueue": _NEW_TASK_ROW,
@@ -135,6 +140,8 @@ class _Calls:
             "capacity": self._capacity,
             "retention": self._retention,
             "history_size": self._history_size,
+            # the history is trimmed back to history_size once it holds a tenth more (`emit`)
+            "trim_above": str(history_size + max(1, history_size // 10)),
             "expiry": self._expiry,
             "refresh": str(refresh),
             "group": _GROUP,
@@ -182,7 +189,7 @@ class _Calls:
 
     def commit_row(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
-        (layout ``commit``)."""
+        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged)."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
         fields: list[_Value] = [
@@ -190,15 +197,15 @@ class _Calls:
             _record_encoder.encode(record),
             str(record.revision),
             record.status,
-            "1" if record.finished else "",
             record.id,
-            owner,
             event_text("taskProgress", record.id, record.revision, view_json),
             channel,
-            "1" if finish else "",
-            lease.token,
         ]
-        return "commit", (self._keys.task(record.id), owner_tasks, waiting, seq, history), fields
+        task = self._keys.task(record.id)
+        if not (finish or record.finished):
+            return "progress", (task, seq, history), fields
+        fields += ["1" if record.finished else "", owner, "1" if finish else "", lease.token]
+        return "commit", (task, owner_tasks, waiting, seq, history), fields
 
     def submit_row(self, record: TaskRecord, max_unfinished: int | None) -> _Row:
         """``enqueue`` and the ``taskQueued`` publish in one step, under the owner's limit (layout
@@ -344,6 +351,11 @@ class _Calls:
     def publish(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> _Call:
         keys = self._publish_keys(identity, task_id)
         return self._call("publish", keys, self._publish_args(identity, kind, task_id, revision, task_json))
+
+    def events_after(self, identity: str, seq: int) -> _Call:
+        """The identity's seq and the events after ``seq`` its history holds, read together."""
+        keys = {"seq": self._keys.seq(identity), "history": self._keys.history(identity)}
+        return self._call("after", keys, {"seq": str(seq)})
 
     # --- the parts ----------------------------------------------------------------------
 

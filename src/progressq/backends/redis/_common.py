@@ -138,7 +138,9 @@ class _Keys:
         return f"{self.base}:seq:{identity}"
 
     def history(self, identity: str) -> str:
-        return f"{self.base}:history:{identity}"
+        """The identity's last events, as published, in seq order: a list. (Earlier versions
+        kept a stream under ``history:``, which this one leaves to expire.)"""
+        return f"{self.base}:recent:{identity}"
 
     def channel(self, identity: str) -> str:
         return f"{self.base}:events:{identity}"

@@ -11,7 +11,7 @@
 --
 -- Batched, the calls of one shard made at the same moment (the worker's commits, the submits),
 -- in one script call (see `batch` at the end):
---   ARGV[1] = 'batch', ARGV[2 .. 11] the shard's settings (SETTINGS below, the same for every
+--   ARGV[1] = 'batch', ARGV[2 .. 12] the shard's settings (SETTINGS below, the same for every
 --   batch), then the rows one after the other: each its operation's name and its fields;
 --   KEYS: the shard's own keys first (SHARD_KEYS below), then each row's keys in turn.
 -- A row is positional: its layout is in ROWS below, and _calls.py builds rows from that same
@@ -139,25 +139,38 @@ end
 
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
--- starts a fresh history. `event` is the event after its seq, as kept and published:
--- "revision:kind:length of the task id:task id" and then the view (JSON), built by the caller.
+-- starts a fresh history. `event` is the event after its seq, built by the caller:
+-- "revision:kind:length of the task id:task id" and then the view (JSON). The message
+-- published is "seq:" and the event, and the history keeps that message: a list in seq order,
+-- trimmed to its last `history_size` entries once it holds `trim_above` (a tenth more), so that
+-- trimming is one command in a hundred events, not one an event.
 -- The seq and the history are set to expire `expiry` seconds on when `keep` asks it, and
 -- always when the seq is made afresh (see `batched.commit` for when a commit asks it).
+-- settings (`s`): history_size, trim_above (a number), expiry, publish_command
 -- Returns the seq.
-local function emit(seq_key, history_key, event, history_size, expiry, keep, publish_command, channel)
+local function emit(seq_key, history_key, event, s, keep, channel)
   local seq = redis.call('INCR', seq_key)
   if seq == 1 then
     redis.call('DEL', history_key)
     keep = true
   end
-  local seq_text = string.format('%d', seq)  -- not tostring: its '%.14g' costs several times more
-  redis.call('XADD', history_key, 'MAXLEN', '~', history_size, seq_text .. '-0', 'e', event)
-  if keep then
-    redis.call('EXPIRE', seq_key, expiry)
-    redis.call('EXPIRE', history_key, expiry)
+  local message = string.format('%d', seq) .. ':' .. event  -- not tostring: its '%.14g' costs more
+  if redis.call('RPUSH', history_key, message) > s.trim_above then
+    redis.call('LTRIM', history_key, '-' .. s.history_size, '-1')
   end
-  redis.call(publish_command or 'PUBLISH', channel, seq_text .. ':' .. event)
+  if keep then
+    redis.call('EXPIRE', seq_key, s.expiry)
+    redis.call('EXPIRE', history_key, s.expiry)
+  end
+  redis.call(s.publish_command or 'PUBLISH', channel, message)
   return seq
+end
+
+-- The settings `emit` takes, from a named call's arguments.
+local function history_settings(a)
+  local size = tonumber(a.history_size)
+  return {history_size = a.history_size, trim_above = size + math.max(1, math.floor(size / 10)), expiry = a.ttl,
+    publish_command = a.publish_command}
 end
 
 -- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
@@ -175,7 +188,7 @@ local function publish(k, a)
     end
     redis.call('HSET', k.task, 'pub', a.revision)
   end
-  return emit(k.seq, k.history, a.event, a.history_size, a.ttl, true, a.publish_command, a.channel)
+  return emit(k.seq, k.history, a.event, history_settings(a), true, a.channel)
 end
 
 -- Store a new task, index it under its owner and queue it, unless the queue is full. It
@@ -505,6 +518,26 @@ function operations.due(k, a)
   return found
 end
 
+-- The identity's seq, and the events after `seq` that its history holds, oldest first (each as
+-- published: see `emit`), read together: the history is in seq order without gaps, so where an
+-- event lies follows from the seq of its first.
+-- keys: seq, history
+-- args: seq
+-- Returns {seq, {message, ...}}.
+function operations.after(k, a)
+  local current = redis.call('GET', k.seq) or '0'
+  local from = tonumber(a.seq)
+  if from >= tonumber(current) then
+    return {current, {}}
+  end
+  local first = redis.call('LINDEX', k.history, 0)
+  if not first then
+    return {current, {}}
+  end
+  local start = math.max(0, from + 1 - tonumber(string.match(first, '^%d+')))
+  return {current, redis.call('LRANGE', k.history, start, -1)}
+end
+
 -- Remove consumers of the workers' group that hold no entry: this process's own (when it
 -- leaves) and any other idle for longer than the bound (a worker that died). A consumer with
 -- pending entries is kept: removing it would lose them before they are reclaimed. One removed
@@ -547,12 +580,13 @@ end
 -- SHARD_KEYS: counters unfinished running wake dead stream ring delayed stamps
 
 -- The shard's settings, ARGV[2 ..] of every batch, in this order (_calls.py: _SETTINGS).
--- SETTINGS: capacity retention history_size expiry refresh group cancel_channel publish_command stamps task_prefix
+-- SETTINGS: capacity retention history_size trim_above expiry refresh group cancel_channel publish_command stamps task_prefix
 
 -- Each row's fields, in order: its name, its keys (taken from KEYS in turn: the operation gets
 -- the index of the first), then its other fields (from ARGV in turn: r[2], r[3] ...). _calls.py
 -- builds the rows from the same lists (_ROW_LAYOUTS), and a test checks that the two agree.
--- ROW commit: op task owner_tasks waiting seq history attempt record revision status terminal task_id owner event channel finish entry
+-- ROW commit: op task owner_tasks waiting seq history attempt record revision status task_id event channel terminal owner finish entry
+-- ROW progress: op task seq history attempt record revision status task_id event channel
 -- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
 -- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
 -- Every field is a string, as ARGV holds them: a flag is '1' or '' (both true in Lua: compare),
@@ -572,24 +606,27 @@ local function now(s)
   return s.now
 end
 
--- Save a task's new state and publish it to its owner in one step (and, with `finish`,
--- acknowledge its stream entry): `save` and `publish` in five commands where the two cost
--- eleven (one read of the task's hash and one write, for the fencing and the staleness check
--- both). A fenced-out save publishes and acknowledges nothing.
+-- Save a task's new state and publish it to its owner in one step (and, for a `commit` row with
+-- `finish`, acknowledge its stream entry): `save` and `publish` in five commands where the two
+-- cost eleven (one read of the task's hash and one write, for the fencing and the staleness
+-- check both). A fenced-out save publishes and acknowledges nothing.
 -- The owner's seq and history are kept `expiry` seconds after the event (`emit`), but set to
 -- expire only when this task has not done so for `refresh` seconds (the task's `kept`: when it
 -- last did), and at its end: each event is then kept at least `expiry - refresh` seconds (the
 -- history_ttl) and at most `expiry`, for two commands an event fewer.
+-- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
+-- its fields are the first of a `commit` row's, without the keys and values only an end needs.
+-- `ending` (a `commit` row's): its keys owner_tasks and waiting, else nil.
 -- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
-function batched.commit(shard, s, r, key)
-  local task, revision, status, task_id = KEYS[key], r[4], r[5], r[7]
+local function commit(shard, s, r, task, seq_key, history_key, ending)
+  local revision, status, task_id = r[4], r[5], r[6]
   local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'kept')
   if h[1] ~= 'leased' or h[2] ~= r[2] then
     return {0, 0}
   end
   -- this revision not published yet (a commit sent again after a lost answer may have been)
   local fresh = tonumber(h[4] or '0') < tonumber(revision)
-  local terminal = r[6] == '1'
+  local terminal = ending and r[9] == '1'
   local keep = fresh and (terminal or not h[5] or now(s) >= tonumber(h[5]) + s.refresh)
   if fresh and not terminal and not keep then  -- a progress report, most of the time
     redis.call('HSET', task, 'data', r[3], 'rev', revision, 'status', status, 'pub', revision)
@@ -614,22 +651,31 @@ function batched.commit(shard, s, r, key)
     redis.call('HSET', unpack(fields, 1, n))
   end
   if terminal then
-    ended({task = task, counters = shard.counters, owner_tasks = KEYS[key + 1], unfinished = shard.unfinished,
-      running = shard.running, waiting = KEYS[key + 2], wake = shard.wake, dead = shard.dead},
-      s.retention, r[8], task_id, status)
+    ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
+      running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
+      s.retention, r[10], task_id, status)
   elseif h[3] == '1' and status == 'running' then
     -- cancel was asked before this attempt started: tell its worker again
     redis.call(s.publish_command, s.cancel_channel, task_id)
   end
   local seq = 0
   if fresh then
-    seq = emit(KEYS[key + 3], KEYS[key + 4], r[9], s.history_size, s.expiry, keep, s.publish_command, r[10])
+    seq = emit(seq_key, history_key, r[7], s, keep, r[8])
   end
-  if r[11] == '1' then
+  if ending and r[11] == '1' then
     redis.call('XACK', shard.stream, s.group, r[12])
     redis.call('XDEL', shard.stream, r[12])
   end
   return {1, seq}
+end
+
+function batched.progress(shard, s, r, key)
+  return commit(shard, s, r, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
+end
+
+function batched.commit(shard, s, r, key)
+  return commit(shard, s, r, KEYS[key], KEYS[key + 3], KEYS[key + 4],
+    {owner_tasks = KEYS[key + 1], waiting = KEYS[key + 2]})
 end
 
 -- A submit's or an enqueue's row, as `enqueue`'s named keys and arguments.
@@ -684,25 +730,25 @@ function batched.submit(shard, s, r, key)
   if not a.pub then
     return {1, 0}
   end
-  return {1, emit(k.seq, k.history, r[10], s.history_size, s.expiry, true, s.publish_command, r[11])}
+  return {1, emit(k.seq, k.history, r[10], s, true, r[11])}
 end
 
 -- Each batched operation's number of keys and of other fields (its ROW line: keys first).
-local ROW_SIZES = {commit = {5, 11}, submit = {6, 10}, enqueue = {6, 10}}
+local ROW_SIZES = {commit = {5, 11}, progress = {3, 7}, submit = {6, 10}, enqueue = {6, 10}}
 
 -- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
 -- row's answer, an error reply among the others' answers.
 local function batch()
-  local s = {capacity = ARGV[2], retention = ARGV[3], history_size = ARGV[4], expiry = ARGV[5],
-    refresh = tonumber(ARGV[6]), group = ARGV[7], cancel_channel = ARGV[8], publish_command = ARGV[9],
-    stamps = ARGV[10] == '1', task_prefix = ARGV[11]}
+  local s = {capacity = ARGV[2], retention = ARGV[3], history_size = ARGV[4], trim_above = tonumber(ARGV[5]),
+    expiry = ARGV[6], refresh = tonumber(ARGV[7]), group = ARGV[8], cancel_channel = ARGV[9],
+    publish_command = ARGV[10], stamps = ARGV[11] == '1', task_prefix = ARGV[12]}
   local shard = {counters = KEYS[1], unfinished = KEYS[2], running = KEYS[3], wake = KEYS[4], dead = KEYS[5],
     stream = KEYS[6], ring = KEYS[7], delayed = KEYS[8]}
   if s.stamps then
     shard.stamps = KEYS[9]
   end
   local answers = {}
-  local at, key, n = 12, 10, #ARGV  -- the next row's name in ARGV, its first key in KEYS
+  local at, key, n = 13, 10, #ARGV  -- the next row's name in ARGV, its first key in KEYS
   while at <= n do
     local op = ARGV[at]
     local size = ROW_SIZES[op]
