@@ -59,7 +59,8 @@ class RedisBackend(BackendDefaults):
             cannot see the others' counts): the queue then holds up to ``capacity * shards``.
         retention: seconds a finished task's record stays readable and listed.
         history_size: events kept per identity for resuming (approximately: at least this many).
-        history_ttl: seconds an identity's history and seq outlive its last event.
+        history_ttl: seconds an identity's history and seq outlive its last event (at least;
+            at most a minute more, or a tenth of it when that is shorter).
         lease_timeout: seconds without a heartbeat after which a running task is taken
             over by another worker. Heartbeats go every third of it.
         max_deliveries: deliveries of one task without an outcome (its workers died or
