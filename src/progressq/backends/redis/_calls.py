@@ -19,11 +19,11 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder
+from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder, event_text
 from progressq.contracts import Lease, TaskRecord
 from progressq.messages import EventType
 
-__all__ = ("_ROW_LAYOUTS", "_SETTINGS", "_SHARD_KEYS", "_Call", "_Calls", "_Row", "event_text", "queue_script")
+__all__ = ("_ROW_LAYOUTS", "_SETTINGS", "_SHARD_KEYS", "_Call", "_Calls", "_Row", "queue_script")
 
 _Value = str | bytes
 _Named = Mapping[str, _Value]
@@ -40,11 +40,10 @@ _SETTINGS = (
     "publish_command", "stamps", "task_prefix",
 )  # fmt: skip
 
-# Each batched operation's row, field by field: the script reads a row by position, in this
-# order (the ``ROW`` lines of operations.lua; a test checks that they agree). The fields after
-# ``op`` up to ``history`` are the row's keys, which go in KEYS (each row's in turn); the others
-# are arguments, every one a string (a flag '1' or ''; a number as text, not a Lua number: Redis
-# would format each with snprintf, a tenth of its work per commit).
+# Each batched operation's row, field by field, as the script reads it (its ``ROW`` lines; a test
+# checks that they agree). The fields after ``op`` up to ``history`` are keys, put in KEYS; the
+# others arguments, every one a string (a flag '1' or ''; a number as text: Redis formats a Lua
+# number with snprintf, a tenth of its work per commit).
 _NEW_TASK_ROW = (
     "op", "task", "owner_tasks", "waiting", "unique", "seq", "history",
     "task_id", "record", "owner", "created", "revision", "run_at", "unique_key", "limit", "event", "channel",
@@ -57,8 +56,7 @@ _ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
     ),
     # a commit that neither ends its task nor acknowledges it: a `commit` row's first fields
     "progress": (
-        "op", "task", "seq", "history",
-        "attempt", "record", "revision", "status", "task_id", "event", "channel",
+        "op", "task", "seq", "history", "attempt", "record", "revision", "status", "task_id", "event", "channel",
     ),
     "submit": _NEW_TASK_ROW,
     "enqueue": _NEW_TASK_ROW,
@@ -130,9 +128,8 @@ class _Calls:
         self._capacity = str(capacity)
         self._retention = str(retention)
         self._history_size = str(history_size)
-        # An identity's seq and history expire `expiry` seconds after its last event; a commit
-        # sets that only when its task has not for `refresh` seconds (see the script's
-        # `batched.commit`), so each is kept from history_ttl to history_ttl + refresh seconds.
+        # A commit sets an identity's seq and history to expire `expiry` seconds on only when its
+        # task has not for `refresh` seconds (the script's `commit`): kept history_ttl to expiry.
         refresh = max(1, min(60, history_ttl // 10))
         self._expiry = str(history_ttl + refresh)
         # what every batch of this shard shares (the script's `s`), in the order of _SETTINGS
@@ -398,14 +395,6 @@ class _Calls:
             "channel": self._keys.channel(identity),
             **self._publishing,
         }
-
-
-def event_text(kind: EventType, task_id: str, revision: int, view_json: bytes) -> bytes:
-    """An event as the script keeps and publishes it after its seq (see the script's `emit`):
-    ``revision:kind:length of the task id:task id`` and the view; built here, where it costs a
-    formatting, rather than in Redis's Lua, which hashes every string it makes."""
-    task = task_id.encode()
-    return b"%d:%s:%d:%s%s" % (revision, kind.encode(), len(task), task, view_json)
 
 
 def _ms(record: TaskRecord) -> str:
