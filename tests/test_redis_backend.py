@@ -408,6 +408,46 @@ async def test_save_and_publish_is_fenced_and_acknowledges_only_with_finish(make
         assert (await backend.queue.statistics()).running == 0
 
 
+async def test_the_seq_and_history_expire_from_history_ttl_to_a_tenth_more_after_the_last_event(make: Make) -> None:
+    # A commit sets them to expire (history_ttl + refresh) only when its task has not for
+    # `refresh` seconds (a tenth of history_ttl here), and at the task's end.
+    async with make(history_ttl=100) as backend:
+        client = backend.client
+        keys = [f"{backend.prefix}:seq:alice", f"{backend.prefix}:recent:alice"]
+        task = f"{backend.prefix}:task:task-0"
+
+        async def ttls() -> list[int]:
+            return [await client.ttl(key) for key in keys]
+
+        await _submit(backend, _record())
+        assert all(100 <= ttl <= 110 for ttl in await ttls())
+        lease = await backend.queue.lease()
+        record = lease.record.evolve(status="running")
+        assert await backend.save_and_publish(lease, record, record.view_json())
+        assert all(100 <= ttl <= 110 for ttl in await ttls())
+        for key in keys:  # as if 5 s passed since: set a moment ago, not set again
+            await client.expire(key, 105)
+        record = record.evolve(progress=10.0)
+        assert await backend.save_and_publish(lease, record, record.view_json())
+        assert all(100 <= ttl <= 105 for ttl in await ttls())
+        # as if 60 s passed since this task set them: set again, history_ttl from now at least
+        now = int((await client.time())[0])
+        await client.hset(task, "kept", str(now - 60))
+        for key in keys:
+            await client.expire(key, 50)
+        record = record.evolve(progress=20.0)
+        assert await backend.save_and_publish(lease, record, record.view_json())
+        assert all(100 <= ttl <= 110 for ttl in await ttls())
+        for key in keys:
+            await client.expire(key, 105)
+        done = record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+        assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)
+        assert all(106 <= ttl <= 110 for ttl in await ttls())  # set at the end, whenever last
+        events = await backend.registry.events_after("alice", 0)
+        assert events is not None
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+
+
 async def test_batched_script_calls_recover_when_redis_forgot_the_scripts(make: Make) -> None:
     from progressq import Hub, TaskContext
 

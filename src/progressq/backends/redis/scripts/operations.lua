@@ -145,7 +145,7 @@ end
 -- trimmed to its last `history_size` entries once it holds `trim_above` (a tenth more), so that
 -- trimming is one command in a hundred events, not one an event.
 -- The seq and the history are set to expire `expiry` seconds on when `keep` asks it, and
--- always when the seq is made afresh (see `batched.commit` for when a commit asks it).
+-- always when either is made afresh (see `commit` for when a commit asks it).
 -- settings (`s`): history_size, trim_above (a number), expiry, publish_command
 -- Returns the seq.
 local function emit(seq_key, history_key, event, s, keep, channel)
@@ -155,10 +155,12 @@ local function emit(seq_key, history_key, event, s, keep, channel)
     keep = true
   end
   local message = string.format('%d', seq) .. ':' .. event  -- not tostring: its '%.14g' costs more
-  if redis.call('RPUSH', history_key, message) > s.trim_above then
+  local kept = redis.call('RPUSH', history_key, message)
+  if kept > s.trim_above then
     redis.call('LTRIM', history_key, '-' .. s.history_size, '-1')
   end
-  if keep then
+  -- a history made just now (it expired a moment before its seq) must expire too
+  if keep or kept == 1 then
     redis.call('EXPIRE', seq_key, s.expiry)
     redis.call('EXPIRE', history_key, s.expiry)
   end
