@@ -4,8 +4,12 @@ Installed by ``servers.py`` when ``BENCH_STAGES=1`` (never otherwise: it wraps l
 methods, which costs CPU). Each report carries its send time in its message, so every stage
 is measured from the report: the batch leaving (``GroupCommit`` queue), the script's answer,
 the pub/sub reader handing the message to its identity, and the delivery (the inline send
-done). Beside them: the batches' sizes and round trips, the replies per pub/sub read, and the
-event loop's lag (a 5 ms sleep's overshoot). Printed to stderr as p50 / p99 / max in ms.
+done). Beside them: the batches' sizes and round trips, the replies per pub/sub read, the
+event loop's lag (a 5 ms sleep's overshoot) and the cycle collector's passes per generation
+(wall time and CPU). Printed to stderr as p50 / p99 / max. ``BENCH_CENSUS_AT=S`` (default 25):
+S seconds after the start, and every 10 s after, a census of the process's tracked objects
+(by type, the coroutines by function), to tell what a full collection has to scan.
+``BENCH_STAGES=nogc`` turns the collector off, to see how the server does without it.
 """
 
 from __future__ import annotations
@@ -82,11 +86,11 @@ def _census() -> str:
 
 def _printer() -> None:
     began = time.monotonic()
-    counted = False
+    counted = 0
     while True:
         time.sleep(1.0)
-        if not counted and time.monotonic() - began > float(os.environ.get("BENCH_CENSUS_AT", "25")):
-            counted = True
+        if time.monotonic() - began > float(os.environ.get("BENCH_CENSUS_AT", "25")) + 10 * counted:
+            counted += 1
             print(_census(), file=sys.stderr, flush=True)
         series = STATS.take()
         if not series:
