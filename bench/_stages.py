@@ -103,9 +103,12 @@ def _printer() -> None:
 
 async def _lag() -> None:
     while True:
-        before = time.perf_counter()
+        before, cpu_before = time.perf_counter(), time.thread_time()
         await asyncio.sleep(0.005)
-        STATS.add("loop lag ms", (time.perf_counter() - before - 0.005) * 1000)
+        lag = time.perf_counter() - before - 0.005
+        STATS.add("loop lag ms", lag * 1000)
+        if lag > 0.05:  # a long one: busy (CPU spent meanwhile), or not given a core (none)
+            STATS.add("long lag, share on CPU", (time.thread_time() - cpu_before) / (lag + 0.005))
 
 
 def install() -> None:
