@@ -10,9 +10,11 @@ Cluster (three masters, no replicas, started by the scenario on the same machine
 each round, stopped at the end; skipped when redis-server or redis-cli is missing); the peers
 keep their rooms and channels in memory. The server runs in its own process (uvicorn, one worker,
 compression off), the clients in this one. Counted: progress messages received by all clients
-per second, after a warm-up; the server's CPU time per delivery, and on PostgreSQL the
-database's too (its server processes serving the benchmark's database), on the cluster its
-masters' (the shared Redis's is not counted: other clients' load would be in it).
+per second, after a warm-up (each client checks that every one is of its own task, with seq
+without a gap; the raw app, which sends one pre-encoded frame to all, is not checked); the
+server's CPU time per delivery, and on PostgreSQL the database's too (its server processes
+serving the benchmark's database), on the cluster its masters' (the shared Redis's is not
+counted: other clients' load would be in it).
 
 With ``--callgrind`` each selected system's server runs under valgrind's callgrind instead,
 instrumented only during the measured window (``callgrind_control``), and the scenario prints
@@ -110,6 +112,7 @@ async def measure(
     linger: float = 0.0,
 ) -> dict[str, float]:
     async with reading_clients(system, port, [f"u{i}" for i in range(users)]) as tally:
+        tally.checking = system != "raw"  # the raw app sends one pre-encoded frame to everyone
         await start_load(port, users=users, seconds=seconds + WARMUP + 0.5 + linger, rate=0)
         await asyncio.sleep(WARMUP)
         window_opens()
@@ -128,6 +131,7 @@ async def measure(
         "database_cpu_us_per_delivery": db_cpu / delivered * 1e6 if delivered else float("nan"),
         "clients": users,
         "closed": tally.closed,
+        "wrong": tally.wrong,
     }
 
 
@@ -261,13 +265,16 @@ def main() -> None:
                     f"server {fmt(outcome['server_cpu_us_per_delivery'])} us CPU each "
                     f"({outcome['server_cpu_share'] * 100:.0f}% of a core)"
                     + (f", database {fmt(database)} us" if database == database else "")
-                    + f", {outcome['closed']} closed",
+                    + f", {outcome['closed']} closed, {outcome['wrong']} wrong",
                     flush=True,
                 )
     finally:
         stack.close()
         if any(BACKEND[s] == "postgres" for s in systems):
             drop_postgres_db()
+    wrong = {s: sum(r["wrong"] for r in runs[s]) for s in systems if any(r["wrong"] for r in runs[s])}
+    if wrong:  # a delivery of another client's task, or a gap in seq: the rates mean nothing
+        print(f"WRONG DELIVERIES (another task's, or a gap in seq): {wrong}", flush=True)
     rate = {s: median([r["deliveries_per_s"] for r in runs[s]]) for s in systems}
     cpu = {s: median([r["server_cpu_us_per_delivery"] for r in runs[s]]) for s in systems}
     db_cpu = {s: median([r["database_cpu_us_per_delivery"] for r in runs[s]]) for s in systems}
