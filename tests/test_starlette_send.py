@@ -1,5 +1,5 @@
-"""The Starlette adapter's WebSocket sends: straight to the server's ``send`` past Starlette's
-exception wrapper, never past an application's middleware."""
+"""The Starlette and FastAPI adapters' WebSocket sends: straight to the server's ``send`` past
+Starlette's exception wrapper, never past an application's middleware."""
 
 from __future__ import annotations
 
@@ -45,8 +45,23 @@ async def test_the_exception_wrapper_is_taken_off_and_nothing_else() -> None:
     assert _without_exception_wrapper(middleware_send) is middleware_send
 
 
+def starlette_app(hub: Hub) -> Any:
+    return Starlette(routes=routes(hub, prefix="/pq"))
+
+
+def fastapi_app(hub: Hub) -> Any:
+    from fastapi import FastAPI
+
+    from progressq.fastapi import create_router
+
+    app = FastAPI()
+    app.include_router(create_router(hub, prefix="/pq"))
+    return app
+
+
 @pytest.mark.anyio
-async def test_an_application_middleware_still_sees_every_websocket_message() -> None:
+@pytest.mark.parametrize("make_app", [starlette_app, fastapi_app], ids=["starlette", "fastapi"])
+async def test_an_application_middleware_still_sees_every_websocket_message(make_app: Any) -> None:
     sent: list[str] = []
     to_client: list[str] = []
 
@@ -63,7 +78,7 @@ async def test_an_application_middleware_still_sees_every_websocket_message() ->
             await self.app(scope, receive, counting_send)
 
     hub = Hub(MemoryBackend(), secret=SECRET)
-    app = Starlette(routes=routes(hub, prefix="/pq"))
+    app = make_app(hub)
     app.add_middleware(CountingMiddleware)
     leave = anyio.Event()
     connected = False
