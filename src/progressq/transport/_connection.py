@@ -189,7 +189,7 @@ class Connection:
                 self._carry = (unfinished, [])
                 self._start_writer()
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem
-            self._failure = self._translated(exc)
+            self._failure = translate_gone(exc, self._gone_errors)
             self._start_writer()
         finally:
             self._inlining = False
@@ -214,7 +214,7 @@ class Connection:
         except SlowConsumer:
             self._start_writer()  # which finds the overflow again and closes
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem
-            self._failure = self._translated(exc)
+            self._failure = translate_gone(exc, self._gone_errors)
             self._start_writer()
         finally:
             self._inlining = False
@@ -225,9 +225,6 @@ class Connection:
         return _inline.start(
             self._peer.send(text) if asgi_send is None else asgi_send({"type": "websocket.send", "text": text})
         )
-
-    def _translated(self, error: Exception) -> Exception:
-        return translate_gone(error, self._gone_errors)
 
     def _start_writer(self) -> None:
         if not self._writing and self._group is not None:
@@ -256,7 +253,7 @@ class Connection:
                         try:
                             await unfinished
                         except Exception as exc:  # maybe the framework's own send's, untranslated
-                            raise self._translated(exc)  # noqa: B904 (its cause is set)
+                            raise translate_gone(exc, self._gone_errors)  # noqa: B904 (its cause is set)
                         for text in rest:
                             scope.deadline = anyio.current_time() + timeout
                             await send(text)
