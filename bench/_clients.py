@@ -42,20 +42,49 @@ def sent_at(text: str) -> float | None:
 
 
 class Tally:
-    """What all clients received: deliveries, and latency samples while ``sampling``."""
+    """What all clients received: deliveries, and latency samples while ``sampling``.
+
+    With ``checking``, each client also checks its own deliveries: one task throughout (for
+    the peers, its own user's, ``task-<user>``) and ``seq`` without a gap; ``wrong`` counts
+    the deliveries that fail it.
+    """
 
     def __init__(self) -> None:
         self.deliveries = 0
         self.sampling = False
         self.latencies: list[float] = []
         self.closed = 0
+        self.checking = False
+        self.wrong = 0
+
+
+def _task_and_seq(text: str) -> tuple[str, int]:
+    at = text.index('"seq":') + 6
+    seq = int(text[at : text.index(",", at)])
+    at = text.index('"id":"') + 6
+    return text[at : text.index('"', at)], seq
 
 
 class Client:
-    def __init__(self, system: str, connection: ClientConnection) -> None:
+    def __init__(self, system: str, connection: ClientConnection, user: str = "") -> None:
         self.system = system
         self.connection = connection
         self.task: asyncio.Task[None] | None = None
+        # progressq names its task at random; a peer's task is named after its user
+        self.task_id: str | None = None if system.startswith("progressq") else f"task-{user}"
+        self.last_seq = 0
+
+    def is_right(self, text: str) -> bool:
+        """The delivery is of this client's one task, and its seq follows the last one."""
+        try:
+            task_id, seq = _task_and_seq(text)
+        except ValueError:
+            return False
+        if self.task_id is None:
+            self.task_id = task_id
+        right = task_id == self.task_id and (self.last_seq == 0 or seq == self.last_seq + 1)
+        self.last_seq = seq
+        return right
 
     async def run(self, tally: Tally) -> None:
         socketio = self.system == "socketio"
@@ -71,6 +100,8 @@ class Client:
                 elif "taskProgress" not in text:
                     continue
                 tally.deliveries += 1
+                if tally.checking and not self.is_right(text):
+                    tally.wrong += 1
                 if tally.sampling:
                     at = sent_at(text)
                     if at is not None:
@@ -96,7 +127,7 @@ async def open_client(system: str, port: int, user: str) -> Client:
     elif system.startswith("progressq"):
         await connection.recv()  # connection
         await connection.recv()  # snapshot
-    return Client(system, connection)
+    return Client(system, connection, user)
 
 
 async def open_clients(system: str, port: int, users: Sequence[str], *, at_once: int = 64) -> list[Client]:

@@ -10,27 +10,45 @@ Cluster (three masters, no replicas, started by the scenario on the same machine
 each round, stopped at the end; skipped when redis-server or redis-cli is missing); the peers
 keep their rooms and channels in memory. The server runs in its own process (uvicorn, one worker,
 compression off), the clients in this one. Counted: progress messages received by all clients
-per second, after a warm-up; the server's CPU time per delivery, and on PostgreSQL the
-database's too (its server processes serving the benchmark's database), on the cluster its
-masters' (the shared Redis's is not counted: other clients' load would be in it).
+per second, after a warm-up (each client checks that every one is of its own task, with seq
+without a gap; the raw app, which sends one pre-encoded frame to all, is not checked); the
+server's CPU time per delivery, and on PostgreSQL the database's too (its server processes
+serving the benchmark's database), on the cluster its masters' (the shared Redis's is not
+counted: other clients' load would be in it).
+
+With ``--callgrind`` each selected system's server runs under valgrind's callgrind instead,
+instrumented only during the measured window (``callgrind_control``), and the scenario prints
+its instructions per delivery: a count that a busy machine does not move, to judge one change
+at a time (default 200 clients, 20 s; the server runs some 30-50 times slower).
+
+    bench/.venv/bin/python bench/fanout.py --callgrind --only progressq-memory,litestar,raw
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from _clients import reading_clients, start_load
 from _cluster import ClusterUnavailable, LocalCluster, local_cluster, missing_tools
 from _common import (
+    BENCH,
     POSTGRES_DB,
     POSTGRES_SERVER,
     cpu_seconds,
     drop_postgres_db,
     flush_bench_db,
     fmt,
+    free_port,
     fresh_postgres_db,
     median,
     parser,
@@ -39,6 +57,7 @@ from _common import (
     server,
     spread,
     table,
+    wait_for_port,
     write_results,
 )
 
@@ -77,13 +96,30 @@ def database_cpu(system: str) -> dict[int, float]:
     return seconds
 
 
-async def measure(system: str, port: int, pid: int, users: int, seconds: float) -> dict[str, float]:
+def _no_hook() -> None:
+    pass
+
+
+async def measure(
+    system: str,
+    port: int,
+    pid: int,
+    users: int,
+    seconds: float,
+    *,
+    window_opens: Callable[[], None] = _no_hook,
+    window_closes: Callable[[], None] = _no_hook,
+    linger: float = 0.0,
+) -> dict[str, float]:
     async with reading_clients(system, port, [f"u{i}" for i in range(users)]) as tally:
-        await start_load(port, users=users, seconds=seconds + WARMUP + 0.5, rate=0)
+        tally.checking = system != "raw"  # the raw app sends one pre-encoded frame to everyone
+        await start_load(port, users=users, seconds=seconds + WARMUP + 0.5 + linger, rate=0)
         await asyncio.sleep(WARMUP)
+        window_opens()
         count0, cpu0, db0, t0 = tally.deliveries, cpu_seconds(pid), database_cpu(system), time.perf_counter()
         await asyncio.sleep(seconds)
         count1, cpu1, db1, t1 = tally.deliveries, cpu_seconds(pid), database_cpu(system), time.perf_counter()
+        window_closes()
         await asyncio.sleep(0.5)  # the producers end: closing 200+ sockets under a flood is slow
     delivered = count1 - count0
     # The database's processes alive at both readings (the pool keeps its connections open).
@@ -95,6 +131,7 @@ async def measure(system: str, port: int, pid: int, users: int, seconds: float) 
         "database_cpu_us_per_delivery": db_cpu / delivered * 1e6 if delivered else float("nan"),
         "clients": users,
         "closed": tally.closed,
+        "wrong": tally.wrong,
     }
 
 
@@ -116,11 +153,87 @@ def one_round(system: str, users: int, seconds: float) -> dict[str, float]:
             CLUSTER.flush()
 
 
+@contextlib.contextmanager
+def server_under_callgrind(app: str, out: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``bench/servers.py APP`` under callgrind, not instrumented until told (``callgrind_control``)."""
+    port = free_port()
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    command += [sys.executable, str(BENCH / "servers.py"), app, "--port", str(port)]
+    if app.startswith("progressq"):
+        command += ["--interval", "0"]
+    process = subprocess.Popen(command, cwd=BENCH.parent, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process, timeout=600)
+        yield process, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def count_instructions(systems: list[str], users: int, seconds: float) -> None:
+    """Instructions per delivery of each system's server, counted in the measured window only."""
+    global WARMUP
+    WARMUP = 3.0  # the server is far slower under valgrind: let every producer get going
+    per_delivery: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for system in systems:
+            if BACKEND[system] != "memory" and system != "raw":
+                print(f"  {system}: skipped (--callgrind counts the in-memory systems only)", flush=True)
+                continue
+            app = "progressq" if system == "progressq-memory" else system
+            out = os.path.join(folder, f"{system}.out")
+            with server_under_callgrind(app, out) as (process, port):
+
+                def control(*args: str, pid: int = process.pid) -> None:
+                    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+
+                outcome = asyncio.run(
+                    measure(
+                        system,
+                        port,
+                        process.pid,
+                        users,
+                        seconds,
+                        window_opens=lambda: control("--instr=on"),
+                        window_closes=lambda: (control("--dump"), control("--instr=off"))[0],
+                        linger=60.0,  # the producers outlast the window, however slowly it closes
+                    )
+                )
+            dumps = sorted(name for name in os.listdir(folder) if name.startswith(f"{system}.out."))
+            with open(os.path.join(folder, dumps[0])) as file:
+                total = re.search(r"^(?:summary|totals): (\d+)", file.read(), re.MULTILINE)
+            assert total is not None, f"no instruction total for {system}"
+            delivered = outcome["deliveries_per_s"] * seconds
+            per_delivery[system] = int(total.group(1)) / delivered
+            print(f"  {system:18} {per_delivery[system]:,.0f} instructions per delivery ({delivered:,.0f})", flush=True)
+    litestar = per_delivery.get("litestar", float("nan"))
+    rows = [[s, f"{n:,.0f}", fmt(n / litestar, 2)] for s, n in per_delivery.items()]
+    table(
+        f"Progress fan-out under callgrind: {users} clients, {seconds:g} s window",
+        ["system", "instructions / delivery", "/ Litestar channels"],
+        rows,
+    )
+    write_results(
+        "fanout_instructions", {"users": users, "seconds": seconds, "instructions_per_delivery": per_delivery}
+    )
+
+
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--users", type=int, default=0, help="connections (default 1000, quick 200)")
     p.add_argument("--seconds", type=float, default=0.0)
+    p.add_argument("--callgrind", action="store_true", help="instructions per delivery under valgrind (see above)")
     args = p.parse_args()
+    if args.callgrind:
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            raise SystemExit("--callgrind needs valgrind and callgrind_control")
+        raise_file_limit()
+        count_instructions(selected(args.only, SYSTEMS), args.users or 200, args.seconds or 20.0)
+        return
     if args.quick:
         global WARMUP
         WARMUP = 0.5
@@ -152,13 +265,16 @@ def main() -> None:
                     f"server {fmt(outcome['server_cpu_us_per_delivery'])} us CPU each "
                     f"({outcome['server_cpu_share'] * 100:.0f}% of a core)"
                     + (f", database {fmt(database)} us" if database == database else "")
-                    + f", {outcome['closed']} closed",
+                    + f", {outcome['closed']} closed, {outcome['wrong']} wrong",
                     flush=True,
                 )
     finally:
         stack.close()
         if any(BACKEND[s] == "postgres" for s in systems):
             drop_postgres_db()
+    wrong = {s: sum(r["wrong"] for r in runs[s]) for s in systems if any(r["wrong"] for r in runs[s])}
+    if wrong:  # a delivery of another client's task, or a gap in seq: the rates mean nothing
+        print(f"WRONG DELIVERIES (another task's, or a gap in seq): {wrong}", flush=True)
     rate = {s: median([r["deliveries_per_s"] for r in runs[s]]) for s in systems}
     cpu = {s: median([r["server_cpu_us_per_delivery"] for r in runs[s]]) for s in systems}
     db_cpu = {s: median([r["database_cpu_us_per_delivery"] for r in runs[s]]) for s in systems}

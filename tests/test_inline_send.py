@@ -12,6 +12,7 @@ import pytest
 
 from progressq import Hub, MemoryBackend
 from progressq.transport import RequestInfo, TransportSettings, _inline
+from progressq.transport._adapters import AsgiWebSocketPeer
 from progressq.transport._connection import Connection, PeerGone
 from progressq.transport._identity import IdentityResolver
 from tests.waiting import PATIENCE
@@ -356,3 +357,126 @@ async def test_an_abandoned_rest_can_be_closed() -> None:
     unfinished = start_stuck(cleaned)
     unfinished.close()
     assert cleaned == [True]
+
+
+# --- over an ASGI peer: the server's send called directly -------------------------------
+
+
+class ScriptedServer:
+    """An ASGI server's ``receive`` and ``send`` for one WebSocket: records the messages it is
+    sent; a send raises ``fail_with`` (at once, or after waiting for ``gate`` when set)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, object]] = []
+        self.fail_with: Exception | None = None
+        self.gate: anyio.Event | None = None
+        self.gone = anyio.Event()
+        self.connected = False
+
+    async def receive(self) -> dict[str, object]:
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        await self.gone.wait()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(self, message: dict[str, object]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None and message["type"] == "websocket.send":
+            raise self.fail_with
+        self.messages.append(message)
+
+    def texts(self) -> list[str]:
+        return [str(m["text"]) for m in self.messages if m["type"] == "websocket.send"]
+
+
+class ServerGone(Exception):
+    """What the scripted server raises once its client has gone (as uvicorn's ``ClientDisconnected``)."""
+
+
+async def serve_over_asgi(server: ScriptedServer, hub: Hub, ended: anyio.Event) -> Connection:
+    peer = AsgiWebSocketPeer(server.receive, server.send, gone=(ServerGone,))
+    await peer.accept()
+    connection = Connection(
+        hub, TransportSettings(), IdentityResolver(hub.identities, None), peer, RequestInfo({}), "s"
+    )
+
+    async def run() -> None:
+        try:
+            await connection.run(OWNER)
+        finally:
+            ended.set()
+
+    asyncio.get_running_loop().create_task(run())
+    with anyio.fail_after(PATIENCE):
+        while len(server.texts()) < 2:  # connection and snapshot
+            await anyio.sleep(0.001)
+    return connection
+
+
+@pytest.mark.anyio
+async def test_an_asgi_peers_message_goes_to_the_servers_send_on_the_publishers_stack() -> None:
+    server, ended = ScriptedServer(), anyio.Event()
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        await serve_over_asgi(server, hub, ended)
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b'{"id":"t"}')
+        assert server.messages[-1] == {
+            "type": "websocket.send",
+            "text": '{"type":"taskProgress","seq":1,"task":{"id":"t"}}',
+        }
+        server.gone.set()
+        with anyio.fail_after(PATIENCE):
+            await ended.wait()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("waits", [False, True], ids=["at-once", "after-waiting"])
+async def test_an_asgi_servers_gone_error_ends_the_connection_quietly(
+    waits: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server's own error for a client that went (not translated by the peer's ``send``
+    # on this path) ends the connection as ``PeerGone`` does: no 1011, nothing logged.
+    server, ended = ScriptedServer(), anyio.Event()
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        await serve_over_asgi(server, hub, ended)
+        server.fail_with = ServerGone()
+        if waits:
+            server.gate = gate = anyio.Event()
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b"{}")  # does not raise
+        if waits:
+            gate.set()
+        with anyio.fail_after(PATIENCE):
+            await ended.wait()
+        assert not [m for m in server.messages if m["type"] == "websocket.close"]
+        assert "a connection failed" not in caplog.text
+        assert hub.registry.statistics().connections == 0
+
+
+@pytest.mark.anyio
+async def test_an_asgi_send_that_returns_another_awaitable_is_awaited() -> None:
+    server = ScriptedServer()
+    sent: list[dict[str, object]] = []
+
+    def send(message: dict[str, object]) -> asyncio.Future[None]:  # not a coroutine function
+        sent.append(message)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    server.send = send  # type: ignore[assignment,method-assign]
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        peer = AsgiWebSocketPeer(server.receive, send)
+        await peer.accept()
+        connection = Connection(
+            hub, TransportSettings(), IdentityResolver(hub.identities, None), peer, RequestInfo({}), "s"
+        )
+        task = asyncio.get_running_loop().create_task(connection.run(OWNER))
+        with anyio.fail_after(PATIENCE):
+            while len(sent) < 3:  # accept, connection and snapshot
+                await anyio.sleep(0.001)
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b"{}")
+        assert sent[-1]["text"] == '{"type":"taskProgress","seq":1,"task":{}}'
+        server.gone.set()
+        with anyio.fail_after(PATIENCE):
+            await task

@@ -23,6 +23,8 @@ try:
     from starlette.routing import BaseRoute, Route, WebSocketRoute
     from starlette.types import Receive, Scope, Send
     from starlette.websockets import WebSocketDisconnect
+
+    from progressq.starlette import _without_exception_wrapper
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('progressq.fastapi needs FastAPI: pip install "progressq[fastapi]"') from exc
 
@@ -180,6 +182,7 @@ def _add(router: APIRouter, endpoints: Endpoints, spec: RouteSpec) -> None:
     if spec.endpoint == "ws":
 
         async def events(scope: Scope, receive: Receive, send: Send) -> None:
+            send = _without_exception_wrapper(send)  # as the Starlette adapter: a coroutine less per message
             await endpoints.serve(WebSocket(scope, receive, send), receive, send, gone=(WebSocketDisconnect,))
 
         router.routes.append(WebSocketRoute(spec.path, _ProgressQEndpoint(events), name=spec.name))

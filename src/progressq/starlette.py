@@ -53,6 +53,29 @@ class _AsgiEndpoint:
         await self._app(scope, receive, send)
 
 
+_EXCEPTION_SENDER = (
+    "starlette._exception_handler",
+    "wrap_app_handling_exceptions.<locals>.wrapped_app.<locals>.sender",
+)
+
+
+def _without_exception_wrapper(send: Send) -> Send:
+    """The ``send`` that Starlette's exception middleware wraps, when ``send`` is that wrapper.
+
+    The wrapper only notes an ``http.response.start`` (to refuse an error response after
+    one), which a WebSocket never sends, and costs a coroutine per message. Any other
+    ``send`` (an application middleware's, or the wrapper of a Starlette that changed it) is
+    kept as it is.
+    """
+    if (getattr(send, "__module__", None), getattr(send, "__qualname__", None)) != _EXCEPTION_SENDER:
+        return send
+    code, cells = getattr(send, "__code__", None), getattr(send, "__closure__", None) or ()
+    names = code.co_freevars if code is not None else ()
+    inner = dict(zip(names, cells, strict=False)).get("send")
+    wrapped = inner.cell_contents if inner is not None else None
+    return wrapped if callable(wrapped) else send
+
+
 def routes(
     hub: Hub,
     settings: TransportSettings | None = None,
@@ -81,6 +104,7 @@ def _routes(endpoints: Endpoints) -> list[BaseRoute]:
         # An ASGI endpoint: the connection speaks straight to the server's ``receive`` and
         # ``send`` (every message skips a layer); the WebSocket object serves only as the
         # request (headers, client, query) an ``identify`` hook may read.
+        send = _without_exception_wrapper(send)
         await endpoints.serve(WebSocket(scope, receive, send), receive, send, gone=(WebSocketDisconnect,))
 
     result: list[BaseRoute] = []

@@ -85,6 +85,7 @@ class AsgiWebSocketPeer:
         self._receive = receive
         self._send = send
         self._gone: tuple[type[Exception], ...] = (*gone, RuntimeError, OSError)
+        self.asgi_send, self.gone_errors = send, self._gone  # for inline sends: see ``Peer``
 
     async def accept(self) -> None:
         if (await self._next())["type"] != "websocket.connect":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 import msgspec
@@ -41,6 +42,7 @@ from progressq.transport._peer import (
     CLOSE_TRY_AGAIN_LATER,
     Peer,
     PeerGone,
+    translate_gone,
 )
 from progressq.transport._settings import RequestInfo, TransportSettings
 
@@ -111,6 +113,9 @@ class Connection:
         self._carry: tuple[_inline.Unfinished, list[str]] | None = None
         self._failure: Exception | None = None
         self._inlining = False  # sending on a publisher's stack right now
+        # The ASGI server's send when the peer offers it (see ``Peer``): one coroutine less.
+        self._asgi_send: Callable[[dict[str, str]], Awaitable[None]] | None = getattr(peer, "asgi_send", None)
+        self._gone_errors: tuple[type[BaseException], ...] = getattr(peer, "gone_errors", ())
 
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""
@@ -176,12 +181,15 @@ class Connection:
             return False
         self._inlining = True
         try:
-            unfinished = _inline.start(self._peer.send(text))
+            asgi_send = self._asgi_send
+            unfinished = _inline.start(
+                self._peer.send(text) if asgi_send is None else asgi_send({"type": "websocket.send", "text": text})
+            )
             if unfinished is not None:
                 self._carry = (unfinished, [])
                 self._start_writer()
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem
-            self._failure = exc
+            self._failure = translate_gone(exc, self._gone_errors)
             self._start_writer()
         finally:
             self._inlining = False
@@ -198,7 +206,7 @@ class Connection:
             while len(outbox) or outbox.overflowed:
                 batch = outbox.take()
                 for index, text in enumerate(batch):
-                    unfinished = _inline.start(self._peer.send(text))
+                    unfinished = self._start_send(text)
                     if unfinished is not None:
                         self._carry = (unfinished, batch[index + 1 :])
                         self._start_writer()
@@ -206,10 +214,17 @@ class Connection:
         except SlowConsumer:
             self._start_writer()  # which finds the overflow again and closes
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem
-            self._failure = exc
+            self._failure = translate_gone(exc, self._gone_errors)
             self._start_writer()
         finally:
             self._inlining = False
+
+    def _start_send(self, text: str) -> _inline.Unfinished | None:
+        """Send ``text`` on this stack up to the send's first suspension (see ``_inline``)."""
+        asgi_send = self._asgi_send  # ``_send_now`` has these two lines too: a call less
+        return _inline.start(
+            self._peer.send(text) if asgi_send is None else asgi_send({"type": "websocket.send", "text": text})
+        )
 
     def _start_writer(self) -> None:
         if not self._writing and self._group is not None:
@@ -235,7 +250,10 @@ class Connection:
                     if self._carry is not None:
                         (unfinished, rest), self._carry = self._carry, None
                         scope.deadline = anyio.current_time() + timeout
-                        await unfinished
+                        try:
+                            await unfinished
+                        except Exception as exc:  # maybe the framework's own send's, untranslated
+                            raise translate_gone(exc, self._gone_errors)  # noqa: B904 (its cause is set)
                         for text in rest:
                             scope.deadline = anyio.current_time() + timeout
                             await send(text)

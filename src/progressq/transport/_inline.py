@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any
 
 __all__ = ("Unfinished", "available", "start")
@@ -67,11 +68,19 @@ class Unfinished:
         self._coro.close()
 
 
-def start(coro: Coroutine[Any, Any, None]) -> Unfinished | None:
-    """Run ``coro`` until it finishes (None) or first suspends (the rest to await).
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
-    Raises what the coroutine raises before it first suspends.
+
+def start(send: Awaitable[None]) -> Unfinished | None:
+    """Run ``send`` until it finishes (None) or first suspends (the rest to await).
+
+    ``send`` is normally a coroutine (an ASGI send is a coroutine function); any other
+    awaitable is awaited by one of our own.
+
+    Raises what the send raises before it first suspends.
     """
+    coro = send if type(send) is CoroutineType else _awaiting(send)
     context = contextvars.copy_context()
     try:
         yielded = context.run(coro.send, None)
