@@ -16,7 +16,7 @@ from anyio.abc import TaskGroup
 from msgspec.structs import replace
 
 from progressq._outage import backend_outage
-from progressq.contracts import TaskRecord
+from progressq.contracts import Lease, TaskRecord
 from progressq.errors import BackendUnavailable
 
 __all__ = ("TaskContext",)
@@ -90,12 +90,19 @@ class TaskContext:
         self,
         record: TaskRecord,
         *,
-        commit: Callable[[TaskRecord], Awaitable[bool]],
+        lease: Lease,
+        save_and_publish: Callable[[Lease, TaskRecord, bytes], Awaitable[bool]],
+        on_lost: Callable[[TaskRecord], None],
         interval: float,
         spawn: TaskGroup,
     ) -> None:
         self._record = record
-        self._commit = commit
+        # The backend's own ``save_and_publish`` and the lease, called directly: a report
+        # passes no worker layer on its way to the backend. ``on_lost`` tells the worker of
+        # a commit answered False (the lease was taken over), once.
+        self._lease = lease
+        self._save_and_publish = save_and_publish
+        self._on_lost = on_lost
         self._interval = interval
         self._spawn = spawn
         self._percent = record.progress
@@ -181,7 +188,7 @@ class TaskContext:
             try:
                 while self._dirty and (record := self._due(due)) is not None:
                     try:
-                        committed = await self._commit(record)
+                        committed = await self._save_and_publish(self._lease, record, record.view_json())
                     except BaseException as exc:
                         self._not_committed(record, exc)
                         break
@@ -229,7 +236,7 @@ class TaskContext:
         try:
             while (record := self._due(now)) is not None:
                 try:
-                    committed = await self._commit(record)
+                    committed = await self._save_and_publish(self._lease, record, record.view_json())
                 except BaseException as exc:
                     self._not_committed(record, exc)
                     return
@@ -260,6 +267,7 @@ class TaskContext:
             self._record = record
         else:
             self._closed = True  # our lease was taken over: write nothing more
+            self._on_lost(record)
         return time.monotonic() if self._dirty else 0.0  # reported while this one was in flight
 
     def _not_committed(self, record: TaskRecord, exc: BaseException) -> None:
