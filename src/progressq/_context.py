@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 from msgspec.structs import replace
 
 from progressq._outage import backend_outage
+from progressq._progress_view import ProgressView
 from progressq.contracts import Lease, TaskRecord
 from progressq.errors import BackendUnavailable
 
@@ -103,6 +104,7 @@ class TaskContext:
         self._lease = lease
         self._save_and_publish = save_and_publish
         self._on_lost = on_lost
+        self._view = ProgressView(record)  # every record it commits differs in progress and message only
         self._interval = interval
         self._spawn = spawn
         self._percent = record.progress
@@ -188,7 +190,7 @@ class TaskContext:
             try:
                 while self._dirty and (record := self._due(due)) is not None:
                     try:
-                        committed = await self._save_and_publish(self._lease, record, record.view_json())
+                        committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                     except BaseException as exc:
                         self._not_committed(record, exc)
                         break
@@ -236,7 +238,7 @@ class TaskContext:
         try:
             while (record := self._due(now)) is not None:
                 try:
-                    committed = await self._save_and_publish(self._lease, record, record.view_json())
+                    committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                 except BaseException as exc:
                     self._not_committed(record, exc)
                     return
