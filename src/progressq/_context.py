@@ -35,25 +35,24 @@ _YIELD_EVERY = 0.001
 
 class _LoopTurns:
     """Counts the turns of an asyncio event loop, cheaply: only a turn in which someone asked
-    schedules the callback that counts it. Two reports that see the same turn were made
-    without the loop running anything else in between."""
+    (read ``turn``, then ``arm`` it unless ``armed``) schedules the callback that counts it.
+    Two reports that see the same turn were made without the loop running anything else in
+    between."""
 
-    __slots__ = ("_armed", "_loop", "turn")
+    __slots__ = ("_loop", "armed", "turn")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._armed = False
+        self.armed = False  # the count of this turn is scheduled
         self.turn = 0
 
-    def now(self) -> int:
-        if not self._armed:
-            self._armed = True
-            self._loop.call_soon(self._advance)  # runs on the next turn
-        return self.turn
+    def arm(self) -> None:
+        self.armed = True
+        self._loop.call_soon(self._advance)  # runs on the next turn
 
     def _advance(self) -> None:
         self.turn += 1
-        self._armed = False
+        self.armed = False
 
 
 _turns_of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopTurns] = weakref.WeakKeyDictionary()
@@ -194,7 +193,11 @@ class TaskContext:
                     except BaseException as exc:
                         self._not_committed(record, exc)
                         break
-                    due = self._committed(record, committed)
+                    if committed and not backend_outage.ongoing:  # ``_committed``'s common case
+                        self._record = record
+                        due = time.monotonic() if self._dirty else 0.0  # reported meanwhile?
+                    else:
+                        due = self._committed(record, committed)
             finally:
                 self._emitting = False
                 if self._emitted is not None:
@@ -206,7 +209,9 @@ class TaskContext:
         # cancellation. One that awaits something else between reports pays no task switch.
         turns = self._turns
         if turns is not None:
-            turn = turns.now()
+            turn = turns.turn
+            if not turns.armed:
+                turns.arm()
             if turn != self._turn:
                 self._turn, self._burst_start = turn, now
             elif now - self._burst_start >= _YIELD_EVERY:
