@@ -374,6 +374,59 @@ def _context(
     )
 
 
+async def test_a_handler_reporting_faster_than_the_interval_is_flushed_by_one_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten reports an interval over ten intervals: each interval sends its latest values, the
+    last report is not lost, and one flush task does it all (not one task per interval)."""
+    clock = [0.0]  # the context's clock, moved by the test only
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+    async def sleep_until(deadline: float) -> None:
+        while clock[0] < deadline:
+            await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(progressq._context, "time", Clock)
+    monkeypatch.setattr(progressq._context, "_sleep_until", sleep_until)
+    committed: list[float] = []
+    spawned: list[object] = []
+
+    async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        committed.append(record.progress)
+        return True
+
+    class CountingGroup:
+        def __init__(self, group: anyio.abc.TaskGroup) -> None:
+            self._group = group
+
+        def start_soon(self, func: Callable[..., Awaitable[Any]], *args: object) -> None:
+            spawned.append(func)
+            self._group.start_soon(func, *args)
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    with anyio.fail_after(PATIENCE):
+        async with anyio.create_task_group() as group:
+            ctx = _context(start, commit, 1.0, CountingGroup(group))  # type: ignore[arg-type]
+            for step in range(1, 101):
+                clock[0] = step / 10
+                await ctx.report(step)
+                for _ in range(3):  # the flush task, if due, runs now
+                    await anyio.lowlevel.checkpoint()
+            clock[0] = 12.0  # past the last deadline: the last report goes out
+            await wait_until(lambda: committed[-1] == 100)
+            clock[0] = 14.0  # an interval with nothing new: the flush task ends
+            await wait_until(lambda: not ctx._flush_scheduled)
+            await ctx.close()
+    assert committed[0] == 1  # the first report is sent at once
+    assert committed == sorted(committed)
+    assert 10 <= len(committed) <= 12  # one an interval
+    assert len(spawned) == 1
+
+
 async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """A report that emitted on its own moves the deadline; a flush already waiting must honour it."""
     interval = 0.05

@@ -227,18 +227,33 @@ class TaskContext:
             self._spawn.start_soon(self._flush_when_due)
 
     async def _flush_when_due(self) -> None:
+        # One task flushes for as long as the handler reports faster than the interval: at
+        # each deadline it sends what was merged meanwhile (unless a report due then sent it
+        # first), and it ends after an interval in which nothing was reported (a task started
+        # and ended per interval cost more than the flush). It also ends when an emission in
+        # flight will send the values (that one schedules a flush if they are not due yet),
+        # and after a write that failed, as a single flush did.
         try:
-            await _sleep_until(self._next_emit)
+            while True:
+                deadline = self._next_emit
+                await _sleep_until(deadline)
+                if self._closed or self._emitting:
+                    return
+                if self._dirty:
+                    if not await self._emit(time.monotonic()):
+                        return
+                elif self._next_emit == deadline:  # nothing sent, nothing new: the handler went quiet
+                    return
         finally:
             self._flush_scheduled = False
-        await self._emit(time.monotonic())
 
-    async def _emit(self, now: float) -> None:
+    async def _emit(self, now: float) -> bool:
+        """Send the latest values if they are due; False if a write failed."""
         # One emission at a time, in order; one that finds another in flight leaves its
         # values to it (``_dirty``), which sends them when they are due. ``report`` has the
         # same loop inline.
         if self._emitting:
-            return
+            return True
         self._emitting = True
         try:
             while (record := self._due(now)) is not None:
@@ -246,8 +261,9 @@ class TaskContext:
                     committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                 except BaseException as exc:
                     self._not_committed(record, exc)
-                    return
+                    return False
                 now = self._committed(record, committed)
+            return True
         finally:
             self._emitting = False
             if self._emitted is not None:
