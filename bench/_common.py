@@ -12,6 +12,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -165,6 +166,32 @@ def server(app: str, *extra: str, ready_timeout: float = 20.0) -> Iterator[tuple
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def redis_cpu(url_port: int) -> float:
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=url_port)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[int]:
+    """A redis-server of this scenario's own, without persistence, on a free port."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", folder]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, child)
+            yield port
+        finally:
+            child.terminate()
+            child.wait(10)
 
 
 def flush_bench_db(db: int = REDIS_DB) -> None:

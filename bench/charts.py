@@ -116,10 +116,10 @@ def main() -> None:
         written.append("bench-end-to-end.png")
     if data := load("scaling"):
         fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.2))
-        sizes = data["sizes"]
         for name, by_size in data["summary"].items():
             style = {"marker": "o", "label": data["labels"][name], "linestyle": "--" if "redis" in name else "-"}
             style["color"] = PROGRESSQ if name.startswith("progressq") else LIMIT
+            sizes = sorted(int(n) for n in by_size)  # each system at the sizes it ran (Redis: fewer)
             left.plot(sizes, [by_size[str(n)]["server_cpu_us_per_event"] for n in sizes], **style)
             right.plot(sizes, [by_size[str(n)]["p99_ms"] for n in sizes], **style)
         left.set_title("Server CPU per event", fontsize=10)

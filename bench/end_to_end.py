@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,7 +43,9 @@ from _common import (
     free_port,
     median,
     parser,
+    private_redis,
     raise_file_limit,
+    redis_cpu,
     selected,
     spread,
     table,
@@ -166,17 +167,6 @@ def system_seconds(pid: int) -> float:
     return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
-def redis_cpu(url_port: int) -> float:
-    import redis
-
-    client = redis.Redis(host=REDIS_HOST, port=url_port)
-    try:
-        info = client.info("cpu")
-    finally:
-        client.close()
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 async def measure(
     system: str, port: int, pids: list[int], redis_port: int | None, users: int, reports: int
 ) -> dict[str, Any]:
@@ -234,21 +224,6 @@ def process(args: list[str], port: int | None) -> Iterator[subprocess.Popen[byte
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(5)
-
-
-@contextlib.contextmanager
-def private_redis() -> Iterator[int]:
-    """A redis-server of this scenario's own, without persistence, on a free port."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", folder]
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        try:
-            wait_for_port(port, child)
-            yield port
-        finally:
-            child.terminate()
-            child.wait(10)
 
 
 def one_round(name: str, redis_port: int, users: int, reports: int) -> dict[str, Any]:

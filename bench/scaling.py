@@ -9,22 +9,36 @@ reported beside the server's. Measured after a warm-up: the server's CPU per eve
 delivery latency (each report carries its send time) and delivered events per second, for
 progressq on memory and on Redis and the hand-written port (``json.dumps`` +
 ``send_text``) in the same run. The open-file limit is raised to what the clients need.
+progressq on Redis runs on a private ``redis-server`` on a free port (``--shared-redis``: the
+shared one), so that no other load is in it and its CPU per event (``INFO cpu``) is this
+scenario's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import os
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from _clients import start_load
 from _common import (
+    REDIS_DB,
+    REDIS_HOST,
+    REDIS_PORT,
     cpu_seconds,
     fmt,
     median,
     parser,
     percentile,
+    private_redis,
     raise_file_limit,
+    redis_cpu,
     selected,
     server,
     table,
@@ -40,8 +54,25 @@ LIVE_TIMEOUT = 60.0
 """Seconds every task may take to start (submitted at once, thousands take seconds)."""
 
 
+@contextlib.contextmanager
+def sampled(pid: int, name: str, seconds: float) -> Iterator[None]:
+    """With ``SCALING_PROFILE=PREFIX``, py-spy (on the PATH) samples the server during the
+    measured window without stopping it, into ``PREFIX.NAME.txt`` (collapsed stacks)."""
+    prefix = os.environ.get("SCALING_PROFILE")
+    if not prefix:
+        yield
+        return
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "250"]
+    command += ["--nonblocking", "--format", "raw", "-o", f"{prefix}.{name}.txt"]
+    sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        sampler.wait(30)
+
+
 def measure(
-    system: str, port: int, pid: int, users: int, seconds: float, warmup: float, processes: int
+    system: str, port: int, pid: int, users: int, seconds: float, warmup: float, processes: int, redis_port: int | None
 ) -> dict[str, Any]:
     paths = [f"/ws?user=u{i}" for i in range(users)]
     greeting = 2 if system.startswith("progressq") else 0  # its connection and snapshot messages
@@ -60,9 +91,12 @@ def measure(
         end = start + seconds
         clients.open_window(start, end)
         time.sleep(max(0.0, start - time.monotonic()))
+        redis0 = redis_cpu(redis_port) if redis_port else 0.0
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
-        time.sleep(max(0.0, end - time.monotonic()))
+        with sampled(pid, f"{system}-{users}", seconds):
+            time.sleep(max(0.0, end - time.monotonic()))
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        redis1 = redis_cpu(redis_port) if redis_port else 0.0
         measured = clients.collect()
     latencies = [s * 1000 for s in measured.latencies]
     delivered = measured.deliveries
@@ -72,6 +106,7 @@ def measure(
         "delivered_per_s": delivered / (end - start),
         "server_cpu_us_per_event": (cpu1 - cpu0) / delivered * 1e6 if delivered else float("nan"),
         "server_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        "redis_cpu_us_per_event": (redis1 - redis0) / delivered * 1e6 if redis_port and delivered else float("nan"),
         "client_cpu_share": measured.client_cpu / (end - start),
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
@@ -80,19 +115,25 @@ def measure(
     }
 
 
-def one_round(system: str, users: int, seconds: float, warmup: float, processes: int) -> dict[str, Any]:
+def one_round(
+    system: str, users: int, seconds: float, warmup: float, processes: int, redis_port: int
+) -> dict[str, Any]:
     # progress_interval 0: every report is an event, as with the port. With the default, a
     # task that fell behind its pace (a busy machine) has its catch-up reports coalesced: fewer
     # events delivered for the same work, which read as a higher CPU cost per event.
     extra = ["--concurrency", str(users + 64), "--interval", "0"] if system.startswith("progressq") else []
+    on_redis = system.endswith("-redis")
+    if on_redis:
+        extra += ["--redis-url", f"redis://{REDIS_HOST}:{redis_port}/{REDIS_DB}"]
     with server(system, *extra, ready_timeout=60) as (process, port):
-        return measure(system, port, process.pid, users, seconds, warmup, processes)
+        return measure(system, port, process.pid, users, seconds, warmup, processes, redis_port if on_redis else None)
 
 
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--sizes", default="", help="comma-separated client counts (default 1000,5000,10000; quick 200)")
     p.add_argument("--processes", type=int, default=0, help="client processes (default: one per core, at least 2)")
+    p.add_argument("--shared-redis", action="store_true", help="use the shared Redis, not a private redis-server")
     p.add_argument("--seconds", type=float, default=0.0, help="measured seconds per size (default 5, quick 1.5)")
     args = p.parse_args()
     rounds = args.rounds or 1
@@ -105,27 +146,61 @@ def main() -> None:
         raise SystemExit(f"the open-file limit is {limit}: too low for {max(sizes)} clients")
     systems = selected(args.only, SYSTEMS)
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {s: {n: [] for n in sizes} for s in systems}
+    shared = args.shared_redis or shutil.which("redis-server") is None
+    with contextlib.ExitStack() as stack:
+        redis_port = (
+            REDIS_PORT
+            if shared or not any(s.endswith("-redis") for s in systems)
+            else stack.enter_context(private_redis())
+        )
+        play(runs, systems, sizes, rounds, seconds, warmup, processes, redis_port)
+    report(runs, systems, sizes, rounds, seconds, shared)
+
+
+def play(
+    runs: dict[str, dict[int, list[dict[str, Any]]]],
+    systems: list[str],
+    sizes: list[int],
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    processes: int,
+    redis_port: int,
+) -> None:
     for round_index in range(rounds):
         for users in sizes:
             for system in systems:
-                outcome = one_round(system, users, seconds, warmup, processes)
+                outcome = one_round(system, users, seconds, warmup, processes, redis_port)
+                in_redis = outcome["redis_cpu_us_per_event"]
                 runs[system][users].append(outcome)
                 print(
                     f"  round {round_index + 1}: {users:6} clients {system:16} "
                     f"{fmt(outcome['delivered_per_s'])} events/s delivered, "
                     f"server {fmt(outcome['server_cpu_us_per_event'])} us CPU each "
+                    f"{'' if math.isnan(in_redis) else f'(+{fmt(in_redis)} in Redis) '}"
                     f"({outcome['server_cpu_share'] * 100:.0f}% of a core; clients "
                     f"{outcome['client_cpu_share'] * 100:.0f}%), "
                     f"p50 {fmt(outcome['p50_ms'], 2)} / p99 {fmt(outcome['p99_ms'], 2)} ms; "
                     f"all tasks live {outcome['all_live_s']:.1f} s after the start",
                     flush=True,
                 )
+
+
+def report(
+    runs: dict[str, dict[int, list[dict[str, Any]]]],
+    systems: list[str],
+    sizes: list[int],
+    rounds: int,
+    seconds: float,
+    shared: bool,
+) -> None:
     summary: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
     for users in sizes:
         for system in systems:
             done = runs[system][users]
-            row = {k: median([r[k] for r in done]) for k in ("server_cpu_us_per_event", "p50_ms", "p99_ms")}
+            measures = ("server_cpu_us_per_event", "redis_cpu_us_per_event", "p50_ms", "p99_ms")
+            row = {k: median([r.get(k, float("nan")) for r in done]) for k in measures}
             row["delivered_per_s"] = median([r["delivered_per_s"] for r in done])
             row["server_cpu_share"] = median([r["server_cpu_share"] for r in done])
             row["client_cpu_share"] = median([r["client_cpu_share"] for r in done])
@@ -136,6 +211,7 @@ def main() -> None:
                     f"{users:,}",
                     LABELS[system],
                     fmt(row["server_cpu_us_per_event"]),
+                    "" if math.isnan(row["redis_cpu_us_per_event"]) else fmt(row["redis_cpu_us_per_event"]),
                     f"{fmt(row['p50_ms'], 2)} / {fmt(row['p99_ms'], 2)}",
                     f"{fmt(row['delivered_per_s'])} / ~{users:,}",
                     f"{row['server_cpu_share'] * 100:.0f}%",
@@ -149,6 +225,7 @@ def main() -> None:
             "clients",
             "system",
             "server CPU us/event",
+            "+ in Redis us/event",
             "p50 / p99 ms",
             "delivered / offered events/s",
             "server CPU",
@@ -159,7 +236,15 @@ def main() -> None:
     )
     write_results(
         "scaling",
-        {"sizes": sizes, "seconds": seconds, "rounds": rounds, "labels": LABELS, "runs": runs, "summary": summary},
+        {
+            "sizes": sizes,
+            "seconds": seconds,
+            "rounds": rounds,
+            "labels": LABELS,
+            "private_redis": not shared,
+            "runs": runs,
+            "summary": summary,
+        },
     )
 
 

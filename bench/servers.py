@@ -108,16 +108,22 @@ async def http_reply(send: Send, body: bytes, status: int = 200) -> None:
 # --- progressq ----------------------------------------------------------------------------------
 
 
-def progressq_app(backend_kind: str, interval: float, concurrency: int, cluster_url: str = "") -> ASGIApp:
+def progressq_app(
+    backend_kind: str, interval: float, concurrency: int, cluster_url: str = "", single_url: str = ""
+) -> ASGIApp:
     from progressq import Hub, MemoryBackend, TaskContext
     from progressq.starlette import create_app
     from progressq.transport import RequestInfo, TransportSettings
 
+    if os.environ.get("BENCH_STAGES"):  # where an event's time goes (bench/_stages.py)
+        import _stages
+
+        _stages.install()
     backend: Any
     if backend_kind == "redis":
         from progressq.backends.redis import RedisBackend
 
-        backend = RedisBackend.from_url(redis_url(), prefix=f"bench-{uuid.uuid4().hex[:8]}")
+        backend = RedisBackend.from_url(single_url or redis_url(), prefix=f"bench-{uuid.uuid4().hex[:8]}")
     elif backend_kind == "redis-cluster":
         from progressq.backends.redis import RedisBackend
 
@@ -363,12 +369,13 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--interval", type=float, default=0.05, help="progressq's progress_interval")
     p.add_argument("--concurrency", type=int, default=2000, help="progressq's tasks at once")
+    p.add_argument("--redis-url", default="", help="for progressq-redis (default: the shared Redis, database 14)")
     p.add_argument("--cluster-url", default=os.environ.get("BENCH_CLUSTER_URL", ""), help="for progressq-redis-cluster")
     args = p.parse_args()
     app: ASGIApp
     if args.app.startswith("progressq"):
         kind = args.app.removeprefix("progressq").removeprefix("-") or "memory"
-        app = progressq_app(kind, args.interval, args.concurrency, args.cluster_url)
+        app = progressq_app(kind, args.interval, args.concurrency, args.cluster_url, args.redis_url)
     elif args.app == "socketio":
         app = socketio_app()
     elif args.app == "litestar":

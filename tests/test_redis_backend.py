@@ -408,6 +408,46 @@ async def test_save_and_publish_is_fenced_and_acknowledges_only_with_finish(make
         assert (await backend.queue.statistics()).running == 0
 
 
+async def test_the_seq_and_history_expire_from_history_ttl_to_a_tenth_more_after_the_last_event(make: Make) -> None:
+    # A commit sets them to expire (history_ttl + refresh) only when its task has not for
+    # `refresh` seconds (a tenth of history_ttl here), and at the task's end.
+    async with make(history_ttl=100) as backend:
+        client = backend.client
+        keys = [f"{backend.prefix}:seq:alice", f"{backend.prefix}:recent:alice"]
+        task = f"{backend.prefix}:task:task-0"
+
+        async def ttls() -> list[int]:
+            return [await client.ttl(key) for key in keys]
+
+        await _submit(backend, _record())
+        assert all(100 <= ttl <= 110 for ttl in await ttls())
+        lease = await backend.queue.lease()
+        record = lease.record.evolve(status="running")
+        assert await backend.save_and_publish(lease, record, record.view_json())
+        assert all(100 <= ttl <= 110 for ttl in await ttls())
+        for key in keys:  # as if 5 s passed since: set a moment ago, not set again
+            await client.expire(key, 105)
+        record = record.evolve(progress=10.0)
+        assert await backend.save_and_publish(lease, record, record.view_json())
+        assert all(100 <= ttl <= 105 for ttl in await ttls())
+        # as if 60 s passed since this task set them: set again, history_ttl from now at least
+        now = int((await client.time())[0])
+        await client.hset(task, "kept", str(now - 60))
+        for key in keys:
+            await client.expire(key, 50)
+        record = record.evolve(progress=20.0)
+        assert await backend.save_and_publish(lease, record, record.view_json())
+        assert all(100 <= ttl <= 110 for ttl in await ttls())
+        for key in keys:
+            await client.expire(key, 105)
+        done = record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+        assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)
+        assert all(106 <= ttl <= 110 for ttl in await ttls())  # set at the end, whenever last
+        events = await backend.registry.events_after("alice", 0)
+        assert events is not None
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+
+
 async def test_batched_script_calls_recover_when_redis_forgot_the_scripts(make: Make) -> None:
     from progressq import Hub, TaskContext
 
@@ -510,26 +550,41 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
     import re
     from importlib.resources import files
 
-    from progressq.backends.redis._calls import _ROW_LAYOUTS, _SHARD_KEYS, _Calls
+    from progressq.backends.redis._calls import _ROW_LAYOUTS, _SETTINGS, _SHARD_KEYS, _Calls
     from progressq.backends.redis._common import _Keys
 
     script = files("progressq.backends.redis").joinpath("scripts", "operations.lua").read_text(encoding="utf-8")
     in_script = {op: tuple(fields.split()) for op, fields in re.findall(r"^-- ROW (\w+): (.+)$", script, re.M)}
     assert in_script == _ROW_LAYOUTS
-    shard_keys = re.search(r"^-- SHARD_KEYS: (.+)$", script, re.M)
-    assert shard_keys is not None
-    assert tuple(shard_keys.group(1).split()) == _SHARD_KEYS
+    for name, listed in [("SHARD_KEYS", _SHARD_KEYS), ("SETTINGS", _SETTINGS)]:
+        in_lua = re.search(rf"^-- {name}: (.+)$", script, re.M)
+        assert in_lua is not None
+        assert tuple(in_lua.group(1).split()) == listed
+    # the script steps from row to row by each operation's count of keys and of other fields
+    sizes = re.search(r"^local ROW_SIZES = \{(.+)\}$", script, re.M)
+    assert sizes is not None
+    in_sizes = {op: (int(k), int(f)) for op, k, f in re.findall(r"(\w+) = \{(\d+), (\d+)\}", sizes.group(1))}
+    layouts = {
+        op: (fields.index("history"), len(fields) - 1 - fields.index("history")) for op, fields in _ROW_LAYOUTS.items()
+    }
+    assert in_sizes == layouts
     calls = _Calls(redis.Redis(), _Keys("pq"), capacity=0, retention=1, history_size=1, history_ttl=1)
     record = _record()
     lease = Lease(record, "1-0")
     rows = [
-        calls.commit_row(lease, record, record.view_json(), finish=False),
+        calls.commit_row(lease, record, record.view_json(), finish=False),  # a progress row
+        calls.commit_row(lease, record, record.view_json(), finish=True),  # a commit row
         calls.submit_row(record, None),
         calls.enqueue_row(record),
     ]
+    assert [op for op, _, _ in rows] == ["progress", "commit", "submit", "enqueue"]
+    # one function reads both: a progress row's fields are a commit row's first ones
+    progress_fields = _ROW_LAYOUTS["progress"][4:]
+    assert _ROW_LAYOUTS["commit"][6 : 6 + len(progress_fields)] == progress_fields
     for op, keys, fields in rows:
         assert 1 + len(keys) + len(fields) == len(_ROW_LAYOUTS[op])
         assert _ROW_LAYOUTS[op][len(keys)] == "history"  # the keys come first, history last
+        assert all(isinstance(field, str | bytes) for field in fields)  # ARGV: strings only (flags '1'/'')
 
 
 def test_from_url_clients_pack_commands_in_c_exactly_as_redis_py_does() -> None:

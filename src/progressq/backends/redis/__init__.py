@@ -22,8 +22,9 @@ task delivered more than ``max_deliveries`` times without an outcome is ``failed
 error saying so, and its owner is told. Records of finished tasks expire after
 ``retention`` seconds.
 
-**Registry.** Each identity has a sequence counter and a history stream (``history_size``
-events, forgotten ``history_ttl`` seconds after the identity's last event); one Lua script
+**Registry.** Each identity has a sequence counter and a history list (at least
+``history_size`` events, a tenth more at most, forgotten ``history_ttl`` seconds after the
+identity's last event, at most a minute later); one Lua script
 numbers an event, stores it and publishes it on the identity's channel, so publish order is
 seq order. Each process subscribes only to the channels of identities attached in it,
 over one shared pub/sub connection. After that connection is lost it reconnects,

@@ -8,6 +8,7 @@ import math
 import os
 import secrets
 import socket
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,7 +60,8 @@ class RedisBackend(BackendDefaults):
             cannot see the others' counts): the queue then holds up to ``capacity * shards``.
         retention: seconds a finished task's record stays readable and listed.
         history_size: events kept per identity for resuming (approximately: at least this many).
-        history_ttl: seconds an identity's history and seq outlive its last event.
+        history_ttl: seconds an identity's history and seq outlive its last event (at least;
+            at most a minute more, or a tenth of it when that is shorter).
         lease_timeout: seconds without a heartbeat after which a running task is taken
             over by another worker. Heartbeats go every third of it.
         max_deliveries: deliveries of one task without an outcome (its workers died or
@@ -320,13 +322,17 @@ class RedisBackend(BackendDefaults):
         row = self._queue._calls[shard].submit_row(record, max_unfinished)
         return await self._queue._enqueue_by(shard, row, record)
 
-    async def save_and_publish(
+    def save_and_publish(
         self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
-    ) -> bool:
+    ) -> Coroutine[Any, Any, bool]:
         """Save ``record`` (fenced by the lease's attempt), publish it to its owner
         (``taskProgress``) and, with ``finish``, acknowledge the task: one script, one round
-        trip. A fenced-out save publishes and acknowledges nothing. False: fenced out."""
-        return await self._queue._commit(lease, record, view_json, finish=finish)
+        trip. A fenced-out save publishes and acknowledges nothing. False: fenced out.
+
+        The queue's coroutine itself, not one awaiting it: every report waits here for its
+        batch, and each coroutine alive across that wait is one more object for the cycle
+        collector to promote and later scan in a full pass (``_queue._commit``)."""
+        return self._queue._commit(lease, record, view_json, finish=finish)
 
 
 if TYPE_CHECKING:  # mypy proves that the Redis backend satisfies the contracts

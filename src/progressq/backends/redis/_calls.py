@@ -17,43 +17,50 @@ from collections.abc import Awaitable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
-import msgspec
 from redis.commands.core import AsyncScript
 
-from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder
+from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder, event_text
 from progressq.contracts import Lease, TaskRecord
 from progressq.messages import EventType
 
-__all__ = ("_ROW_LAYOUTS", "_SHARD_KEYS", "_Call", "_Calls", "_Row", "queue_script")
+__all__ = ("_ROW_LAYOUTS", "_SETTINGS", "_SHARD_KEYS", "_Call", "_Calls", "_Row", "queue_script")
 
 _Value = str | bytes
 _Named = Mapping[str, _Value]
 
 # A batched call: the operation, the keys it names (besides the shard's own) and its other
 # fields, in the order of its layout.
-_Row = tuple[str, tuple[str, ...], list[Any]]
+_Row = tuple[str, tuple[str, ...], list[_Value]]
 
 # The shard's own keys, the first of every batch's KEYS, in this order (`_Keys` attributes).
 _SHARD_KEYS = ("counters", "unfinished", "running", "wake", "dead", "stream", "ring", "delayed", "stamps")
+# The shard's settings, the first of every batch's arguments after 'batch', in this order.
+_SETTINGS = (
+    "capacity", "retention", "history_size", "trim_above", "expiry", "refresh", "group", "cancel_channel",
+    "publish_command", "stamps", "task_prefix",
+)  # fmt: skip
 
-# Each batched operation's row, field by field (bytes as strings: Redis's MessagePack has no
-# bytes; a number the script hands to Redis as a string, not a Lua number: Redis would format
-# each with snprintf, a tenth of its work per commit): the script reads a row by position, in this
-# order (the ``ROW`` lines of operations.lua; a test checks that they agree). The fields after
-# ``op`` up to ``history`` are the row's keys, sent as their index in KEYS.
+# Each batched operation's row, field by field, as the script reads it (its ``ROW`` lines; a test
+# checks that they agree). The fields after ``op`` up to ``history`` are keys, put in KEYS; the
+# others arguments, every one a string (a flag '1' or ''; a number as text: Redis formats a Lua
+# number with snprintf, a tenth of its work per commit).
 _NEW_TASK_ROW = (
     "op", "task", "owner_tasks", "waiting", "unique", "seq", "history",
-    "task_id", "record", "owner", "created", "revision", "run_at", "unique_key", "limit", "view", "channel",
+    "task_id", "record", "owner", "created", "revision", "run_at", "unique_key", "limit", "event", "channel",
 )  # fmt: skip
 _ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
     "commit": (
         "op", "task", "owner_tasks", "waiting", "seq", "history",
-        "attempt", "record", "revision", "status", "terminal", "task_id", "owner", "view", "channel", "finish", "entry",
+        "attempt", "record", "revision", "status", "task_id", "event", "channel", "terminal", "owner", "finish",
+        "entry",
+    ),
+    # a commit that neither ends its task nor acknowledges it: a `commit` row's first fields
+    "progress": (
+        "op", "task", "seq", "history", "attempt", "record", "revision", "status", "task_id", "event", "channel",
     ),
     "submit": _NEW_TASK_ROW,
     "enqueue": _NEW_TASK_ROW,
 }  # fmt: skip
-_rows_encoder = msgspec.msgpack.Encoder()
 
 
 class _Call:
@@ -121,23 +128,27 @@ class _Calls:
         self._capacity = str(capacity)
         self._retention = str(retention)
         self._history_size = str(history_size)
-        self._history_ttl = str(history_ttl)
-        # what every batch of this shard shares, encoded once (the script's `s`)
-        self._settings = _rows_encoder.encode(
-            {
-                "capacity": capacity,
-                "retention": retention,
-                "history_size": history_size,
-                "ttl": history_ttl,
-                "group": _GROUP,
-                "cancel_channel": keys.cancel_channel,
-                "publish_command": "SPUBLISH" if sharded_pubsub else "PUBLISH",
-                "stamps": stamps,
-                "task_prefix": keys.task(""),
-            }
-        )
+        # A commit sets an identity's seq and history to expire `expiry` seconds on only when its
+        # task has not for `refresh` seconds (the script's `commit`): kept history_ttl to expiry.
+        refresh = max(1, min(60, history_ttl // 10))
+        self._expiry = str(history_ttl + refresh)
+        # what every batch of this shard shares (the script's `s`), in the order of _SETTINGS
+        settings = {
+            "capacity": self._capacity,
+            "retention": self._retention,
+            "history_size": self._history_size,
+            # the history is trimmed back to history_size once it holds a tenth more (`emit`)
+            "trim_above": str(history_size + max(1, history_size // 10)),
+            "expiry": self._expiry,
+            "refresh": str(refresh),
+            "group": _GROUP,
+            "cancel_channel": keys.cancel_channel,
+            "publish_command": "SPUBLISH" if sharded_pubsub else "PUBLISH",
+            "stamps": "1" if stamps else "",
+            "task_prefix": keys.task(""),
+        }
+        self._batch_head: list[_Value] = ["batch", *(settings[name] for name in _SETTINGS)]
         self._shard_keys = [getattr(keys, name) for name in _SHARD_KEYS]
-        self._shard_index = {key: n for n, key in enumerate(self._shard_keys, 1)}
         self._owner_keys: dict[str, tuple[str, str, str, str, str, str]] = {}
 
     def _of_owner(self, owner: str) -> tuple[str, str, str, str, str, str]:
@@ -165,40 +176,33 @@ class _Calls:
         row's answer or its error (an exception among the answers). Where Redis lost the
         script, it is loaded and the call made again (nothing of it ran)."""
         keys = list(self._shard_keys)
-        index = dict(self._shard_index)
-        encoded: list[list[Any]] = []
+        args = list(self._batch_head)
         for op, row_keys, fields in rows:
-            row: list[Any] = [op]
-            for key in row_keys:
-                at = index.get(key)
-                if at is None:
-                    keys.append(key)
-                    at = index[key] = len(keys)
-                row.append(at)
-            row += fields
-            encoded.append(row)
-        sent: Awaitable[Any] = self.script(keys=keys, args=["batch", self._settings, _rows_encoder.encode(encoded)])
+            keys += row_keys
+            args.append(op)
+            args += fields
+        sent: Awaitable[Any] = self.script(keys=keys, args=args)
         return sent
 
     def commit_row(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
-        (layout ``commit``)."""
+        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged)."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
-        fields = [
+        fields: list[_Value] = [
             str(lease.record.attempt),
-            _record_encoder.encode(record).decode(),  # Redis's MessagePack reads strings, not bytes
+            _record_encoder.encode(record),
             str(record.revision),
             record.status,
-            record.finished,
             record.id,
-            owner,
-            view_json.decode(),
+            event_text("taskProgress", record.id, record.revision, view_json),
             channel,
-            finish,
-            lease.token,
         ]
-        return "commit", (self._keys.task(record.id), owner_tasks, waiting, seq, history), fields
+        task = self._keys.task(record.id)
+        if not (finish or record.finished):
+            return "progress", (task, seq, history), fields
+        fields += ["1" if record.finished else "", owner, "1" if finish else "", lease.token]
+        return "commit", (task, owner_tasks, waiting, seq, history), fields
 
     def submit_row(self, record: TaskRecord, max_unfinished: int | None) -> _Row:
         """``enqueue`` and the ``taskQueued`` publish in one step, under the owner's limit (layout
@@ -211,16 +215,16 @@ class _Calls:
 
     def _new_task_row(self, op: str, record: TaskRecord, limit: int) -> _Row:
         owner_tasks, waiting, unique, seq, history, channel = self._of_owner(record.owner)
-        fields = [
+        fields: list[_Value] = [
             record.id,
-            _record_encoder.encode(record).decode(),
+            _record_encoder.encode(record),
             record.owner,
             str(int(record.created_at.timestamp() * 1000)),
             str(record.revision),
             _ms(record),
             record.key or "",
-            limit,
-            record.view_json().decode() if op == "submit" else "",
+            str(limit),
+            event_text("taskQueued", record.id, record.revision, record.view_json()) if op == "submit" else "",
             channel,
         ]
         return op, (self._keys.task(record.id), owner_tasks, waiting, unique, seq, history), fields
@@ -345,6 +349,11 @@ class _Calls:
         keys = self._publish_keys(identity, task_id)
         return self._call("publish", keys, self._publish_args(identity, kind, task_id, revision, task_json))
 
+    def events_after(self, identity: str, seq: int) -> _Call:
+        """The identity's seq and the events after ``seq`` its history holds, read together."""
+        keys = {"seq": self._keys.seq(identity), "history": self._keys.history(identity)}
+        return self._call("after", keys, {"seq": str(seq)})
+
     # --- the parts ----------------------------------------------------------------------
 
     def _save_keys(self, record: TaskRecord) -> _Named:
@@ -379,12 +388,10 @@ class _Calls:
 
     def _publish_args(self, identity: str, kind: EventType, task_id: str, revision: int, task_json: bytes) -> _Named:
         return {
-            "kind": kind,
-            "task_id": task_id,
             "revision": str(revision),
-            "view": task_json,
+            "event": event_text(kind, task_id, revision, task_json),
             "history_size": self._history_size,
-            "ttl": self._history_ttl,
+            "ttl": self._expiry,
             "channel": self._keys.channel(identity),
             **self._publishing,
         }

@@ -54,6 +54,14 @@ _record_decoder = msgspec.json.Decoder(TaskRecord)
 _record_encoder = msgspec.json.Encoder()
 
 
+def event_text(kind: EventType, task_id: str, revision: int, view_json: bytes) -> bytes:
+    """An event as the script keeps and publishes it after its seq (see the script's `emit`):
+    ``revision:kind:length of the task id:task id`` and the view; built here, where it costs a
+    formatting, rather than in Redis's Lua, which hashes every string it makes."""
+    task = task_id.encode()
+    return b"%d:%s:%d:%s%s" % (revision, kind.encode(), len(task), task, view_json)
+
+
 @contextmanager
 def _unavailable(what: str) -> Iterator[None]:
     """Turn a Redis connection failure into ``BackendUnavailable``."""
@@ -138,7 +146,9 @@ class _Keys:
         return f"{self.base}:seq:{identity}"
 
     def history(self, identity: str) -> str:
-        return f"{self.base}:history:{identity}"
+        """The identity's last events, as published, in seq order: a list. (Earlier versions
+        kept a stream under ``history:``, which this one leaves to expire.)"""
+        return f"{self.base}:recent:{identity}"
 
     def channel(self, identity: str) -> str:
         return f"{self.base}:events:{identity}"

@@ -211,22 +211,15 @@ class RedisClientRegistry:
         return int(value or 0)
 
     async def events_after(self, identity: str, seq: int) -> Sequence[Event] | None:
-        keys = self._keys[self._shards.of_owner(identity)]
+        call = self._calls[self._shards.of_owner(identity)].events_after(identity, seq)
         with _unavailable("events_after"):
-            # Not a transaction (Redis Cluster's client has none): the seq is read first, so
-            # the history read after it holds at least every event up to that seq, and those
-            # after it are left out below.
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(keys.seq(identity))
-                pipe.xrange(keys.history(identity), min=f"{seq + 1}-0", max="+")
-                current_raw, entries = await pipe.execute()
-        current = int(current_raw or 0)
+            current_raw, messages = await call.run()
+        current = int(current_raw)
         if seq > current:
             return None  # the client knows of events this history does not
         if seq == current:
             return []
-        events = [_event_from(entry_id, fields) for entry_id, fields in entries]
-        events = [event for event in events if event.seq <= current]
+        events = [_event_from(message) for message in messages]
         if len(events) != current - seq or events[0].seq != seq + 1:
             return None
         return events
@@ -247,6 +240,9 @@ class _Marker:
         self.losses = 0
 
 
-def _event_from(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
-    seq = int(_text(entry_id).partition("-")[0])
-    return Event(seq, _EVENT_KINDS[fields[b"k"]], fields[b"t"].decode(), int(fields[b"r"]), fields[b"j"])
+def _event_from(message: bytes) -> Event:
+    """An event of the history, kept as it was published: seq:revision:kind:length of the task
+    id:task id, then the view."""
+    seq_text, rev_text, kind_text, length_text, rest = message.split(b":", 4)
+    length = int(length_text)
+    return Event(int(seq_text), _EVENT_KINDS[kind_text], rest[:length].decode(), int(rev_text), rest[length:])

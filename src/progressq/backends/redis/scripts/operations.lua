@@ -11,10 +11,9 @@
 --
 -- Batched, the calls of one shard made at the same moment (the worker's commits, the submits),
 -- in one script call (see `batch` at the end):
---   ARGV[1] = 'batch', ARGV[2] the shard's settings (a MessagePack map, the same for every
---   batch), ARGV[3] the rows (a MessagePack array, one row per call);
---   KEYS: the shard's own keys first (SHARD_KEYS below), then every other key the rows name,
---   each once; a row names a key by its index in KEYS.
+--   ARGV[1] = 'batch', ARGV[2 .. 12] the shard's settings (SETTINGS below, the same for every
+--   batch), then the rows one after the other: each its operation's name and its fields;
+--   KEYS: the shard's own keys first (SHARD_KEYS below), then each row's keys in turn.
 -- A row is positional: its layout is in ROWS below, and _calls.py builds rows from that same
 -- table (_ROW_LAYOUTS, checked against this file by the tests). Each row runs atomically and
 -- on its own: an error in one row is that row's answer, and the others still run.
@@ -140,28 +139,47 @@ end
 
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
--- starts a fresh history. `revision` is a string.
-local function emit(seq_key, history_key, kind, task_id, revision, view, history_size, ttl, publish_command,
-                    channel)
+-- starts a fresh history. `event` is the event after its seq, built by the caller:
+-- "revision:kind:length of the task id:task id" and then the view (JSON). The message
+-- published is "seq:" and the event, and the history keeps that message: a list in seq order,
+-- trimmed to its last `history_size` entries once it holds `trim_above` (a tenth more), so that
+-- trimming is one command in a hundred events, not one an event.
+-- The seq and the history are set to expire `expiry` seconds on when `keep` asks it, and
+-- always when either is made afresh (see `commit` for when a commit asks it).
+-- settings (`s`): history_size, trim_above (a number), expiry, publish_command
+-- Returns the seq.
+local function emit(seq_key, history_key, event, s, keep, channel)
   local seq = redis.call('INCR', seq_key)
   if seq == 1 then
     redis.call('DEL', history_key)
+    keep = true
   end
-  local seq_text = tostring(seq)  -- formatted once (see the rows' note on numbers)
-  redis.call('XADD', history_key, 'MAXLEN', '~', history_size, seq_text .. '-0',
-    'k', kind, 't', task_id, 'r', revision, 'j', view)
-  redis.call('EXPIRE', seq_key, ttl)
-  redis.call('EXPIRE', history_key, ttl)
-  redis.call(publish_command or 'PUBLISH', channel,
-    seq_text .. ':' .. revision .. ':' .. kind .. ':' .. #task_id .. ':' .. task_id .. view)
+  local message = string.format('%d', seq) .. ':' .. event  -- not tostring: its '%.14g' costs more
+  local kept = redis.call('RPUSH', history_key, message)
+  if kept > s.trim_above then
+    redis.call('LTRIM', history_key, '-' .. s.history_size, '-1')
+  end
+  -- a history made just now (it expired a moment before its seq) must expire too
+  if keep or kept == 1 then
+    redis.call('EXPIRE', seq_key, s.expiry)
+    redis.call('EXPIRE', history_key, s.expiry)
+  end
+  redis.call(s.publish_command or 'PUBLISH', channel, message)
   return seq
+end
+
+-- The settings `emit` takes, from a named call's arguments.
+local function history_settings(a)
+  local size = tonumber(a.history_size)
+  return {history_size = a.history_size, trim_above = size + math.max(1, math.floor(size / 10)), expiry = a.ttl,
+    publish_command = a.publish_command}
 end
 
 -- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
 -- is stored, or this revision was already published): that is what keeps a worker that lost
 -- its lease from reaching a client, and a retried publish from repeating.
 -- keys: seq, history, task (may not exist)
--- args: kind, task_id, revision, view (JSON), history_size, ttl (s), channel
+-- args: revision, event (see `emit`), history_size, ttl (s: the seq's and history's expiry), channel
 -- Returns the seq, or 0 when dropped.
 local function publish(k, a)
   local rev = tonumber(a.revision)
@@ -170,10 +188,9 @@ local function publish(k, a)
     if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
       return 0
     end
-    redis.call('HSET', k.task, 'pub', rev)
+    redis.call('HSET', k.task, 'pub', a.revision)
   end
-  return emit(k.seq, k.history, a.kind, a.task_id, a.revision, a.view, a.history_size, a.ttl, a.publish_command,
-    a.channel)
+  return emit(k.seq, k.history, a.event, history_settings(a), true, a.channel)
 end
 
 -- Store a new task, index it under its owner and queue it, unless the queue is full. It
@@ -253,6 +270,212 @@ local function claim(k, a)
   redis.call('HSET', k.task, 'state', 'leased', 'attempt', attempt, 'rev', rev, 'deliveries', deliveries)
   return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
 end
+
+-- --- Batched calls ---------------------------------------------------------------------
+
+-- The shard's own keys, KEYS[1 ..] of every batch, in this order (_calls.py: _SHARD_KEYS).
+-- SHARD_KEYS: counters unfinished running wake dead stream ring delayed stamps
+
+-- The shard's settings, ARGV[2 ..] of every batch, in this order (_calls.py: _SETTINGS).
+-- SETTINGS: capacity retention history_size trim_above expiry refresh group cancel_channel publish_command stamps task_prefix
+
+-- Each row's fields, in order: its name, its keys (taken from KEYS in turn: the operation gets
+-- the index of the first), then its other fields (from ARGV in turn: r[2], r[3] ...). _calls.py
+-- builds the rows from the same lists (_ROW_LAYOUTS), and a test checks that the two agree.
+-- ROW commit: op task owner_tasks waiting seq history attempt record revision status task_id event channel terminal owner finish entry
+-- ROW progress: op task seq history attempt record revision status task_id event channel
+-- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
+-- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
+-- Every field is a string, as ARGV holds them: a flag is '1' or '' (both true in Lua: compare),
+-- a number its decimal text (a Lua number handed to Redis is formatted with snprintf, dearer
+-- than the command itself). The rows and settings travel as plain arguments, not as one encoded
+-- string: Redis's Lua hashes every byte of every string it makes, so an encoded batch cost its
+-- length once more, and its decoding a table insertion per field.
+
+local batched = {}
+
+-- The time of this Redis in whole seconds (its text, its number), read once per batch.
+local function now(s)
+  if not s.now then
+    s.now_text = redis.call('TIME')[1]
+    s.now = tonumber(s.now_text)
+  end
+  return s.now
+end
+
+-- Save a task's new state and publish it to its owner in one step (and, for a `commit` row with
+-- `finish`, acknowledge its stream entry): `save` and `publish` in five commands where the two
+-- cost eleven (one read of the task's hash and one write, for the fencing and the staleness
+-- check both). A fenced-out save publishes and acknowledges nothing.
+-- The owner's seq and history are kept `expiry` seconds after the event (`emit`), but set to
+-- expire only when this task has not done so for `refresh` seconds (the task's `kept`: when it
+-- last did), and at its end: each event is then kept at least `expiry - refresh` seconds (the
+-- history_ttl) and at most `expiry`, for two commands an event fewer.
+-- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
+-- its fields are the first of a `commit` row's, without the keys and values only an end needs.
+-- `ending` (a `commit` row's): its keys owner_tasks and waiting, else nil.
+-- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
+local function commit(shard, s, r, task, seq_key, history_key, ending)
+  local revision, status, task_id = r[4], r[5], r[6]
+  local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'kept')
+  if h[1] ~= 'leased' or h[2] ~= r[2] then
+    return {0, 0}
+  end
+  -- this revision not published yet (a commit sent again after a lost answer may have been)
+  local fresh = tonumber(h[4] or '0') < tonumber(revision)
+  local terminal = ending and r[9] == '1'
+  local keep = fresh and (terminal or not h[5] or now(s) >= tonumber(h[5]) + s.refresh)
+  if fresh and not terminal and not keep then  -- a progress report, most of the time
+    redis.call('HSET', task, 'data', r[3], 'rev', revision, 'status', status, 'pub', revision)
+  else
+    local fields, n = {task, 'data', r[3], 'rev', revision, 'status', status}, 7
+    if terminal then
+      fields[n + 1] = 'state'
+      fields[n + 2] = 'done'
+      n = n + 2
+    end
+    if fresh then
+      fields[n + 1] = 'pub'
+      fields[n + 2] = revision
+      n = n + 2
+    end
+    if keep then
+      now(s)  -- read already, unless `keep` was decided without it
+      fields[n + 1] = 'kept'
+      fields[n + 2] = s.now_text
+      n = n + 2
+    end
+    redis.call('HSET', unpack(fields, 1, n))
+  end
+  if terminal then
+    ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
+      running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
+      s.retention, r[10], task_id, status)
+  elseif h[3] == '1' and status == 'running' then
+    -- cancel was asked before this attempt started: tell its worker again
+    redis.call(s.publish_command, s.cancel_channel, task_id)
+  end
+  local seq = 0
+  if fresh then
+    seq = emit(seq_key, history_key, r[7], s, keep, r[8])
+  end
+  if ending and r[11] == '1' then
+    redis.call('XACK', shard.stream, s.group, r[12])
+    redis.call('XDEL', shard.stream, r[12])
+  end
+  return {1, seq}
+end
+
+function batched.progress(shard, s, r, key)
+  return commit(shard, s, r, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
+end
+
+function batched.commit(shard, s, r, key)
+  return commit(shard, s, r, KEYS[key], KEYS[key + 3], KEYS[key + 4],
+    {owner_tasks = KEYS[key + 1], waiting = KEYS[key + 2]})
+end
+
+-- A submit's or an enqueue's row, as `enqueue`'s named keys and arguments.
+local function new_task(shard, s, r, key)
+  local k = {task = KEYS[key], owner_tasks = KEYS[key + 1], waiting = KEYS[key + 2], unique = KEYS[key + 3],
+    seq = KEYS[key + 4], history = KEYS[key + 5], counters = shard.counters, unfinished = shard.unfinished,
+    ring = shard.ring, wake = shard.wake, delayed = shard.delayed, stamps = shard.stamps}
+  local a = {task_id = r[2], record = r[3], owner = r[4], created = r[5], revision = r[6], run_at = r[7],
+    unique_key = r[8], capacity = s.capacity, retention = s.retention, task_prefix = s.task_prefix}
+  return k, a
+end
+
+-- `enqueue`, unless the owner has an unfinished task with the new task's unique key.
+-- Returns {1} when queued, {0} when the queue is full, {-1} when the id is taken, {-3, task id}
+-- when the owner's unfinished task of that id has the key (nothing queued).
+function batched.enqueue(shard, s, r, key)
+  local k, a = new_task(shard, s, r, key)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  return {enqueue(k, a)}
+end
+
+-- Store and queue a new task (`enqueue`) and announce it (`emit`, `taskQueued`) in one step,
+-- unless its owner already has the most unfinished tasks allowed (`limit`, 0: none), or an
+-- unfinished task with its unique key (checked first: a submit answered with that task adds
+-- none). The task is new: its announcement is noted as published as it is stored.
+-- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
+-- {-2, unfinished} when the owner is at its limit, {-3, task id} when the owner's unfinished
+-- task of that id has the key (nothing queued either way).
+function batched.submit(shard, s, r, key)
+  local k, a = new_task(shard, s, r, key)
+  local holder = key_holder(k, a)
+  if holder then
+    return {-3, holder}
+  end
+  local limit = tonumber(r[9])
+  if limit > 0 then
+    local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
+    if unfinished >= limit then
+      return {-2, unfinished}
+    end
+  end
+  if tonumber(a.revision) > 0 then  -- else `publish` would drop it (revision 0 is never newer)
+    a.pub = a.revision
+  end
+  local done = enqueue(k, a)
+  if done ~= 1 then
+    return {done}
+  end
+  if not a.pub then
+    return {1, 0}
+  end
+  return {1, emit(k.seq, k.history, r[10], s, true, r[11])}
+end
+
+-- Each batched operation's number of keys and of other fields (its ROW line: keys first).
+local ROW_SIZES = {commit = {5, 11}, progress = {3, 7}, submit = {6, 10}, enqueue = {6, 10}}
+
+-- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
+-- row's answer, an error reply among the others' answers.
+local function batch()
+  local s = {capacity = ARGV[2], retention = ARGV[3], history_size = ARGV[4], trim_above = tonumber(ARGV[5]),
+    expiry = ARGV[6], refresh = tonumber(ARGV[7]), group = ARGV[8], cancel_channel = ARGV[9],
+    publish_command = ARGV[10], stamps = ARGV[11] == '1', task_prefix = ARGV[12]}
+  local shard = {counters = KEYS[1], unfinished = KEYS[2], running = KEYS[3], wake = KEYS[4], dead = KEYS[5],
+    stream = KEYS[6], ring = KEYS[7], delayed = KEYS[8]}
+  if s.stamps then
+    shard.stamps = KEYS[9]
+  end
+  local answers = {}
+  local at, key, n = 13, 10, #ARGV  -- the next row's name in ARGV, its first key in KEYS
+  while at <= n do
+    local op = ARGV[at]
+    local size = ROW_SIZES[op]
+    if not size then
+      -- where the next row starts is unknown: the call fails (_calls.py sends no such row)
+      return redis.error_reply('progressq: no batched operation ' .. tostring(op))
+    end
+    -- the row: its name and fields (r[1], r[2] ...), made at once; its keys from KEYS[key]
+    local ok, answer = pcall(batched[op], shard, s, {unpack(ARGV, at, at + size[2])}, key)
+    if ok then
+      answers[#answers + 1] = answer
+    elseif type(answer) == 'table' and answer.err then
+      answers[#answers + 1] = answer
+    else
+      answers[#answers + 1] = redis.error_reply(tostring(answer))
+    end
+    at = at + 1 + size[2]
+    key = key + size[1]
+  end
+  return answers
+end
+
+-- A batch is run here, before the named operations below are defined: Redis runs the whole
+-- script on every call, and making their functions and their table cost each batch about 18,000
+-- instructions (a tenth of a batch of one row).
+if ARGV[1] == 'batch' then
+  return batch()
+end
+
+-- --- Named calls ----------------------------------------------------------------------
 
 local operations = {}
 
@@ -503,6 +726,26 @@ function operations.due(k, a)
   return found
 end
 
+-- The identity's seq, and the events after `seq` that its history holds, oldest first (each as
+-- published: see `emit`), read together: the history is in seq order without gaps, so where an
+-- event lies follows from the seq of its first.
+-- keys: seq, history
+-- args: seq
+-- Returns {seq, {message, ...}}.
+function operations.after(k, a)
+  local current = redis.call('GET', k.seq) or '0'
+  local from = tonumber(a.seq)
+  if from >= tonumber(current) then
+    return {current, {}}
+  end
+  local first = redis.call('LINDEX', k.history, 0)
+  if not first then
+    return {current, {}}
+  end
+  local start = math.max(0, from + 1 - tonumber(string.match(first, '^%d+')))
+  return {current, redis.call('LRANGE', k.history, start, -1)}
+end
+
 -- Remove consumers of the workers' group that hold no entry: this process's own (when it
 -- leaves) and any other idle for longer than the bound (a worker that died). A consumer with
 -- pending entries is kept: removing it would lose them before they are reclaimed. One removed
@@ -539,152 +782,7 @@ function operations.prune(k, a)
   return removed
 end
 
--- --- Batched calls ---------------------------------------------------------------------
-
--- The shard's own keys, KEYS[1 ..] of every batch, in this order (_calls.py: _SHARD_KEYS).
--- SHARD_KEYS: counters unfinished running wake dead stream ring delayed stamps
-
--- Each row's fields, in order: a key field holds the key's index in KEYS. _calls.py builds the
--- rows from the same lists (_ROW_LAYOUTS), and a test checks that the two agree.
--- ROW commit: op task owner_tasks waiting seq history attempt record revision status terminal task_id owner view channel finish entry
--- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit view channel
--- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit view channel
--- Flags are booleans, key indices and `limit` integers, everything else strings (numbers too:
--- a Lua number handed to Redis is formatted with snprintf, dearer than the command itself).
-
-local batched = {}
-
--- Save a task's new state and publish it to its owner in one step (and, with `finish`,
--- acknowledge its stream entry): `save` and `publish` in seven commands where the two cost
--- eleven (one read of the task's hash and one write, for the fencing and the staleness check
--- both). A fenced-out save publishes and acknowledges nothing.
--- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
-function batched.commit(shard, s, r)
-  local task, revision, status = KEYS[r[2]], r[9], r[10]
-  local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub')
-  if h[1] ~= 'leased' or h[2] ~= r[7] then
-    return {0, 0}
-  end
-  -- this revision not published yet (a commit sent again after a lost answer may have been)
-  local fresh = tonumber(h[4] or '0') < tonumber(revision)
-  local state = 'leased'
-  if r[11] then
-    state = 'done'
-  end
-  if fresh then
-    redis.call('HSET', task, 'data', r[8], 'rev', revision, 'status', status, 'state', state, 'pub', revision)
-  else
-    redis.call('HSET', task, 'data', r[8], 'rev', revision, 'status', status, 'state', state)
-  end
-  if r[11] then
-    ended({task = task, counters = shard.counters, owner_tasks = KEYS[r[3]], unfinished = shard.unfinished,
-      running = shard.running, waiting = KEYS[r[4]], wake = shard.wake, dead = shard.dead},
-      s.retention, r[13], r[12], status)
-  elseif h[3] == '1' and status == 'running' then
-    -- cancel was asked before this attempt started: tell its worker again
-    redis.call(s.publish_command, s.cancel_channel, r[12])
-  end
-  local seq = 0
-  if fresh then
-    seq = emit(KEYS[r[5]], KEYS[r[6]], 'taskProgress', r[12], revision, r[14], s.history_size, s.ttl,
-      s.publish_command, r[15])
-  end
-  if r[16] then
-    redis.call('XACK', shard.stream, s.group, r[17])
-    redis.call('XDEL', shard.stream, r[17])
-  end
-  return {1, seq}
-end
-
--- A submit's or an enqueue's row, as `enqueue`'s named keys and arguments.
-local function new_task(shard, s, r)
-  local k = {task = KEYS[r[2]], owner_tasks = KEYS[r[3]], waiting = KEYS[r[4]], unique = KEYS[r[5]],
-    seq = KEYS[r[6]], history = KEYS[r[7]], counters = shard.counters, unfinished = shard.unfinished,
-    ring = shard.ring, wake = shard.wake, delayed = shard.delayed, stamps = shard.stamps}
-  local a = {task_id = r[8], record = r[9], owner = r[10], created = r[11], revision = r[12], run_at = r[13],
-    unique_key = r[14], capacity = s.capacity, retention = s.retention, task_prefix = s.task_prefix}
-  return k, a
-end
-
--- `enqueue`, unless the owner has an unfinished task with the new task's unique key.
--- Returns {1} when queued, {0} when the queue is full, {-1} when the id is taken, {-3, task id}
--- when the owner's unfinished task of that id has the key (nothing queued).
-function batched.enqueue(shard, s, r)
-  local k, a = new_task(shard, s, r)
-  local holder = key_holder(k, a)
-  if holder then
-    return {-3, holder}
-  end
-  return {enqueue(k, a)}
-end
-
--- Store and queue a new task (`enqueue`) and announce it (`emit`, `taskQueued`) in one step,
--- unless its owner already has the most unfinished tasks allowed (`limit`, 0: none), or an
--- unfinished task with its unique key (checked first: a submit answered with that task adds
--- none). The task is new: its announcement is noted as published as it is stored.
--- Returns {1, seq} when queued, {0} when the queue is full, {-1} when the id is taken,
--- {-2, unfinished} when the owner is at its limit, {-3, task id} when the owner's unfinished
--- task of that id has the key (nothing queued either way).
-function batched.submit(shard, s, r)
-  local k, a = new_task(shard, s, r)
-  local holder = key_holder(k, a)
-  if holder then
-    return {-3, holder}
-  end
-  local limit = r[15]
-  if limit > 0 then
-    local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
-    if unfinished >= limit then
-      return {-2, unfinished}
-    end
-  end
-  if tonumber(a.revision) > 0 then  -- else `publish` would drop it (revision 0 is never newer)
-    a.pub = a.revision
-  end
-  local done = enqueue(k, a)
-  if done ~= 1 then
-    return {done}
-  end
-  if not a.pub then
-    return {1, 0}
-  end
-  return {1, emit(k.seq, k.history, 'taskQueued', a.task_id, a.revision, r[16], s.history_size, s.ttl,
-    s.publish_command, r[17])}
-end
-
--- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
--- row's answer, an error reply among the others' answers.
-local function batch()
-  local s = cmsgpack.unpack(ARGV[2])
-  local rows = cmsgpack.unpack(ARGV[3])
-  local shard = {counters = KEYS[1], unfinished = KEYS[2], running = KEYS[3], wake = KEYS[4], dead = KEYS[5],
-    stream = KEYS[6], ring = KEYS[7], delayed = KEYS[8]}
-  if s.stamps then
-    shard.stamps = KEYS[9]
-  end
-  local answers = {}
-  for i, r in ipairs(rows) do
-    local operation = batched[r[1]]
-    if not operation then
-      answers[i] = redis.error_reply('progressq: no batched operation ' .. tostring(r[1]))
-    else
-      local ok, answer = pcall(operation, shard, s, r)
-      if ok then
-        answers[i] = answer
-      elseif type(answer) == 'table' and answer.err then
-        answers[i] = answer
-      else
-        answers[i] = redis.error_reply(tostring(answer))
-      end
-    end
-  end
-  return answers
-end
-
--- The call: a batch, or one named operation (bind each name to its value, and run it).
-if ARGV[1] == 'batch' then
-  return batch()
-end
+-- The call: one named operation (bind each name to its value, and run it).
 local k, a = {}, {}
 for i = 1, #KEYS do
   k[ARGV[i + 1]] = KEYS[i]
