@@ -29,7 +29,7 @@ class ProgressView:
     def __init__(self, base: TaskRecord) -> None:
         whole = base.view_json()
         # The first '"progress":' is the key: in a JSON string every quote is escaped, and
-        # only ``id`` and ``name``, both strings, come before it.
+        # only ``id``, ``name`` and ``status``, all strings, come before it.
         start = whole.find(_KEY) + len(_KEY)
         middle = _encode(base.progress) + _BETWEEN + _encode(base.message)
         self._before: bytes | None = whole[:start]
