@@ -421,8 +421,8 @@ def test_a_spliced_progress_view_equals_encoding_the_whole_view(
         attempt=2,
     )
     view = ProgressView(record)
-    assert view._before is not None  # the splice, not its fallback, is what is tested
     assert view.encode(record) == record.view_json()
+    assert view._before  # the splice, not its fallback, is what is tested
     for percent, message in reports:
         record = replace(record, revision=record.revision + 1, progress=percent, message=message)
         assert view.encode(record) == record.view_json()
