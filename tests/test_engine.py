@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import progressq._context
 from progressq import Event, Hub, MemoryBackend, TaskContext, TaskRecord
 from progressq.backends.memory import MemoryClientRegistry
+from progressq.contracts import Lease
 from progressq.errors import (
     ConfigurationError,
     QueueFull,
@@ -356,6 +357,76 @@ async def test_report_refuses_a_bad_percent() -> None:
     assert [outcomes[k] for k in ("0", "0.0", "50", "100", "100.0")] == ["accepted"] * 5
 
 
+def _context(
+    start: TaskRecord,
+    save_and_publish: Callable[[Lease, TaskRecord, bytes], Awaitable[bool]],
+    interval: float,
+    group: anyio.abc.TaskGroup,
+) -> TaskContext:
+    """A context whose writes go to ``save_and_publish`` (a backend's), under a lease of ``start``."""
+
+    def on_lost(record: TaskRecord) -> None:
+        raise AssertionError(f"no write of these tests is refused: {record!r}")
+
+    lease = Lease(start, str(start.attempt))
+    return TaskContext(
+        start, lease=lease, save_and_publish=save_and_publish, on_lost=on_lost, interval=interval, spawn=group
+    )
+
+
+async def test_a_handler_reporting_faster_than_the_interval_is_flushed_by_one_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten reports an interval over ten intervals: each interval sends its latest values, the
+    last report is not lost, and one flush task does it all (not one task per interval)."""
+    clock = [0.0]  # the context's clock, moved by the test only
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0]
+
+    async def sleep_until(deadline: float) -> None:
+        while clock[0] < deadline:
+            await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(progressq._context, "time", Clock)
+    monkeypatch.setattr(progressq._context, "_sleep_until", sleep_until)
+    committed: list[float] = []
+    spawned: list[object] = []
+
+    async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        committed.append(record.progress)
+        return True
+
+    class CountingGroup:
+        def __init__(self, group: anyio.abc.TaskGroup) -> None:
+            self._group = group
+
+        def start_soon(self, func: Callable[..., Awaitable[Any]], *args: object) -> None:
+            spawned.append(func)
+            self._group.start_soon(func, *args)
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    with anyio.fail_after(PATIENCE):
+        async with anyio.create_task_group() as group:
+            ctx = _context(start, commit, 1.0, CountingGroup(group))  # type: ignore[arg-type]
+            for step in range(1, 101):
+                clock[0] = step / 10
+                await ctx.report(step)
+                for _ in range(3):  # the flush task, if due, runs now
+                    await anyio.lowlevel.checkpoint()
+            clock[0] = 12.0  # past the last deadline: the last report goes out
+            await wait_until(lambda: committed[-1] == 100)
+            clock[0] = 14.0  # an interval with nothing new: the flush task ends
+            await wait_until(lambda: not ctx._flush_scheduled)
+            await ctx.close()
+    assert committed[0] == 1  # the first report is sent at once
+    assert committed == sorted(committed)
+    assert 10 <= len(committed) <= 12  # one an interval
+    assert len(spawned) == 1
+
+
 async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """A report that emitted on its own moves the deadline; a flush already waiting must honour it."""
     interval = 0.05
@@ -369,14 +440,14 @@ async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.M
 
     monkeypatch.setattr(progressq._context, "_sleep_until", late_sleep_until)
 
-    async def commit(record: TaskRecord) -> bool:
+    async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
         committed.append((anyio.current_time(), record.progress))
         return True
 
     start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
     with anyio.fail_after(PATIENCE):
         async with anyio.create_task_group() as group:
-            ctx = TaskContext(start, commit=commit, interval=interval, spawn=group)
+            ctx = _context(start, commit, interval, group)
             await ctx.report(1)  # emitted at once
             await ctx.report(2)  # within the interval: a flush is scheduled for the deadline
             await anyio.sleep(interval * 1.5)
@@ -405,13 +476,14 @@ def test_each_emitted_progress_is_the_running_maximum(reports: list[tuple[float,
     async def main() -> list[TaskRecord]:
         committed: list[TaskRecord] = []
 
-        async def commit(record: TaskRecord) -> bool:
+        async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+            assert view_json == record.view_json()  # the view the backend stores and sends
             committed.append(record)
             return True
 
         start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1, message="started")
         async with anyio.create_task_group() as group:
-            ctx = TaskContext(start, commit=commit, interval=0.0, spawn=group)
+            ctx = _context(start, commit, 0.0, group)
             for percent, message in reports:
                 await ctx.report(percent, message)
             final = await ctx.close()

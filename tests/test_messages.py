@@ -371,3 +371,58 @@ def test_what_piles_up_per_event_and_task_is_invisible_to_the_cycle_collector() 
     assert not gc.is_tracked(record.view())
     assert not gc.is_tracked(Lease(record, "1"))
     assert not gc.is_tracked(Event(1, "taskProgress", "t", 1, b"{}"))
+
+
+_texts = st.text(max_size=12) | st.sampled_from(['"progress":0.0,"message":""', '\\"', "é\u2028\x00", ""])
+_percents = st.floats(min_value=0, max_value=100) | st.integers(min_value=0, max_value=100)
+_moments = st.datetimes(timezones=st.just(UTC))
+
+
+@settings(max_examples=300)
+@given(
+    name=_texts,
+    status=st.sampled_from(["queued", "running", "completed", "failed", "cancelled"]),
+    base=st.tuples(_percents, _texts),
+    reports=st.lists(st.tuples(_percents, _texts), max_size=4),
+    started_at=st.none() | _moments,
+    error=st.none() | _texts,
+    result=st.none() | st.integers() | _texts | st.lists(_texts, max_size=2),
+    run_at=st.none() | _moments,
+)
+def test_a_spliced_progress_view_equals_encoding_the_whole_view(
+    name: str,
+    status: Any,
+    base: tuple[float, str],
+    reports: list[tuple[float, str]],
+    started_at: datetime | None,
+    error: str | None,
+    result: Any,
+    run_at: datetime | None,
+) -> None:
+    # A task's context encodes each report's view from its attempt's first one: only the
+    # percent and the message are encoded per report.
+    from msgspec.structs import replace
+
+    from progressq._progress_view import ProgressView
+    from progressq.contracts import TaskRecord
+
+    record = TaskRecord(
+        id="t1",
+        kind="k",
+        name=name,
+        owner="o",
+        status=status,
+        progress=base[0],
+        message=base[1],
+        started_at=started_at,
+        error=error,
+        result=result,
+        run_at=run_at,
+        attempt=2,
+    )
+    view = ProgressView(record)
+    assert view.encode(record) == record.view_json()
+    assert view._before  # the splice, not its fallback, is what is tested
+    for percent, message in reports:
+        record = replace(record, revision=record.revision + 1, progress=percent, message=message)
+        assert view.encode(record) == record.view_json()

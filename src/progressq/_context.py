@@ -16,7 +16,8 @@ from anyio.abc import TaskGroup
 from msgspec.structs import replace
 
 from progressq._outage import backend_outage
-from progressq.contracts import TaskRecord
+from progressq._progress_view import ProgressView
+from progressq.contracts import Lease, TaskRecord
 from progressq.errors import BackendUnavailable
 
 __all__ = ("TaskContext",)
@@ -34,25 +35,24 @@ _YIELD_EVERY = 0.001
 
 class _LoopTurns:
     """Counts the turns of an asyncio event loop, cheaply: only a turn in which someone asked
-    schedules the callback that counts it. Two reports that see the same turn were made
-    without the loop running anything else in between."""
+    (read ``turn``, then ``arm`` it unless ``armed``) schedules the callback that counts it.
+    Two reports that see the same turn were made without the loop running anything else in
+    between."""
 
-    __slots__ = ("_armed", "_loop", "turn")
+    __slots__ = ("_loop", "armed", "turn")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._armed = False
+        self.armed = False  # the count of this turn is scheduled
         self.turn = 0
 
-    def now(self) -> int:
-        if not self._armed:
-            self._armed = True
-            self._loop.call_soon(self._advance)  # runs on the next turn
-        return self.turn
+    def arm(self) -> None:
+        self.armed = True
+        self._loop.call_soon(self._advance)  # runs on the next turn
 
     def _advance(self) -> None:
         self.turn += 1
-        self._armed = False
+        self.armed = False
 
 
 _turns_of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopTurns] = weakref.WeakKeyDictionary()
@@ -90,12 +90,20 @@ class TaskContext:
         self,
         record: TaskRecord,
         *,
-        commit: Callable[[TaskRecord], Awaitable[bool]],
+        lease: Lease,
+        save_and_publish: Callable[[Lease, TaskRecord, bytes], Awaitable[bool]],
+        on_lost: Callable[[TaskRecord], None],
         interval: float,
         spawn: TaskGroup,
     ) -> None:
         self._record = record
-        self._commit = commit
+        # The backend's own ``save_and_publish`` and the lease, called directly: a report
+        # passes no worker layer on its way to the backend. ``on_lost`` tells the worker of
+        # a commit answered False (the lease was taken over), once.
+        self._lease = lease
+        self._save_and_publish = save_and_publish
+        self._on_lost = on_lost
+        self._view = ProgressView(record)  # every record it commits differs in progress and message only
         self._interval = interval
         self._spawn = spawn
         self._percent = record.progress
@@ -181,11 +189,15 @@ class TaskContext:
             try:
                 while self._dirty and (record := self._due(due)) is not None:
                     try:
-                        committed = await self._commit(record)
+                        committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                     except BaseException as exc:
                         self._not_committed(record, exc)
                         break
-                    due = self._committed(record, committed)
+                    if committed and not backend_outage.ongoing:  # ``_committed``'s common case
+                        self._record = record
+                        due = time.monotonic() if self._dirty else 0.0  # reported meanwhile?
+                    else:
+                        due = self._committed(record, committed)
             finally:
                 self._emitting = False
                 if self._emitted is not None:
@@ -197,7 +209,9 @@ class TaskContext:
         # cancellation. One that awaits something else between reports pays no task switch.
         turns = self._turns
         if turns is not None:
-            turn = turns.now()
+            turn = turns.turn
+            if not turns.armed:
+                turns.arm()
             if turn != self._turn:
                 self._turn, self._burst_start = turn, now
             elif now - self._burst_start >= _YIELD_EVERY:
@@ -213,27 +227,43 @@ class TaskContext:
             self._spawn.start_soon(self._flush_when_due)
 
     async def _flush_when_due(self) -> None:
+        # One task flushes for as long as the handler reports faster than the interval: at
+        # each deadline it sends what was merged meanwhile (unless a report due then sent it
+        # first), and it ends after an interval in which nothing was reported (a task started
+        # and ended per interval cost more than the flush). It also ends when an emission in
+        # flight will send the values (that one schedules a flush if they are not due yet),
+        # and after a write that failed, as a single flush did.
         try:
-            await _sleep_until(self._next_emit)
+            while True:
+                deadline = self._next_emit
+                await _sleep_until(deadline)
+                if self._closed or self._emitting:
+                    return
+                if self._dirty:
+                    if not await self._emit(time.monotonic()):
+                        return
+                elif self._next_emit == deadline:  # nothing sent, nothing new: the handler went quiet
+                    return
         finally:
             self._flush_scheduled = False
-        await self._emit(time.monotonic())
 
-    async def _emit(self, now: float) -> None:
+    async def _emit(self, now: float) -> bool:
+        """Send the latest values if they are due; False if a write failed."""
         # One emission at a time, in order; one that finds another in flight leaves its
         # values to it (``_dirty``), which sends them when they are due. ``report`` has the
         # same loop inline.
         if self._emitting:
-            return
+            return True
         self._emitting = True
         try:
             while (record := self._due(now)) is not None:
                 try:
-                    committed = await self._commit(record)
+                    committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                 except BaseException as exc:
                     self._not_committed(record, exc)
-                    return
+                    return False
                 now = self._committed(record, committed)
+            return True
         finally:
             self._emitting = False
             if self._emitted is not None:
@@ -260,6 +290,7 @@ class TaskContext:
             self._record = record
         else:
             self._closed = True  # our lease was taken over: write nothing more
+            self._on_lost(record)
         return time.monotonic() if self._dirty else 0.0  # reported while this one was in flight
 
     def _not_committed(self, record: TaskRecord, exc: BaseException) -> None:

@@ -27,17 +27,16 @@ class Outage:
             once more; those last failures are not worth a pair of lines each.
     """
 
-    __slots__ = ("_ended", "_failures", "_settle", "_since")
+    __slots__ = ("_ended", "_failures", "_settle", "_since", "ongoing")
 
     def __init__(self, settle: float = 5.0) -> None:
         self._settle = settle
         self._since: float | None = None
         self._ended: float | None = None
         self._failures = 0
-
-    @property
-    def ongoing(self) -> bool:
-        return self._since is not None
+        # Whether an outage is on (``_since`` is set), as a plain attribute: a progress
+        # report reads it after every write instead of calling ``answered``.
+        self.ongoing = False
 
     def failed(self, what: str, error: BaseException) -> None:
         """``what`` failed because the backend did not answer (logged if it is the first)."""
@@ -47,7 +46,7 @@ class Outage:
             return  # the tail of the outage that just ended
         self._failures += 1
         if self._since is None:
-            self._since = now
+            self._since, self.ongoing = now, True
             logger.warning(
                 "backend unavailable: %s failed (%s); further failures are not logged until it answers again",
                 what,
@@ -57,14 +56,14 @@ class Outage:
 
     def reset(self) -> None:
         """Forget an outage without logging its end (its backend was replaced or closed)."""
-        self._since, self._ended, self._failures = None, None, 0
+        self._since, self._ended, self._failures, self.ongoing = None, None, 0, False
 
     def answered(self) -> None:
         """The backend answered (cheap when there is no outage: call it on every success)."""
         if self._since is not None:
             self._ended = time.monotonic()
             elapsed = self._ended - self._since
-            failures, self._since, self._failures = self._failures, None, 0
+            failures, self._since, self._failures, self.ongoing = self._failures, None, 0, False
             logger.warning(
                 "backend available again: after %.1f s, %d operations failed meanwhile",
                 elapsed,

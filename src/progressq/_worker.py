@@ -241,7 +241,14 @@ class WorkerPool:
             return "lost", None
         policy = self._policy_for(record.kind)
         interval = self._progress_interval if policy.progress_interval is None else policy.progress_interval
-        ctx = TaskContext(running, commit=lambda r: self._commit(lease, r), interval=interval, spawn=runs)
+        ctx = TaskContext(
+            running,
+            lease=lease,
+            save_and_publish=self._backend.save_and_publish,
+            on_lost=lambda lost: self._lost_write(lease, lost),
+            interval=interval,
+            spawn=runs,
+        )
         result: Any = None
         error: str | None = None
         raised: BaseException | None = None
@@ -329,10 +336,15 @@ class WorkerPool:
     async def _commit(self, lease: Lease, record: TaskRecord) -> bool:
         """Store ``record`` if the lease still holds, then send it to its owner."""
         if not await self._backend.save_and_publish(lease, record, record.view_json()):
-            logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
-            self._lose(record.id, lease.record.attempt)
+            self._lost_write(lease, record)
             return False
         return True
+
+    def _lost_write(self, lease: Lease, record: TaskRecord) -> None:
+        """A write of ``lease`` was refused: its lease is gone (the task's context calls this
+        for its progress reports, which go to the backend directly)."""
+        logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
+        self._lose(record.id, lease.record.attempt)
 
     def _lose(self, task_id: str, attempt: int) -> None:
         """The lease of ``attempt`` is gone: cancel its handler (another worker may run the

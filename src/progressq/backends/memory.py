@@ -183,7 +183,7 @@ class MemoryTaskQueue(QueueDefaults):
             return False
         if current.cancel_requested and not record.cancel_requested:
             record = msgspec.structs.replace(record, cancel_requested=True)
-        if record.finished:
+        if record.status in TERMINAL_STATUSES:  # ``record.finished``, without a property call per report
             self._store(record)
             self._stop_running(record)
         else:  # all that ``_store`` does for an unfinished record, on every progress report

@@ -7,8 +7,10 @@ The carrier is a :class:`Peer`: four methods. The connection owns the rest: the
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 
 import anyio
 import msgspec
@@ -181,12 +183,18 @@ class Connection:
             return False
         self._inlining = True
         try:
+            # ``_inline.start``, spelled out: one call less on every event of a client that keeps up.
             asgi_send = self._asgi_send
-            unfinished = _inline.start(
-                self._peer.send(text) if asgi_send is None else asgi_send({"type": "websocket.send", "text": text})
-            )
-            if unfinished is not None:
-                self._carry = (unfinished, [])
+            send = self._peer.send(text) if asgi_send is None else asgi_send({"type": "websocket.send", "text": text})
+            if type(send) is not CoroutineType:
+                send = _inline.awaiting(send)
+            context = contextvars.copy_context()
+            try:
+                yielded = context.run(send.send, None)
+            except StopIteration:
+                pass
+            else:
+                self._carry = (_inline.Unfinished(send, yielded, context), [])
                 self._start_writer()
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem
             self._failure = translate_gone(exc, self._gone_errors)

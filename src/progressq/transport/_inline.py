@@ -68,7 +68,7 @@ class Unfinished:
         self._coro.close()
 
 
-async def _awaiting(awaitable: Awaitable[None]) -> None:
+async def awaiting(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
@@ -80,7 +80,7 @@ def start(send: Awaitable[None]) -> Unfinished | None:
 
     Raises what the send raises before it first suspends.
     """
-    coro = send if type(send) is CoroutineType else _awaiting(send)
+    coro = send if type(send) is CoroutineType else awaiting(send)
     context = contextvars.copy_context()
     try:
         yielded = context.run(coro.send, None)
