@@ -68,14 +68,29 @@ local function unstamp(k, owner)
   end
 end
 
+-- Redis formats every Lua number handed to a command with snprintf('%.17g'), as `tostring`
+-- does with '%.14g': several times the cost of a short command. The operations that run for
+-- every task taken or queued hand Redis strings instead: literals, and these two.
+
+-- An integer as its decimal text (string.format's integer path, not the float one).
+local function decimal(n)
+  return string.format('%d', n)
+end
+
+-- This Redis's clock in ms since the epoch, as text: TIME's seconds and the first three digits
+-- of its microseconds (zero-padded to six).
+local function now_ms()
+  local now = redis.call('TIME')
+  local micros = now[2]
+  return now[1] .. string.sub(string.rep('0', 6 - #micros) .. micros, 1, 3)
+end
+
 -- Delayed tasks (a retry's backoff, a scheduled task) whose time has come go to their owners'
 -- lines, by whichever worker's call gets there first: each exactly once (the call is atomic).
 -- keys: delayed, ring, stamps (may be absent)
 -- args: task_prefix, waiting_prefix
 local function promote(k, a)
-  local now = redis.call('TIME')
-  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf',
-    tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), 'LIMIT', 0, 100)
+  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now_ms(), 'LIMIT', '0', '100')
   for _, task in ipairs(due) do
     redis.call('ZREM', k.delayed, task)
     local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
@@ -194,13 +209,13 @@ local function enqueue(k, a)
   if capacity > 0 and tonumber(redis.call('HGET', k.counters, 'queued') or '0') >= capacity then
     return 0
   end
-  redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', 0,
-    'state', 'queued', 'entry', '', 'deliveries', 0, 'cancel', 0, 'pub', a.pub or 0)
+  redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', '0',
+    'state', 'queued', 'entry', '', 'deliveries', '0', 'cancel', '0', 'pub', a.pub or '0')
   redis.call('ZADD', k.owner_tasks, a.created, a.task_id)
   -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more
-  redis.call('HINCRBY', k.unfinished, a.owner, 1)
+  redis.call('HINCRBY', k.unfinished, a.owner, '1')
   redis.call('PERSIST', k.owner_tasks)
-  redis.call('HINCRBY', k.counters, 'queued', 1)
+  redis.call('HINCRBY', k.counters, 'queued', '1')
   if a.unique_key ~= '' then
     redis.call('HSET', k.unique, a.unique_key, a.task_id)
     redis.call('HSET', k.task, 'uniq', k.unique, 'ukey', a.unique_key)
@@ -214,8 +229,8 @@ local function enqueue(k, a)
     stamp(k, a.owner)
   end
   -- one waiting worker wakes up per task (a few tokens kept for workers not yet waiting)
-  redis.call('LPUSH', k.wake, 1)
-  redis.call('LTRIM', k.wake, 0, 63)
+  redis.call('LPUSH', k.wake, '1')
+  redis.call('LTRIM', k.wake, '0', '63')
   return 1
 end
 
@@ -243,14 +258,15 @@ local function claim(k, a)
     return {2, h[6], tonumber(h[3]), tonumber(h[4]), tonumber(h[7]), tonumber(h[8])}
   end
   if h[1] == 'queued' then
-    redis.call('HINCRBY', k.counters, 'queued', -1)
-    redis.call('HINCRBY', k.counters, 'running', 1)
-    redis.call('HINCRBY', k.running, h[9], 1)  -- counted against its owner's cap until it ends
+    redis.call('HINCRBY', k.counters, 'queued', '-1')
+    redis.call('HINCRBY', k.counters, 'running', '1')
+    redis.call('HINCRBY', k.running, h[9], '1')  -- counted against its owner's cap until it ends
   end
   local attempt = tonumber(h[3]) + 1
   local rev = tonumber(h[4]) + 1
   local deliveries = tonumber(h[5]) + 1
-  redis.call('HSET', k.task, 'state', 'leased', 'attempt', attempt, 'rev', rev, 'deliveries', deliveries)
+  redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+    decimal(deliveries))
   return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
 end
 
@@ -401,7 +417,8 @@ function operations.take(k, a)
 
   -- Read up to `count` entries new to the group for this consumer and claim each.
   local function deliver(count)
-    local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', count, 'STREAMS', k.stream, '>')
+    local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', decimal(count), 'STREAMS', k.stream,
+      '>')
     if not read then
       return
     end
@@ -424,11 +441,15 @@ function operations.take(k, a)
   promote(k, a)
 
   local owners = redis.call('LLEN', k.ring)
-  if owners == 0 and redis.call('EXISTS', k.stream) == 0 then
-    return answers
+  if redis.call('EXISTS', k.stream) == 0 then
+    if owners == 0 then
+      return answers
+    end
+    -- the stream and its group are gone (Redis lost its data): make them, or reading below
+    -- fails midway. (Only this script adds to the stream, after the group is made: while the
+    -- stream exists, so does its group; asking for it on every take cost an error reply.)
+    redis.pcall('XGROUP', 'CREATE', k.stream, a.group, '0', 'MKSTREAM')
   end
-  -- the group may be gone (Redis lost its data): make it, or reading below fails midway
-  redis.pcall('XGROUP', 'CREATE', k.stream, a.group, '0', 'MKSTREAM')
   if owners == 0 then
     -- nothing waits in the ring; entries left unread (by an older version) are taken here
     deliver(limit)
