@@ -85,6 +85,16 @@ local function now_ms()
   return now[1] .. string.sub(string.rep('0', 6 - #micros) .. micros, 1, 3)
 end
 
+-- A waiting worker may take a task: one token per task wakes one worker (BLPOP), and up to 64
+-- are kept for workers not yet waiting. A full list is left as it is: one command, where a push
+-- and a trim took two on every submit of a busy queue.
+-- keys: wake
+local function wake_one(k)
+  if redis.call('LLEN', k.wake) < 64 then
+    redis.call('LPUSH', k.wake, '1')
+  end
+end
+
 -- Delayed tasks (a retry's backoff, a scheduled task) whose time has come go to their owners'
 -- lines, by whichever worker's call gets there first: each exactly once (the call is atomic).
 -- keys: delayed, ring, stamps (may be absent)
@@ -212,9 +222,12 @@ local function enqueue(k, a)
   redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', '0',
     'state', 'queued', 'entry', '', 'deliveries', '0', 'cancel', '0', 'pub', a.pub or '0')
   redis.call('ZADD', k.owner_tasks, a.created, a.task_id)
-  -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more
-  redis.call('HINCRBY', k.unfinished, a.owner, '1')
-  redis.call('PERSIST', k.owner_tasks)
+  -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more:
+  -- only its first unfinished task can find it expiring (`ended` sets the expiry as it removes
+  -- the owner's count, in the same step)
+  if redis.call('HINCRBY', k.unfinished, a.owner, '1') == 1 then
+    redis.call('PERSIST', k.owner_tasks)
+  end
   redis.call('HINCRBY', k.counters, 'queued', '1')
   if a.unique_key ~= '' then
     redis.call('HSET', k.unique, a.unique_key, a.task_id)
@@ -228,16 +241,15 @@ local function enqueue(k, a)
     redis.call('RPUSH', k.ring, a.owner)  -- its first waiting task: the owner joins the ring
     stamp(k, a.owner)
   end
-  -- one waiting worker wakes up per task (a few tokens kept for workers not yet waiting)
-  redis.call('LPUSH', k.wake, '1')
-  redis.call('LTRIM', k.wake, '0', '63')
+  wake_one(k)
   return 1
 end
 
 -- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
 -- keys: task, stream, counters, running
 -- args: group, consumer, entry, fresh ('1' when the caller has just read the entry for this
---       consumer: it is pending here, no XCLAIM needed)
+--       consumer: it is pending here, no XCLAIM needed; '2' when the caller has also just added
+--       it for the task: it is the task's entry, stored here)
 -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
 -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
 local function claim(k, a)
@@ -246,7 +258,8 @@ local function claim(k, a)
   end
   local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
     'owner')
-  if not h[1] or h[2] ~= a.entry then
+  local own = a.fresh == '2'
+  if not h[1] or (h[2] ~= a.entry and not own) then
     -- the task expired, or this entry is not its current one
     redis.call('XACK', k.stream, a.group, a.entry)
     redis.call('XDEL', k.stream, a.entry)
@@ -265,8 +278,13 @@ local function claim(k, a)
   local attempt = tonumber(h[3]) + 1
   local rev = tonumber(h[4]) + 1
   local deliveries = tonumber(h[5]) + 1
-  redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
-    decimal(deliveries))
+  if own then  -- (one write of the task's hash, where the entry was set by `take` before)
+    redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+      decimal(deliveries), 'entry', a.entry)
+  else
+    redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+      decimal(deliveries))
+  end
   return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
 end
 
@@ -415,6 +433,8 @@ function operations.take(k, a)
   local cap = tonumber(a.cap)
   local answers = {}
 
+  local added = {}  -- entry id -> task id: the entries this call added, not claimed yet
+
   -- Read up to `count` entries new to the group for this consumer and claim each.
   local function deliver(count)
     local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', decimal(count), 'STREAMS', k.stream,
@@ -431,9 +451,14 @@ function operations.take(k, a)
         end
       end
       if id then
+        local fresh = '1'
+        if added[delivered[1]] then
+          fresh = '2'
+          added[delivered[1]] = nil
+        end
         answers[#answers + 1] = {delivered[1],
           claim({task = a.task_prefix .. id, stream = k.stream, counters = k.counters, running = k.running},
-            {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = '1'})}
+            {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = fresh})}
       end
     end
   end
@@ -457,11 +482,11 @@ function operations.take(k, a)
   end
   local passed = 0  -- owners passed over in a row, at their cap
   local taken = 0
-  local added = {}  -- tasks taken per owner by this call, not yet counted as running
+  local taken_by = {}  -- tasks taken per owner by this call, not yet counted as running
   while taken < limit and owners > 0 and passed < owners do
     local owner = redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
     stamp(k, owner)
-    if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (added[owner] or 0) >= cap then
+    if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (taken_by[owner] or 0) >= cap then
       passed = passed + 1
     else
       local waiting = a.waiting_prefix .. owner
@@ -474,9 +499,9 @@ function operations.take(k, a)
       if task then
         passed = 0
         taken = taken + 1
-        added[owner] = (added[owner] or 0) + 1
-        local entry = redis.call('XADD', k.stream, '*', 't', task)
-        redis.call('HSET', a.task_prefix .. task, 'entry', entry)
+        taken_by[owner] = (taken_by[owner] or 0) + 1
+        -- the task's hash learns its entry as `claim` takes it, below
+        added[redis.call('XADD', k.stream, '*', 't', task)] = task
       end
     end
   end
@@ -484,6 +509,10 @@ function operations.take(k, a)
     -- these entries, unless entries of an older version were left unread: each entry read is
     -- claimed (or dropped) by `claim`; ours then by a later take
     deliver(taken)
+    -- ours left unread behind older ones: a later take claims them, by the entry stored here
+    for entry, task in pairs(added) do
+      redis.call('HSET', a.task_prefix .. task, 'entry', entry)
+    end
   end
   return answers
 end
