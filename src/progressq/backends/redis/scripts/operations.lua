@@ -253,7 +253,8 @@ end
 -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
 -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
 local function claim(k, a)
-  if a.fresh ~= '1' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, 0, a.entry, 'JUSTID') == 0 then
+  if a.fresh ~= '1' and a.fresh ~= '2' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, '0', a.entry,
+    'JUSTID') == 0 then
     return {0}
   end
   local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
