@@ -21,7 +21,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 REDIS_HOST = "127.0.0.1"
-REDIS_PORT = 6379
+REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))  # queue_throughput.py --redis-port
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "14"))
 SECRET = "bench-secret-0123456789abcdef0123"
 # The PostgreSQL server (trust auth) and the database the benchmarks make, empty and drop.

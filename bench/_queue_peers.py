@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+import _common
 from _common import REDIS_DB, postgres_url, redis_url
 from _queue_work import await_statuses, begin, enqueue_all, finish, quietly, work
 
@@ -69,7 +70,7 @@ async def run_arq(n: int, tag: str, limit_s: float) -> dict[str, float]:
         await work(i)
 
     queue_name = f"bench-{tag}"
-    pool = await create_pool(RedisSettings(host="127.0.0.1", port=6379, database=REDIS_DB))
+    pool = await create_pool(RedisSettings(host="127.0.0.1", port=_common.REDIS_PORT, database=REDIS_DB))
     # arq polls; its default poll delay (0.5 s) would measure the delay, not the queue.
     worker = Worker(
         functions=[func(noop, name="work")],
@@ -124,7 +125,7 @@ async def run_redis_streams(n: int, tag: str, limit_s: float) -> dict[str, float
     """The limit: XADD pipelined by 500, XREADGROUP up to the free slots, XACK batched."""
     import redis.asyncio as aioredis
 
-    client = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client = aioredis.Redis(host="127.0.0.1", port=_common.REDIS_PORT, db=REDIS_DB)
     stream, group = f"bench-{tag}", "g"
     await client.xgroup_create(stream, group, id="0", mkstream=True)
     acks: list[bytes] = []

@@ -11,6 +11,10 @@ same machine, emptied after each round, stopped at the end; skipped when redis-s
 redis-cli is missing), with its masters' CPU time per task counted from /proc (the shared
 Redis's is not: other clients' load would be in it).
 
+``--redis-port PORT`` runs the Redis systems against a Redis of the caller's on that port (one
+nobody else uses: ``redis-server --port PORT --save ''``), and then also counts that server's
+CPU time per task from /proc, as for the cluster.
+
 Every task carries its index and every round checks that each ran exactly once (a task that
 never ran fails the round; repeats are counted and shown in the table); on PostgreSQL also
 that the system's own table records every task as complete. The PostgreSQL systems run
@@ -28,11 +32,13 @@ import sys
 import uuid
 from typing import Any
 
+import _common
 import _queue_work
 from _cluster import ClusterUnavailable, LocalCluster, local_cluster, missing_tools
 from _common import (
     BENCH,
     SECRET,
+    cpu_seconds,
     drop_postgres_db,
     flush_bench_db,
     fmt,
@@ -67,6 +73,8 @@ SYSTEMS = tuple(BACKEND)
 PEERS = {"redis": ("saq-redis", "streaq", "arq", "taskiq"), "postgres": ("saq-postgres",)}
 # The local cluster of this run, while a system on it is selected.
 CLUSTER: LocalCluster | None = None
+# The process id of the caller's private Redis (``--redis-port``), whose CPU time is counted.
+PRIVATE_REDIS_PID: int | None = None
 
 
 # --- the systems ----------------------------------------------------------------------------
@@ -146,14 +154,15 @@ def one_round(system: str, n: int, sleep: float, limit_s: float) -> dict[str, fl
     if BACKEND[system] == "postgres":
         fresh_postgres_db()
     # The masters' CPU over the whole child (its hub's start and stop too, a small part).
-    redis_cpu0 = cluster.cpu_seconds() if cluster is not None else float("nan")
+    redis_cpu = _redis_cpu_meter(system, cluster)
+    redis_cpu0 = redis_cpu()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit_s + 30, cwd=BENCH.parent)
     except subprocess.TimeoutExpired:
         print(f"  {system}: timed out", flush=True)
         return None
     finally:
-        redis_cpu = cluster.cpu_seconds() - redis_cpu0 if cluster is not None else float("nan")
+        redis_seconds = redis_cpu() - redis_cpu0
         flush_bench_db()
         if cluster is not None:
             cluster.flush()
@@ -162,8 +171,19 @@ def one_round(system: str, n: int, sleep: float, limit_s: float) -> dict[str, fl
         print(f"  {system}: failed (exit {done.returncode})\n{done.stderr[-2000:]}", flush=True)
         return None
     result: dict[str, float] = json.loads(lines[-1])
-    result["redis_cpu_us_per_task"] = redis_cpu / n * 1e6
+    result["redis_cpu_us_per_task"] = redis_seconds / n * 1e6
     return result
+
+
+def _redis_cpu_meter(system: str, cluster: LocalCluster | None) -> Any:
+    """What tells the CPU time of the system's Redis so far: the cluster's masters, the
+    private Redis (``--redis-port``), or nothing (NaN: the shared Redis has other clients)."""
+    if cluster is not None:
+        return cluster.cpu_seconds
+    if PRIVATE_REDIS_PID is not None and BACKEND[system] == "redis":
+        pid = PRIVATE_REDIS_PID
+        return lambda: cpu_seconds(pid)
+    return lambda: float("nan")
 
 
 def compare(label: str, medians: dict[str, float]) -> dict[str, float | None]:
@@ -199,7 +219,13 @@ def main() -> None:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--cluster-url", default="", help="the cluster a child runs on (the parent starts one)")
+    p.add_argument("--redis-port", type=int, default=0, help="a private Redis for the Redis systems (see above)")
     args = p.parse_args()
+    if args.redis_port:
+        global PRIVATE_REDIS_PID
+        os.environ["BENCH_REDIS_PORT"] = str(args.redis_port)  # the children's
+        _common.REDIS_PORT = args.redis_port
+        PRIVATE_REDIS_PID = _private_redis_pid(args.redis_port)
     if args.child:
         outcome = asyncio.run(child(args.child, args.n, args.sleep, args.timeout, args.cluster_url))
         print(json.dumps(outcome), flush=True)
@@ -228,6 +254,14 @@ def main() -> None:
             if any(BACKEND[s] == "postgres" for s in systems):
                 drop_postgres_db()
     write_results("queue_throughput", results)
+
+
+def _private_redis_pid(port: int) -> int:
+    """The process id of the Redis on ``port``, which must run on this machine."""
+    import redis
+
+    info = redis.Redis(host="127.0.0.1", port=port).info("server")
+    return int(info["process_id"])
 
 
 def measure(label: str, n: int, sleep: float, systems: list[str], rounds: int, limit_s: float) -> dict[str, Any]:

@@ -871,6 +871,45 @@ async def test_a_task_exceeding_the_grace_is_handed_back() -> None:
     assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
 
 
+async def test_a_worker_pool_cancelled_from_outside_hands_its_running_tasks_back() -> None:
+    """The pool's own task cancelled (not stopped, no grace): its handlers are stopped and their
+    tasks queued again before ``run`` returns. (On asyncio the handlers run in plain tasks, outside
+    the pool's task group: the pool must stop them itself.)"""
+    from progressq._worker import TaskPolicy, WorkerPool
+
+    started = anyio.Event()
+    saw: list[str] = []
+
+    async def endless(record: TaskRecord, ctx: TaskContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            saw.append("cancelled")
+            raise
+
+    async with MemoryBackend() as backend:
+        await backend.queue.enqueue(TaskRecord(id="endless-1", kind="endless", name="endless", owner=OWNER))
+        pool = WorkerPool(
+            backend=backend,
+            processor=endless,
+            policy_for=lambda kind: TaskPolicy(),
+            concurrency=2,
+            progress_interval=0.0,
+            shutdown_grace=60.0,
+        )
+        with anyio.fail_after(PATIENCE):
+            async with anyio.create_task_group() as group:
+                await group.start(pool.run)
+                await started.wait()
+                group.cancel_scope.cancel()
+        assert saw == ["cancelled"]
+        stored = await backend.queue.get("endless-1")
+        assert stored is not None
+        assert (stored.status, stored.message) == ("queued", "interrupted; queued again")
+        assert (await backend.queue.statistics()).running == 0
+
+
 async def test_an_outcome_is_recorded_even_when_shutdown_cancels_after_the_handler_returned() -> None:
     """Shutdown's cancellation arriving after the handler is done must not leave the task "running"."""
     hub = make_hub(shutdown_grace=0.05)

@@ -108,6 +108,31 @@ async def test_a_dead_workers_task_is_reclaimed_and_its_writes_fenced(make: Make
             ]
 
 
+async def test_a_busy_worker_takes_over_a_dead_workers_task_behind_its_own(make: Make) -> None:
+    """The takeover scan starts over where the pending entries are younger than a lease (none
+    of them can have expired yet), so that it does not chase the new ones a busy worker adds;
+    an entry of a dead worker behind many live ones is still reached once they are a lease old."""
+    async with make(lease_timeout=0.5) as busy:
+        for n in range(30):
+            await _submit(busy, _record(owner=f"user-{n}", n=n))
+        assert len(await busy.queue.lease_many(30)) == 30  # held: kept alive by the heartbeat
+        async with make(lease_timeout=0.5) as dying:
+            await _submit(dying, _record(owner="dead", n=1000))
+            abandoned = await dying.queue.lease()
+        # the dying worker's heartbeats stopped; the busy one goes on taking new tasks
+        n = 30
+        with anyio.fail_after(PATIENCE):
+            while True:
+                await _submit(busy, _record(owner=f"user-{n}", n=n))
+                n += 1
+                taken = [lease.record.id for lease in await busy.queue.lease_many(5)]
+                if abandoned.record.id in taken:
+                    break
+        stored = await busy.queue.get(abandoned.record.id)
+        assert stored is not None
+        assert stored.attempt == 2
+
+
 async def test_heartbeats_keep_a_live_lease(make: Make) -> None:
     # A 2 s lease: a process that a busy machine leaves without CPU for a shorter lease's whole
     # span misses its beats, and the lease is rightly lost; that is not what is tested here.

@@ -125,8 +125,13 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
             DuplicateTask: the owner has an unfinished task with ``record.key``; nothing was
                 queued (the key is checked before the limit).
         """
-        with _unavailable("enqueue"):
-            answer = await self._batchers[shard].call(row)
+        try:  # the batch's future itself (no coroutine, no context manager: one per submit)
+            answer = await self._batchers[shard].submit(row)
+        except Exception as exc:
+            outage = _outage(exc, "enqueue")
+            if outage is None:
+                raise
+            raise outage from exc
         code = int(answer[0])
         if code == -2:
             return int(answer[1])

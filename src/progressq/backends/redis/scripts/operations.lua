@@ -67,14 +67,39 @@ local function unstamp(k, owner)
   end
 end
 
+-- Redis formats every Lua number handed to a command with snprintf('%.17g'), as `tostring`
+-- does with '%.14g': several times the cost of a short command. The operations that run for
+-- every task taken or queued hand Redis strings instead: literals, and these two.
+
+-- An integer as its decimal text (string.format's integer path, not the float one).
+local function decimal(n)
+  return string.format('%d', n)
+end
+
+-- This Redis's clock in ms since the epoch, as text: TIME's seconds and the first three digits
+-- of its microseconds (zero-padded to six).
+local function now_ms()
+  local now = redis.call('TIME')
+  local micros = now[2]
+  return now[1] .. string.sub(string.rep('0', 6 - #micros) .. micros, 1, 3)
+end
+
+-- A waiting worker may take a task: one token per task wakes one worker (BLPOP), and up to 64
+-- are kept for workers not yet waiting. A full list is left as it is: one command, where a push
+-- and a trim took two on every submit of a busy queue.
+-- keys: wake
+local function wake_one(k)
+  if redis.call('LLEN', k.wake) < 64 then
+    redis.call('LPUSH', k.wake, '1')
+  end
+end
+
 -- Delayed tasks (a retry's backoff, a scheduled task) whose time has come go to their owners'
 -- lines, by whichever worker's call gets there first: each exactly once (the call is atomic).
 -- keys: delayed, ring, stamps (may be absent)
 -- args: task_prefix, waiting_prefix
 local function promote(k, a)
-  local now = redis.call('TIME')
-  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf',
-    tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), 'LIMIT', 0, 100)
+  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now_ms(), 'LIMIT', '0', '100')
   for _, task in ipairs(due) do
     redis.call('ZREM', k.delayed, task)
     local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
@@ -211,13 +236,16 @@ local function enqueue(k, a)
   if capacity > 0 and tonumber(redis.call('HGET', k.counters, 'queued') or '0') >= capacity then
     return 0
   end
-  redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', 0,
-    'state', 'queued', 'entry', '', 'deliveries', 0, 'cancel', 0, 'pub', a.pub or 0)
+  redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', '0',
+    'state', 'queued', 'entry', '', 'deliveries', '0', 'cancel', '0', 'pub', a.pub or '0')
   redis.call('ZADD', k.owner_tasks, a.created, a.task_id)
-  -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more
-  redis.call('HINCRBY', k.unfinished, a.owner, 1)
-  redis.call('PERSIST', k.owner_tasks)
-  redis.call('HINCRBY', k.counters, 'queued', 1)
+  -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more:
+  -- only its first unfinished task can find it expiring (`ended` sets the expiry as it removes
+  -- the owner's count, in the same step)
+  if redis.call('HINCRBY', k.unfinished, a.owner, '1') == 1 then
+    redis.call('PERSIST', k.owner_tasks)
+  end
+  redis.call('HINCRBY', k.counters, 'queued', '1')
   if a.unique_key ~= '' then
     redis.call('HSET', k.unique, a.unique_key, a.task_id)
     redis.call('HSET', k.task, 'uniq', k.unique, 'ukey', a.unique_key)
@@ -230,25 +258,26 @@ local function enqueue(k, a)
     redis.call('RPUSH', k.ring, a.owner)  -- its first waiting task: the owner joins the ring
     stamp(k, a.owner)
   end
-  -- one waiting worker wakes up per task (a few tokens kept for workers not yet waiting)
-  redis.call('LPUSH', k.wake, 1)
-  redis.call('LTRIM', k.wake, 0, 63)
+  wake_one(k)
   return 1
 end
 
 -- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
 -- keys: task, stream, counters, running
 -- args: group, consumer, entry, fresh ('1' when the caller has just read the entry for this
---       consumer: it is pending here, no XCLAIM needed)
+--       consumer: it is pending here, no XCLAIM needed; '2' when the caller has also just added
+--       it for the task: it is the task's entry, stored here)
 -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
 -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
 local function claim(k, a)
-  if a.fresh ~= '1' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, 0, a.entry, 'JUSTID') == 0 then
+  if a.fresh ~= '1' and a.fresh ~= '2' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, '0', a.entry,
+    'JUSTID') == 0 then
     return {0}
   end
   local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
     'owner')
-  if not h[1] or h[2] ~= a.entry then
+  local own = a.fresh == '2'
+  if not h[1] or (h[2] ~= a.entry and not own) then
     -- the task expired, or this entry is not its current one
     redis.call('XACK', k.stream, a.group, a.entry)
     redis.call('XDEL', k.stream, a.entry)
@@ -260,14 +289,20 @@ local function claim(k, a)
     return {2, h[6], tonumber(h[3]), tonumber(h[4]), tonumber(h[7]), tonumber(h[8])}
   end
   if h[1] == 'queued' then
-    redis.call('HINCRBY', k.counters, 'queued', -1)
-    redis.call('HINCRBY', k.counters, 'running', 1)
-    redis.call('HINCRBY', k.running, h[9], 1)  -- counted against its owner's cap until it ends
+    redis.call('HINCRBY', k.counters, 'queued', '-1')
+    redis.call('HINCRBY', k.counters, 'running', '1')
+    redis.call('HINCRBY', k.running, h[9], '1')  -- counted against its owner's cap until it ends
   end
   local attempt = tonumber(h[3]) + 1
   local rev = tonumber(h[4]) + 1
   local deliveries = tonumber(h[5]) + 1
-  redis.call('HSET', k.task, 'state', 'leased', 'attempt', attempt, 'rev', rev, 'deliveries', deliveries)
+  if own then  -- (one write of the task's hash, where the entry was set by `take` before)
+    redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+      decimal(deliveries), 'entry', a.entry)
+  else
+    redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+      decimal(deliveries))
+  end
   return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
 end
 
@@ -622,9 +657,12 @@ function operations.take(k, a)
   local cap = tonumber(a.cap)
   local answers = {}
 
+  local added = {}  -- entry id -> task id: the entries this call added, not claimed yet
+
   -- Read up to `count` entries new to the group for this consumer and claim each.
   local function deliver(count)
-    local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', count, 'STREAMS', k.stream, '>')
+    local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', decimal(count), 'STREAMS', k.stream,
+      '>')
     if not read then
       return
     end
@@ -637,9 +675,14 @@ function operations.take(k, a)
         end
       end
       if id then
+        local fresh = '1'
+        if added[delivered[1]] then
+          fresh = '2'
+          added[delivered[1]] = nil
+        end
         answers[#answers + 1] = {delivered[1],
           claim({task = a.task_prefix .. id, stream = k.stream, counters = k.counters, running = k.running},
-            {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = '1'})}
+            {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = fresh})}
       end
     end
   end
@@ -647,11 +690,15 @@ function operations.take(k, a)
   promote(k, a)
 
   local owners = redis.call('LLEN', k.ring)
-  if owners == 0 and redis.call('EXISTS', k.stream) == 0 then
-    return answers
+  if redis.call('EXISTS', k.stream) == 0 then
+    if owners == 0 then
+      return answers
+    end
+    -- the stream and its group are gone (Redis lost its data): make them, or reading below
+    -- fails midway. (Only this script adds to the stream, after the group is made: while the
+    -- stream exists, so does its group; asking for it on every take cost an error reply.)
+    redis.pcall('XGROUP', 'CREATE', k.stream, a.group, '0', 'MKSTREAM')
   end
-  -- the group may be gone (Redis lost its data): make it, or reading below fails midway
-  redis.pcall('XGROUP', 'CREATE', k.stream, a.group, '0', 'MKSTREAM')
   if owners == 0 then
     -- nothing waits in the ring; entries left unread (by an older version) are taken here
     deliver(limit)
@@ -659,11 +706,11 @@ function operations.take(k, a)
   end
   local passed = 0  -- owners passed over in a row, at their cap
   local taken = 0
-  local added = {}  -- tasks taken per owner by this call, not yet counted as running
+  local taken_by = {}  -- tasks taken per owner by this call, not yet counted as running
   while taken < limit and owners > 0 and passed < owners do
     local owner = redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
     stamp(k, owner)
-    if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (added[owner] or 0) >= cap then
+    if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (taken_by[owner] or 0) >= cap then
       passed = passed + 1
     else
       local waiting = a.waiting_prefix .. owner
@@ -676,9 +723,9 @@ function operations.take(k, a)
       if task then
         passed = 0
         taken = taken + 1
-        added[owner] = (added[owner] or 0) + 1
-        local entry = redis.call('XADD', k.stream, '*', 't', task)
-        redis.call('HSET', a.task_prefix .. task, 'entry', entry)
+        taken_by[owner] = (taken_by[owner] or 0) + 1
+        -- the task's hash learns its entry as `claim` takes it, below
+        added[redis.call('XADD', k.stream, '*', 't', task)] = task
       end
     end
   end
@@ -686,6 +733,10 @@ function operations.take(k, a)
     -- these entries, unless entries of an older version were left unread: each entry read is
     -- claimed (or dropped) by `claim`; ours then by a later take
     deliver(taken)
+    -- ours left unread behind older ones: a later take claims them, by the entry stored here
+    for entry, task in pairs(added) do
+      redis.call('HSET', a.task_prefix .. task, 'entry', entry)
+    end
   end
   return answers
 end
