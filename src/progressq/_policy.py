@@ -1,14 +1,19 @@
-"""How one kind of task runs: its timeout, retries and progress rate."""
+"""How one kind of task runs (its timeout, retries and progress rate), and how an attempt's
+outcome is kept (its error's text, its result's summary)."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import msgspec
 
 from progressq.errors import Retry
 
-__all__ = ("TaskPolicy",)
+__all__ = ("TaskPolicy", "error_text", "result_summary")
+
+_MAX_ERROR_LENGTH = 1000
+_MAX_RESULT_BYTES = 16 * 1024
 
 
 class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,3 +48,21 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
         """Seconds to wait after failed attempt number ``attempt`` (from 1)."""
         delay = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** min(attempt - 1, 62))
         return delay * random.uniform(0.5, 1.0) if self.retry_jitter else delay
+
+
+def error_text(exc: BaseException) -> str:
+    """A failed attempt's error as stored and shown: its type and message, cut short."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:_MAX_ERROR_LENGTH]
+
+
+def result_summary(result: Any) -> Any:
+    """The result as clients will see it: JSON-able and small, else its text."""
+    if result is None:
+        return None
+    try:
+        if len(msgspec.json.encode(result)) <= _MAX_RESULT_BYTES:
+            return result
+    except (TypeError, msgspec.EncodeError):
+        pass
+    return repr(result)[:_MAX_ERROR_LENGTH]

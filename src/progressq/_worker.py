@@ -11,11 +11,10 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import msgspec
 
 from progressq._context import TaskContext
 from progressq._outage import backend_outage
-from progressq._policy import TaskPolicy
+from progressq._policy import TaskPolicy, error_text, result_summary
 from progressq._tasklog import attempt_ended, attempt_started
 from progressq.contracts import Backend, Lease, Processor, TaskRecord, utc_now
 from progressq.errors import BackendUnavailable, Retry
@@ -27,8 +26,6 @@ logger = logging.getLogger("progressq.worker")
 
 _TAKE_BURST = 0.001
 """Seconds the pool may keep leasing tasks without letting the event loop go round."""
-_MAX_ERROR_LENGTH = 1000
-_MAX_RESULT_BYTES = 16 * 1024
 
 
 class _Run:
@@ -260,11 +257,11 @@ class WorkerPool:
                 error = f"timed out after {policy.timeout:g} s"
                 raised = TimeoutError(error)
         except Retry as exc:
-            error, raised = _describe(exc), exc
+            error, raised = error_text(exc), exc
         except Exception as exc:
             if not run.lost:
                 logger.exception("task %s (%s) raised", record.id, record.kind)
-            error, raised = _describe(exc), exc
+            error, raised = error_text(exc), exc
         except BaseException:
             # Shutdown ran out of grace (or the process is going down): hand the task back.
             await self._hand_back(lease, ctx)
@@ -326,7 +323,7 @@ class WorkerPool:
             finished_at=now,
             progress=100.0,
             message=ctx.reported_message or "completed",  # the handler's last word stays
-            result=_summary(result),
+            result=result_summary(result),
         )
         await self._finish(lease, completed)
         return "completed", None
@@ -393,20 +390,3 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:_MAX_ERROR_LENGTH]
-
-
-def _summary(result: Any) -> Any:
-    """The result as clients will see it: JSON-able and small, else its text."""
-    if result is None:
-        return None
-    try:
-        if len(msgspec.json.encode(result)) <= _MAX_RESULT_BYTES:
-            return result
-    except (TypeError, msgspec.EncodeError):
-        pass
-    return repr(result)[:_MAX_ERROR_LENGTH]

@@ -33,7 +33,7 @@ from progressq.messages import (
 )
 from progressq.transport import _inline
 from progressq.transport._identity import IdentityResolver
-from progressq.transport._limits import ConnectionCounts, TokenBucket
+from progressq.transport._limits import ConnectionCounts, TokenBucket, oversized_resume_id
 from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
 from progressq.transport._peer import (
     CLOSE_GOING_AWAY,
@@ -379,7 +379,7 @@ class Connection:
             try:
                 message = decode_client_message(frame)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                if _oversized_resume_id(exc):  # a forged id, whatever its length: as forged ids are
+                if oversized_resume_id(exc):  # a forged id, whatever its length: as forged ids are
                     raise _Close(CLOSE_POLICY_VIOLATION, "unknown client id") from None
                 self._send(ErrorMessage(code="invalid_message", message=str(exc)[:200]))
                 continue
@@ -402,13 +402,3 @@ class Connection:
                     self._send(ErrorMessage(code="not_found", message="no such task"))
                 except TaskAlreadyFinished:
                     self._send(ErrorMessage(code="already_finished", message="the task has already finished"))
-
-
-def _oversized_resume_id(error: Exception) -> bool:
-    """True when ``error`` refused a ``resume`` for a ``clientId`` over its length bound.
-
-    Such an id was never issued (ids are far shorter), so the resume is answered like any
-    forged id (close 1008), not with ``invalid_message``.
-    """
-    text = str(error)
-    return isinstance(error, msgspec.ValidationError) and text.endswith("at `$.clientId`") and "length" in text

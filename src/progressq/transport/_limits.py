@@ -1,4 +1,5 @@
-"""Per-process limits of live connections: connections per identity, client messages per second."""
+"""Per-process limits of live connections: connections per identity, client messages per second;
+and how a message over a length bound is told apart."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import weakref
 from typing import TYPE_CHECKING, ClassVar
 
 import anyio
+import msgspec
 
 from progressq._logonce import LogOnce, fingerprint
 
 if TYPE_CHECKING:
     from progressq.hub import Hub
 
-__all__ = ("ConnectionCounts", "TokenBucket")
+__all__ = ("ConnectionCounts", "TokenBucket", "oversized_resume_id")
 
 logger = logging.getLogger("progressq.transport")
 
@@ -82,3 +84,13 @@ class TokenBucket:
             return False
         self._tokens -= 1
         return True
+
+
+def oversized_resume_id(error: Exception) -> bool:
+    """True when ``error`` refused a ``resume`` for a ``clientId`` over its length bound.
+
+    Such an id was never issued (ids are far shorter), so the resume is answered like any
+    forged id (close 1008), not with ``invalid_message``.
+    """
+    text = str(error)
+    return isinstance(error, msgspec.ValidationError) and text.endswith("at `$.clientId`") and "length" in text
