@@ -151,18 +151,21 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 @contextlib.contextmanager
-def server(app: str, *extra: str, ready_timeout: float = 20.0) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Run ``bench/servers.py APP`` with uvicorn in its own process on a free port."""
+def server(
+    app: str, *extra: str, ready_timeout: float = 20.0, under: Sequence[str] = (), stop_timeout: float = 10.0
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run ``bench/servers.py APP`` with uvicorn in its own process on a free port (``under``:
+    a command to run it under, valgrind say, whose output is then not shown)."""
     port = free_port()
-    command = [sys.executable, str(BENCH / "servers.py"), app, "--port", str(port), *extra]
-    process = subprocess.Popen(command, cwd=BENCH.parent)
+    command = [*under, sys.executable, str(BENCH / "servers.py"), app, "--port", str(port), *extra]
+    process = subprocess.Popen(command, cwd=BENCH.parent, stderr=subprocess.DEVNULL if under else None)
     try:
         wait_for_port(port, process, ready_timeout)
         yield process, port
     finally:
         process.terminate()
         try:
-            process.wait(10)
+            process.wait(stop_timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)

@@ -32,23 +32,20 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from _clients import reading_clients, start_load
 from _cluster import ClusterUnavailable, LocalCluster, local_cluster, missing_tools
 from _common import (
-    BENCH,
     POSTGRES_DB,
     POSTGRES_SERVER,
     cpu_seconds,
     drop_postgres_db,
     flush_bench_db,
     fmt,
-    free_port,
     fresh_postgres_db,
     median,
     parser,
@@ -57,7 +54,6 @@ from _common import (
     server,
     spread,
     table,
-    wait_for_port,
     write_results,
 )
 
@@ -153,25 +149,13 @@ def one_round(system: str, users: int, seconds: float) -> dict[str, float]:
             CLUSTER.flush()
 
 
-@contextlib.contextmanager
-def server_under_callgrind(app: str, out: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def server_under_callgrind(
+    app: str, out: str
+) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[bytes], int]]:
     """``bench/servers.py APP`` under callgrind, not instrumented until told (``callgrind_control``)."""
-    port = free_port()
-    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    command += [sys.executable, str(BENCH / "servers.py"), app, "--port", str(port)]
-    if app.startswith("progressq"):
-        command += ["--interval", "0"]
-    process = subprocess.Popen(command, cwd=BENCH.parent, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, process, timeout=600)
-        yield process, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    extra = ["--interval", "0"] if app.startswith("progressq") else []
+    return server(app, *extra, ready_timeout=600, under=valgrind, stop_timeout=60)
 
 
 def count_instructions(systems: list[str], users: int, seconds: float) -> None:
