@@ -455,9 +455,10 @@ async def test_the_seq_and_history_expire_from_history_ttl_to_a_tenth_more_after
         record = record.evolve(progress=10.0)
         assert await backend.save_and_publish(lease, record, record.view_json())
         assert all(100 <= ttl <= 105 for ttl in await ttls())
-        # as if 60 s passed since this task set them: set again, history_ttl from now at least
+        # as if 60 s passed since this task set them (it is due to again now): set again,
+        # history_ttl from now at least
         now = int((await client.time())[0])
-        await client.hset(task, "kept", str(now - 60))
+        await client.hset(task, "renew", str(now))
         for key in keys:
             await client.expire(key, 50)
         record = record.evolve(progress=20.0)

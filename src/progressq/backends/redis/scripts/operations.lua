@@ -329,13 +329,23 @@ end
 
 local batched = {}
 
--- The time of this Redis in whole seconds (its text, its number), read once per batch.
-local function now(s)
+-- This Redis's time in whole seconds (its text: `now`) and `refresh` seconds later (`renew_at`:
+-- when a commit that sets its identity's seq and history to expire asks to again, see
+-- `commit`), read once per batch, by the first row that needs them.
+local function clock(s)
   if not s.now then
-    s.now_text = redis.call('TIME')[1]
-    s.now = tonumber(s.now_text)
+    s.now = redis.call('TIME')[1]
+    s.renew_at = string.format('%d', tonumber(s.now) + s.refresh)
   end
   return s.now
+end
+
+-- Whether the decimal text `a` is at least `b` (both whole and non-negative, without leading
+-- zeros): by their lengths, then as strings. `tonumber` parses with strtod, twice, and a commit
+-- compared three numbers.
+local function at_least(a, b)
+  local la, lb = #a, #b
+  return la > lb or (la == lb and a >= b)
 end
 
 -- Save a task's new state and publish it to its owner in one step (and, for a `commit` row with
@@ -343,23 +353,25 @@ end
 -- cost eleven (one read of the task's hash and one write, for the fencing and the staleness
 -- check both). A fenced-out save publishes and acknowledges nothing.
 -- The owner's seq and history are kept `expiry` seconds after the event (`emit`), but set to
--- expire only when this task has not done so for `refresh` seconds (the task's `kept`: when it
--- last did), and at its end: each event is then kept at least `expiry - refresh` seconds (the
--- history_ttl) and at most `expiry`, for two commands an event fewer.
+-- expire only when this task has not done so for `refresh` seconds (the task's `renew`: when it
+-- is to again), and at its end: each event is then kept at least `expiry - refresh` seconds
+-- (the history_ttl) and at most `expiry`, for two commands an event fewer.
 -- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
 -- its fields are the first of a `commit` row's, without the keys and values only an end needs.
 -- `ending` (a `commit` row's): its keys owner_tasks and waiting, else nil.
--- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
+-- Returns 0 when fenced out, else 1 (whether or not the event was dropped as stale): a number,
+-- not a table, since Redis turns a table into its reply by asking it for half a dozen special
+-- fields first (err, ok, double, map ...), several thousand instructions a row.
 local function commit(shard, s, r, task, seq_key, history_key, ending)
   local revision, status, task_id = r[4], r[5], r[6]
-  local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'kept')
+  local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'renew')
   if h[1] ~= 'leased' or h[2] ~= r[2] then
-    return {0, 0}
+    return 0
   end
   -- this revision not published yet (a commit sent again after a lost answer may have been)
-  local fresh = tonumber(h[4] or '0') < tonumber(revision)
+  local fresh = not h[4] or not at_least(h[4], revision)
   local terminal = ending and r[9] == '1'
-  local keep = fresh and (terminal or not h[5] or now(s) >= tonumber(h[5]) + s.refresh)
+  local keep = fresh and (terminal or not h[5] or at_least(clock(s), h[5]))
   if fresh and not terminal and not keep then  -- a progress report, most of the time
     redis.call('HSET', task, 'data', r[3], 'rev', revision, 'status', status, 'pub', revision)
   else
@@ -375,9 +387,9 @@ local function commit(shard, s, r, task, seq_key, history_key, ending)
       n = n + 2
     end
     if keep then
-      now(s)  -- read already, unless `keep` was decided without it
-      fields[n + 1] = 'kept'
-      fields[n + 2] = s.now_text
+      clock(s)  -- read already, unless `keep` was decided without it
+      fields[n + 1] = 'renew'
+      fields[n + 2] = s.renew_at
       n = n + 2
     end
     redis.call('HSET', unpack(fields, 1, n))
@@ -390,15 +402,14 @@ local function commit(shard, s, r, task, seq_key, history_key, ending)
     -- cancel was asked before this attempt started: tell its worker again
     redis.call(s.publish_command, s.cancel_channel, task_id)
   end
-  local seq = 0
   if fresh then
-    seq = emit(seq_key, history_key, r[7], s, keep, r[8])
+    emit(seq_key, history_key, r[7], s, keep, r[8])
   end
   if ending and r[11] == '1' then
     redis.call('XACK', shard.stream, s.group, r[12])
     redis.call('XDEL', shard.stream, r[12])
   end
-  return {1, seq}
+  return 1
 end
 
 function batched.progress(shard, s, r, key)
