@@ -51,13 +51,11 @@ _NEW_TASK_ROW = (
 _ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
     "commit": (
         "op", "task", "owner_tasks", "waiting", "seq", "history",
-        "attempt", "record", "revision", "status", "task_id", "event", "channel", "terminal", "owner", "finish",
+        "attempt", "record", "revision", "status", "event", "channel", "task_id", "terminal", "owner", "finish",
         "entry",
     ),
     # a commit that neither ends its task nor acknowledges it: a `commit` row's first fields
-    "progress": (
-        "op", "task", "seq", "history", "attempt", "record", "revision", "status", "task_id", "event", "channel",
-    ),
+    "progress": ("op", "task", "seq", "history", "attempt", "record", "revision", "status", "event", "channel"),
     "submit": _NEW_TASK_ROW,
     "enqueue": _NEW_TASK_ROW,
 }  # fmt: skip
@@ -194,14 +192,13 @@ class _Calls:
             _record_encoder.encode(record),
             str(record.revision),
             record.status,
-            record.id,
             event_text("taskProgress", record.id, record.revision, view_json),
             channel,
         ]
         task = self._keys.task(record.id)
         if not (finish or record.finished):
             return "progress", (task, seq, history), fields
-        fields += ["1" if record.finished else "", owner, "1" if finish else "", lease.token]
+        fields += [record.id, "1" if record.finished else "", owner, "1" if finish else "", lease.token]
         return "commit", (task, owner_tasks, waiting, seq, history), fields
 
     def submit_row(self, record: TaskRecord, max_unfinished: int | None) -> _Row:

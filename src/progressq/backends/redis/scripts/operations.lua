@@ -317,8 +317,8 @@ end
 -- Each row's fields, in order: its name, its keys (taken from KEYS in turn: the operation gets
 -- the index of the first), then its other fields (from ARGV in turn: r[2], r[3] ...). _calls.py
 -- builds the rows from the same lists (_ROW_LAYOUTS), and a test checks that the two agree.
--- ROW commit: op task owner_tasks waiting seq history attempt record revision status task_id event channel terminal owner finish entry
--- ROW progress: op task seq history attempt record revision status task_id event channel
+-- ROW commit: op task owner_tasks waiting seq history attempt record revision status event channel task_id terminal owner finish entry
+-- ROW progress: op task seq history attempt record revision status event channel
 -- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
 -- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
 -- Every field is a string, as ARGV holds them: a flag is '1' or '' (both true in Lua: compare),
@@ -357,13 +357,14 @@ end
 -- is to again), and at its end: each event is then kept at least `expiry - refresh` seconds
 -- (the history_ttl) and at most `expiry`, for two commands an event fewer.
 -- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
--- its fields are the first of a `commit` row's, without the keys and values only an end needs.
+-- its fields are the first of a `commit` row's, without the keys and values only an end (or
+-- a cancel told again, rare) needs.
 -- `ending` (a `commit` row's): its keys owner_tasks and waiting, else nil.
 -- Returns 0 when fenced out, else 1 (whether or not the event was dropped as stale): a number,
 -- not a table, since Redis turns a table into its reply by asking it for half a dozen special
 -- fields first (err, ok, double, map ...), several thousand instructions a row.
 local function commit(shard, s, r, task, seq_key, history_key, ending)
-  local revision, status, task_id = r[4], r[5], r[6]
+  local revision, status = r[4], r[5]
   local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'renew')
   if h[1] ~= 'leased' or h[2] ~= r[2] then
     return 0
@@ -397,13 +398,14 @@ local function commit(shard, s, r, task, seq_key, history_key, ending)
   if terminal then
     ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
       running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
-      s.retention, r[10], task_id, status)
+      s.retention, r[10], r[8], status)
   elseif h[3] == '1' and status == 'running' then
-    -- cancel was asked before this attempt started: tell its worker again
-    redis.call(s.publish_command, s.cancel_channel, task_id)
+    -- cancel was asked before this attempt started: tell its worker again (the task's id, from
+    -- its key: a progress row leaves it out, 32 bytes fewer for Lua to hash on every report)
+    redis.call(s.publish_command, s.cancel_channel, string.sub(task, #s.task_prefix + 1))
   end
   if fresh then
-    emit(seq_key, history_key, r[7], s, keep, r[8])
+    emit(seq_key, history_key, r[6], s, keep, r[7])
   end
   if ending and r[11] == '1' then
     redis.call('XACK', shard.stream, s.group, r[12])
@@ -477,7 +479,7 @@ function batched.submit(shard, s, r, key)
 end
 
 -- Each batched operation's number of keys and of other fields (its ROW line: keys first).
-local ROW_SIZES = {commit = {5, 11}, progress = {3, 7}, submit = {6, 10}, enqueue = {6, 10}}
+local ROW_SIZES = {commit = {5, 11}, progress = {3, 6}, submit = {6, 10}, enqueue = {6, 10}}
 
 -- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
 -- row's answer, an error reply among the others' answers.
