@@ -182,21 +182,26 @@ class _Calls:
         sent: Awaitable[Any] = self.script(keys=keys, args=args)
         return sent
 
-    def commit_row(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Row:
+    def commit_row(
+        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool, restated: bool = True
+    ) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
-        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged)."""
+        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged). Without
+        ``restated`` (the status is the one this attempt stored last) a progress row leaves the
+        status out, and the script does not read the cancel flag for it."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
+        ends = finish or record.finished
         fields: list[_Value] = [
             str(lease.record.attempt),
             _record_encoder.encode(record),
             str(record.revision),
-            record.status,
+            record.status if restated or ends else "",
             event_text("taskProgress", record.id, record.revision, view_json),
             channel,
         ]
         task = self._keys.task(record.id)
-        if not (finish or record.finished):
+        if not ends:
             return "progress", (task, seq, history), fields
         fields += [record.id, "1" if record.finished else "", owner, "1" if finish else "", lease.token]
         return "commit", (task, owner_tasks, waiting, seq, history), fields

@@ -356,6 +356,9 @@ end
 -- expire only when this task has not done so for `refresh` seconds (the task's `renew`: when it
 -- is to again), and at its end: each event is then kept at least `expiry - refresh` seconds
 -- (the history_ttl) and at most `expiry`, for two commands an event fewer.
+-- A row's `status` is '' when it is the task's stored one already (the worker sends it with an
+-- attempt's first commit and when it changes): the fence then reads four fields, not five (the
+-- cancel flag only with a status), and the write leaves it alone; a `commit` row always has it.
 -- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
 -- its fields are the first of a `commit` row's, without the keys and values only an end (or
 -- a cancel told again, rare) needs.
@@ -367,18 +370,23 @@ end
 local function commit(shard, s, at, task, seq_key, history_key, ending)
   local attempt, record, revision, status, event, channel = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
     ARGV[at + 5], ARGV[at + 6]
-  local h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'renew')
+  local h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew')
   if h[1] ~= 'leased' or h[2] ~= attempt then
     return 0
   end
   -- this revision not published yet (a commit sent again after a lost answer may have been)
-  local fresh = not h[4] or not at_least(h[4], revision)
+  local fresh = not h[3] or not at_least(h[3], revision)
   local terminal = ending and ARGV[at + 8] == '1'
-  local keep = fresh and (terminal or not h[5] or at_least(clock(s), h[5]))
-  if fresh and not terminal and not keep then  -- a progress report, most of the time
-    redis.call('HSET', task, 'data', record, 'rev', revision, 'status', status, 'pub', revision)
+  local keep = fresh and (terminal or not h[4] or at_least(clock(s), h[4]))
+  if fresh and not terminal and not keep and status == '' then  -- a progress report, most of the time
+    redis.call('HSET', task, 'data', record, 'rev', revision, 'pub', revision)
   else
-    local fields, n = {task, 'data', record, 'rev', revision, 'status', status}, 7
+    local fields, n = {task, 'data', record, 'rev', revision}, 5
+    if status ~= '' then
+      fields[n + 1] = 'status'
+      fields[n + 2] = status
+      n = n + 2
+    end
     if terminal then
       fields[n + 1] = 'state'
       fields[n + 2] = 'done'
@@ -401,9 +409,10 @@ local function commit(shard, s, at, task, seq_key, history_key, ending)
     ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
       running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
       s.retention, ARGV[at + 9], ARGV[at + 7], status)
-  elseif h[3] == '1' and status == 'running' then
-    -- cancel was asked before this attempt started: tell its worker again (the task's id, from
-    -- its key: a progress row leaves it out, 32 bytes fewer for Lua to hash on every report)
+  elseif status == 'running' and redis.call('HGET', task, 'cancel') == '1' then
+    -- the attempt's first commit, and cancel was asked before it: tell its worker again (the
+    -- task's id, from its key: a progress row leaves it out, 32 bytes fewer for Lua to hash on
+    -- every report)
     redis.call(s.publish_command, s.cancel_channel, string.sub(task, #s.task_prefix + 1))
   end
   if fresh then
