@@ -632,9 +632,12 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
         assert in_lua is not None
         assert tuple(in_lua.group(1).split()) == listed
     # the script steps from row to row by each operation's count of keys and of other fields
-    sizes = re.search(r"^local ROW_SIZES = \{(.+)\}$", script, re.M)
-    assert sizes is not None
-    in_sizes = {op: (int(k), int(f)) for op, k, f in re.findall(r"(\w+) = \{(\d+), (\d+)\}", sizes.group(1))}
+    in_sizes: dict[str, tuple[int, ...]] = {}
+    for table in ("ROW_KEYS", "ROW_FIELDS"):
+        sizes = re.search(rf"^local {table} = \{{(.+)\}}$", script, re.M)
+        assert sizes is not None
+        for op, size in re.findall(r"(\w+) = (\d+)", sizes.group(1)):
+            in_sizes[op] = (*in_sizes.get(op, ()), int(size))
     layouts = {
         op: (fields.index("history"), len(fields) - 1 - fields.index("history")) for op, fields in _ROW_LAYOUTS.items()
     }

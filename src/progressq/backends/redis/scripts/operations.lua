@@ -139,29 +139,6 @@ local function ended(k, retention, owner, task_id, status)
   end
 end
 
--- Store a task's state when the writer holds the current attempt (fencing).
--- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
--- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
---       task_id, owner
--- Returns 1 when stored, 0 when fenced out.
-local function save(k, a)
-  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
-  if h[1] ~= 'leased' or h[2] ~= a.attempt then
-    return 0
-  end
-  if a.terminal == '1' then
-    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status, 'state', 'done')
-    ended(k, a.retention, a.owner, a.task_id, a.status)
-  else
-    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
-    if h[3] == '1' and a.status == 'running' then
-      -- cancel was asked before this attempt started: tell its worker again
-      redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
-    end
-  end
-  return 1
-end
-
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
 -- starts a fresh history. `event` is the event after its seq, built by the caller:
@@ -191,31 +168,6 @@ local function emit(seq_key, history_key, event, s, keep, channel)
   end
   redis.call(s.publish_command or 'PUBLISH', channel, message)
   return seq
-end
-
--- The settings `emit` takes, from a named call's arguments.
-local function history_settings(a)
-  local size = tonumber(a.history_size)
-  return {history_size = a.history_size, trim_above = size + math.max(1, math.floor(size / 10)), expiry = a.ttl,
-    publish_command = a.publish_command}
-end
-
--- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
--- is stored, or this revision was already published): that is what keeps a worker that lost
--- its lease from reaching a client, and a retried publish from repeating.
--- keys: seq, history, task (may not exist)
--- args: revision, event (see `emit`), history_size, ttl (s: the seq's and history's expiry), channel
--- Returns the seq, or 0 when dropped.
-local function publish(k, a)
-  local rev = tonumber(a.revision)
-  if redis.call('EXISTS', k.task) == 1 then
-    local h = redis.call('HMGET', k.task, 'rev', 'pub')
-    if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
-      return 0
-    end
-    redis.call('HSET', k.task, 'pub', a.revision)
-  end
-  return emit(k.seq, k.history, a.event, history_settings(a), true, a.channel)
 end
 
 -- Store a new task, index it under its owner and queue it, unless the queue is full. It
@@ -327,7 +279,8 @@ end
 -- string: Redis's Lua hashes every byte of every string it makes, so an encoded batch cost its
 -- length once more, and its decoding a table insertion per field.
 
-local batched = {}
+-- (made with its four names, so that defining them does not grow it three times over)
+local batched = {progress = false, commit = false, submit = false, enqueue = false}
 
 -- This Redis's time in whole seconds (its text: `now`) and `refresh` seconds later (`renew_at`:
 -- when a commit that sets its identity's seq and history to expire asks to again, see
@@ -490,8 +443,10 @@ function batched.submit(shard, s, r, key)
 end
 
 -- Each batched operation's number of keys and of other fields (its ROW line: keys first).
-local ROW_SIZES = {commit = {5, 11}, progress = {3, 6}, submit = {6, 10}, enqueue = {6, 10}}
-local COMMITS = {commit = true, progress = true}
+-- (Two flat tables, not one of pairs: Redis runs the whole script on every call, and each table
+-- made costs ~1,000 instructions with the garbage collector's share.)
+local ROW_KEYS = {commit = 5, progress = 3, submit = 6, enqueue = 6}
+local ROW_FIELDS = {commit = 11, progress = 6, submit = 10, enqueue = 10}
 
 -- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
 -- row's answer, an error reply among the others' answers.
@@ -508,8 +463,8 @@ local function batch()
   local at, key, n = 13, 10, #ARGV  -- the next row's name in ARGV, its first key in KEYS
   while at <= n do
     local op = ARGV[at]
-    local size = ROW_SIZES[op]
-    if not size then
+    local fields = ROW_FIELDS[op]
+    if not fields then
       -- where the next row starts is unknown: the call fails (_calls.py sends no such row)
       return redis.error_reply('progressq: no batched operation ' .. tostring(op))
     end
@@ -517,8 +472,8 @@ local function batch()
     -- commit's row (most rows) is read where it lies in ARGV instead, from `at`: a table for
     -- each cost ~1,500 instructions
     local row = at
-    if not COMMITS[op] then
-      row = {unpack(ARGV, at, at + size[2])}
+    if op ~= 'progress' and op ~= 'commit' then
+      row = {unpack(ARGV, at, at + fields)}
     end
     local ok, answer = pcall(batched[op], shard, s, row, key)
     if ok then
@@ -528,15 +483,17 @@ local function batch()
     else
       answers[#answers + 1] = redis.error_reply(tostring(answer))
     end
-    at = at + 1 + size[2]
-    key = key + size[1]
+    at = at + 1 + fields
+    key = key + ROW_KEYS[op]
   end
   return answers
 end
 
 -- A batch is run here, before the named operations below are defined: Redis runs the whole
 -- script on every call, and making their functions and their table cost each batch about 18,000
--- instructions (a tenth of a batch of one row).
+-- instructions (a tenth of a batch of one row). So is every function only they use (`save`,
+-- `publish`): each function or table the script makes costs a call ~1,000 instructions with the
+-- garbage collector's share, a batch of no rows ~77,000 all told, ~39,000 of them the call's own.
 if ARGV[1] == 'batch' then
   return batch()
 end
@@ -545,8 +502,54 @@ end
 
 local operations = {}
 
-operations.save = save
-operations.publish = publish
+-- Store a task's state when the writer holds the current attempt (fencing).
+-- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
+-- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
+--       task_id, owner
+-- Returns 1 when stored, 0 when fenced out.
+function operations.save(k, a)
+  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
+  if h[1] ~= 'leased' or h[2] ~= a.attempt then
+    return 0
+  end
+  if a.terminal == '1' then
+    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status, 'state', 'done')
+    ended(k, a.retention, a.owner, a.task_id, a.status)
+  else
+    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
+    if h[3] == '1' and a.status == 'running' then
+      -- cancel was asked before this attempt started: tell its worker again
+      redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
+    end
+  end
+  return 1
+end
+
+-- The settings `emit` takes, from a named call's arguments.
+local function history_settings(a)
+  local size = tonumber(a.history_size)
+  return {history_size = a.history_size, trim_above = size + math.max(1, math.floor(size / 10)), expiry = a.ttl,
+    publish_command = a.publish_command}
+end
+
+-- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
+-- is stored, or this revision was already published): that is what keeps a worker that lost
+-- its lease from reaching a client, and a retried publish from repeating.
+-- keys: seq, history, task (may not exist)
+-- args: revision, event (see `emit`), history_size, ttl (s: the seq's and history's expiry), channel
+-- Returns the seq, or 0 when dropped.
+function operations.publish(k, a)
+  local rev = tonumber(a.revision)
+  if redis.call('EXISTS', k.task) == 1 then
+    local h = redis.call('HMGET', k.task, 'rev', 'pub')
+    if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
+      return 0
+    end
+    redis.call('HSET', k.task, 'pub', a.revision)
+  end
+  return emit(k.seq, k.history, a.event, history_settings(a), true, a.channel)
+end
+
 
 -- Store a task's state (queued) and queue it again, if the writer holds the current attempt:
 -- first in its owner's waiting list (it had its turn already), or, when it is to run later (a
