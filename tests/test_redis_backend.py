@@ -454,7 +454,8 @@ async def test_a_cancel_asked_before_an_attempts_first_commit_is_told_again_by_t
             lease = await backend.queue.lease()
             assert lease is not None
             outcome = await backend.queue.request_cancel("task-0", "alice")
-            assert outcome is not None and outcome.result == "requested"
+            assert outcome is not None
+            assert outcome.result == "requested"
             await heard(1)
             running = lease.record.evolve(status="running")
             assert await backend.save_and_publish(lease, running, running.view_json())
