@@ -182,13 +182,10 @@ class _Calls:
         sent: Awaitable[Any] = self.script(keys=keys, args=args)
         return sent
 
-    def commit_row(
-        self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool, restated: bool = True
-    ) -> _Row:
+    def commit_row(self, lease: Lease, record: TaskRecord, view: bytes, *, finish: bool, restated: bool = True) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
-        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged). Without
-        ``restated`` (the status is the one this attempt stored last) a progress row leaves the
-        status out, and the script does not read the cancel flag for it."""
+        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged). Not
+        ``restated`` (this attempt stored that status last), a progress row leaves it out."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
         ends = finish or record.finished
@@ -197,7 +194,7 @@ class _Calls:
             _record_encoder.encode(record),
             str(record.revision),
             record.status if restated or ends else "",
-            event_text("taskProgress", record.id, record.revision, view_json),
+            event_text("taskProgress", record.id, record.revision, view),
             channel,
         ]
         task = self._keys.task(record.id)
