@@ -189,11 +189,8 @@ class Connection:
             if type(send) is not CoroutineType:
                 send = _inline.awaiting(send)
             context = contextvars.copy_context()
-            try:
-                yielded = context.run(send.send, None)
-            except StopIteration:
-                pass
-            else:
+            yielded = context.run(next, send.__await__(), _inline.FINISHED)  # ``_inline.first_step``
+            if yielded is not _inline.FINISHED:
                 self._carry = (_inline.Unfinished(send, yielded, context), [])
                 self._start_writer()
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem

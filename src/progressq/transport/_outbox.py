@@ -10,7 +10,7 @@ import msgspec
 
 from progressq._counters import delivery
 from progressq.contracts import Event
-from progressq.messages import frame_event
+from progressq.messages import frame_event_text
 
 __all__ = ("IdentitySink", "Outbox", "SlowConsumer")
 
@@ -215,7 +215,7 @@ class IdentitySink:
             if newer is not None:
                 if event.revision < newer[0]:
                     task_json = newer[1]
-                    frame = frame_event(event.kind, event.seq, task_json).decode()
+                    frame = frame_event_text(event.kind, event.seq, task_json)
                 else:
                     del self._fresher[event.task_id]
         self._outbox.put(frame, task_id=event.task_id, task_json=task_json)
