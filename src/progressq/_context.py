@@ -182,9 +182,13 @@ class TaskContext:
         if self._closed:
             return
         if percent > self._percent:
-            self._percent = float(percent)
+            self._percent = percent if kind is float else float(percent)
         if message is not None:
-            self._message = self._reported_message = str(message)[:_MAX_MESSAGE_LENGTH]
+            if type(message) is not str:  # calling ``str`` on a str costs a type call per report
+                message = str(message)
+            if len(message) > _MAX_MESSAGE_LENGTH:
+                message = message[:_MAX_MESSAGE_LENGTH]
+            self._message = self._reported_message = message
         self._dirty = True
         now = time.monotonic()
         if now < self._next_emit:

@@ -20,7 +20,9 @@ class _IdentityState:
     def __init__(self) -> None:
         self.seq = 0
         self.history: deque[Event] | None = None
-        self.sinks: set[EventSink] = set()
+        # A tuple, replaced on attach and detach (rare): an event reads its one sink without
+        # iterating a set, and a delivery that attaches or detaches changes no tuple in use.
+        self.sinks: tuple[EventSink, ...] = ()
 
 
 class MemoryClientRegistry:
@@ -61,11 +63,10 @@ class MemoryClientRegistry:
             history = state.history = deque(maxlen=self._history_size)
         history.append(event)
         sinks = state.sinks
-        if len(sinks) == 1:  # the common case: one connection; no copy of the set to iterate
-            (sink,) = sinks
-            sink.deliver(event)
-        else:  # a copy: a delivery may (indirectly) attach or detach a sink
-            for sink in tuple(sinks):
+        if len(sinks) == 1:  # the common case: one connection
+            sinks[0].deliver(event)
+        else:
+            for sink in sinks:
                 sink.deliver(event)
         # Every connection has sent or queued the frame by now: history keeps the view, not a
         # second copy of it as text (a replay frames it again), so that 1,000 events of
@@ -82,14 +83,14 @@ class MemoryClientRegistry:
         if not state.sinks:
             self._connected_identities += 1
         if sink not in state.sinks:
-            state.sinks.add(sink)
+            state.sinks += (sink,)
             self._connections += 1
 
     async def detach(self, identity: str, sink: EventSink) -> None:
         state = self._states.get(identity)
         if state is None or sink not in state.sinks:
             return
-        state.sinks.discard(sink)
+        state.sinks = tuple(attached for attached in state.sinks if attached is not sink)
         self._connections -= 1
         if not state.sinks:
             self._connected_identities -= 1

@@ -178,8 +178,7 @@ class MemoryTaskQueue(QueueDefaults):
     def save_now(self, lease: Lease, record: TaskRecord) -> bool:
         """:meth:`save` without a coroutine (nothing in it waits), for the backend's
         ``save_and_publish``."""
-        # ``_holds``, spelled out: a call less on every progress report.
-        leased = lease.record
+        leased = lease.record  # ``_holds``, spelled out: a call less on every progress report
         current = self._records.get(leased.id)
         if current is None or current.attempt != leased.attempt or current.status in TERMINAL_STATUSES:
             return False
@@ -379,16 +378,14 @@ class MemoryBackend(BackendDefaults):
     ) -> bool:
         """``save``, ``publish`` (``taskProgress``) and, with ``finish``, ``finish``, as the
         default does them, in one call that never suspends."""
-        if not self._queue.save_now(lease, record):
+        if not self.save_and_publish_now(lease, record, view_json):
             return False
-        self._registry.publish_now(record.owner, "taskProgress", record.id, record.revision, view_json)
         if finish:
             self._queue.finish_now(lease)
         return True
 
     def save_and_publish_now(self, lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
-        """:meth:`save_and_publish` without ``finish``, as a plain call: a task's progress
-        reports call it directly (see ``TaskContext``), without a coroutine per report."""
+        """:meth:`save_and_publish` without ``finish``: what a report calls (``TaskContext``)."""
         if not self._queue.save_now(lease, record):
             return False
         self._registry.publish_now(record.owner, "taskProgress", record.id, record.revision, view_json)
@@ -406,8 +403,7 @@ class MemoryBackend(BackendDefaults):
         self._queue.close()
 
 
-# The twin a task's context calls instead of awaiting ``save_and_publish``: only while that
-# method is this one (a subclass's override, or one set on an instance, carries no twin).
+# Called by a task's reports instead of awaiting the method: an override carries no twin.
 MemoryBackend.save_and_publish.plain_twin = MemoryBackend.save_and_publish_now  # type: ignore[attr-defined]
 
 if TYPE_CHECKING:  # mypy proves that the memory backend satisfies the contracts
