@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from progressq.messages import EVENT_START, TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode
+from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode, frame_event_text
 
 __all__ = (
     "CancelOutcome",
@@ -100,8 +100,8 @@ class Event(msgspec.Struct, eq=False, gc=False):
     @property
     def frame(self) -> str:
         text = self.frame_text
-        if text is None:  # ``frame_event_text``, spelled out: a call less on every event
-            text = self.frame_text = f'{EVENT_START[self.kind]}{self.seq},"task":{self.task_json.decode()}}}'
+        if text is None:
+            text = self.frame_text = frame_event_text(self.kind, self.seq, self.task_json)
         return text
 
     def __repr__(self) -> str:

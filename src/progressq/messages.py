@@ -191,14 +191,13 @@ def frame_event(kind: EventType, seq: int, task_json: bytes) -> bytes:
     return _EVENT_FORMAT[kind] % (seq, task_json)
 
 
-EVENT_START: dict[str, str] = {
+_EVENT_START: dict[str, str] = {
     "taskQueued": '{"type":"taskQueued","seq":',
     "taskProgress": '{"type":"taskProgress","seq":',
 }
-"""The text of an event's frame before its ``seq``, by kind (for :func:`frame_event_text`)."""
 
 
 def frame_event_text(kind: EventType, seq: int, task_json: bytes) -> str:
     """:func:`frame_event` as text, what a WebSocket sends: the pieces joined as a string at
     once (an f-string), cheaper than formatting bytes and decoding them."""
-    return f'{EVENT_START[kind]}{seq},"task":{task_json.decode()}}}'
+    return f'{_EVENT_START[kind]}{seq},"task":{task_json.decode()}}}'

@@ -184,7 +184,10 @@ class IdentitySink:
             self._forward(event)
         elif event.seq > self._watermark:  # ``_forward`` without a snapshot to repair from
             self._watermark = event.seq
-            self._outbox.put(event.frame, event.task_id, event.task_json)
+            frame = event.frame_text
+            if frame is None:  # ``event.frame`` spelled out: a property is called from C, a frame of its own
+                frame = event.frame_text = frame_event_text(event.kind, event.seq, event.task_json)
+            self._outbox.put(frame, event.task_id, event.task_json)
 
     def resync(self) -> None:
         """The identity's history was lost: hold what arrives until a new snapshot is sent
