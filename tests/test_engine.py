@@ -1115,6 +1115,20 @@ async def test_idle_identities_beyond_the_bound_are_forgotten() -> None:
     assert await registry.current_seq("newest") == 1
 
 
+async def test_an_identity_that_just_disconnected_counts_as_recently_active() -> None:
+    """Being connected is being active: an identity whose connection just went is kept over
+    one idle since before then, however long ago its own last event was."""
+    registry = MemoryClientRegistry(max_identities=2)
+    sink = RecordingSink()
+    await registry.attach("left", sink)
+    await _publish(registry, "left", 1)
+    await _publish(registry, "idle", 1)  # after "left"'s last event...
+    await registry.detach("left", sink)  # ...but "left" was connected until now
+    await _publish(registry, "third", 1)
+    assert await registry.current_seq("idle") == 0
+    assert await registry.current_seq("left") == 1
+
+
 async def test_an_identity_is_not_forgotten_while_it_is_being_created() -> None:
     """When every remembered identity is connected, a new one must still get its own sequence."""
     registry = MemoryClientRegistry(max_identities=2)

@@ -31,8 +31,8 @@ class MemoryClientRegistry:
     Args:
         history_size: events kept per identity for resuming.
         max_identities: identities remembered; the least recently active ones without a
-            connection are forgotten first (their ``seq`` then starts again at 1, and a
-            resume from before answers with a snapshot).
+            connection (being connected is being active) are forgotten first (their ``seq``
+            then starts again at 1, and a resume from before answers with a snapshot).
     """
 
     def __init__(self, *, history_size: int = 1000, max_identities: int = 100_000) -> None:
@@ -54,7 +54,7 @@ class MemoryClientRegistry:
         if state is None:
             state = self._states[identity] = _IdentityState()
             self._forget_idle(keep=identity)
-        else:
+        elif not state.sinks:  # a connected identity is never forgotten: ``detach`` marks it active
             self._states.move_to_end(identity)
         state.seq += 1
         event = Event(state.seq, kind, task_id, revision, task_json)
@@ -94,6 +94,7 @@ class MemoryClientRegistry:
         self._connections -= 1
         if not state.sinks:
             self._connected_identities -= 1
+            self._states.move_to_end(identity)  # active until now: idle from here on
 
     async def current_seq(self, identity: str) -> int:
         state = self._states.get(identity)
