@@ -332,6 +332,60 @@ async def test_progress_never_decreases_within_an_attempt() -> None:
     assert (running[3].progress, running[3].message) == (50.0, "at 30")
 
 
+async def test_memory_backend_reports_are_committed_by_its_plain_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report on the memory backend calls its ``save_and_publish_now`` directly (no
+    coroutine), and that commits, fenced and published, exactly as ``save_and_publish``."""
+    twin = MemoryBackend.save_and_publish_now
+    committed: list[float] = []
+
+    def counting_twin(self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        committed.append(record.progress)
+        return twin(self, lease, record, view_json)
+
+    monkeypatch.setattr(MemoryBackend.save_and_publish, "plain_twin", counting_twin)
+    hub = make_hub()
+
+    @hub.task("steps")
+    async def steps(ctx: TaskContext) -> None:
+        for percent in (10, 20, 30):
+            await ctx.report(percent, f"at {percent}")
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("steps", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    assert committed == [10, 20, 30]
+    running = [(v.progress, v.message) for v in sink.views(record.id) if v.status == "running"]
+    assert running == [(0.0, "started"), (10.0, "at 10"), (20.0, "at 20"), (30.0, "at 30")]
+    assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
+
+
+async def test_a_backend_overriding_save_and_publish_still_gets_every_report() -> None:
+    """The plain twin belongs to the memory backend's own ``save_and_publish``: a subclass
+    that overrides that method (to count, to wrap) is called for every report."""
+    seen: list[float] = []
+
+    class Counting(MemoryBackend):
+        async def save_and_publish(
+            self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+        ) -> bool:
+            seen.append(record.progress)
+            return await super().save_and_publish(lease, record, view_json, finish=finish)
+
+    hub = make_hub(backend=Counting())
+
+    @hub.task("steps")
+    async def steps(ctx: TaskContext) -> None:
+        for percent in (10, 20, 30):
+            await ctx.report(percent)
+
+    async with hub:
+        sink = await attach(hub)
+        record = await hub.submit("steps", owner=OWNER)
+        await wait_until(lambda: sink.has_status(record.id, "completed"))
+    assert seen == [0.0, 10, 20, 30, 100.0]  # started, three reports, completed
+
+
 async def test_report_refuses_a_bad_percent() -> None:
     hub = make_hub()
     outcomes: dict[str, str] = {}
@@ -1059,6 +1113,20 @@ async def test_idle_identities_beyond_the_bound_are_forgotten() -> None:
     assert await registry.current_seq("new") == 0
     assert await registry.current_seq("kept") == 1
     assert await registry.current_seq("newest") == 1
+
+
+async def test_an_identity_that_just_disconnected_counts_as_recently_active() -> None:
+    """Being connected is being active: an identity whose connection just went is kept over
+    one idle since before then, however long ago its own last event was."""
+    registry = MemoryClientRegistry(max_identities=2)
+    sink = RecordingSink()
+    await registry.attach("left", sink)
+    await _publish(registry, "left", 1)
+    await _publish(registry, "idle", 1)  # after "left"'s last event...
+    await registry.detach("left", sink)  # ...but "left" was connected until now
+    await _publish(registry, "third", 1)
+    assert await registry.current_seq("idle") == 0
+    assert await registry.current_seq("left") == 1
 
 
 async def test_an_identity_is_not_forgotten_while_it_is_being_created() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -299,6 +300,25 @@ async def test_start_finishes_a_coroutine_that_never_suspends() -> None:
 
     assert _inline.start(quick()) is None
     assert done == [1]
+
+
+def test_first_step_tells_a_finished_coroutine_from_one_that_yielded_and_raises_its_error() -> None:
+    async def returns_a_value() -> Any:
+        return 5  # not None: still finished
+
+    async def yields() -> None:
+        await asyncio.sleep(0)  # a bare yield: None
+
+    async def fails() -> None:
+        raise OSError("gone")
+
+    context = contextvars.copy_context()
+    assert _inline.first_step(returns_a_value(), context) is _inline.FINISHED
+    suspended = yields()
+    assert _inline.first_step(suspended, context) is None
+    suspended.close()
+    with pytest.raises(OSError, match="gone"):
+        _inline.first_step(fails(), context)
 
 
 @pytest.mark.anyio

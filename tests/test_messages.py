@@ -29,6 +29,7 @@ from progressq.messages import (
     decode_client_message,
     encode,
     frame_event,
+    frame_event_text,
 )
 
 ServerUnion = ConnectionMessage | SnapshotMessage | TaskQueuedMessage | TaskProgressMessage | PongMessage | ErrorMessage
@@ -249,6 +250,7 @@ def test_frame_event_equals_encoding_the_message(kind: Any, seq: int, view: Task
     framed = frame_event(kind, seq, encode(view))
     assert framed == encode(cls(seq=seq, task=view))
     assert _server_decoder.decode(framed) == cls(seq=seq, task=view)
+    assert frame_event_text(kind, seq, encode(view)) == framed.decode()  # the text a socket sends
 
 
 # --- client input -----------------------------------------------------------------------

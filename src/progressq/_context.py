@@ -102,6 +102,13 @@ class TaskContext:
         # a commit answered False (the lease was taken over), once.
         self._lease = lease
         self._save_and_publish = save_and_publish
+        # A backend whose ``save_and_publish`` never suspends (the memory backend's) may mark
+        # it with a ``plain_twin``, the same step as a plain call: a report then makes no
+        # coroutine for its commit.
+        twin = getattr(save_and_publish, "plain_twin", None)
+        self._save_and_publish_now: Callable[[Lease, TaskRecord, bytes], bool] | None = (
+            None if twin is None else twin.__get__(save_and_publish.__self__)  # type: ignore[attr-defined]
+        )
         self._on_lost = on_lost
         self._view = ProgressView(record)  # every record it commits differs in progress and message only
         self._interval = interval
@@ -175,29 +182,47 @@ class TaskContext:
         if self._closed:
             return
         if percent > self._percent:
-            self._percent = float(percent)
+            self._percent = percent if kind is float else float(percent)
         if message is not None:
-            self._message = self._reported_message = str(message)[:_MAX_MESSAGE_LENGTH]
+            if type(message) is not str:  # calling ``str`` on a str costs a type call per report
+                message = str(message)
+            if len(message) > _MAX_MESSAGE_LENGTH:
+                message = message[:_MAX_MESSAGE_LENGTH]
+            self._message = self._reported_message = message
         self._dirty = True
         now = time.monotonic()
         if now < self._next_emit:
             self._schedule_flush()
         elif not self._emitting:
-            # ``_emit``'s loop, spelled out here: one coroutine less on every report.
+            # ``_emit``'s loop, spelled out here: one coroutine less on every report. And the
+            # first record of it is ``_due``'s, spelled out too: this report is due (above).
             self._emitting = True
-            due = now  # ``now`` stays the report's time: the yielding below counts from it
+            self._dirty = False
+            self._next_emit = now + self._interval
+            last = self._record
+            record: TaskRecord | None = replace(
+                last, revision=last.revision + 1, progress=self._percent, message=self._message
+            )
+            commit_now = self._save_and_publish_now
             try:
-                while self._dirty and (record := self._due(due)) is not None:
+                while record is not None:
                     try:
-                        committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
+                        if commit_now is not None:
+                            committed = commit_now(self._lease, record, self._view.encode(record))
+                        else:
+                            committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                     except BaseException as exc:
                         self._not_committed(record, exc)
                         break
                     if committed and not backend_outage.ongoing:  # ``_committed``'s common case
                         self._record = record
-                        due = time.monotonic() if self._dirty else 0.0  # reported meanwhile?
+                        if not self._dirty:  # nothing reported meanwhile
+                            break
+                        due = time.monotonic()
                     else:
                         due = self._committed(record, committed)
+                    # ``now`` stays the report's time: the yielding below counts from it.
+                    record = self._due(due) if self._dirty else None
             finally:
                 self._emitting = False
                 if self._emitted is not None:

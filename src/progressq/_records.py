@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode, frame_event
+from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode, frame_event_text
 
 __all__ = (
     "CancelOutcome",
@@ -99,9 +99,10 @@ class Event(msgspec.Struct, eq=False, gc=False):
 
     @property
     def frame(self) -> str:
-        if self.frame_text is None:
-            self.frame_text = frame_event(self.kind, self.seq, self.task_json).decode()
-        return self.frame_text
+        text = self.frame_text
+        if text is None:
+            text = self.frame_text = frame_event_text(self.kind, self.seq, self.task_json)
+        return text
 
     def __repr__(self) -> str:
         return f"Event(seq={self.seq}, kind={self.kind!r}, task_id={self.task_id!r}, revision={self.revision})"

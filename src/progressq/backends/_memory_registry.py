@@ -20,7 +20,9 @@ class _IdentityState:
     def __init__(self) -> None:
         self.seq = 0
         self.history: deque[Event] | None = None
-        self.sinks: set[EventSink] = set()
+        # A tuple, replaced on attach and detach (rare): an event reads its one sink without
+        # iterating a set, and a delivery that attaches or detaches changes no tuple in use.
+        self.sinks: tuple[EventSink, ...] = ()
 
 
 class MemoryClientRegistry:
@@ -29,8 +31,8 @@ class MemoryClientRegistry:
     Args:
         history_size: events kept per identity for resuming.
         max_identities: identities remembered; the least recently active ones without a
-            connection are forgotten first (their ``seq`` then starts again at 1, and a
-            resume from before answers with a snapshot).
+            connection (being connected is being active) are forgotten first (their ``seq``
+            then starts again at 1, and a resume from before answers with a snapshot).
     """
 
     def __init__(self, *, history_size: int = 1000, max_identities: int = 100_000) -> None:
@@ -52,7 +54,7 @@ class MemoryClientRegistry:
         if state is None:
             state = self._states[identity] = _IdentityState()
             self._forget_idle(keep=identity)
-        else:
+        elif not state.sinks:  # a connected identity is never forgotten: ``detach`` marks it active
             self._states.move_to_end(identity)
         state.seq += 1
         event = Event(state.seq, kind, task_id, revision, task_json)
@@ -61,11 +63,10 @@ class MemoryClientRegistry:
             history = state.history = deque(maxlen=self._history_size)
         history.append(event)
         sinks = state.sinks
-        if len(sinks) == 1:  # the common case: one connection; no copy of the set to iterate
-            (sink,) = sinks
-            sink.deliver(event)
-        else:  # a copy: a delivery may (indirectly) attach or detach a sink
-            for sink in tuple(sinks):
+        if len(sinks) == 1:  # the common case: one connection
+            sinks[0].deliver(event)
+        else:
+            for sink in sinks:
                 sink.deliver(event)
         # Every connection has sent or queued the frame by now: history keeps the view, not a
         # second copy of it as text (a replay frames it again), so that 1,000 events of
@@ -82,17 +83,18 @@ class MemoryClientRegistry:
         if not state.sinks:
             self._connected_identities += 1
         if sink not in state.sinks:
-            state.sinks.add(sink)
+            state.sinks += (sink,)
             self._connections += 1
 
     async def detach(self, identity: str, sink: EventSink) -> None:
         state = self._states.get(identity)
         if state is None or sink not in state.sinks:
             return
-        state.sinks.discard(sink)
+        state.sinks = tuple(attached for attached in state.sinks if attached is not sink)
         self._connections -= 1
         if not state.sinks:
             self._connected_identities -= 1
+            self._states.move_to_end(identity)  # active until now: idle from here on
 
     async def current_seq(self, identity: str) -> int:
         state = self._states.get(identity)

@@ -7,9 +7,9 @@ The carrier is a :class:`Peer`: four methods. The connection owns the rest: the
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import copy_context
 from types import CoroutineType
 
 import anyio
@@ -69,6 +69,7 @@ _WRITER_LINGER = 0.25
 (the next message starts another). One that has sent more waits up to ``send_timeout`` after
 its last send. A busy connection keeps its writer; an idle one has none."""
 _FEW = 4
+_FINISHED = _inline.FINISHED
 
 
 class _Close(Exception):
@@ -188,12 +189,9 @@ class Connection:
             send = self._peer.send(text) if asgi_send is None else asgi_send({"type": "websocket.send", "text": text})
             if type(send) is not CoroutineType:
                 send = _inline.awaiting(send)
-            context = contextvars.copy_context()
-            try:
-                yielded = context.run(send.send, None)
-            except StopIteration:
-                pass
-            else:
+            context = copy_context()
+            yielded = context.run(next, send.__await__(), _FINISHED)  # ``_inline.first_step``
+            if yielded is not _FINISHED:
                 self._carry = (_inline.Unfinished(send, yielded, context), [])
                 self._start_writer()
         except Exception as exc:  # the peer is gone or broken; never the publisher's problem

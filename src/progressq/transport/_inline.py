@@ -25,7 +25,10 @@ from collections.abc import Awaitable, Coroutine, Generator
 from types import CoroutineType
 from typing import Any
 
-__all__ = ("Unfinished", "available", "start")
+__all__ = ("FINISHED", "Unfinished", "available", "first_step", "start")
+
+FINISHED: Any = object()
+"""What :func:`first_step` answers for a coroutine that finished without suspending."""
 
 
 def available() -> bool:
@@ -72,6 +75,17 @@ async def awaiting(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
+def first_step(coro: Coroutine[Any, Any, None], context: contextvars.Context) -> Any:
+    """Run ``coro`` in ``context`` up to its first suspension: what it yielded, or
+    :data:`FINISHED` if it finished. Raises what the coroutine raises.
+
+    Through the coroutine's iterator and ``next`` with a default rather than ``coro.send``: a
+    coroutine that returns then raises no ``StopIteration`` (whose exception and traceback
+    cost as much as the rest of a send that does nothing).
+    """
+    return context.run(next, coro.__await__(), FINISHED)
+
+
 def start(send: Awaitable[None]) -> Unfinished | None:
     """Run ``send`` until it finishes (None) or first suspends (the rest to await).
 
@@ -82,8 +96,5 @@ def start(send: Awaitable[None]) -> Unfinished | None:
     """
     coro = send if type(send) is CoroutineType else awaiting(send)
     context = contextvars.copy_context()
-    try:
-        yielded = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    return Unfinished(coro, yielded, context)
+    yielded = first_step(coro, context)
+    return None if yielded is FINISHED else Unfinished(coro, yielded, context)

@@ -10,7 +10,7 @@ import msgspec
 
 from progressq._counters import delivery
 from progressq.contracts import Event
-from progressq.messages import frame_event
+from progressq.messages import frame_event_text
 
 __all__ = ("IdentitySink", "Outbox", "SlowConsumer")
 
@@ -184,7 +184,10 @@ class IdentitySink:
             self._forward(event)
         elif event.seq > self._watermark:  # ``_forward`` without a snapshot to repair from
             self._watermark = event.seq
-            self._outbox.put(event.frame, event.task_id, event.task_json)
+            frame = event.frame_text
+            if frame is None:  # ``event.frame`` spelled out: a property is called from C, a frame of its own
+                frame = event.frame_text = frame_event_text(event.kind, event.seq, event.task_json)
+            self._outbox.put(frame, event.task_id, event.task_json)
 
     def resync(self) -> None:
         """The identity's history was lost: hold what arrives until a new snapshot is sent
@@ -215,7 +218,7 @@ class IdentitySink:
             if newer is not None:
                 if event.revision < newer[0]:
                     task_json = newer[1]
-                    frame = frame_event(event.kind, event.seq, task_json).decode()
+                    frame = frame_event_text(event.kind, event.seq, task_json)
                 else:
                     del self._fresher[event.task_id]
         self._outbox.put(frame, task_id=event.task_id, task_json=task_json)
