@@ -433,6 +433,52 @@ async def test_save_and_publish_is_fenced_and_acknowledges_only_with_finish(make
         assert (await backend.queue.statistics()).running == 0
 
 
+async def test_a_cancel_asked_before_an_attempts_first_commit_is_told_again_by_that_commit_only(make: Make) -> None:
+    # The worker may not listen for its task's cancel yet when it is asked between the take and
+    # the attempt's first commit: that commit tells it again. A later report carries no status
+    # (it is stored already) and tells nothing.
+    async with make() as backend:
+        listener = backend.client.pubsub()
+        await listener.subscribe(f"{backend.prefix}:cancel")
+        told: list[bytes] = []
+
+        async def heard(count: int) -> None:
+            with anyio.fail_after(PATIENCE):
+                while len(told) < count:
+                    message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    if message is not None:
+                        told.append(message["data"])
+
+        try:
+            await _submit(backend, _record())
+            lease = await backend.queue.lease()
+            assert lease is not None
+            outcome = await backend.queue.request_cancel("task-0", "alice")
+            assert outcome is not None
+            assert outcome.result == "requested"
+            await heard(1)
+            running = lease.record.evolve(status="running")
+            assert await backend.save_and_publish(lease, running, running.view_json())
+            await heard(2)
+            for percent in (10.0, 20.0):
+                running = running.evolve(progress=percent)
+                assert await backend.save_and_publish(lease, running, running.view_json())
+            done = running.evolve(status="failed", finished_at=datetime.now(UTC))
+            assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)  # told nothing either
+            stored = await backend.queue.get("task-0")
+            assert stored is not None
+            assert (stored.status, stored.progress) == ("failed", 20.0)
+            assert await backend.client.hget(f"{backend.prefix}:task:task-0", "status") == b"failed"
+            # a message of our own, after the commits: what they told arrived before it
+            await backend.client.publish(f"{backend.prefix}:cancel", "end")
+            await heard(3)
+            while told[-1] != b"end":
+                await heard(len(told) + 1)
+            assert told == [b"task-0", b"task-0", b"end"]
+        finally:
+            await listener.aclose()
+
+
 async def test_the_seq_and_history_expire_from_history_ttl_to_a_tenth_more_after_the_last_event(make: Make) -> None:
     # A commit sets them to expire (history_ttl + refresh) only when its task has not for
     # `refresh` seconds (a tenth of history_ttl here), and at the task's end.
@@ -455,9 +501,10 @@ async def test_the_seq_and_history_expire_from_history_ttl_to_a_tenth_more_after
         record = record.evolve(progress=10.0)
         assert await backend.save_and_publish(lease, record, record.view_json())
         assert all(100 <= ttl <= 105 for ttl in await ttls())
-        # as if 60 s passed since this task set them: set again, history_ttl from now at least
+        # as if 60 s passed since this task set them (it is due to again now): set again,
+        # history_ttl from now at least
         now = int((await client.time())[0])
-        await client.hset(task, "kept", str(now - 60))
+        await client.hset(task, "renew", str(now))
         for key in keys:
             await client.expire(key, 50)
         record = record.evolve(progress=20.0)
@@ -586,9 +633,12 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
         assert in_lua is not None
         assert tuple(in_lua.group(1).split()) == listed
     # the script steps from row to row by each operation's count of keys and of other fields
-    sizes = re.search(r"^local ROW_SIZES = \{(.+)\}$", script, re.M)
-    assert sizes is not None
-    in_sizes = {op: (int(k), int(f)) for op, k, f in re.findall(r"(\w+) = \{(\d+), (\d+)\}", sizes.group(1))}
+    in_sizes: dict[str, tuple[int, ...]] = {}
+    for table in ("ROW_KEYS", "ROW_FIELDS"):
+        sizes = re.search(rf"^local {table} = \{{(.+)\}}$", script, re.M)
+        assert sizes is not None
+        for op, size in re.findall(r"(\w+) = (\d+)", sizes.group(1)):
+            in_sizes[op] = (*in_sizes.get(op, ()), int(size))
     layouts = {
         op: (fields.index("history"), len(fields) - 1 - fields.index("history")) for op, fields in _ROW_LAYOUTS.items()
     }

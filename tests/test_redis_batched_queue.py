@@ -129,7 +129,7 @@ async def test_the_running_commit_leaves_the_expiry_its_submit_set(make: Make) -
         client = backend.client
         keys = [f"{backend.prefix}:seq:alice", f"{backend.prefix}:recent:alice"]
         await backend.enqueue_and_announce(_record("alice", 0), max_unfinished=None)
-        assert await client.hget(f"{backend.prefix}:task:task-alice-0", "kept") is not None
+        assert await client.hget(f"{backend.prefix}:task:task-alice-0", "renew") is not None
         for key in keys:  # as if 5 s passed since the submit
             await client.expire(key, 105)
         lease = await backend.queue.lease()

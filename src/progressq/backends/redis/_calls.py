@@ -52,13 +52,11 @@ _NEW_TASK_ROW = (
 _ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
     "commit": (
         "op", "task", "owner_tasks", "waiting", "seq", "history",
-        "attempt", "record", "revision", "status", "task_id", "event", "channel", "terminal", "owner", "finish",
+        "attempt", "record", "revision", "status", "event", "channel", "task_id", "terminal", "owner", "finish",
         "entry",
     ),
     # a commit that neither ends its task nor acknowledges it: a `commit` row's first fields
-    "progress": (
-        "op", "task", "seq", "history", "attempt", "record", "revision", "status", "task_id", "event", "channel",
-    ),
+    "progress": ("op", "task", "seq", "history", "attempt", "record", "revision", "status", "event", "channel"),
     "submit": _NEW_TASK_ROW,
     "enqueue": _NEW_TASK_ROW,
 }  # fmt: skip
@@ -191,24 +189,25 @@ class _Calls:
         sent: Awaitable[Any] = self.script(keys=keys, args=args)
         return sent
 
-    def commit_row(self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool) -> _Row:
+    def commit_row(self, lease: Lease, record: TaskRecord, view: bytes, *, finish: bool, restated: bool = True) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
-        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged)."""
+        (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged). Not
+        ``restated`` (this attempt stored that status last), a progress row leaves it out."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
+        ends = finish or record.finished
         fields: list[_Value] = [
             str(lease.record.attempt),
             _record_encoder.encode(record),
             str(record.revision),
-            record.status,
-            record.id,
-            event_text("taskProgress", record.id, record.revision, view_json),
+            record.status if restated or ends else "",
+            event_text("taskProgress", record.id, record.revision, view),
             channel,
         ]
         task = self._keys.task(record.id)
-        if not (finish or record.finished):
+        if not ends:
             return "progress", (task, seq, history), fields
-        fields += ["1" if record.finished else "", owner, "1" if finish else "", lease.token]
+        fields += [record.id, "1" if record.finished else "", owner, "1" if finish else "", lease.token]
         return "commit", (task, owner_tasks, waiting, seq, history), fields
 
     def submit_row(self, record: TaskRecord, max_unfinished: int | None) -> _Row:

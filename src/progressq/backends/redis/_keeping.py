@@ -29,14 +29,15 @@ logger = logging.getLogger("progressq.redis")
 class _Held:
     """A lease this process holds, kept alive by the heartbeat."""
 
-    __slots__ = ("attempt", "cancel_told", "entry", "shard", "status")
+    __slots__ = ("attempt", "cancel_told", "committed", "entry", "shard", "status")
 
     def __init__(self, entry: str, attempt: int, status: str, shard: int) -> None:
         self.entry = entry
         self.attempt = attempt
-        self.status = status
+        self.status = status  # as this attempt last stored it (or as taken)
         self.shard = shard
         self.cancel_told = False
+        self.committed = False  # a commit of this attempt was stored
 
 
 class _CancelSubscription(_Subscription):

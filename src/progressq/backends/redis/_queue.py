@@ -157,7 +157,13 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         to the old generation, and the full passes that follow scan every object of the
         process (thousands of connections' worth). One coroutine less per event in flight."""
         shard = self._shards.of_owner(record.owner)
-        row = self._calls[shard].commit_row(lease, record, view_json, finish=finish)
+        held = self._held.get(record.id)
+        # the status goes to Redis with the attempt's first commit (which tells a cancel asked
+        # meanwhile again) and when it changes; a report leaves it out (the script's `commit`)
+        restated = (
+            held is None or held.attempt != lease.record.attempt or not held.committed or held.status != record.status
+        )
+        row = self._calls[shard].commit_row(lease, record, view_json, finish=finish, restated=restated)
         return self._save_by(self._batchers[shard].submit(row), lease, record, finish=finish)
 
     async def _save_by(self, answering: Awaitable[Any], lease: Lease, record: TaskRecord, *, finish: bool) -> bool:
@@ -183,6 +189,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
             self._drop(lease)
         elif held is not None and held.attempt == lease.record.attempt:
             held.status = record.status
+            held.committed = True
         return True
 
     async def finish(self, lease: Lease) -> None:

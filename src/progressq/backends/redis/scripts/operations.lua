@@ -24,29 +24,6 @@
 -- Publishing uses the optional argument publish_command: SPUBLISH on Redis Cluster (sharded
 -- pub/sub), else PUBLISH.
 
--- Store a task's state when the writer holds the current attempt (fencing).
--- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
--- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
---       task_id, owner
--- Returns 1 when stored, 0 when fenced out.
-local function save(k, a)
-  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
-  if h[1] ~= 'leased' or h[2] ~= a.attempt then
-    return 0
-  end
-  if a.terminal == '1' then
-    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status, 'state', 'done')
-    ended(k, a.retention, a.owner, a.task_id, a.status)
-  else
-    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
-    if h[3] == '1' and a.status == 'running' then
-      -- cancel was asked before this attempt started: tell its worker again
-      redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
-    end
-  end
-  return 1
-end
-
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
 -- starts a fresh history. `event` is the event after its seq, built by the caller:
@@ -78,31 +55,6 @@ local function emit(seq_key, history_key, event, s, keep, channel)
   return seq
 end
 
--- The settings `emit` takes, from a named call's arguments.
-local function history_settings(a)
-  local size = tonumber(a.history_size)
-  return {history_size = a.history_size, trim_above = size + math.max(1, math.floor(size / 10)), expiry = a.ttl,
-    publish_command = a.publish_command}
-end
-
--- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
--- is stored, or this revision was already published): that is what keeps a worker that lost
--- its lease from reaching a client, and a retried publish from repeating.
--- keys: seq, history, task (may not exist)
--- args: revision, event (see `emit`), history_size, ttl (s: the seq's and history's expiry), channel
--- Returns the seq, or 0 when dropped.
-local function publish(k, a)
-  local rev = tonumber(a.revision)
-  if redis.call('EXISTS', k.task) == 1 then
-    local h = redis.call('HMGET', k.task, 'rev', 'pub')
-    if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
-      return 0
-    end
-    redis.call('HSET', k.task, 'pub', a.revision)
-  end
-  return emit(k.seq, k.history, a.event, history_settings(a), true, a.channel)
-end
-
 -- --- Batched calls ---------------------------------------------------------------------
 
 -- The shard's own keys, KEYS[1 ..] of every batch, in this order (_calls.py: _SHARD_KEYS).
@@ -114,8 +66,8 @@ end
 -- Each row's fields, in order: its name, its keys (taken from KEYS in turn: the operation gets
 -- the index of the first), then its other fields (from ARGV in turn: r[2], r[3] ...). _calls.py
 -- builds the rows from the same lists (_ROW_LAYOUTS), and a test checks that the two agree.
--- ROW commit: op task owner_tasks waiting seq history attempt record revision status task_id event channel terminal owner finish entry
--- ROW progress: op task seq history attempt record revision status task_id event channel
+-- ROW commit: op task owner_tasks waiting seq history attempt record revision status event channel task_id terminal owner finish entry
+-- ROW progress: op task seq history attempt record revision status event channel
 -- ROW submit: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
 -- ROW enqueue: op task owner_tasks waiting unique seq history task_id record owner created revision run_at unique_key limit event channel
 -- Every field is a string, as ARGV holds them: a flag is '1' or '' (both true in Lua: compare),
@@ -124,15 +76,26 @@ end
 -- string: Redis's Lua hashes every byte of every string it makes, so an encoded batch cost its
 -- length once more, and its decoding a table insertion per field.
 
-local batched = {}
+-- (made with its four names, so that defining them does not grow it three times over)
+local batched = {progress = false, commit = false, submit = false, enqueue = false}
 
--- The time of this Redis in whole seconds (its text, its number), read once per batch.
-local function now(s)
+-- This Redis's time in whole seconds (its text: `now`) and `refresh` seconds later (`renew_at`:
+-- when a commit that sets its identity's seq and history to expire asks to again, see
+-- `commit`), read once per batch, by the first row that needs them.
+local function clock(s)
   if not s.now then
-    s.now_text = redis.call('TIME')[1]
-    s.now = tonumber(s.now_text)
+    s.now = redis.call('TIME')[1]
+    s.renew_at = string.format('%d', tonumber(s.now) + s.refresh)
   end
   return s.now
+end
+
+-- Whether the decimal text `a` is at least `b` (both whole and non-negative, without leading
+-- zeros): by their lengths, then as strings. `tonumber` parses with strtod, twice, and a commit
+-- compared three numbers.
+local function at_least(a, b)
+  local la, lb = #a, #b
+  return la > lb or (la == lb and a >= b)
 end
 
 -- Save a task's new state and publish it to its owner in one step (and, for a `commit` row with
@@ -140,32 +103,45 @@ end
 -- cost eleven (one read of the task's hash and one write, for the fencing and the staleness
 -- check both). A fenced-out save publishes and acknowledges nothing.
 -- The owner's seq and history are kept `expiry` seconds after the event (`emit`), but set to
--- expire only when this task has not done so for `refresh` seconds (the task's `kept`: when it
--- last did), and at its end: each event is then kept at least `expiry - refresh` seconds (the
--- history_ttl) and at most `expiry`, for two commands an event fewer.
+-- expire only when this task has not done so for `refresh` seconds (the task's `renew`: when it
+-- is to again), and at its end: each event is then kept at least `expiry - refresh` seconds
+-- (the history_ttl) and at most `expiry`, for two commands an event fewer.
+-- A row's `status` is '' when it is the task's stored one already (the worker sends it with an
+-- attempt's first commit and when it changes): the fence then reads four fields, not five (the
+-- cancel flag only with a status), and the write leaves it alone; a `commit` row always has it.
 -- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
--- its fields are the first of a `commit` row's, without the keys and values only an end needs.
--- `ending` (a `commit` row's): its keys owner_tasks and waiting, else nil.
--- Returns {0, 0} when fenced out, else {1, seq} (seq 0: the event was dropped as stale).
-local function commit(shard, s, r, task, seq_key, history_key, ending)
-  local revision, status, task_id = r[4], r[5], r[6]
+-- its fields are the first of a `commit` row's, without the keys and values only an end (or
+-- a cancel told again, rare) needs.
+-- `at`: where the row's name is in ARGV, its fields after it (ROW); `ending` (a `commit` row's):
+-- its keys owner_tasks and waiting, else nil.
+-- Returns 0 when fenced out, else 1 (whether or not the event was dropped as stale): a number,
+-- not a table, since Redis turns a table into its reply by asking it for half a dozen special
+-- fields first (err, ok, double, map ...), several thousand instructions a row.
+local function commit(shard, s, at, task, seq_key, history_key, ending)
+  local attempt, record, revision, status, event, channel = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
+    ARGV[at + 5], ARGV[at + 6]
   local h
   if ending then  -- and what `ended` frees (read here, not by a command of its own)
-    h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'kept', 'uniq', 'ukey')
+    h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew', 'uniq', 'ukey')
   else
-    h = redis.call('HMGET', task, 'state', 'attempt', 'cancel', 'pub', 'kept')
+    h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew')
   end
-  if h[1] ~= 'leased' or h[2] ~= r[2] then
-    return {0, 0}
+  if h[1] ~= 'leased' or h[2] ~= attempt then
+    return 0
   end
   -- this revision not published yet (a commit sent again after a lost answer may have been)
-  local fresh = tonumber(h[4] or '0') < tonumber(revision)
-  local terminal = ending and r[9] == '1'
-  local keep = fresh and (terminal or not h[5] or now(s) >= tonumber(h[5]) + s.refresh)
-  if fresh and not terminal and not keep then  -- a progress report, most of the time
-    redis.call('HSET', task, 'data', r[3], 'rev', revision, 'status', status, 'pub', revision)
+  local fresh = not h[3] or not at_least(h[3], revision)
+  local terminal = ending and ARGV[at + 8] == '1'
+  local keep = fresh and (terminal or not h[4] or at_least(clock(s), h[4]))
+  if fresh and not terminal and not keep and status == '' then  -- a progress report, most of the time
+    redis.call('HSET', task, 'data', record, 'rev', revision, 'pub', revision)
   else
-    local fields, n = {task, 'data', r[3], 'rev', revision, 'status', status}, 7
+    local fields, n = {task, 'data', record, 'rev', revision}, 5
+    if status ~= '' then
+      fields[n + 1] = 'status'
+      fields[n + 2] = status
+      n = n + 2
+    end
     if terminal then
       fields[n + 1] = 'state'
       fields[n + 2] = 'done'
@@ -177,9 +153,9 @@ local function commit(shard, s, r, task, seq_key, history_key, ending)
       n = n + 2
     end
     if keep then
-      now(s)  -- read already, unless `keep` was decided without it
-      fields[n + 1] = 'kept'
-      fields[n + 2] = s.now_text
+      clock(s)  -- read already, unless `keep` was decided without it
+      fields[n + 1] = 'renew'
+      fields[n + 2] = s.renew_at
       n = n + 2
     end
     redis.call('HSET', unpack(fields, 1, n))
@@ -187,27 +163,28 @@ local function commit(shard, s, r, task, seq_key, history_key, ending)
   if terminal then
     ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
       running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
-      s.retention, r[10], task_id, status, s.tally, {h[6], h[7]})
-  elseif h[3] == '1' and status == 'running' then
-    -- cancel was asked before this attempt started: tell its worker again
-    redis.call(s.publish_command, s.cancel_channel, task_id)
+      s.retention, ARGV[at + 9], ARGV[at + 7], status, s.tally, {h[5], h[6]})
+  elseif status == 'running' and redis.call('HGET', task, 'cancel') == '1' then
+    -- the attempt's first commit, and cancel was asked before it: tell its worker again (the
+    -- task's id, from its key: a progress row leaves it out, 32 bytes fewer for Lua to hash on
+    -- every report)
+    redis.call(s.publish_command, s.cancel_channel, string.sub(task, #s.task_prefix + 1))
   end
-  local seq = 0
   if fresh then
-    seq = emit(seq_key, history_key, r[7], s, keep, r[8])
+    emit(seq_key, history_key, event, s, keep, channel)
   end
-  if ending and r[11] == '1' then  -- acknowledged with the batch's others (`settle`)
-    s.tally.acks[#s.tally.acks + 1] = r[12]
+  if ending and ARGV[at + 10] == '1' then  -- acknowledged with the batch's others (`settle`)
+    s.tally.acks[#s.tally.acks + 1] = ARGV[at + 11]
   end
-  return {1, seq}
+  return 1
 end
 
-function batched.progress(shard, s, r, key)
-  return commit(shard, s, r, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
+function batched.progress(shard, s, at, key)
+  return commit(shard, s, at, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
 end
 
-function batched.commit(shard, s, r, key)
-  return commit(shard, s, r, KEYS[key], KEYS[key + 3], KEYS[key + 4],
+function batched.commit(shard, s, at, key)
+  return commit(shard, s, at, KEYS[key], KEYS[key + 3], KEYS[key + 4],
     {owner_tasks = KEYS[key + 1], waiting = KEYS[key + 2]})
 end
 
@@ -257,8 +234,8 @@ function batched.submit(shard, s, r, key)
   end
   if tonumber(a.revision) > 0 then  -- else `publish` would drop it (revision 0 is never newer)
     a.pub = a.revision
-    now(s)
-    a.kept = s.now_text  -- its announcement (`emit` below) sets the seq and history to expire
+    clock(s)
+    a.renew = s.renew_at  -- its announcement (`emit` below) sets the seq and history to expire
   end
   local done = enqueue(k, a, s.tally)
   if done ~= 1 then
@@ -274,7 +251,10 @@ function batched.submit(shard, s, r, key)
 end
 
 -- Each batched operation's number of keys and of other fields (its ROW line: keys first).
-local ROW_SIZES = {commit = {5, 11}, progress = {3, 7}, submit = {6, 10}, enqueue = {6, 10}}
+-- (Two flat tables, not one of pairs: Redis runs the whole script on every call, and each table
+-- made costs ~1,000 instructions with the garbage collector's share.)
+local ROW_KEYS = {commit = 5, progress = 3, submit = 6, enqueue = 6}
+local ROW_FIELDS = {commit = 11, progress = 6, submit = 10, enqueue = 10}
 
 -- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
 -- row's answer, an error reply among the others' answers.
@@ -291,14 +271,20 @@ local function batch()
   local at, key, n = 13, 10, #ARGV  -- the next row's name in ARGV, its first key in KEYS
   while at <= n do
     local op = ARGV[at]
-    local size = ROW_SIZES[op]
-    if not size then
+    local fields = ROW_FIELDS[op]
+    if not fields then
       -- where the next row starts is unknown: the call fails (_calls.py sends no such row)
       settle(shard, s.tally, s.group)  -- the rows before it ran
       return redis.error_reply('progressq: no batched operation ' .. tostring(op))
     end
-    -- the row: its name and fields (r[1], r[2] ...), made at once; its keys from KEYS[key]
-    local ok, answer = pcall(batched[op], shard, s, {unpack(ARGV, at, at + size[2])}, key)
+    -- the row: its name and fields (r[1], r[2] ...), made at once; its keys from KEYS[key]. A
+    -- commit's row (most rows) is read where it lies in ARGV instead, from `at`: a table for
+    -- each cost ~1,500 instructions
+    local row = at
+    if op ~= 'progress' and op ~= 'commit' then
+      row = {unpack(ARGV, at, at + fields)}
+    end
+    local ok, answer = pcall(batched[op], shard, s, row, key)
     if ok then
       answers[#answers + 1] = answer
     elseif type(answer) == 'table' and answer.err then
@@ -306,8 +292,8 @@ local function batch()
     else
       answers[#answers + 1] = redis.error_reply(tostring(answer))
     end
-    at = at + 1 + size[2]
-    key = key + size[1]
+    at = at + 1 + fields
+    key = key + ROW_KEYS[op]
   end
   settle(shard, s.tally, s.group)
   return answers
@@ -315,7 +301,9 @@ end
 
 -- A batch is run here, before the named operations below are defined: Redis runs the whole
 -- script on every call, and making their functions and their table cost each batch about 18,000
--- instructions (a tenth of a batch of one row).
+-- instructions (a tenth of a batch of one row). So is every function only they use (`save`,
+-- `publish`): each function or table the script makes costs a call ~1,000 instructions with the
+-- garbage collector's share, a batch of no rows ~77,000 all told, ~39,000 of them the call's own.
 if ARGV[1] == 'batch' then
   return batch()
 end
@@ -324,8 +312,54 @@ end
 
 local operations = {}
 
-operations.save = save
-operations.publish = publish
+-- Store a task's state when the writer holds the current attempt (fencing).
+-- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
+-- args: attempt, record, revision, status, terminal ('0'/'1'), retention (s), cancel_channel,
+--       task_id, owner
+-- Returns 1 when stored, 0 when fenced out.
+function operations.save(k, a)
+  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
+  if h[1] ~= 'leased' or h[2] ~= a.attempt then
+    return 0
+  end
+  if a.terminal == '1' then
+    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status, 'state', 'done')
+    ended(k, a.retention, a.owner, a.task_id, a.status)
+  else
+    redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', a.status)
+    if h[3] == '1' and a.status == 'running' then
+      -- cancel was asked before this attempt started: tell its worker again
+      redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
+    end
+  end
+  return 1
+end
+
+-- The settings `emit` takes, from a named call's arguments.
+local function history_settings(a)
+  local size = tonumber(a.history_size)
+  return {history_size = a.history_size, trim_above = size + math.max(1, math.floor(size / 10)), expiry = a.ttl,
+    publish_command = a.publish_command}
+end
+
+-- Publish an event (`emit`), unless it is about a task that has moved on (a newer revision
+-- is stored, or this revision was already published): that is what keeps a worker that lost
+-- its lease from reaching a client, and a retried publish from repeating.
+-- keys: seq, history, task (may not exist)
+-- args: revision, event (see `emit`), history_size, ttl (s: the seq's and history's expiry), channel
+-- Returns the seq, or 0 when dropped.
+function operations.publish(k, a)
+  local rev = tonumber(a.revision)
+  if redis.call('EXISTS', k.task) == 1 then
+    local h = redis.call('HMGET', k.task, 'rev', 'pub')
+    if tonumber(h[1] or '0') > rev or tonumber(h[2] or '0') >= rev then
+      return 0
+    end
+    redis.call('HSET', k.task, 'pub', a.revision)
+  end
+  return emit(k.seq, k.history, a.event, history_settings(a), true, a.channel)
+end
+
 
 -- The identity's seq, and the events after `seq` that its history holds, oldest first (each as
 -- published: see `emit`), read together: the history is in seq order without gaps, so where an

@@ -1,8 +1,72 @@
 -- The Redis queue's named operations (see operations.lua for how a named call binds its keys
 -- and arguments): taking tasks fairly between owners, leases, releases, cancels. Defined only
 -- when a named call runs: Redis runs the whole script on every call, and a batch, which needs
--- none of them, returns before operations.lua calls this (making their functions costs).
+-- none of them, returns before operations.lua calls this (making their functions costs), and so
+-- is every function only they use (`promote`, `claim`).
 local function queue_operations(operations)
+  -- Delayed tasks (a retry's backoff, a scheduled task) whose time has come go to their owners'
+  -- lines, by whichever worker's call gets there first: each exactly once (the call is atomic).
+  -- keys: delayed, ring, stamps (may be absent)
+  -- args: task_prefix, waiting_prefix
+  local function promote(k, a)
+    local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now_ms(), 'LIMIT', '0', '100')
+    for _, task in ipairs(due) do
+      redis.call('ZREM', k.delayed, task)
+      local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
+      if h[1] == 'queued' then  -- else cancelled (or gone) meanwhile
+        if redis.call('RPUSH', a.waiting_prefix .. h[2], task) == 1 then
+          redis.call('RPUSH', k.ring, h[2])
+          stamp(k, h[2])
+        end
+      end
+    end
+  end
+
+  -- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
+  -- keys: task, stream, counters, running
+  -- args: group, consumer, entry, fresh ('1' when the caller has just read the entry for this
+  --       consumer: it is pending here, no XCLAIM needed; '2' when the caller has also just added
+  --       it for the task: it is the task's entry, stored here)
+  -- t: the call's tally (see `settle`)
+  -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
+  -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
+  local function claim(k, a, t)
+    if a.fresh ~= '1' and a.fresh ~= '2' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, '0', a.entry,
+      'JUSTID') == 0 then
+      return {0}
+    end
+    local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
+      'owner')
+    local own = a.fresh == '2'
+    if not h[1] or (h[2] ~= a.entry and not own) then
+      -- the task expired, or this entry is not its current one
+      redis.call('XACK', k.stream, a.group, a.entry)
+      redis.call('XDEL', k.stream, a.entry)
+      return {0}
+    end
+    if h[1] == 'done' then
+      redis.call('XACK', k.stream, a.group, a.entry)
+      redis.call('XDEL', k.stream, a.entry)
+      return {2, h[6], tonumber(h[3]), tonumber(h[4]), tonumber(h[7]), tonumber(h[8])}
+    end
+    if h[1] == 'queued' then
+      t.queued = t.queued - 1
+      t.running = t.running + 1
+      redis.call('HINCRBY', k.running, h[9], '1')  -- counted against its owner's cap until it ends
+    end
+    local attempt = tonumber(h[3]) + 1
+    local rev = tonumber(h[4]) + 1
+    local deliveries = tonumber(h[5]) + 1
+    if own then  -- (one write of the task's hash, where the entry was set by `take` before)
+      redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+        decimal(deliveries), 'entry', a.entry)
+    else
+      redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
+        decimal(deliveries))
+    end
+    return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
+  end
+
   -- Store a task's state (queued) and queue it again, if the writer holds the current attempt:
   -- first in its owner's waiting list (it had its turn already), or, when it is to run later (a
   -- retry's backoff), in the delayed set that `take` promotes from.
