@@ -37,9 +37,9 @@ class _Run:
 
     __slots__ = ("attempt", "cancelled", "lost", "scope", "stopped")
 
-    def __init__(self, attempt: int) -> None:
+    def __init__(self, attempt: int, scope: anyio.CancelScope) -> None:
         self.attempt = attempt
-        self.scope = anyio.CancelScope()
+        self.scope = scope
         self.cancelled = False  # the owner asked
         self.lost = False  # its lease is gone: the handler is stopped, nothing is recorded
         self.stopped = False  # shutdown ran out of grace: the task is handed back
@@ -89,6 +89,9 @@ class WorkerPool:
         # On asyncio each attempt runs in a plain asyncio task (see ``_start``), kept here.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plain_runs: set[asyncio.Task[None]] = set()
+        # The running event loop's own cancel scope class, made directly: ``anyio.CancelScope()``
+        # looks the event loop's library up (sniffio, the current task) for every attempt.
+        self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
         self.alive = False  # between ``run``'s start and its end
 
     @property
@@ -101,6 +104,7 @@ class WorkerPool:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._loop = _asyncio_loop()
+        self._new_scope = type(anyio.CancelScope())
         try:
             async with anyio.create_task_group() as runs:
                 runs.start_soon(self._watch_cancellations)
@@ -158,7 +162,7 @@ class WorkerPool:
             freed.set()
 
     def _start(self, runs: anyio.abc.TaskGroup, lease: Lease) -> None:
-        run = _Run(lease.record.attempt)
+        run = _Run(lease.record.attempt, self._new_scope())
         earlier = self._runs.get(lease.record.id)
         if earlier is not None:
             # Its earlier attempt still runs here, yet the task was handed out again: that
@@ -249,7 +253,8 @@ class WorkerPool:
         error: str | None = None
         raised: BaseException | None = None
         if policy.timeout is not None:
-            scope.deadline = anyio.current_time() + policy.timeout
+            now = self._loop.time() if self._loop is not None else anyio.current_time()  # (anyio's on asyncio)
+            scope.deadline = now + policy.timeout
         try:
             with scope:
                 result = await self._processor(running, ctx)

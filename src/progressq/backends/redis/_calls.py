@@ -1,6 +1,7 @@
 """Every call of the backend's Redis script, built in one place.
 
-The script (``scripts/operations.lua``) holds every operation. Most calls name the operation,
+The script (``scripts/operations.lua``, after the queue's ``queue.lua`` and ``taking.lua``)
+holds every operation. Most calls name the operation,
 its keys and its arguments, and the script binds the names (see its header). The calls made
 many at a time (the worker's commits, the submits) are rows instead, sent a shard's batch at a
 time in one script call (``_Calls.send``): positional, as laid out in ``_ROW_LAYOUTS``, the same
@@ -90,9 +91,15 @@ def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any], args: Sequ
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
+# The script's parts, joined in this order: the queue's functions first, then its named
+# operations, then the rest of the backend's (which uses both).
+_SCRIPT_PARTS = ("queue.lua", "taking.lua", "operations.lua")
+
+
 @functools.cache
 def _script_text() -> str:
-    return files("progressq.backends.redis").joinpath("scripts", "operations.lua").read_text(encoding="utf-8")
+    scripts = files("progressq.backends.redis").joinpath("scripts")
+    return "\n".join(scripts.joinpath(part).read_text(encoding="utf-8") for part in _SCRIPT_PARTS)
 
 
 class _Calls:

@@ -1,4 +1,5 @@
--- The Redis backend's operations: one script, registered once. A call takes one of two forms
+-- The Redis backend's operations: one script, registered once, made of queue.lua, taking.lua
+-- and this file, joined in that order (_calls.py). A call takes one of two forms
 -- (both built in _calls.py):
 --
 -- Named, one operation per call:
@@ -22,122 +23,6 @@
 -- an operation names from what it reads (`take`) are of that shard too.
 -- Publishing uses the optional argument publish_command: SPUBLISH on Redis Cluster (sharded
 -- pub/sub), else PUBLISH.
-
--- The id of the owner's unfinished task with the new task's unique key, or nil.
--- keys: unique (the owner's unique keys: a hash, key -> the id of its unfinished task)
--- args: unique_key ('': none), task_prefix
-local function key_holder(k, a)
-  if a.unique_key == '' then
-    return nil
-  end
-  local holder = redis.call('HGET', k.unique, a.unique_key)
-  if holder then
-    local state = redis.call('HGET', a.task_prefix .. holder, 'state')
-    if state and state ~= 'done' then
-      return holder
-    end
-  end
-  return nil
-end
-
--- A finished task's unique key may name a new task now (`enqueue` noted it in the task's hash).
--- keys: task; args: task_id
-local function free_key(k, a)
-  local unique = redis.call('HMGET', k.task, 'uniq', 'ukey')
-  if unique[1] and redis.call('HGET', unique[1], unique[2]) == a.task_id then
-    redis.call('HDEL', unique[1], unique[2])
-  end
-end
-
--- An owner went to the back of the ring. With several shards (`stamps` passed), note when, in
--- microseconds of this Redis's clock: workers compare the owners at the front of each shard's
--- ring by it, so that turns go round the owners of every shard (see `due`).
--- keys: stamps (may be absent: one shard)
-local function stamp(k, owner)
-  if k.stamps then
-    local now = redis.call('TIME')
-    redis.call('HSET', k.stamps, owner, now[1] .. string.format('%06d', tonumber(now[2])))
-  end
-end
-
--- An owner left the ring.
-local function unstamp(k, owner)
-  if k.stamps then
-    redis.call('HDEL', k.stamps, owner)
-  end
-end
-
--- Redis formats every Lua number handed to a command with snprintf('%.17g'), as `tostring`
--- does with '%.14g': several times the cost of a short command. The operations that run for
--- every task taken or queued hand Redis strings instead: literals, and these two.
-
--- An integer as its decimal text (string.format's integer path, not the float one).
-local function decimal(n)
-  return string.format('%d', n)
-end
-
--- This Redis's clock in ms since the epoch, as text: TIME's seconds and the first three digits
--- of its microseconds (zero-padded to six).
-local function now_ms()
-  local now = redis.call('TIME')
-  local micros = now[2]
-  return now[1] .. string.sub(string.rep('0', 6 - #micros) .. micros, 1, 3)
-end
-
--- A waiting worker may take a task: one token per task wakes one worker (BLPOP), and up to 64
--- are kept for workers not yet waiting. A full list is left as it is: one command, where a push
--- and a trim took two on every submit of a busy queue.
--- keys: wake
-local function wake_one(k)
-  if redis.call('LLEN', k.wake) < 64 then
-    redis.call('LPUSH', k.wake, '1')
-  end
-end
-
--- Delayed tasks (a retry's backoff, a scheduled task) whose time has come go to their owners'
--- lines, by whichever worker's call gets there first: each exactly once (the call is atomic).
--- keys: delayed, ring, stamps (may be absent)
--- args: task_prefix, waiting_prefix
-local function promote(k, a)
-  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now_ms(), 'LIMIT', '0', '100')
-  for _, task in ipairs(due) do
-    redis.call('ZREM', k.delayed, task)
-    local h = redis.call('HMGET', a.task_prefix .. task, 'state', 'owner')
-    if h[1] == 'queued' then  -- else cancelled (or gone) meanwhile
-      if redis.call('RPUSH', a.waiting_prefix .. h[2], task) == 1 then
-        redis.call('RPUSH', k.ring, h[2])
-        stamp(k, h[2])
-      end
-    end
-  end
-end
-
--- A task reached a terminal state (stored as 'done' by the caller): it no longer counts as
--- running or unfinished, its record and (with no unfinished task left) its owner's index
--- expire after `retention`, its unique key is freed, a failed task is a dead letter, and a
--- worker waiting for its owner's next task (the owner was at its cap) is woken.
--- keys: task, counters, owner_tasks, unfinished, running, waiting, wake, dead
-local function ended(k, retention, owner, task_id, status)
-  redis.call('HINCRBY', k.counters, 'running', -1)
-  redis.call('EXPIRE', k.task, retention)
-  if redis.call('HINCRBY', k.unfinished, owner, -1) <= 0 then
-    redis.call('HDEL', k.unfinished, owner)
-    redis.call('EXPIRE', k.owner_tasks, retention)
-  end
-  free_key(k, {task_id = task_id})
-  if status == 'failed' then
-    local now = redis.call('TIME')
-    redis.call('ZADD', k.dead, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), task_id)
-  end
-  if redis.call('HINCRBY', k.running, owner, -1) <= 0 then
-    redis.call('HDEL', k.running, owner)
-  end
-  if redis.call('EXISTS', k.waiting) == 1 then
-    -- below its cap again: a waiting worker may take the owner's next task
-    redis.call('LPUSH', k.wake, 1)
-    redis.call('LTRIM', k.wake, 0, 63)
-  end
-end
 
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
@@ -168,94 +53,6 @@ local function emit(seq_key, history_key, event, s, keep, channel)
   end
   redis.call(s.publish_command or 'PUBLISH', channel, message)
   return seq
-end
-
--- Store a new task, index it under its owner and queue it, unless the queue is full. It
--- waits in its owner's list; an owner with waiting tasks is in the ring that `take` turns.
--- A task to run later waits in the delayed set instead, until `take` promotes it.
--- A task with a unique key is noted as its key's holder until it ends (`free_key`); the caller
--- has checked that no unfinished task holds it (`key_holder`).
--- keys: task, owner_tasks, counters, waiting, unfinished, ring, wake, delayed, unique
--- args: task_id, record, owner, created (ms), revision, capacity ('0': none), retention (s),
---       run_at (ms since the epoch; '0': now), unique_key ('': none), pub (the revision already
---       announced; absent: none)
--- Returns 1 when queued, 0 when the queue is full, -1 when the id is taken.
-local function enqueue(k, a)
-  if redis.call('EXISTS', k.task) == 1 then
-    return -1
-  end
-  local capacity = tonumber(a.capacity)
-  if capacity > 0 and tonumber(redis.call('HGET', k.counters, 'queued') or '0') >= capacity then
-    return 0
-  end
-  redis.call('HSET', k.task, 'data', a.record, 'owner', a.owner, 'rev', a.revision, 'attempt', '0',
-    'state', 'queued', 'entry', '', 'deliveries', '0', 'cancel', '0', 'pub', a.pub or '0')
-  redis.call('ZADD', k.owner_tasks, a.created, a.task_id)
-  -- the owner's index lives as long as one of its tasks is unfinished, then `retention` more:
-  -- only its first unfinished task can find it expiring (`ended` sets the expiry as it removes
-  -- the owner's count, in the same step)
-  if redis.call('HINCRBY', k.unfinished, a.owner, '1') == 1 then
-    redis.call('PERSIST', k.owner_tasks)
-  end
-  redis.call('HINCRBY', k.counters, 'queued', '1')
-  if a.unique_key ~= '' then
-    redis.call('HSET', k.unique, a.unique_key, a.task_id)
-    redis.call('HSET', k.task, 'uniq', k.unique, 'ukey', a.unique_key)
-  end
-  if tonumber(a.run_at) > 0 then
-    redis.call('ZADD', k.delayed, a.run_at, a.task_id)
-    return 1
-  end
-  if redis.call('RPUSH', k.waiting, a.task_id) == 1 then
-    redis.call('RPUSH', k.ring, a.owner)  -- its first waiting task: the owner joins the ring
-    stamp(k, a.owner)
-  end
-  wake_one(k)
-  return 1
-end
-
--- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
--- keys: task, stream, counters, running
--- args: group, consumer, entry, fresh ('1' when the caller has just read the entry for this
---       consumer: it is pending here, no XCLAIM needed; '2' when the caller has also just added
---       it for the task: it is the task's entry, stored here)
--- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
--- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
-local function claim(k, a)
-  if a.fresh ~= '1' and a.fresh ~= '2' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, '0', a.entry,
-    'JUSTID') == 0 then
-    return {0}
-  end
-  local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
-    'owner')
-  local own = a.fresh == '2'
-  if not h[1] or (h[2] ~= a.entry and not own) then
-    -- the task expired, or this entry is not its current one
-    redis.call('XACK', k.stream, a.group, a.entry)
-    redis.call('XDEL', k.stream, a.entry)
-    return {0}
-  end
-  if h[1] == 'done' then
-    redis.call('XACK', k.stream, a.group, a.entry)
-    redis.call('XDEL', k.stream, a.entry)
-    return {2, h[6], tonumber(h[3]), tonumber(h[4]), tonumber(h[7]), tonumber(h[8])}
-  end
-  if h[1] == 'queued' then
-    redis.call('HINCRBY', k.counters, 'queued', '-1')
-    redis.call('HINCRBY', k.counters, 'running', '1')
-    redis.call('HINCRBY', k.running, h[9], '1')  -- counted against its owner's cap until it ends
-  end
-  local attempt = tonumber(h[3]) + 1
-  local rev = tonumber(h[4]) + 1
-  local deliveries = tonumber(h[5]) + 1
-  if own then  -- (one write of the task's hash, where the entry was set by `take` before)
-    redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
-      decimal(deliveries), 'entry', a.entry)
-  else
-    redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
-      decimal(deliveries))
-  end
-  return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
 end
 
 -- --- Batched calls ---------------------------------------------------------------------
@@ -323,7 +120,12 @@ end
 local function commit(shard, s, at, task, seq_key, history_key, ending)
   local attempt, record, revision, status, event, channel = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
     ARGV[at + 5], ARGV[at + 6]
-  local h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew')
+  local h
+  if ending then  -- and what `ended` frees (read here, not by a command of its own)
+    h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew', 'uniq', 'ukey')
+  else
+    h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew')
+  end
   if h[1] ~= 'leased' or h[2] ~= attempt then
     return 0
   end
@@ -361,7 +163,7 @@ local function commit(shard, s, at, task, seq_key, history_key, ending)
   if terminal then
     ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
       running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
-      s.retention, ARGV[at + 9], ARGV[at + 7], status)
+      s.retention, ARGV[at + 9], ARGV[at + 7], status, s.tally, {h[5], h[6]})
   elseif status == 'running' and redis.call('HGET', task, 'cancel') == '1' then
     -- the attempt's first commit, and cancel was asked before it: tell its worker again (the
     -- task's id, from its key: a progress row leaves it out, 32 bytes fewer for Lua to hash on
@@ -371,9 +173,8 @@ local function commit(shard, s, at, task, seq_key, history_key, ending)
   if fresh then
     emit(seq_key, history_key, event, s, keep, channel)
   end
-  if ending and ARGV[at + 10] == '1' then
-    redis.call('XACK', shard.stream, s.group, ARGV[at + 11])
-    redis.call('XDEL', shard.stream, ARGV[at + 11])
+  if ending and ARGV[at + 10] == '1' then  -- acknowledged with the batch's others (`settle`)
+    s.tally.acks[#s.tally.acks + 1] = ARGV[at + 11]
   end
   return 1
 end
@@ -406,7 +207,7 @@ function batched.enqueue(shard, s, r, key)
   if holder then
     return {-3, holder}
   end
-  return {enqueue(k, a)}
+  return {enqueue(k, a, s.tally)}
 end
 
 -- Store and queue a new task (`enqueue`) and announce it (`emit`, `taskQueued`) in one step,
@@ -424,16 +225,23 @@ function batched.submit(shard, s, r, key)
   end
   local limit = tonumber(r[9])
   if limit > 0 then
-    local unfinished = tonumber(redis.call('HGET', k.unfinished, a.owner) or '0')
-    if unfinished >= limit then
-      return {-2, unfinished}
+    -- counted at once (`enqueue` is told), and taken back when refused: one command, not two
+    a.unfinished = redis.call('HINCRBY', k.unfinished, a.owner, '1')
+    if a.unfinished > limit then
+      uncount_unfinished(k, a.owner)
+      return {-2, a.unfinished - 1}
     end
   end
   if tonumber(a.revision) > 0 then  -- else `publish` would drop it (revision 0 is never newer)
     a.pub = a.revision
+    clock(s)
+    a.renew = s.renew_at  -- its announcement (`emit` below) sets the seq and history to expire
   end
-  local done = enqueue(k, a)
+  local done = enqueue(k, a, s.tally)
   if done ~= 1 then
+    if a.unfinished then
+      uncount_unfinished(k, a.owner)
+    end
     return {done}
   end
   if not a.pub then
@@ -453,7 +261,7 @@ local ROW_FIELDS = {commit = 11, progress = 6, submit = 10, enqueue = 10}
 local function batch()
   local s = {capacity = ARGV[2], retention = ARGV[3], history_size = ARGV[4], trim_above = tonumber(ARGV[5]),
     expiry = ARGV[6], refresh = tonumber(ARGV[7]), group = ARGV[8], cancel_channel = ARGV[9],
-    publish_command = ARGV[10], stamps = ARGV[11] == '1', task_prefix = ARGV[12]}
+    publish_command = ARGV[10], stamps = ARGV[11] == '1', task_prefix = ARGV[12], tally = tally()}
   local shard = {counters = KEYS[1], unfinished = KEYS[2], running = KEYS[3], wake = KEYS[4], dead = KEYS[5],
     stream = KEYS[6], ring = KEYS[7], delayed = KEYS[8]}
   if s.stamps then
@@ -466,6 +274,7 @@ local function batch()
     local fields = ROW_FIELDS[op]
     if not fields then
       -- where the next row starts is unknown: the call fails (_calls.py sends no such row)
+      settle(shard, s.tally, s.group)  -- the rows before it ran
       return redis.error_reply('progressq: no batched operation ' .. tostring(op))
     end
     -- the row: its name and fields (r[1], r[2] ...), made at once; its keys from KEYS[key]. A
@@ -486,6 +295,7 @@ local function batch()
     at = at + 1 + fields
     key = key + ROW_KEYS[op]
   end
+  settle(shard, s.tally, s.group)
   return answers
 end
 
@@ -551,266 +361,6 @@ function operations.publish(k, a)
 end
 
 
--- Store a task's state (queued) and queue it again, if the writer holds the current attempt:
--- first in its owner's waiting list (it had its turn already), or, when it is to run later (a
--- retry's backoff), in the delayed set that `take` promotes from.
--- keys: task, stream, counters, running, waiting, ring, wake, delayed
--- args: attempt, record, revision, group, task_id, owner, run_at (ms since the epoch; '0': now)
--- Returns 1 when queued again, 0 when fenced out.
-function operations.release(k, a)
-  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'entry')
-  if h[1] ~= 'leased' or h[2] ~= a.attempt then
-    return 0
-  end
-  redis.call('XACK', k.stream, a.group, h[3])
-  redis.call('XDEL', k.stream, h[3])
-  redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', 'queued', 'state', 'queued',
-    'entry', '', 'deliveries', 0)
-  redis.call('HINCRBY', k.counters, 'running', -1)
-  redis.call('HINCRBY', k.counters, 'queued', 1)
-  if redis.call('HINCRBY', k.running, a.owner, -1) <= 0 then
-    redis.call('HDEL', k.running, a.owner)
-  end
-  local now = redis.call('TIME')
-  if tonumber(a.run_at) > tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
-    redis.call('ZADD', k.delayed, a.run_at, a.task_id)
-    return 1
-  end
-  if redis.call('LPUSH', k.waiting, a.task_id) == 1 then
-    redis.call('RPUSH', k.ring, a.owner)
-    stamp(k, a.owner)
-  end
-  redis.call('LPUSH', k.wake, 1)
-  redis.call('LTRIM', k.wake, 0, 63)
-  return 1
-end
-
--- Acknowledge a task's stream entry, if the caller's attempt is still the task's current one.
--- keys: task, stream
--- args: attempt, group, entry
-function operations.finish(k, a)
-  if redis.call('HGET', k.task, 'attempt') ~= a.attempt then
-    return 0
-  end
-  redis.call('XACK', k.stream, a.group, a.entry)
-  redis.call('XDEL', k.stream, a.entry)
-  return 1
-end
-
--- Heartbeat: reset the idle time of a held lease so that no one reclaims it.
--- keys: task, stream
--- args: attempt, group, consumer, entry
--- Returns 0 when the lease is lost, 1 when extended, 2 when extended and cancel was asked.
-function operations.extend(k, a)
-  local h = redis.call('HMGET', k.task, 'state', 'attempt', 'cancel')
-  if h[1] ~= 'leased' or h[2] ~= a.attempt then
-    return 0
-  end
-  local claimed = redis.call('XCLAIM', k.stream, a.group, a.consumer, 0, a.entry, 'JUSTID')
-  if #claimed == 0 then
-    return 0
-  end
-  if h[3] == '1' then
-    return 2
-  end
-  return 1
-end
-
--- Cancel a task for its owner: a queued one becomes cancelled (and leaves its owner's waiting
--- list), a leased one is flagged and its worker told.
--- keys: task, counters, owner_tasks, unfinished, waiting, ring, delayed
--- args: owner, expected_revision, record (the cancelled one), revision (its), retention (s),
---       cancel_channel, task_id
--- Returns 0 not theirs, 1 cancelled, 2 requested, 3 already finished, 4 changed meanwhile.
-function operations.cancel(k, a)
-  local h = redis.call('HMGET', k.task, 'owner', 'state', 'rev')
-  if h[1] ~= a.owner then
-    return 0
-  end
-  if h[2] == 'done' then
-    return 3
-  end
-  if h[2] == 'leased' then
-    redis.call('HSET', k.task, 'cancel', 1)
-    redis.call(a.publish_command or 'PUBLISH', a.cancel_channel, a.task_id)
-    return 2
-  end
-  if h[3] ~= a.expected_revision then
-    return 4
-  end
-  redis.call('HSET', k.task, 'data', a.record, 'rev', a.revision, 'status', 'cancelled', 'state', 'done', 'cancel', 1)
-  redis.call('HINCRBY', k.counters, 'queued', -1)
-  redis.call('EXPIRE', k.task, a.retention)
-  if redis.call('HINCRBY', k.unfinished, a.owner, -1) <= 0 then
-    redis.call('HDEL', k.unfinished, a.owner)
-    redis.call('EXPIRE', k.owner_tasks, a.retention)
-  end
-  if redis.call('LREM', k.waiting, 1, a.task_id) == 1 and redis.call('LLEN', k.waiting) == 0 then
-    redis.call('LREM', k.ring, 0, a.owner)
-    unstamp(k, a.owner)
-  end
-  free_key(k, a)
-  redis.call('ZREM', k.delayed, a.task_id)
-  return 1
-end
-
--- Claim several reclaimed stream entries at once: `claim` for each, in one round trip.
--- keys: stream, counters, running, "task 1" .. "task <count>" (each entry's task)
--- args: group, consumer, count, "entry 1" .. "entry <count>" (in the order of the tasks)
--- Returns one `claim` answer per entry, in order.
-function operations.claim_many(k, a)
-  local answers = {}
-  for i = 1, tonumber(a.count) do
-    answers[i] = claim({task = k['task ' .. i], stream = k.stream, counters = k.counters, running = k.running},
-      {group = a.group, consumer = a.consumer, entry = a['entry ' .. i]})
-  end
-  return answers
-end
-
--- Take up to `count` waiting tasks for this consumer, fairly between owners, and claim them
--- (`claim` for each), in one round trip.
---
--- Fairness: the ring lists the owners with waiting tasks. Each task taken comes from the first
--- owner in the ring below its cap of running tasks (counted across every worker), who then goes
--- to the back of the ring; an owner at its cap is passed over (to the back too). So no owner
--- takes a second turn while another one below its cap waits, and none runs more than the cap.
--- Each task taken is added to the stream and read at once by this consumer: the stream's group
--- then keeps its lease (heartbeat, takeover).
---
--- A task's keys are its id or owner after a prefix (task_prefix, waiting_prefix), only known
--- once it is read: this operation names keys it was not passed. Redis Cluster allows that for
--- keys of the slot of those passed, which they are: a shard's keys all carry its hash tag.
--- Delayed tasks whose time has come are first put in their owners' lines (`promote`).
---
--- keys: stream, counters, ring, running, delayed, stamps (with several shards)
--- args: group, consumer, count, task_prefix, waiting_prefix, cap (most running tasks per owner;
---       '0': no limit)
--- Returns {entry id, claim's answer} per task taken, in order (none: nothing could be).
-function operations.take(k, a)
-  local limit = tonumber(a.count)
-  local cap = tonumber(a.cap)
-  local answers = {}
-
-  local added = {}  -- entry id -> task id: the entries this call added, not claimed yet
-
-  -- Read up to `count` entries new to the group for this consumer and claim each.
-  local function deliver(count)
-    local read = redis.call('XREADGROUP', 'GROUP', a.group, a.consumer, 'COUNT', decimal(count), 'STREAMS', k.stream,
-      '>')
-    if not read then
-      return
-    end
-    for _, delivered in ipairs(read[1][2]) do
-      local fields = delivered[2]
-      local id = nil
-      for i = 1, #fields, 2 do
-        if fields[i] == 't' then
-          id = fields[i + 1]
-        end
-      end
-      if id then
-        local fresh = '1'
-        if added[delivered[1]] then
-          fresh = '2'
-          added[delivered[1]] = nil
-        end
-        answers[#answers + 1] = {delivered[1],
-          claim({task = a.task_prefix .. id, stream = k.stream, counters = k.counters, running = k.running},
-            {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = fresh})}
-      end
-    end
-  end
-
-  promote(k, a)
-
-  local owners = redis.call('LLEN', k.ring)
-  if redis.call('EXISTS', k.stream) == 0 then
-    if owners == 0 then
-      return answers
-    end
-    -- the stream and its group are gone (Redis lost its data): make them, or reading below
-    -- fails midway. (Only this script adds to the stream, after the group is made: while the
-    -- stream exists, so does its group; asking for it on every take cost an error reply.)
-    redis.pcall('XGROUP', 'CREATE', k.stream, a.group, '0', 'MKSTREAM')
-  end
-  if owners == 0 then
-    -- nothing waits in the ring; entries left unread (by an older version) are taken here
-    deliver(limit)
-    return answers
-  end
-  local passed = 0  -- owners passed over in a row, at their cap
-  local taken = 0
-  local taken_by = {}  -- tasks taken per owner by this call, not yet counted as running
-  while taken < limit and owners > 0 and passed < owners do
-    local owner = redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
-    stamp(k, owner)
-    if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (taken_by[owner] or 0) >= cap then
-      passed = passed + 1
-    else
-      local waiting = a.waiting_prefix .. owner
-      local task = redis.call('LPOP', waiting)
-      if redis.call('LLEN', waiting) == 0 then
-        redis.call('RPOP', k.ring)  -- no task of its own left waiting: out of the ring
-        unstamp(k, owner)
-        owners = owners - 1
-      end
-      if task then
-        passed = 0
-        taken = taken + 1
-        taken_by[owner] = (taken_by[owner] or 0) + 1
-        -- the task's hash learns its entry as `claim` takes it, below
-        added[redis.call('XADD', k.stream, '*', 't', task)] = task
-      end
-    end
-  end
-  if taken > 0 then
-    -- these entries, unless entries of an older version were left unread: each entry read is
-    -- claimed (or dropped) by `claim`; ours then by a later take
-    deliver(taken)
-    -- ours left unread behind older ones: a later take claims them, by the entry stored here
-    for entry, task in pairs(added) do
-      redis.call('HSET', a.task_prefix .. task, 'entry', entry)
-    end
-  end
-  return answers
-end
-
--- The owners a `take` of this shard would serve now, in its turn order (at most `count`): each
--- with when it went to the back of the ring (its stamp) and how many tasks it could take now
--- (waiting, and below its cap). With several shards, workers ask every shard and take from
--- those whose owners' stamps are oldest: turns go round the owners of every shard as they go
--- round one ring. Delayed tasks whose time has come are put in line first (`promote`).
--- keys: ring, running, delayed, stamps
--- args: task_prefix, waiting_prefix, cap ('0': none), count
--- Returns {owner, stamp, turns} per owner, in turn order.
-function operations.due(k, a)
-  promote(k, a)
-  local cap = tonumber(a.cap)
-  local count = tonumber(a.count)
-  local found = {}
-  local start = 0
-  while #found < count do
-    local owners = redis.call('LRANGE', k.ring, start, start + 99)
-    if #owners == 0 then
-      break
-    end
-    for _, owner in ipairs(owners) do
-      local turns = redis.call('LLEN', a.waiting_prefix .. owner)
-      if cap > 0 then
-        turns = math.min(turns, cap - tonumber(redis.call('HGET', k.running, owner) or '0'))
-      end
-      if turns > 0 then
-        found[#found + 1] = {owner, redis.call('HGET', k.stamps, owner) or '0', math.min(turns, count)}
-        if #found >= count then
-          break
-        end
-      end
-    end
-    start = start + 100
-  end
-  return found
-end
-
 -- The identity's seq, and the events after `seq` that its history holds, oldest first (each as
 -- published: see `emit`), read together: the history is in seq order without gaps, so where an
 -- event lies follows from the seq of its first.
@@ -831,41 +381,8 @@ function operations.after(k, a)
   return {current, redis.call('LRANGE', k.history, start, -1)}
 end
 
--- Remove consumers of the workers' group that hold no entry: this process's own (when it
--- leaves) and any other idle for longer than the bound (a worker that died). A consumer with
--- pending entries is kept: removing it would lose them before they are reclaimed. One removed
--- while alive and idle costs nothing: its next read makes it again.
--- keys: stream
--- args: group, leaving (this process's consumer; '' for none), idle_ms (the bound)
--- Returns the number of consumers removed.
-function operations.prune(k, a)
-  if redis.call('EXISTS', k.stream) == 0 then
-    return 0
-  end
-  local consumers = redis.pcall('XINFO', 'CONSUMERS', k.stream, a.group)
-  if consumers.err then
-    return 0  -- no group (yet)
-  end
-  local bound = tonumber(a.idle_ms)
-  local removed = 0
-  for _, consumer in ipairs(consumers) do
-    local name, pending, idle = nil, 0, 0
-    for i = 1, #consumer, 2 do
-      if consumer[i] == 'name' then
-        name = consumer[i + 1]
-      elseif consumer[i] == 'pending' then
-        pending = tonumber(consumer[i + 1])
-      elseif consumer[i] == 'idle' then
-        idle = tonumber(consumer[i + 1])
-      end
-    end
-    if name and pending == 0 and (name == a.leaving or idle > bound) then
-      redis.call('XGROUP', 'DELCONSUMER', k.stream, a.group, name)
-      removed = removed + 1
-    end
-  end
-  return removed
-end
+-- The queue's named operations (scripts/taking.lua).
+queue_operations(operations)
 
 -- The call: one named operation (bind each name to its value, and run it).
 local k, a = {}, {}

@@ -1,0 +1,138 @@
+"""The Redis queue's work that one script call does once for all of its tasks (the shard's
+counts, wake-up tokens, acknowledgements), and the submit's counting of its owner's limit.
+Against a real Redis; each test under its own key prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from progressq.backends.redis import RedisBackend
+from progressq.contracts import TaskRecord
+from progressq.errors import ConfigurationError
+from tests.redis_support import REDIS_URL, prefixed
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+
+Make = Callable[..., RedisBackend]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's asyncio client
+
+
+@pytest.fixture
+def make() -> Iterator[Make]:
+    with prefixed("batched") as prefix:
+
+        def factory(**options: Any) -> RedisBackend:
+            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
+
+        yield factory
+
+
+def _record(owner: str, n: int) -> TaskRecord:
+    return TaskRecord(id=f"task-{owner}-{n}", kind="work", name=f"task {n}", owner=owner)
+
+
+def _count_sends(backend: RedisBackend) -> list[int]:
+    """The number of rows of each batched script call the backend's shard sends from now on."""
+    sent: list[int] = []
+    send = backend.queue._calls[0].send
+
+    def counting_send(rows: Any) -> Any:
+        sent.append(len(rows))
+        return send(rows)
+
+    backend.queue._batchers[0]._send = counting_send
+    return sent
+
+
+async def test_a_batch_of_submits_and_of_ends_counts_wakes_and_acknowledges_every_task(make: Make) -> None:
+    async with make() as backend:
+        client, queue = backend.client, backend.queue
+        owners = [f"owner{n}" for n in range(10)]
+        sent = _count_sends(backend)
+        async with anyio.create_task_group() as group:
+            for n, owner in enumerate(owners):
+                group.start_soon(lambda r: backend.enqueue_and_announce(r, max_unfinished=None), _record(owner, n))
+        assert sent == [10]  # one script call for the ten
+        stats = await queue.statistics()
+        assert (stats.queued, stats.running) == (10, 0)
+        assert await client.llen(f"{backend.prefix}:wake") == 10  # a token per task queued
+
+        leases = await queue.lease_many(10)
+        assert len(leases) == 10
+        stats = await queue.statistics()
+        assert (stats.queued, stats.running) == (0, 10)
+        assert await client.hget(f"{backend.prefix}:running", "owner0") == b"1"
+
+        async def end(lease: Any) -> None:
+            done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+            assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)
+
+        sent.clear()
+        async with anyio.create_task_group() as group:
+            for lease in leases:
+                group.start_soon(end, lease)
+        assert sent == [10]
+        stats = await queue.statistics()
+        assert (stats.queued, stats.running) == (0, 0)
+        pending = await client.xpending(f"{backend.prefix}:queue", "workers")
+        assert pending["pending"] == 0  # every entry of the batch acknowledged
+        assert await client.xlen(f"{backend.prefix}:queue") == 0  # and deleted
+        assert await client.hlen(f"{backend.prefix}:running") == 0
+
+
+async def test_the_end_of_an_owners_task_at_its_cap_wakes_a_worker_for_its_next(make: Make) -> None:
+    async with make() as backend:
+        client, queue = backend.client, backend.queue
+        queue.limit_running_per_owner(1)
+        for n in range(2):
+            await backend.enqueue_and_announce(_record("alice", n), max_unfinished=None)
+        (lease,) = await queue.lease_many(5)  # the second waits: alice is at her cap
+        await client.delete(f"{backend.prefix}:wake")
+        done = lease.record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+        assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)
+        assert await client.llen(f"{backend.prefix}:wake") == 1
+        (second,) = await queue.lease_many(5)
+        assert second.record.id == "task-alice-1"
+
+
+async def test_a_refused_submit_leaves_its_owners_count_of_unfinished_tasks_as_it_was(make: Make) -> None:
+    async with make() as backend:
+        client = backend.client
+        unfinished = f"{backend.prefix}:unfinished"
+        assert await backend.enqueue_and_announce(_record("alice", 0), max_unfinished=2) is None
+        assert await backend.enqueue_and_announce(_record("alice", 1), max_unfinished=2) is None
+        assert await backend.enqueue_and_announce(_record("alice", 2), max_unfinished=2) == 2  # at the limit
+        assert await client.hget(unfinished, "alice") == b"2"
+        with pytest.raises(ConfigurationError):  # the id is taken: refused after the count
+            await backend.enqueue_and_announce(_record("alice", 1), max_unfinished=5)
+        assert await client.hget(unfinished, "alice") == b"2"
+        with pytest.raises(ConfigurationError):  # a first task refused: no count left behind
+            taken = TaskRecord(id="task-alice-0", kind="work", name="again", owner="bob")
+            await backend.enqueue_and_announce(taken, max_unfinished=5)
+        assert await client.hget(unfinished, "bob") is None
+        assert len(await backend.queue.list_by_owner("alice")) == 2
+
+
+async def test_the_running_commit_leaves_the_expiry_its_submit_set(make: Make) -> None:
+    # A submit's announcement sets the owner's seq and history to expire, and the task notes
+    # when: its first commit, a moment later, does not set them again (two commands fewer).
+    async with make(history_ttl=100) as backend:
+        client = backend.client
+        keys = [f"{backend.prefix}:seq:alice", f"{backend.prefix}:recent:alice"]
+        await backend.enqueue_and_announce(_record("alice", 0), max_unfinished=None)
+        assert await client.hget(f"{backend.prefix}:task:task-alice-0", "renew") is not None
+        for key in keys:  # as if 5 s passed since the submit
+            await client.expire(key, 105)
+        lease = await backend.queue.lease()
+        running = lease.record.evolve(status="running")
+        assert await backend.save_and_publish(lease, running, running.view_json())
+        assert all(100 <= ttl <= 105 for ttl in [await client.ttl(key) for key in keys])
