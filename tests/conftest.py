@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from progressq._outage import backend_outage
 from progressq.transport import TransportSettings
@@ -13,6 +14,12 @@ from tests.apps import FRAMEWORKS, RunningServer, build_app, make_hub, serve
 from tests.postgres_support import database_url, drop_schema, drop_session_database, new_schema
 from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix, shared_cluster
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+
+# Property tests share the machine with everything else: Hypothesis's check that inputs are
+# generated fast enough (about a second for a few examples) fails a test for the machine's load,
+# not for the property, so it is off everywhere; each test still sets its own example budget.
+settings.register_profile("progressq", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("progressq")
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -214,17 +214,20 @@ class RegistryConformance:
                 await one.queue.enqueue(record)
             leased: list[str] = []
 
-            # Each takes until every task is out (a lease that comes late on a busy machine is
-            # still taken); a task handed out twice shows up as a duplicate in ``leased``.
-            async def take(backend: Backend) -> None:
-                with anyio.move_on_after(WAIT):
-                    while len(leased) < len(records):
-                        if (lease := await no_lease(backend, 0.5)) is not None:
-                            leased.append(lease.record.id)
+            # Each takes until every task is out, then the other's wait is cancelled: a take
+            # cancelled while nothing is left loses nothing, where a take cut off by a short
+            # timeout on a busy machine could lose a lease it had just been given. A task handed
+            # out twice shows up as a duplicate in ``leased``.
+            async def take(backend: Backend, scope: anyio.CancelScope) -> None:
+                while True:
+                    leased.append((await backend.queue.lease()).record.id)
+                    if len(leased) >= len(records):
+                        scope.cancel()
 
-            async with anyio.create_task_group() as group:
-                group.start_soon(take, one)
-                group.start_soon(take, two)
+            with anyio.move_on_after(WAIT):  # a hang guard
+                async with anyio.create_task_group() as group:
+                    group.start_soon(take, one, group.cancel_scope)
+                    group.start_soon(take, two, group.cancel_scope)
             assert await no_lease(one) is None
             assert await no_lease(two) is None
-            assert sorted(leased) == sorted(r.id for r in records)
+            assert sorted(leased) == sorted(r.id for r in records), leased

@@ -268,15 +268,24 @@ class SchedulingConformance:
                 await one.queue.enqueue(record)
             leased: list[str] = []
 
-            async def take(backend: Backend) -> None:
-                while (lease := await _no_lease(backend, 2.5)) is not None:
-                    leased.append(lease.record.id)
+            # Each takes until every task is done, then the other's wait is cancelled: a take
+            # cancelled while nothing is left loses nothing, where a take cut off by a short
+            # timeout on a busy machine could lose a lease it had just been given.
+            async def take(backend: Backend, scope: anyio.CancelScope) -> None:
+                while True:
+                    lease = await backend.queue.lease()
                     await _end(backend, lease)
+                    leased.append(lease.record.id)
+                    if len(leased) >= len(records):
+                        scope.cancel()
 
-            async with anyio.create_task_group() as group:
-                group.start_soon(take, one)
-                group.start_soon(take, two)
-            assert sorted(leased) == sorted(r.id for r in records)  # each once, none twice
+            with anyio.move_on_after(_WAIT * 3):  # a hang guard
+                async with anyio.create_task_group() as group:
+                    group.start_soon(take, one, group.cancel_scope)
+                    group.start_soon(take, two, group.cancel_scope)
+            assert await _no_lease(one) is None  # none comes twice
+            assert await _no_lease(two) is None
+            assert sorted(leased) == sorted(r.id for r in records), leased  # each once
 
     @pytest.mark.anyio
     async def test_failed_tasks_are_listed_as_dead_letters(self, make_backend: Callable[..., Backend]) -> None:

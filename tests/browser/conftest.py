@@ -199,10 +199,13 @@ def browser() -> Iterator[Any]:
     if executable is None:
         _unavailable("Chromium is not installed (Debian: apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("the playwright package is not installed")
         raise
+    # Assertions wait as long as actions do: expect's own default (5 s) is a short fixed wait
+    # that a page on a busy machine overran (a task item appearing after a click).
+    expect.set_options(timeout=15_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:

@@ -189,8 +189,13 @@ async def test_service_routes(server: RunningServer, http: httpx.AsyncClient) ->
     assert {"GET /health", "POST /api/task/start", "WS /ws"} <= {
         f"{e['method']} {e['path']}" for e in index["endpoints"]
     }
-    health = await http.get("/health")
-    assert (health.status_code, health.json()["status"]) == (200, "healthy")
+    # The backend's health check has its own deadline (on Redis Cluster 1.5 s a master), which a
+    # machine under load can overrun once: the service is healthy when a check says so in time.
+    with anyio.fail_after(PATIENCE):
+        while (health := await http.get("/health")).status_code != 200:
+            assert health.json()["status"] == "unhealthy"
+            await anyio.sleep(0.2)
+    assert health.json()["status"] == "healthy"
     async with await WsClient.open(server.ws) as ws:
         await ws.next()
         status = (await http.get("/api/task/status")).json()
