@@ -643,6 +643,14 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
         op: (fields.index("history"), len(fields) - 1 - fields.index("history")) for op, fields in _ROW_LAYOUTS.items()
     }
     assert in_sizes == layouts
+    # the progress script reads progress rows without their names, stepping as the whole one does
+    progress = files("progressq.backends.redis").joinpath("scripts", "progress.lua").read_text(encoding="utf-8")
+    in_progress = re.search(r"^-- PROGRESS: (.+)$", progress, re.M)
+    assert in_progress is not None
+    assert tuple(in_progress.group(1).split()) == _ROW_LAYOUTS["progress"][1:]
+    keys, fields = layouts["progress"]
+    assert f"for at = 0, #ARGV - 1, {fields} do" in progress
+    assert f"key = key + {keys}\n" in progress
     calls = _Calls(redis.Redis(), _Keys("pq"), capacity=0, retention=1, history_size=1, history_ttl=1)
     record = _record()
     lease = Lease(record, "1-0")
