@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder, event_text
+from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder, event_text, tick_text
 from progressq.backends.redis._scripts import _Call, _Named, _Value, progress_script_text, whole_script_text
 from progressq.contracts import Lease, TaskRecord
 from progressq.messages import EventType
@@ -163,16 +163,20 @@ class _Calls:
         sent: Awaitable[Any] = self.script(keys=keys, args=args)
         return sent
 
-    def commit_row(self, lease: Lease, record: TaskRecord, view: bytes, *, finish: bool, restated: bool = True) -> _Row:
+    def commit_row(
+        self, lease: Lease, record: TaskRecord, view: bytes, *, finish: bool, restated: bool = True, tick: bool = False
+    ) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
         (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged). Not
-        ``restated`` (this attempt stored that status last), a progress row leaves it out."""
+        ``restated`` (this attempt stored that status last), a progress row leaves it out; with
+        ``tick`` (the record differs from the one this attempt stored whole last only in its
+        progress, message and revision), it stores only those (``tick_text``)."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
         ends = finish or record.finished
         fields: list[_Value] = [
             str(lease.record.attempt),
-            _record_encoder.encode(record),
+            tick_text(record) if tick and not ends else _record_encoder.encode(record),
             str(record.revision),
             record.status if restated or ends else "",
             event_text("taskProgress", record.id, record.revision, view),
