@@ -217,5 +217,6 @@ def test_the_wrapped_backend_has_only_defaults_for_every_capability() -> None:
         "new_task_id",
     ):
         assert uses_default(backend.queue, name), name
-    for name in ("enqueue_and_announce", "save_and_publish"):
+    for name in ("enqueue_and_announce", "save_and_publish", "plain_save_and_publish"):
         assert uses_default(backend, name), name
+    assert backend.plain_save_and_publish() is None  # every report awaits the default's coroutine

@@ -332,17 +332,28 @@ async def test_progress_never_decreases_within_an_attempt() -> None:
     assert (running[3].progress, running[3].message) == (50.0, "at 30")
 
 
-async def test_memory_backend_reports_are_committed_by_its_plain_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_memory_backend_reports_are_committed_by_its_plain_save_and_publish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A report on the memory backend calls its ``save_and_publish_now`` directly (no
     coroutine), and that commits, fenced and published, exactly as ``save_and_publish``."""
-    twin = MemoryBackend.save_and_publish_now
+    plain = MemoryBackend.save_and_publish_now
+    awaited = MemoryBackend.save_and_publish
     committed: list[float] = []
+    awaited_for: list[float] = []
 
-    def counting_twin(self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+    def counting_plain(self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
         committed.append(record.progress)
-        return twin(self, lease, record, view_json)
+        return plain(self, lease, record, view_json)
 
-    monkeypatch.setattr(MemoryBackend.save_and_publish, "plain_twin", counting_twin)
+    async def counting_awaited(
+        self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        awaited_for.append(record.progress)
+        return await awaited(self, lease, record, view_json, finish=finish)
+
+    monkeypatch.setattr(MemoryBackend, "save_and_publish_now", counting_plain)
+    monkeypatch.setattr(MemoryBackend, "save_and_publish", counting_awaited)  # the class's own still
     hub = make_hub()
 
     @hub.task("steps")
@@ -354,15 +365,18 @@ async def test_memory_backend_reports_are_committed_by_its_plain_twin(monkeypatc
         sink = await attach(hub)
         record = await hub.submit("steps", owner=OWNER)
         await wait_until(lambda: sink.has_status(record.id, "completed"))
-    assert committed == [10, 20, 30]
+    # The worker's own commits (started, completed) await ``save_and_publish``, which makes
+    # the same plain call; the reports make it alone.
+    assert awaited_for == [0.0, 100.0]
+    assert committed == [0.0, 10, 20, 30, 100.0]
     running = [(v.progress, v.message) for v in sink.views(record.id) if v.status == "running"]
     assert running == [(0.0, "started"), (10.0, "at 10"), (20.0, "at 20"), (30.0, "at 30")]
     assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
 
 
 async def test_a_backend_overriding_save_and_publish_still_gets_every_report() -> None:
-    """The plain twin belongs to the memory backend's own ``save_and_publish``: a subclass
-    that overrides that method (to count, to wrap) is called for every report."""
+    """The plain commit is the memory backend's own ``save_and_publish``'s: a subclass that
+    overrides that method (to count, to wrap) is called for every report."""
     seen: list[float] = []
 
     class Counting(MemoryBackend):
@@ -384,6 +398,23 @@ async def test_a_backend_overriding_save_and_publish_still_gets_every_report() -
         record = await hub.submit("steps", owner=OWNER)
         await wait_until(lambda: sink.has_status(record.id, "completed"))
     assert seen == [0.0, 10, 20, 30, 100.0]  # started, three reports, completed
+
+
+def test_the_memory_backend_offers_its_plain_commit_only_for_its_own_save_and_publish() -> None:
+    own = MemoryBackend()
+    commit = own.plain_save_and_publish()
+    assert commit == own.save_and_publish_now
+
+    class Wrapping(MemoryBackend):
+        async def save_and_publish(
+            self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+        ) -> bool:
+            return await super().save_and_publish(lease, record, view_json, finish=finish)
+
+    assert Wrapping().plain_save_and_publish() is None
+    replaced: Any = MemoryBackend()
+    replaced.save_and_publish = Wrapping.save_and_publish  # set on the instance (as tests wrap it)
+    assert replaced.plain_save_and_publish() is None
 
 
 async def test_report_refuses_a_bad_percent() -> None:
