@@ -1063,7 +1063,7 @@ async def test_finished_tasks_expire_after_retention_seconds(monkeypatch: pytest
     # backend's clock is moved on by hand, so that a busy machine cannot stretch the waits.
     ahead = [0.0]
     clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + ahead[0], time=time.time)
-    monkeypatch.setattr("progressq.backends.memory.time", clock)
+    monkeypatch.setattr("progressq.backends._memory_queue.time", clock)
     hub = make_hub(backend=MemoryBackend(retention=10.0), concurrency=1)
     hub.task("noop")(_noop)
     async with hub:
