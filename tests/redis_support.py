@@ -9,13 +9,17 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
 from tests.waiting import PATIENCE
+
+if TYPE_CHECKING:
+    from progressq.backends.redis import RedisBackend
 
 REDIS_URL = os.environ.get("PROGRESSQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -54,6 +58,39 @@ def prefixed(name: str = "t") -> Iterator[str]:
         yield prefix
     finally:
         delete_prefix(prefix)
+
+
+MakeRedisBackend = Callable[..., "RedisBackend"]
+"""Makes a ``RedisBackend`` under a test's prefix; keyword options as ``RedisBackend.from_url``'s."""
+
+
+@contextlib.contextmanager
+def redis_backends(name: str, *, url: str = REDIS_URL, **defaults: Any) -> Iterator[MakeRedisBackend]:
+    """Make backends on the Redis at ``url`` (the shared one, or a Redis Cluster's
+    ``redis+cluster://`` URL), all under one fresh prefix named after ``name``, and delete
+    every key of that prefix (its shards' too) afterwards: what a test module's backend
+    fixture does. The options given to the factory add to ``defaults``; an option given as
+    None is left to ``RedisBackend``'s own default."""
+    from progressq.backends.redis import RedisBackend
+
+    cluster = url.startswith("redis+cluster://")
+    if not cluster:
+        require_redis()
+    prefix = new_prefix(name)
+
+    def make(**options: Any) -> RedisBackend:
+        given = {option: value for option, value in {**defaults, **options}.items() if value is not None}
+        return RedisBackend.from_url(url, prefix=prefix, **given)
+
+    try:
+        yield make
+    finally:
+        if cluster:
+            from tests.redis_cluster_support import delete_cluster_prefix
+
+            delete_cluster_prefix(url, prefix)
+        else:
+            delete_prefix(prefix)
 
 
 def free_port() -> int:
