@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 import types
@@ -448,16 +449,81 @@ def _context(
     save_and_publish: Callable[[Lease, TaskRecord, bytes], Awaitable[bool]],
     interval: float,
     group: anyio.abc.TaskGroup,
+    save_and_publish_now: Callable[[Lease, TaskRecord, bytes], bool] | None = None,
 ) -> TaskContext:
-    """A context whose writes go to ``save_and_publish`` (a backend's), under a lease of ``start``."""
+    """A context whose writes go to ``save_and_publish`` (a backend's), or its reports' to
+    ``save_and_publish_now`` when given, under a lease of ``start``."""
 
     def on_lost(record: TaskRecord) -> None:
         raise AssertionError(f"no write of these tests is refused: {record!r}")
 
     lease = Lease(start, str(start.attempt))
     return TaskContext(
-        start, lease=lease, save_and_publish=save_and_publish, on_lost=on_lost, interval=interval, spawn=group
+        start,
+        lease=lease,
+        save_and_publish=save_and_publish,
+        save_and_publish_now=save_and_publish_now,
+        on_lost=on_lost,
+        interval=interval,
+        spawn=group,
     )
+
+
+async def _never_awaited(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+    raise AssertionError("a report with a plain commit awaits none")
+
+
+async def test_a_plain_commit_that_raises_leaves_the_values_to_the_next_report(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A report's plain commit (``save_and_publish_now``) that raises is handled as an awaited
+    one: logged, the handler goes on, the revision spent, and the next report sends the latest
+    values under a newer one."""
+    attempts: list[tuple[int, float]] = []
+
+    def commit_now(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        attempts.append((record.revision, record.progress))
+        if len(attempts) == 1:
+            raise RuntimeError("the store hiccuped")
+        return True
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    async with anyio.create_task_group() as group:
+        ctx = _context(start, _never_awaited, 0.0, group, save_and_publish_now=commit_now)
+        with caplog.at_level(logging.WARNING, "progressq.worker"):
+            await ctx.report(10)
+        await ctx.report(20)
+        final = await ctx.close()
+    assert attempts == [(start.revision + 1, 10.0), (start.revision + 2, 20.0)]
+    assert "progress of task t could not be sent" in caplog.text
+    assert (final.revision, final.progress) == (start.revision + 2, 20.0)
+
+
+async def test_a_plain_commit_answered_false_stops_the_reports() -> None:
+    """A lease taken over (the plain commit answers False): the worker is told once, and no
+    report writes after it."""
+    attempts: list[float] = []
+    lost: list[TaskRecord] = []
+
+    def commit_now(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        attempts.append(record.progress)
+        return False
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    async with anyio.create_task_group() as group:
+        ctx = TaskContext(
+            start,
+            lease=Lease(start, "1"),
+            save_and_publish=_never_awaited,
+            save_and_publish_now=commit_now,
+            on_lost=lost.append,
+            interval=0.0,
+            spawn=group,
+        )
+        for percent in (10, 20, 30):
+            await ctx.report(percent)
+    assert attempts == [10.0]
+    assert [record.progress for record in lost] == [10.0]
 
 
 async def test_a_handler_reporting_faster_than_the_interval_is_flushed_by_one_task(
@@ -555,21 +621,28 @@ async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.M
         max_size=30,
     ),
     st.sampled_from(["asyncio", "trio"]),
+    st.booleans(),
 )
-def test_each_emitted_progress_is_the_running_maximum(reports: list[tuple[float, str | None]], backend: str) -> None:
-    """With no rate limit every report emits: its percent is the maximum so far, its message the latest."""
+def test_each_emitted_progress_is_the_running_maximum(
+    reports: list[tuple[float, str | None]], backend: str, plain: bool
+) -> None:
+    """With no rate limit every report emits: its percent is the maximum so far, its message
+    the latest; whether the backend's commit is awaited or ``plain`` (the memory backend's)."""
 
     async def main() -> list[TaskRecord]:
         committed: list[TaskRecord] = []
 
-        async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        def commit_now(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
             assert view_json == record.view_json()  # the view the backend stores and sends
             committed.append(record)
             return True
 
+        async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+            return commit_now(lease, record, view_json)
+
         start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1, message="started")
         async with anyio.create_task_group() as group:
-            ctx = _context(start, commit, 0.0, group)
+            ctx = _context(start, commit, 0.0, group, save_and_publish_now=commit_now if plain else None)
             for percent, message in reports:
                 await ctx.report(percent, message)
             final = await ctx.close()
