@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,37 +60,42 @@ def prefixed(name: str = "t") -> Iterator[str]:
         delete_prefix(prefix)
 
 
-MakeRedisBackend = Callable[..., "RedisBackend"]
-"""Makes a ``RedisBackend`` under a test's prefix; keyword options as ``RedisBackend.from_url``'s."""
+class MakeRedisBackend:
+    """Makes ``RedisBackend``s under one ``prefix`` on the Redis at ``url``: what
+    :func:`redis_backends` yields. Called with ``RedisBackend.from_url``'s options, which add
+    to its defaults (an option given as None is left to ``RedisBackend``'s own default), and
+    with ``url`` to reach the same Redis another way (through a relay, say)."""
+
+    def __init__(self, prefix: str, url: str, defaults: dict[str, Any]) -> None:
+        self.prefix = prefix
+        self.url = url
+        self._defaults = defaults
+
+    def __call__(self, *, url: str | None = None, **options: Any) -> RedisBackend:
+        from progressq.backends.redis import RedisBackend
+
+        given = {option: value for option, value in {**self._defaults, **options}.items() if value is not None}
+        return RedisBackend.from_url(url or self.url, prefix=self.prefix, **given)
 
 
 @contextlib.contextmanager
 def redis_backends(name: str, *, url: str = REDIS_URL, **defaults: Any) -> Iterator[MakeRedisBackend]:
-    """Make backends on the Redis at ``url`` (the shared one, or a Redis Cluster's
-    ``redis+cluster://`` URL), all under one fresh prefix named after ``name``, and delete
-    every key of that prefix (its shards' too) afterwards: what a test module's backend
-    fixture does. The options given to the factory add to ``defaults``; an option given as
-    None is left to ``RedisBackend``'s own default."""
-    from progressq.backends.redis import RedisBackend
-
+    """Backends on the Redis at ``url`` (the shared one, or a Redis Cluster's
+    ``redis+cluster://`` URL), all under one fresh prefix named after ``name``; every key of
+    that prefix (its shards' too) is deleted afterwards. What a test's backend fixture does."""
     cluster = url.startswith("redis+cluster://")
     if not cluster:
         require_redis()
-    prefix = new_prefix(name)
-
-    def make(**options: Any) -> RedisBackend:
-        given = {option: value for option, value in {**defaults, **options}.items() if value is not None}
-        return RedisBackend.from_url(url, prefix=prefix, **given)
-
+    make = MakeRedisBackend(new_prefix(name), url, defaults)
     try:
         yield make
     finally:
         if cluster:
             from tests.redis_cluster_support import delete_cluster_prefix
 
-            delete_cluster_prefix(url, prefix)
+            delete_cluster_prefix(url, make.prefix)
         else:
-            delete_prefix(prefix)
+            delete_prefix(make.prefix)
 
 
 def free_port() -> int:
