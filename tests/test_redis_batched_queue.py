@@ -4,7 +4,7 @@ Against a real Redis; each test under its own key prefix."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +14,10 @@ import pytest
 from progressq.backends.redis import RedisBackend
 from progressq.contracts import TaskRecord
 from progressq.errors import ConfigurationError
-from tests.redis_support import REDIS_URL, prefixed
+from tests.redis_support import MakeRedisBackend as Make
+from tests.redis_support import redis_backends
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-Make = Callable[..., RedisBackend]
 
 
 @pytest.fixture
@@ -28,11 +27,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def make() -> Iterator[Make]:
-    with prefixed("batched") as prefix:
-
-        def factory(**options: Any) -> RedisBackend:
-            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
-
+    """Backends on the shared Redis under one fresh prefix, deleted afterwards."""
+    with redis_backends("batched") as factory:
         yield factory
 
 
