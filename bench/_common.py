@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import socket
 import statistics
@@ -195,6 +196,39 @@ def private_redis() -> Iterator[int]:
         finally:
             child.terminate()
             child.wait(10)
+
+
+@contextlib.contextmanager
+def redis_under_callgrind(profile: Path) -> Iterator[int]:
+    """A redis-server of the caller's own (no persistence, a free port) run under
+    ``valgrind --tool=callgrind``, writing its profile to ``profile``: its port. Shut down at
+    the end and waited for, so that the profile is complete when this returns."""
+    port = free_port()
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", "redis-server"]
+    command += ["--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(profile.parent)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, child, timeout=60)  # valgrind starts slowly
+        yield port
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        child.wait(timeout=120)
+
+
+def callgrind_total(profile: Path, *, without: str = "") -> int:
+    """The instructions of a callgrind profile, less those spent in (and below) the function
+    ``without``."""
+    match = re.search(r"^(?:summary|totals):\s*(\d+)", profile.read_text(), re.MULTILINE)
+    assert match, f"no total in {profile}"
+    total = int(match.group(1))
+    if without:
+        annotated = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(profile)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        spent = re.search(rf"^\s*([\d,]+) .*:{without} \[", annotated, re.MULTILINE)
+        total -= int(spent.group(1).replace(",", "")) if spent else 0
+    return total
 
 
 def flush_bench_db(db: int = REDIS_DB) -> None:

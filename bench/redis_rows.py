@@ -25,8 +25,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import callgrind_total, redis_under_callgrind
 from redis.asyncio import Redis
-from redis_worker_path import _free_port, _total, _wait_for_port
 
 from progressq.backends.redis import RedisBackend
 from progressq.backends.redis._calls import _Calls
@@ -73,20 +73,10 @@ async def empty_batches(url: str, calls_made: int, trivial: bool) -> None:
 def _counted(argv: list[str]) -> int:
     """Redis's instructions, less its timer's, while this script runs ``argv`` against it."""
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
         out = Path(tmp, "redis.out")
-        redis = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
-             "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _wait_for_port(port)
+        with redis_under_callgrind(out) as port:
             subprocess.run([sys.executable, __file__, "--url", f"redis://127.0.0.1:{port}/0", *argv], check=True)
-        finally:
-            subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
-            redis.wait(timeout=120)
-        return _total(out, without="serverCron")
+        return callgrind_total(out, without="serverCron")
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from _common import callgrind_total, redis_under_callgrind
 
 from progressq import Hub, TaskContext
 from progressq.backends.redis import RedisBackend
@@ -101,54 +101,15 @@ async def _nothing() -> Any:
     yield
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _total(callgrind_out: Path, *, without: str = "") -> int:
-    """The instructions of a callgrind profile, less those spent in (and below) ``without``."""
-    match = re.search(r"^(?:summary|totals):\s*(\d+)", callgrind_out.read_text(), re.MULTILINE)
-    assert match, f"no total in {callgrind_out}"
-    total = int(match.group(1))
-    if without:
-        annotated = subprocess.run(
-            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(callgrind_out)],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        spent = re.search(rf"^\s*([\d,]+) .*:{without} \[", annotated, re.MULTILINE)
-        total -= int(spent.group(1).replace(",", "")) if spent else 0
-    return total
-
-
-def _wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"redis-server on {port} did not start")
-
-
 def count(args: argparse.Namespace) -> None:
     """Instructions per event of this process and of a private Redis, by the difference of
     two sizes."""
     results: dict[int, tuple[int, int, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tasks in (args.tasks, 2 * args.tasks):
-            port = _free_port()
             redis_out = Path(tmp, f"redis.{tasks}")
             python_out = Path(tmp, f"python.{tasks}")
-            redis = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={redis_out}", "redis-server",
-                 "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                _wait_for_port(port)
+            with redis_under_callgrind(redis_out) as port:
                 under_valgrind = (
                     [] if args.native else ["valgrind", "--tool=callgrind", f"--callgrind-out-file={python_out}"]
                 )
@@ -160,13 +121,10 @@ def count(args: argparse.Namespace) -> None:
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 events = int(re.search(r"events (\d+)", run.stdout).group(1))  # type: ignore[union-attr]
-            finally:
-                subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
-                redis.wait(timeout=120)
             # Redis's timer (memory statistics, expiry sampling) runs ten times a second,
             # whatever the load: under callgrind a longer run gets more of it, so it is left out
-            python_total = 0 if args.native else _total(python_out)
-            results[tasks] = (events, python_total, _total(redis_out, without="serverCron"))
+            python_total = 0 if args.native else callgrind_total(python_out)
+            results[tasks] = (events, python_total, callgrind_total(redis_out, without="serverCron"))
             if args.keep:
                 sides = (("redis", redis_out),) if args.native else (("python", python_out), ("redis", redis_out))
                 for side, out in sides:

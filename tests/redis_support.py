@@ -11,11 +11,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
 from tests.waiting import PATIENCE
+
+if TYPE_CHECKING:
+    from progressq.backends.redis import RedisBackend
 
 REDIS_URL = os.environ.get("PROGRESSQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -54,6 +58,44 @@ def prefixed(name: str = "t") -> Iterator[str]:
         yield prefix
     finally:
         delete_prefix(prefix)
+
+
+class MakeRedisBackend:
+    """Makes ``RedisBackend``s under one ``prefix`` on the Redis at ``url``: what
+    :func:`redis_backends` yields. Called with ``RedisBackend.from_url``'s options, which add
+    to its defaults (an option given as None is left to ``RedisBackend``'s own default), and
+    with ``url`` to reach the same Redis another way (through a relay, say)."""
+
+    def __init__(self, prefix: str, url: str, defaults: dict[str, Any]) -> None:
+        self.prefix = prefix
+        self.url = url
+        self._defaults = defaults
+
+    def __call__(self, *, url: str | None = None, **options: Any) -> RedisBackend:
+        from progressq.backends.redis import RedisBackend
+
+        given = {option: value for option, value in {**self._defaults, **options}.items() if value is not None}
+        return RedisBackend.from_url(url or self.url, prefix=self.prefix, **given)
+
+
+@contextlib.contextmanager
+def redis_backends(name: str, *, url: str = REDIS_URL, **defaults: Any) -> Iterator[MakeRedisBackend]:
+    """Backends on the Redis at ``url`` (the shared one, or a Redis Cluster's
+    ``redis+cluster://`` URL), all under one fresh prefix named after ``name``; every key of
+    that prefix (its shards' too) is deleted afterwards. What a test's backend fixture does."""
+    cluster = url.startswith("redis+cluster://")
+    if not cluster:
+        require_redis()
+    make = MakeRedisBackend(new_prefix(name), url, defaults)
+    try:
+        yield make
+    finally:
+        if cluster:
+            from tests.redis_cluster_support import delete_cluster_prefix
+
+            delete_cluster_prefix(url, make.prefix)
+        else:
+            delete_prefix(make.prefix)
 
 
 def free_port() -> int:

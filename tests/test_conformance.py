@@ -12,7 +12,6 @@ import pytest
 
 from progressq._conformance_support import uses_default
 from progressq.backends.memory import MemoryBackend, MemoryClientRegistry, MemoryTaskQueue
-from progressq.backends.redis import RedisBackend
 from progressq.contracts import (
     BackendDefaults,
     CancelOutcome,
@@ -23,8 +22,8 @@ from progressq.contracts import (
 )
 from progressq.testing import BackendConformance, BackendFactory
 from tests.postgres_support import database_url, drop_schema, new_schema
-from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix
-from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+from tests.redis_cluster_support import SharedCluster
+from tests.redis_support import redis_backends
 
 
 class TestMemoryBackend(BackendConformance):
@@ -51,17 +50,8 @@ class TestRedisBackend(BackendConformance):
 
     @pytest.fixture
     def make_backend(self) -> Iterator[BackendFactory]:
-        require_redis()
-        prefix = new_prefix("conformance")
-
-        def make(*, capacity: int | None = None, history_size: int | None = None) -> RedisBackend:
-            options: dict[str, Any] = {"capacity": capacity}
-            if history_size is not None:
-                options["history_size"] = history_size
-            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
-
-        yield make
-        delete_prefix(prefix)
+        with redis_backends("conformance") as make:  # capacity, history_size: None is its default
+            yield make
 
 
 @pytest.mark.redis
@@ -72,18 +62,8 @@ class TestShardedRedisBackend(BackendConformance):
 
     @pytest.fixture
     def make_backend(self) -> Iterator[BackendFactory]:
-        require_redis()
-        prefix = new_prefix("sharded")
-
-        def make(*, capacity: int | None = None, history_size: int | None = None) -> RedisBackend:
-            options: dict[str, Any] = {"capacity": capacity, "shards": 4}
-            if history_size is not None:
-                options["history_size"] = history_size
-            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
-
-        yield make
-        delete_prefix("{" + prefix)  # the shards' keys: {prefix:N}:...
-        delete_prefix(prefix)
+        with redis_backends("sharded", shards=4) as make:
+            yield make
 
 
 @pytest.mark.redis_cluster
@@ -92,16 +72,8 @@ class TestRedisClusterBackend(BackendConformance):
 
     @pytest.fixture
     def make_backend(self, redis_cluster: SharedCluster) -> Iterator[BackendFactory]:
-        prefix = new_prefix("conformance")
-
-        def make(*, capacity: int | None = None, history_size: int | None = None) -> RedisBackend:
-            options: dict[str, Any] = {"capacity": capacity}
-            if history_size is not None:
-                options["history_size"] = history_size
-            return RedisBackend.from_url(redis_cluster.url, prefix=prefix, **options)
-
-        yield make
-        delete_cluster_prefix(redis_cluster.url, prefix)
+        with redis_backends("conformance", url=redis_cluster.url) as make:
+            yield make
 
 
 @pytest.mark.postgres
@@ -217,5 +189,6 @@ def test_the_wrapped_backend_has_only_defaults_for_every_capability() -> None:
         "new_task_id",
     ):
         assert uses_default(backend.queue, name), name
-    for name in ("enqueue_and_announce", "save_and_publish"):
+    for name in ("enqueue_and_announce", "save_and_publish", "plain_save_and_publish"):
         assert uses_default(backend, name), name
+    assert backend.plain_save_and_publish() is None  # every report awaits the default's coroutine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 import types
@@ -332,17 +333,28 @@ async def test_progress_never_decreases_within_an_attempt() -> None:
     assert (running[3].progress, running[3].message) == (50.0, "at 30")
 
 
-async def test_memory_backend_reports_are_committed_by_its_plain_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_memory_backend_reports_are_committed_by_its_plain_save_and_publish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A report on the memory backend calls its ``save_and_publish_now`` directly (no
     coroutine), and that commits, fenced and published, exactly as ``save_and_publish``."""
-    twin = MemoryBackend.save_and_publish_now
+    plain = MemoryBackend.save_and_publish_now
+    awaited = MemoryBackend.save_and_publish
     committed: list[float] = []
+    awaited_for: list[float] = []
 
-    def counting_twin(self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+    def counting_plain(self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
         committed.append(record.progress)
-        return twin(self, lease, record, view_json)
+        return plain(self, lease, record, view_json)
 
-    monkeypatch.setattr(MemoryBackend.save_and_publish, "plain_twin", counting_twin)
+    async def counting_awaited(
+        self: MemoryBackend, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+    ) -> bool:
+        awaited_for.append(record.progress)
+        return await awaited(self, lease, record, view_json, finish=finish)
+
+    monkeypatch.setattr(MemoryBackend, "save_and_publish_now", counting_plain)
+    monkeypatch.setattr(MemoryBackend, "save_and_publish", counting_awaited)  # the class's own still
     hub = make_hub()
 
     @hub.task("steps")
@@ -354,15 +366,18 @@ async def test_memory_backend_reports_are_committed_by_its_plain_twin(monkeypatc
         sink = await attach(hub)
         record = await hub.submit("steps", owner=OWNER)
         await wait_until(lambda: sink.has_status(record.id, "completed"))
-    assert committed == [10, 20, 30]
+    # The worker's own commits (started, completed) await ``save_and_publish``, which makes
+    # the same plain call; the reports make it alone.
+    assert awaited_for == [0.0, 100.0]
+    assert committed == [0.0, 10, 20, 30, 100.0]
     running = [(v.progress, v.message) for v in sink.views(record.id) if v.status == "running"]
     assert running == [(0.0, "started"), (10.0, "at 10"), (20.0, "at 20"), (30.0, "at 30")]
     assert [e.seq for e in sink.events] == list(range(1, len(sink.events) + 1))
 
 
 async def test_a_backend_overriding_save_and_publish_still_gets_every_report() -> None:
-    """The plain twin belongs to the memory backend's own ``save_and_publish``: a subclass
-    that overrides that method (to count, to wrap) is called for every report."""
+    """The plain commit is the memory backend's own ``save_and_publish``'s: a subclass that
+    overrides that method (to count, to wrap) is called for every report."""
     seen: list[float] = []
 
     class Counting(MemoryBackend):
@@ -384,6 +399,23 @@ async def test_a_backend_overriding_save_and_publish_still_gets_every_report() -
         record = await hub.submit("steps", owner=OWNER)
         await wait_until(lambda: sink.has_status(record.id, "completed"))
     assert seen == [0.0, 10, 20, 30, 100.0]  # started, three reports, completed
+
+
+def test_the_memory_backend_offers_its_plain_commit_only_for_its_own_save_and_publish() -> None:
+    own = MemoryBackend()
+    commit = own.plain_save_and_publish()
+    assert commit == own.save_and_publish_now
+
+    class Wrapping(MemoryBackend):
+        async def save_and_publish(
+            self, lease: Lease, record: TaskRecord, view_json: bytes, *, finish: bool = False
+        ) -> bool:
+            return await super().save_and_publish(lease, record, view_json, finish=finish)
+
+    assert Wrapping().plain_save_and_publish() is None
+    replaced: Any = MemoryBackend()
+    replaced.save_and_publish = Wrapping.save_and_publish  # set on the instance (as tests wrap it)
+    assert replaced.plain_save_and_publish() is None
 
 
 async def test_report_refuses_a_bad_percent() -> None:
@@ -417,16 +449,81 @@ def _context(
     save_and_publish: Callable[[Lease, TaskRecord, bytes], Awaitable[bool]],
     interval: float,
     group: anyio.abc.TaskGroup,
+    save_and_publish_now: Callable[[Lease, TaskRecord, bytes], bool] | None = None,
 ) -> TaskContext:
-    """A context whose writes go to ``save_and_publish`` (a backend's), under a lease of ``start``."""
+    """A context whose writes go to ``save_and_publish`` (a backend's), or its reports' to
+    ``save_and_publish_now`` when given, under a lease of ``start``."""
 
     def on_lost(record: TaskRecord) -> None:
         raise AssertionError(f"no write of these tests is refused: {record!r}")
 
     lease = Lease(start, str(start.attempt))
     return TaskContext(
-        start, lease=lease, save_and_publish=save_and_publish, on_lost=on_lost, interval=interval, spawn=group
+        start,
+        lease=lease,
+        save_and_publish=save_and_publish,
+        save_and_publish_now=save_and_publish_now,
+        on_lost=on_lost,
+        interval=interval,
+        spawn=group,
     )
+
+
+async def _never_awaited(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+    raise AssertionError("a report with a plain commit awaits none")
+
+
+async def test_a_plain_commit_that_raises_leaves_the_values_to_the_next_report(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A report's plain commit (``save_and_publish_now``) that raises is handled as an awaited
+    one: logged, the handler goes on, the revision spent, and the next report sends the latest
+    values under a newer one."""
+    attempts: list[tuple[int, float]] = []
+
+    def commit_now(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        attempts.append((record.revision, record.progress))
+        if len(attempts) == 1:
+            raise RuntimeError("the store hiccuped")
+        return True
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    async with anyio.create_task_group() as group:
+        ctx = _context(start, _never_awaited, 0.0, group, save_and_publish_now=commit_now)
+        with caplog.at_level(logging.WARNING, "progressq.worker"):
+            await ctx.report(10)
+        await ctx.report(20)
+        final = await ctx.close()
+    assert attempts == [(start.revision + 1, 10.0), (start.revision + 2, 20.0)]
+    assert "progress of task t could not be sent" in caplog.text
+    assert (final.revision, final.progress) == (start.revision + 2, 20.0)
+
+
+async def test_a_plain_commit_answered_false_stops_the_reports() -> None:
+    """A lease taken over (the plain commit answers False): the worker is told once, and no
+    report writes after it."""
+    attempts: list[float] = []
+    lost: list[TaskRecord] = []
+
+    def commit_now(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        attempts.append(record.progress)
+        return False
+
+    start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1)
+    async with anyio.create_task_group() as group:
+        ctx = TaskContext(
+            start,
+            lease=Lease(start, "1"),
+            save_and_publish=_never_awaited,
+            save_and_publish_now=commit_now,
+            on_lost=lost.append,
+            interval=0.0,
+            spawn=group,
+        )
+        for percent in (10, 20, 30):
+            await ctx.report(percent)
+    assert attempts == [10.0]
+    assert [record.progress for record in lost] == [10.0]
 
 
 async def test_a_handler_reporting_faster_than_the_interval_is_flushed_by_one_task(
@@ -524,21 +621,28 @@ async def test_a_flush_that_wakes_late_does_not_emit_early(monkeypatch: pytest.M
         max_size=30,
     ),
     st.sampled_from(["asyncio", "trio"]),
+    st.booleans(),
 )
-def test_each_emitted_progress_is_the_running_maximum(reports: list[tuple[float, str | None]], backend: str) -> None:
-    """With no rate limit every report emits: its percent is the maximum so far, its message the latest."""
+def test_each_emitted_progress_is_the_running_maximum(
+    reports: list[tuple[float, str | None]], backend: str, plain: bool
+) -> None:
+    """With no rate limit every report emits: its percent is the maximum so far, its message
+    the latest; whether the backend's commit is awaited or ``plain`` (the memory backend's)."""
 
     async def main() -> list[TaskRecord]:
         committed: list[TaskRecord] = []
 
-        async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+        def commit_now(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
             assert view_json == record.view_json()  # the view the backend stores and sends
             committed.append(record)
             return True
 
+        async def commit(lease: Lease, record: TaskRecord, view_json: bytes) -> bool:
+            return commit_now(lease, record, view_json)
+
         start = TaskRecord(id="t", kind="k", name="n", owner=OWNER, status="running", attempt=1, message="started")
         async with anyio.create_task_group() as group:
-            ctx = _context(start, commit, 0.0, group)
+            ctx = _context(start, commit, 0.0, group, save_and_publish_now=commit_now if plain else None)
             for percent, message in reports:
                 await ctx.report(percent, message)
             final = await ctx.close()
@@ -1032,7 +1136,7 @@ async def test_finished_tasks_expire_after_retention_seconds(monkeypatch: pytest
     # backend's clock is moved on by hand, so that a busy machine cannot stretch the waits.
     ahead = [0.0]
     clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + ahead[0], time=time.time)
-    monkeypatch.setattr("progressq.backends.memory.time", clock)
+    monkeypatch.setattr("progressq.backends._memory_queue.time", clock)
     hub = make_hub(backend=MemoryBackend(retention=10.0), concurrency=1)
     hub.task("noop")(_noop)
     async with hub:

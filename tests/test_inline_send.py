@@ -14,8 +14,9 @@ import pytest
 from progressq import Hub, MemoryBackend
 from progressq.transport import RequestInfo, TransportSettings, _inline
 from progressq.transport._adapters import AsgiWebSocketPeer
-from progressq.transport._connection import Connection, PeerGone
+from progressq.transport._connection import Connection
 from progressq.transport._identity import IdentityResolver
+from progressq.transport._peer import PeerGone
 from tests.waiting import PATIENCE
 
 OWNER = "owner-a"

@@ -21,7 +21,7 @@ import pytest
 from progressq import Hub, MemoryBackend, TaskContext, TaskRecord
 from progressq.errors import BackendUnavailable
 from progressq.testing import RecordingSink, check_task_events
-from tests.redis_support import REDIS_URL, prefixed, private_redis
+from tests.redis_support import private_redis, redis_backends
 from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
@@ -47,10 +47,8 @@ async def running_hub(backend_kind: str) -> AsyncIterator[Hub]:
         async with Hub(MemoryBackend(), secret=SECRET, progress_interval=0.0) as hub:
             yield hub
         return
-    from progressq.backends.redis import RedisBackend
-
-    with prefixed("interrupted") as prefix:
-        async with Hub(RedisBackend.from_url(REDIS_URL, prefix=prefix), secret=SECRET, progress_interval=0.0) as hub:
+    with redis_backends("interrupted") as make:
+        async with Hub(make(), secret=SECRET, progress_interval=0.0) as hub:
             yield hub
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -18,6 +18,7 @@ from progressq.messages import (
     ErrorBody,
     ErrorDetail,
     ErrorMessage,
+    EventType,
     PingRequest,
     PongMessage,
     ResumeRequest,
@@ -243,10 +244,35 @@ def test_error_body_shape() -> None:
 # --- frame_event ------------------------------------------------------------------------
 
 
+EVENT_MESSAGES: dict[EventType, type[TaskQueuedMessage | TaskProgressMessage]] = {
+    "taskQueued": TaskQueuedMessage,
+    "taskProgress": TaskProgressMessage,
+}
+
+
+def test_every_event_kind_is_framed_as_its_message() -> None:
+    assert set(EVENT_MESSAGES) == set(get_args(EventType))
+    view = TaskView(
+        id="t",
+        name="n",
+        status="running",
+        progress=5.0,
+        message="m",
+        created_at=datetime(2026, 1, 2, tzinfo=UTC),
+        started_at=None,
+        finished_at=None,
+        attempt=1,
+    )
+    for kind, cls in EVENT_MESSAGES.items():
+        expected = encode(cls(seq=7, task=view))
+        assert frame_event(kind, 7, encode(view)) == expected
+        assert frame_event_text(kind, 7, encode(view)).encode() == expected
+
+
 @settings(max_examples=150)
-@given(st.sampled_from(["taskQueued", "taskProgress"]), seqs, task_views())
+@given(st.sampled_from(get_args(EventType)), seqs, task_views())
 def test_frame_event_equals_encoding_the_message(kind: Any, seq: int, view: TaskView) -> None:
-    cls = TaskQueuedMessage if kind == "taskQueued" else TaskProgressMessage
+    cls = EVENT_MESSAGES[kind]
     framed = frame_event(kind, seq, encode(view))
     assert framed == encode(cls(seq=seq, task=view))
     assert _server_decoder.decode(framed) == cls(seq=seq, task=view)

@@ -4,7 +4,7 @@ recovery, outages. Against a real Redis; each test under its own key prefix."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,12 +19,11 @@ from progressq.backends.redis import RedisBackend
 from progressq.contracts import Backend, Lease, TaskRecord
 from progressq.errors import BackendUnavailable, ConfigurationError
 from progressq.testing import RecordingSink
-from tests.redis_support import REDIS_URL, free_port, prefixed, private_redis
+from tests.redis_support import REDIS_URL, free_port, private_redis, redis_backends
+from tests.redis_support import MakeRedisBackend as Make
 from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-Make = Callable[..., RedisBackend]
 
 
 @pytest.fixture
@@ -35,11 +34,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 def make() -> Iterator[Make]:
     """Backends on the shared Redis under one fresh prefix, deleted afterwards."""
-    with prefixed("backend") as prefix:
-
-        def factory(**options: Any) -> RedisBackend:
-            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
-
+    with redis_backends("backend") as factory:
         yield factory
 
 

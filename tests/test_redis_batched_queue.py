@@ -4,7 +4,7 @@ Against a real Redis; each test under its own key prefix."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -16,11 +16,10 @@ import redis
 from progressq.backends.redis import RedisBackend
 from progressq.contracts import TaskRecord
 from progressq.errors import ConfigurationError
-from tests.redis_support import REDIS_URL, delete_prefix, prefixed
+from tests.redis_support import REDIS_URL, delete_prefix, prefixed, redis_backends
+from tests.redis_support import MakeRedisBackend as Make
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-Make = Callable[..., RedisBackend]
 
 
 @pytest.fixture
@@ -30,11 +29,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def make() -> Iterator[Make]:
-    with prefixed("batched") as prefix:
-
-        def factory(**options: Any) -> RedisBackend:
-            return RedisBackend.from_url(REDIS_URL, prefix=prefix, **options)
-
+    """Backends on the shared Redis under one fresh prefix, deleted afterwards."""
+    with redis_backends("batched") as factory:
         yield factory
 
 

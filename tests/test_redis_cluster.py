@@ -18,8 +18,8 @@ from progressq.backends.redis import RedisBackend
 from progressq.contracts import Event
 from progressq.errors import ConfigurationError
 from tests import redis_cluster_support
-from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix, local_cluster
-from tests.redis_support import new_prefix
+from tests.redis_cluster_support import SharedCluster, local_cluster
+from tests.redis_support import new_prefix, redis_backends
 from tests.waiting import PATIENCE
 
 pytestmark = [pytest.mark.redis_cluster, pytest.mark.anyio]
@@ -169,14 +169,13 @@ async def test_a_cluster_client_error_while_pubsub_reconnects_is_an_outage(monke
 
 
 async def test_sharded_channels_live_on_the_master_of_their_shard(redis_cluster: SharedCluster) -> None:
-    prefix = new_prefix("channels")
-    try:
-        async with RedisBackend.from_url(redis_cluster.url, prefix=prefix) as backend:
+    with redis_backends("channels", url=redis_cluster.url) as make:
+        async with make() as backend:
             sink = RecordingSink()
             await backend.registry.attach("alice", sink)
             shard = backend._shards.of_owner("alice")
             channel = backend._shards.keys[shard].channel("alice")
-            assert channel.startswith(f"{{{prefix}:{shard}}}:")
+            assert channel.startswith(f"{{{make.prefix}:{shard}}}:")
             ports = [int(node.rpartition(":")[2]) for node in redis_cluster.url.split("//")[1].split(",")]
             with redis.RedisCluster(host="127.0.0.1", port=ports[0]) as admin:
                 owner = admin.get_node_from_key(channel)
@@ -187,21 +186,16 @@ async def test_sharded_channels_live_on_the_master_of_their_shard(redis_cluster:
             await backend.registry.publish("alice", "taskProgress", "t", 1, b'{"n":1}')
             await sink.wait_count(1)
             assert sink.seqs == [1]
-    finally:
-        delete_cluster_prefix(redis_cluster.url, prefix)
 
 
 async def test_another_number_of_shards_is_refused(redis_cluster: SharedCluster) -> None:
-    prefix = new_prefix("shards")
-    try:
-        async with RedisBackend.from_url(redis_cluster.url, prefix=prefix, shards=4):
+    with redis_backends("shards", url=redis_cluster.url) as make:
+        async with make(shards=4):
             pass
         for other in (8, 1):
             with pytest.raises(ConfigurationError, match="4 shards"):
-                async with RedisBackend.from_url(redis_cluster.url, prefix=prefix, shards=other):
+                async with make(shards=other):
                     pass
-    finally:
-        delete_cluster_prefix(redis_cluster.url, prefix)
 
 
 def test_cluster_urls_list_their_nodes_and_hide_the_password() -> None:

@@ -32,11 +32,11 @@ from progressq.backends.redis._pubsub import _PubSub, _Source, _Subscription
 from tests.redis_cluster_support import SharedCluster, delete_cluster_prefix
 from tests.redis_support import (
     REDIS_URL,
-    delete_prefix,
     free_port,
     new_prefix,
     private_redis,
     redis_answers,
+    redis_backends,
     require_redis,
 )
 from tests.waiting import PATIENCE
@@ -201,12 +201,11 @@ async def test_many_replies_in_one_read_are_all_taken() -> None:
 async def test_a_connection_cut_mid_message_loses_no_event() -> None:
     """The registry's subscriber over a connection cut in the middle of a message: the reader
     connects again, and what was missed comes from the history, in order, once each."""
-    prefix = new_prefix("cut")
-    try:
+    with redis_backends("cut") as make:
         async with (
             relayed() as (relay, url),
-            RedisBackend.from_url(url, prefix=prefix) as listener,
-            RedisBackend.from_url(REDIS_URL, prefix=prefix) as publisher,
+            make(url=url) as listener,
+            make() as publisher,
         ):
             sink = RecordingSink()
             await listener.registry.attach("alice", sink)
@@ -219,8 +218,6 @@ async def test_a_connection_cut_mid_message_loses_no_event() -> None:
             await sink.wait_count(20)
             assert sink.seqs == list(range(1, 21))
             assert listener._pubsubs[0].connections >= 1
-    finally:
-        delete_prefix(prefix)
 
 
 async def test_an_unexpected_error_while_connecting_again_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ __all__ = ("CapabilityConformance",)
 
 class CapabilityConformance:
     """``lease_many``, ``watch_lost_leases``, ``enqueue_and_announce``, ``save_and_publish``,
-    ``task_with_key``, ``new_task_id``."""
+    ``plain_save_and_publish``, ``task_with_key``, ``new_task_id``."""
 
     shared_state: ClassVar[bool] = False
 
@@ -169,6 +169,35 @@ class CapabilityConformance:
             assert stored is not None
             assert (stored.status, stored.revision) == ("completed", done.revision)
             assert await no_lease(backend) is None
+
+    @pytest.mark.anyio
+    async def test_plain_save_and_publish_does_what_save_and_publish_does(self, make_backend: BackendFactory) -> None:
+        """The plain form a backend hands progress reports (``plain_save_and_publish``), if it
+        has one: fenced, stored and published as ``save_and_publish`` without ``finish``."""
+        async with make_backend() as backend:
+            commit = backend.plain_save_and_publish()
+            if commit is None:  # its reports await ``save_and_publish``, checked above
+                return
+            sink = RecordingSink()
+            await backend.registry.attach("alice", sink)
+            record = new_record()
+            await backend.queue.enqueue(record)
+            lease = await lease_within(backend)
+            stale = Lease(msgspec.structs.replace(lease.record, attempt=lease.record.attempt - 1), lease.token)
+            running = lease.record.evolve(status="running", progress=5.0)
+            assert not commit(stale, running, running.view_json())
+            assert commit(lease, running, running.view_json())
+            stored = await backend.queue.get(record.id)
+            assert stored is not None
+            assert (stored.status, stored.progress, stored.revision) == ("running", 5.0, running.revision)
+            await sink.wait_count(1)
+            await anyio.sleep(0.2)  # give a stray event (the fenced-out one) time to arrive
+            assert [(e.kind, e.revision, status_of(e)) for e in sink.events] == [
+                ("taskProgress", running.revision, "running")
+            ]
+            assert counts(await backend.queue.statistics()) == (0, 1)  # not finished: still running
+            done = running.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+            assert await backend.save_and_publish(lease, done, done.view_json(), finish=True)
 
     @pytest.mark.anyio
     async def test_a_unique_key_names_one_unfinished_task_until_it_ends(self, make_backend: BackendFactory) -> None:

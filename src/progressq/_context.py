@@ -92,23 +92,20 @@ class TaskContext:
         *,
         lease: Lease,
         save_and_publish: Callable[[Lease, TaskRecord, bytes], Awaitable[bool]],
+        save_and_publish_now: Callable[[Lease, TaskRecord, bytes], bool] | None = None,
         on_lost: Callable[[TaskRecord], None],
         interval: float,
         spawn: TaskGroup,
     ) -> None:
         self._record = record
         # The backend's own ``save_and_publish`` and the lease, called directly: a report
-        # passes no worker layer on its way to the backend. ``on_lost`` tells the worker of
-        # a commit answered False (the lease was taken over), once.
+        # passes no worker layer on its way to the backend. ``save_and_publish_now`` is the
+        # same step as a plain call, where the backend has one (``plain_save_and_publish``):
+        # a report then makes no coroutine for its commit. ``on_lost`` tells the worker of a
+        # commit answered False (the lease was taken over), once.
         self._lease = lease
         self._save_and_publish = save_and_publish
-        # A backend whose ``save_and_publish`` never suspends (the memory backend's) may mark
-        # it with a ``plain_twin``, the same step as a plain call: a report then makes no
-        # coroutine for its commit.
-        twin = getattr(save_and_publish, "plain_twin", None)
-        self._save_and_publish_now: Callable[[Lease, TaskRecord, bytes], bool] | None = (
-            None if twin is None else twin.__get__(save_and_publish.__self__)  # type: ignore[attr-defined]
-        )
+        self._save_and_publish_now = save_and_publish_now
         self._on_lost = on_lost
         self._view = ProgressView(record)  # every record it commits differs in progress and message only
         self._interval = interval
@@ -193,40 +190,21 @@ class TaskContext:
         now = time.monotonic()
         if now < self._next_emit:
             self._schedule_flush()
-        elif not self._emitting:
-            # ``_emit``'s loop, spelled out here: one coroutine less on every report. And the
-            # first record of it is ``_due``'s, spelled out too: this report is due (above).
-            self._emitting = True
-            self._dirty = False
-            self._next_emit = now + self._interval
-            last = self._record
-            record: TaskRecord | None = replace(
-                last, revision=last.revision + 1, progress=self._percent, message=self._message
-            )
+        elif not self._emitting:  # else the emission in flight sends these values
             commit_now = self._save_and_publish_now
-            try:
-                while record is not None:
-                    try:
-                        if commit_now is not None:
-                            committed = commit_now(self._lease, record, self._view.encode(record))
-                        else:
-                            committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
-                    except BaseException as exc:
-                        self._not_committed(record, exc)
-                        break
-                    if committed and not backend_outage.ongoing:  # ``_committed``'s common case
+            if commit_now is None:
+                await self._emit(now)
+            else:  # one record: nothing can be reported while a plain commit runs
+                record = self._next_record(now)
+                try:
+                    committed = commit_now(self._lease, record, self._view.encode(record))
+                except BaseException as exc:
+                    self._not_committed(record, exc)
+                else:
+                    if committed and not backend_outage.ongoing:  # ``_committed``'s common case, without a call
                         self._record = record
-                        if not self._dirty:  # nothing reported meanwhile
-                            break
-                        due = time.monotonic()
                     else:
-                        due = self._committed(record, committed)
-                    # ``now`` stays the report's time: the yielding below counts from it.
-                    record = self._due(due) if self._dirty else None
-            finally:
-                self._emitting = False
-                if self._emitted is not None:
-                    self._emitted.set()
+                        self._committed(record, committed)
         # ``report`` may not suspend at all (its sends are made on this stack), so it yields
         # to the event loop itself when the handler has kept it busy for a millisecond
         # without the loop going round: a handler looping on ``report``, or computing between
@@ -275,19 +253,21 @@ class TaskContext:
     async def _emit(self, now: float) -> bool:
         """Send the latest values if they are due; False if a write failed."""
         # One emission at a time, in order; one that finds another in flight leaves its
-        # values to it (``_dirty``), which sends them when they are due. ``report`` has the
-        # same loop inline.
+        # values to it (``_dirty``), which sends them when they are due.
         if self._emitting:
             return True
         self._emitting = True
         try:
-            while (record := self._due(now)) is not None:
+            record = self._due(now)
+            while record is not None:
                 try:
                     committed = await self._save_and_publish(self._lease, record, self._view.encode(record))
                 except BaseException as exc:
                     self._not_committed(record, exc)
                     return False
-                now = self._committed(record, committed)
+                self._committed(record, committed)
+                # Reported while this one was in flight: send that too, when it is due.
+                record = self._due(time.monotonic()) if self._dirty else None
             return True
         finally:
             self._emitting = False
@@ -302,21 +282,25 @@ class TaskContext:
         if now < self._next_emit:
             self._schedule_flush()
             return None
+        return self._next_record(now)
+
+    def _next_record(self, now: float) -> TaskRecord:
+        """The record with the latest values, to commit now (they are due): they count as sent."""
         self._dirty = False
         self._next_emit = now + self._interval
         # ``evolve`` spelled out: its ``**changes`` cost as much as the copy itself.
         last = self._record
         return replace(last, revision=last.revision + 1, progress=self._percent, message=self._message)
 
-    def _committed(self, record: TaskRecord, committed: bool) -> float:
-        """Note a commit's answer; the time, if the loop must look again."""
-        backend_outage.answered()
+    def _committed(self, record: TaskRecord, committed: bool) -> None:
+        """Note a commit's answer."""
+        if backend_outage.ongoing:  # ``answered`` does nothing without an outage: no call then
+            backend_outage.answered()
         if committed:
             self._record = record
         else:
             self._closed = True  # our lease was taken over: write nothing more
             self._on_lost(record)
-        return time.monotonic() if self._dirty else 0.0  # reported while this one was in flight
 
     def _not_committed(self, record: TaskRecord, exc: BaseException) -> None:
         """A commit raised: note it (re-raising a cancellation), and keep the values to send."""

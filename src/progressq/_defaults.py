@@ -7,7 +7,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -145,6 +145,10 @@ class BackendDefaults:
         if finish:
             await self.queue.finish(lease)
         return True
+
+    def plain_save_and_publish(self) -> Callable[[Lease, TaskRecord, bytes], bool] | None:
+        """None: the default ``save_and_publish`` waits for the queue and the registry."""
+        return None
 
     @contextlib.asynccontextmanager
     async def _defaults_owner_lock(self, owner: str) -> AsyncIterator[None]:

@@ -245,6 +245,7 @@ class WorkerPool:
             running,
             lease=lease,
             save_and_publish=self._backend.save_and_publish,
+            save_and_publish_now=self._backend.plain_save_and_publish(),
             on_lost=lambda lost: self._lost_write(lease, lost),
             interval=interval,
             spawn=runs,

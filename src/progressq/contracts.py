@@ -14,7 +14,7 @@ bytes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -310,7 +310,8 @@ class SaveAndPublish(Protocol):
     """A ``Backend`` capability: record a task's change and tell its owner in one step.
 
     Default: ``queue.save``; if stored, ``registry.publish`` (``taskProgress``); then, with
-    ``finish``, ``queue.finish``.
+    ``finish``, ``queue.finish``. And no plain form (``plain_save_and_publish`` answers None):
+    every progress report awaits ``save_and_publish``.
     """
 
     async def save_and_publish(
@@ -323,13 +324,23 @@ class SaveAndPublish(Protocol):
         worker paused between save and publish from publishing a stale view."""
         ...
 
+    def plain_save_and_publish(self) -> Callable[[Lease, TaskRecord, bytes], bool] | None:
+        """``save_and_publish`` without ``finish`` as a plain function, for a backend whose
+        step never waits (the memory backend's); None where it waits. The worker asks once
+        per attempt, and that attempt's progress reports call the function instead of
+        awaiting ``save_and_publish``: a coroutine less per report. It must do exactly what
+        ``save_and_publish`` does (fenced, published, the same answer); a backend whose
+        ``save_and_publish`` is replaced (by a subclass, or on the instance) answers None,
+        so that the reports reach the replacement."""
+        ...
+
 
 @runtime_checkable
 class Backend(AnnouncingEnqueue, SaveAndPublish, Protocol):
     """A bundle of a queue and a registry, opened and closed as one async resource.
 
     Required: the members below. The operations spanning both (``enqueue_and_announce``,
-    ``save_and_publish``) have defaults in :class:`BackendDefaults`.
+    ``save_and_publish``, ``plain_save_and_publish``) have defaults in :class:`BackendDefaults`.
     """
 
     @property

@@ -36,7 +36,6 @@ from progressq.transport._identity import IdentityResolver
 from progressq.transport._limits import ConnectionCounts, TokenBucket, oversized_resume_id
 from progressq.transport._outbox import IdentitySink, Outbox, SlowConsumer
 from progressq.transport._peer import (
-    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
@@ -48,18 +47,7 @@ from progressq.transport._peer import (
 )
 from progressq.transport._settings import RequestInfo, TransportSettings
 
-__all__ = (
-    "CLOSE_GOING_AWAY",
-    "CLOSE_INTERNAL_ERROR",
-    "CLOSE_POLICY_VIOLATION",
-    "CLOSE_SLOW_CONSUMER",
-    "CLOSE_TOO_BIG",
-    "CLOSE_TRY_AGAIN_LATER",
-    "Connection",
-    "ConnectionCounts",
-    "Peer",
-    "PeerGone",
-)
+__all__ = ("Connection",)
 
 logger = logging.getLogger("progressq.transport")
 

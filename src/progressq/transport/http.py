@@ -29,8 +29,8 @@ from progressq.errors import (
 )
 from progressq.hub import Hub
 from progressq.messages import ErrorBody, ErrorDetail, StartedTask, TaskList, encode
-from progressq.transport._connection import PeerGone
 from progressq.transport._identity import IdentityResolver, origin_allowed
+from progressq.transport._peer import PeerGone
 from progressq.transport._routes import RouteSpec
 from progressq.transport._settings import RequestInfo, TransportSettings
 

@@ -24,8 +24,10 @@ import anyio
 from progressq.errors import ForbiddenIdentity
 from progressq.hub import Hub
 from progressq.messages import encode
-from progressq.transport._connection import Connection, ConnectionCounts, PeerGone
+from progressq.transport._connection import Connection
 from progressq.transport._identity import IdentityResolver, origin_allowed
+from progressq.transport._limits import ConnectionCounts
+from progressq.transport._peer import PeerGone
 from progressq.transport._settings import RequestInfo, TransportSettings
 from progressq.transport._shutdown import end_on_server_stop
 from progressq.transport._stream_cookie import stream_cookie, stream_key, streamed_identity

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 
 from progressq.hub import Hub
-from progressq.transport._connection import (
+from progressq.transport._connection import Connection
+from progressq.transport._identity import IdentityResolver, origin_allowed
+from progressq.transport._peer import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
-    Connection,
     PeerGone,
 )
-from progressq.transport._connection import Peer as WebSocketPeer
-from progressq.transport._identity import IdentityResolver, origin_allowed
+from progressq.transport._peer import Peer as WebSocketPeer
 from progressq.transport._settings import RequestInfo, TransportSettings
 
 __all__ = (
