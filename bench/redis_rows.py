@@ -47,9 +47,10 @@ async def reports(url: str, tasks: int, rounds: int) -> None:
         records = [lease.record.evolve(status="running", started_at=started) for lease in leases]
         for n in range(rounds):
             records = [record.evolve(progress=(n + 1) * 100 / (rounds + 1), message=f"r{n}") for record in records]
-            # the first round restates the status, as an attempt's first commit does
+            # the first round restates the status and stores the record whole, as an attempt's
+            # first commit does; the later ones change only progress and message: ticks
             rows = [
-                calls.commit_row(lease, record, record.view_json(), finish=False, restated=n == 0)
+                calls.commit_row(lease, record, record.view_json(), finish=False, restated=n == 0, tick=n > 0)
                 for lease, record in zip(leases, records, strict=True)
             ]
             answers = await calls.send(rows)

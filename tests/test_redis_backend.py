@@ -638,6 +638,14 @@ def test_the_rows_are_laid_out_as_the_script_reads_them() -> None:
         op: (fields.index("history"), len(fields) - 1 - fields.index("history")) for op, fields in _ROW_LAYOUTS.items()
     }
     assert in_sizes == layouts
+    # the progress script reads progress rows without their names, stepping as the whole one does
+    progress = files("progressq.backends.redis").joinpath("scripts", "progress.lua").read_text(encoding="utf-8")
+    in_progress = re.search(r"^-- PROGRESS: (.+)$", progress, re.M)
+    assert in_progress is not None
+    assert tuple(in_progress.group(1).split()) == _ROW_LAYOUTS["progress"][1:]
+    keys, fields = layouts["progress"]
+    assert f"for at = 0, #ARGV - 1, {fields} do" in progress
+    assert f"key = key + {keys}\n" in progress
     calls = _Calls(redis.Redis(), _Keys("pq"), capacity=0, retention=1, history_size=1, history_ttl=1)
     record = _record()
     lease = Lease(record, "1-0")
@@ -745,3 +753,75 @@ async def test_a_save_cut_off_after_its_lease_was_let_go_fails_as_an_outage() ->
                 server.kill()
             assert len(failures) == 1
             assert isinstance(failures[0], BackendUnavailable), repr(failures[0])
+
+
+async def test_a_report_of_progress_alone_is_stored_as_a_tick_that_every_reader_lays_over_the_record(
+    make: Make,
+) -> None:
+    # A report that changes only the progress and message stores those (the hash's `tick`), not
+    # the whole record: the task's reads, its owner's list and a takeover's lease all see them;
+    # a report that changes anything else, and the task's end, store the record whole again.
+    async with make(lease_timeout=0.5) as observer:
+        await _submit(observer, _record())
+        task_key = f"{observer.prefix}:task:task-0"
+        async with make(lease_timeout=0.5) as dying:
+            first = await dying.queue.lease()
+            assert first is not None
+            running = first.record.evolve(status="running", started_at=datetime.now(UTC))
+            assert await dying.save_and_publish(first, running, running.view_json())
+            report = running.evolve(progress=60.0, message="most of it")
+            assert await dying.save_and_publish(first, report, report.view_json())
+            stored = msgspec.json.decode(await observer.client.hget(task_key, "data"))
+            assert (stored["progress"], stored["message"]) == (0.0, "")  # not written whole
+            assert await observer.client.hget(task_key, "tick") is not None
+            for read in [await observer.queue.get("task-0"), *(await observer.queue.list_by_owner("alice"))]:
+                assert read is not None
+                assert (read.progress, read.message, read.revision) == (60.0, "most of it", report.revision)
+                assert read.started_at == running.started_at
+            # stalls here; after lease_timeout another worker takes over, from the last report
+        async with make(lease_timeout=0.5) as rescuer:
+            second = await _lease_within(rescuer, PATIENCE)
+            assert second is not None
+            assert (second.record.attempt, second.record.progress, second.record.message) == (2, 60.0, "most of it")
+            late = report.evolve(progress=90.0)  # the first attempt's next report is fenced out
+            assert not await observer.save_and_publish(first, late, late.view_json())
+            restarted = second.record.evolve(status="running", progress=0.0, message="")
+            assert await rescuer.save_and_publish(second, restarted, restarted.view_json())
+            changed = restarted.evolve(progress=10.0, context={"step": "two"})  # not progress alone
+            assert await rescuer.save_and_publish(second, changed, changed.view_json())
+            assert msgspec.json.decode(await observer.client.hget(task_key, "data"))["context"] == {"step": "two"}
+            report = changed.evolve(progress=50.0, message="half")
+            assert await rescuer.save_and_publish(second, report, report.view_json())
+            read = await observer.queue.get("task-0")
+            assert read is not None
+            assert (read.progress, read.message, read.context) == (50.0, "half", {"step": "two"})
+            done = report.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+            assert await rescuer.save_and_publish(second, done, done.view_json(), finish=True)
+            read = await observer.queue.get("task-0")
+            assert read is not None
+            assert (read.status, read.progress, read.message) == ("completed", 100.0, "half")
+
+
+async def test_a_task_stored_by_the_version_before_ticks_or_with_an_older_tick_reads_as_its_record(
+    make: Make,
+) -> None:
+    # Upgrading: a hash without a tick (every task the version before stored) reads as its
+    # record; a tick older than the record (a whole write after it, by either version) is ignored.
+    async with make() as backend:
+        await _submit(backend, _record())
+        task_key = f"{backend.prefix}:task:task-0"
+        record = await backend.queue.get("task-0")
+        assert record is not None
+        whole = record.evolve(status="running", progress=20.0, message="as stored before")
+        await backend.client.hset(task_key, mapping={"data": msgspec.json.encode(whole), "rev": whole.revision})
+        read = await backend.queue.get("task-0")
+        assert read is not None
+        assert (read.progress, read.message) == (20.0, "as stored before")
+        older = msgspec.json.encode((whole.revision - 1, 90.0, "an older tick"))
+        await backend.client.hset(task_key, "tick", older)
+        read = await backend.queue.get("task-0")
+        assert read is not None
+        assert (read.progress, read.message) == (20.0, "as stored before")
+        lease = await backend.queue.lease()
+        assert lease is not None
+        assert (lease.record.progress, lease.record.message) == (20.0, "as stored before")

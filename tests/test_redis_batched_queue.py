@@ -4,18 +4,20 @@ Against a real Redis; each test under its own key prefix."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import pytest
+import redis
 
 from progressq.backends.redis import RedisBackend
 from progressq.contracts import TaskRecord
 from progressq.errors import ConfigurationError
+from tests.redis_support import REDIS_URL, delete_prefix, prefixed, redis_backends
 from tests.redis_support import MakeRedisBackend as Make
-from tests.redis_support import redis_backends
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
@@ -34,6 +36,14 @@ def make() -> Iterator[Make]:
 
 def _record(owner: str, n: int) -> TaskRecord:
     return TaskRecord(id=f"task-{owner}-{n}", kind="work", name=f"task {n}", owner=owner)
+
+
+@asynccontextmanager
+async def _deleted(prefix: str) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        delete_prefix(prefix)
 
 
 def _count_sends(backend: RedisBackend) -> list[int]:
@@ -132,3 +142,66 @@ async def test_the_running_commit_leaves_the_expiry_its_submit_set(make: Make) -
         running = lease.record.evolve(status="running")
         assert await backend.save_and_publish(lease, running, running.view_json())
         assert all(100 <= ttl <= 105 for ttl in [await client.ttl(key) for key in keys])
+
+
+async def test_a_batch_of_progress_rows_runs_in_a_script_of_its_own_each_row_on_its_own(make: Make) -> None:
+    # A batch of progress rows only (running tasks' reports) goes to the progress script, whose
+    # rows answer as the whole script's do: 1 stored and published, 0 fenced out, an error for
+    # its row alone.
+    async with make() as backend:
+        client, queue = backend.client, backend.queue
+        for owner in ("alice", "bob", "carol"):
+            await backend.enqueue_and_announce(_record(owner, 0), max_unfinished=None)
+        leases = sorted(await queue.lease_many(3), key=lambda lease: lease.record.owner)
+        await client.hset(f"{backend.prefix}:task:task-bob-0", "attempt", "7")  # bob's lease was taken over
+        await client.delete(f"{backend.prefix}:seq:carol")
+        await client.hset(f"{backend.prefix}:seq:carol", "wrong", "type")  # carol's row fails midway
+        calls = queue._calls[0]
+        reports = [lease.record.evolve(status="running", progress=50.0) for lease in leases]
+        rows = [
+            calls.commit_row(lease, report, report.view_json(), finish=False)
+            for lease, report in zip(leases, reports, strict=True)
+        ]
+        assert [op for op, _, _ in rows] == ["progress"] * 3
+        assert await client.script_exists(calls.progress_script.sha) == [False]
+        answers = await calls.send(rows)
+        assert answers[:2] == [1, 0]
+        assert isinstance(answers[2], redis.ResponseError)
+        assert await client.script_exists(calls.progress_script.sha) == [True]
+        alice, bob = await queue.get("task-alice-0"), await queue.get("task-bob-0")
+        assert alice is not None
+        assert bob is not None
+        assert (alice.status, alice.progress) == ("running", 50.0)
+        assert (bob.status, bob.progress) == ("queued", 0.0)  # fenced out: nothing stored
+        assert await backend.registry.current_seq("alice") == 2  # announced, then this report
+        assert await backend.registry.current_seq("bob") == 1  # nothing published
+
+
+async def test_the_progress_script_reads_its_settings_back_whatever_the_prefix(make: Make) -> None:
+    # The progress script has its shard's settings in its text. A prefix of quotes and Lua's
+    # long brackets still names the cancel channel, and the task that a cancel told again names
+    # (the task's key after the task prefix).
+    with prefixed("batched") as base:
+        prefix = base + "\"'%]]=--"
+        async with RedisBackend.from_url(REDIS_URL, prefix=prefix) as backend, _deleted(prefix):
+            listener = backend.client.pubsub()
+            await listener.subscribe(f"{prefix}:cancel")
+            await backend.enqueue_and_announce(_record("alice", 0), max_unfinished=None)
+            lease = await backend.queue.lease()
+            assert lease is not None
+            await backend.client.hset(f"{prefix}:task:task-alice-0", "cancel", "1")  # asked before the first commit
+            running = lease.record.evolve(status="running")
+            assert await backend.save_and_publish(lease, running, running.view_json())
+            with anyio.fail_after(10):
+                while (message := await listener.get_message(ignore_subscribe_messages=True, timeout=0.1)) is None:
+                    pass
+            assert message["data"] == b"task-alice-0"
+            await listener.aclose()
+
+
+def test_a_lua_literal_reads_back_as_the_text_it_was_made_from() -> None:
+    from progressq.backends.redis._scripts import lua_literal
+
+    text = "a\"b'c\\d\n\x00\u00e9]]--[==[%1\\1" + "23"  # an escape followed by digits stays three digits
+    with redis.Redis.from_url(REDIS_URL) as client:
+        assert client.eval(f"return {lua_literal(text)}", 0) == text.encode()

@@ -1,33 +1,27 @@
-"""Every call of the backend's Redis script, built in one place.
+"""Every call of the backend's Redis scripts, built in one place.
 
-The script (``scripts/operations.lua``, after the queue's ``queue.lua`` and ``taking.lua``)
-holds every operation. Most calls name the operation,
-its keys and its arguments, and the script binds the names (see its header). The calls made
-many at a time (the worker's commits, the submits) are rows instead, sent a shard's batch at a
-time in one script call (``_Calls.send``): positional, as laid out in ``_ROW_LAYOUTS``, the same
-lists the script reads them by. This module is the only place that knows what each operation
-takes: the queue, the registry and the backend ask it for a call or a row and run it. A
-combined operation takes the union of the named arguments of the operations it combines; a name
-they share means one value.
+The whole script (``_scripts``: ``scripts/operations.lua`` after the queue's and the commits'
+parts) holds every operation. Most calls name the operation, its keys and its arguments, and
+the script binds the names (see its header). The calls made many at a time (the worker's
+commits, the submits) are rows instead, sent a shard's batch at a time in one script call
+(``_Calls.send``): positional, as laid out in ``_ROW_LAYOUTS``, the same lists the script reads
+them by; a batch of progress rows only goes to the progress script (``scripts/progress.lua``).
+This module is the only place that knows what each operation takes: the queue, the registry and
+the backend ask it for a call or a row and run it. A combined operation takes the union of the
+named arguments of the operations it combines; a name they share means one value.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Mapping, Sequence
-from importlib.resources import files
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from redis.commands.core import AsyncScript
-
-from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder, event_text
+from progressq.backends.redis._common import _GROUP, _Keys, _record_encoder, event_text, tick_text
+from progressq.backends.redis._scripts import _Call, _Named, _Value, progress_script_text, whole_script_text
 from progressq.contracts import Lease, TaskRecord
 from progressq.messages import EventType
 
-__all__ = ("_ROW_LAYOUTS", "_SETTINGS", "_SHARD_KEYS", "_Call", "_Calls", "_Row", "queue_script")
-
-_Value = str | bytes
-_Named = Mapping[str, _Value]
+__all__ = ("_ROW_LAYOUTS", "_SETTINGS", "_SHARD_KEYS", "_Call", "_Calls", "_Row")
 
 # A batched call: the operation, the keys it names (besides the shard's own) and its other
 # fields, in the order of its layout.
@@ -40,6 +34,13 @@ _SETTINGS = (
     "capacity", "retention", "history_size", "trim_above", "expiry", "refresh", "group", "cancel_channel",
     "publish_command", "stamps", "task_prefix",
 )  # fmt: skip
+
+# The settings that progress rows use (the progress script has them in its text), and those of
+# them that the scripts read as numbers.
+_PROGRESS_SETTINGS = (
+    "history_size", "trim_above", "expiry", "refresh", "cancel_channel", "publish_command", "task_prefix",
+)  # fmt: skip
+_NUMBERS = ("trim_above", "refresh")
 
 # Each batched operation's row, field by field, as the script reads it (its ``ROW`` lines; a test
 # checks that they agree). The fields after ``op`` up to ``history`` are keys, put in KEYS; the
@@ -60,46 +61,6 @@ _ROW_LAYOUTS: dict[str, tuple[str, ...]] = {
     "submit": _NEW_TASK_ROW,
     "enqueue": _NEW_TASK_ROW,
 }  # fmt: skip
-
-
-class _Call:
-    """One call of the script: ``keys`` and ``args`` as Redis takes them (``KEYS``, ``ARGV``)."""
-
-    __slots__ = ("args", "keys", "script")
-
-    def __init__(self, script: AsyncScript, op: str, keys: _Named, args: _Named) -> None:
-        self.script = script
-        self.keys = list(keys.values())
-        self.args: list[_Value] = [op, *keys]
-        for pair in args.items():
-            self.args += pair
-
-    async def run(self) -> Any:
-        """Run the call now (the script loaded first where Redis lost it)."""
-        return await self.script(keys=self.keys, args=self.args)
-
-    def queue_on(self, pipe: Any) -> None:
-        """Queue the call on a pipeline (of a single Redis or of Redis Cluster); an answer
-        ``NoScriptError`` means Redis lost the script: ``run`` the call again."""
-        queue_script(pipe, self.script, self.keys, self.args)
-
-
-def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> None:
-    """``EVALSHA`` of ``script`` on a pipeline. As a command, not as the pipeline's ``evalsha``:
-    redis-py 5.0 refuses that method on a cluster pipeline (a node may lack the script);
-    the callers run a call again where Redis answers ``NoScriptError``, loading the script."""
-    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-# The script's parts, joined in this order: the queue's functions first, then its named
-# operations, then the rest of the backend's (which uses both).
-_SCRIPT_PARTS = ("queue.lua", "taking.lua", "operations.lua")
-
-
-@functools.cache
-def _script_text() -> str:
-    scripts = files("progressq.backends.redis").joinpath("scripts")
-    return "\n".join(scripts.joinpath(part).read_text(encoding="utf-8") for part in _SCRIPT_PARTS)
 
 
 class _Calls:
@@ -124,7 +85,7 @@ class _Calls:
         sharded_pubsub: bool = False,
         stamps: bool = False,
     ) -> None:
-        self.script = client.register_script(_script_text())
+        self.script = client.register_script(whole_script_text())
         self._keys = keys
         # with several shards, the ring's stamps (see the script's `due`); absent, none are kept
         self._stamps: _Named = {"stamps": keys.stamps} if stamps else {}
@@ -153,6 +114,10 @@ class _Calls:
             "task_prefix": keys.task(""),
         }
         self._batch_head: list[_Value] = ["batch", *(settings[name] for name in _SETTINGS)]
+        # what progress rows use of them, in the progress script's text (its numbers as numbers)
+        progress = {name: int(settings[name]) if name in _NUMBERS else settings[name] for name in _PROGRESS_SETTINGS}
+        text = progress_script_text(progress)
+        self.progress_script = client.register_script(text)
         self._shard_keys = [getattr(keys, name) for name in _SHARD_KEYS]
         self._owner_keys: dict[str, tuple[str, str, str, str, str, str]] = {}
 
@@ -179,7 +144,16 @@ class _Calls:
     def send(self, rows: Sequence[_Row]) -> Awaitable[Any]:
         """One script call for ``rows`` (all of this shard): their answers, in order, each a
         row's answer or its error (an exception among the answers). Where Redis lost the
-        script, it is loaded and the call made again (nothing of it ran)."""
+        script, it is loaded and the call made again (nothing of it ran). Progress rows only go
+        to the progress script, without their names (the same answers)."""
+        if rows and all(op == "progress" for op, _, _ in rows):
+            keys: list[str] = []
+            args: list[_Value] = []
+            for _, row_keys, fields in rows:
+                keys += row_keys
+                args += fields
+            progress: Awaitable[Any] = self.progress_script(keys=keys, args=args)
+            return progress
         keys = list(self._shard_keys)
         args = list(self._batch_head)
         for op, row_keys, fields in rows:
@@ -189,16 +163,20 @@ class _Calls:
         sent: Awaitable[Any] = self.script(keys=keys, args=args)
         return sent
 
-    def commit_row(self, lease: Lease, record: TaskRecord, view: bytes, *, finish: bool, restated: bool = True) -> _Row:
+    def commit_row(
+        self, lease: Lease, record: TaskRecord, view: bytes, *, finish: bool, restated: bool = True, tick: bool = False
+    ) -> _Row:
         """Save, the ``taskProgress`` publish and (with ``finish``) the acknowledgement, as a row
         (layout ``commit``; ``progress`` when the task neither ends nor is acknowledged). Not
-        ``restated`` (this attempt stored that status last), a progress row leaves it out."""
+        ``restated`` (this attempt stored that status last), a progress row leaves it out; with
+        ``tick`` (the record differs from the one this attempt stored whole last only in its
+        progress, message and revision), it stores only those (``tick_text``)."""
         owner = record.owner
         owner_tasks, waiting, _, seq, history, channel = self._of_owner(owner)
         ends = finish or record.finished
         fields: list[_Value] = [
             str(lease.record.attempt),
-            _record_encoder.encode(record),
+            tick_text(record) if tick and not ends else _record_encoder.encode(record),
             str(record.revision),
             record.status if restated or ends else "",
             event_text("taskProgress", record.id, record.revision, view),

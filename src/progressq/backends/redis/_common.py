@@ -52,6 +52,27 @@ _REDIS_ERRORS: tuple[type[BaseException], ...] = (
 _EVENT_KINDS: dict[bytes, EventType] = {b"taskQueued": "taskQueued", b"taskProgress": "taskProgress"}
 _record_decoder = msgspec.json.Decoder(TaskRecord)
 _record_encoder = msgspec.json.Encoder()
+_tick_decoder = msgspec.json.Decoder(tuple[int, float, str])
+
+
+def tick_text(record: TaskRecord) -> bytes:
+    """What a report that changes only the task's progress and message stores (the hash's
+    ``tick`` field, in place of the whole record in ``data``; see the script's ``commit``):
+    ``[revision, progress, message]``, a JSON array."""
+    return _record_encoder.encode((record.revision, record.progress, record.message))
+
+
+def stored_record(data: bytes, tick: bytes | None) -> TaskRecord:
+    """A task's record from its hash's ``data`` and ``tick``: the tick's progress and message
+    laid over the record when the tick is newer. (Every write of the whole record has a newer
+    revision than the ticks before it, which then no longer apply; a version that knows no
+    ticks writes them never and reads them not: it sees the progress of the last whole write.)"""
+    record = _record_decoder.decode(data)
+    if tick is not None:
+        revision, progress, message = _tick_decoder.decode(tick)
+        if revision > record.revision:
+            return msgspec.structs.replace(record, revision=revision, progress=progress, message=message)
+    return record
 
 
 def event_text(kind: EventType, task_id: str, revision: int, view_json: bytes) -> bytes:

@@ -29,7 +29,7 @@ logger = logging.getLogger("progressq.redis")
 class _Held:
     """A lease this process holds, kept alive by the heartbeat."""
 
-    __slots__ = ("attempt", "cancel_told", "committed", "entry", "shard", "status")
+    __slots__ = ("attempt", "cancel_told", "committed", "entry", "shard", "status", "whole")
 
     def __init__(self, entry: str, attempt: int, status: str, shard: int) -> None:
         self.entry = entry
@@ -38,6 +38,7 @@ class _Held:
         self.shard = shard
         self.cancel_told = False
         self.committed = False  # a commit of this attempt was stored
+        self.whole: TaskRecord | None = None  # the record this attempt last stored whole
 
 
 class _CancelSubscription(_Subscription):

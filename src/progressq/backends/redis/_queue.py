@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._calls import _Calls, _Row
-from progressq.backends.redis._common import _Client, _Keys, _loose, _outage, _record_decoder, _text, _unavailable
+from progressq.backends.redis._common import _Client, _Keys, _loose, _outage, _text, _unavailable, stored_record
 from progressq.backends.redis._keeping import _CancelSubscription, _Held, _LeaseKeeping
 from progressq.backends.redis._pubsub import _PubSub
 from progressq.backends.redis._shards import _Shards
@@ -163,12 +163,26 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         restated = (
             held is None or held.attempt != lease.record.attempt or not held.committed or held.status != record.status
         )
-        row = self._calls[shard].commit_row(lease, record, view_json, finish=finish, restated=restated)
-        return self._save_by(self._batchers[shard].submit(row), lease, record, finish=finish)
+        # a report that changes only the progress and message stores only those (a tick, laid over
+        # the record this attempt stored whole last; see `stored_record`)
+        tick = (
+            not restated
+            and held is not None
+            and held.whole is not None
+            and msgspec.structs.replace(
+                held.whole, progress=record.progress, message=record.message, revision=record.revision
+            )
+            == record
+        )
+        row = self._calls[shard].commit_row(lease, record, view_json, finish=finish, restated=restated, tick=tick)
+        return self._save_by(self._batchers[shard].submit(row), lease, record, finish=finish, whole=not tick)
 
-    async def _save_by(self, answering: Awaitable[Any], lease: Lease, record: TaskRecord, *, finish: bool) -> bool:
+    async def _save_by(
+        self, answering: Awaitable[Any], lease: Lease, record: TaskRecord, *, finish: bool, whole: bool = True
+    ) -> bool:
         """Await a save or a commit of ``record`` under ``lease`` (with ``finish``: one that
-        acknowledges the task too), keeping the held lease's state. False: fenced out."""
+        acknowledges the task too; ``whole``: one that stores the whole record, not a tick),
+        keeping the held lease's state. False: fenced out."""
         held = self._held.get(record.id)
         try:
             answer = await answering
@@ -176,6 +190,8 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
             outage = _outage(exc, "save")
             if outage is None:
                 raise
+            if held is not None:
+                held.whole = None  # stored or not, unknown: the next commit stores the whole record
             # A failed change of status means the engine gives up on this attempt: stop the
             # heartbeat so that the lease expires and another worker runs the task again.
             # (The heartbeat may have let go of the lease while the call was out: taken over.)
@@ -190,6 +206,8 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         elif held is not None and held.attempt == lease.record.attempt:
             held.status = record.status
             held.committed = True
+            if whole:
+                held.whole = record
         return True
 
     async def finish(self, lease: Lease) -> None:
@@ -263,9 +281,9 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         key = self._keys_of(owner).task(task_id)
         for _ in range(20):
             with _unavailable("cancel"):
-                fields = await _loose(self._client).hmget(key, ["data", "attempt", "rev", "cancel", "owner", "state"])
-            record = _record_from(fields[:4])
-            if record is None or fields[4] is None or _text(fields[4]) != owner:
+                fields = await _loose(self._client).hmget(key, [*_RECORD_FIELDS, "owner"])
+            record = _record_from(fields)
+            if record is None or fields[-1] is None or _text(fields[-1]) != owner:
                 return None
             cancelled = record.evolve(
                 status="cancelled", finished_at=utc_now(), message="cancelled", cancel_requested=True
@@ -344,16 +362,17 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         return QueueStatistics(queued=queued, running=running, scheduled=scheduled, dead=dead, workers=int(workers))
 
 
-_RECORD_FIELDS = ["data", "attempt", "rev", "cancel"]
+_RECORD_FIELDS = ["data", "attempt", "rev", "cancel", "tick"]
 
 
 def _record_from(fields: Sequence[Any]) -> TaskRecord | None:
-    """A record from its hash fields ``data, attempt, rev, cancel``; Lua owns the last three."""
-    data, attempt, rev, cancel = fields[:4]
+    """A record from its hash fields ``data, attempt, rev, cancel, tick``; Lua owns attempt,
+    rev and cancel (and a report's tick lays its progress over the data: ``stored_record``)."""
+    data, attempt, rev, cancel, tick = fields[:5]
     if data is None:
         return None
     return msgspec.structs.replace(
-        _record_decoder.decode(data),
+        stored_record(data, tick),
         attempt=int(attempt),
         revision=int(rev),
         cancel_requested=bool(int(cancel or 0)),

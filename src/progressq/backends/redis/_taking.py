@@ -13,7 +13,7 @@ from redis import exceptions as redis_errors
 
 from progressq._outage import backend_outage
 from progressq.backends.redis._calls import _Calls
-from progressq.backends.redis._common import _GROUP, _blpop, _Client, _Keys, _record_decoder, _text, _unavailable
+from progressq.backends.redis._common import _GROUP, _blpop, _Client, _Keys, _text, _unavailable, stored_record
 from progressq.backends.redis._keeping import _Held, _within
 from progressq.backends.redis._shards import _Shards
 from progressq.backends.redis._turns import Due, plan_turns
@@ -303,7 +303,7 @@ class _Taking:
         if code == 0:
             return None
         record = msgspec.structs.replace(
-            _record_decoder.decode(answer[1]),
+            stored_record(answer[1], answer[6] if code == 1 and len(answer) > 6 else None),
             attempt=int(answer[2]),
             revision=int(answer[3]),
             cancel_requested=bool(int(answer[4])),

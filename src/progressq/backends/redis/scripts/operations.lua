@@ -1,6 +1,7 @@
--- The Redis backend's operations: one script, registered once, made of queue.lua, taking.lua
--- and this file, joined in that order (_calls.py). A call takes one of two forms
--- (both built in _calls.py):
+-- The Redis backend's operations: one script, registered once, made of queue.lua, taking.lua,
+-- commits.lua and this file, joined in that order (_scripts.py). A call takes one of two forms
+-- (both built in _calls.py); a batch of `progress` rows only goes to a script of its own
+-- instead, the progress script (progress.lua), which reads the same rows without their names.
 --
 -- Named, one operation per call:
 --   ARGV[1]                 the operation's name (a function of `operations` below);
@@ -23,37 +24,6 @@
 -- an operation names from what it reads (`take`) are of that shard too.
 -- Publishing uses the optional argument publish_command: SPUBLISH on Redis Cluster (sharded
 -- pub/sub), else PUBLISH.
-
--- Give an event the identity's next seq, keep it in the history and publish it, in one step,
--- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
--- starts a fresh history. `event` is the event after its seq, built by the caller:
--- "revision:kind:length of the task id:task id" and then the view (JSON). The message
--- published is "seq:" and the event, and the history keeps that message: a list in seq order,
--- trimmed to its last `history_size` entries once it holds `trim_above` (a tenth more), so that
--- trimming is one command in a hundred events, not one an event.
--- The seq and the history are set to expire `expiry` seconds on when `keep` asks it, and
--- always when either is made afresh (see `commit` for when a commit asks it).
--- settings (`s`): history_size, trim_above (a number), expiry, publish_command
--- Returns the seq.
-local function emit(seq_key, history_key, event, s, keep, channel)
-  local seq = redis.call('INCR', seq_key)
-  if seq == 1 then
-    redis.call('DEL', history_key)
-    keep = true
-  end
-  local message = string.format('%d', seq) .. ':' .. event  -- not tostring: its '%.14g' costs more
-  local kept = redis.call('RPUSH', history_key, message)
-  if kept > s.trim_above then
-    redis.call('LTRIM', history_key, '-' .. s.history_size, '-1')
-  end
-  -- a history made just now (it expired a moment before its seq) must expire too
-  if keep or kept == 1 then
-    redis.call('EXPIRE', seq_key, s.expiry)
-    redis.call('EXPIRE', history_key, s.expiry)
-  end
-  redis.call(s.publish_command or 'PUBLISH', channel, message)
-  return seq
-end
 
 -- --- Batched calls ---------------------------------------------------------------------
 
@@ -79,113 +49,21 @@ end
 -- (made with its four names, so that defining them does not grow it three times over)
 local batched = {progress = false, commit = false, submit = false, enqueue = false}
 
--- This Redis's time in whole seconds (its text: `now`) and `refresh` seconds later (`renew_at`:
--- when a commit that sets its identity's seq and history to expire asks to again, see
--- `commit`), read once per batch, by the first row that needs them.
-local function clock(s)
-  if not s.now then
-    s.now = redis.call('TIME')[1]
-    s.renew_at = string.format('%d', tonumber(s.now) + s.refresh)
-  end
-  return s.now
-end
-
--- Whether the decimal text `a` is at least `b` (both whole and non-negative, without leading
--- zeros): by their lengths, then as strings. `tonumber` parses with strtod, twice, and a commit
--- compared three numbers.
-local function at_least(a, b)
-  local la, lb = #a, #b
-  return la > lb or (la == lb and a >= b)
-end
-
--- Save a task's new state and publish it to its owner in one step (and, for a `commit` row with
--- `finish`, acknowledge its stream entry): `save` and `publish` in five commands where the two
--- cost eleven (one read of the task's hash and one write, for the fencing and the staleness
--- check both). A fenced-out save publishes and acknowledges nothing.
--- The owner's seq and history are kept `expiry` seconds after the event (`emit`), but set to
--- expire only when this task has not done so for `refresh` seconds (the task's `renew`: when it
--- is to again), and at its end: each event is then kept at least `expiry - refresh` seconds
--- (the history_ttl) and at most `expiry`, for two commands an event fewer.
--- A row's `status` is '' when it is the task's stored one already (the worker sends it with an
--- attempt's first commit and when it changes): the fence then reads four fields, not five (the
--- cancel flag only with a status), and the write leaves it alone; a `commit` row always has it.
--- A `progress` row is a commit that neither ends the task nor acknowledges it (most of them):
--- its fields are the first of a `commit` row's, without the keys and values only an end (or
--- a cancel told again, rare) needs.
--- `at`: where the row's name is in ARGV, its fields after it (ROW); `ending` (a `commit` row's):
--- its keys owner_tasks and waiting, else nil.
--- Returns 0 when fenced out, else 1 (whether or not the event was dropped as stale): a number,
--- not a table, since Redis turns a table into its reply by asking it for half a dozen special
--- fields first (err, ok, double, map ...), several thousand instructions a row.
-local function commit(shard, s, at, task, seq_key, history_key, ending)
-  local attempt, record, revision, status, event, channel = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
-    ARGV[at + 5], ARGV[at + 6]
-  local h
-  if ending then  -- and what `ended` frees (read here, not by a command of its own)
-    h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew', 'uniq', 'ukey')
-  else
-    h = redis.call('HMGET', task, 'state', 'attempt', 'pub', 'renew')
-  end
-  if h[1] ~= 'leased' or h[2] ~= attempt then
-    return 0
-  end
-  -- this revision not published yet (a commit sent again after a lost answer may have been)
-  local fresh = not h[3] or not at_least(h[3], revision)
-  local terminal = ending and ARGV[at + 8] == '1'
-  local keep = fresh and (terminal or not h[4] or at_least(clock(s), h[4]))
-  if fresh and not terminal and not keep and status == '' then  -- a progress report, most of the time
-    redis.call('HSET', task, 'data', record, 'rev', revision, 'pub', revision)
-  else
-    local fields, n = {task, 'data', record, 'rev', revision}, 5
-    if status ~= '' then
-      fields[n + 1] = 'status'
-      fields[n + 2] = status
-      n = n + 2
-    end
-    if terminal then
-      fields[n + 1] = 'state'
-      fields[n + 2] = 'done'
-      n = n + 2
-    end
-    if fresh then
-      fields[n + 1] = 'pub'
-      fields[n + 2] = revision
-      n = n + 2
-    end
-    if keep then
-      clock(s)  -- read already, unless `keep` was decided without it
-      fields[n + 1] = 'renew'
-      fields[n + 2] = s.renew_at
-      n = n + 2
-    end
-    redis.call('HSET', unpack(fields, 1, n))
-  end
-  if terminal then
-    ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
-      running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
-      s.retention, ARGV[at + 9], ARGV[at + 7], status, s.tally, {h[5], h[6]})
-  elseif status == 'running' and redis.call('HGET', task, 'cancel') == '1' then
-    -- the attempt's first commit, and cancel was asked before it: tell its worker again (the
-    -- task's id, from its key: a progress row leaves it out, 32 bytes fewer for Lua to hash on
-    -- every report)
-    redis.call(s.publish_command, s.cancel_channel, string.sub(task, #s.task_prefix + 1))
-  end
-  if fresh then
-    emit(seq_key, history_key, event, s, keep, channel)
-  end
-  if ending and ARGV[at + 10] == '1' then  -- acknowledged with the batch's others (`settle`)
-    s.tally.acks[#s.tally.acks + 1] = ARGV[at + 11]
-  end
-  return 1
-end
-
 function batched.progress(shard, s, at, key)
-  return commit(shard, s, at, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
+  return commit(s, at, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
 end
 
 function batched.commit(shard, s, at, key)
-  return commit(shard, s, at, KEYS[key], KEYS[key + 3], KEYS[key + 4],
-    {owner_tasks = KEYS[key + 1], waiting = KEYS[key + 2]})
+  return commit(s, at, KEYS[key], KEYS[key + 3], KEYS[key + 4], {owner_tasks = KEYS[key + 1], waiting = KEYS[key + 2]})
+end
+
+-- A `commit` row ended its task (`commit`, commits.lua): what `ended` frees. `h`: the fence's
+-- read, its fifth and sixth fields the task's uniq and ukey.
+local function close(s, at, task, ending, status, h)
+  local shard = s.shard
+  ended({task = task, counters = shard.counters, owner_tasks = ending.owner_tasks, unfinished = shard.unfinished,
+    running = shard.running, waiting = ending.waiting, wake = shard.wake, dead = shard.dead},
+    s.retention, ARGV[at + 9], ARGV[at + 7], status, s.tally, {h[5], h[6]})
 end
 
 -- A submit's or an enqueue's row, as `enqueue`'s named keys and arguments.
@@ -259,11 +137,12 @@ local ROW_FIELDS = {commit = 11, progress = 6, submit = 10, enqueue = 10}
 -- The rows of a batch, each run on its own: an error (a key of the wrong type, say) is that
 -- row's answer, an error reply among the others' answers.
 local function batch()
-  local s = {capacity = ARGV[2], retention = ARGV[3], history_size = ARGV[4], trim_above = tonumber(ARGV[5]),
-    expiry = ARGV[6], refresh = tonumber(ARGV[7]), group = ARGV[8], cancel_channel = ARGV[9],
-    publish_command = ARGV[10], stamps = ARGV[11] == '1', task_prefix = ARGV[12], tally = tally()}
   local shard = {counters = KEYS[1], unfinished = KEYS[2], running = KEYS[3], wake = KEYS[4], dead = KEYS[5],
     stream = KEYS[6], ring = KEYS[7], delayed = KEYS[8]}
+  local s = {capacity = ARGV[2], retention = ARGV[3], history_size = ARGV[4], trim_above = tonumber(ARGV[5]),
+    expiry = ARGV[6], refresh = tonumber(ARGV[7]), group = ARGV[8], cancel_channel = ARGV[9],
+    publish_command = ARGV[10], stamps = ARGV[11] == '1', task_prefix = ARGV[12], tally = tally(), shard = shard,
+    close = close}
   if s.stamps then
     shard.stamps = KEYS[9]
   end

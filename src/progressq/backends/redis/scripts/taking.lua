@@ -29,14 +29,15 @@ local function queue_operations(operations)
   --       it for the task: it is the task's entry, stored here)
   -- t: the call's tally (see `settle`)
   -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
-  -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries}.
+  -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries, tick}
+  -- (tick: the task's last reported progress and message, absent if none; see `commit`).
   local function claim(k, a, t)
     if a.fresh ~= '1' and a.fresh ~= '2' and #redis.call('XCLAIM', k.stream, a.group, a.consumer, '0', a.entry,
       'JUSTID') == 0 then
       return {0}
     end
     local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
-      'owner')
+      'owner', 'tick')
     local own = a.fresh == '2'
     if not h[1] or (h[2] ~= a.entry and not own) then
       -- the task expired, or this entry is not its current one
@@ -64,7 +65,7 @@ local function queue_operations(operations)
       redis.call('HSET', k.task, 'state', 'leased', 'attempt', decimal(attempt), 'rev', decimal(rev), 'deliveries',
         decimal(deliveries))
     end
-    return {1, h[6], attempt, rev, tonumber(h[7]), deliveries}
+    return {1, h[6], attempt, rev, tonumber(h[7]), deliveries, h[10]}
   end
 
   -- Store a task's state (queued) and queue it again, if the writer holds the current attempt:
