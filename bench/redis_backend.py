@@ -15,10 +15,10 @@ import uuid
 import anyio
 
 from progressq.backends.redis import RedisBackend
-from progressq.contracts import Event, TaskRecord
+from progressq.contracts import Event, SinkDefaults, TaskRecord
 
 
-class TimingSink:
+class TimingSink(SinkDefaults):
     def __init__(self, total: int) -> None:
         self.total = total
         self.latencies: list[float] = []

@@ -71,8 +71,9 @@ async def receive(system: str, url: str, prefix: str, identities: int, events: i
 
     if system == "progressq":
         from progressq.backends.redis import RedisBackend
+        from progressq.contracts import SinkDefaults
 
-        class Sink:
+        class Sink(SinkDefaults):
             def deliver(self, event: Any) -> None:
                 took()
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import progressq._context
 from progressq import Event, Hub, MemoryBackend, TaskContext, TaskRecord
 from progressq.backends.memory import MemoryClientRegistry
-from progressq.contracts import Lease
+from progressq.contracts import Lease, SinkDefaults
 from progressq.errors import (
     ConfigurationError,
     QueueFull,
@@ -39,7 +39,7 @@ OWNER = "owner-a"
 OTHER = "owner-b"
 
 
-class RecordingSink:
+class RecordingSink(SinkDefaults):
     """A fake connection: records every event delivered to it, with the time it arrived."""
 
     def __init__(self) -> None:

@@ -16,14 +16,14 @@ from progressq.transport import RequestInfo, TransportSettings, _inline
 from progressq.transport._adapters import AsgiWebSocketPeer
 from progressq.transport._connection import Connection
 from progressq.transport._identity import IdentityResolver
-from progressq.transport._peer import PeerGone
+from progressq.transport._peer import PeerDefaults, PeerGone
 from tests.waiting import PATIENCE
 
 OWNER = "owner-a"
 SECRET = "inline-tests-secret-0123456789abcdef"
 
 
-class ScriptedPeer:
+class ScriptedPeer(PeerDefaults):
     """A peer that records what it is sent; a send waits while ``gate`` is closed."""
 
     sends_inline = True
@@ -501,3 +501,138 @@ async def test_an_asgi_send_that_returns_another_awaitable_is_awaited() -> None:
         server.gone.set()
         with anyio.fail_after(PATIENCE):
             await task
+
+
+# --- what a peer declares (``Peer``): read, never guessed ---------------------------------
+
+
+class DeclaringPeer(ScriptedPeer):
+    """A scripted peer that declares an ASGI ``send`` of its own beside its ``send``, and the
+    errors that send raises for a client that went."""
+
+    def __init__(self, gone_errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.asgi_sent: list[dict[str, str]] = []
+        self.asgi_fail_with: Exception | None = None
+        self.closed: list[int] = []
+        self.asgi_send = self._server_send
+        self.gone_errors = gone_errors
+
+    async def _server_send(self, message: dict[str, str]) -> None:
+        if self.asgi_fail_with is not None:
+            raise self.asgi_fail_with
+        self.asgi_sent.append(message)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed.append(code)
+
+
+class WriterOnlyPeer(ScriptedPeer):
+    sends_inline = False  # as PeerDefaults declares
+
+
+async def run_connection(hub: Hub, peer: ScriptedPeer, ended: anyio.Event) -> None:
+    connection = Connection(
+        hub, TransportSettings(), IdentityResolver(hub.identities, None), peer, RequestInfo({}), "s"
+    )
+
+    async def run() -> None:
+        try:
+            await connection.run(OWNER)
+        finally:
+            ended.set()
+
+    asyncio.get_running_loop().create_task(run())
+
+
+async def wait_for(predicate: Any) -> None:
+    with anyio.fail_after(PATIENCE):
+        while not predicate():
+            await anyio.sleep(0.001)
+
+
+@pytest.mark.anyio
+async def test_a_peer_that_declares_it_sends_not_inline_is_sent_to_by_the_writer() -> None:
+    peer, ended = WriterOnlyPeer(), anyio.Event()
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        await run_connection(hub, peer, ended)
+        await wait_for(lambda: len(peer.sent) >= 2)  # connection and snapshot
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b"{}")
+        assert len(peer.sent) == 2  # not on the publisher's stack
+        await wait_for(lambda: len(peer.sent) == 3)
+        peer.gone.set()
+        with anyio.fail_after(PATIENCE):
+            await ended.wait()
+
+
+@pytest.mark.anyio
+async def test_a_peer_that_declares_an_asgi_send_is_sent_to_through_it() -> None:
+    peer, ended = DeclaringPeer(gone_errors=()), anyio.Event()
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        await run_connection(hub, peer, ended)
+        await wait_for(lambda: len(peer.asgi_sent) >= 2)  # connection and snapshot
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b'{"id":"t"}')
+        assert peer.asgi_sent[-1] == {
+            "type": "websocket.send",
+            "text": '{"type":"taskProgress","seq":1,"task":{"id":"t"}}',
+        }
+        assert peer.sent == []  # its own send, which the ASGI send stands in for, was not called
+        peer.gone.set()
+        with anyio.fail_after(PATIENCE):
+            await ended.wait()
+
+
+class ServerError(Exception):
+    """What the declaring peer's ASGI send raises."""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("declared", [True, False], ids=["declared-gone", "not-declared"])
+async def test_the_errors_a_peer_declares_gone_end_its_connection_quietly(
+    declared: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer, ended = DeclaringPeer(gone_errors=(ServerError,) if declared else ()), anyio.Event()
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        await run_connection(hub, peer, ended)
+        await wait_for(lambda: len(peer.asgi_sent) >= 2)
+        peer.asgi_fail_with = ServerError()
+        await hub.registry.publish(OWNER, "taskProgress", "t", 1, b"{}")  # does not raise
+        with anyio.fail_after(PATIENCE):
+            await ended.wait()
+    if declared:  # the client went: nothing to log, nobody to close on
+        assert peer.closed == []
+        assert "a connection failed" not in caplog.text
+    else:  # an error the peer did not declare is a failure
+        assert peer.closed == [1011]
+        assert "a connection failed" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_peer_that_declares_nothing_is_refused_with_the_fix() -> None:
+    class Undeclared:
+        async def accept(self) -> None:
+            pass
+
+        async def receive(self) -> str:
+            raise PeerGone
+
+        async def send(self, text: str) -> None:
+            pass
+
+        async def close(self, code: int, reason: str = "") -> None:
+            pass
+
+    async with Hub(MemoryBackend(), secret=SECRET) as hub:
+        with pytest.raises(TypeError, match=r"Undeclared does not declare .*PeerDefaults"):
+            Connection(
+                hub,
+                TransportSettings(),
+                IdentityResolver(hub.identities, None),
+                Undeclared(),  # type: ignore[arg-type]
+                RequestInfo({}),
+                "s",
+            )
+
+
+def test_the_defaults_declare_every_message_sent_through_send_by_a_writer() -> None:
+    assert (PeerDefaults.sends_inline, PeerDefaults.asgi_send, PeerDefaults.gone_errors) == (False, None, ())

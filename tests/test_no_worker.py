@@ -20,8 +20,13 @@ pytestmark = pytest.mark.anyio
 SECRET = "no-worker-test-secret-0123"
 
 
-def _hub(concurrency: int) -> Hub:
-    hub = Hub(MemoryBackend(), secret=SECRET, concurrency=concurrency)
+class DescribedBackend(MemoryBackend):
+    def describe(self) -> str:
+        return "DescribedBackend in the shop's own memory"
+
+
+def _hub(concurrency: int, backend: MemoryBackend | None = None) -> Hub:
+    hub = Hub(backend or MemoryBackend(), secret=SECRET, concurrency=concurrency)
 
     @hub.task("wait")
     async def wait(ctx: TaskContext) -> None:
@@ -65,20 +70,34 @@ async def test_a_process_whose_workers_take_its_tasks_is_quiet(
     assert _warnings(caplog) == []
 
 
+async def test_the_warning_names_the_backend_as_it_describes_itself(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_no_worker, "CHECK_INTERVAL", 0.05)
+    with caplog.at_level(logging.WARNING, logger="progressq.hub"):
+        async with _hub(concurrency=0, backend=DescribedBackend()) as hub:
+            await hub.submit("wait", owner="alice")
+            with anyio.fail_after(PATIENCE):
+                while not _warnings(caplog):
+                    await anyio.sleep(0.05)
+    [warning] = _warnings(caplog)
+    assert "DescribedBackend in the shop's own memory?" in warning
+
+
+def test_a_backend_on_the_defaults_is_described_by_its_class() -> None:
+    assert MemoryBackend().describe() == "MemoryBackend"
+
+
 def test_the_backend_is_described_without_its_password() -> None:
     redis = pytest.importorskip("progressq.backends.redis")
     backend = redis.RedisBackend.from_url("redis://:hunter2@127.0.0.1:6379/5", prefix="app")
-    described = _no_worker.describe_backend(backend)
-    assert "hunter2" not in described
-    assert "127.0.0.1:6379/5" in described
-    assert "'app'" in described
+    assert backend.describe() == "RedisBackend redis://:***@127.0.0.1:6379/5 prefix 'app'"
 
 
 def test_a_postgres_backend_is_described_with_its_schema_without_its_password() -> None:
     postgres = pytest.importorskip("progressq.backends.postgres")
     backend = postgres.PostgresBackend.from_url("postgresql://app:hunter2@127.0.0.1:5432/app", schema="shop")
-    described = _no_worker.describe_backend(backend)
-    assert described == "PostgresBackend postgresql://app:***@127.0.0.1:5432/app schema 'shop'"
+    assert backend.describe() == "PostgresBackend postgresql://app:***@127.0.0.1:5432/app schema 'shop'"
 
 
 def test_a_worker_process_on_a_memory_backend_warns_that_it_sees_only_its_own_tasks() -> None:

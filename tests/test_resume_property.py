@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from progressq import Hub, MemoryBackend
 from progressq.contracts import Backend
-from progressq.transport import PeerGone, RequestInfo, TransportSettings
+from progressq.transport import PeerDefaults, PeerGone, RequestInfo, TransportSettings
 from progressq.transport._connection import Connection
 from progressq.transport._identity import IdentityResolver
 from tests.redis_support import REDIS_URL, delete_prefix, new_prefix, redis_answers
@@ -39,7 +39,7 @@ steps = st.lists(
 )
 
 
-class FakePeer:
+class FakePeer(PeerDefaults):
     def __init__(self) -> None:
         self.inbound_send, self.inbound = anyio.create_memory_object_stream[str](100)
         self.sent: list[dict[str, Any]] = []

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import anyio
 
-from progressq._no_worker import describe_backend
 from progressq.backends.memory import MemoryBackend
 from progressq.contracts import QueueStatistics
 from progressq.errors import TaskNotFound
@@ -92,7 +91,7 @@ async def run_worker(hub: Hub, *, spec: str = "hub") -> None:
                     "progressq worker %s: pid %d, backend %s, concurrency %d, task kinds: %s",
                     spec,
                     os.getpid(),
-                    describe_backend(hub.backend),
+                    hub.backend.describe(),
                     hub.concurrency,
                     ", ".join(hub.kinds) or "(none)",
                 )

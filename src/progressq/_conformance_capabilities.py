@@ -1,6 +1,6 @@
 """The conformance tests of the contract's capabilities that the engine's workers and submits
 use: batch leasing, lost-lease watching, announcing enqueue, save-and-publish, unique keys,
-task ids. Each
+task ids, the backend's description. Each
 runs on
 whatever the backend has: its own implementation, or the default of ``QueueDefaults`` /
 ``BackendDefaults``; both must keep the contract."""
@@ -37,7 +37,7 @@ __all__ = ("CapabilityConformance",)
 
 class CapabilityConformance:
     """``lease_many``, ``watch_lost_leases``, ``enqueue_and_announce``, ``save_and_publish``,
-    ``plain_save_and_publish``, ``task_with_key``, ``new_task_id``."""
+    ``plain_save_and_publish``, ``task_with_key``, ``new_task_id``, ``describe``."""
 
     shared_state: ClassVar[bool] = False
 
@@ -319,6 +319,17 @@ class CapabilityConformance:
             for lease in leased.values():
                 await end_lease(backend, lease)
             assert counts(await queue.statistics()) == (0, 0)
+
+    @pytest.mark.anyio
+    async def test_describe_names_the_backend_on_one_line(self, make_backend: BackendFactory) -> None:
+        """What the log lines an operator compares say of the backend: one line naming its
+        class; two backends on one store (``shared_state``) say the same."""
+        async with make_backend() as backend, make_backend() as other:
+            described = backend.describe()
+            assert type(backend).__name__ in described
+            assert "\n" not in described
+            if self.shared_state:
+                assert other.describe() == described
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]{16,}")

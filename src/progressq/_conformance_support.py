@@ -25,14 +25,20 @@ class BackendFactory(Protocol):
 
 
 class RecordingSink:
-    """An ``EventSink`` that keeps what it is given and lets a test wait for it."""
+    """An ``EventSink`` that keeps what it is given, counts the registry's resyncs, and lets
+    a test wait for either."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.resyncs = 0
         self._changed = anyio.Event()
 
     def deliver(self, event: Event) -> None:
         self.events.append(event)
+        self._changed.set()
+
+    def resync(self) -> None:
+        self.resyncs += 1
         self._changed.set()
 
     @property

@@ -18,7 +18,7 @@ from progressq.errors import ConfigurationError, DuplicateTask
 if TYPE_CHECKING:
     from progressq.contracts import ClientRegistry, TaskQueue
 
-__all__ = ("BackendDefaults", "QueueDefaults", "random_task_id")
+__all__ = ("BackendDefaults", "QueueDefaults", "SinkDefaults", "random_task_id")
 
 
 def random_task_id() -> str:
@@ -150,6 +150,10 @@ class BackendDefaults:
         """None: the default ``save_and_publish`` waits for the queue and the registry."""
         return None
 
+    def describe(self) -> str:
+        """The backend's class name: where its data lives is the backend's to say."""
+        return type(self).__name__
+
     @contextlib.asynccontextmanager
     async def _defaults_owner_lock(self, owner: str) -> AsyncIterator[None]:
         """One holder per owner at a time; a lock lives only while someone wants it."""
@@ -165,3 +169,14 @@ class BackendDefaults:
                 del locks[owner]
             else:
                 locks[owner] = (lock, users - 1)
+
+
+class SinkDefaults:
+    """Subclass it in an ``EventSink`` that has nothing to redo when the registry lost the
+    identity's history: one that records or counts what it is given, and keeps no view of
+    the identity's tasks to bring up to date."""
+
+    __slots__ = ()
+
+    def resync(self) -> None:
+        """Nothing: the events delivered next are taken as they come."""

@@ -3,7 +3,8 @@
 A process with ``concurrency=0`` only submits: its tasks run in ``progressq worker``
 processes on the same backend. When none runs, or one runs against another database, key
 prefix or schema, tasks wait forever and nothing fails. This watch makes that visible: it names the
-backend this process uses, so that the worker's own startup line can be compared with it.
+backend this process uses (``Backend.describe``), as the worker's own startup line does, so
+that the two can be compared.
 """
 
 from __future__ import annotations
@@ -14,27 +15,12 @@ import anyio
 
 from progressq.contracts import Backend, TaskQueue
 
-__all__ = ("describe_backend", "warn_while_no_worker_takes_tasks")
+__all__ = ("warn_while_no_worker_takes_tasks",)
 
 logger = logging.getLogger("progressq.hub")
 
 CHECK_INTERVAL = 10.0
 """Seconds between two looks at the queue; a warning needs two looks in a row."""
-
-
-def describe_backend(backend: Backend) -> str:
-    """The backend's class, and where it is (its URL without a password, its key prefix or
-    PostgreSQL schema)."""
-    url = getattr(backend, "url", None)
-    prefix = getattr(backend, "prefix", None)
-    schema = getattr(backend, "schema", None)
-    if url is None:
-        return type(backend).__name__
-    return (
-        f"{type(backend).__name__} {url}"
-        + (f" prefix {prefix!r}" if prefix else "")
-        + (f" schema {schema!r}" if schema else "")
-    )
 
 
 async def warn_while_no_worker_takes_tasks(queue: TaskQueue, backend: Backend) -> None:
@@ -57,7 +43,7 @@ async def warn_while_no_worker_takes_tasks(queue: TaskQueue, backend: Backend) -
                 "(concurrency=0): is a `progressq worker` running on this same backend, %s?",
                 statistics.queued,
                 CHECK_INTERVAL,
-                describe_backend(backend),
+                backend.describe(),
             )
         if not stuck:
             warned = False

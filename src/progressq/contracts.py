@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from progressq._defaults import BackendDefaults, QueueDefaults
+from progressq._defaults import BackendDefaults, QueueDefaults, SinkDefaults
 from progressq._records import (
     CancelOutcome,
     Event,
@@ -38,6 +38,7 @@ __all__ = (
     "CancelOutcome",
     "ClientRegistry",
     "DeadLetters",
+    "Description",
     "Event",
     "EventSink",
     "FairDispatch",
@@ -48,6 +49,7 @@ __all__ = (
     "QueueStatistics",
     "RegistryStatistics",
     "SaveAndPublish",
+    "SinkDefaults",
     "SlotClaims",
     "TaskIds",
     "TaskQueue",
@@ -247,10 +249,18 @@ class TaskQueue(BatchLeasing, LeaseLossWatching, FairDispatch, DeadLetters, Uniq
 
 
 class EventSink(Protocol):
-    """Where a registry delivers an identity's live events for one connection."""
+    """Where a registry delivers an identity's live events for one connection. Both members
+    are called by the registry, and neither may block; a sink with nothing to redo after a
+    loss of history takes ``resync`` from :class:`SinkDefaults` (it does nothing)."""
 
     def deliver(self, event: Event) -> None:
         """Take one event without blocking (buffer, merge or flag an overflow)."""
+
+    def resync(self) -> None:
+        """The registry lost the identity's history (its store came back without its data,
+        or the events missed while its subscription was down are no longer kept): the
+        events delivered next do not follow on from those before. A connection's sink holds
+        what arrives and sends its client a fresh snapshot."""
 
 
 @runtime_checkable
@@ -306,6 +316,20 @@ class AnnouncingEnqueue(Protocol):
         ...
 
 
+class Description(Protocol):
+    """A ``Backend`` capability: say which backend this is and where its data lives, for
+    the log lines an operator compares between processes (a worker's startup line; the
+    warning of a web process whose queued tasks no worker takes).
+
+    Default: the backend's class name.
+    """
+
+    def describe(self) -> str:
+        """One line: the backend's class and where it keeps its data (a URL without its
+        password, a key prefix or schema), the same in every process using the same data."""
+        ...
+
+
 class SaveAndPublish(Protocol):
     """A ``Backend`` capability: record a task's change and tell its owner in one step.
 
@@ -336,11 +360,12 @@ class SaveAndPublish(Protocol):
 
 
 @runtime_checkable
-class Backend(AnnouncingEnqueue, SaveAndPublish, Protocol):
+class Backend(AnnouncingEnqueue, SaveAndPublish, Description, Protocol):
     """A bundle of a queue and a registry, opened and closed as one async resource.
 
     Required: the members below. The operations spanning both (``enqueue_and_announce``,
-    ``save_and_publish``, ``plain_save_and_publish``) have defaults in :class:`BackendDefaults`.
+    ``save_and_publish``, ``plain_save_and_publish``) and ``describe`` have defaults in
+    :class:`BackendDefaults`.
     """
 
     @property

@@ -74,7 +74,11 @@ class AsgiWebSocketPeer:
         gone: the framework's exceptions that mean the client has gone.
     """
 
-    sends_inline = True  # an ASGI send takes no locks: see ``Peer``
+    # How the connection may send (see ``Peer``): inline, as an ASGI send takes no locks,
+    # and through the server's ``send`` itself, translating the ``gone`` errors.
+    sends_inline = True
+    asgi_send: Send
+    gone_errors: tuple[type[Exception], ...]
 
     def __init__(
         self,
@@ -85,7 +89,7 @@ class AsgiWebSocketPeer:
         self._receive = receive
         self._send = send
         self._gone: tuple[type[Exception], ...] = (*gone, RuntimeError, OSError)
-        self.asgi_send, self.gone_errors = send, self._gone  # for inline sends: see ``Peer``
+        self.asgi_send, self.gone_errors = send, self._gone
 
     async def accept(self) -> None:
         if (await self._next())["type"] != "websocket.connect":

@@ -1,7 +1,7 @@
 """One live connection of an identity, whatever carries it (WebSocket or event stream).
 
-The carrier is a :class:`Peer`: four methods. The connection owns the rest: the
-``connection`` message, snapshot or replay, the bounded outbox, client messages and limits.
+The carrier is a :class:`Peer`: four methods, and how it may be sent to. The connection owns
+the rest: the ``connection`` message, snapshot or replay, the bounded outbox, client messages and limits.
 """
 
 from __future__ import annotations
@@ -98,15 +98,22 @@ class Connection:
         self._counted: str | None = None
         self._group: TaskGroup | None = None  # while running: where a writer is started
         self._writing = False  # a writer task runs
-        self._inline = settings.send_inline and getattr(peer, "sends_inline", False) is True and _inline.available()
+        try:  # declared by every peer (``Peer``); one written before they were gets told how
+            sends_inline, asgi_send, gone_errors = peer.sends_inline, peer.asgi_send, peer.gone_errors
+        except AttributeError as exc:
+            raise TypeError(
+                f"{type(peer).__name__} does not declare sends_inline, asgi_send and gone_errors: "
+                "subclass progressq.transport.PeerDefaults (see WebSocketPeer)"
+            ) from exc
+        self._inline = settings.send_inline and sends_inline and _inline.available()
         # A send that suspended on the publisher's stack, and what was taken after it: the
         # writer finishes them first. Or what such a send raised: the writer ends with it.
         self._carry: tuple[_inline.Unfinished, list[str]] | None = None
         self._failure: Exception | None = None
         self._inlining = False  # sending on a publisher's stack right now
         # The ASGI server's send when the peer offers it (see ``Peer``): one coroutine less.
-        self._asgi_send: Callable[[dict[str, str]], Awaitable[None]] | None = getattr(peer, "asgi_send", None)
-        self._gone_errors: tuple[type[BaseException], ...] = getattr(peer, "gone_errors", ())
+        self._asgi_send: Callable[[dict[str, str]], Awaitable[None]] | None = asgi_send
+        self._gone_errors: tuple[type[BaseException], ...] = gone_errors
 
     async def run(self, identity: str, last_seq: int | None = None) -> None:
         """Announce ``identity``, catch the client up (after ``last_seq`` if given), go live."""

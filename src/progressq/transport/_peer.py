@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 __all__ = (
@@ -12,6 +13,7 @@ __all__ = (
     "CLOSE_TOO_BIG",
     "CLOSE_TRY_AGAIN_LATER",
     "Peer",
+    "PeerDefaults",
     "PeerGone",
     "translate_gone",
 )
@@ -47,20 +49,35 @@ def translate_gone(error: Exception, gone_errors: tuple[type[BaseException], ...
 
 
 class Peer(Protocol):
-    """The four things a connection needs of what carries it.
+    """What a connection needs of what carries it: four methods and three declarations.
 
-    A peer may also set ``sends_inline = True`` when its ``send`` normally finishes without
-    suspending and never captures the current task (no ``asyncio.timeout()``, no anyio
-    cancel scopes or locks): a raw ASGI ``send`` does. On asyncio the connection then sends
-    on the publisher's stack and starts a writer task only for a send that has to wait
-    (see ``_inline``).
+    The declarations say how the connection may send on the publisher's stack; subclass
+    :class:`PeerDefaults` to declare the defaults (send through a writer task, always
+    through ``send``), and set a member to say more:
 
-    A peer over an ASGI WebSocket may also offer ``asgi_send``, the server's ``send``
-    callable that its ``send`` wraps, and ``gone_errors``, the exceptions that callable
-    raises when the client has gone: on the publisher's stack the connection then sends
-    ``{"type": "websocket.send", "text": ...}`` through it itself and translates those
-    errors into ``PeerGone``, one coroutine less on every message sent.
+    ``sends_inline``: True when ``send`` normally finishes without suspending and never
+    captures the current task (no ``asyncio.timeout()``, no anyio cancel scopes or locks): a
+    raw ASGI ``send`` does. On asyncio the connection then sends on the publisher's stack and
+    starts a writer task only for a send that has to wait (see ``_inline``).
+
+    ``asgi_send``: for a peer over an ASGI WebSocket, the server's ``send`` callable that its
+    ``send`` wraps; ``gone_errors``: the exceptions that callable raises when the client has
+    gone. On the publisher's stack the connection then sends ``{"type": "websocket.send",
+    "text": ...}`` through it itself and translates those errors into ``PeerGone``, one
+    coroutine less on every message sent.
     """
+
+    @property
+    def sends_inline(self) -> bool:
+        """``send`` may run on the publisher's stack (see above)."""
+
+    @property
+    def asgi_send(self) -> Callable[[dict[str, str]], Awaitable[None]] | None:
+        """The ASGI ``send`` that ``send`` wraps, or None: messages go through ``send``."""
+
+    @property
+    def gone_errors(self) -> tuple[type[BaseException], ...]:
+        """What ``asgi_send`` raises when the client has gone (read with ``asgi_send``)."""
 
     async def accept(self) -> None: ...
 
@@ -72,3 +89,16 @@ class Peer(Protocol):
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close (or, before ``accept``, refuse) the connection."""
+
+
+class PeerDefaults:
+    """Subclass it in a :class:`Peer` to declare what the connection may not assume: every
+    message goes through ``send``, from a writer task of the connection. Override a member
+    (as a class attribute, or set on the instance) to say more."""
+
+    sends_inline: bool = False
+    """Not on the publisher's stack: a writer task awaits ``send``."""
+    asgi_send: Callable[[dict[str, str]], Awaitable[None]] | None = None
+    """No ASGI ``send`` to call directly: messages go through ``send``."""
+    gone_errors: tuple[type[BaseException], ...] = ()
+    """Nothing to translate: ``send`` raises ``PeerGone`` itself."""

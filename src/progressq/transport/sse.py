@@ -27,7 +27,7 @@ from progressq.messages import encode
 from progressq.transport._connection import Connection
 from progressq.transport._identity import IdentityResolver, origin_allowed
 from progressq.transport._limits import ConnectionCounts
-from progressq.transport._peer import PeerGone
+from progressq.transport._peer import PeerDefaults, PeerGone
 from progressq.transport._settings import RequestInfo, TransportSettings
 from progressq.transport._shutdown import end_on_server_stop
 from progressq.transport._stream_cookie import stream_cookie, stream_key, streamed_identity
@@ -66,8 +66,10 @@ def sse_frame(text: str) -> bytes:
     return f"{frame}data: {text}\n\n".encode()
 
 
-class _EventStreamPeer:
-    """A :class:`Peer` over an ASGI HTTP response that stays open."""
+class _EventStreamPeer(PeerDefaults):
+    """A :class:`Peer` over an ASGI HTTP response that stays open: never sent to inline (its
+    ``send`` takes a lock, shared with the keep-alive), and framed by ``send`` alone (the
+    :class:`PeerDefaults`)."""
 
     def __init__(self, receive: Receive, send: Send, keepalive: float) -> None:
         self._receive = receive

@@ -1,6 +1,7 @@
 """The WebSocket half of the wire contract, over a four-method socket interface.
 
-Adapters wrap their framework's websocket in a :class:`WebSocketPeer`; everything else —
+Adapters wrap their framework's websocket in a :class:`WebSocketPeer` (on
+:class:`PeerDefaults`, or saying how it may be sent to itself); everything else —
 identity, snapshot, resume, ping, cancel, limits, slow clients — happens in
 :class:`~progressq.transport._connection.Connection`, shared with the event stream.
 """
@@ -18,6 +19,7 @@ from progressq.transport._peer import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
+    PeerDefaults,
     PeerGone,
 )
 from progressq.transport._peer import Peer as WebSocketPeer
@@ -29,6 +31,7 @@ __all__ = (
     "CLOSE_POLICY_VIOLATION",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
+    "PeerDefaults",
     "PeerGone",
     "WebSocketPeer",
     "WebSocketSession",

@@ -134,6 +134,10 @@ class PostgresBackend(BackendDefaults):
         """Where this backend's database is, without a password."""
         return redacted(self._conninfo) if "://" in self._conninfo else _without_password(self._conninfo)
 
+    def describe(self) -> str:
+        """``PostgresBackend``, the URL (or connection string) without its password, and the schema."""
+        return f"{type(self).__name__} {self.url} schema {self.schema!r}"
+
     @property
     def queue(self) -> PostgresTaskQueue:
         return self._queue

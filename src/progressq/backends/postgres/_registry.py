@@ -255,9 +255,7 @@ class PostgresClientRegistry:
             fingerprint(state.identity),
         )
         for sink in tuple(state.sinks):
-            resync = getattr(sink, "resync", None)
-            if resync is not None:
-                try:
-                    resync()
-                except Exception:
-                    logger.exception("a sink of identity %s failed to resync", fingerprint(state.identity))
+            try:
+                sink.resync()
+            except Exception:
+                logger.exception("a sink of identity %s failed to resync", fingerprint(state.identity))

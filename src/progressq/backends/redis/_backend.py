@@ -191,6 +191,10 @@ class RedisBackend(BackendDefaults):
             return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
         return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
+    def describe(self) -> str:
+        """``RedisBackend``, the URL without its password, and the key prefix."""
+        return f"{type(self).__name__} {self.url} prefix {self.prefix!r}"
+
     @property
     def queue(self) -> RedisTaskQueue:
         return self._queue

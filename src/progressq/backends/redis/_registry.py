@@ -99,12 +99,10 @@ class _Identity(_Subscription):
             fingerprint(self.identity),
         )
         for sink in tuple(self.sinks):
-            resync = getattr(sink, "resync", None)
-            if resync is not None:
-                try:
-                    resync()
-                except Exception:
-                    logger.exception("a sink of identity %s failed to resync", fingerprint(self.identity))
+            try:
+                sink.resync()
+            except Exception:
+                logger.exception("a sink of identity %s failed to resync", fingerprint(self.identity))
 
     def _deliver(self, event: Event) -> None:
         self.last = event.seq
