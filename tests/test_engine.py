@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import time
 import types
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 import progressq._context
 from progressq import Event, Hub, MemoryBackend, TaskContext, TaskRecord
 from progressq.backends.memory import MemoryClientRegistry
-from progressq.contracts import Lease, SinkDefaults
+from progressq.contracts import Lease, SinkDefaults, utc_now
 from progressq.errors import (
     ConfigurationError,
     QueueFull,
@@ -1424,3 +1426,22 @@ def test_minted_task_ids_never_start_with_a_dash() -> None:
     ids = [random_task_id() for _ in range(2000)] + [sharded.new_task_id(f"o{n}") for n in range(2000)]
     assert not [task_id for task_id in ids if task_id.startswith("-")]
     assert len(set(ids)) == len(ids)
+
+
+def test_minted_task_ids_are_sixteen_url_safe_characters_of_fresh_randomness() -> None:
+    # the length and alphabet of ``secrets.token_urlsafe(12)``, which minted them before
+    from progressq._defaults import random_task_id
+
+    ids = [random_task_id() for _ in range(4000)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", task_id) for task_id in ids)
+    assert len(set(ids)) == len(ids)
+    assert {"-", "_"} <= set("".join(ids))  # the URL-safe characters, not "+" and "/"
+
+
+def test_records_made_in_turn_each_get_their_own_aware_utc_creation_time() -> None:
+    first = TaskRecord(id="a", kind="k", name="n", owner="o")
+    time.sleep(0.002)
+    second = TaskRecord(id="b", kind="k", name="n", owner="o")
+    assert first.created_at.tzinfo is not None
+    assert first.created_at.utcoffset() == timedelta(0)
+    assert first.created_at < second.created_at <= utc_now()

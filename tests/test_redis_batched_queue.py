@@ -205,3 +205,47 @@ def test_a_lua_literal_reads_back_as_the_text_it_was_made_from() -> None:
     text = "a\"b'c\\d\n\x00\u00e9]]--[==[%1\\1" + "23"  # an escape followed by digits stays three digits
     with redis.Redis.from_url(REDIS_URL) as client:
         assert client.eval(f"return {lua_literal(text)}", 0) == text.encode()
+
+
+async def test_a_take_under_a_cap_counts_each_owners_running_tasks_once(make: Make) -> None:
+    # the take counts a task against its owner's cap as it checks the cap (its claim is told):
+    # an owner passed over at its cap, or whose task ends, is counted as it runs, never twice
+    async with make() as backend:
+        client, queue = backend.client, backend.queue
+        running = f"{backend.prefix}:running"
+        queue.limit_running_per_owner(2)
+        for n in range(3):
+            await backend.enqueue_and_announce(_record("alice", n), max_unfinished=None)
+        await backend.enqueue_and_announce(_record("bob", 0), max_unfinished=None)
+        take = queue._take  # one take (``lease_many`` waits for a task when none is to run)
+        leases = await take(queue._taking[0], 10)  # alice's third waits: she is at her cap
+        assert sorted(lease.record.id for lease in leases) == ["task-alice-0", "task-alice-1", "task-bob-0"]
+        assert await client.hgetall(running) == {b"alice": b"2", b"bob": b"1"}
+        assert await take(queue._taking[0], 10) == []  # alice passed over again: her count as it was
+        assert await client.hgetall(running) == {b"alice": b"2", b"bob": b"1"}
+        assert (await queue.statistics()).running == 3
+        done = leases[0].record.evolve(status="completed", progress=100.0, finished_at=datetime.now(UTC))
+        assert await backend.save_and_publish(leases[0], done, done.view_json(), finish=True)
+        (third,) = await take(queue._taking[0], 10)
+        assert third.record.id == "task-alice-2"
+        assert await client.hgetall(running) == {b"alice": b"2", b"bob": b"1"}
+
+
+async def test_a_task_its_take_leaves_unread_behind_an_older_entry_is_counted_when_claimed(make: Make) -> None:
+    # an entry left unread in the stream (by an older version) is read first; the task the take
+    # added behind it runs on a later take, and counts against its owner's cap only then
+    async with make() as backend:
+        client, queue = backend.client, backend.queue
+        stream, running = f"{backend.prefix}:queue", f"{backend.prefix}:running"
+        queue.limit_running_per_owner(2)
+        await client.xgroup_create(stream, "workers", id="0", mkstream=True)
+        await client.xadd(stream, {"t": "gone"})  # a task that no longer exists
+        await backend.enqueue_and_announce(_record("alice", 0), max_unfinished=None)
+        take = queue._take  # one take (``lease_many`` takes again at once)
+        assert await take(queue._taking[0], 1) == []  # read the older entry (dropped), not alice's
+        assert await client.hget(running, "alice") is None
+        assert (await queue.statistics()).running == 0
+        (lease,) = await take(queue._taking[0], 1)
+        assert lease.record.id == "task-alice-0"
+        assert await client.hget(running, "alice") == b"1"
+        assert (await queue.statistics()).running == 1

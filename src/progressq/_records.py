@@ -5,12 +5,14 @@ Part of the backend contract; import them from :mod:`progressq.contracts`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import msgspec
 
-from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, encode, frame_event_text
+from progressq.messages import TERMINAL_STATUSES, EventType, TaskStatus, TaskView, frame_event_text
 
 __all__ = (
     "CancelOutcome",
@@ -23,8 +25,13 @@ __all__ = (
 )
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+utc_now: Callable[[], datetime] = partial(datetime.now, UTC)
+"""The time now, in UTC. A partial, not a function: it runs in C, and every task calls it a
+few times (its creation, as ``created_at``'s default, its start and its end)."""
+
+# The views' encoder: msgspec's defaults, as ``messages.encode``'s. Called directly by
+# ``view_json``, a step fewer for each of a task's events.
+_encode_view = msgspec.json.Encoder().encode
 
 
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -80,7 +87,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         )
 
     def view_json(self) -> bytes:
-        return encode(self.view())
+        return _encode_view(self.view())
 
 
 class Event(msgspec.Struct, eq=False, gc=False):

@@ -70,6 +70,7 @@ class WorkerPool:
         hooks: HookChain | None = None,
     ) -> None:
         self._hooks = hooks if hooks is not None else HookChain(())
+        self._hooked = bool(self._hooks)  # asked once per attempt; a chain's hooks are fixed
         self._backend = backend
         self._queue = backend.queue
         self._processor = processor
@@ -186,7 +187,7 @@ class WorkerPool:
         began = attempt_started(lease.record)
         outcome = "interrupted"
         try:
-            if self._hooks:
+            if self._hooked:
                 outcome = await self._hooked_attempt(runs, lease, run)
             else:
                 outcome, _ = await self._attempt(runs, lease, run)
@@ -237,7 +238,9 @@ class WorkerPool:
             error=None,
             run_at=None,
         )
-        if not await self._commit(lease, running):
+        # stored if the lease still holds, then sent to its owner
+        if not await self._backend.save_and_publish(lease, running, running.view_json()):
+            self._lost_write(lease, running)
             return "lost", None
         policy = self._policy_for(record.kind)
         interval = self._progress_interval if policy.progress_interval is None else policy.progress_interval
@@ -329,28 +332,25 @@ class WorkerPool:
             finished_at=now,
             progress=100.0,
             message=ctx.reported_message or "completed",  # the handler's last word stays
-            result=result_summary(result),
+            result=None if result is None else result_summary(result),  # most return nothing: no call
         )
-        await self._finish(lease, completed)
+        # ``_finish``, spelled out for the most common end: a coroutine fewer per task
+        if not await self._backend.save_and_publish(lease, completed, completed.view_json(), finish=True):
+            _finish_refused(completed)
         return "completed", None
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
         """Store the terminal ``record``, tell its owner and acknowledge the task."""
         if not await self._backend.save_and_publish(lease, record, record.view_json(), finish=True):
-            logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
+            _finish_refused(record)
 
     async def _requeue(self, lease: Lease, record: TaskRecord) -> None:
         # Saved and published before it is handed back, so that no other worker's
         # "running" can reach the client ahead of this "queued".
-        if await self._commit(lease, record):
+        if await self._backend.save_and_publish(lease, record, record.view_json()):
             await self._queue.release(lease, record)
-
-    async def _commit(self, lease: Lease, record: TaskRecord) -> bool:
-        """Store ``record`` if the lease still holds, then send it to its owner."""
-        if not await self._backend.save_and_publish(lease, record, record.view_json()):
+        else:
             self._lost_write(lease, record)
-            return False
-        return True
 
     def _lost_write(self, lease: Lease, record: TaskRecord) -> None:
         """A write of ``lease`` was refused: its lease is gone (the task's context calls this
@@ -388,6 +388,10 @@ class WorkerPool:
             except Exception:
                 logger.warning("cancellation watch interrupted; retrying", exc_info=True)
                 await anyio.sleep(1.0)
+
+
+def _finish_refused(record: TaskRecord) -> None:
+    logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -35,7 +35,10 @@ class GroupCommit(Generic[_Item]):
         own, for a write per event)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        self._schedule()
+        # ``_schedule``'s first test, here: under load a flush is scheduled already for most
+        # items, and the call itself cost more than the test
+        if self._scheduled is None and len(self._flushes) < self._in_flight:
+            self._schedule()
         return future
 
     async def drain(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
+from progressq._defaults import random_task_id
 from progressq.backends.redis._batch import _Batcher
 from progressq.backends.redis._calls import _Calls, _Row
 from progressq.backends.redis._common import _Client, _Keys, _loose, _outage, _text, _unavailable, stored_record
@@ -62,6 +63,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         # per shard: a batch is one script call, of one slot on Redis Cluster
         self._batchers: list[_Batcher[_Row]] = [_Batcher(shard_calls.send) for shard_calls in calls]
         self._shards = shards
+        self._one_shard = shards.count == 1  # every owner's shard is 0: no call to ask which
         self._keys = shards.keys  # per shard
         self._pubsubs = pubsubs  # per shard (one shared by all on a single Redis)
         self._lease_ms = max(1, int(lease_timeout * 1000))
@@ -92,7 +94,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
     def new_task_id(self, owner: str) -> str:
         """A new task id; with several shards it ends with its owner's (``<random>.<N>``), so
         that ``get`` goes straight to it."""
-        return self._shards.new_task_id(owner)
+        return random_task_id() if self._one_shard else self._shards.new_task_id(owner)
 
     def _calls_of(self, owner: str) -> _Calls:
         """The calls of the shard that holds ``owner``'s tasks."""
@@ -156,7 +158,7 @@ class RedisTaskQueue(_Taking, _LeaseKeeping, QueueDefaults):
         collector's young generations last; whatever is alive across that wait is promoted
         to the old generation, and the full passes that follow scan every object of the
         process (thousands of connections' worth). One coroutine less per event in flight."""
-        shard = self._shards.of_owner(record.owner)
+        shard = 0 if self._one_shard else self._shards.of_owner(record.owner)
         held = self._held.get(record.id)
         # the status goes to Redis with the attempt's first commit (which tells a cancel asked
         # meanwhile again) and when it changes; a report leaves it out (the script's `commit`)

@@ -286,6 +286,10 @@ class _Taking:
         leases: list[Lease] = []
         try:
             for entry, answer in answers:
+                if int(answer[0]) == 1 and int(answer[5]) <= self._max_deliveries:
+                    # a task to run, the common answer: without a coroutine of its own
+                    leases.append(self._lease(shard, entry, answer))
+                    continue
                 lease = await self._claimed(shard, entry, answer)
                 if lease is not None:
                     leases.append(lease)
@@ -302,33 +306,31 @@ class _Taking:
         code = int(answer[0])
         if code == 0:
             return None
-        record = msgspec.structs.replace(
-            stored_record(answer[1], answer[6] if code == 1 and len(answer) > 6 else None),
-            attempt=int(answer[2]),
-            revision=int(answer[3]),
-            cancel_requested=bool(int(answer[4])),
-        )
-        if code == 2:
-            # Finished, but its worker died before acknowledging it: make sure its owner
-            # heard of the end (the publish script drops it if it was published already).
-            if int(answer[5]) < record.revision:
-                view = record.view_json()
-                republish = self._calls[shard.index].publish(
-                    record.owner, "taskProgress", record.id, record.revision, view
-                )
-                try:
-                    with _unavailable("publish"):
-                        await republish.run()
-                except BackendUnavailable as exc:
-                    backend_outage.failed(f"publishing the final state of task {record.id}", exc)
-            return None
-        deliveries = int(answer[5])
+        if code == 1:
+            lease = self._lease(shard, entry, answer)
+            deliveries = int(answer[5])
+            if deliveries > self._max_deliveries:
+                await self._dead_letter(lease, deliveries - 1)
+                return None
+            return lease
+        # 2: finished, but its worker died before acknowledging it: make sure its owner heard of
+        # the end (the publish script drops it if it was published already)
+        record = _claimed_record(answer, tick=False)  # ended: its whole record is stored
+        if int(answer[5]) < record.revision:
+            view = record.view_json()
+            republish = self._calls[shard.index].publish(record.owner, "taskProgress", record.id, record.revision, view)
+            try:
+                with _unavailable("publish"):
+                    await republish.run()
+            except BackendUnavailable as exc:
+                backend_outage.failed(f"publishing the final state of task {record.id}", exc)
+        return None
+
+    def _lease(self, shard: _ShardTaking, entry: str, answer: Any) -> Lease:
+        """The lease of a claim answer of a task to run (code 1), held from now on."""
+        record = _claimed_record(answer, tick=True)
         self._held[record.id] = _Held(entry, record.attempt, record.status, shard.index)
-        lease = Lease(record, entry)
-        if deliveries > self._max_deliveries:
-            await self._dead_letter(lease, deliveries - 1)
-            return None
-        return lease
+        return Lease(record, entry)
 
     async def _dead_letter(self, lease: Lease, deliveries: int) -> None:
         record = lease.record.evolve(
@@ -343,3 +345,15 @@ class _Taking:
         logger.error("task %s (%s): %s", record.id, record.kind, record.error)
         # stored, told to its owner and acknowledged in one step
         await self._commit(lease, record, record.view_json(), finish=True)
+
+
+def _claimed_record(answer: Any, *, tick: bool) -> TaskRecord:
+    """The record of a claim answer (``{code, record, attempt, rev, cancel, deliveries, tick}``):
+    Lua owns attempt, rev and cancel; a task to run (``tick``) carries its last report's
+    progress and message when one was stored as a tick (``stored_record``)."""
+    return msgspec.structs.replace(
+        stored_record(answer[1], answer[6] if tick and len(answer) > 6 else None),
+        attempt=int(answer[2]),
+        revision=int(answer[3]),
+        cancel_requested=bool(int(answer[4])),
+    )

@@ -22,11 +22,20 @@ local function queue_operations(operations)
     end
   end
 
+  -- An owner's count of running tasks taken back (`take` counted a task that does not run).
+  -- keys: running
+  local function uncount_running(k, owner)
+    if redis.call('HINCRBY', k.running, owner, '-1') <= 0 then
+      redis.call('HDEL', k.running, owner)
+    end
+  end
+
   -- Take a delivered (or reclaimed) stream entry for this consumer and bump the task's attempt.
   -- keys: task, stream, counters, running
   -- args: group, consumer, entry, fresh ('1' when the caller has just read the entry for this
   --       consumer: it is pending here, no XCLAIM needed; '2' when the caller has also just added
-  --       it for the task: it is the task's entry, stored here)
+  --       it for the task: it is the task's entry, stored here), counted (the task's owner, when
+  --       the caller has counted the task against the owner's cap already; absent: counted here)
   -- t: the call's tally (see `settle`)
   -- Returns {0} (nothing to run), {2, record, attempt, rev, cancel, pub} (already finished: its
   -- final state may still need publishing) or {1, record, attempt, rev, cancel, deliveries, tick}
@@ -39,6 +48,9 @@ local function queue_operations(operations)
     local h = redis.call('HMGET', k.task, 'state', 'entry', 'attempt', 'rev', 'deliveries', 'data', 'cancel', 'pub',
       'owner', 'tick')
     local own = a.fresh == '2'
+    if a.counted and h[1] ~= 'queued' then  -- it does not start running here after all
+      uncount_running(k, a.counted)
+    end
     if not h[1] or (h[2] ~= a.entry and not own) then
       -- the task expired, or this entry is not its current one
       redis.call('XACK', k.stream, a.group, a.entry)
@@ -53,7 +65,9 @@ local function queue_operations(operations)
     if h[1] == 'queued' then
       t.queued = t.queued - 1
       t.running = t.running + 1
-      redis.call('HINCRBY', k.running, h[9], '1')  -- counted against its owner's cap until it ends
+      if not a.counted then
+        redis.call('HINCRBY', k.running, h[9], '1')  -- counted against its owner's cap until it ends
+      end
     end
     local attempt = tonumber(h[3]) + 1
     local rev = tonumber(h[4]) + 1
@@ -211,6 +225,10 @@ local function queue_operations(operations)
     local t = tally()
 
     local added = {}  -- entry id -> task id: the entries this call added, not claimed yet
+    -- entry id -> owner, for the entries of `added` counted against their owner's cap already
+    -- (where the cap was checked: `claim` is told, and the count of one left unclaimed is taken
+    -- back below)
+    local counted = {}
 
     -- Read up to `count` entries new to the group for this consumer and claim each.
     local function deliver(count)
@@ -228,14 +246,15 @@ local function queue_operations(operations)
           end
         end
         if id then
-          local fresh = '1'
+          local fresh, owner = '1', nil
           if added[delivered[1]] then
             fresh = '2'
             added[delivered[1]] = nil
+            owner = counted[delivered[1]]
           end
           answers[#answers + 1] = {delivered[1],
             claim({task = a.task_prefix .. id, stream = k.stream, counters = k.counters, running = k.running},
-              {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = fresh}, t)}
+              {group = a.group, consumer = a.consumer, entry = delivered[1], fresh = fresh, counted = owner}, t)}
         end
       end
     end
@@ -260,11 +279,14 @@ local function queue_operations(operations)
     end
     local passed = 0  -- owners passed over in a row, at their cap
     local taken = 0
-    local taken_by = {}  -- tasks taken per owner by this call, not yet counted as running
     while taken < limit and owners > 0 and passed < owners do
       local owner = redis.call('LMOVE', k.ring, k.ring, 'LEFT', 'RIGHT')
       stamp(k, owner)
-      if cap > 0 and tonumber(redis.call('HGET', k.running, owner) or '0') + (taken_by[owner] or 0) >= cap then
+      -- under a cap, the task to take is counted against it at once: the count's new value is the
+      -- check (one command where reading the count and then raising it in `claim` took two), and
+      -- taken back when the owner is at its cap (or has no task waiting after all)
+      if cap > 0 and redis.call('HINCRBY', k.running, owner, '1') > cap then
+        uncount_running(k, owner)
         passed = passed + 1
       else
         local waiting = a.waiting_prefix .. owner
@@ -277,9 +299,14 @@ local function queue_operations(operations)
         if task then
           passed = 0
           taken = taken + 1
-          taken_by[owner] = (taken_by[owner] or 0) + 1
           -- the task's hash learns its entry as `claim` takes it, below
-          added[redis.call('XADD', k.stream, '*', 't', task)] = task
+          local entry = redis.call('XADD', k.stream, '*', 't', task)
+          added[entry] = task
+          if cap > 0 then
+            counted[entry] = owner
+          end
+        elseif cap > 0 then
+          uncount_running(k, owner)
         end
       end
     end
@@ -287,9 +314,13 @@ local function queue_operations(operations)
       -- these entries, unless entries of an older version were left unread: each entry read is
       -- claimed (or dropped) by `claim`; ours then by a later take
       deliver(taken)
-      -- ours left unread behind older ones: a later take claims them, by the entry stored here
+      -- ours left unread behind older ones: a later take claims them, by the entry stored here,
+      -- and counts them then
       for entry, task in pairs(added) do
         redis.call('HSET', a.task_prefix .. task, 'entry', entry)
+        if counted[entry] then
+          uncount_running(k, counted[entry])
+        end
       end
     end
     settle(k, t, a.group)
