@@ -3,6 +3,7 @@ recovery, outages. Against a real Redis; each test under its own key prefix."""
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -825,3 +826,33 @@ async def test_a_task_stored_by_the_version_before_ticks_or_with_an_older_tick_r
         lease = await backend.queue.lease()
         assert lease is not None
         assert (lease.record.progress, lease.record.message) == (20.0, "as stored before")
+
+
+async def test_a_tick_this_version_cannot_read_leaves_the_task_readable(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A later version's longer tick still gives its first three items; a damaged one is left
+    # out (the task reads as its last whole record, logged once), never an error for get, list
+    # or the take that would retry the task into the dead letters.
+    async with make() as backend:
+        await _submit(backend, _record())
+        task_key = f"{backend.prefix}:task:task-0"
+        record = await backend.queue.get("task-0")
+        assert record is not None
+        newer = record.revision + 1
+        await backend.client.hset(task_key, "tick", msgspec.json.encode((newer, 40, "later", {"eta": 3})))
+        read = await backend.queue.get("task-0")
+        assert read is not None
+        assert (read.progress, read.message) == (40.0, "later")
+        await backend.client.hset(task_key, "tick", b'{"not": "a tick"')
+        with caplog.at_level(logging.WARNING, logger="progressq.redis"):
+            for _ in range(3):
+                read = await backend.queue.get("task-0")
+                assert read is not None
+                assert (read.progress, read.message) == (record.progress, record.message)
+            (listed,) = await backend.queue.list_by_owner(record.owner)
+            assert listed.progress == record.progress
+            lease = await backend.queue.lease()
+        assert lease is not None
+        assert lease.record.id == "task-0"
+        assert sum("unreadable" in r.getMessage() for r in caplog.records) == 1

@@ -336,13 +336,13 @@ class WorkerPool:
         )
         # ``_finish``, spelled out for the most common end: a coroutine fewer per task
         if not await self._backend.save_and_publish(lease, completed, completed.view_json(), finish=True):
-            _finish_refused(completed)
+            self._lost_write(lease, completed)
         return "completed", None
 
     async def _finish(self, lease: Lease, record: TaskRecord) -> None:
         """Store the terminal ``record``, tell its owner and acknowledge the task."""
         if not await self._backend.save_and_publish(lease, record, record.view_json(), finish=True):
-            _finish_refused(record)
+            self._lost_write(lease, record)  # (its handler is over: nothing left to stop)
 
     async def _requeue(self, lease: Lease, record: TaskRecord) -> None:
         # Saved and published before it is handed back, so that no other worker's
@@ -388,10 +388,6 @@ class WorkerPool:
             except Exception:
                 logger.warning("cancellation watch interrupted; retrying", exc_info=True)
                 await anyio.sleep(1.0)
-
-
-def _finish_refused(record: TaskRecord) -> None:
-    logger.warning("task %s: lease lost, attempt %d writes nothing more", record.id, record.attempt)
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

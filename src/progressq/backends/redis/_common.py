@@ -13,6 +13,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from progressq._logonce import LogOnce
 from progressq.contracts import (
     TaskRecord,
 )
@@ -53,6 +54,8 @@ _EVENT_KINDS: dict[bytes, EventType] = {b"taskQueued": "taskQueued", b"taskProgr
 _record_decoder = msgspec.json.Decoder(TaskRecord)
 _record_encoder = msgspec.json.Encoder()
 _tick_decoder = msgspec.json.Decoder(tuple[int, float, str])
+_loose_tick_decoder = msgspec.json.Decoder(list[Any])
+_unreadable_ticks = LogOnce(window=300.0)
 
 
 def tick_text(record: TaskRecord) -> bytes:
@@ -69,10 +72,29 @@ def stored_record(data: bytes, tick: bytes | None) -> TaskRecord:
     ticks writes them never and reads them not: it sees the progress of the last whole write.)"""
     record = _record_decoder.decode(data)
     if tick is not None:
-        revision, progress, message = _tick_decoder.decode(tick)
-        if revision > record.revision:
-            return msgspec.structs.replace(record, revision=revision, progress=progress, message=message)
+        read = _read_tick(tick, record.id)
+        if read is not None and read[0] > record.revision:
+            return msgspec.structs.replace(record, revision=read[0], progress=read[1], message=read[2])
     return record
+
+
+def _read_tick(tick: bytes, task_id: str) -> tuple[int, float, str] | None:
+    """A tick's revision, progress and message. A tick this version cannot read (a later
+    version's longer one: its first three items still are these; or damage) is left out, so
+    the task reads as its last whole record and is never lost to it: logged once."""
+    try:
+        return _tick_decoder.decode(tick)
+    except msgspec.DecodeError:  # (ValidationError included)
+        pass
+    try:
+        items = _loose_tick_decoder.decode(tick)
+    except msgspec.DecodeError:
+        items = []
+    if len(items) >= 3 and type(items[0]) is int and type(items[1]) in (int, float) and type(items[2]) is str:
+        return items[0], float(items[1]), items[2]
+    if _unreadable_ticks.first("tick"):
+        logger.warning("task %s: its stored progress (tick) is unreadable; its last whole record is read", task_id)
+    return None
 
 
 def event_text(kind: EventType, task_id: str, revision: int, view_json: bytes) -> bytes:
