@@ -3,6 +3,15 @@
 -- the progress script (batches of `progress` rows only) is its settings, this file and
 -- progress.lua (_scripts.py joins both). Row layouts and conventions: operations.lua's header.
 
+-- A batch row's answer from its `pcall`: its own, or its error (a Lua error made an error
+-- reply), so that a row's error is that row's answer and the others still run.
+local function row_answer(ok, answer)
+  if ok or (type(answer) == 'table' and answer.err) then
+    return answer
+  end
+  return redis.error_reply(tostring(answer))
+end
+
 -- Give an event the identity's next seq, keep it in the history and publish it, in one step,
 -- so that publish order is seq order. A seq made afresh (the first event, or the seq expired)
 -- starts a fresh history. `event` is the event after its seq, built by the caller:

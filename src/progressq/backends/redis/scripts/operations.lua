@@ -163,14 +163,7 @@ local function batch()
     if op ~= 'progress' and op ~= 'commit' then
       row = {unpack(ARGV, at, at + fields)}
     end
-    local ok, answer = pcall(batched[op], shard, s, row, key)
-    if ok then
-      answers[#answers + 1] = answer
-    elseif type(answer) == 'table' and answer.err then
-      answers[#answers + 1] = answer
-    else
-      answers[#answers + 1] = redis.error_reply(tostring(answer))
-    end
+    answers[#answers + 1] = row_answer(pcall(batched[op], shard, s, row, key))
     at = at + 1 + fields
     key = key + ROW_KEYS[op]
   end

@@ -14,14 +14,7 @@
 local answers = {}
 local key = 1
 for at = 0, #ARGV - 1, 6 do  -- where a row's fields start, less one (as `commit` reads them)
-  local ok, answer = pcall(commit, s, at, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil)
-  if ok then
-    answers[#answers + 1] = answer
-  elseif type(answer) == 'table' and answer.err then
-    answers[#answers + 1] = answer
-  else
-    answers[#answers + 1] = redis.error_reply(tostring(answer))
-  end
+  answers[#answers + 1] = row_answer(pcall(commit, s, at, KEYS[key], KEYS[key + 1], KEYS[key + 2], nil))
   key = key + 3
 end
 return answers
