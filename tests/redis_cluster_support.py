@@ -235,6 +235,29 @@ class LocalCluster:
             for held in (port, port + _BUS_OFFSET):
                 self._held.append(_DeadPort(held))
 
+    def wait_for_replicas_of(self, master: int) -> None:
+        """Until the master's replicas have every write it took so far. Replication is
+        asynchronous: a write its replica never got is lost when the replica takes over, and
+        nothing marks the loss (docs/concepts/backends.md, "A master that fails"). A test of what
+        the backend does about a failover waits for this before it kills the master, or a
+        loaded machine that keeps the replica behind fails it for Redis's reason, not ours."""
+        with redis.Redis(port=master, socket_connect_timeout=1, socket_timeout=2) as client:
+            info = client.info("replication")
+        target = int(info["master_repl_offset"])
+        replicas = [int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+
+        def caught_up() -> bool:
+            try:
+                for port in replicas:
+                    with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=2) as client:
+                        if int(client.info("replication")["slave_repl_offset"]) < target:
+                            return False
+            except (redis.RedisError, OSError, KeyError):
+                return False
+            return bool(replicas)
+
+        self._wait(caught_up, f"the replicas of {master} to have its writes")
+
     def pause(self, port: int) -> None:
         """SIGSTOP one node: it hangs, its connections open and unanswered (unlike a killed
         node, which loopback clients find refusing at once)."""

@@ -16,7 +16,7 @@ from progressq import Hub, TaskContext
 from progressq._conformance_support import RecordingSink, check_task_events, gapless_from_one
 from progressq.backends.redis import RedisBackend
 from progressq.contracts import Event
-from progressq.errors import ConfigurationError
+from progressq.errors import ConfigurationError, TaskNotFound
 from tests import redis_cluster_support
 from tests.redis_cluster_support import SharedCluster, local_cluster
 from tests.redis_support import new_prefix, redis_backends
@@ -38,6 +38,14 @@ def _view(event: Event) -> dict[str, Any]:
 def _final(events: list[Event]) -> dict[str, str]:
     """Each task's last status, as its owner saw it."""
     return {event.task_id: _view(event)["status"] for event in events}
+
+
+async def _stored_status(hub: Hub, task_id: str, owner: str) -> str:
+    """A task's stored status, for a failure's message: "missing" when the store has none."""
+    try:
+        return (await hub.get(task_id, owner=owner)).status
+    except TaskNotFound:
+        return "missing"
 
 
 @pytest.mark.timeout(300)  # a cluster of its own, a failover, and tasks run again after it
@@ -78,6 +86,7 @@ async def test_a_master_killed_mid_run_loses_nothing() -> None:
             await sinks[victim].wait_for(lambda events: any(_view(e)["progress"] > 20 for e in events))
             assert (await web.queue.statistics()).queued > 0
             killed = cluster.master_of(backend._shards.keys[shards[victim]].stream)
+            cluster.wait_for_replicas_of(killed)  # (what it took up to here; the tasks are submitted)
             cluster.kill(killed)
             cluster.wait_for_failover(killed)
             for owner, sink in sinks.items():
@@ -90,7 +99,7 @@ async def test_a_master_killed_mid_run_loses_nothing() -> None:
                         PATIENCE * 2,
                     )
                 except TimeoutError:
-                    stored = {task_id: (await web.get(task_id, owner=owner)).status for task_id in ids[owner]}
+                    stored = {task_id: await _stored_status(web, task_id, owner) for task_id in ids[owner]}
                     raise AssertionError(
                         f"{owner} (shard {shards[owner]}, killed {killed}): seen {_final(sink.events)}, "
                         f"stored {stored}, seqs {sink.seqs}"
