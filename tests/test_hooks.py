@@ -21,6 +21,7 @@ from progressq.errors import TooManyTasks, ValidationError
 from progressq.otel import OpenTelemetryHooks
 from progressq.prometheus import PrometheusMetrics
 from tests.test_engine import OWNER, SECRET, RecordingSink, attach, wait_until
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +191,7 @@ async def test_prometheus_counts_tasks_and_attempts_and_serves_them() -> None:
         await finished(sink, *records)
         await hub.submit("count", owner=OWNER, params=Numbers(2), delay=3600)  # scheduled
         transport = httpx.ASGITransport(app=metrics.asgi_app())
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, transport=transport, base_url="http://metrics") as http:
             scraped = await http.get("/")
             refused_method = await http.post("/")
     sample = metrics.registry.get_sample_value

@@ -20,6 +20,7 @@ from progressq.otel import OpenTelemetryHooks
 from progressq.prometheus import PrometheusMetrics
 from progressq.testing import RecordingSink
 from tests.redis_support import REDIS_URL, free_port, prefixed
+from tests.waiting import PATIENCE
 from tests.worker_app import make_hub
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -65,7 +66,7 @@ async def test_a_task_run_by_another_process_is_measured_and_traced_end_to_end(t
                     lambda events: any(b'"status":"completed"' in e.task_json for e in events), within=60
                 )
                 transport = httpx.ASGITransport(app=web_metrics.asgi_app())
-                async with httpx.AsyncClient(transport=transport, base_url="http://web") as http:
+                async with httpx.AsyncClient(timeout=PATIENCE, transport=transport, base_url="http://web") as http:
                     web_text = (await http.get("/metrics")).text
             worker_text = await _scrape_until(f"http://127.0.0.1:{port}/", 'status="completed"} 1.0')
         finally:
@@ -91,7 +92,7 @@ async def test_a_task_run_by_another_process_is_measured_and_traced_end_to_end(t
 
 async def _scrape_until(url: str, needle: str, within: float = 60) -> str:
     deadline = time.monotonic() + within
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=PATIENCE) as http:
         while True:
             try:
                 text = (await http.get(url)).text

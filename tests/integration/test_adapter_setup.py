@@ -130,7 +130,7 @@ async def test_under_a_prefix_the_apps_own_route_is_kept(framework: str) -> None
             return "mine"
 
     with serve(app, hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             assert (await http.get("/health")).text == "mine"
             assert (await http.get("/pq/health")).json()["status"] == "healthy"
 
@@ -146,7 +146,7 @@ async def test_a_sub_app_whose_lifespan_never_runs_says_so(caplog: pytest.LogCap
     app = Starlette()
     app.mount("/pq", create_app(hub))
     with serve(app, hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             health = await http.get("/pq/health")
             assert (health.status_code, health.json()["status"]) == (503, "unhealthy")
             started = await http.post("/pq/api/tasks/demo", json={"duration": 1000})
@@ -205,5 +205,5 @@ async def test_litestar_dependency_names_can_be_chosen() -> None:
         plugins=[ProgressQPlugin(hub, hub_key="progress_hub", caller_key="progress_caller")],
     )
     with serve(app, hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             assert (await http.get("/kinds")).json() == {"kinds": ["demo"], "hub": "the app's own"}

@@ -12,6 +12,7 @@ from progressq.identity import IdentityAuthority
 from progressq.transport import TransportSettings
 from tests.apps import RunningServer
 from tests.integration.client import WsClient, start_task
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -167,7 +168,7 @@ async def test_full_queue_answers_503_with_retry_after(make_server: Any) -> None
     from progressq import MemoryBackend
 
     with make_server(backend=MemoryBackend(capacity=2), concurrency=0) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             codes = [
                 (await http.post("/api/task/start", json={"name": "x", "duration": 1000})).status_code for _ in range(3)
             ]
@@ -181,11 +182,11 @@ async def test_full_queue_answers_503_with_retry_after(make_server: Any) -> None
 async def test_with_public_origins_the_host_header_is_not_the_reference(make_server: Any) -> None:
     public = "https://app.example"
     with make_server() as server:  # none configured: a page whose origin matches Host passes (DNS rebinding)
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             rebound = {"Host": f"rebound.example:{server.port}", "Origin": f"http://rebound.example:{server.port}"}
             assert (await start_task(http, "rebound", 1000, **rebound)).status_code == 202
     with make_server(TransportSettings(public_origins=(public,))) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             rebound = {"Host": f"rebound.example:{server.port}", "Origin": f"http://rebound.example:{server.port}"}
             refused = await start_task(http, "rebound", 1000, **rebound)
             assert refused.status_code == 403

@@ -57,7 +57,10 @@ async def test_cancel_someone_elses_task_is_not_found(server: RunningServer, htt
 
 async def test_cancel_queued_task_never_starts(make_server: object, framework: str) -> None:
     with make_server(concurrency=1) as server:  # type: ignore[operator]
-        async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as ws:
+        async with (
+            httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http,
+            await WsClient.open(server.ws) as ws,
+        ):
             await ws.next()
             blocker = (await start_task(http, "block", 1000, **{"X-Client-Id": ws.client_id})).json()
             waiting = (await start_task(http, "waits", 1000, **{"X-Client-Id": ws.client_id})).json()
@@ -122,7 +125,7 @@ async def test_resume_beyond_history_falls_back_to_a_snapshot(make_server: objec
     # Far more events than the history keeps (a history keeps "about" history_size: at most
     # 100 more), and few enough that a busy PostgreSQL writes them well within the task's timeout.
     with make_server(history_size=3, progress_interval=0) as server:  # type: ignore[operator]
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             ws = await WsClient.open(server.ws)
             await ws.next()
             started = (await start_task(http, "flood of 400 events", 1000, **{"X-Client-Id": ws.client_id})).json()

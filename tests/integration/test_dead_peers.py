@@ -47,7 +47,7 @@ async def test_a_vanished_client_is_released(make_server: Any, how: signal.Signa
     ping_interval, ping_timeout = 0.5, 0.5
     uvicorn_options = {"ws_ping_interval": ping_interval, "ws_ping_timeout": ping_timeout}
     with make_server(uvicorn=uvicorn_options) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             baseline = await connections(http)
             client = subprocess.Popen([sys.executable, "-c", CLIENT, server.ws], stdout=subprocess.PIPE, text=True)
             try:

@@ -75,7 +75,7 @@ def demo(framework: str, demo_backend: str) -> Iterator[int]:
 
 
 async def test_demo_task_completes_and_fail_fails(demo: int) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo}") as http:
+    async with httpx.AsyncClient(timeout=PATIENCE, base_url=f"http://127.0.0.1:{demo}") as http:
         info = await http.get("/", headers={"accept": "application/json"})
         assert info.json()["name"] == "progressq"
         async with await WsClient.open(f"ws://127.0.0.1:{demo}/ws") as ws:

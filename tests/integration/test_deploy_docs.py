@@ -109,7 +109,7 @@ async def test_a_web_process_and_a_worker_process_run_a_task_as_the_page_says(
     start(sys.executable, "-m", "uvicorn", "myapp.web:app", "--port", str(port), log="web.log")
     start(sys.executable, "-m", "progressq", "worker", "myapp.tasks:hub", "--concurrency", "2", log="worker.log")
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base) as http:
+    async with httpx.AsyncClient(timeout=PATIENCE, base_url=base) as http:
         await _wait_healthy(http, myapp)
         async with await WsClient.open(f"ws://127.0.0.1:{port}/ws") as ws:
             await ws.next()  # the snapshot

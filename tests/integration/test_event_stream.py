@@ -123,7 +123,7 @@ async def test_bad_identification_is_refused(server: RunningServer, http: httpx.
 
 async def test_foreign_origin_is_refused(make_server: Any) -> None:
     with make_server(TransportSettings(allowed_origins=("https://app.example",))) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             refused = await http.get("/api/events", headers={"Origin": "https://evil.example"})
             assert refused.status_code == 403
             async with open_stream(http, headers={"Origin": "https://app.example"}) as stream:
@@ -147,7 +147,7 @@ async def test_a_browser_opens_its_stream_without_its_id_in_any_logged_url(
         access.addHandler(caplog.handler)
         level, access.level = access.level, logging.INFO  # the test server logs warnings only
         try:
-            async with httpx.AsyncClient(base_url=server.http) as http:
+            async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
                 client_id = (await start_task(http, "mine", 1000)).json()["clientId"]
                 answer = await http.post("/api/events", headers={"X-Client-Id": client_id})
                 assert answer.status_code == 200, answer.text
@@ -162,7 +162,7 @@ async def test_a_browser_opens_its_stream_without_its_id_in_any_logged_url(
                     assert hello["clientId"] == client_id
                     assert [t["name"] for t in (await stream.next())["tasks"]] == ["mine"]
                 # Its own cookie only: a made-up key or someone else's is not an identity.
-                async with httpx.AsyncClient(base_url=server.http) as other:
+                async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as other:
                     async with open_stream(other, params={"stream": stream_key}) as stranger:
                         assert (await stranger.next())["clientId"] != client_id
                     forged = await other.get(
@@ -202,6 +202,7 @@ async def test_the_stream_is_not_held_back_by_compression_middleware(monkeypatch
     app = GZipMiddleware(build_app("starlette", hub, TransportSettings()), minimum_size=1, **options)
     with serve(app, hub) as server:
         async with httpx.AsyncClient(
+            timeout=PATIENCE,
             base_url=server.http,
         ) as http:
             headers = {"Accept-Encoding": "gzip"}
@@ -224,6 +225,7 @@ async def test_every_adapter_serves_the_stream_cookie(adapter: str) -> None:
     hub = make_hub()
     with serve(build_library_app(adapter, hub, TransportSettings()), hub) as server:
         async with httpx.AsyncClient(
+            timeout=PATIENCE,
             base_url=server.http,
         ) as http:
             client_id = hub.identities.mint()

@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.apps import serve
 from tests.integration.client import WsClient, start_kind, terminal
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,7 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 async def run_a_task(server_http: str, ws_url: str, *, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=server_http) as http, await WsClient.open(ws_url) as ws:
+    async with httpx.AsyncClient(timeout=PATIENCE, base_url=server_http) as http, await WsClient.open(ws_url) as ws:
         assert (await ws.next())["type"] == "snapshot"
         started = (await start_kind(http, kind, params, name="from the docs", **{"X-Socket-Id": ws.socket_id})).json()
         final: dict[str, Any] = (await ws.until(terminal(started["id"])))[-1]["task"]
@@ -55,7 +56,7 @@ async def test_an_app_from_the_docs_runs_two_typed_kinds_under_its_prefix(page: 
     a 422 naming the bad field, both start routes in its OpenAPI, the progress on its WebSocket."""
     docs = page(name)
     with serve(docs.app, docs.hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             home = await http.get("/")
             assert (home.status_code, home.json()) == (200, {"app": "mine", "ready": True})
             assert (await http.get("/health")).json() == {"app": "healthy"}
@@ -103,7 +104,10 @@ async def test_an_app_from_the_docs_runs_two_typed_kinds_under_its_prefix(page: 
 async def test_enqueueing_from_ones_own_route(page: Any, app: str) -> None:
     docs = page("enqueue-from-your-route.md")
     with serve(getattr(docs, app), docs.hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as ws:
+        async with (
+            httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http,
+            await WsClient.open(server.ws) as ws,
+        ):
             await ws.next()
             response = await http.post("/albums/holiday/thumbnails", headers={"X-Client-Id": ws.client_id})
             assert response.status_code == 202
@@ -122,7 +126,7 @@ async def test_the_identify_hook_names_signed_in_users(page: Any, app: str) -> N
     bob = {"Cookie": "session=session-of-bob-51c2"}
     with serve(getattr(docs, app), docs.hub) as server:
         async with (
-            httpx.AsyncClient(base_url=server.http) as http,
+            httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http,
             await WsClient.open(server.ws, additional_headers=ada) as ada_tab,
             await WsClient.open(server.ws, additional_headers=ada) as ada_other_tab,
             await WsClient.open(server.ws, additional_headers=bob) as bob_tab,
@@ -153,7 +157,7 @@ async def test_limits_and_allowed_origins(page: Any) -> None:
         async with await WsClient.open(server.ws, origin="https://admin.example") as ws:
             await ws.next()
             assert await ws.close_code({"type": "ping", "pad": "p" * 5000}) == 1009
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             big = await start_kind(http, "export", {"name": "x" * 17_000})
             assert (big.status_code, big.json()["error"]["code"]) == (413, "body_too_large")
 
@@ -166,11 +170,11 @@ async def test_the_tutorial_app_runs_as_written(page: Any, tmp_path: Path, monke
     (tmp_path / "app.py").write_text("SECRET = 'not for the web'\n")
     docs = page("../tutorial.md")
     with serve(docs.app, docs.hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             refused = await start_kind(http, "report", {"pages": "ten"})
             assert (refused.status_code, refused.json()["error"]["field"]) == (422, "pages")
         final = await run_a_task(server.http, server.ws, kind="report", params={"month": "2026-01", "pages": 2})
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             served = await http.get("/index.html")
             source = await http.get("/app.py")
     assert (final["status"], final["result"], final["message"]) == ("completed", {"pages": 2}, "2026-01: page 2 of 2")
@@ -208,7 +212,10 @@ async def test_the_observability_page_serves_metrics_and_hooks_run(page: Any) ->
     docs = page("observability.md")
     assert [type(h).__name__ for h in docs.hub.hooks.hooks] == ["PrometheusMetrics", "OpenTelemetryHooks"]
     with serve(docs.app, docs.hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http, await WsClient.open(server.ws) as ws:
+        async with (
+            httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http,
+            await WsClient.open(server.ws) as ws,
+        ):
             await ws.next()
             scraped = await http.get("/metrics/")
     assert scraped.status_code == 200

@@ -58,7 +58,7 @@ async def test_more_connections_of_one_identity_are_refused(make_server: Any) ->
             assert (await first.until(lambda m: m["type"] == "pong"))[-1]["type"] == "pong"
             async with await WsClient.open(server.ws) as stranger:
                 assert (await stranger.next())["type"] == "snapshot"
-            async with httpx.AsyncClient(base_url=server.http) as http:
+            async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
                 refused = await http.get("/api/events", params={"clientId": identity})
                 assert refused.status_code == 429
                 assert refused.json()["error"]["code"] == "too_many_connections"
@@ -100,7 +100,7 @@ async def test_message_flood_and_big_frames_are_closed_and_logged_once(
 
 async def test_unfinished_tasks_per_identity_are_limited(make_server: Any) -> None:
     with progressq_log() as records, make_server(max_active_per_owner=2, concurrency=0) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             first = (await start_task(http)).json()
             owner = {"X-Client-Id": first["clientId"]}
             assert (await start_task(http, **owner)).status_code == 202
@@ -118,7 +118,7 @@ async def test_unfinished_tasks_per_identity_are_limited(make_server: Any) -> No
 
 async def test_state_changing_routes_check_the_origin(make_server: Any) -> None:
     with make_server(TransportSettings(allowed_origins=("https://app.example",))) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             mine = (await start_task(http)).json()
             owner = {"X-Client-Id": mine["clientId"]}
             for origin in ("https://evil.example", "null", "http://127.0.0.1"):
@@ -161,7 +161,7 @@ async def test_internal_errors_reveal_nothing_even_in_debug_mode(
         raise RuntimeError(secret_detail)
 
     with progressq_log(logging.ERROR) as records, serve(app, hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             owner = {"X-Client-Id": (await start_kind(http, "demo", {"duration": 1000})).json()["clientId"]}
             monkeypatch.setattr(hub.queue, "list_by_owner", broken)
             listed = await http.get("/api/tasks", headers=owner)
@@ -202,7 +202,7 @@ async def test_the_security_how_to_runs_as_written(monkeypatch: pytest.MonkeyPat
         assert refused.value.response.status_code == 403
         async with await WsClient.open(server.ws, origin="https://app.example") as ws:
             assert (await ws.next())["type"] == "snapshot"
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             evil = {"X-Client-Id": ws.client_id, "Origin": "https://elsewhere.example"}
             assert (await start_kind(http, "export", **evil)).status_code == 403
             assert (await start_kind(http, "export", **{"X-Client-Id": ws.client_id})).status_code == 202

@@ -27,6 +27,7 @@ from progressq.starlette import mount
 from progressq.transport import Caller, TransportSettings
 from tests.apps import make_hub, serve
 from tests.integration.client import WsClient, start_kind, terminal
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -194,7 +195,7 @@ async def test_the_apps_own_routes_middleware_handlers_and_lifespan_are_kept(ada
     events: Events = []
     hub = make_hub(backend=RecordingBackend(events))
     with serve(APPS[adapter](hub, events), hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             hello = await http.get("/hello")
             assert (hello.status_code, hello.json()) == (200, {"hello": "world"})
             assert hello.headers["x-app"] == "tagged"
@@ -223,7 +224,7 @@ async def test_the_apps_own_routes_middleware_handlers_and_lifespan_are_kept(ada
 async def test_an_apps_own_route_submits_a_task_for_the_caller(adapter: str) -> None:
     hub = make_hub()
     with serve(APPS[adapter](hub, []), hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             async with await WsClient.open(server.ws) as ws, await WsClient.open(server.ws) as other:
                 await ws.next()
                 await other.next()

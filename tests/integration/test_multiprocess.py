@@ -105,7 +105,7 @@ async def test_clients_on_two_web_processes_get_their_own_events(cluster: list[W
             ws = await WsClient.open(f"ws://127.0.0.1:{web.port}/ws")
             await ws.next()
             # Tasks are started through the *other* web process: events still reach this socket.
-            http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{other.port}")
+            http = httpx.AsyncClient(timeout=PATIENCE, base_url=f"http://127.0.0.1:{other.port}")
             clients.append((ws, http, []))
         for ws, http, owned in clients:
             for _ in range(2):

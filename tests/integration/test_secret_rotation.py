@@ -14,6 +14,7 @@ from progressq.identity import IdentityAuthority
 from tests.integration.client import WsClient, start_task
 from tests.integration.security_support import FOREIGN_SECRET, OLD_SECRET
 from tests.integration.test_limits import close_code, resume
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +32,7 @@ async def test_ids_survive_a_rotation_and_foreign_ones_do_not(
 ) -> None:
     configure(monkeypatch, OLD_SECRET)
     with make_server(secret=None) as before:
-        async with httpx.AsyncClient(base_url=before.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=before.http) as http:
             from_http = (await start_task(http)).json()["clientId"]
         async with await WsClient.open(before.ws) as ws:
             from_ws = ws.client_id
@@ -41,7 +42,7 @@ async def test_ids_survive_a_rotation_and_foreign_ones_do_not(
     with make_server(secret=None) as after:
         assert after.hub.identities.verify(from_http)
         assert not IdentityAuthority(OLD_SECRET).verify(after.hub.identities.mint())  # new ids: the new secret
-        async with httpx.AsyncClient(base_url=after.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=after.http) as http:
             for identity in (from_http, from_ws):
                 started = await start_task(http, **{"X-Client-Id": identity})
                 assert (started.status_code, started.json()["clientId"]) == (202, identity)
@@ -63,7 +64,7 @@ async def test_ids_survive_a_rotation_and_foreign_ones_do_not(
 
     configure(monkeypatch, NEW_SECRET)  # the grace period is over: the old secret is gone
     with make_server(secret=None) as later:
-        async with httpx.AsyncClient(base_url=later.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=later.http) as http:
             assert (await http.get("/api/tasks", headers={"X-Client-Id": from_http})).status_code == 403
         async with await WsClient.open(later.ws) as ws:
             await ws.next()

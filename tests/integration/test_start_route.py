@@ -15,6 +15,7 @@ from progressq import Hub, TaskContext
 from progressq.transport import RequestInfo, TransportSettings
 from tests.apps import RunningServer, build_library_app, make_hub, serve
 from tests.integration.client import WsClient, start_kind, terminal
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.anyio
 
@@ -147,7 +148,7 @@ async def test_a_kind_registered_after_the_app_was_built_is_served(adapter: str)
         return "late but served"
 
     with serve(app, hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             started = await start_kind(http, "late", {"any": ["thing"]})
             assert started.status_code == 202, started.text
 
@@ -155,7 +156,7 @@ async def test_a_kind_registered_after_the_app_was_built_is_served(adapter: str)
 async def test_a_unique_key_answers_with_the_unfinished_task_instead_of_a_second(adapter: str) -> None:
     hub = typed_hub(concurrency=0)  # no worker: the first task stays queued
     with serve(build_library_app(adapter, hub, TransportSettings(), prefix=PREFIX), hub) as server:
-        async with httpx.AsyncClient(base_url=server.http + PREFIX) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http + PREFIX) as http:
             first = await http.post("/api/tasks/resize", json=GOOD, params={"key": "a.png"})
             assert first.status_code == 202, first.text
             mine = {"X-Client-Id": first.json()["clientId"]}
@@ -176,7 +177,7 @@ async def test_require_identity_refuses_anonymous_callers_with_401(adapter: str)
     hub = typed_hub()
     settings = TransportSettings(require_identity=True)
     with serve(build_library_app(adapter, hub, settings), hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             for answer in (
                 await http.post("/api/tasks/resize", json=GOOD),
                 await http.get("/api/tasks"),
@@ -202,7 +203,7 @@ async def test_require_identity_refuses_anonymous_sockets_and_streams(adapter: s
         assert refused.value.response.status_code == 403
         async with await WsClient.open(server.ws, additional_headers={"X-User": "ada"}) as ada:
             assert ada.client_id == "user:ada"
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             for answer in (await http.get("/api/events"), await http.post("/api/events")):
                 assert answer.status_code == 401, answer.request
                 assert answer.json()["error"]["code"] == "identity_required"
@@ -226,7 +227,7 @@ async def test_route_groups_can_be_switched_off(
 ) -> None:
     hub = typed_hub()
     with serve(build_library_app(adapter, hub, TransportSettings(), groups=groups), hub) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http:
+        async with httpx.AsyncClient(timeout=PATIENCE, base_url=server.http) as http:
             for path in served:
                 assert (await http.get(path)).status_code == 200, path
             for path in absent:
